@@ -1,0 +1,104 @@
+"""Every subject, stream, consumer name and queue group Flotilla uses; handlers never type one by hand."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from flotilla_contracts.ids import check_token
+
+ROOT = "fleet.v1"
+CMD_PREFIX = f"{ROOT}.cmd"
+EVT_PREFIX = f"{ROOT}.evt"
+HB_PREFIX = f"{ROOT}.hb"
+AGENT_PREFIX = f"{ROOT}.agent"
+
+ALL_COMMANDS = f"{CMD_PREFIX}.>"
+ALL_EVENTS = f"{EVT_PREFIX}.>"
+ALL_HEARTBEATS = f"{HB_PREFIX}.*.*"
+ALL_AGENT_COMMANDS = f"{AGENT_PREFIX}.>"
+
+# NATS service discovery (ADR-32 "micro" protocol).
+SRV_PING = "$SRV.PING"
+SRV_INFO = "$SRV.INFO"
+SRV_STATS = "$SRV.STATS"
+SRV_VERBS = (SRV_PING, SRV_INFO, SRV_STATS)
+
+
+class Service(StrEnum):
+    """The five services; the value is the service name, command subject token and queue group."""
+
+    REGISTRATION = "registration"
+    HEARTBEAT = "heartbeat"
+    SCHEDULER = "scheduler"
+    UPGRADE_ORCHESTRATOR = "upgrade-orchestrator"
+    NODE_AGENT = "node-agent"
+
+
+class Entity(StrEnum):
+    """The first token after `fleet.v1.evt`: what an event is about."""
+
+    TOKEN = "token"
+    CLUSTER = "cluster"
+    NODE = "node"
+    CLUSTER_HEALTH = "cluster-health"
+    NODE_HEALTH = "node-health"
+    HEARTBEAT_NOISE = "heartbeat-noise"
+    SUBSCRIPTION = "subscription"
+    PLACEMENT = "placement"
+    APPLIED = "applied"
+    ROLLOUT = "rollout"
+    ROLLOUT_WAVE = "rollout-wave"
+    ROLLOUT_CLUSTER = "rollout-cluster"
+    ROLLOUT_NODE = "rollout-node"
+    NODE_STEP = "node-step"
+    HOST_KEYS = "host-keys"
+    DEAD_LETTER = "dead-letter"
+
+
+def queue_group(service: Service) -> str:
+    """Queue group for a service's command subscribers: one replica answers each command."""
+    return service.value
+
+
+def command(service: Service, verb: str) -> str:
+    """`fleet.v1.cmd.<service>.<verb>`; a verb is one or more lower-case dot-separated words."""
+    return f"{CMD_PREFIX}.{service.value}.{verb}"
+
+
+def service_commands(service: Service) -> str:
+    """Wildcard over every command of one service."""
+    return f"{CMD_PREFIX}.{service.value}.>"
+
+
+def event(entity: Entity, ids: tuple[str, ...], name: str) -> str:
+    """`fleet.v1.evt.<entity>.<id...>.<event>`; every id is checked to be a token."""
+    checked = ".".join(check_token(f"{entity.value} id", value) for value in ids)
+    return f"{EVT_PREFIX}.{entity.value}.{checked}.{name}"
+
+
+def entity_events(entity: Entity) -> str:
+    """Wildcard over every event of one entity."""
+    return f"{EVT_PREFIX}.{entity.value}.>"
+
+
+def heartbeat(cluster: str, node: str) -> str:
+    """`fleet.v1.hb.<cluster>.<node>`: core NATS, volatile, partitionable by cluster token."""
+    return f"{HB_PREFIX}.{check_token('cluster', cluster)}.{check_token('node', node)}"
+
+
+def agent_command(cluster: str, node: str, verb: str) -> str:
+    """`fleet.v1.agent.<cluster>.<node>.<verb>`: JetStream work queue, one durable consumer per node."""
+    return f"{AGENT_PREFIX}.{check_token('cluster', cluster)}.{check_token('node', node)}.{verb}"
+
+
+def agent_commands_for(cluster: str, node: str) -> str:
+    """Filter subject of one node's durable consumer."""
+    return f"{AGENT_PREFIX}.{check_token('cluster', cluster)}.{check_token('node', node)}.>"
+
+
+def srv_subjects(name: str, instance_id: str) -> list[str]:
+    """Every `$SRV` subject one service instance answers: all services, by name, and by name and id."""
+    subjects: list[str] = []
+    for verb in SRV_VERBS:
+        subjects += [verb, f"{verb}.{name}", f"{verb}.{name}.{instance_id}"]
+    return subjects

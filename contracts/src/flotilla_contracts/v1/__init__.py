@@ -1,0 +1,1 @@
+"""Version 1 of every Flotilla message, one module per domain."""

@@ -1,0 +1,1 @@
+"""Flotilla client library and the `flotilla` command line."""

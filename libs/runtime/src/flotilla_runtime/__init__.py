@@ -1,0 +1,1 @@
+"""Flotilla service runtime: what every service process is built from."""

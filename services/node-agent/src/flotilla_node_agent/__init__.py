@@ -1,0 +1,1 @@
+"""Flotilla node-agent service."""

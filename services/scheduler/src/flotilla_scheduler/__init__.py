@@ -1,0 +1,1 @@
+"""Flotilla scheduler service."""
