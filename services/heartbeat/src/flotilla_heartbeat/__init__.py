@@ -1,1 +1,3 @@
-"""Flotilla heartbeat service."""
+"""Flotilla heartbeat: Turns node heartbeats into node and cluster health; publishes only transitions."""
+
+__version__ = "0.1.0"

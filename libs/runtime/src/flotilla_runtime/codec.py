@@ -1,0 +1,128 @@
+"""Decoding and encoding of Flotilla messages, turning every kind of bad input into a typed RequestError."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import msgspec
+from flotilla_contracts.envelope import (
+    ERROR_SCHEMA,
+    H_SCHEMA,
+    H_SERVICE_ERROR,
+    H_SERVICE_ERROR_CODE,
+    ErrorBody,
+    Message,
+    Reply,
+    SchemaIdError,
+    parse_schema_id,
+    schema_id,
+)
+from flotilla_contracts.errors import STATUS, ErrorCode
+from flotilla_contracts.ids import TOKEN_PATTERN
+
+from flotilla_runtime.errors import RequestError
+
+M = TypeVar("M", bound=Message)
+
+_encoder = msgspec.json.Encoder()
+_PATH_RE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+
+
+def encode(value: Any) -> bytes:
+    """JSON bytes of a Struct, envelope or plain value."""
+    return _encoder.encode(value)
+
+
+def _decoder(message_type: type[M]) -> msgspec.json.Decoder[M]:
+    decoder = _decoders.get(message_type)
+    if decoder is None:
+        decoder = _decoders[message_type] = msgspec.json.Decoder(message_type)
+    return decoder
+
+
+def _field_of(error: msgspec.ValidationError) -> str:
+    """`$.nodes[0].name` -> `nodes[0].name`, from msgspec's error text; empty for the whole body."""
+    match = _PATH_RE.search(str(error))
+    return match.group("path").lstrip(".") if match else ""
+
+
+def check_schema_header(headers: Mapping[str, str] | None, expected: type[Message]) -> None:
+    """Refuse a Flotilla-Schema header naming another message or a version this side does not serve.
+
+    A message without the header is read as the expected type's current version, so plain NATS
+    tools (`nats req`) can send commands.
+    """
+    declared = (headers or {}).get(H_SCHEMA)
+    if not declared:
+        return
+    try:
+        name, version = parse_schema_id(declared)
+    except SchemaIdError as exc:
+        raise RequestError(ErrorCode.WRONG_SCHEMA, str(exc), field=H_SCHEMA) from None
+    if name != expected.SCHEMA:
+        raise RequestError(
+            ErrorCode.WRONG_SCHEMA,
+            f"this subject takes {schema_id(expected)}, not {declared}",
+            field=H_SCHEMA,
+            expected=schema_id(expected),
+        )
+    if version != expected.VERSION:
+        raise RequestError(
+            ErrorCode.UNSUPPORTED_VERSION,
+            f"{name} v{version} is not served here; this service speaks {schema_id(expected)}",
+            field=H_SCHEMA,
+            supported=[schema_id(expected)],
+        )
+
+
+def decode(data: bytes, message_type: type[M], *, headers: Mapping[str, str] | None = None, max_bytes: int) -> M:
+    """Decode one message or raise RequestError with a stable code and the offending field."""
+    if len(data) > max_bytes:
+        raise RequestError(
+            ErrorCode.TOO_LARGE,
+            f"message is {len(data)} bytes; the limit is {max_bytes}",
+            size=len(data),
+            limit=max_bytes,
+        )
+    check_schema_header(headers, message_type)
+    try:
+        return _decoder(message_type).decode(data or b"{}")
+    except msgspec.ValidationError as exc:
+        field = _field_of(exc)
+        text = str(exc)
+        if TOKEN_PATTERN in text:
+            raise RequestError(
+                ErrorCode.INVALID_ID,
+                f"{field or 'id'} is not a valid id: use 1-128 of A-Z a-z 0-9 _ - (no dots, spaces or wildcards)",
+                field=field,
+            ) from None
+        if not field and text.startswith("Expected `object`"):
+            raise RequestError(ErrorCode.MALFORMED, f"body must be a JSON object: {text}") from None
+        raise RequestError(
+            ErrorCode.INVALID_FIELD, f"{field or 'body'}: {_PATH_RE.sub('', text)}", field=field
+        ) from None
+    except msgspec.DecodeError as exc:
+        raise RequestError(ErrorCode.MALFORMED, f"body is not valid JSON: {exc}") from None
+
+
+def ok_reply(data: Message) -> tuple[bytes, dict[str, str]]:
+    """Body and headers of a successful reply."""
+    return encode(Reply(ok=True, data=data)), {H_SCHEMA: schema_id(type(data))}
+
+
+def error_reply(error: ErrorBody) -> tuple[bytes, dict[str, str]]:
+    """Body and headers of an error reply, with the NATS micro error headers for standard tools."""
+    headers = {
+        H_SCHEMA: ERROR_SCHEMA,
+        H_SERVICE_ERROR: f"{error.code}: {error.message}"[:512],
+        H_SERVICE_ERROR_CODE: str(STATUS.get(error.code, 500)),
+    }
+    return encode(Reply[Any](ok=False, error=error)), headers
+
+
+def decode_reply(data: bytes, data_type: type[M]) -> Reply[M]:
+    """Client side: the reply envelope with its data typed."""
+    return msgspec.json.decode(data, type=Reply[data_type])  # type: ignore[valid-type]

@@ -1,0 +1,144 @@
+"""Command endpoints: `fleet.v1.cmd.<service>.<verb>` handlers that decode, call the domain, reply, count."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from faststream.nats import NatsBroker, NatsMessage, NatsResponse
+from flotilla_contracts import subjects
+from flotilla_contracts.envelope import H_MSG_ID, ErrorBody, Message, schema_id
+from flotilla_contracts.errors import ErrorCode
+from flotilla_contracts.subjects import Service
+
+from flotilla_runtime import codec, telemetry
+from flotilla_runtime.errors import RequestError
+from flotilla_runtime.logs import BoundLogger, get_logger
+
+Req = TypeVar("Req", bound=Message)
+Rep = TypeVar("Rep", bound=Message)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CommandContext:
+    """What a handler knows about the message besides its body."""
+
+    subject: str
+    headers: Mapping[str, str]
+    msg_id: str
+    log: BoundLogger
+
+
+Handler = Callable[[Req, CommandContext], Awaitable[Rep]]
+
+
+@dataclass
+class EndpointStats:
+    """Per-endpoint counters, reported through `$SRV.STATS`."""
+
+    num_requests: int = 0
+    num_errors: int = 0
+    last_error: str = ""
+    processing_time_ns: int = 0
+
+
+@dataclass
+class Endpoint(Generic[Req, Rep]):
+    verb: str
+    subject: str
+    queue_group: str
+    request: type[Req]
+    reply: type[Rep]
+    handler: Handler[Req, Rep]
+    stats: EndpointStats = field(default_factory=EndpointStats)
+
+
+class CommandRouter:
+    """Collects a service's commands; `install` turns each into a queue-grouped FastStream subscriber."""
+
+    def __init__(self, service: Service, *, max_message_bytes: int) -> None:
+        self.service = service
+        self.max_message_bytes = max_message_bytes
+        self.endpoints: list[Endpoint[Any, Any]] = []
+
+    def command(
+        self, verb: str, request: type[Req], reply: type[Rep]
+    ) -> Callable[[Handler[Req, Rep]], Handler[Req, Rep]]:
+        """Register `handler(request, ctx) -> reply` for `fleet.v1.cmd.<service>.<verb>`."""
+
+        def register(handler: Handler[Req, Rep]) -> Handler[Req, Rep]:
+            self.add(verb, request, reply, handler)
+            return handler
+
+        return register
+
+    def add(self, verb: str, request: type[Req], reply: type[Rep], handler: Handler[Req, Rep]) -> None:
+        subject = subjects.command(self.service, verb)
+        if any(ep.subject == subject for ep in self.endpoints):
+            raise ValueError(f"command {subject} registered twice")
+        self.endpoints.append(Endpoint(verb, subject, subjects.queue_group(self.service), request, reply, handler))
+
+    def schemas(self) -> list[str]:
+        """Schema ids this service serves (requests and replies)."""
+        found = {schema_id(ep.request) for ep in self.endpoints} | {schema_id(ep.reply) for ep in self.endpoints}
+        return sorted(found)
+
+    async def dispatch(
+        self, endpoint: Endpoint[Any, Any], data: bytes, headers: Mapping[str, str]
+    ) -> tuple[bytes, dict[str, str]]:
+        """Decode, call, encode: every failure becomes an error reply; nothing escapes to the subscriber."""
+        started = time.perf_counter_ns()
+        stats = endpoint.stats
+        stats.num_requests += 1
+        msg_id = headers.get(H_MSG_ID, "")
+        with telemetry.consumer_span(f"{self.service.value} {endpoint.verb}", headers, endpoint.subject) as span:
+            ctx = CommandContext(
+                subject=endpoint.subject,
+                headers=headers,
+                msg_id=msg_id,
+                log=get_logger(f"flotilla.{self.service.value}", command=endpoint.verb),
+            )
+            try:
+                request = codec.decode(data, endpoint.request, headers=headers, max_bytes=self.max_message_bytes)
+                result = await endpoint.handler(request, ctx)
+                body, reply_headers = codec.ok_reply(result)
+            except RequestError as exc:
+                error = exc.to_body()
+                stats.num_errors += 1
+                stats.last_error = f"{error.code}: {error.message}"
+                span.set_attribute("flotilla.error_code", str(error.code))
+                ctx.log.info("command refused: %s", error.message, extra={"code": str(error.code)})
+                body, reply_headers = codec.error_reply(error)
+            except Exception as exc:
+                stats.num_errors += 1
+                stats.last_error = f"internal: {type(exc).__name__}"
+                span.record_exception(exc)
+                ctx.log.exception("command failed unexpectedly")
+                body, reply_headers = codec.error_reply(
+                    ErrorBody(
+                        code=ErrorCode.INTERNAL,
+                        message=f"{self.service.value} failed on {endpoint.verb}: {type(exc).__name__}; "
+                        "see the service log for the trace id",
+                        details={"trace_id": telemetry.current_trace_id()},
+                    )
+                )
+        stats.processing_time_ns += time.perf_counter_ns() - started
+        return body, reply_headers
+
+    def install(self, broker: NatsBroker) -> None:
+        """Subscribe every endpoint on the broker (before `broker.start()`)."""
+        for endpoint in self.endpoints:
+            self._subscribe(broker, endpoint)
+
+    def _subscribe(self, broker: NatsBroker, endpoint: Endpoint[Any, Any]) -> None:
+        async def on_message(msg: NatsMessage) -> NatsResponse:
+            raw = msg.raw_message
+            body, headers = await self.dispatch(endpoint, raw.data, raw.headers or {})
+            return NatsResponse(body, headers=headers)
+
+        broker.subscriber(endpoint.subject, queue=endpoint.queue_group, title=endpoint.subject)(on_message)

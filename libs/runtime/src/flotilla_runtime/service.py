@@ -1,0 +1,217 @@
+"""One service process: settings, logs, traces, store, bus, commands, discovery, probes, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+import nats.errors
+from faststream.nats import NatsBroker
+from flotilla_contracts import CONTRACTS_VERSION
+from flotilla_contracts.subjects import Service
+from flotilla_contracts.v1.service import InfoReply, InfoRequest
+from nats.js import JetStreamContext
+
+from flotilla_runtime import telemetry
+from flotilla_runtime.bus import BusErrors, ensure_streams, make_broker
+from flotilla_runtime.commands import CommandContext, CommandRouter
+from flotilla_runtime.discovery import Discovery, ServiceIdentity
+from flotilla_runtime.errors import SettingsError, TemporaryError
+from flotilla_runtime.health import HealthServer
+from flotilla_runtime.logs import BoundLogger, get_logger, setup_logging
+from flotilla_runtime.migrations import load_migrations
+from flotilla_runtime.outbox import OutboxRelay
+from flotilla_runtime.settings import ServiceSettings, load_settings
+from flotilla_runtime.store import Store
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+@dataclass(frozen=True)
+class ServiceSpec(Generic[S]):
+    """What a service is: its name, version, settings type, migrations and the wiring of its handlers."""
+
+    service: Service
+    version: str
+    description: str
+    settings_type: type[S]
+    setup: Callable[[ServiceApp[S]], Awaitable[None]]
+    migrations_package: str | None = None  # a package with a `migrations/` folder of NNNN_name.sql
+
+
+class ServiceApp(Generic[S]):
+    """The running service as its handlers see it."""
+
+    def __init__(self, spec: ServiceSpec[S], settings: S, store: Store, broker: NatsBroker, errors: BusErrors):
+        self.spec = spec
+        self.settings = settings
+        self.store = store
+        self.broker = broker
+        self.bus_errors = errors
+        self.router = CommandRouter(spec.service, max_message_bytes=settings.max_message_bytes)
+        self.log: BoundLogger = get_logger(f"flotilla.{spec.service.value}", instance=settings.instance_id)
+        self.started_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        self.ready = False
+        self._task_factories: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._js: JetStreamContext | None = None
+        self.router.add("info", InfoRequest, InfoReply, self._info)
+
+    @property
+    def name(self) -> str:
+        return self.spec.service.value
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise RuntimeError("JetStream is available once the service is connected")
+        return self._js
+
+    def background(self, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `factory()` as a task once connected; it is cancelled on stop."""
+        self._task_factories.append(factory)
+
+    async def _info(self, _request: InfoRequest, _ctx: CommandContext) -> InfoReply:
+        return InfoReply(
+            name=self.name,
+            instance_id=self.settings.instance_id,
+            version=self.spec.version,
+            contracts_version=CONTRACTS_VERSION,
+            schemas=self.router.schemas(),
+            state_path=self.store.path,
+            started_at=self.started_at,
+        )
+
+
+def state_db_path(settings: ServiceSettings, service: str) -> str:
+    return os.path.join(settings.state_dir, f"{service}.db")
+
+
+async def run(spec: ServiceSpec[S], settings: S, stop: asyncio.Event | None = None) -> None:
+    """Start the service and serve until SIGTERM/SIGINT (or `stop` is set), then stop gracefully."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    name = spec.service.value
+    telemetry.setup_tracing(name, spec.version, settings.instance_id, settings.trace_sample_ratio)
+    migrations = load_migrations(spec.migrations_package, name) if spec.migrations_package else []
+    store = await Store.open(state_db_path(settings, name), migrations)
+    errors = BusErrors()
+    broker = make_broker(settings.nats_url, f"flotilla-{name}-{settings.instance_id}", errors)
+    app = ServiceApp(spec, settings, store, broker, errors)
+    health = HealthServer(settings.http_host, settings.http_port, lambda: app.ready)
+    await health.start()
+    relay: OutboxRelay | None = None
+    discovery: Discovery | None = None
+    try:
+        await spec.setup(app)
+        app.router.install(broker)
+        if not await _connect(app, stop):
+            return
+        app._js = broker.connection.jetstream()
+        await ensure_streams(app.js)
+        await broker.start()
+        relay = OutboxRelay(store, app.js, batch=settings.outbox_batch)
+        relay.start()
+        discovery = Discovery(
+            ServiceIdentity(
+                name=name,
+                id=settings.instance_id,
+                version=spec.version,
+                description=spec.description,
+                metadata={
+                    "health": health.url,
+                    "state": store.path,
+                    "contracts": CONTRACTS_VERSION,
+                },
+            ),
+            app.router,
+            extra_stats=lambda: {"outbox_published": relay.published if relay else 0},
+        )
+        await discovery.start(broker.connection)
+        app._tasks = [asyncio.create_task(factory()) for factory in app._task_factories]
+        app.ready = True
+        app.log.info(
+            "%s %s serving",
+            name,
+            spec.version,
+            extra={"nats": settings.nats_url, "health": health.url, "state": store.path},
+        )
+        await stop.wait()
+        app.log.info("stopping: draining subscriptions and flushing the outbox")
+    finally:
+        app.ready = False
+        await _shutdown(app, discovery, relay, health)
+
+
+async def _connect(app: ServiceApp[Any], stop: asyncio.Event) -> bool:
+    """Connect, retrying with back-off until the server answers or we are told to stop."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            await app.broker.connect()
+            return True
+        except (OSError, nats.errors.Error, TimeoutError) as exc:
+            app.log.warning(
+                "cannot reach NATS at %s (%s); retrying in %.1fs",
+                app.settings.nats_url,
+                exc or type(exc).__name__,
+                delay,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 10.0)
+    return False
+
+
+async def _shutdown(
+    app: ServiceApp[Any], discovery: Discovery | None, relay: OutboxRelay | None, health: HealthServer
+) -> None:
+    timeout = app.settings.shutdown_timeout_s
+    if discovery is not None:
+        await discovery.stop()
+    for subscriber in app.broker.subscribers:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(subscriber.stop(), timeout)
+    for task in app._tasks:
+        task.cancel()
+    for task in app._tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    if relay is not None:
+        await relay.stop(flush_timeout_s=timeout)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(app.broker.stop(), timeout)
+    await app.store.close()
+    await health.stop()
+    telemetry.shutdown_tracing()
+    app.log.info("stopped")
+
+
+def main(spec: ServiceSpec[Any]) -> None:
+    """Console-script entry: read settings (exit 2 naming the bad variable), then run until stopped."""
+    name = spec.service.value
+    try:
+        settings = load_settings(spec.settings_type, name)
+    except SettingsError as exc:
+        print(f"flotilla-{name}: {exc}", file=sys.stderr)  # noqa: T201 - logging is not set up yet
+        raise SystemExit(2) from None
+    setup_logging(name, settings.log_level, settings.log_format)
+    try:
+        asyncio.run(run(spec, settings))
+    except TemporaryError as exc:
+        logging.getLogger(f"flotilla.{name}").error("%s; exiting so the supervisor restarts us", exc)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        pass

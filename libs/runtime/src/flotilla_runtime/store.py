@@ -1,0 +1,189 @@
+"""A service's own SQLite file: migrations, WAL, serialized transactions, the outbox and processed-message ids."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import msgspec
+from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, H_SENT_AT, Message, schema_id
+
+from flotilla_runtime import telemetry
+from flotilla_runtime.errors import TemporaryError
+from flotilla_runtime.migrations import RUNTIME_MIGRATIONS, Migration
+
+Row = sqlite3.Row
+_json = msgspec.json.Encoder()
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Tx:
+    """One open transaction: SQL, outbox events and processed-message marks, committed together."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        self.emitted = 0
+
+    async def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
+        """Run one statement; returns the number of rows changed."""
+        cursor = await self._db.execute(sql, params)
+        return cursor.rowcount
+
+    async def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
+        await self._db.executemany(sql, params)
+
+    async def fetchone(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
+        async with self._db.execute(sql, params) as cursor:
+            row: Row | None = await cursor.fetchone()
+            return row
+
+    async def fetchall(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
+        async with self._db.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def emit(self, subject: str, message: Message, *, msg_id: str = "") -> str:
+        """Queue an event in the outbox; it is published only if this transaction commits. Returns its id."""
+        event_id = msg_id or uuid.uuid4().hex
+        headers = telemetry.inject({H_SCHEMA: schema_id(type(message)), H_MSG_ID: event_id, H_SENT_AT: utc_now_iso()})
+        await self._db.execute(
+            "INSERT OR IGNORE INTO outbox (msg_id, subject, headers, payload, created_at) VALUES (?, ?, ?, ?, ?)",
+            (event_id, subject, _json.encode(dict(headers)), _json.encode(message), time.time()),
+        )
+        self.emitted += 1
+        return event_id
+
+    async def seen(self, msg_id: str) -> bool:
+        """True when this message id was already processed (its effects are committed)."""
+        row = await self.fetchone("SELECT 1 FROM processed_messages WHERE msg_id = ?", (msg_id,))
+        return row is not None
+
+    async def mark_processed(self, msg_id: str) -> None:
+        await self._db.execute(
+            "INSERT OR IGNORE INTO processed_messages (msg_id, processed_at) VALUES (?, ?)",
+            (msg_id, time.time()),
+        )
+
+
+class Store:
+    """The only way a service touches its SQLite file. Transactions are serialized in-process."""
+
+    def __init__(self, db: aiosqlite.Connection, path: str) -> None:
+        self._db = db
+        self.path = path
+        self._lock = asyncio.Lock()
+        self._commit_hooks: list[Callable[[], None]] = []
+
+    @classmethod
+    async def open(cls, path: str | Path, migrations: Sequence[Migration] = ()) -> Store:
+        """Open (creating folders), switch to WAL, apply the runtime's and the service's migrations."""
+        target = Path(path)
+        if str(target) != ":memory:":
+            target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = await aiosqlite.connect(str(target), isolation_level=None)
+        except sqlite3.Error as exc:
+            raise TemporaryError(f"cannot open the state database {target}: {exc}") from exc
+        db.row_factory = sqlite3.Row
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute("PRAGMA foreign_keys=ON")
+        await db.execute("PRAGMA busy_timeout=5000")
+        store = cls(db, str(target) if str(target) == ":memory:" else str(target.resolve()))  # noqa: ASYNC240 - once at start
+        await store._migrate([*RUNTIME_MIGRATIONS, *migrations])
+        return store
+
+    async def _migrate(self, migrations: Sequence[Migration]) -> None:
+        await self._db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            "track TEXT NOT NULL, number INTEGER NOT NULL, name TEXT NOT NULL, applied_at REAL NOT NULL, "
+            "PRIMARY KEY (track, number))"
+        )
+        async with self._db.execute("SELECT track, number FROM schema_migrations") as cursor:
+            applied = {(row[0], row[1]) for row in await cursor.fetchall()}
+        for migration in migrations:
+            if (migration.track, migration.number) in applied:
+                continue
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _statements(migration.sql):
+                    await self._db.execute(statement)
+                await self._db.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, ?, ?)",
+                    (migration.track, migration.number, migration.name, time.time()),
+                )
+                await self._db.execute("COMMIT")
+            except Exception:
+                await self._db.execute("ROLLBACK")
+                raise
+
+    def on_commit(self, hook: Callable[[], None]) -> None:
+        """Call `hook` after every commit that emitted events (the outbox relay's wake-up)."""
+        self._commit_hooks.append(hook)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        """`async with store.transaction() as tx:` commits on success, rolls back on any error."""
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            tx = Tx(self._db)
+            try:
+                yield tx
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+        if tx.emitted:
+            for hook in self._commit_hooks:
+                hook()
+
+    async def fetchall(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
+        """A read outside any transaction (WAL gives it a consistent snapshot)."""
+        async with self._lock, self._db.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def fetchone(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    async def pending_outbox(self, limit: int) -> list[Row]:
+        return await self.fetchall(
+            "SELECT seq, msg_id, subject, headers, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)
+        )
+
+    async def delete_outbox(self, seqs: Sequence[int]) -> None:
+        if not seqs:
+            return
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            await self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in seqs])
+            await self._db.execute("COMMIT")
+
+    async def outbox_size(self) -> int:
+        row = await self.fetchone("SELECT COUNT(*) FROM outbox")
+        return int(row[0]) if row else 0
+
+    async def prune_processed(self, older_than_s: float) -> int:
+        async with self._lock:
+            cursor = await self._db.execute(
+                "DELETE FROM processed_messages WHERE processed_at < ?", (time.time() - older_than_s,)
+            )
+            return cursor.rowcount
+
+    async def close(self) -> None:
+        await self._db.close()
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration into statements (migrations hold no semicolons inside literals)."""
+    return [part.strip() for part in sql.split(";") if part.strip()]

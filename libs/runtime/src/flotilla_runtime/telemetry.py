@@ -1,0 +1,73 @@
+"""OpenTelemetry tracing: OTLP/HTTP export when configured, parent-based sampling, W3C context in NATS headers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+_propagator = TraceContextTextMapPropagator()
+_provider: TracerProvider | None = None
+
+
+def setup_tracing(service: str, version: str, instance_id: str, sample_ratio: float = 1.0) -> TracerProvider:
+    """Install the global tracer provider; spans are exported only when OTEL_EXPORTER_OTLP_ENDPOINT is set."""
+    global _provider
+    resource = Resource.create(
+        {"service.name": service, "service.version": version, "service.instance.id": instance_id}
+    )
+    provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(sample_ratio)))
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    _provider = provider
+    return provider
+
+
+def shutdown_tracing() -> None:
+    """Flush and stop the exporter (on graceful stop)."""
+    if _provider is not None:
+        _provider.shutdown()
+
+
+def tracer(name: str) -> trace.Tracer:
+    return trace.get_tracer(name)
+
+
+def inject(headers: MutableMapping[str, str]) -> MutableMapping[str, str]:
+    """Add traceparent/tracestate of the current span to outgoing headers."""
+    _propagator.inject(headers)
+    return headers
+
+
+def current_trace_id() -> str:
+    """Hex trace id of the current span, or empty when there is none."""
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+
+
+@contextmanager
+def consumer_span(name: str, headers: Mapping[str, str] | None, subject: str) -> Iterator[Span]:
+    """A span continuing the trace carried in a message's headers (or a new trace when there is none)."""
+    parent = _propagator.extract(dict(headers or {}))
+    token = otel_context.attach(parent)
+    try:
+        with tracer("flotilla").start_as_current_span(
+            name,
+            kind=SpanKind.SERVER,
+            attributes={"messaging.system": "nats", "messaging.destination.name": subject},
+        ) as span:
+            yield span
+    finally:
+        otel_context.detach(token)

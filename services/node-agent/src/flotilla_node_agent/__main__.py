@@ -1,0 +1,13 @@
+"""Entry point: `python -m flotilla_node_agent` or `flotilla-node-agent`."""
+
+from flotilla_runtime.service import main as run_service
+
+from flotilla_node_agent.app import SPEC
+
+
+def main() -> None:
+    run_service(SPEC)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,13 @@
+"""Entry point: `python -m flotilla_registration` or `flotilla-registration`."""
+
+from flotilla_runtime.service import main as run_service
+
+from flotilla_registration.app import SPEC
+
+
+def main() -> None:
+    run_service(SPEC)
+
+
+if __name__ == "__main__":
+    main()
