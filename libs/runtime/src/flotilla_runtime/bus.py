@@ -9,10 +9,10 @@ import nats.errors
 import nats.js.errors
 from fast_depends.msgspec import MsgSpecSerializer
 from faststream.nats import NatsBroker
-from flotilla_contracts.streams import STREAMS, Retention, StreamSpec
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
+from flotilla_contracts.streams import STREAMS, Retention, StreamSpec
 from flotilla_runtime.errors import TemporaryError
 
 log = logging.getLogger(__name__)

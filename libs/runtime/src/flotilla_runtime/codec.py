@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import msgspec
+
 from flotilla_contracts.envelope import (
     ERROR_SCHEMA,
     H_SCHEMA,
@@ -21,7 +22,6 @@ from flotilla_contracts.envelope import (
 )
 from flotilla_contracts.errors import STATUS, ErrorCode
 from flotilla_contracts.ids import TOKEN_PATTERN
-
 from flotilla_runtime.errors import RequestError
 
 M = TypeVar("M", bound=Message)

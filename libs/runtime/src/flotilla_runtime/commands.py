@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from faststream.nats import NatsBroker, NatsMessage, NatsResponse
+
 from flotilla_contracts import subjects
 from flotilla_contracts.envelope import H_MSG_ID, ErrorBody, Message, schema_id
 from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.subjects import Service
-
 from flotilla_runtime import codec, telemetry
 from flotilla_runtime.errors import RequestError
 from flotilla_runtime.logs import BoundLogger, get_logger

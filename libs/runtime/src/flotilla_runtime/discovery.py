@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from flotilla_contracts import subjects
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from flotilla_contracts import subjects
 from flotilla_runtime.commands import CommandRouter
 
 

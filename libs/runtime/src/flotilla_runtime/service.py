@@ -15,11 +15,11 @@ from typing import Any, Generic, TypeVar
 
 import nats.errors
 from faststream.nats import NatsBroker
+from nats.js import JetStreamContext
+
 from flotilla_contracts import CONTRACTS_VERSION
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1.service import InfoReply, InfoRequest
-from nats.js import JetStreamContext
-
 from flotilla_runtime import telemetry
 from flotilla_runtime.bus import BusErrors, ensure_streams, make_broker
 from flotilla_runtime.commands import CommandContext, CommandRouter

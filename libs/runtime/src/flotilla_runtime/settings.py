@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from typing import TypeVar
 
 import msgspec
-from flotilla_contracts.envelope import DEFAULT_MAX_MESSAGE_BYTES
 
+from flotilla_contracts.envelope import DEFAULT_MAX_MESSAGE_BYTES
 from flotilla_runtime.errors import SettingsError
 
 _PATH_RE = re.compile(r" - at `\$\.(?P<field>\w+)`")

@@ -14,8 +14,8 @@ from typing import Any
 
 import aiosqlite
 import msgspec
-from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, H_SENT_AT, Message, schema_id
 
+from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, H_SENT_AT, Message, schema_id
 from flotilla_runtime import telemetry
 from flotilla_runtime.errors import TemporaryError
 from flotilla_runtime.migrations import RUNTIME_MIGRATIONS, Migration

@@ -1,0 +1,82 @@
+"""The relay publishes committed events to JetStream exactly once per event id, in commit order."""
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+from nats.aio.client import Client
+
+from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, Message
+from flotilla_contracts.streams import FLEET_EVENTS
+from flotilla_runtime.bus import ensure_streams
+from flotilla_runtime.outbox import OutboxRelay
+from flotilla_runtime.store import Store
+
+
+class Happened(Message, frozen=True, kw_only=True):
+    SCHEMA = "test.Happened"
+    n: int
+
+
+async def stream_messages(nc: Client) -> list[tuple[str, dict[str, str], int]]:
+    js = nc.jetstream()
+    info = await js.stream_info(FLEET_EVENTS.name)
+    out = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await js.get_msg(FLEET_EVENTS.name, seq)
+        out.append((msg.subject, dict(msg.headers or {}), msgspec.json.decode(msg.data)["n"]))
+    return out
+
+
+async def test_events_reach_the_stream_in_commit_order(nc: Client, tmp_path: Path) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js)
+    store = await Store.open(tmp_path / "s.db")
+    relay = OutboxRelay(store, js, batch=7)  # several batches
+    relay.start()
+    for n in range(20):
+        async with store.transaction() as tx:
+            await tx.emit(f"fleet.v1.evt.cluster.c{n}.approved", Happened(n=n))
+    for _ in range(100):
+        if await store.outbox_size() == 0:
+            break
+        await asyncio.sleep(0.05)
+    await relay.stop()
+    messages = await stream_messages(nc)
+    assert [n for _, _, n in messages] == list(range(20))
+    assert all(headers[H_SCHEMA] == "test.Happened/v1" and headers[H_MSG_ID] for _, headers, _ in messages)
+    await store.close()
+
+
+async def test_republish_after_a_crash_is_deduplicated(nc: Client, tmp_path: Path) -> None:
+    """A crash between JetStream's ack and the outbox delete re-sends the event; the stream keeps one copy."""
+    js = nc.jetstream()
+    await ensure_streams(js)
+    store = await Store.open(tmp_path / "s.db")
+    async with store.transaction() as tx:
+        await tx.emit("fleet.v1.evt.cluster.c1.approved", Happened(n=1))
+    row = (await store.pending_outbox(1))[0]
+    # The first relay published but "crashed" before deleting the row.
+    await js.publish(row["subject"], row["payload"], headers=msgspec.json.decode(row["headers"]))
+    relay = OutboxRelay(store, js)
+    await relay.flush()
+    assert await store.outbox_size() == 0
+    assert len(await stream_messages(nc)) == 1
+    await store.close()
+
+
+async def test_stream_provisioning_is_idempotent(nc: Client) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js)
+    await ensure_streams(js)
+    info = await js.stream_info(FLEET_EVENTS.name)
+    assert info.config.subjects == ["fleet.v1.evt.>"]
+    assert info.config.duplicate_window == FLEET_EVENTS.duplicate_window_s
+
+
+async def test_command_subjects_are_never_captured_by_a_stream(nc: Client) -> None:
+    """DESIGN pitfall: a stream capturing fleet.v1.cmd.> would answer requests with a PubAck."""
+    js = nc.jetstream()
+    await ensure_streams(js)
+    for name in await js.streams_info():
+        assert not any(subject.startswith("fleet.v1.cmd") for subject in name.config.subjects or [])

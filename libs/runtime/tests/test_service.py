@@ -1,0 +1,138 @@
+"""A whole service in-process against a real nats-server: discovery, info, bad input, graceful stop."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import pytest
+from nats.aio.client import Client
+
+from flotilla_client.natsserver import NatsServer
+from flotilla_contracts import subjects
+from flotilla_contracts.envelope import Message
+from flotilla_contracts.streams import FLEET_EVENTS
+from flotilla_contracts.subjects import Service
+from flotilla_runtime.commands import CommandContext
+from flotilla_runtime.service import ServiceApp, ServiceSpec, run
+from flotilla_runtime.settings import ServiceSettings
+
+
+class Emit(Message, frozen=True, kw_only=True):
+    SCHEMA = "test.Emit"
+    count: int
+
+
+class Emitted(Message, frozen=True, kw_only=True):
+    SCHEMA = "test.Emitted"
+    ids: list[str]
+
+
+class Happened(Message, frozen=True, kw_only=True):
+    SCHEMA = "test.Happened"
+    n: int
+
+
+async def setup(app: ServiceApp[ServiceSettings]) -> None:
+    @app.router.command("test.emit", Emit, Emitted)
+    async def emit(request: Emit, ctx: CommandContext) -> Emitted:
+        ids = []
+        async with app.store.transaction() as tx:
+            for n in range(request.count):
+                ids.append(await tx.emit(f"fleet.v1.evt.cluster.c{n}.approved", Happened(n=n)))
+        return Emitted(ids=ids)
+
+
+SPEC = ServiceSpec(
+    service=Service.SCHEDULER, version="1.2.3", description="test", settings_type=ServiceSettings, setup=setup
+)
+
+
+@dataclass
+class Running:
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+    settings: ServiceSettings
+
+
+@pytest.fixture
+async def service(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Running]:
+    settings = ServiceSettings(nats_url=nats_server.url, state_dir=str(tmp_path / "svc"), instance_id="inst1")
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(SPEC, settings, stop))
+    running = Running(stop, task, settings)
+    yield running
+    stop.set()
+    await asyncio.wait_for(task, 15)
+
+
+async def request(nc: Client, subject: str, body: bytes = b"{}", retries: int = 50) -> dict[str, object]:
+    for _ in range(retries):
+        try:
+            reply = await nc.request(subject, body, timeout=1)
+            decoded: dict[str, object] = msgspec.json.decode(reply.data)
+            return decoded
+        except Exception:  # not subscribed yet
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"no reply on {subject}")
+
+
+async def test_discovery_ping_info_stats(service: Running, nc: Client) -> None:
+    ping = await request(nc, "$SRV.PING.scheduler")
+    assert ping["type"] == "io.nats.micro.v1.ping_response"
+    assert (ping["name"], ping["id"], ping["version"]) == ("scheduler", "inst1", "1.2.3")
+    await request(nc, subjects.command(Service.SCHEDULER, "info"))
+    info = await request(nc, "$SRV.INFO.scheduler.inst1")
+    assert {ep["subject"] for ep in info["endpoints"]} == {  # type: ignore[union-attr, index]
+        "fleet.v1.cmd.scheduler.info",
+        "fleet.v1.cmd.scheduler.test.emit",
+    }
+    stats = await request(nc, "$SRV.STATS")
+    by_name = {ep["name"]: ep for ep in stats["endpoints"]}  # type: ignore[union-attr, index]
+    assert by_name["info"]["num_requests"] == 1
+    assert stats["started"]
+
+
+async def test_info_names_service_versions_and_state(service: Running, nc: Client) -> None:
+    reply = await request(nc, subjects.command(Service.SCHEDULER, "info"))
+    data = reply["data"]
+    assert isinstance(data, dict)
+    assert data["name"] == "scheduler"
+    assert data["version"] == "1.2.3"
+    assert "service.InfoReply/v1" in data["schemas"]
+    assert data["state_path"] == str((Path(service.settings.state_dir) / "scheduler.db").resolve())
+
+
+async def test_service_keeps_serving_after_bad_input(service: Running, nc: Client) -> None:
+    subject = subjects.command(Service.SCHEDULER, "test.emit")
+    bad = await request(nc, subject, b"{oops")
+    assert bad["error"]["code"] == "malformed"  # type: ignore[index]
+    big = await request(nc, subject, b'{"count": 1, "pad": "' + b"x" * 300_000 + b'"}')
+    assert big["error"]["code"] == "too_large"  # type: ignore[index]
+    good = await request(nc, subject, b'{"count": 1}')
+    assert good["ok"] is True
+
+
+async def test_graceful_stop_flushes_every_committed_event(service: Running, nc: Client) -> None:
+    reply = await request(nc, subjects.command(Service.SCHEDULER, "test.emit"), b'{"count": 300}')
+    ids = reply["data"]["ids"]  # type: ignore[index]
+    service.stop.set()
+    await asyncio.wait_for(service.task, 15)
+    js = nc.jetstream()
+    info = await js.stream_info(FLEET_EVENTS.name)
+    assert info.state.messages == 300
+    last = await js.get_msg(FLEET_EVENTS.name, info.state.last_seq)
+    assert last.headers is not None and last.headers["Nats-Msg-Id"] == ids[-1]
+
+
+async def test_health_probes(service: Running, nc: Client) -> None:
+    ping = await request(nc, "$SRV.PING.scheduler")
+    health_url = ping["metadata"]["health"]  # type: ignore[index]
+    host, port = health_url.removeprefix("http://").split(":")
+    for path, expected in (("/livez", b"200"), ("/readyz", b"200"), ("/nope", b"404")):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        status_line = await reader.readline()
+        writer.close()
+        assert expected in status_line, path
