@@ -1,4 +1,4 @@
-"""Command handlers (under FastStream's TestNatsBroker): typed replies, typed errors, and the next message still served."""
+"""Command handlers under TestNatsBroker: typed replies, typed errors, and the next message still served."""
 
 import msgspec
 from faststream.nats import TestNatsBroker

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from flotilla_contracts.subjects import Service
+from flotilla_heartbeat import __version__
 from flotilla_runtime.service import ServiceApp, ServiceSpec
 from flotilla_runtime.settings import ServiceSettings
-
-from flotilla_heartbeat import __version__
 
 
 class Settings(ServiceSettings, kw_only=True, frozen=True):

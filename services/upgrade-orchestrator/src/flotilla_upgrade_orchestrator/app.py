@@ -5,7 +5,6 @@ from __future__ import annotations
 from flotilla_contracts.subjects import Service
 from flotilla_runtime.service import ServiceApp, ServiceSpec
 from flotilla_runtime.settings import ServiceSettings
-
 from flotilla_upgrade_orchestrator import __version__
 
 

@@ -1,0 +1,66 @@
+# Flotilla: the two commands a newcomer needs are `make demo` and `make test`.
+# Both work on a fresh machine with Python 3.11, pip and make: uv is installed into .tools/ when missing.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+VENV := .venv
+BIN := $(VENV)/bin
+PACKAGES := flotilla_contracts flotilla_runtime flotilla_client flotilla_registration flotilla_heartbeat \
+            flotilla_scheduler flotilla_upgrade_orchestrator flotilla_node_agent
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON := $(PYTHON)
+
+.PHONY: demo test sync lint types imports schemas schemas-check pytest test-slow bench down clean help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
+
+.tools/bin/uv:
+	@echo "uv not found: installing uv $(UV_VERSION) into .tools/"
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+$(BIN)/flotilla: $(if $(filter .tools/bin/uv,$(UV)),.tools/bin/uv) pyproject.toml uv.lock */pyproject.toml */*/pyproject.toml
+	$(UV) sync --locked --all-packages
+	@touch $@
+
+sync: $(BIN)/flotilla ## install the workspace into .venv (one lock file: uv.lock)
+
+demo: sync ## the main job: a local fleet (nats-server + five services) you can watch
+	$(BIN)/flotilla demo
+
+down: ## stop the local fleet that `make demo` started
+	@$(BIN)/flotilla down
+
+test: sync lint types imports schemas-check pytest ## the whole default suite (what CI runs)
+
+lint: sync ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+types: sync ## mypy --strict over every package
+	$(BIN)/mypy $(addprefix -p ,$(PACKAGES))
+
+imports: sync ## import layers: services never import each other, libs never import services, contracts import nothing of ours
+	$(BIN)/lint-imports
+
+schemas: sync ## regenerate JSON Schemas, the AsyncAPI document and docs/contracts.md (refuses breaking changes)
+	$(BIN)/python -m flotilla_contracts.schemagen
+
+schemas-check: sync ## fail when the committed schemas are stale or a v1 change is breaking
+	$(BIN)/python -m flotilla_contracts.schemagen --check
+
+pytest: sync ## unit, handler, contract and integration tests (real nats-server), not the slow or bench ones
+	$(BIN)/pytest
+
+test-slow: sync ## the long suites (chaos long form, big fleets)
+	$(BIN)/pytest -m slow
+
+bench: sync ## benchmarks under tests/bench (print figures as ratios to raw nats-py)
+	$(BIN)/pytest -m bench -s tests/bench
+
+clean: ## remove the environment and local state
+	-$(BIN)/flotilla down 2>/dev/null
+	rm -rf $(VENV) .tools .flotilla .mypy_cache .ruff_cache .pytest_cache
