@@ -14,8 +14,8 @@ from flotilla_contracts.subjects import Service, command
 pytestmark = pytest.mark.integration
 
 
-async def wait_for_services(nc: Client, count: int, timeout: float = 20.0) -> list[dict[str, object]]:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_for_services(nc: Client, count: int, within_s: float = 20.0) -> list[dict[str, object]]:
+    deadline = asyncio.get_running_loop().time() + within_s
     while True:
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)

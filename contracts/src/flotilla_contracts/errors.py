@@ -15,6 +15,7 @@ class ErrorCode(StrEnum):
     WRONG_SCHEMA = "wrong_schema"  # the Flotilla-Schema header names another message
     UNSUPPORTED_VERSION = "unsupported_version"  # a schema version this service does not serve
     TOO_LARGE = "too_large"  # over the service's message size limit
+    SUBJECT_MISMATCH = "subject_mismatch"  # ids in the subject and the body differ (e.g. another node's)
     # The request is well-formed but cannot be done.
     NOT_FOUND = "not_found"
     ALREADY_EXISTS = "already_exists"
@@ -49,6 +50,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.WRONG_SCHEMA: 400,
     ErrorCode.UNSUPPORTED_VERSION: 400,
     ErrorCode.TOO_LARGE: 413,
+    ErrorCode.SUBJECT_MISMATCH: 400,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.ALREADY_EXISTS: 409,
     ErrorCode.CONFLICT: 409,

@@ -51,3 +51,36 @@ def check_token(field: str, value: str) -> str:
     if not is_token(value):
         raise InvalidIdError(field, value)
     return value
+
+
+# More id field types used by the v1 messages.
+CommandIdField = Annotated[str, msgspec.Meta(pattern=TOKEN_PATTERN, description="Command id (a token)")]
+RequestIdField = Annotated[
+    str, msgspec.Meta(pattern=TOKEN_PATTERN, description="Client-chosen idempotency key (a token)")
+]
+
+# Agent commands for the cluster as a whole (applying workloads) go to this pseudo-node. A real node's
+# token never starts with "_": Kubernetes node names start with a lower-case letter or digit.
+CLUSTER_AGENT_NODE = "_cluster"
+
+# A Kubernetes node name: an RFC 1123 DNS subdomain (lower-case alphanumerics, '-' and '.').
+K8S_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_K8S_NAME_RE = re.compile(K8S_NAME_PATTERN)
+_NODE_TOKEN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(_[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def node_token(node_name: str) -> str:
+    """The subject token of a Kubernetes node name: dots become underscores (names never hold one).
+
+    Raises InvalidIdError for a name that is not a Kubernetes node name or is longer than a token (128).
+    """
+    if len(node_name) > 128 or not _K8S_NAME_RE.match(node_name):
+        raise InvalidIdError("node_name", node_name)
+    return node_name.replace(".", "_")
+
+
+def node_name_from_token(token: str) -> str:
+    """The inverse of node_token: underscores become dots again; refuses the cluster pseudo-node."""
+    if len(token) > 128 or not _NODE_TOKEN_RE.match(token):
+        raise InvalidIdError("node", token)
+    return token.replace("_", ".")

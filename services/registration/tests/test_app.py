@@ -4,11 +4,11 @@ import msgspec
 from faststream.nats import TestNatsBroker
 
 from flotilla_contracts.subjects import Service, command
+from flotilla_registration.app import SPEC
 from flotilla_runtime.bus import make_broker
 from flotilla_runtime.service import ServiceApp
 from flotilla_runtime.settings import ServiceSettings
 from flotilla_runtime.store import Store
-from flotilla_registration.app import SPEC
 
 
 async def test_info_reports_the_registration_service(tmp_path) -> None:

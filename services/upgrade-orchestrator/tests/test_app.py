@@ -1,4 +1,4 @@
-"""The upgrade-orchestrator service's wiring: it serves `info` with its own identity under FastStream's TestNatsBroker."""
+"""The upgrade-orchestrator's wiring: it serves `info` with its own identity under TestNatsBroker."""
 
 import msgspec
 from faststream.nats import TestNatsBroker
