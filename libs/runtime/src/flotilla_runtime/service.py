@@ -18,11 +18,14 @@ from faststream.nats import NatsBroker
 from nats.js import JetStreamContext
 
 from flotilla_contracts import CONTRACTS_VERSION
+from flotilla_contracts.envelope import Message
+from flotilla_contracts.streams import service_consumer
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1.service import InfoReply, InfoRequest
 from flotilla_runtime import telemetry
 from flotilla_runtime.bus import BusErrors, ensure_streams, make_broker
 from flotilla_runtime.commands import CommandContext, CommandRouter
+from flotilla_runtime.consumers import EventConsumer, EventHandler
 from flotilla_runtime.discovery import Discovery, ServiceIdentity
 from flotilla_runtime.errors import SettingsError, TemporaryError
 from flotilla_runtime.health import HealthServer
@@ -63,6 +66,7 @@ class ServiceApp(Generic[S]):
         self._task_factories: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._js: JetStreamContext | None = None
+        self.consumers: list[EventConsumer] = []
         self.router.add("info", InfoRequest, InfoReply, self._info)
 
     @property
@@ -78,6 +82,26 @@ class ServiceApp(Generic[S]):
     def background(self, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run `factory()` as a task once connected; it is cancelled on stop."""
         self._task_factories.append(factory)
+
+    def consume(
+        self, purpose: str, filter_subjects: list[str], handlers: dict[type[Message], EventHandler], batch: int = 256
+    ) -> EventConsumer:
+        """A durable FLEET_EVENTS consumer named `<service>-<purpose>`, started once connected.
+
+        Replicas of a service share the durable, so each event is handled by one of them.
+        """
+        consumer = EventConsumer(
+            service=self.spec.service,
+            instance_id=self.settings.instance_id,
+            durable=service_consumer(self.spec.service, purpose),
+            filter_subjects=filter_subjects,
+            handlers=handlers,
+            store=self.store,
+            batch=batch,
+        )
+        self.consumers.append(consumer)
+        self.background(lambda: consumer.run(self.js))
+        return consumer
 
     async def _info(self, _request: InfoRequest, _ctx: CommandContext) -> InfoReply:
         return InfoReply(
@@ -184,6 +208,10 @@ async def _shutdown(
     for subscriber in app.broker.subscribers:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(subscriber.stop(), timeout)
+    for consumer in app.consumers:
+        consumer.stop()
+    if app._tasks:
+        await asyncio.wait(app._tasks, timeout=2.0)
     for task in app._tasks:
         task.cancel()
     for task in app._tasks:

@@ -1,0 +1,50 @@
+"""Building dead-letter events: what a message was, where it came from, and why it was given up."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA
+from flotilla_contracts.errors import ErrorCode
+from flotilla_contracts.v1.deadletter import MAX_EXCERPT_CHARS, DeadLettered
+
+_EXCERPT_BYTES = MAX_EXCERPT_CHARS // 4 * 3
+
+
+def dead_letter(
+    *,
+    service: str,
+    instance_id: str,
+    subject: str,
+    headers: Mapping[str, str] | None,
+    payload: bytes,
+    reason: ErrorCode,
+    message: str,
+    attempts: int = 1,
+    stream: str = "",
+    stream_seq: int | None = None,
+    consumer: str = "",
+) -> DeadLettered:
+    """A DeadLettered event for a message that will never be processed."""
+    headers = dict(headers or {})
+    excerpt = payload[:_EXCERPT_BYTES]
+    return DeadLettered(
+        service=service,
+        instance_id=instance_id[:256],
+        original_subject=subject[:1024],
+        reason=reason,
+        message=message[:4096],
+        original_msg_id=headers.get(H_MSG_ID, "")[:256],
+        original_schema=headers.get(H_SCHEMA, "")[:256],
+        original_headers={key[:256]: value[:4096] for key, value in list(headers.items())[:64]},
+        payload_excerpt_b64=base64.b64encode(excerpt).decode(),
+        payload_size=len(payload),
+        truncated=len(payload) > len(excerpt),
+        attempts=max(1, attempts),
+        stream=stream,
+        stream_seq=stream_seq,
+        consumer=consumer,
+        occurred_at=datetime.now(UTC),
+    )
