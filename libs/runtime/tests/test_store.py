@@ -6,7 +6,7 @@ import pytest
 
 from flotilla_contracts.envelope import Message
 from flotilla_runtime.migrations import Migration
-from flotilla_runtime.store import Store
+from flotilla_runtime.store import Store, SyncTx
 
 
 class Happened(Message, frozen=True, kw_only=True):
@@ -71,4 +71,37 @@ async def test_commit_hook_fires_only_when_events_were_emitted(tmp_path: Path) -
     async with store.transaction() as tx:
         await tx.emit("fleet.v1.evt.cluster.a.approved", Happened(what="a"))
     assert calls == [1]
+    await store.close()
+
+
+async def test_run_commits_sql_and_events_in_one_thread_hop(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "s.db", MIGRATIONS)
+    woken: list[int] = []
+    store.on_commit(lambda: woken.append(1))
+
+    def work(tx: SyncTx) -> str:
+        tx.execute("INSERT INTO things VALUES ('a', 1)")
+        tx.mark_processed("m1")
+        return tx.emit("fleet.v1.evt.cluster.a.approved", Happened(what="a"))
+
+    event_id = await store.run(work)
+    assert [row["msg_id"] for row in await store.pending_outbox(5)] == [event_id]
+    assert woken == [1]
+    async with store.transaction() as tx:
+        assert await tx.seen("m1")
+    await store.close()
+
+
+async def test_run_rolls_back_everything_on_error(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "s.db", MIGRATIONS)
+
+    def work(tx: SyncTx) -> None:
+        tx.execute("INSERT INTO things VALUES ('a', 1)")
+        tx.emit("fleet.v1.evt.cluster.a.approved", Happened(what="a"))
+        raise ValueError("refused halfway")
+
+    with pytest.raises(ValueError, match="halfway"):
+        await store.run(work)
+    assert await store.fetchall("SELECT * FROM things") == []
+    assert await store.outbox_size() == 0
     await store.close()

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import msgspec
@@ -21,11 +21,58 @@ from flotilla_runtime.errors import TemporaryError
 from flotilla_runtime.migrations import RUNTIME_MIGRATIONS, Migration
 
 Row = sqlite3.Row
+T = TypeVar("T")
 _json = msgspec.json.Encoder()
+_INSERT_OUTBOX = "INSERT OR IGNORE INTO outbox (msg_id, subject, headers, payload, created_at) VALUES (?, ?, ?, ?, ?)"
+_INSERT_PROCESSED = "INSERT OR IGNORE INTO processed_messages (msg_id, processed_at) VALUES (?, ?)"
+_SELECT_PROCESSED = "SELECT 1 FROM processed_messages WHERE msg_id = ?"
 
 
 def utc_now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _outbox_row(
+    subject: str, message: Message, msg_id: str, trace_headers: dict[str, str]
+) -> tuple[str, tuple[str, str, bytes, bytes, float]]:
+    """The event id and outbox row of one event: schema, id, time and trace context in its headers."""
+    event_id = msg_id or uuid.uuid4().hex
+    headers = {H_SCHEMA: schema_id(type(message)), H_MSG_ID: event_id, H_SENT_AT: utc_now_iso(), **trace_headers}
+    return event_id, (event_id, subject, _json.encode(headers), _json.encode(message), time.time())
+
+
+class SyncTx:
+    """A transaction run inside the database thread (see `Store.run`): the same operations as Tx, synchronous."""
+
+    def __init__(self, conn: sqlite3.Connection, trace_headers: dict[str, str]) -> None:
+        self._conn = conn
+        self._trace_headers = trace_headers
+        self.emitted = 0
+
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
+        return self._conn.execute(sql, params).rowcount
+
+    def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
+        self._conn.executemany(sql, params)
+
+    def fetchone(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
+        row: Row | None = self._conn.execute(sql, params).fetchone()
+        return row
+
+    def fetchall(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
+        return list(self._conn.execute(sql, params).fetchall())
+
+    def emit(self, subject: str, message: Message, *, msg_id: str = "") -> str:
+        event_id, row = _outbox_row(subject, message, msg_id, self._trace_headers)
+        self._conn.execute(_INSERT_OUTBOX, row)
+        self.emitted += 1
+        return event_id
+
+    def seen(self, msg_id: str) -> bool:
+        return self._conn.execute(_SELECT_PROCESSED, (msg_id,)).fetchone() is not None
+
+    def mark_processed(self, msg_id: str) -> None:
+        self._conn.execute(_INSERT_PROCESSED, (msg_id, time.time()))
 
 
 class Tx:
@@ -146,6 +193,31 @@ class Store:
         if tx.emitted:
             for hook in self._commit_hooks:
                 hook()
+
+    async def run(self, work: Callable[[SyncTx], T]) -> T:
+        """Run `work(tx)` as one transaction inside the database thread: one thread hop instead of one per
+        statement (about 100 us each), for hot paths such as joins. `work` must not block on anything else."""
+        trace_headers = dict(telemetry.inject({}))
+        async with self._lock:
+            # aiosqlite has no public "run this function in the connection thread"; this is the only place
+            # that reaches past its API, so a change there breaks here and nowhere else.
+            result, emitted = await self._db._execute(self._run_in_thread, work, trace_headers)  # type: ignore[no-untyped-call]
+        if emitted:
+            for hook in self._commit_hooks:
+                hook()
+        return result  # type: ignore[no-any-return]
+
+    def _run_in_thread(self, work: Callable[[SyncTx], T], trace_headers: dict[str, str]) -> tuple[T, int]:
+        conn = self._db._conn
+        conn.execute("BEGIN IMMEDIATE")
+        tx = SyncTx(conn, trace_headers)
+        try:
+            result = work(tx)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result, tx.emitted
 
     async def fetchall(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
         """A read outside any transaction (WAL gives it a consistent snapshot)."""
