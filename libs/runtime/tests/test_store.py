@@ -105,3 +105,12 @@ async def test_run_rolls_back_everything_on_error(tmp_path: Path) -> None:
     assert await store.fetchall("SELECT * FROM things") == []
     assert await store.outbox_size() == 0
     await store.close()
+
+
+async def test_a_failing_migration_closes_the_database(tmp_path: Path) -> None:
+    broken = [Migration("svc", 1, "broken", "CREATE TABLE oops (")]
+    with pytest.raises(Exception, match="syntax error|incomplete input"):
+        await Store.open(tmp_path / "s.db", broken)
+    import threading
+
+    assert not [t for t in threading.enumerate() if "_connection_worker_thread" in t.name]

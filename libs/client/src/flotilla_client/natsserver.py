@@ -91,14 +91,27 @@ class NatsServer:
         """Start and wait until the client port accepts connections."""
         if port_open(self.host, self.port):
             raise NatsServerError(f"port {self.port} on {self.host} is already in use; choose another with --port")
+        if self.monitor_port and port_open(self.host, self.monitor_port):
+            raise NatsServerError(
+                f"monitoring port {self.monitor_port} on {self.host} is already in use; "
+                "choose another with --monitor-port (0 disables monitoring)"
+            )
         config = self.write_config()
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
-        self.process = subprocess.Popen(
-            [find_nats_server(), "-c", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=detach,
-        )
+        binary = find_nats_server()
+        if self.log_file:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115 - closed below
+        try:
+            self.process = subprocess.Popen(
+                [binary, "-c", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=detach,
+            )
+        finally:
+            if not isinstance(out, int):
+                out.close()  # the child holds its own copy
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -27,7 +27,7 @@ from flotilla_runtime.errors import RequestError
 M = TypeVar("M", bound=Message)
 
 _encoder = msgspec.json.Encoder()
-_PATH_RE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_PATH_RE = re.compile(r" - at (?:`key` in )?`\$(?P<path>[^`]*)`$")
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 
 

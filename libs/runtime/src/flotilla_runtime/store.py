@@ -142,12 +142,16 @@ class Store:
         except sqlite3.Error as exc:
             raise TemporaryError(f"cannot open the state database {target}: {exc}") from exc
         db.row_factory = sqlite3.Row
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=NORMAL")
-        await db.execute("PRAGMA foreign_keys=ON")
-        await db.execute("PRAGMA busy_timeout=5000")
         store = cls(db, str(target) if str(target) == ":memory:" else str(target.resolve()))  # noqa: ASYNC240 - once at start
-        await store._migrate([*RUNTIME_MIGRATIONS, *migrations])
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            await db.execute("PRAGMA busy_timeout=5000")
+            await store._migrate([*RUNTIME_MIGRATIONS, *migrations])
+        except BaseException:
+            await db.close()  # its thread would otherwise keep the process alive
+            raise
         return store
 
     async def _migrate(self, migrations: Sequence[Migration]) -> None:

@@ -1,20 +1,36 @@
-"""Wiring of the registration service: its settings, its commands and what it runs in the background."""
+"""Wiring of the registration service: settings, the approval policy, the credential key and the commands."""
 
 from __future__ import annotations
 
 from flotilla_contracts.subjects import Service
+from flotilla_kube.selectors import SelectorError, parse_selector
 from flotilla_registration import __version__
+from flotilla_registration import store as repo
+from flotilla_registration.handlers import Registration
+from flotilla_runtime.errors import SettingsError
 from flotilla_runtime.service import ServiceApp, ServiceSpec
-from flotilla_runtime.settings import ServiceSettings
+from flotilla_runtime.settings import ServiceSettings, env_prefix
 
 
 class Settings(ServiceSettings, kw_only=True, frozen=True):
     """`FLOTILLA_REGISTRATION_*` environment variables (see flotilla_runtime.settings for the shared ones)."""
 
+    # Clusters whose labels match this selector are approved when they join; empty: no such policy.
+    auto_approve_selector: str = ""
+    # HMAC key for cluster credentials; empty: generated once and kept in the state file.
+    credential_key: str = ""
+
 
 async def setup(app: ServiceApp[Settings]) -> None:
-    """Register handlers on the app; the runtime already serves `info` and service discovery."""
-    app.log.debug("registration wired", extra={"commands": [ep.verb for ep in app.router.endpoints]})
+    """Register the commands; the runtime already serves `info` and service discovery."""
+    policy = None
+    if app.settings.auto_approve_selector:
+        try:
+            policy = parse_selector(app.settings.auto_approve_selector)
+        except SelectorError as exc:
+            raise SettingsError(f"{env_prefix(app.name)}AUTO_APPROVE_SELECTOR: {exc}") from None
+    key = await app.store.run(lambda tx: repo.credential_key(tx, app.settings.credential_key))
+    Registration(store=app.store, credential_key=key, policy=policy).register(app.router)
 
 
 SPEC = ServiceSpec(
@@ -23,4 +39,5 @@ SPEC = ServiceSpec(
     description="Join tokens, cluster approval and the fleet inventory of clusters and nodes.",
     settings_type=Settings,
     setup=setup,
+    migrations_package="flotilla_registration",
 )

@@ -1,0 +1,86 @@
+"""What every command shares: the context (server URL, state folder), the error line, async running."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import click
+
+from flotilla_client import runfile
+from flotilla_client.client import DEFAULT_URL
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_STATE_DIR = ".flotilla"
+
+
+def cli_version() -> str:
+    try:
+        return version("flotilla-client")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+class Failure(click.ClickException):
+    """One clear line on stderr, `flotilla: error: ...`, and exit code 1 (no traceback)."""
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"flotilla: error: {self.format_message()}", err=True, file=file)
+
+
+@dataclass
+class CliContext:
+    """Global options: where the local fleet keeps its state and which NATS to talk to."""
+
+    state_dir: Path
+    server_flag: str | None = None
+    state_dir_given: bool = False
+
+    def server_url(self) -> str:
+        """--server / FLOTILLA_NATS_URL, else the URL `flotilla up` recorded in the state folder, else the default."""
+        return self.server_flag or runfile.server_url(self.state_dir) or DEFAULT_URL
+
+    def hint(self, command: str) -> str:
+        """A command to suggest, with `--state-dir` when the user chose a folder of their own."""
+        if self.state_dir_given:
+            return f"flotilla --state-dir {self.state_dir} {command}"
+        return f"flotilla {command}"
+
+
+def _remember_server(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value:
+        ctx.ensure_object(CliContext).server_flag = value
+    return value
+
+
+def server_option(command: F) -> F:
+    """`--server URL` accepted after the command name too (`flotilla status --server nats://...`)."""
+    return click.option(
+        "--server",
+        metavar="URL",
+        expose_value=False,
+        callback=_remember_server,
+        help="NATS URL (overrides the global --server and FLOTILLA_NATS_URL).",
+    )(command)
+
+
+def run(coro_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run one async command body with tracing set up (spans leave only when OTEL_EXPORTER_OTLP_ENDPOINT is set)."""
+    from flotilla_runtime import telemetry
+
+    telemetry.setup_tracing("flotilla-cli", cli_version(), uuid.uuid4().hex[:12])
+    try:
+        return asyncio.run(coro_factory())
+    finally:
+        telemetry.shutdown_tracing()
+
+
+def echo(text: str = "", err: bool = False) -> None:
+    click.echo(text, err=err)

@@ -1,0 +1,189 @@
+"""Local fleet commands: `up`, `down`, `status` and `logs`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from flotilla_client import localfleet, runfile
+from flotilla_client.cli.common import CliContext, Failure, echo, run, server_option
+from flotilla_client.cli.output import Column, output_option, render, render_json
+from flotilla_client.client import FlotillaClient
+from flotilla_client.discovery import ServiceRecord
+from flotilla_client.durations import format_duration
+from flotilla_client.runfile import RunInfo
+
+pass_cli = click.make_pass_decorator(CliContext)
+
+
+@click.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=4222, show_default=True, help="NATS client port.")
+@click.option(
+    "--monitor-port",
+    type=click.IntRange(0, 65535),
+    default=8222,
+    show_default=True,
+    help="NATS HTTP monitoring port; 0 disables it.",
+)
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for all five services.")
+@server_option
+@pass_cli
+def up(obj: CliContext, port: int, monitor_port: int, timeout: float) -> None:
+    """Start a local fleet: nats-server and the five services.
+
+    nats-server runs with JetStream, then each service as its own detached process; `up` returns
+    once all five answer $SRV.PING.
+
+    Everything lives in the state folder (default .flotilla/ here): NATS data, each service's
+    database, logs/<service>.log and run.json. With --server, an existing NATS is used instead.
+
+    \b
+    Examples:
+      flotilla up
+      flotilla --state-dir /tmp/fleet up --port 4300 --monitor-port 0
+      flotilla --server nats://127.0.0.1:4222 up
+    """
+    started = time.monotonic()
+    options = localfleet.UpOptions(
+        state_dir=obj.state_dir, port=port, monitor_port=monitor_port, server=obj.server_flag, timeout_s=timeout
+    )
+    info = localfleet.up(options, echo)
+    _print_summary(obj, info, time.monotonic() - started)
+
+
+def _print_summary(obj: CliContext, info: RunInfo, elapsed: float) -> None:
+    state = Path(info.state_dir)
+    echo(f"\nFlotilla is up: {len(info.services)} services in {elapsed:.1f}s.")
+    echo(f"  NATS          {info.nats.url}" + (f" (nats-server {info.nats.version})" if info.nats.version else ""))
+    if info.nats.monitor_url:
+        echo(f"  monitoring    {info.nats.monitor_url}")
+    echo(f"  state folder  {state}")
+    echo(f"  run file      {runfile.run_file(state)}")
+    echo(f"  logs          {state / 'logs'}/<service>.log")
+    echo("Try next:")
+    for command in ("status", "events --follow", "logs registration", "down"):
+        echo(f"  {obj.hint(command)}")
+
+
+@click.command()
+@click.option("--timeout", type=float, default=15.0, show_default=True, help="Seconds to wait before SIGKILL.")
+@pass_cli
+def down(obj: CliContext, timeout: float) -> None:
+    """Stop the local fleet, leaving no process behind.
+
+    Services get SIGTERM first (they drain and flush), stragglers SIGKILL after --timeout, then
+    nats-server stops. Data stays in the state folder for the next `up`.
+
+    \b
+    Example:
+      flotilla down
+    """
+    if not localfleet.down(obj.state_dir, timeout, echo):
+        echo(f"nothing is running from {obj.state_dir.resolve()} (no run.json there)")
+        return
+    echo("the local fleet is down; no process is left")
+
+
+def _status_row(record: ServiceRecord) -> dict[str, Any]:
+    return {
+        "name": record.name,
+        "version": record.version,
+        "id": record.id,
+        "started": record.started,
+        "uptime_s": round(record.uptime_s, 1) if record.uptime_s is not None else None,
+        "requests": record.requests,
+        "errors": record.errors,
+        "health": record.health,
+        "endpoints": record.endpoints,
+        "metadata": record.metadata,
+    }
+
+
+STATUS_COLUMNS = (
+    Column("SERVICE", "name"),
+    Column("VERSION", "version"),
+    Column("ID", "id"),
+    Column("UPTIME", lambda r: format_duration(r["uptime_s"]) if r["uptime_s"] is not None else None),
+    Column("REQUESTS", "requests"),
+    Column("ERRORS", "errors"),
+    Column("HEALTH", "health"),
+)
+
+
+@click.command()
+@output_option("table", "json")
+@click.option("--timeout", type=float, default=1.0, show_default=True, help="Seconds to wait for replies.")
+@server_option
+@pass_cli
+def status(obj: CliContext, output: str, timeout: float) -> None:
+    """List running services: version, id, uptime, requests, errors.
+
+    Services are found by NATS service discovery ($SRV.PING and $SRV.STATS), so this works
+    against any Flotilla NATS, local or not.
+
+    \b
+    Examples:
+      flotilla status
+      flotilla status -o json
+      flotilla --server nats://nats.example:4222 status
+    """
+    url = obj.server_url()
+
+    async def discover() -> list[ServiceRecord]:
+        async with FlotillaClient(url) as client:
+            return await client.discover(timeout=timeout)
+
+    rows = [_status_row(r) for r in run(discover)]
+    if output == "json":
+        echo(render_json(rows))
+    if not rows:
+        raise Failure(f"no service answered $SRV.PING on {url}; start the fleet with `{obj.hint('up')}`")
+    if output == "table":
+        echo(f"{len(rows)} service instance(s) on {url}")
+        echo(render(rows, output, STATUS_COLUMNS))
+
+
+@click.command()
+@click.argument("service", type=click.Choice(localfleet.LOG_NAMES), metavar="SERVICE")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until Ctrl-C.")
+@click.option("-n", "--lines", type=click.IntRange(0), default=20, show_default=True, help="Lines to show first.")
+@pass_cli
+def logs(obj: CliContext, service: str, follow: bool, lines: int) -> None:
+    """Show the log of a local service (or of nats-server).
+
+    \b
+    Examples:
+      flotilla logs registration
+      flotilla logs upgrade-orchestrator -n 100
+      flotilla logs heartbeat --follow
+    """
+    path = localfleet.log_path(obj.state_dir.resolve(), service)
+    if not path.exists():
+        raise Failure(f"no log for {service} at {path}; has `{obj.hint('up')}` run with this state folder?")
+    for line in localfleet.tail(path, lines):
+        echo(line)
+    if follow:
+        try:
+            _follow(path)
+        except KeyboardInterrupt:
+            return
+
+
+def _follow(path: Path) -> None:
+    with open(path, "rb") as file:
+        file.seek(0, 2)
+        partial = b""
+        while True:
+            chunk = file.read()
+            if not chunk:
+                if path.exists() and path.stat().st_size < file.tell():
+                    file.seek(0)  # truncated or replaced: start over
+                time.sleep(0.2)
+                continue
+            partial += chunk
+            *complete, partial = partial.split(b"\n")
+            for line in complete:
+                echo(line.decode("utf-8", "replace"))

@@ -1,0 +1,235 @@
+"""The async Flotilla client: one NATS connection, typed commands, raw publish/request, discovery and events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import TypeVar
+
+import msgspec
+import nats
+import nats.errors
+from nats.aio.client import Client
+from opentelemetry.trace import SpanKind
+
+from flotilla_client.discovery import ServiceRecord, collect_services
+from flotilla_client.errors import ClientError
+from flotilla_client.events import EventRecord, iterate_events
+from flotilla_contracts import subjects
+from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, H_SENT_AT, Message, schema_id
+from flotilla_contracts.errors import ErrorCode
+from flotilla_runtime import codec, telemetry
+
+M = TypeVar("M", bound=Message)
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BusErrorLog:
+    """Errors the server sends asynchronously: nats-py reports a denied publish only to `error_cb`."""
+
+    errors: list[str] = field(default_factory=list)
+
+    async def callback(self, error: Exception) -> None:
+        text = str(error) or type(error).__name__
+        self.errors.append(text)
+        log.debug("NATS error: %s", text)
+
+    def denied(self) -> list[str]:
+        return [text for text in self.errors if "permissions violation" in text.lower()]
+
+
+@dataclass(frozen=True)
+class RawReply:
+    """A reply as received: subject, headers and body bytes."""
+
+    subject: str
+    headers: dict[str, str]
+    data: bytes
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def message_headers(schema: str | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Headers every Flotilla message carries: schema (when known), a unique id, a timestamp, trace context."""
+    headers: dict[str, str] = {H_MSG_ID: uuid.uuid4().hex, H_SENT_AT: now_rfc3339()}
+    if schema:
+        headers[H_SCHEMA] = schema
+    headers.update(extra or {})
+    telemetry.inject(headers)
+    return headers
+
+
+@contextmanager
+def _span(name: str, kind: SpanKind, subject: str) -> Iterator[None]:
+    """The client side of a trace; its context goes out in the message's traceparent header."""
+    attributes = {"messaging.system": "nats", "messaging.destination.name": subject}
+    with telemetry.tracer("flotilla.client").start_as_current_span(name, kind=kind, attributes=attributes):
+        yield
+
+
+def service_of(subject: str) -> str:
+    """`fleet.v1.cmd.registration.info` -> `registration`; empty for other subjects."""
+    prefix = subjects.CMD_PREFIX + "."
+    return subject[len(prefix) :].split(".", 1)[0] if subject.startswith(prefix) else ""
+
+
+class FlotillaClient:
+    """Talks to a Flotilla fleet over NATS only. Use `async with FlotillaClient(url) as client:`."""
+
+    def __init__(self, url: str = DEFAULT_URL, *, name: str = "flotilla-cli", connect_timeout: float = 3.0) -> None:
+        self.url = url
+        self.name = name
+        self.connect_timeout = connect_timeout
+        self.bus_errors = BusErrorLog()
+        self._nc: Client | None = None
+
+    async def __aenter__(self) -> FlotillaClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def nc(self) -> Client:
+        if self._nc is None or not self._nc.is_connected:
+            raise ClientError(ErrorCode.UNAVAILABLE, f"not connected to NATS at {self.url}")
+        return self._nc
+
+    @property
+    def server_version(self) -> str:
+        v = self.nc.connected_server_version
+        return f"{v.major}.{v.minor}.{v.patch}"
+
+    async def connect(self) -> None:
+        """Connect once; a server that does not answer is a clear error naming the URL and what to do."""
+        try:
+            self._nc = await nats.connect(
+                self.url,
+                name=self.name,
+                error_cb=self.bus_errors.callback,
+                allow_reconnect=False,
+                max_reconnect_attempts=1,  # 0 means "forever" to nats-py; 1 is one retry, then NoServersError
+                reconnect_time_wait=0.1,
+                connect_timeout=max(1, round(self.connect_timeout)),
+            )
+        except (OSError, nats.errors.Error, TimeoutError) as exc:
+            reason = "; ".join(self.bus_errors.errors[-1:]) or str(exc) or type(exc).__name__
+            raise ClientError(
+                ErrorCode.UNAVAILABLE,
+                f"cannot reach NATS at {self.url} ({reason}); start a local fleet with `flotilla up`, "
+                "or point to a running NATS with --server URL (or FLOTILLA_NATS_URL)",
+                {"url": self.url},
+            ) from None
+
+    async def close(self) -> None:
+        if self._nc is not None and not self._nc.is_closed:
+            try:
+                await self._nc.close()
+            except (nats.errors.Error, OSError):
+                pass
+        self._nc = None
+
+    async def request(
+        self,
+        service: subjects.Service | str,
+        verb: str,
+        message: Message,
+        reply_type: type[M],
+        timeout: float = 5.0,  # noqa: ASYNC109 - the NATS request's own deadline
+    ) -> M:
+        """Send a command to `fleet.v1.cmd.<service>.<verb>` and return the typed data of its reply."""
+        name = service.value if isinstance(service, subjects.Service) else service
+        subject = f"{subjects.CMD_PREFIX}.{name}.{verb}"
+        raw = await self.request_raw(
+            subject, codec.encode(message), schema_id(type(message)), timeout=timeout, span_name=f"{name} {verb}"
+        )
+        try:
+            reply = codec.decode_reply(raw.data, reply_type)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ClientError(
+                ErrorCode.MALFORMED, f"the reply from {name} on {subject} is not a {reply_type.SCHEMA} envelope: {exc}"
+            ) from None
+        if not reply.ok or reply.data is None:
+            if reply.error is None:
+                raise ClientError(ErrorCode.INTERNAL, f"{name} answered {subject} with neither data nor an error")
+            raise ClientError(reply.error.code, reply.error.message, dict(reply.error.details))
+        return reply.data
+
+    async def request_raw(
+        self,
+        subject: str,
+        payload: bytes,
+        schema: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 5.0,  # noqa: ASYNC109 - the NATS request's own deadline
+        span_name: str = "",
+    ) -> RawReply:
+        """A core NATS request with Flotilla headers; no responders and timeouts become ClientErrors."""
+        service = service_of(subject)
+        who = f"the {service} service" if service else "any service"
+        try:
+            with _span(span_name or f"request {subject}", SpanKind.CLIENT, subject):
+                sent = message_headers(schema, headers)
+                msg = await self.nc.request(subject, payload, timeout=timeout, headers=sent)
+        except nats.errors.NoRespondersError:
+            raise ClientError(
+                ErrorCode.UNAVAILABLE,
+                f"{who} is not running: nobody answers {subject} on {self.url} (start the fleet with `flotilla up`)",
+                {"subject": subject},
+            ) from None
+        except (TimeoutError, nats.errors.TimeoutError):
+            denied = self.bus_errors.denied()
+            why = f"; the server denied it: {denied[-1]}" if denied else ""
+            raise ClientError(
+                ErrorCode.TIMEOUT,
+                f"no reply on {subject} within {timeout:g}s from {who}{why}",
+                {"subject": subject, "timeout_s": timeout},
+            ) from None
+        return RawReply(msg.subject, dict(msg.headers or {}), msg.data)
+
+    async def publish(
+        self, subject: str, payload: bytes, schema: str | None = None, *, headers: Mapping[str, str] | None = None
+    ) -> str:
+        """Publish, flush, and raise when the server denied it; returns the message id."""
+        before = len(self.bus_errors.denied())
+        try:
+            with _span(f"publish {subject}", SpanKind.PRODUCER, subject):
+                sent = message_headers(schema, headers)
+                await self.nc.publish(subject, payload, headers=sent)
+            await self.nc.flush(timeout=5)
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise ClientError(ErrorCode.UNAVAILABLE, f"could not publish to {subject}: {exc}") from None
+        await asyncio.sleep(0.01)  # error_cb runs as its own task: let it report a denial sent before the PONG
+        denied = self.bus_errors.denied()[before:]
+        if denied:
+            raise ClientError(ErrorCode.FORBIDDEN, f"the server refused the publish to {subject}: {denied[-1]}")
+        return sent[H_MSG_ID]
+
+    async def discover(
+        self,
+        timeout: float = 1.0,  # noqa: ASYNC109 - a collection window, not a cancel scope
+        expect: int = 0,
+    ) -> list[ServiceRecord]:
+        """Every service instance answering `$SRV.PING`, with its `$SRV.STATS`; sorted by name then id."""
+        return await collect_services(self.nc, timeout=timeout, expect=expect)
+
+    def events(
+        self, subject: str = subjects.ALL_EVENTS, *, since: datetime | None = None, follow: bool = False
+    ) -> AsyncIterator[EventRecord]:
+        """Events of FLEET_EVENTS matching `subject`, oldest first; without `follow`, stops when caught up."""
+        return iterate_events(self.nc, subject, since=since, follow=follow)
