@@ -63,6 +63,15 @@ def leftover_markers(state_dir: Path) -> list[str]:
     return markers
 
 
+def running(state_dir: Path) -> bool:
+    """True when a fleet started from this folder still has a live process."""
+    info = runfile.load(state_dir)
+    if info is None:
+        return False
+    services, nats = tracked(info)
+    return any(procs.alive(t.pid, t.marker) for t in services + nats)
+
+
 def check_not_running(state_dir: Path, progress: Progress) -> None:
     """Refuse when a fleet from this folder still runs; remove a run file whose processes are all gone."""
     info = runfile.load(state_dir)

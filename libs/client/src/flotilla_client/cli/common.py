@@ -14,6 +14,8 @@ import click
 
 from flotilla_client import runfile
 from flotilla_client.client import DEFAULT_URL
+from flotilla_contracts.envelope import Message
+from flotilla_contracts.subjects import Service
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -84,3 +86,19 @@ def run(coro_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 def echo(text: str = "", err: bool = False) -> None:
     click.echo(text, err=err)
+
+
+M = TypeVar("M", bound="Message")
+
+
+def call(
+    obj: CliContext, service: Service, verb: str, message: Message, reply_type: type[M], timeout_s: float = 10.0
+) -> M:
+    """Send one command and return its typed reply data; errors become one line on stderr."""
+    from flotilla_client.client import FlotillaClient
+
+    async def go() -> M:
+        async with FlotillaClient(obj.server_url()) as client:
+            return await client.request(service, verb, message, reply_type, timeout=timeout_s)
+
+    return run(go)

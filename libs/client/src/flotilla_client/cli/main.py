@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from flotilla_client.cli import bus, local
+from flotilla_client.cli import bus, demo, fleet, local
 from flotilla_client.cli.common import DEFAULT_STATE_DIR, CliContext, Failure, cli_version
 from flotilla_client.errors import FlotillaClientError
 
@@ -59,7 +59,18 @@ def cli(ctx: click.Context, server: str | None, state_dir: Path, verbose: bool) 
     ctx.obj = CliContext(state_dir=state_dir, server_flag=server or None, state_dir_given=given)
 
 
-for command in (local.up, local.down, local.status, local.logs, bus.events, bus.publish):
+for command in (
+    demo.demo,
+    local.up,
+    local.down,
+    local.status,
+    local.logs,
+    bus.events,
+    bus.publish,
+    fleet.token,
+    fleet.clusters,
+    fleet.nodes,
+):
     cli.add_command(command)
 
 
