@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from integration_support import service_log, start_service
 
 from flotilla_client.natsserver import NatsServer
 from flotilla_contracts.subjects import Service
-from flotilla_runtime.settings import env_prefix
-
-
-def module_of(service: Service) -> str:
-    return "flotilla_" + service.value.replace("-", "_")
-
-
-def start_service(service: Service, nats_url: str, state: Path, **settings: str) -> subprocess.Popen[bytes]:
-    prefix = env_prefix(service.value)
-    env = {
-        **os.environ,
-        "FLOTILLA_NATS_URL": nats_url,
-        f"{prefix}STATE_DIR": str(state / service.value),
-        f"{prefix}LOG_FORMAT": "json",
-        **{prefix + key.upper(): value for key, value in settings.items()},
-    }
-    log = open(state / f"{service.value}.log", "ab")  # noqa: SIM115 - the child owns it
-    return subprocess.Popen([sys.executable, "-m", module_of(service)], env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 @pytest.fixture
@@ -51,5 +32,5 @@ def five_services(nats_server: NatsServer, tmp_path: Path) -> Iterator[dict[Serv
             except subprocess.TimeoutExpired:
                 proc.kill()
                 codes[service] = proc.wait()
-        logs = {s.value: (tmp_path / f"{s.value}.log").read_text()[-2000:] for s in Service}
+        logs = {s.value: service_log(tmp_path, s) for s in Service}
         assert all(code == 0 for code in codes.values()), f"exit codes {codes}; logs: {logs}"

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -138,7 +138,11 @@ def _start_nats(opts: UpOptions, progress: Progress) -> tuple[NatsEntry, subproc
     return entry, server.process
 
 
-def _start_service(service: Service, state_dir: Path, nats_url: str) -> tuple[ServiceEntry, subprocess.Popen[bytes]]:
+def start_service(
+    service: Service, state_dir: Path, nats_url: str, settings: Mapping[str, str] | None = None
+) -> tuple[ServiceEntry, subprocess.Popen[bytes]]:
+    """One service as a detached process with its state under `state_dir/<service>`; `settings` are extra
+    FLOTILLA_<SERVICE>_* values by field name (e.g. {"auto_approve_selector": "env=dev"})."""
     prefix = env_prefix(service.value)
     port = free_port()
     service_dir = state_dir / service.value
@@ -153,6 +157,7 @@ def _start_service(service: Service, state_dir: Path, nats_url: str) -> tuple[Se
             f"{prefix}LOG_FORMAT": "json",
             f"{prefix}INSTANCE_ID": uuid.uuid4().hex[:12],
             "PYTHONUNBUFFERED": "1",
+            **{prefix + key.upper(): value for key, value in (settings or {}).items()},
         }
     )
     log = log_path(state_dir, service.value)
@@ -220,7 +225,7 @@ def up(opts: UpOptions, progress: Progress) -> RunInfo:
         runfile.save(state_dir, info)
         progress(f"starting {len(SERVICES)} services (logs in {state_dir / 'logs'}):")
         for service in SERVICES:
-            entry, child = _start_service(service, state_dir, info.nats.url)
+            entry, child = start_service(service, state_dir, info.nats.url)
             info.services.append(entry)
             children[service.value] = child
         runfile.save(state_dir, info)
