@@ -1,7 +1,9 @@
 """The store commits state and events together, or neither; migrations run once; processed ids persist."""
 
+import asyncio
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -110,8 +112,35 @@ async def test_run_rolls_back_everything_on_error(tmp_path: Path) -> None:
 
 
 async def test_a_failing_migration_closes_the_database(tmp_path: Path) -> None:
+    def workers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if "_connection_worker_thread" in t.name}
+
+    before = workers()
     broken = [Migration("svc", 1, "broken", "CREATE TABLE oops (")]
     with pytest.raises(sqlite3.OperationalError):
         await Store.open(tmp_path / "s.db", broken)
+    await asyncio.sleep(0.05)
+    assert workers() <= before, "the failed store left its database thread running"
 
-    assert not [t for t in threading.enumerate() if "_connection_worker_thread" in t.name]
+
+async def test_concurrent_runs_group_commit_and_a_failure_stays_alone(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "s.db", MIGRATIONS)
+
+    def insert(key: str) -> Callable[[SyncTx], str]:
+        def work(tx: SyncTx) -> str:
+            tx.execute("INSERT INTO things VALUES (?, 1)", (key,))
+            tx.emit(f"fleet.v1.evt.cluster.{key}.approved", Happened(what=key))
+            if key == "k3":
+                raise ValueError("k3 refused after writing")
+            return key
+
+        return work
+
+    results = await asyncio.gather(*(store.run(insert(f"k{i}")) for i in range(8)), return_exceptions=True)
+    assert [r if isinstance(r, str) else type(r).__name__ for r in results] == [
+        "k0", "k1", "k2", "ValueError", "k4", "k5", "k6", "k7",
+    ]  # fmt: skip
+    rows = await store.fetchall("SELECT id FROM things ORDER BY id")
+    assert [row["id"] for row in rows] == ["k0", "k1", "k2", "k4", "k5", "k6", "k7"]
+    assert await store.outbox_size() == 7
+    await store.close()

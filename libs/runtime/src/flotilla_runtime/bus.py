@@ -50,6 +50,9 @@ def make_broker(nats_url: str, client_name: str, errors: BusErrors | None = None
         reconnect_time_wait=1,
         connect_timeout=5,
         graceful_timeout=10.0,
+        # Handlers take the raw message and decode it themselves (codec.decode, typed errors): no
+        # dependency injection, which would otherwise cost a thread-pool hop per message.
+        apply_types=False,
     )
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from faststream.nats import NatsBroker, NatsMessage, NatsResponse
+from nats.aio.msg import Msg
 
 from flotilla_contracts import subjects
 from flotilla_contracts.envelope import H_MSG_ID, ErrorBody, Message, schema_id
@@ -61,9 +62,12 @@ class Endpoint(Generic[Req, Rep]):
 class CommandRouter:
     """Collects a service's commands; `install` turns each into a queue-grouped FastStream subscriber."""
 
-    def __init__(self, service: Service, *, max_message_bytes: int) -> None:
+    def __init__(self, service: Service, *, max_message_bytes: int, max_in_flight: int = 256) -> None:
         self.service = service
         self.max_message_bytes = max_message_bytes
+        # Commands of one endpoint handled at once; handlers waiting on the database overlap (and their
+        # transactions group-commit) instead of queueing behind each other.
+        self.max_in_flight = max_in_flight
         self.endpoints: list[Endpoint[Any, Any]] = []
 
     def command(
@@ -136,9 +140,20 @@ class CommandRouter:
             self._subscribe(broker, endpoint)
 
     def _subscribe(self, broker: NatsBroker, endpoint: Endpoint[Any, Any]) -> None:
-        async def on_message(msg: NatsMessage) -> NatsResponse:
-            raw = msg.raw_message
+        async def on_message(raw: Msg) -> NatsResponse:
             body, headers = await self.dispatch(endpoint, raw.data, raw.headers or {})
             return NatsResponse(body, headers=headers)
 
-        broker.subscriber(endpoint.subject, queue=endpoint.queue_group, title=endpoint.subject)(on_message)
+        broker.subscriber(
+            endpoint.subject,
+            queue=endpoint.queue_group,
+            title=endpoint.subject,
+            max_workers=self.max_in_flight,
+            decoder=_raw_message,
+        )(on_message)
+
+
+async def _raw_message(message: NatsMessage) -> Msg:
+    """FastStream decoder that skips body decoding: handlers get the nats-py message as it arrived."""
+    raw: Msg = message.raw_message
+    return raw

@@ -122,6 +122,10 @@ class Tx:
         )
 
 
+# A queued unit of work for `Store.run`: the function, the caller's trace headers, the caller's future.
+_Work = tuple[Callable[["SyncTx"], Any], dict[str, str], "asyncio.Future[Any]"]
+
+
 class Store:
     """The only way a service touches its SQLite file. Transactions are serialized in-process."""
 
@@ -130,6 +134,9 @@ class Store:
         self.path = path
         self._lock = asyncio.Lock()
         self._commit_hooks: list[Callable[[], None]] = []
+        self._queue: list[_Work] = []
+        self._drainer: asyncio.Task[None] | None = None
+        self.max_group = 256
 
     @classmethod
     async def open(cls, path: str | Path, migrations: Sequence[Migration] = ()) -> Store:
@@ -199,29 +206,66 @@ class Store:
                 hook()
 
     async def run(self, work: Callable[[SyncTx], T]) -> T:
-        """Run `work(tx)` as one transaction inside the database thread: one thread hop instead of one per
-        statement (about 100 us each), for hot paths such as joins. `work` must not block on anything else."""
-        trace_headers = dict(telemetry.inject({}))
-        async with self._lock:
-            # aiosqlite has no public "run this function in the connection thread"; this is the only place
-            # that reaches past its API, so a change there breaks here and nowhere else.
-            result, emitted = await self._db._execute(self._run_in_thread, work, trace_headers)  # type: ignore[no-untyped-call]
-        if emitted:
-            for hook in self._commit_hooks:
-                hook()
-        return result  # type: ignore[no-any-return]
+        """Run `work(tx)` inside the database thread, group-committed with whatever else is waiting.
 
-    def _run_in_thread(self, work: Callable[[SyncTx], T], trace_headers: dict[str, str]) -> tuple[T, int]:
+        Works queued while a transaction is in flight go together into the next one: one thread hop
+        and one COMMIT for the lot, each work inside its own SAVEPOINT, so a work that raises is
+        rolled back alone and its caller gets the exception while the others commit. `work` must be
+        synchronous and must not block on anything but the database.
+        """
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append((work, dict(telemetry.inject({})), future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain(), name="store-group-commit")
+        return await future
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[: self.max_group], self._queue[self.max_group :]
+            try:
+                async with self._lock:
+                    # aiosqlite has no public "run this in the connection thread"; this is the one place that
+                    # reaches past its API, so a change there breaks here and nowhere else.
+                    outcomes, emitted = await self._db._execute(self._run_group, batch)  # type: ignore[no-untyped-call]
+            except BaseException as exc:  # the COMMIT itself failed: nobody's work is durable
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(TemporaryError(f"the state database did not commit: {exc}"))
+                continue
+            for (_, _, future), (ok, value) in zip(batch, outcomes, strict=True):
+                if not future.done():
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+            if emitted:
+                for hook in self._commit_hooks:
+                    hook()
+
+    def _run_group(self, batch: list[_Work]) -> tuple[list[tuple[bool, Any]], int]:
         conn = self._db._conn
+        outcomes: list[tuple[bool, Any]] = []
+        emitted = 0
         conn.execute("BEGIN IMMEDIATE")
-        tx = SyncTx(conn, trace_headers)
         try:
-            result = work(tx)
+            for work, trace_headers, _ in batch:
+                tx = SyncTx(conn, trace_headers)
+                conn.execute("SAVEPOINT work")
+                try:
+                    value = work(tx)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO work")
+                    conn.execute("RELEASE work")
+                    outcomes.append((False, exc))
+                    continue
+                conn.execute("RELEASE work")
+                outcomes.append((True, value))
+                emitted += tx.emitted
+            conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
-        return result, tx.emitted
+        return outcomes, emitted
 
     async def fetchall(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
         """A read outside any transaction (WAL gives it a consistent snapshot)."""
@@ -238,12 +282,9 @@ class Store:
         )
 
     async def delete_outbox(self, seqs: Sequence[int]) -> None:
-        if not seqs:
-            return
-        async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
-            await self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in seqs])
-            await self._db.execute("COMMIT")
+        """Forget published events; runs to completion in the database thread even if the caller is cancelled."""
+        if seqs:
+            await self.run(lambda tx: tx.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in seqs]))
 
     async def outbox_size(self) -> int:
         row = await self.fetchone("SELECT COUNT(*) FROM outbox")
