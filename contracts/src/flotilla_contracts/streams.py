@@ -25,6 +25,9 @@ class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
     duplicate_window_s: float = 1800.0
     max_age_s: float = 0.0  # 0: keep forever
     max_msg_bytes: int = 1024 * 1024
+    # Durable consumers allowed on the stream. Set explicitly: nats-server caps a stream that leaves it
+    # unset at 1,000, and FLEET_AGENT has one consumer per node.
+    max_consumers: int = 10_000
 
 
 FLEET_EVENTS = StreamSpec(
@@ -40,6 +43,7 @@ FLEET_AGENT = StreamSpec(
     retention=Retention.WORK_QUEUE,
     description="Commands to node-agents; one durable consumer per node, kept until done.",
     max_age_s=7 * 24 * 3600.0,
+    max_consumers=1_000_000,
 )
 
 STREAMS: tuple[StreamSpec, ...] = (FLEET_EVENTS, FLEET_AGENT)

@@ -102,3 +102,37 @@ def srv_subjects(name: str, instance_id: str) -> list[str]:
     for verb in SRV_VERBS:
         subjects += [verb, f"{verb}.{name}", f"{verb}.{name}.{instance_id}"]
     return subjects
+
+
+# --- heartbeat partitions (NATS subject mapping with `partition()` on the cluster token) ---
+HB_PARTITION_PREFIX = f"{ROOT}.hbp"
+
+
+def heartbeat_partition(partition: int) -> str:
+    """Filter of one partition's heartbeats once the server maps `fleet.v1.hb.*.*` to partitions."""
+    return f"{HB_PARTITION_PREFIX}.{int(partition)}.*.*"
+
+
+def heartbeat_partition_mapping(count: int) -> tuple[str, str]:
+    """The server mapping (source, destination) that splits heartbeats into `count` partitions by cluster token."""
+    if count < 1:
+        raise ValueError("partition count must be at least 1")
+    return ALL_HEARTBEATS, f"{HB_PARTITION_PREFIX}.{{{{partition({count},1)}}}}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}"
+
+
+def partition_of(cluster: str, count: int) -> int:
+    """The partition nats-server's `partition(count,1)` puts a cluster token in (FNV-1a 32 of the token)."""
+    h = 0x811C9DC5
+    for byte in cluster.encode():
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h % count
+
+
+def partition_command(service: Service, partition: int, verb: str) -> str:
+    """`fleet.v1.cmd.<service>.partition.<n>.<verb>`: a query answered by the replica owning partition n."""
+    return f"{CMD_PREFIX}.{service.value}.partition.{int(partition)}.{verb}"
+
+
+def partition_queue_group(service: Service, partition: int) -> str:
+    """Queue group of the replicas owning one partition (one of them answers)."""
+    return f"{service.value}-p{int(partition)}"

@@ -80,3 +80,17 @@ async def test_command_subjects_are_never_captured_by_a_stream(nc: Client) -> No
     await ensure_streams(js)
     for name in await js.streams_info():
         assert not any(subject.startswith("fleet.v1.cmd") for subject in name.config.subjects or [])
+
+
+async def test_agent_stream_allows_a_consumer_per_node_beyond_the_server_default(nc: Client) -> None:
+    """nats-server caps a stream without max_consumers at 1,000; FLEET_AGENT has one consumer per node."""
+    from flotilla_contracts.streams import FLEET_AGENT
+
+    js = nc.jetstream()
+    await ensure_streams(js)
+    assert (await js.stream_info(FLEET_AGENT.name)).config.max_consumers == 1_000_000
+    config = (await js.stream_info(FLEET_AGENT.name)).config
+    config.max_consumers = 1000  # as an older Flotilla left it
+    await js.update_stream(config)
+    await ensure_streams(js)
+    assert (await js.stream_info(FLEET_AGENT.name)).config.max_consumers == 1_000_000

@@ -6,6 +6,7 @@ from faststream.nats import TestNatsBroker
 from flotilla_contracts.subjects import Service, command
 from flotilla_heartbeat.app import SPEC
 from flotilla_runtime.bus import make_broker
+from flotilla_runtime.migrations import load_migrations
 from flotilla_runtime.service import ServiceApp
 from flotilla_runtime.settings import ServiceSettings
 from flotilla_runtime.store import Store
@@ -14,7 +15,7 @@ from flotilla_runtime.store import Store
 async def test_info_reports_the_heartbeat_service(tmp_path) -> None:
     settings = SPEC.settings_type(state_dir=str(tmp_path), instance_id="t1")
     assert isinstance(settings, ServiceSettings)
-    store = await Store.open(tmp_path / "heartbeat.db")
+    store = await Store.open(tmp_path / "heartbeat.db", load_migrations("flotilla_heartbeat", "heartbeat"))
     broker = make_broker("nats://127.0.0.1:1", "test")
     app = ServiceApp(SPEC, settings, store, broker, errors=None)  # type: ignore[arg-type]
     await SPEC.setup(app)

@@ -68,6 +68,7 @@ def stream_config(spec: StreamSpec, replicas: int = 1) -> StreamConfig:
         duplicate_window=spec.duplicate_window_s,
         max_age=spec.max_age_s,
         max_msg_size=spec.max_msg_bytes,
+        max_consumers=spec.max_consumers,
         num_replicas=replicas,
     )
 
@@ -92,6 +93,7 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1, specs: tuple[S
                 or current.duplicate_window != config.duplicate_window
                 or current.max_age != config.max_age
                 or current.description != config.description
+                or (current.max_consumers or 0) < spec.max_consumers
             ):
                 # Keep what operators chose for replicas; change only what the contract defines.
                 config.num_replicas = current.num_replicas

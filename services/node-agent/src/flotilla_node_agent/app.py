@@ -1,9 +1,16 @@
-"""Wiring of the node-agent service: its settings, its commands and what it runs in the background."""
+"""Wiring of the node-agent service: settings, the driver and executor they choose, and the agent tasks."""
 
 from __future__ import annotations
 
+import asyncio
+import shlex
+from pathlib import Path
+
 from flotilla_contracts.subjects import Service
+from flotilla_contracts.v1.common import NodeRole
 from flotilla_node_agent import __version__
+from flotilla_node_agent.wiring import build_and_run
+from flotilla_runtime.errors import SettingsError
 from flotilla_runtime.service import ServiceApp, ServiceSpec
 from flotilla_runtime.settings import ServiceSettings
 
@@ -11,10 +18,78 @@ from flotilla_runtime.settings import ServiceSettings
 class Settings(ServiceSettings, kw_only=True, frozen=True):
     """`FLOTILLA_NODE_AGENT_*` environment variables (see flotilla_runtime.settings for the shared ones)."""
 
+    driver: str = "sim"  # sim | kubernetes
+    executor: str = ""  # "" (sim: simulated upgrade) | kubeadm | script
+    command_prefix: str = ""  # e.g. "nsenter --target 1 --mount --uts --ipc --net --pid --" in the DaemonSet
+    command_timeout_s: float = 900.0
+    upgrade_script: str = ""
+    package_manager: str = "apt"  # apt | dnf | yum
+    node_name: str = ""  # the Kubernetes node (downward API spec.nodeName); sim: any RFC 1123 name
+    cluster_id: str = ""  # known cluster id (skips joining); else the cluster agent joins and shares it
+    cluster_name: str = ""  # the name the cluster joins with
+    join_token: str = ""
+    kubeconfig: str = ""  # empty: in-cluster configuration
+    namespace: str = "flotilla-system"  # where the Lease and the cluster ConfigMap live
+    heartbeat_interval_s: float = 10.0  # until the heartbeat service announces its own
+    ack_wait_s: float = 30.0
+    fetch_timeout_s: float = 20.0
+    verify_timeout_s: float = 300.0
+    hostkeys_user: str = ""  # empty: host keys are not managed
+    authorized_keys_path: str = ""  # default /home/<user>/.ssh/authorized_keys (under host_root)
+    host_root: str = ""  # where the host's filesystem is mounted in the pod, e.g. /host
+    sim_version: str = "v1.29.6"
+    sim_role: str = "worker"
+    sim_state_path: str = ""  # keep the simulated node across restarts (crash tests)
+    sim_faults: str = ""  # comma-separated: drain_blocked, upgrade_fails, not_ready_after_upgrade
+    sim_crash_at: str = ""  # comma-separated "<step>:before|after": SIGKILL ourselves there, once each
+    sim_step_s: float = 0.0
+
+
+def validate(settings: Settings) -> None:
+    prefix = "FLOTILLA_NODE_AGENT_"
+    if settings.driver not in ("sim", "kubernetes"):
+        raise SettingsError(f"{prefix}DRIVER must be sim or kubernetes, not {settings.driver!r}")
+    if settings.executor not in ("", "kubeadm", "script"):
+        raise SettingsError(f"{prefix}EXECUTOR must be kubeadm or script, not {settings.executor!r}")
+    if settings.executor == "script" and not settings.upgrade_script:
+        raise SettingsError(f"{prefix}UPGRADE_SCRIPT is required with {prefix}EXECUTOR=script")
+    if settings.package_manager not in ("apt", "dnf", "yum"):
+        raise SettingsError(f"{prefix}PACKAGE_MANAGER must be apt, dnf or yum")
+    if settings.node_name and not settings.cluster_id and not settings.join_token and settings.driver == "sim":
+        raise SettingsError(f"{prefix}CLUSTER_ID or {prefix}JOIN_TOKEN is required with the sim driver")
+    if settings.sim_role not in (r.value for r in NodeRole):
+        raise SettingsError(f"{prefix}SIM_ROLE must be worker or control-plane")
+    try:
+        shlex.split(settings.command_prefix)
+    except ValueError as exc:
+        raise SettingsError(f"{prefix}COMMAND_PREFIX does not parse: {exc}") from None
+
+
+def authorized_keys(settings: Settings) -> Path | None:
+    if not settings.hostkeys_user:
+        return None
+    path = settings.authorized_keys_path or f"/home/{settings.hostkeys_user}/.ssh/authorized_keys"
+    return Path(settings.host_root + path) if settings.host_root else Path(path)
+
 
 async def setup(app: ServiceApp[Settings]) -> None:
-    """Register handlers on the app; the runtime already serves `info` and service discovery."""
-    app.log.debug("node-agent wired", extra={"commands": [ep.verb for ep in app.router.endpoints]})
+    """Validate, then run the agent (and the cluster agent role) once the runtime is connected."""
+    validate(app.settings)
+    if not app.settings.node_name:
+        # `flotilla up` starts every service; without a node there is nothing to drive but `info`.
+        app.log.warning("no node configured (FLOTILLA_NODE_AGENT_NODE_NAME); serving info only")
+        return
+
+    async def agent() -> None:
+        try:
+            await build_and_run(app)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            app.log.exception("the node agent stopped on an error")
+            raise
+
+    app.background(agent)
 
 
 SPEC = ServiceSpec(
@@ -23,4 +98,5 @@ SPEC = ServiceSpec(
     description="Runs on every node: heartbeats, node reports and the node-level upgrade steps.",
     settings_type=Settings,
     setup=setup,
+    migrations_package="flotilla_node_agent",
 )

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from flotilla_client.cli import bus, demo, fleet, local
+from flotilla_client.cli import bus, demo, fleet, health, local, upgrade
 from flotilla_client.cli.common import DEFAULT_STATE_DIR, CliContext, Failure, cli_version
 from flotilla_client.errors import FlotillaClientError
 
@@ -70,6 +70,8 @@ for command in (
     fleet.token,
     fleet.clusters,
     fleet.nodes,
+    health.health,
+    upgrade.upgrade,
 ):
     cli.add_command(command)
 

@@ -1,0 +1,378 @@
+"""`flotilla upgrade`: plan, start, watch and steer Kubernetes upgrade rollouts (the upgrade-orchestrator)."""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from flotilla_client.cli.common import CliContext, Failure, call, echo, server_option
+from flotilla_client.cli.output import Column, output_option, render, render_json, render_yaml
+from flotilla_client.cli.rollout_view import FINISHED, changes, final_summary, plan_text, status_text
+from flotilla_client.durations import parse_duration
+from flotilla_contracts.subjects import Service
+from flotilla_contracts.v1 import upgrade as up
+from flotilla_contracts.v1 import upgrade_status as st
+from flotilla_contracts.v1.agent import DrainOptions
+from flotilla_kube.selectors import SelectorError, parse_selector
+from flotilla_kube.versions import parse_version
+
+pass_cli = click.make_pass_decorator(CliContext)
+UPG = Service.UPGRADE_ORCHESTRATOR
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def spec_options(command: F) -> F:
+    """The options that describe a rollout, shared by `plan` and `start`."""
+    options = [
+        click.option(
+            "--to", "target", required=True, metavar="VERSION", help="Target Kubernetes version, e.g. v1.30.4."
+        ),
+        click.option("-l", "--selector", default="", help="Only clusters matching this label selector."),
+        click.option("--name", default="", help="A name for the rollout."),
+        click.option("--canary", type=click.IntRange(0), default=1, show_default=True, help="Clusters in wave 0."),
+        click.option(
+            "--waves",
+            "percentages",
+            default="",
+            metavar="P1,P2,..",
+            help="Then waves reaching these cumulative percentages, e.g. 25,50,100 [default: 100].",
+        ),
+        click.option(
+            "--stage",
+            "stages",
+            multiple=True,
+            metavar="NAME=SELECTOR",
+            help="Label-based waves instead, in order, e.g. --stage dev=env=dev --stage prod=env=prod.",
+        ),
+        click.option("--max-concurrent-clusters", type=click.IntRange(1), default=1, show_default=True),
+        click.option(
+            "--max-unavailable",
+            type=click.IntRange(1),
+            default=1,
+            show_default=True,
+            help="Per cluster: nodes out of service at once (counting those already down).",
+        ),
+        click.option("--drain-timeout", default="10m", show_default=True, help="Per node; then the node fails."),
+        click.option("--delete-emptydir-data", is_flag=True, help="Evict pods that use emptyDir volumes."),
+        click.option("--evict-unmanaged-pods", is_flag=True, help="Evict pods that no controller recreates."),
+        click.option(
+            "--force-delete-on-timeout",
+            is_flag=True,
+            help="Delete pods still blocking a drain at the timeout (off: the node fails instead).",
+        ),
+        click.option("--soak", default="0s", show_default=True, help="Wait after each wave, clusters must stay Ready."),
+        click.option(
+            "--max-failed-nodes",
+            type=click.IntRange(0),
+            default=0,
+            show_default=True,
+            help="Node failures tolerated before the rollout freezes.",
+        ),
+        click.option(
+            "--max-failed-clusters",
+            type=click.IntRange(0),
+            default=0,
+            show_default=True,
+            help="Cluster failures tolerated before the rollout freezes.",
+        ),
+        click.option(
+            "--window",
+            "windows",
+            multiple=True,
+            metavar="SELECTOR@DAYS@HH:MM@DURATION",
+            help="Maintenance window for matching clusters, e.g. 'env=prod@Sat,Sun@02:00@4h' "
+            "(DAYS may be empty for every day).",
+        ),
+        click.option(
+            "--approve-before",
+            "approvals",
+            multiple=True,
+            type=click.IntRange(0),
+            metavar="WAVE",
+            help="Wait for `flotilla upgrade approve ID --wave N` before this wave starts.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def build_spec(params: dict[str, Any]) -> up.RolloutSpec:
+    """A RolloutSpec from the command line, with local checks that name the option at fault."""
+    try:
+        parse_version(params["target"])
+        parse_selector(params["selector"])
+        percentages = [int(p) for p in params["percentages"].split(",") if p.strip()] if params["percentages"] else []
+        if any(not 0 < p <= 100 for p in percentages) or percentages != sorted(percentages):
+            raise ValueError("--waves: percentages must rise and lie in 1..100, e.g. 25,50,100")
+        stages = []
+        for stage in params["stages"]:
+            name, sep, selector = stage.partition("=")
+            if not sep or not name:
+                raise ValueError(f"--stage {stage!r}: use NAME=SELECTOR")
+            parse_selector(selector)
+            stages.append(up.LabelStage(name=name, selector=selector))
+        windows = [_window(text) for text in params["windows"]]
+        return up.RolloutSpec(
+            target_version=params["target"],
+            selector=params["selector"],
+            name=params["name"],
+            waves=up.WavesSpec(canary_clusters=params["canary"], percentages=percentages, stages=stages),
+            max_concurrent_clusters=params["max_concurrent_clusters"],
+            max_unavailable=params["max_unavailable"],
+            drain=DrainOptions(
+                timeout_s=parse_duration(params["drain_timeout"]),
+                delete_emptydir_data=params["delete_emptydir_data"],
+                evict_unmanaged_pods=params["evict_unmanaged_pods"],
+                force_delete_on_timeout=params["force_delete_on_timeout"],
+            ),
+            soak_s=parse_duration(params["soak"]),
+            failure_budget=up.FailureBudget(
+                max_failed_nodes=params["max_failed_nodes"], max_failed_clusters=params["max_failed_clusters"]
+            ),
+            maintenance_windows=windows,
+            approval_before_waves=list(params["approvals"]),
+        )
+    except (ValueError, SelectorError) as exc:
+        raise Failure(str(exc)) from None
+
+
+def _window(text: str) -> up.MaintenanceWindow:
+    parts = text.split("@")
+    if len(parts) != 4:
+        raise ValueError(f"--window {text!r}: use SELECTOR@DAYS@HH:MM@DURATION, e.g. env=prod@Sat,Sun@02:00@4h")
+    selector, days, start, duration = parts
+    parse_selector(selector)
+    return up.MaintenanceWindow(
+        selector=selector,
+        days=[up.Weekday(d.strip().capitalize()[:3]) for d in days.split(",") if d.strip()],
+        start=start,
+        duration_s=parse_duration(duration),
+    )
+
+
+@click.group()
+def upgrade() -> None:
+    """Upgrade Kubernetes across the fleet: plan (dry run), start, watch, pause, resume, abort, roll back."""
+
+
+@upgrade.command("plan")
+@spec_options
+@output_option("table", "json", "yaml")
+@server_option
+@pass_cli
+def plan(obj: CliContext, /, output: str, **params: Any) -> None:
+    """Show what a rollout would do, and refuse what it must not; nothing moves.
+
+    \b
+    Example:
+      flotilla upgrade plan --to v1.30.4 -l env=prod --canary 1 --waves 50,100
+    """
+    reply = call(obj, UPG, "upgrade.plan", up.PlanRequest(spec=build_spec(params)), up.PlanReply, timeout_s=30)
+    _print(reply.plan, output, plan_text)
+    if not reply.plan.feasible:
+        raise SystemExit(1)
+
+
+@upgrade.command("start")
+@spec_options
+@click.option("-w", "--watch", "watch_after", is_flag=True, help="Then watch it until it finishes.")
+@server_option
+@pass_cli
+def start(obj: CliContext, /, watch_after: bool, **params: Any) -> None:
+    """Start a rollout; the plan is pinned (a retry later uses the same target).
+
+    \b
+    Example:
+      flotilla upgrade start --to v1.30.4 --canary 1 --waves 50,100 --max-unavailable 1 --watch
+    """
+    request = up.StartRolloutRequest(request_id=uuid.uuid4().hex, spec=build_spec(params))
+    reply = call(obj, UPG, "upgrade.start", request, up.StartRolloutReply, timeout_s=30)
+    echo(
+        f"rollout {reply.rollout_id} started: {reply.plan.clusters_total} clusters, {reply.plan.nodes_total} nodes "
+        f"in {len(reply.plan.waves)} waves"
+    )
+    if watch_after:
+        raise SystemExit(watch_rollout(obj, reply.rollout_id))
+    echo(f"watch it with `{obj.hint('upgrade watch ' + reply.rollout_id)}`")
+
+
+def _control(verb: str, message: Any, done: str) -> Callable[[CliContext], None]:
+    def run_it(obj: CliContext) -> None:
+        reply = call(obj, UPG, f"upgrade.{verb}", message, st.RolloutReply)
+        echo(
+            f"rollout {reply.rollout.rollout_id} {done}: now {reply.rollout.state.value}"
+            + (f" ({reply.message})" if reply.message else "")
+        )
+
+    return run_it
+
+
+@upgrade.command("pause")
+@click.argument("rollout_id")
+@click.option("--reason", default="", help="Shown in status and events.")
+@server_option
+@pass_cli
+def pause(obj: CliContext, rollout_id: str, reason: str) -> None:
+    """Start no new disruption; steps already running finish."""
+    _control("pause", up.PauseRolloutRequest(rollout_id=rollout_id, reason=reason), "paused")(obj)
+
+
+@upgrade.command("resume")
+@click.argument("rollout_id")
+@server_option
+@pass_cli
+def resume(obj: CliContext, rollout_id: str) -> None:
+    """Resume a paused or frozen rollout (a freeze's cause should be fixed first)."""
+    _control("resume", up.ResumeRolloutRequest(rollout_id=rollout_id), "resumed")(obj)
+
+
+@upgrade.command("abort")
+@click.argument("rollout_id")
+@click.option("--reason", default="")
+@server_option
+@pass_cli
+def abort(obj: CliContext, rollout_id: str, reason: str) -> None:
+    """Stop the rollout for good; nodes in the middle of a step are finished and uncordoned."""
+    _control("abort", up.AbortRolloutRequest(rollout_id=rollout_id, reason=reason), "aborted")(obj)
+
+
+@upgrade.command("approve")
+@click.argument("rollout_id")
+@click.option("--wave", type=click.IntRange(0), required=True)
+@server_option
+@pass_cli
+def approve(obj: CliContext, rollout_id: str, wave: int) -> None:
+    """Let a wave that waits for approval start."""
+    _control("approve", up.ApproveWaveRequest(rollout_id=rollout_id, wave=wave), f"wave {wave} approved")(obj)
+
+
+@upgrade.command("retry")
+@click.argument("rollout_id")
+@click.option("--cluster", "cluster_id", help="Only this cluster [default: every failed cluster].")
+@server_option
+@pass_cli
+def retry(obj: CliContext, rollout_id: str, cluster_id: str | None) -> None:
+    """Try failed clusters again, against the rollout's pinned target."""
+    _control("retry", up.RetryRequest(rollout_id=rollout_id, cluster_id=cluster_id), "retrying")(obj)
+
+
+@upgrade.command("skip")
+@click.argument("rollout_id")
+@click.option("--cluster", "cluster_id", required=True)
+@click.option("--reason", default="")
+@server_option
+@pass_cli
+def skip(obj: CliContext, rollout_id: str, cluster_id: str, reason: str) -> None:
+    """Leave one cluster out of the rollout."""
+    message = up.SkipClusterRequest(rollout_id=rollout_id, cluster_id=cluster_id, reason=reason)
+    _control("skip", message, f"skipping {cluster_id}")(obj)
+
+
+@upgrade.command("rollback")
+@click.argument("rollout_id")
+@click.option("--reason", default="")
+@server_option
+@pass_cli
+def rollback(obj: CliContext, rollout_id: str, reason: str) -> None:
+    """Return upgraded nodes to their previous version where Kubernetes allows it.
+
+    A patch-level rollout returns every upgraded node. After a minor upgrade the control plane
+    cannot be downgraded (kubeadm does not support it): the rollout stops and the workers it can
+    return are returned; the reply says which.
+    """
+    _control("rollback", up.RollbackRequest(rollout_id=rollout_id, reason=reason), "rolling back")(obj)
+
+
+LIST_COLUMNS = (
+    Column("ID", "rollout_id"),
+    Column("NAME", "name"),
+    Column("TARGET", "target_version"),
+    Column("STATE", lambda r: r.state.value),
+    Column("WAVE", lambda r: f"{r.current_wave}/{r.waves_total}" if r.current_wave is not None else "-"),
+    Column("CLUSTERS", lambda r: f"{r.clusters.succeeded}/{r.clusters.total}"),
+    Column("NODES", lambda r: f"{r.nodes.succeeded}/{r.nodes.total}"),
+    Column("FAILED", lambda r: r.nodes.failed),
+    Column("FREEZE", lambda r: r.freeze.reason.value if r.freeze else "-"),
+    Column("CREATED", "created_at"),
+)
+
+
+@upgrade.command("list")
+@output_option()
+@server_option
+@pass_cli
+def list_rollouts(obj: CliContext, output: str) -> None:
+    """List rollouts, newest first."""
+    reply = call(obj, UPG, "upgrade.list", st.ListRolloutsRequest(), st.ListRolloutsReply)
+    echo(render(reply.rollouts, output, LIST_COLUMNS))
+
+
+def fetch_status(obj: CliContext, rollout_id: str, nodes: bool = False) -> st.RolloutStatusReply:
+    request = st.RolloutStatusRequest(rollout_id=rollout_id, include_nodes=nodes, limit=1000)
+    return call(obj, UPG, "upgrade.status", request, st.RolloutStatusReply)
+
+
+@upgrade.command("status")
+@click.argument("rollout_id")
+@click.option("--nodes", is_flag=True, help="Include every node's step state.")
+@output_option("table", "json", "yaml")
+@server_option
+@pass_cli
+def status(obj: CliContext, rollout_id: str, nodes: bool, output: str) -> None:
+    """Waves, clusters, failures with reasons, and the freeze reason if frozen."""
+    reply = fetch_status(obj, rollout_id, nodes)
+    _print(reply, output, status_text)
+
+
+@upgrade.command("watch")
+@click.argument("rollout_id")
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between refreshes.")
+@server_option
+@pass_cli
+def watch(obj: CliContext, rollout_id: str, interval: float) -> None:
+    """Live progress per wave and cluster, the current freeze reason, then a summary.
+
+    Exits 0 when the rollout succeeds, 1 when it ends otherwise.
+    """
+    raise SystemExit(watch_rollout(obj, rollout_id, interval))
+
+
+def watch_rollout(
+    obj: CliContext,
+    rollout_id: str,
+    interval: float = 1.0,
+    until: Callable[[st.RolloutStatusReply], bool] | None = None,
+) -> int:
+    """Print progress until the rollout finishes (or `until(status)` holds); the exit code for the shell."""
+    tty = sys.stdout.isatty()
+    shown: list[str] = []
+    while True:
+        current = fetch_status(obj, rollout_id)
+        lines = status_text(current, active_only=not tty).splitlines()
+        if tty:
+            click.echo("\x1b[H\x1b[2J" + "\n".join(lines))
+        else:
+            for line in changes(shown, lines):
+                echo(line)
+        shown = lines
+        if current.rollout.state in FINISHED:
+            echo("\n" + final_summary(current))
+            return 0 if current.rollout.state is st.RolloutState.SUCCEEDED else 1
+        if until is not None and until(current):
+            return 0
+        time.sleep(interval)
+
+
+def _print(value: Any, output: str, text: Callable[[Any], str]) -> None:
+    if output == "json":
+        echo(render_json(value))
+    elif output == "yaml":
+        echo(render_yaml(value))
+    else:
+        echo(text(value))

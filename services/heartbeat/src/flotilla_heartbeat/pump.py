@@ -1,0 +1,133 @@
+"""The service loop: flush heartbeats, tick the model, publish transitions through the outbox, checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from flotilla_contracts.catalogue import subject_for
+from flotilla_contracts.envelope import Message
+from flotilla_contracts.v1.heartbeat import ClusterHealthChanged, HeartbeatNoiseReported, NodeHealthChanged
+from flotilla_heartbeat import store as tables
+from flotilla_heartbeat.domain import Cluster, HealthModel
+from flotilla_heartbeat.ingest import Ingest
+from flotilla_heartbeat.noise import NoiseWindow
+from flotilla_runtime.logs import BoundLogger
+from flotilla_runtime.store import Store
+
+
+class SystemClock:
+    """The service's clock: monotonic for liveness, wall time for what people read."""
+
+    def __call__(self) -> tuple[float, float]:
+        return time.monotonic(), time.time()
+
+
+@dataclass
+class Pump:
+    store: Store
+    model: HealthModel
+    ingest: Ingest
+    noise: NoiseWindow
+    log: BoundLogger
+    clock: SystemClock
+    tick_s: float = 0.1
+    checkpoint_s: float = 5.0
+    seen_refresh_s: float = 60.0
+    backlog_limit: int = 20_000
+    transitions: int = 0
+    pending: list[tuple[str, Message]] = field(default_factory=list)
+    _changed_clusters: dict[str, Cluster] = field(default_factory=dict)
+    _rotation: int = 0
+    _rate: float = 0.0
+    _received: int = 0
+    _judged: float = 0.0
+
+    async def run(self, running: Callable[[], bool]) -> None:
+        """Until `running()` turns false. Ticks never wait for the database: a writer task does that.
+
+        Both stop between transactions (a cancel inside one would leave it open).
+        """
+        writer = asyncio.create_task(self._write(running))
+        last_tick = self.clock()[0]
+        try:
+            while running():
+                await asyncio.sleep(self.tick_s)
+                self.step(last_tick)
+                last_tick = self.clock()[0]
+        finally:
+            await writer
+        await self.publish()
+
+    async def _write(self, running: Callable[[], bool]) -> None:
+        last_checkpoint = self.clock()[0]
+        while running():
+            await asyncio.sleep(self.tick_s)
+            await self.publish()
+            if self.clock()[0] - last_checkpoint >= self.checkpoint_s:
+                last_checkpoint = self.clock()[0]
+                await self.save()
+
+    def step(self, last_tick: float) -> None:
+        self.ingest.flush()
+        now, wall = self.clock()
+        stalled = now - last_tick - self.tick_s  # we were not running: what arrived meanwhile may not be read yet
+        # Heartbeats still waiting in the client were sent before now: judge liveness as of the time we have
+        # read up to (the backlog over the recent rate), so being behind delays detection instead of faking it.
+        received = self.ingest.received
+        elapsed = max(now - last_tick, 1e-3)
+        self._rate = 0.8 * self._rate + 0.2 * ((received - self._received) / elapsed)
+        self._received = received
+        lag = min(self.ingest.backlog / self._rate, 5.0) if self._rate > 1.0 else 0.0
+        lag = max(lag, stalled if stalled > 0.25 else 0.0)
+        if self.ingest.backlog > self.backlog_limit and lag >= 5.0:
+            self.model.hold(now + 1.0)  # far behind: blame nobody until we catch up
+        judged = max(now - lag, self._judged)
+        self._judged = judged
+        for change in self.model.tick(now, wall, now - judged):
+            if isinstance(change, NodeHealthChanged):
+                self.pending.append(
+                    (subject_for(NodeHealthChanged, cluster_id=change.cluster_id, node_id=change.node_id), change)
+                )
+            else:
+                self.pending.append((subject_for(ClusterHealthChanged, cluster_id=change.cluster_id), change))
+                cluster = self.model.clusters.get(change.cluster_id)
+                if cluster is not None:
+                    self._changed_clusters[change.cluster_id] = cluster
+        if self.noise.due(wall):
+            for report in self.noise.close(wall):
+                self.pending.append((subject_for(HeartbeatNoiseReported, cluster_id=report.cluster_id), report))
+
+    async def publish(self) -> None:
+        """Transitions and noise reports in one transaction (the outbox relay publishes them)."""
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        try:
+            async with self.store.transaction() as tx:
+                for subject, event in batch:
+                    await tx.emit(subject, event)
+        except Exception:
+            self.pending = batch + self.pending
+            self.log.exception("cannot record %d health events; retrying", len(batch))
+            return
+        self.transitions += len(batch)
+
+    async def save(self) -> None:
+        """Checkpoint changed nodes and clusters, plus a rotating slice of last-seen times."""
+        keys, self.model.checkpoint = self.model.checkpoint, set()
+        clusters, self._changed_clusters = list(self._changed_clusters.values()), {}
+        ids = sorted(self.model.clusters)
+        if ids:
+            share = max(1, int(len(ids) * self.checkpoint_s / self.seen_refresh_s))
+            start = self._rotation % len(ids)
+            for cluster_id in ids[start : start + share]:
+                keys.update((cluster_id, node_id) for node_id in self.model.clusters[cluster_id].nodes)
+            self._rotation = start + share
+        try:
+            await tables.checkpoint(self.store, self.model, keys, clusters)
+        except Exception:
+            self.model.checkpoint |= keys
+            self.log.exception("checkpoint failed; retrying with the next one")

@@ -1,0 +1,187 @@
+"""The cluster agent: one per cluster, it joins the fleet, waits for approval and reports the nodes.
+
+It joins with the join token from its settings (`fleet.v1.cmd.registration.join`), keeps the credential
+in the journal, re-joins with the credential until the cluster is Approved, then reports every node's
+facts at start and whenever they change (`nodes.report`). The node agents of the cluster wait on the
+`ClusterHandle` for the cluster id before they heartbeat or take commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Protocol
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client
+
+from flotilla_contracts import catalogue
+from flotilla_contracts.envelope import H_SCHEMA, Message, schema_id
+from flotilla_contracts.v1.agent import NodeFacts
+from flotilla_contracts.v1.registration import (
+    ClusterIdentity,
+    ClusterState,
+    JoinReply,
+    JoinRequest,
+    ReportNodesReply,
+    ReportNodesRequest,
+)
+from flotilla_node_agent import __version__
+from flotilla_node_agent.journal import Journal, Membership
+from flotilla_runtime import codec
+from flotilla_runtime.logs import BoundLogger
+from flotilla_runtime.store import Store
+
+NodesSource = Callable[[], Awaitable[list[NodeFacts]]]
+M = type[Message]
+
+
+class ClusterHandle:
+    """The cluster id once the cluster is an approved member; shared by the cluster's agents."""
+
+    def __init__(self, cluster_id: str = "") -> None:
+        self.cluster_id = cluster_id
+        self.approved = asyncio.Event()
+        if cluster_id:
+            self.approved.set()
+
+    def approve(self, cluster_id: str) -> None:
+        self.cluster_id = cluster_id
+        self.approved.set()
+
+    async def wait(self) -> str:
+        await self.approved.wait()
+        return self.cluster_id
+
+
+class WorkloadApplier(Protocol):
+    """EXTENSION POINT for the scheduler issue: the cluster agent applies placed workloads.
+
+    Placements arrive on `fleet.v1.agent.<cluster>._cluster.apply` (`scheduler.ApplyManifests`). No
+    consumer is created for that subject yet, so those commands wait in the FLEET_AGENT work queue until
+    an implementation of this protocol is wired into `ClusterAgent.workloads`.
+    """
+
+    async def run(self, cluster_id: str) -> None: ...
+
+
+class JoinRefused(Exception):
+    """Registration said no (rejected, deregistered, bad token): the reason is in the message."""
+
+
+class ClusterAgent:
+    def __init__(
+        self,
+        nc: Client,
+        store: Store,
+        journal: Journal,
+        identity: ClusterIdentity,
+        token: str,
+        nodes: NodesSource,
+        handle: ClusterHandle,
+        log: BoundLogger,
+        *,
+        report_every_s: float = 10.0,
+        request_timeout_s: float = 5.0,
+    ) -> None:
+        self.nc, self.store, self.journal = nc, store, journal
+        self.identity, self.token, self.nodes, self.handle, self.log = identity, token, nodes, handle, log
+        self.report_every_s = report_every_s
+        self.request_timeout_s = request_timeout_s
+        self.workloads: WorkloadApplier | None = None
+        self.credential: str | None = None
+        self.last_report = b""
+        self.reports_sent = 0
+
+    async def _request(self, message: Message, reply_type: M) -> object:
+        subject = catalogue.subject_for(type(message))
+        reply = await self.nc.request(
+            subject, codec.encode(message), timeout=self.request_timeout_s, headers={H_SCHEMA: schema_id(type(message))}
+        )
+        decoded = codec.decode_reply(reply.data, reply_type)
+        if not decoded.ok or decoded.data is None:
+            error = decoded.error
+            raise JoinRefused(f"{error.code}: {error.message}" if error else "registration answered without data")
+        return decoded.data
+
+    async def join_once(self, attempt: int) -> JoinReply:
+        """One join: with the token the first time, with the credential afterwards (safe to repeat)."""
+        request_id = f"join-{self.identity.uid}"[:100] if self.credential is None else f"rejoin-{uuid.uuid4().hex}"
+        request = JoinRequest(
+            request_id=request_id,
+            token=None if self.credential else self.token,
+            credential=self.credential,
+            identity=self.identity,
+            nodes=await self.nodes(),
+            agent_version=__version__,
+        )
+        reply = await self._request(request, JoinReply)
+        assert isinstance(reply, JoinReply)
+        if reply.credential:
+            self.credential = reply.credential
+        await self.journal.save_membership(
+            self.store,
+            Membership(self.identity.uid, reply.cluster_id, reply.credential, reply.state.value, reply.reason),
+        )
+        return reply
+
+    async def join(self) -> str:
+        """Join, then wait for approval (re-joining with the credential, backing off to 10 s)."""
+        saved = await self.journal.membership(self.store, self.identity.uid)
+        if saved is not None and saved.credential:
+            self.credential = saved.credential
+        delay, attempt = 0.5, 0
+        while True:
+            attempt += 1
+            try:
+                reply = await self.join_once(attempt)
+            except (nats.errors.Error, TimeoutError) as exc:
+                self.log.warning(
+                    "registration did not answer the join (%s); retrying in %.1fs", type(exc).__name__, delay
+                )
+            else:
+                if reply.state is ClusterState.APPROVED:
+                    self.log.info("cluster %s approved", reply.cluster_id, extra={"cluster": reply.cluster_id})
+                    self.handle.approve(reply.cluster_id)
+                    return reply.cluster_id
+                if reply.state in (ClusterState.REJECTED, ClusterState.DEREGISTERED):
+                    raise JoinRefused(f"cluster {reply.cluster_id} is {reply.state.value}: {reply.reason}")
+                if attempt == 1:
+                    self.log.info("cluster %s is pending approval", reply.cluster_id)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def report_if_changed(self) -> bool:
+        facts = sorted(await self.nodes(), key=lambda f: f.node_id)
+        digest = hashlib.sha256(msgspec.json.encode(facts)).digest()
+        if digest == self.last_report or self.credential is None:
+            return False
+        request = ReportNodesRequest(
+            cluster_id=self.handle.cluster_id,
+            credential=self.credential,
+            nodes=facts,
+            complete=True,
+            reported_at=datetime.now(UTC),
+        )
+        await self._request(request, ReportNodesReply)
+        self.last_report, self.reports_sent = digest, self.reports_sent + 1
+        return True
+
+    async def run(self) -> None:
+        try:
+            cluster_id = await self.join()
+        except JoinRefused as exc:
+            self.log.error("cannot join the fleet: %s", exc)
+            return
+        if self.workloads is not None:
+            asyncio.get_running_loop().create_task(self.workloads.run(cluster_id))
+        while True:
+            try:
+                await self.report_if_changed()
+            except (nats.errors.Error, TimeoutError, JoinRefused) as exc:
+                self.log.warning("node report not accepted (%s); will retry", exc)
+            await asyncio.sleep(self.report_every_s)

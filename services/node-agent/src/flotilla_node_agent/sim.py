@@ -1,0 +1,270 @@
+"""`python -m flotilla_node_agent.sim`: a simulated fleet of N clusters x M nodes against any Flotilla bus.
+
+Every node runs the real agent code (journal, durable command consumer, heartbeats) over the simulated
+driver; all agents share one NATS connection, one SQLite journal and one outbox relay. The first node of
+each cluster is its control plane and its cluster agent: it joins with the token, waits for approval,
+and reports the nodes. Versions are dealt to clusters round-robin; faults are drawn per node from the
+seed, so a run is repeatable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import resource
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+
+from flotilla_contracts.v1.agent import NodeFacts
+from flotilla_contracts.v1.common import NodeRole
+from flotilla_contracts.v1.registration import ClusterIdentity
+from flotilla_node_agent.agent import AgentContext, NodeAgent
+from flotilla_node_agent.cluster_agent import ClusterAgent, ClusterHandle
+from flotilla_node_agent.drivers.sim import SimDriver, SimNodeSpec
+from flotilla_node_agent.heartbeats import Interval
+from flotilla_node_agent.journal import Journal
+from flotilla_runtime.bus import ensure_streams
+from flotilla_runtime.logs import get_logger, setup_logging
+from flotilla_runtime.migrations import load_migrations
+from flotilla_runtime.outbox import OutboxRelay
+from flotilla_runtime.store import Store
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    clusters: int
+    nodes: int
+    versions: tuple[str, ...] = ("v1.29.6",)
+    fail_rate: float = 0.0
+    seed: int = 1
+    token: str = ""  # empty: do not join; clusters use their names as ids (benchmarks without registration)
+    prefix: str = "sim"
+    step_s: float = 0.0
+    heartbeat_interval_s: float = 10.0
+    state_dir: Path = Path(".flotilla/sim")
+
+
+@dataclass
+class Fleet:
+    """A running simulated fleet: its agents, cluster agents and shared pieces."""
+
+    spec: FleetSpec
+    store: Store
+    relay: OutboxRelay
+    nc: Any
+    agents: list[NodeAgent] = field(default_factory=list)
+    cluster_agents: list[ClusterAgent] = field(default_factory=list)
+    handles: list[ClusterHandle] = field(default_factory=list)
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        consumers = [a.consumer for a in self.agents if a.consumer is not None]
+        return {
+            "clusters_approved": sum(h.approved.is_set() for h in self.handles),
+            "agents_ready": sum(a.ready.is_set() for a in self.agents),
+            "steps_executed": sum(c.stats.executed for c in consumers),
+            "dead_lettered": sum(c.stats.dead_lettered for c in consumers),
+            "heartbeats_sent": sum(a.heartbeat.seq for a in self.agents if a.heartbeat is not None),
+            "reports_sent": sum(c.reports_sent for c in self.cluster_agents),
+        }
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await drain_outbox(self.store)
+        await self.relay.stop(flush_timeout_s=5.0)
+        with contextlib.suppress(Exception):
+            await self.nc.drain()
+        await self.store.close()
+
+
+async def drain_outbox(store: Store, timeout_s: float = 5.0) -> None:
+    """Wait until the relay has published everything, so stopping it never cancels it mid-transaction
+    (the runtime's Store.delete_outbox is not cancellation-safe: an open transaction would be left)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        if not await store.outbox_size():
+            return
+        await asyncio.sleep(0.05)
+
+
+def cluster_name(spec: FleetSpec, index: int) -> str:
+    return f"{spec.prefix}-{index:04d}"
+
+
+async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:
+    """Connect, open the journal, create every agent and start them; returns at once (agents start up)."""
+    nc = await nats.connect(
+        nats_url, name=f"flotilla-sim-{spec.prefix}", max_reconnect_attempts=-1, pending_size=64 * 1024 * 1024
+    )
+    js = nc.jetstream()
+    await ensure_streams(js)
+    spec.state_dir.mkdir(parents=True, exist_ok=True)
+    store = await Store.open(
+        spec.state_dir / f"{spec.prefix}-journal.db", load_migrations("flotilla_node_agent", "node-agent")
+    )
+    relay = OutboxRelay(store, js, batch=512)
+    relay.start()
+    interval = Interval(spec.heartbeat_interval_s)
+    ctx = AgentContext(
+        nc=nc,
+        js=js,
+        store=store,
+        interval=interval,
+        journal=Journal(),
+        instance_id=spec.prefix,
+        verify_timeout_s=30.0,
+        subscribe_gate=asyncio.Semaphore(32),
+    )
+    fleet = Fleet(spec, store, relay, nc)
+    fleet.tasks.append(asyncio.create_task(interval.keep_fresh(nc)))
+    log = get_logger("flotilla.sim")
+    for c in range(spec.clusters):
+        name = cluster_name(spec, c)
+        version = spec.versions[c % len(spec.versions)]
+        drivers = [
+            SimDriver(
+                SimNodeSpec.generate(
+                    spec.seed,
+                    name,
+                    i,
+                    version=version,
+                    fail_rate=spec.fail_rate,
+                    role=NodeRole.CONTROL_PLANE if i == 0 else NodeRole.WORKER,
+                    step_s=spec.step_s,
+                )
+            )
+            for i in range(spec.nodes)
+        ]
+        handle = ClusterHandle("" if spec.token else name)
+        fleet.handles.append(handle)
+        if spec.token:
+            uid = hashlib.sha256(f"{spec.seed}/{name}".encode()).hexdigest()[:32]
+            identity = ClusterIdentity(
+                uid=uid, name=name, kubernetes_version=version, provider="sim", labels={"flotilla.dev/sim": "true"}
+            )
+
+            async def facts(drivers: Sequence[SimDriver] = drivers) -> list[NodeFacts]:
+                return [await d.facts() for d in drivers]
+
+            agent = ClusterAgent(
+                nc,
+                store,
+                ctx.journal,
+                identity,
+                spec.token,
+                facts,
+                handle,
+                log.bind(cluster=name),
+                report_every_s=spec.heartbeat_interval_s,
+            )
+            fleet.cluster_agents.append(agent)
+            fleet.tasks.append(asyncio.create_task(agent.run()))
+        for driver in drivers:
+            node_agent = NodeAgent(ctx, driver, handle)
+            fleet.agents.append(node_agent)
+            fleet.tasks.append(asyncio.create_task(node_agent.run()))
+    return fleet
+
+
+def usage() -> dict[str, float]:
+    """This process's CPU seconds and resident memory (MiB)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    with open("/proc/self/statm") as statm:
+        rss_pages = int(statm.read().split()[1])
+    return {
+        "cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
+        "rss_mib": round(rss_pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1),
+    }
+
+
+def parse(argv: Sequence[str] | None = None) -> tuple[FleetSpec, argparse.Namespace]:
+    parser = argparse.ArgumentParser(prog="python -m flotilla_node_agent.sim", description=__doc__.splitlines()[0])
+    parser.add_argument("--server", default=os.environ.get("FLOTILLA_NATS_URL", "nats://127.0.0.1:4222"))
+    parser.add_argument("--clusters", type=int, default=3)
+    parser.add_argument("--nodes", type=int, default=3, help="nodes per cluster (the first is the control plane)")
+    parser.add_argument("--versions", default="1.29.6", help="comma-separated, dealt to clusters round-robin")
+    parser.add_argument("--fail-rate", type=float, default=0.0, help="share of nodes with an injected fault")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("FLOTILLA_SIM_TOKEN", ""),
+        help="join token (env FLOTILLA_SIM_TOKEN); without one, clusters do not join",
+    )
+    parser.add_argument("--prefix", default="sim", help="cluster name prefix (one per sim process)")
+    parser.add_argument("--step-seconds", type=float, default=0.0, help="simulated duration of each step")
+    parser.add_argument("--heartbeat-interval", type=float, default=10.0, help="until the service announces one")
+    parser.add_argument("--state-dir", default=".flotilla/sim")
+    parser.add_argument(
+        "--duration", type=float, default=0.0, help="stop after this many seconds (0: run until signalled)"
+    )
+    parser.add_argument("--stats-every", type=float, default=10.0, help="print a JSON status line this often")
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    if args.clusters < 1 or args.nodes < 1:
+        parser.error("--clusters and --nodes must be at least 1")
+    if not 0.0 <= args.fail_rate <= 1.0:
+        parser.error("--fail-rate must be between 0 and 1")
+    versions = tuple(v if v.startswith("v") else f"v{v}" for v in args.versions.split(",") if v.strip())
+    spec = FleetSpec(
+        clusters=args.clusters,
+        nodes=args.nodes,
+        versions=versions or ("v1.29.6",),
+        fail_rate=args.fail_rate,
+        seed=args.seed,
+        token=args.token,
+        prefix=args.prefix,
+        step_s=args.step_seconds,
+        heartbeat_interval_s=args.heartbeat_interval,
+        state_dir=Path(args.state_dir),
+    )
+    return spec, args
+
+
+async def amain(argv: Sequence[str] | None = None) -> None:
+    spec, args = parse(argv)
+    setup_logging("node-agent-sim", args.log_level, "text")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    started = time.monotonic()
+    fleet = await start_fleet(spec, args.server)
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), args.stats_every)
+            line = {"t": round(time.monotonic() - started, 1), **fleet.counts(), **usage()}
+            print(json.dumps(line), flush=True)  # noqa: T201 - the status line is this tool's output
+            if args.duration and time.monotonic() - started >= args.duration:
+                break
+    finally:
+        await fleet.stop()
+    logging.getLogger("flotilla.sim").info("stopped")
+
+
+def main() -> None:
+    try:
+        asyncio.run(amain())
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
