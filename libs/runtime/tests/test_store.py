@@ -144,3 +144,30 @@ async def test_concurrent_runs_group_commit_and_a_failure_stays_alone(tmp_path: 
     assert [row["id"] for row in rows] == ["k0", "k1", "k2", "k4", "k5", "k6", "k7"]
     assert await store.outbox_size() == 7
     await store.close()
+
+
+async def test_a_cancelled_transaction_leaves_no_transaction_open(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "s.db", MIGRATIONS)
+    entered = asyncio.Event()
+
+    async def slow_writer() -> None:
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO things VALUES ('cancelled', 1)")
+            entered.set()
+            await asyncio.sleep(10)
+
+    for _ in range(20):  # cancel at many different points, including during BEGIN
+        task = asyncio.create_task(slow_writer())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    task = asyncio.create_task(slow_writer())
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    async with store.transaction() as tx:  # would fail: "cannot start a transaction within a transaction"
+        await tx.execute("INSERT INTO things VALUES ('after', 1)")
+    assert [row["id"] for row in await store.fetchall("SELECT id FROM things")] == ["after"]
+    await store.close()

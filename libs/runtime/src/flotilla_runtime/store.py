@@ -191,19 +191,30 @@ class Store:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
-        """`async with store.transaction() as tx:` commits on success, rolls back on any error."""
+        """`async with store.transaction() as tx:` commits on success, rolls back on any error.
+
+        A cancellation can land while BEGIN or COMMIT is already queued to the database thread; the
+        rollback therefore checks the connection itself and is shielded, so no transaction is left open.
+        """
         async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
             tx = Tx(self._db)
             try:
+                await self._db.execute("BEGIN IMMEDIATE")
                 yield tx
+                await self._db.execute("COMMIT")
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                await asyncio.shield(self._rollback_if_open())
                 raise
-            await self._db.execute("COMMIT")
         if tx.emitted:
             for hook in self._commit_hooks:
                 hook()
+
+    async def _rollback_if_open(self) -> None:
+        def rollback() -> None:
+            if self._db._conn.in_transaction:
+                self._db._conn.execute("ROLLBACK")
+
+        await self._db._execute(rollback)  # type: ignore[no-untyped-call]
 
     async def run(self, work: Callable[[SyncTx], T]) -> T:
         """Run `work(tx)` inside the database thread, group-committed with whatever else is waiting.
