@@ -161,13 +161,16 @@ async def test_a_cancelled_transaction_leaves_no_transaction_open(tmp_path: Path
         await asyncio.sleep(0)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
-            await task
+            await asyncio.wait_for(task, 5)
     task = asyncio.create_task(slow_writer())
-    await entered.wait()
+    await asyncio.wait_for(entered.wait(), 5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await task
-    async with store.transaction() as tx:  # would fail: "cannot start a transaction within a transaction"
-        await tx.execute("INSERT INTO things VALUES ('after', 1)")
+        await asyncio.wait_for(task, 5)
+    async def write_after() -> None:  # fails ("transaction within a transaction") or hangs if one was left open
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO things VALUES ('after', 1)")
+
+    await asyncio.wait_for(write_after(), 5)
     assert [row["id"] for row in await store.fetchall("SELECT id FROM things")] == ["after"]
     await store.close()
