@@ -20,8 +20,11 @@ _provider: TracerProvider | None = None
 
 
 def setup_tracing(service: str, version: str, instance_id: str, sample_ratio: float = 1.0) -> TracerProvider:
-    """Install the global tracer provider; spans are exported only when OTEL_EXPORTER_OTLP_ENDPOINT is set."""
+    """Install the global tracer provider (once per process); spans are exported only when
+    OTEL_EXPORTER_OTLP_ENDPOINT is set."""
     global _provider
+    if _provider is not None:
+        return _provider
     resource = Resource.create(
         {"service.name": service, "service.version": version, "service.instance.id": instance_id}
     )
@@ -39,6 +42,12 @@ def shutdown_tracing() -> None:
     """Flush and stop the exporter (on graceful stop)."""
     if _provider is not None:
         _provider.shutdown()
+
+
+def flush_tracing() -> None:
+    """Export what is buffered now (a CLI command ends; the process may send more commands)."""
+    if _provider is not None:
+        _provider.force_flush()
 
 
 def tracer(name: str) -> trace.Tracer:

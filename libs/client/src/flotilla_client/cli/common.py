@@ -81,7 +81,7 @@ def run(coro_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     try:
         return asyncio.run(coro_factory())
     finally:
-        telemetry.shutdown_tracing()
+        telemetry.flush_tracing()
 
 
 def echo(text: str = "", err: bool = False) -> None:

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import click
+import msgspec
 
 from flotilla_client.cli.common import CliContext, Failure, call, echo, server_option
 from flotilla_client.cli.output import Column, output_option, render, render_json, render_yaml
-from flotilla_client.durations import parse_duration
+from flotilla_client.errors import FlotillaClientError
 from flotilla_contracts.subjects import Service
+from flotilla_contracts.v1 import heartbeat as hb
 from flotilla_contracts.v1 import registration as reg
-from flotilla_kube.labels import parse_label_edits, parse_labels
+from flotilla_kube.labels import parse_label_edits
 from flotilla_kube.selectors import SelectorError, parse_selector
 from flotilla_kube.taints import parse_taint_edits
 
 pass_cli = click.make_pass_decorator(CliContext)
 REG = Service.REGISTRATION
+HB = Service.HEARTBEAT
 
 
 def _age(when: datetime | None) -> str:
@@ -30,91 +34,8 @@ def _age(when: datetime | None) -> str:
     return f"{max(int(seconds), 0)}s"
 
 
-def _labels(labels: dict[str, str]) -> str:
+def labels_text(labels: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"
-
-
-# --- tokens --------------------------------------------------------------------------------------------------
-
-TOKEN_COLUMNS = (
-    Column("ID", "token_id"),
-    Column("STATE", lambda t: t.state.value),
-    Column("USES", lambda t: f"{t.uses}/{t.max_uses}" if t.max_uses else str(t.uses)),
-    Column("EXPIRES", lambda t: t.expires_at or "never"),
-    Column("AUTO-APPROVE", "auto_approve"),
-    Column("LABELS", lambda t: _labels(t.labels), max_width=40),
-    Column("DESCRIPTION", "description", max_width=40),
-)
-
-
-@click.group()
-def token() -> None:
-    """Join tokens: what a cluster agent presents the first time it joins."""
-
-
-@token.command("create")
-@click.option("--ttl", default="24h", show_default=True, help="Lifetime (30m, 24h, 7d) or 'never'.")
-@click.option("--max-uses", type=click.IntRange(1), help="How many clusters may join with it [default: no limit].")
-@click.option("--auto-approve", is_flag=True, help="Clusters joining with it are approved at once.")
-@click.option("--label", "labels", multiple=True, metavar="K=V", help="Label given to clusters joining with it.")
-@click.option("--description", default="", help="What the token is for.")
-@output_option("table", "json")
-@server_option
-@pass_cli
-def token_create(
-    obj: CliContext,
-    ttl: str,
-    max_uses: int | None,
-    auto_approve: bool,
-    labels: tuple[str, ...],
-    description: str,
-    output: str,
-) -> None:
-    """Create a join token; the secret is printed once and stored only as a hash.
-
-    \b
-    Examples:
-      flotilla token create --ttl 2h --max-uses 10 --label env=prod
-      flotilla token create --auto-approve --description "lab clusters"
-    """
-    try:
-        ttl_s = None if ttl == "never" else parse_duration(ttl)
-        request = reg.CreateTokenRequest(
-            ttl_s=ttl_s or None,
-            max_uses=max_uses,
-            auto_approve=auto_approve,
-            labels=parse_labels(labels),
-            description=description,
-        )
-    except ValueError as exc:
-        raise Failure(str(exc)) from None
-    reply = call(obj, REG, "tokens.create", request, reg.CreateTokenReply)
-    if output == "json":
-        echo(render_json(reply))
-        return
-    echo(reply.token)
-    echo(f"token {reply.info.token_id} created; it is not shown again, keep it now", err=True)
-
-
-@token.command("list")
-@click.option("--all", "include_inactive", is_flag=True, help="Include expired, revoked and used-up tokens.")
-@output_option()
-@server_option
-@pass_cli
-def token_list(obj: CliContext, include_inactive: bool, output: str) -> None:
-    """List join tokens (never their secrets)."""
-    reply = call(obj, REG, "tokens.list", reg.ListTokensRequest(include_inactive=include_inactive), reg.ListTokensReply)
-    echo(render(reply.tokens, output, TOKEN_COLUMNS))
-
-
-@token.command("revoke")
-@click.argument("token_id")
-@server_option
-@pass_cli
-def token_revoke(obj: CliContext, token_id: str) -> None:
-    """Revoke a join token; clusters that joined with it stay members."""
-    reply = call(obj, REG, "tokens.revoke", reg.RevokeTokenRequest(token_id=token_id), reg.RevokeTokenReply)
-    echo(f"token {reply.info.token_id} revoked")
 
 
 # --- clusters ------------------------------------------------------------------------------------------------
@@ -126,10 +47,59 @@ CLUSTER_COLUMNS = (
     Column("VERSION", lambda c: c.identity.kubernetes_version),
     Column("NODES", "node_count"),
     Column("REGION", lambda c: c.identity.region),
-    Column("LABELS", lambda c: _labels(c.labels), max_width=48),
+    Column("LABELS", lambda c: labels_text(c.labels), max_width=48),
     Column("TAINTS", lambda c: ",".join(f"{t.key}:{t.effect.value}" for t in c.taints) or "-", max_width=32),
     Column("AGE", lambda c: _age(c.joined_at)),
 )
+
+
+@dataclass(frozen=True)
+class ClusterRow:
+    """A cluster as registration knows it, with its health as the heartbeat service sees it (if it answered)."""
+
+    cluster: reg.ClusterInfo
+    health: hb.ClusterHealthInfo | None
+
+    def plain(self) -> dict[str, Any]:
+        return {**msgspec.to_builtins(self.cluster), "health": msgspec.to_builtins(self.health)}
+
+
+def _versions(versions: list[str]) -> str:
+    return ",".join(sorted(set(versions))) or "-"
+
+
+def _of_cluster(column: Column) -> Column:
+    """A cluster column read from a ClusterRow."""
+    return Column(column.header, lambda row: column.value(row.cluster), column.max_width)
+
+
+CLUSTER_ROW_COLUMNS = (
+    *(_of_cluster(c) for c in CLUSTER_COLUMNS[:4]),
+    Column("HEALTH", lambda r: r.health.state.value if r.health else "-"),
+    Column("KUBELETS", lambda r: _versions(r.health.kubelet_versions) if r.health else "-", max_width=24),
+    Column("NODES", lambda r: f"{r.health.nodes.ready}/{r.cluster.node_count}" if r.health else r.cluster.node_count),
+    Column("LAST SEEN", lambda r: _age(r.health.last_heartbeat_at) if r.health else "-"),
+    *(_of_cluster(c) for c in CLUSTER_COLUMNS[5:]),
+)
+
+
+def health_of_clusters(obj: CliContext, cluster_ids: list[str]) -> dict[str, hb.ClusterHealthInfo]:
+    """Health per cluster from the heartbeat service; empty (with a warning) when it does not answer."""
+    found: dict[str, hb.ClusterHealthInfo] = {}
+    try:
+        for start in range(0, len(cluster_ids), 1000):
+            chunk = cluster_ids[start : start + 1000]
+            reply = call(
+                obj,
+                HB,
+                "health.clusters",
+                hb.ClustersHealthRequest(cluster_ids=chunk, limit=1000),
+                hb.ClustersHealthReply,
+            )
+            found.update((info.cluster_id, info) for info in reply.clusters)
+    except FlotillaClientError as exc:
+        echo(f"flotilla: warning: no health shown: {exc}", err=True)
+    return found
 
 
 def list_all_clusters(obj: CliContext, selector: str, states: list[reg.ClusterState]) -> list[reg.ClusterInfo]:
@@ -174,7 +144,12 @@ def clusters_list(obj: CliContext, selector: str, states: tuple[str, ...], outpu
     except SelectorError as exc:
         raise Failure(str(exc)) from None
     found = list_all_clusters(obj, selector, [reg.ClusterState(s) for s in states])
-    echo(render(found, output, CLUSTER_COLUMNS))
+    health = health_of_clusters(obj, [c.cluster_id for c in found]) if found else {}
+    rows = [ClusterRow(c, health.get(c.cluster_id)) for c in found]
+    if output == "table":
+        echo(render(rows, output, CLUSTER_ROW_COLUMNS))
+    else:
+        echo(render([row.plain() for row in rows], output, CLUSTER_ROW_COLUMNS))
 
 
 NODE_COLUMNS = (
@@ -185,6 +160,43 @@ NODE_COLUMNS = (
     Column("UNSCHEDULABLE", lambda n: n.facts.unschedulable),
     Column("UPDATED", lambda n: _age(n.updated_at)),
 )
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    node: reg.NodeInfo
+    health: hb.NodeHealthInfo | None
+
+    def plain(self) -> dict[str, Any]:
+        return {**msgspec.to_builtins(self.node), "health": msgspec.to_builtins(self.health)}
+
+
+NODE_ROW_COLUMNS = (
+    Column("CLUSTER", lambda r: r.node.cluster_id),
+    Column("NODE", lambda r: r.node.facts.node_name),
+    Column("ROLE", lambda r: r.node.facts.role.value),
+    Column("HEALTH", lambda r: r.health.state.value if r.health else "-"),
+    Column("KUBELET", lambda r: (r.health.kubelet_version if r.health else None) or r.node.facts.kubelet_version),
+    Column("KUBE-PROXY", lambda r: r.health.kube_proxy_version if r.health else "-"),
+    Column("LAST SEEN", lambda r: _age(r.health.last_heartbeat_at) if r.health else "-"),
+    Column("REASON", lambda r: r.health.reason if r.health else "-", max_width=40),
+)
+
+
+def health_of_nodes(obj: CliContext, cluster_id: str | None) -> dict[tuple[str, str], hb.NodeHealthInfo]:
+    found: dict[tuple[str, str], hb.NodeHealthInfo] = {}
+    cursor = ""
+    try:
+        while True:
+            request = hb.NodesHealthRequest(cluster_id=cluster_id, cursor=cursor, limit=1000)
+            reply = call(obj, HB, "health.nodes", request, hb.NodesHealthReply)
+            found.update(((n.cluster_id, n.node_id), n) for n in reply.nodes)
+            if not reply.next_cursor:
+                return found
+            cursor = reply.next_cursor
+    except FlotillaClientError as exc:
+        echo(f"flotilla: warning: no health shown: {exc}", err=True)
+    return found
 
 
 @clusters.command("get")
@@ -246,7 +258,7 @@ def clusters_label(obj: CliContext, cluster_id: str, edits: tuple[str, ...]) -> 
         raise Failure(str(exc)) from None
     request = reg.LabelClusterRequest(cluster_id=cluster_id, set_labels=dict(edit.set), remove_keys=sorted(edit.remove))
     reply = call(obj, REG, "clusters.label", request, reg.ClusterReply)
-    echo(f"cluster {cluster_id} labels: {_labels(reply.cluster.labels)}")
+    echo(f"cluster {cluster_id} labels: {labels_text(reply.cluster.labels)}")
 
 
 @clusters.command("taint")
@@ -302,7 +314,7 @@ def nodes() -> None:
 @server_option
 @pass_cli
 def nodes_list(obj: CliContext, cluster_id: str | None, output: str) -> None:
-    """List nodes with role and kubelet version."""
+    """List nodes with role, health, versions and when each was last heard."""
     found: list[Any] = []
     cursor = ""
     while True:
@@ -313,4 +325,6 @@ def nodes_list(obj: CliContext, cluster_id: str | None, output: str) -> None:
         if not page.next_cursor:
             break
         cursor = page.next_cursor
-    echo(render(found, output, NODE_COLUMNS))
+    health = health_of_nodes(obj, cluster_id) if found else {}
+    rows = [NodeRow(n, health.get((n.cluster_id, n.facts.node_id))) for n in found]
+    echo(render(rows if output == "table" else [r.plain() for r in rows], output, NODE_ROW_COLUMNS))

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from flotilla_client.cli import bus, demo, fleet, health, local, upgrade
+from flotilla_client.cli import bus, demo, fleet, health, local, tokens, upgrade
 from flotilla_client.cli.common import DEFAULT_STATE_DIR, CliContext, Failure, cli_version
 from flotilla_client.errors import FlotillaClientError
 
@@ -67,7 +67,7 @@ for command in (
     local.logs,
     bus.events,
     bus.publish,
-    fleet.token,
+    tokens.token,
     fleet.clusters,
     fleet.nodes,
     health.health,

@@ -1,0 +1,111 @@
+"""The fleet commands as a user runs them against `flotilla up`, with a simulated fleet joining by token."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flotilla_client.natsserver import free_port
+
+pytestmark = pytest.mark.integration
+FLOTILLA = str(Path(sys.executable).parent / "flotilla")
+
+
+class Fleet:
+    def __init__(self, state: Path, url: str) -> None:
+        self.state, self.url = state, url
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [FLOTILLA, "--state-dir", str(self.state), *args], capture_output=True, text=True, timeout=60
+        )
+
+    def ok(self, *args: str) -> str:
+        done = self.run(*args)
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        return done.stdout
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.ok(*args, "-o", "json"))
+
+
+def eventually(check: Callable[[], Any], within_s: float = 30.0) -> Any:
+    deadline = time.monotonic() + within_s
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    state = tmp_path_factory.mktemp("fleet") / ".flotilla"
+    port = free_port()
+    fleet = Fleet(state, f"nats://127.0.0.1:{port}")
+    fleet.ok("up", "--port", str(port), "--monitor-port", "0")
+    try:
+        yield fleet
+    finally:
+        fleet.run("down")
+
+
+@pytest.fixture(scope="module")
+def sim(fleet: Fleet) -> Iterator[str]:
+    token = fleet.ok("token", "create", "--max-uses", "5", "--label", "env=lab").strip()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flotilla_node_agent.sim", "--server", fleet.url, "--clusters", "2", "--nodes", "2",
+         "--token", token, "--state-dir", str(fleet.state / "sim"), "--prefix", "clicheck"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        yield token
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
+def test_joined_clusters_are_listed_pending_then_approved_labelled_and_tainted(fleet: Fleet, sim: str) -> None:
+    clusters = eventually(lambda: len(found := fleet.json("clusters", "list")) == 2 and found)
+    assert {c["state"] for c in clusters} == {"Pending"}
+    assert all(c["labels"]["env"] == "lab" for c in clusters)
+    first = clusters[0]["cluster_id"]
+    assert "approved" in fleet.ok("clusters", "approve", first)
+    again = fleet.run("clusters", "approve", first)
+    assert again.returncode == 1
+    assert "conflict" in again.stderr and "Approved" in again.stderr
+    fleet.ok("clusters", "label", first, "tier=gold")
+    assert [c["cluster_id"] for c in fleet.json("clusters", "list", "-l", "tier=gold")] == [first]
+    assert "maint=yes:NoSchedule" in fleet.ok("clusters", "taint", first, "maint=yes:NoSchedule")
+    # Once approved, the heartbeat service tracks the cluster: health shows beside the inventory.
+    ready = eventually(
+        lambda: [c for c in fleet.json("clusters", "list") if (c["health"] or {}).get("state") == "Ready"]
+    )
+    assert [c["cluster_id"] for c in ready] == [first]
+    nodes = eventually(lambda: [n for n in fleet.json("nodes", "list", "--cluster", first) if n["health"]])
+    assert {n["health"]["state"] for n in nodes} == {"Ready"}
+    assert "2/5" in fleet.ok("token", "list")
+
+
+def test_bad_input_gets_one_clear_line_and_a_non_zero_exit(fleet: Fleet) -> None:
+    cases = [
+        (("clusters", "list", "-l", "env in (lab"), "missing ')'"),
+        (("clusters", "label", "c1", "bad key=x"), "label key"),
+        (("clusters", "taint", "c1", "a=b:Sometimes"), "effect must be one of"),
+        (("clusters", "approve", "no-such-cluster"), "no cluster no-such-cluster"),
+        (("token", "create", "--ttl", "soon"), "duration"),
+        (("upgrade", "plan", "--to", "latest"), "not a Kubernetes version"),
+    ]
+    for args, message in cases:
+        done = fleet.run(*args)
+        assert done.returncode != 0, args
+        assert message in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr
