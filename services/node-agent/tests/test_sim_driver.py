@@ -80,3 +80,21 @@ async def test_a_crash_point_fires_once_and_the_node_is_kept_across_restarts(tmp
     result = await again.cordon("r1")
     assert not result.changed and not result.was_cordoned
     assert again.state.effects == {"cordon": 1}
+
+
+async def test_a_transient_upgrade_failure_passes_on_retry_even_after_a_restart(tmp_path: Path) -> None:
+    spec = SimNodeSpec(cluster="c", name="n1", faults=("upgrade_fails_once",))
+    first = SimDriver(spec, state_path=tmp_path / "n1.json")
+    with pytest.raises(StepFailed, match="a retry succeeds"):
+        await first.upgrade(TARGET, None)
+    restarted = SimDriver(spec, state_path=tmp_path / "n1.json")
+    await restarted.upgrade(TARGET, None)
+    assert restarted.state.kubelet_version == "v1.30.2"
+
+
+def test_named_faults_land_on_the_named_node_only() -> None:
+    from flotilla_node_agent.sim import with_named_faults
+
+    nodes = [SimNodeSpec.generate(1, "demo-0003", i, version="v1.29.6") for i in range(3)]
+    placed = [with_named_faults(n, (("demo-0003-n02", "upgrade_fails_once"),)) for n in nodes]
+    assert [n.faults for n in placed] == [(), (), ("upgrade_fails_once",)]

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import nats
 
 from flotilla_contracts.v1.agent import NodeFacts
@@ -32,7 +33,7 @@ from flotilla_contracts.v1.common import NodeRole
 from flotilla_contracts.v1.registration import ClusterIdentity
 from flotilla_node_agent.agent import AgentContext, NodeAgent
 from flotilla_node_agent.cluster_agent import ClusterAgent, ClusterHandle
-from flotilla_node_agent.drivers.sim import SimDriver, SimNodeSpec
+from flotilla_node_agent.drivers.sim import FAULTS, NAMED_FAULTS, SimDriver, SimNodeSpec
 from flotilla_node_agent.heartbeats import Interval
 from flotilla_node_agent.journal import Journal
 from flotilla_runtime.bus import ensure_streams
@@ -54,6 +55,13 @@ class FleetSpec:
     step_s: float = 0.0
     heartbeat_interval_s: float = 10.0
     state_dir: Path = Path(".flotilla/sim")
+    faults: tuple[tuple[str, str], ...] = ()  # (node name, fault) placed by name, on top of --fail-rate
+
+
+def with_named_faults(node: SimNodeSpec, faults: tuple[tuple[str, str], ...]) -> SimNodeSpec:
+    """The node with the faults `--fault` names for it added."""
+    extra = tuple(fault for name, fault in faults if name == node.name)
+    return msgspec.structs.replace(node, faults=node.faults + extra) if extra else node
 
 
 @dataclass
@@ -140,14 +148,17 @@ async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:
         version = spec.versions[c % len(spec.versions)]
         drivers = [
             SimDriver(
-                SimNodeSpec.generate(
-                    spec.seed,
-                    name,
-                    i,
-                    version=version,
-                    fail_rate=spec.fail_rate,
-                    role=NodeRole.CONTROL_PLANE if i == 0 else NodeRole.WORKER,
-                    step_s=spec.step_s,
+                with_named_faults(
+                    SimNodeSpec.generate(
+                        spec.seed,
+                        name,
+                        i,
+                        version=version,
+                        fail_rate=spec.fail_rate,
+                        role=NodeRole.CONTROL_PLANE if i == 0 else NodeRole.WORKER,
+                        step_s=spec.step_s,
+                    ),
+                    spec.faults,
                 )
             )
             for i in range(spec.nodes)
@@ -203,6 +214,14 @@ def parse(argv: Sequence[str] | None = None) -> tuple[FleetSpec, argparse.Namesp
     parser.add_argument("--fail-rate", type=float, default=0.0, help="share of nodes with an injected fault")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="NODE=FAULT",
+        help=f"place a fault on a node by name, e.g. sim-0003-n02=upgrade_fails_once; faults: "
+        f"{', '.join(FAULTS + NAMED_FAULTS)}",
+    )
+    parser.add_argument(
         "--token",
         default=os.environ.get("FLOTILLA_SIM_TOKEN", ""),
         help="join token (env FLOTILLA_SIM_TOKEN); without one, clusters do not join",
@@ -222,6 +241,12 @@ def parse(argv: Sequence[str] | None = None) -> tuple[FleetSpec, argparse.Namesp
     if not 0.0 <= args.fail_rate <= 1.0:
         parser.error("--fail-rate must be between 0 and 1")
     versions = tuple(v if v.startswith("v") else f"v{v}" for v in args.versions.split(",") if v.strip())
+    faults: list[tuple[str, str]] = []
+    for item in args.fault:
+        node, sep, fault = item.partition("=")
+        if not sep or fault not in FAULTS + NAMED_FAULTS:
+            parser.error(f"--fault {item!r}: use NODE=FAULT with FAULT one of {', '.join(FAULTS + NAMED_FAULTS)}")
+        faults.append((node, fault))
     spec = FleetSpec(
         clusters=args.clusters,
         nodes=args.nodes,
@@ -233,6 +258,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[FleetSpec, argparse.Namesp
         step_s=args.step_seconds,
         heartbeat_interval_s=args.heartbeat_interval,
         state_dir=Path(args.state_dir),
+        faults=tuple(faults),
     )
     return spec, args
 

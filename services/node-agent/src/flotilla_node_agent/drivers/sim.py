@@ -34,6 +34,9 @@ from flotilla_node_agent.drivers.base import (
 from flotilla_node_agent.executors.base import Executor, ExecutorError
 
 FAULTS = ("drain_blocked", "upgrade_fails", "not_ready_after_upgrade", "agent_crash")
+# Faults only ever placed by name (`--fault NODE=FAULT`), never drawn at random: a transient failure that
+# a retry gets past, as a flaky package mirror would cause.
+NAMED_FAULTS = ("upgrade_fails_once",)
 CRASH_POINTS = tuple(
     f"{step}:{when}" for step in ("cordon", "drain", "upgrade", "uncordon") for when in ("before", "after")
 )
@@ -57,6 +60,7 @@ class SimNodeState(msgspec.Struct, kw_only=True):
     pods: list[SimPod] = []
     effects: dict[str, int] = {}  # side effects that took place, by step: the crash tests count them
     crashes_done: list[str] = []
+    upgrade_failures: int = 0
 
 
 class SimNodeSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -252,6 +256,10 @@ class SimDriver:
         await self._take_time()
         if "upgrade_fails" in self.spec.faults:
             raise StepFailed("upgrade_failed", "simulated: the package install failed on the host")
+        if "upgrade_fails_once" in self.spec.faults and not self.state.upgrade_failures:
+            self.state.upgrade_failures += 1
+            self._save()
+            raise StepFailed("upgrade_failed", "simulated: the package mirror timed out (a retry succeeds)")
         if self.executor is not None:
             try:
                 await self.executor.upgrade(target, action, self.spec.role)
