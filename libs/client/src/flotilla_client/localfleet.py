@@ -16,7 +16,7 @@ from flotilla_client import procs, runfile
 from flotilla_client.client import FlotillaClient
 from flotilla_client.errors import LocalFleetError
 from flotilla_client.natsserver import NatsServer, NatsServerError, free_port, port_open
-from flotilla_client.runfile import NatsEntry, RunInfo, ServiceEntry
+from flotilla_client.runfile import NatsEntry, RunInfo, ServiceEntry, SimEntry
 from flotilla_contracts.subjects import Service
 from flotilla_runtime.settings import env_prefix
 
@@ -49,16 +49,40 @@ def tail(path: Path, lines: int) -> list[str]:
     return text.splitlines()[-lines:] if lines > 0 else []
 
 
+SIM_MODULE = "flotilla_node_agent.sim"
+
+
 def tracked(info: RunInfo) -> tuple[list[procs.Tracked], list[procs.Tracked]]:
-    """(services, nats-server) processes recorded in a run file, nats-server only when we started it."""
+    """(simulated fleets and services, nats-server) recorded in a run file, nats-server only when we started it."""
+    sims = [procs.Tracked(f"sim {s.prefix}", s.pid, SIM_MODULE) for s in info.sims]
     services = [procs.Tracked(s.name, s.pid, s.module) for s in info.services]
     nats = [procs.Tracked(NATS_SERVER, info.nats.pid, info.nats.config)] if info.nats.pid else []
-    return services, nats
+    return sims + services, nats
+
+
+def start_sim(state_dir: Path, args: list[str], *, prefix: str, clusters: int, nodes: int) -> SimEntry:
+    """Start a simulated fleet as its own detached process, recorded in run.json so `down` stops it."""
+    state_dir = state_dir.resolve()
+    info = runfile.load(state_dir)
+    if info is None:
+        raise LocalFleetError(f"no local fleet runs from {state_dir}; start one with `flotilla up` first")
+    if any(s.prefix == prefix and procs.alive(s.pid, SIM_MODULE) for s in info.sims):
+        raise LocalFleetError(f"a simulated fleet with prefix {prefix!r} already runs; choose another --prefix")
+    sim_dir = state_dir / f"sim-{prefix}"
+    log = log_path(state_dir, f"sim-{prefix}")
+    command = [sys.executable, "-m", SIM_MODULE, "--server", info.nats.url, "--state-dir", str(sim_dir),
+               "--prefix", prefix, *args]  # fmt: skip
+    process = procs.spawn(command, log, dict(os.environ), cwd=state_dir)
+    entry = SimEntry(prefix=prefix, pid=process.pid, clusters=clusters, nodes=nodes, log=str(log),
+                     state_dir=str(sim_dir))  # fmt: skip
+    info.sims = [s for s in info.sims if s.prefix != prefix] + [entry]
+    runfile.save(state_dir, info)
+    return entry
 
 
 def leftover_markers(state_dir: Path) -> list[str]:
     """Strings only our own processes carry: the nats-server config path, each service's state variable."""
-    markers = [str(state_dir / "nats" / "nats-server.conf")]
+    markers = [str(state_dir / "nats" / "nats-server.conf"), f"--state-dir {state_dir / 'sim-'}"]
     markers += [f"{env_prefix(s.value)}STATE_DIR={state_dir / s.value}" for s in SERVICES]
     return markers
 

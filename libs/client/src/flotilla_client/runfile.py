@@ -38,11 +38,23 @@ class ServiceEntry(msgspec.Struct, kw_only=True):
     version: str = ""
 
 
+class SimEntry(msgspec.Struct, kw_only=True):
+    """A simulated fleet started by `flotilla sim` (python -m flotilla_node_agent.sim)."""
+
+    prefix: str
+    pid: int
+    clusters: int
+    nodes: int
+    log: str
+    state_dir: str
+
+
 class RunInfo(msgspec.Struct, kw_only=True):
     state_dir: str
     started_at: str
     nats: NatsEntry
     services: list[ServiceEntry] = []
+    sims: list[SimEntry] = []
     ready: bool = False
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from flotilla_client.cli import bus, demo, fleet, health, local, tokens, upgrade
+from flotilla_client.cli import bus, demo, fleet, health, local, sim, tokens, upgrade
 from flotilla_client.cli.common import DEFAULT_STATE_DIR, CliContext, Failure, cli_version
 from flotilla_client.errors import FlotillaClientError
 
@@ -71,6 +71,7 @@ for command in (
     fleet.clusters,
     fleet.nodes,
     health.health,
+    sim.sim,
     upgrade.upgrade,
 ):
     cli.add_command(command)

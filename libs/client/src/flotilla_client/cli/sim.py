@@ -1,0 +1,121 @@
+"""`flotilla sim`: a simulated fleet (node-agents with the sim driver) joining the local fleet."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from flotilla_client import localfleet
+from flotilla_client.cli.common import CliContext, Failure, call, echo
+from flotilla_client.cli.fleet import list_all_clusters
+from flotilla_contracts.subjects import Service
+from flotilla_contracts.v1 import registration as reg
+
+pass_cli = click.make_pass_decorator(CliContext)
+
+
+@click.command()
+@click.option("--clusters", type=click.IntRange(1, 10_000), default=12, show_default=True)
+@click.option(
+    "--nodes",
+    type=click.IntRange(1, 1_000),
+    default=4,
+    show_default=True,
+    help="Nodes per cluster; the first is the control plane.",
+)
+@click.option(
+    "--versions", default="v1.29.6,v1.30.2", show_default=True, help="Kubernetes versions dealt to clusters in turn."
+)
+@click.option(
+    "--fail-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of nodes with a random injected fault.",
+)
+@click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    metavar="NODE=FAULT",
+    help="A fault on a named node, e.g. sim-0003-n02=upgrade_fails_once.",
+)
+@click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same fleet.")
+@click.option(
+    "--step-seconds",
+    type=click.FloatRange(0),
+    default=0.5,
+    show_default=True,
+    help="Simulated time each node step takes.",
+)
+@click.option("--prefix", default="sim", show_default=True, help="Cluster name prefix (one per simulated fleet).")
+@click.option("--token", default="", help="Join token [default: a new auto-approving one for these clusters].")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until every cluster has joined.")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for the joins.")
+@pass_cli
+def sim(
+    obj: CliContext, clusters: int, nodes: int, versions: str, fail_rate: float, faults: tuple[str, ...],
+    seed: int, step_seconds: float, prefix: str, token: str, wait: bool, timeout: float,
+) -> None:  # fmt: skip
+    """Start a simulated fleet that joins the local fleet: every node runs the real node-agent code
+    with the simulated driver (deterministic for a seed), heartbeats and obeys upgrade steps.
+
+    It runs in the background until `flotilla down`.
+
+    \b
+    Examples:
+      flotilla sim --clusters 12 --nodes 4 --versions v1.29.6,v1.30.2
+      flotilla sim --clusters 3 --fault sim-0001-n02=upgrade_fails_once
+    """
+    if not token:
+        request = reg.CreateTokenRequest(
+            ttl_s=3600.0, max_uses=clusters, auto_approve=True, labels={"env": "sim"},
+            description=f"flotilla sim {prefix}",
+        )  # fmt: skip
+        token = call(obj, Service.REGISTRATION, "tokens.create", request, reg.CreateTokenReply).token
+    args = [
+        "--clusters",
+        str(clusters),
+        "--nodes",
+        str(nodes),
+        "--versions",
+        versions,
+        "--fail-rate",
+        str(fail_rate),
+        "--seed",
+        str(seed),
+        "--step-seconds",
+        str(step_seconds),
+        "--token",
+        token,
+        "--stats-every",
+        "30",
+    ]
+    for fault in faults:
+        args += ["--fault", fault]
+    entry = localfleet.start_sim(obj.state_dir, args, prefix=prefix, clusters=clusters, nodes=nodes)
+    echo(f"simulated fleet {prefix!r}: {clusters} clusters x {nodes} nodes (pid {entry.pid}, log {entry.log})")
+    if wait:
+        joined = wait_for_clusters(obj, prefix, clusters, timeout)
+        echo(f"all {joined} clusters joined and approved")
+
+
+def wait_for_clusters(obj: CliContext, prefix: str, expected: int, timeout_s: float) -> int:
+    """Until `expected` Approved clusters named `<prefix>-*` exist; prints progress."""
+    deadline = time.monotonic() + timeout_s
+    last = -1
+    while True:
+        approved = list_all_clusters(obj, "", [reg.ClusterState.APPROVED])
+        joined = sum(1 for c in approved if c.identity.name.startswith(f"{prefix}-"))
+        if joined != last:
+            echo(f"  {joined}/{expected} clusters joined")
+            last = joined
+        if joined >= expected:
+            return joined
+        if time.monotonic() > deadline:
+            raise Failure(
+                f"only {joined} of {expected} clusters joined within {timeout_s:g}s; "
+                f"see `flotilla logs registration` and the sim log"
+            )
+        time.sleep(0.5)
