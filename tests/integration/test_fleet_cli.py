@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from flotilla_client.natsserver import free_port
@@ -60,17 +61,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 
 @pytest.fixture(scope="module")
 def sim(fleet: Fleet) -> Iterator[str]:
+    """`flotilla sim` with a token that needs approval; `flotilla down` must stop it with the rest."""
     token = fleet.ok("token", "create", "--max-uses", "5", "--label", "env=lab").strip()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "flotilla_node_agent.sim", "--server", fleet.url, "--clusters", "2", "--nodes", "2",
-         "--token", token, "--state-dir", str(fleet.state / "sim"), "--prefix", "clicheck"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        yield token
-    finally:
-        process.terminate()
-        process.wait(20)
+    out = fleet.ok("sim", "--clusters", "2", "--nodes", "2", "--token", token, "--prefix", "clicheck", "--no-wait")
+    pid = int(out.split("(pid ")[1].split(",")[0])
+    yield token
+    fleet.ok("down")
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
 def test_joined_clusters_are_listed_pending_then_approved_labelled_and_tainted(fleet: Fleet, sim: str) -> None:
