@@ -167,6 +167,7 @@ async def test_a_cancelled_transaction_leaves_no_transaction_open(tmp_path: Path
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 5)
+
     async def write_after() -> None:  # fails ("transaction within a transaction") or hangs if one was left open
         async with store.transaction() as tx:
             await tx.execute("INSERT INTO things VALUES ('after', 1)")

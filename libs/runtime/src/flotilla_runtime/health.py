@@ -1,21 +1,33 @@
-"""A tiny HTTP server for Kubernetes probes: `/livez` (the process loop runs) and `/readyz` (serving)."""
+"""A tiny HTTP server for Kubernetes probes: `/livez` (the process loop runs) and `/readyz` (serving).
+
+It also serves `/metrics` (Prometheus text format) when given a renderer (see flotilla_runtime.metrics).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
 
-_REASONS = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}
+_REASONS = {200: "OK", 404: "Not Found", 500: "Internal Server Error", 503: "Service Unavailable"}
+_TEXT = "text/plain"
+_METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class HealthServer:
-    def __init__(self, host: str, port: int, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ready: Callable[[], bool],
+        metrics: Callable[[], Awaitable[str]] | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self._ready = ready
+        self._metrics = metrics
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -38,15 +50,19 @@ class HealthServer:
                 pass
             parts = request_line.decode("latin-1").split()
             path = parts[1] if len(parts) >= 2 else ""
+            content_type = _TEXT
             if path == "/livez":
                 status, body = 200, "ok\n"
             elif path == "/readyz":
                 status, body = (200, "ready\n") if self._ready() else (503, "not ready\n")
+            elif self._metrics is not None and path.split("?", 1)[0] == "/metrics":
+                status, body, content_type = await self._render_metrics()
             else:
-                status, body = 404, "not found: try /livez or /readyz\n"
+                hint = "/livez, /readyz or /metrics" if self._metrics is not None else "/livez or /readyz"
+                status, body = 404, f"not found: try {hint}\n"
             payload = body.encode()
             writer.write(
-                f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: text/plain\r\n"
+                f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
                 + payload
             )
@@ -55,3 +71,11 @@ class HealthServer:
             pass
         finally:
             writer.close()
+
+    async def _render_metrics(self) -> tuple[int, str, str]:
+        assert self._metrics is not None
+        try:
+            return 200, await self._metrics(), _METRICS_TYPE
+        except Exception as exc:  # a scrape must never take the probe server down
+            log.warning("rendering /metrics failed: %s", exc, exc_info=True)
+            return 500, f"metrics unavailable: {type(exc).__name__}\n", _TEXT

@@ -1,4 +1,4 @@
-"""One service process: settings, logs, traces, store, bus, commands, discovery, probes, graceful stop."""
+"""One service process: settings, logs, traces, store, bus, commands, discovery, probes, metrics, graceful stop."""
 
 from __future__ import annotations
 
@@ -30,6 +30,13 @@ from flotilla_runtime.discovery import Discovery, ServiceIdentity
 from flotilla_runtime.errors import SettingsError, TemporaryError
 from flotilla_runtime.health import HealthServer
 from flotilla_runtime.logs import BoundLogger, get_logger, setup_logging
+from flotilla_runtime.metrics import (
+    Registry,
+    RuntimeSources,
+    instrument_commands,
+    instrument_consumers,
+    register_runtime,
+)
 from flotilla_runtime.migrations import load_migrations
 from flotilla_runtime.outbox import OutboxRelay
 from flotilla_runtime.settings import ServiceSettings, load_settings
@@ -67,6 +74,8 @@ class ServiceApp(Generic[S]):
         self._tasks: list[asyncio.Task[None]] = []
         self._js: JetStreamContext | None = None
         self.consumers: list[EventConsumer] = []
+        # Prometheus metrics served at /metrics; a service adds its own in `setup` (see flotilla_runtime.metrics).
+        self.metrics = Registry()
         self.router.add("info", InfoRequest, InfoReply, self._info)
 
     @property
@@ -134,12 +143,28 @@ async def run(spec: ServiceSpec[S], settings: S, stop: asyncio.Event | None = No
     errors = BusErrors()
     broker = make_broker(settings.nats_url, f"flotilla-{name}-{settings.instance_id}", errors)
     app = ServiceApp(spec, settings, store, broker, errors)
-    health = HealthServer(settings.http_host, settings.http_port, lambda: app.ready)
+    health = HealthServer(settings.http_host, settings.http_port, lambda: app.ready, app.metrics.render)
     await health.start()
     relay: OutboxRelay | None = None
     discovery: Discovery | None = None
     try:
+        register_runtime(
+            app.metrics,
+            RuntimeSources(
+                service=name,
+                version=spec.version,
+                instance_id=settings.instance_id,
+                router=app.router,
+                consumers=app.consumers,
+                store=store,
+                bus_errors=errors,
+                ready=lambda: app.ready,
+                relay=lambda: relay,
+            ),
+        )
         await spec.setup(app)
+        instrument_commands(app.router, app.metrics)
+        instrument_consumers(app.consumers, app.metrics)
         app.router.install(broker)
         if not await _connect(app, stop):
             return

@@ -37,6 +37,7 @@ from flotilla_heartbeat.restore import restore
 from flotilla_runtime import codec
 from flotilla_runtime.commands import CommandContext
 from flotilla_runtime.errors import RequestError, SettingsError
+from flotilla_runtime.metrics import Family, Sample
 from flotilla_runtime.service import ServiceApp, ServiceSpec
 from flotilla_runtime.settings import ServiceSettings
 
@@ -236,6 +237,7 @@ async def setup(app: ServiceApp[Settings]) -> None:
     epoch = await tables.membership_epoch(app.store)
     app.consume(f"members-{epoch}", hb.membership.filters(), hb.membership.handlers())
     app.background(hb.run)
+    register_metrics(app, hb)
     count = app.settings.partition_count
 
     @app.router.command("config.get", HeartbeatConfigRequest, HeartbeatConfig)
@@ -260,6 +262,39 @@ async def setup(app: ServiceApp[Settings]) -> None:
 
     approved = sum(1 for state in members.values() if state == ClusterState.APPROVED)
     app.log.info("heartbeat wired", extra={"members": approved, "tracked_clusters": len(hb.model.clusters)})
+
+
+def register_metrics(app: ServiceApp[Settings], hb: Heartbeats) -> None:
+    """Heartbeat figures on /metrics, read at scrape time (nothing is added to the ingest hot path)."""
+    metrics = app.metrics
+    metrics.counter_fn(
+        "flotilla_heartbeats_received_total",
+        "Heartbeats received by this replica, valid or not (rate() of it is the ingest rate).",
+        lambda: hb.ingest.received,
+    )
+    metrics.counter_fn(
+        "flotilla_heartbeats_applied_total", "Heartbeats applied to the health model.", lambda: hb.ingest.applied
+    )
+    metrics.collector(
+        lambda: [
+            Family(
+                "flotilla_heartbeats_dropped_total",
+                "counter",
+                "Heartbeats dropped, by reason (a stable error code or a membership reason).",
+                [Sample({"reason": str(reason)}, n) for reason, n in hb.ingest.dropped.items()],
+            )
+        ],
+        ["flotilla_heartbeats_dropped_total"],
+    )
+    metrics.gauge_fn(
+        "flotilla_heartbeat_tracked_nodes",
+        "Nodes whose health this replica tracks (its partitions).",
+        lambda: sum(len(cluster.nodes) for cluster in hb.model.clusters.values()),
+    )
+    metrics.gauge_fn(
+        "flotilla_heartbeat_tracked_clusters", "Clusters this replica tracks.", lambda: len(hb.model.clusters)
+    )
+    metrics.gauge_fn("flotilla_heartbeat_partitions_owned", "Partitions this replica owns.", lambda: len(hb.owned))
 
 
 SPEC = ServiceSpec(
