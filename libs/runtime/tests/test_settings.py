@@ -62,3 +62,9 @@ def test_unknown_variable_is_refused_with_the_known_ones() -> None:
 def test_out_of_range_values_are_refused(variable: str, value: str, message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         load_settings(ServiceSettings, "registration", environ={variable: value})
+
+
+def test_stream_replicas_is_shared_and_checked() -> None:
+    assert load_settings(ServiceSettings, "heartbeat", environ={"FLOTILLA_STREAM_REPLICAS": "3"}).stream_replicas == 3
+    with pytest.raises(SettingsError, match="STREAM_REPLICAS must be 1, 3 or 5"):
+        load_settings(ServiceSettings, "heartbeat", environ={"FLOTILLA_STREAM_REPLICAS": "2"})

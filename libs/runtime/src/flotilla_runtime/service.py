@@ -169,7 +169,7 @@ async def run(spec: ServiceSpec[S], settings: S, stop: asyncio.Event | None = No
         if not await _connect(app, stop):
             return
         app._js = broker.connection.jetstream()
-        await ensure_streams(app.js)
+        await ensure_streams(app.js, replicas=settings.stream_replicas)
         await broker.start()
         relay = OutboxRelay(store, app.js, batch=settings.outbox_batch)
         relay.start()
