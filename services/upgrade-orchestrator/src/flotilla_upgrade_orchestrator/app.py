@@ -1,20 +1,171 @@
-"""Wiring of the upgrade-orchestrator service: its settings, its commands and what it runs in the background."""
+"""Wiring of the upgrade-orchestrator service: settings, commands, event intake, leases and the tick."""
 
 from __future__ import annotations
 
-from flotilla_contracts.subjects import Service
+import asyncio
+import contextlib
+import time
+from datetime import UTC, datetime
+
+from flotilla_contracts import catalogue
+from flotilla_contracts.subjects import Entity, Service, entity_events
+from flotilla_contracts.v1.agent import NodeStepReported
+from flotilla_contracts.v1.heartbeat import ClusterHealthChanged, NodeHealthChanged
+from flotilla_contracts.v1.registration_events import (
+    ClusterApproved,
+    ClusterDeregistered,
+    ClusterJoinRequested,
+    ClusterLabelsChanged,
+    ClusterRejected,
+    ClusterRejoined,
+    ClusterTaintsChanged,
+    NodeAdded,
+    NodeChanged,
+    NodeRemoved,
+)
+from flotilla_runtime.errors import SettingsError
 from flotilla_runtime.service import ServiceApp, ServiceSpec
-from flotilla_runtime.settings import ServiceSettings
-from flotilla_upgrade_orchestrator import __version__
+from flotilla_runtime.settings import ServiceSettings, env_prefix
+from flotilla_upgrade_orchestrator import __version__, reactions
+from flotilla_upgrade_orchestrator.engine import Engine, Timeouts
+from flotilla_upgrade_orchestrator.handlers import Orchestrator
+from flotilla_upgrade_orchestrator.intake import Intake, SyncHandler
+from flotilla_upgrade_orchestrator.lease import KvLeases
+from flotilla_upgrade_orchestrator.plan import Estimates
+from flotilla_upgrade_orchestrator.releases import Releases
 
 
 class Settings(ServiceSettings, kw_only=True, frozen=True):
     """`FLOTILLA_UPGRADE_ORCHESTRATOR_*` environment variables (see flotilla_runtime.settings for the shared ones)."""
 
+    tick_interval_s: float = 1.0  # soak ends, windows, step timeouts are looked at this often
+    lease_bucket: str = "upgrade_orchestrator_leases"  # JetStream KV bucket of rollout leases (I6)
+    lease_ttl_s: float = 15.0  # a lease not renewed for this long may be taken over
+    cordon_timeout_s: float = 120.0  # also the margin added to drain and verify timeouts
+    upgrade_timeout_s: float = 1800.0  # upgrade and rollback steps
+    uncordon_timeout_s: float = 120.0
+    step_grace_s: float = 60.0  # past a command's deadline before the node fails with StepTimeout
+    extra_versions: str = ""  # comma-separated Kubernetes versions newer than the built-in release table
+    intake_batch: int = 512  # events applied per transaction
+    estimate_drain_s: float = 60.0  # for the plan's estimate only
+    estimate_upgrade_s: float = 180.0
+
+
+def _check(settings: Settings, prefix: str) -> Releases:
+    if settings.tick_interval_s <= 0:
+        raise SettingsError(f"{prefix}TICK_INTERVAL_S must be above 0")
+    if settings.lease_ttl_s < 3 * settings.tick_interval_s:
+        raise SettingsError(f"{prefix}LEASE_TTL_S must be at least 3 x TICK_INTERVAL_S")
+    if settings.intake_batch < 1:
+        raise SettingsError(f"{prefix}INTAKE_BATCH must be at least 1")
+    try:
+        return Releases.with_extra(settings.extra_versions.split(","))
+    except ValueError as exc:
+        raise SettingsError(f"{prefix}EXTRA_VERSIONS: {exc}") from None
+
 
 async def setup(app: ServiceApp[Settings]) -> None:
-    """Register handlers on the app; the runtime already serves `info` and service discovery."""
+    """Commands, the three event intakes, the lease keeper and the tick."""
+    settings = app.settings
+    releases = _check(settings, env_prefix(app.name))
+    leases = KvLeases(bucket=settings.lease_bucket, owner=settings.instance_id, ttl_s=settings.lease_ttl_s)
+    engine = Engine(
+        timeouts=Timeouts(
+            cordon_s=settings.cordon_timeout_s,
+            upgrade_s=settings.upgrade_timeout_s,
+            uncordon_s=settings.uncordon_timeout_s,
+            grace_s=settings.step_grace_s,
+        ),
+        epoch_of=leases.epoch,
+    )
+    wake = asyncio.Event()
+    intakes: list[Intake] = []
+    orchestrator = Orchestrator(
+        store=app.store,
+        engine=engine,
+        releases=releases,
+        estimates=Estimates(drain_s=settings.estimate_drain_s, upgrade_s=settings.estimate_upgrade_s),
+        fleet_ready=lambda: all(i.caught_up.is_set() for i in intakes),
+        on_started=lambda _rollout_id: wake.set(),
+    )
+    orchestrator.register(app.router)
+    await orchestrator.run(lambda tx: None)  # load the state once before serving
+
+    steps: dict[type, SyncHandler] = {
+        NodeStepReported: lambda e, tx, now: reactions.on_report(engine, tx, e, now),
+    }
+    inventory: dict[type, SyncHandler] = {
+        kind: (lambda e, tx, now: reactions.on_cluster_info(engine, e.cluster))
+        for kind in (
+            ClusterJoinRequested,
+            ClusterApproved,
+            ClusterRejected,
+            ClusterRejoined,
+            ClusterLabelsChanged,
+            ClusterTaintsChanged,
+            ClusterDeregistered,
+        )
+    }
+    inventory[NodeAdded] = lambda e, tx, now: reactions.on_node_facts(engine, e.cluster_id, e.node)
+    inventory[NodeChanged] = lambda e, tx, now: reactions.on_node_facts(engine, e.cluster_id, e.node)
+    inventory[NodeRemoved] = lambda e, tx, now: reactions.on_node_removed(engine, e)
+    inventory[NodeHealthChanged] = lambda e, tx, now: reactions.on_node_health(engine, tx, e, now)
+    inventory[ClusterHealthChanged] = lambda e, tx, now: reactions.on_cluster_health(engine, tx, e, now)
+    step_filter = catalogue.operation_for(NodeStepReported).filter
+    fleet_filters = [entity_events(e) for e in (Entity.CLUSTER, Entity.NODE, Entity.CLUSTER_HEALTH, Entity.NODE_HEALTH)]
+    for purpose, filters, handlers in (("fleet", fleet_filters, inventory), ("steps", [step_filter], steps)):
+        intake = Intake(
+            purpose=purpose,
+            filter_subjects=filters,
+            handlers=handlers,
+            engine=engine,
+            run_work=orchestrator.run,
+            instance_id=settings.instance_id,
+            batch=settings.intake_batch,
+        )
+        intakes.append(intake)
+        app.background(lambda intake=intake: intake.run(app.js))  # type: ignore[misc]
+
+    async def keep_leases() -> None:
+        await leases.provision(app.js)
+        renew_every = settings.lease_ttl_s / 3
+        while True:
+            wanted = await orchestrator.run(lambda tx: _needing_writer(engine))
+            for rollout_id in wanted:
+                before = leases.epoch(rollout_id)
+                epoch = await leases.claim(rollout_id, engine.rollouts[rollout_id].rec.epoch)
+                if epoch is not None and epoch != before:
+                    app.log.bind(rollout=rollout_id).info("lease taken", extra={"epoch": epoch})
+                    await orchestrator.run(
+                        lambda tx, r=rollout_id: engine.advance(tx, engine.rollouts[r], datetime.now(UTC))  # type: ignore[misc]
+                    )
+            for rollout_id in [r for r in leases.held if r not in wanted]:
+                await leases.release(rollout_id)
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), renew_every)
+
+    async def tick() -> None:
+        last_prune = time.monotonic()
+        while True:
+            await asyncio.sleep(settings.tick_interval_s)
+            await orchestrator.run(lambda tx: reactions.tick(engine, tx, datetime.now(UTC)))
+            if time.monotonic() - last_prune > 600:
+                last_prune = time.monotonic()
+                await app.store.prune_processed(older_than_s=7200)
+
+    app.background(keep_leases)
+    app.background(tick)
     app.log.debug("upgrade-orchestrator wired", extra={"commands": [ep.verb for ep in app.router.endpoints]})
+
+
+def _needing_writer(engine: Engine) -> list[str]:
+    """Rollouts still moving, or still giving nodes back."""
+    return [
+        r.rollout_id
+        for r in engine.rollouts.values()
+        if not r.final or any(n.in_flight is not None or n.cordoned_by_us for c in r.clusters.values() for n in c.nodes)
+    ]
 
 
 SPEC = ServiceSpec(
@@ -23,4 +174,5 @@ SPEC = ServiceSpec(
     description="Plans and runs safe Kubernetes upgrade rollouts across the fleet.",
     settings_type=Settings,
     setup=setup,
+    migrations_package="flotilla_upgrade_orchestrator",
 )

@@ -1,0 +1,243 @@
+"""The rollout engine: applies decisions to the records, issues commands and emits events in one transaction.
+
+Every method takes the open `SyncTx` of a `Store.run` work: state changes, the NodeStepCommands they
+cause (outbox, Nats-Msg-Id = command id) and the progress events are committed together (I8). The
+in-memory records are the single writer's cache of its rows; `flush` writes what changed, and a work
+that fails marks the cache stale so the next work reloads it from the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from flotilla_contracts import catalogue
+from flotilla_contracts.v1.agent import NodeStepCommand, StepKind, TargetVersions
+from flotilla_contracts.v1.heartbeat import ClusterHealth
+from flotilla_contracts.v1.upgrade_status import (
+    Direction,
+)
+from flotilla_runtime.logs import get_logger
+from flotilla_runtime.store import SyncTx
+from flotilla_upgrade_orchestrator import progress, scheduling
+from flotilla_upgrade_orchestrator import store as repo
+from flotilla_upgrade_orchestrator.fleet import FleetCluster
+from flotilla_upgrade_orchestrator.model import (
+    ACTIVE_CLUSTER,
+    WINDING_DOWN,
+    ClusterRec,
+    FailureRec,
+    NodeRec,
+    Rollout,
+    command_id,
+)
+from flotilla_upgrade_orchestrator.transitions import Transitions
+from flotilla_upgrade_orchestrator.windows import Window, openness, parse_windows
+
+T = TypeVar("T")
+log = get_logger("flotilla.upgrade-orchestrator.engine")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """How long a step may stay unanswered before the node fails with StepTimeout (beyond its deadline)."""
+
+    cordon_s: float = 120.0
+    upgrade_s: float = 1800.0
+    uncordon_s: float = 120.0
+    grace_s: float = 60.0
+
+    def for_step(self, step: StepKind, rollout: Rollout) -> float:
+        if step is StepKind.DRAIN:
+            return rollout.spec.drain.timeout_s + self.cordon_s
+        if step is StepKind.VERIFY:
+            return rollout.spec.health_gates.verify_timeout_s + self.cordon_s
+        if step in (StepKind.UPGRADE, StepKind.ROLLBACK):
+            return self.upgrade_s
+        return self.uncordon_s if step is StepKind.UNCORDON else self.cordon_s
+
+
+@dataclass
+class Engine(Transitions):
+    """Rollouts and the fleet read model in memory, written through to the store by `flush`."""
+
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    epoch_of: Callable[[str], int | None] = lambda _rollout_id: 1
+    rollouts: dict[str, Rollout] = field(default_factory=dict)
+    fleet: dict[str, FleetCluster] = field(default_factory=dict)
+    inflight: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # command id -> rollout, cluster, node
+    stale: bool = True
+    issued: int = 0
+    _windows: dict[str, tuple[Window, ...]] = field(default_factory=dict)
+    _dirty_rollouts: set[str] = field(default_factory=set)
+    _dirty_clusters: set[tuple[str, str]] = field(default_factory=set)
+    _dirty_nodes: dict[tuple[str, str, str], NodeRec] = field(default_factory=dict)
+    _new_failures: list[tuple[str, FailureRec]] = field(default_factory=list)
+    dirty_fleet: set[str] = field(default_factory=set)
+
+    # --- the unit of work -------------------------------------------------------------------------------
+
+    def transact(self, fn: Callable[[SyncTx], T]) -> Callable[[SyncTx], T]:
+        """Wrap `fn` for `Store.run`: reload if stale, run, write what changed; a failure marks us stale."""
+
+        def work(tx: SyncTx) -> T:
+            if self.stale:
+                self.load(tx)
+            try:
+                result = fn(tx)
+                self.flush(tx)
+            except BaseException:
+                self.stale = True
+                raise
+            return result
+
+        return work
+
+    def load(self, tx: SyncTx) -> None:
+        self.rollouts = repo.load_rollouts(tx)
+        self.fleet = repo.load_fleet(tx)
+        self.inflight = {}
+        self._windows = {}
+        for rollout in self.rollouts.values():
+            for cluster in rollout.clusters.values():
+                for node in cluster.nodes:
+                    if node.in_flight is not None:
+                        self.inflight[node.command_id] = (rollout.rollout_id, cluster.cluster_id, node.node_id)
+        self._dirty_rollouts.clear()
+        self._dirty_clusters.clear()
+        self._dirty_nodes.clear()
+        self._new_failures.clear()
+        self.dirty_fleet.clear()
+        self.stale = False
+
+    def discard(self) -> None:
+        """Forget changes not yet flushed (their transaction rolled back); reload before the next work."""
+        self._dirty_rollouts.clear()
+        self._dirty_clusters.clear()
+        self._dirty_nodes.clear()
+        self._new_failures.clear()
+        self.dirty_fleet.clear()
+        self.stale = True
+
+    def flush(self, tx: SyncTx) -> None:
+        for rollout_id in self._dirty_rollouts:
+            repo.save_rollout(tx, self.rollouts[rollout_id].rec)
+        for rollout_id, cluster_id in self._dirty_clusters:
+            repo.save_cluster(tx, rollout_id, self.rollouts[rollout_id].clusters[cluster_id])
+        if self._dirty_nodes:
+            repo.save_nodes(tx, list(self._dirty_nodes.items()))
+        for rollout_id, failure in self._new_failures:
+            repo.add_failure(tx, rollout_id, failure)
+        for cluster_id in self.dirty_fleet:
+            repo.save_fleet_cluster(tx, self.fleet.get(cluster_id), cluster_id)
+        self._dirty_rollouts.clear()
+        self._dirty_clusters.clear()
+        self._dirty_nodes.clear()
+        self._new_failures.clear()
+        self.dirty_fleet.clear()
+
+    # --- windows and health ------------------------------------------------------------------------------------
+
+    def windows(self, rollout: Rollout) -> tuple[Window, ...]:
+        found = self._windows.get(rollout.rollout_id)
+        if found is None:
+            found = self._windows[rollout.rollout_id] = tuple(parse_windows(rollout.spec.maintenance_windows))
+        return found
+
+    def health(self, cluster_id: str) -> ClusterHealth:
+        cluster = self.fleet.get(cluster_id)
+        return ClusterHealth.UNKNOWN if cluster is None else cluster.health
+
+    def labels(self, cluster_id: str) -> dict[str, str]:
+        cluster = self.fleet.get(cluster_id)
+        return {} if cluster is None else cluster.labels
+
+    def window_open(self, rollout: Rollout, cluster: ClusterRec, now: datetime) -> bool:
+        windows = self.windows(rollout)
+        if not windows:
+            return True
+        state = openness(windows, self.labels(cluster.cluster_id), now)
+        opens = None if state.opens_at is None else state.opens_at.timestamp()
+        if cluster.window_opens_at != opens:
+            cluster.window_opens_at = opens
+            self._dirty_clusters.add((rollout.rollout_id, cluster.cluster_id))
+        return state.open
+
+    # --- issuing -----------------------------------------------------------------------------------------------
+
+    def issue(
+        self,
+        tx: SyncTx,
+        rollout: Rollout,
+        cluster: ClusterRec,
+        node: NodeRec,
+        step: StepKind,
+        epoch: int,
+        now: datetime,
+    ) -> None:
+        """One NodeStepCommand, at most once per (rollout, node, step, attempt, direction) (I4, I6, I8)."""
+        direction = Direction.ROLLBACK if node.rollback else Direction.FORWARD
+        cid = command_id(rollout.rollout_id, cluster.cluster_id, node.node_id, step, node.attempt, direction.value)
+        deadline = now + timedelta(seconds=self.timeouts.for_step(step, rollout))
+        node.in_flight = step
+        node.command_id = cid
+        node.issued_at = now.timestamp()
+        node.deadline = deadline.timestamp()
+        node.updated_at = now.timestamp()
+        self.touch_node(rollout, cluster, node)
+        self.inflight[cid] = (rollout.rollout_id, cluster.cluster_id, node.node_id)
+        if not repo.record_command(tx, cid, rollout.rollout_id, cluster.cluster_id, node, step, epoch, now):
+            log.error("command %s was already issued; not sending it again (I4)", cid)
+            return
+        target = TargetVersions(kubernetes_version=rollout.spec.target_version)
+        previous = TargetVersions(kubernetes_version=node.from_version)
+        command = NodeStepCommand(
+            command_id=cid,
+            rollout_id=rollout.rollout_id,
+            epoch=epoch,
+            cluster_id=cluster.cluster_id,
+            node_id=node.node_id,
+            node_name=node.node_name,
+            step=step,
+            target=target,
+            previous=previous,
+            kubeadm_action=node.kubeadm_action if step is StepKind.UPGRADE else None,
+            drain=rollout.spec.drain,
+            deadline=deadline,
+            attempt=node.attempt,
+            issued_at=now,
+        )
+        subject = catalogue.subject_for(NodeStepCommand, cluster_id=cluster.cluster_id, node_id=node.node_id)
+        tx.emit(subject, command, msg_id=cid)
+        self.issued += 1
+
+    # --- advancing -------------------------------------------------------------------------------------------
+
+    def advance(self, tx: SyncTx, rollout: Rollout, now: datetime, only: str | None = None) -> None:
+        """Move the rollout as far as it can go now; `only` limits the work to one cluster unless it settles."""
+        epoch = self.epoch_of(rollout.rollout_id)
+        if epoch is None:
+            return  # not our lease (I6): somebody else writes this rollout, or nobody until we get it back
+        if rollout.rec.epoch != epoch:
+            rollout.rec.epoch = epoch
+            self.touch(rollout, now)
+        clusters = [rollout.clusters[only]] if only is not None else list(rollout.clusters.values())
+        settled_any = False
+        for cluster in clusters:
+            settled_any |= progress.settle_cluster(self, tx, rollout, cluster, now)
+        if only is None or settled_any:
+            progress.check_gates(self, tx, rollout, now)
+            progress.progress_waves(self, tx, rollout, now)
+            progress.finish_rollback(self, tx, rollout, now)
+            progress.start_clusters(self, tx, rollout, now)
+            clusters = [c for c in rollout.clusters.values() if _may_have_work(c)]
+        for cluster in clusters:
+            progress.issue_steps(self, tx, rollout, cluster, epoch, now)
+
+
+def _may_have_work(cluster: ClusterRec) -> bool:
+    if cluster.state in ACTIVE_CLUSTER:
+        return True
+    return cluster.state in WINDING_DOWN and scheduling.cluster_outstanding(cluster)

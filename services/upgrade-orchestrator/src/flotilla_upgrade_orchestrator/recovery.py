@@ -1,0 +1,156 @@
+"""Getting a rollout past trouble: retry failed clusters against the pinned target, skip a cluster, and
+roll back (patch-level: every upgraded node; minor: workers only, the control plane stays, said plainly)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from flotilla_contracts.errors import ErrorCode
+from flotilla_contracts.v1.upgrade import RetryRequest, RollbackRequest, SkipClusterRequest
+from flotilla_contracts.v1.upgrade_status import (
+    ClusterRolloutState,
+    Direction,
+    NodeStepState,
+    RolloutReply,
+    RolloutState,
+    WaveState,
+)
+from flotilla_runtime.errors import RequestError
+from flotilla_runtime.store import SyncTx
+from flotilla_upgrade_orchestrator import rollback as rollback_rules
+from flotilla_upgrade_orchestrator.control import (
+    DONE_CLUSTER,
+    cluster_of,
+    conflict,
+    get,
+    lift_budget_freeze,
+    reply,
+    wind_down,
+)
+from flotilla_upgrade_orchestrator.engine import Engine
+from flotilla_upgrade_orchestrator.model import FINAL_WAVE, ClusterRec, Rollout
+
+
+def retry(engine: Engine, tx: SyncTx, request: RetryRequest, now: datetime) -> RolloutReply:
+    rollout = get(engine, request.rollout_id)
+    if rollout.state in (RolloutState.ABORTED, RolloutState.ROLLED_BACK, RolloutState.ROLLING_BACK):
+        raise conflict(rollout, "retry")
+    if request.cluster_id is not None:
+        cluster = cluster_of(rollout, request.cluster_id)
+        if cluster.state is not ClusterRolloutState.FAILED:
+            raise RequestError(
+                ErrorCode.CONFLICT,
+                f"cluster {cluster.cluster_id} is {cluster.state.value}, not Failed",
+                field="cluster_id",
+            )
+        targets = [cluster]
+    else:
+        targets = [c for c in rollout.clusters.values() if c.state is ClusterRolloutState.FAILED]
+        if not targets:
+            raise RequestError(ErrorCode.CONFLICT, f"rollout {rollout.rollout_id} has no failed cluster to retry")
+    nodes = 0
+    for cluster in targets:
+        nodes += _reopen(engine, tx, rollout, cluster, now)
+    if rollout.state is RolloutState.COMPLETED_WITH_FAILURES:
+        engine.rollout_to(tx, rollout, RolloutState.RUNNING, now, "Retry", "failed clusters are tried again")
+    lift_budget_freeze(engine, tx, rollout, "Retried", now)
+    engine.advance(tx, rollout, now)
+    ids = ", ".join(c.cluster_id for c in targets[:10])
+    return reply(
+        rollout,
+        f"retrying {len(targets)} cluster(s) ({ids}) against the pinned target {rollout.spec.target_version}; "
+        f"{nodes} node(s) start a new attempt",
+    )
+
+
+def _reopen(engine: Engine, tx: SyncTx, rollout: Rollout, cluster: ClusterRec, now: datetime) -> int:
+    count = 0
+    for node in cluster.nodes:
+        if node.succeeded or node.in_flight is not None:
+            continue
+        count += 1
+        node.attempt += 1
+        node.wind_down = False
+        resume_at = node.resume_state if node.cordoned_by_us and node.resume_state is not None else None
+        node.failed_step, node.failure, node.resume_state = None, "", None
+        again = resume_at or NodeStepState.PENDING
+        if node.state is not again:
+            engine.node_to(tx, rollout, cluster, node, again, now, reason="Retry", message=f"attempt {node.attempt}")
+        if resume_at is None:
+            node.drained = False
+        engine.touch_node(rollout, cluster, node)
+    cluster.not_ready = []
+    cluster.failure = ""
+    cluster.retries += 1
+    cluster.finished_at = None
+    engine.cluster_to(tx, rollout, cluster, ClusterRolloutState.PENDING, now, "Retry", f"retry {cluster.retries}")
+    wave = rollout.waves[cluster.wave]
+    if wave.state in FINAL_WAVE:
+        wave.finished_at = None
+        engine.wave_to(tx, rollout, wave, WaveState.RUNNING, now, "Retry")
+    return count
+
+
+def skip(engine: Engine, tx: SyncTx, request: SkipClusterRequest, now: datetime) -> RolloutReply:
+    rollout = get(engine, request.rollout_id)
+    cluster = cluster_of(rollout, request.cluster_id)
+    if rollout.state in (RolloutState.ABORTED, RolloutState.ROLLED_BACK, RolloutState.ROLLING_BACK):
+        raise conflict(rollout, "skip a cluster of")
+    if cluster.state in DONE_CLUSTER or cluster.state is ClusterRolloutState.SOAKING:
+        raise RequestError(
+            ErrorCode.CONFLICT,
+            f"cluster {cluster.cluster_id} is {cluster.state.value}: nothing to skip",
+            field="cluster_id",
+        )
+    wind_down(engine, rollout, cluster)
+    engine.cluster_to(
+        tx, rollout, cluster, ClusterRolloutState.SKIPPED, now, "Skipped", request.reason or "skipped by a user"
+    )
+    if rollout.state is RolloutState.COMPLETED_WITH_FAILURES:
+        engine.rollout_to(tx, rollout, RolloutState.RUNNING, now, "Skip")
+        wave = rollout.waves[cluster.wave]
+        if wave.state is WaveState.COMPLETED_WITH_FAILURES:
+            engine.wave_to(tx, rollout, wave, WaveState.RUNNING, now, "Skip")
+    lift_budget_freeze(engine, tx, rollout, "Skipped", now)
+    engine.advance(tx, rollout, now)
+    busy = sum(1 for n in cluster.nodes if n.in_flight or n.cordoned_by_us)
+    return reply(
+        rollout,
+        f"cluster {cluster.cluster_id} skipped; it no longer counts against the failure budget"
+        + (f"; {busy} node(s) of ours there are being given back" if busy else ""),
+    )
+
+
+def rollback(engine: Engine, tx: SyncTx, request: RollbackRequest, now: datetime) -> RolloutReply:
+    rollout = get(engine, request.rollout_id)
+    if rollout.state in (RolloutState.ROLLING_BACK, RolloutState.ROLLED_BACK):
+        raise conflict(rollout, "roll back")
+    decision = rollback_rules.decide(rollout)
+    message = decision.message + (f" ({request.reason})" if request.reason else "")
+    engine.unfreeze(tx, rollout, "RollingBack", "rollback requested", now)
+    for wave in rollout.waves:
+        if wave.state not in FINAL_WAVE:
+            engine.wave_to(tx, rollout, wave, WaveState.ABORTED, now, "RollingBack")
+    for cluster in rollout.clusters.values():
+        returning = set(decision.returns.get(cluster.cluster_id, []))
+        for node in cluster.nodes:
+            if node.node_id in returning:
+                node.rollback, node.direction, node.wind_down = True, Direction.ROLLBACK, False
+                node.attempt += 1
+                engine.touch_node(rollout, cluster, node)
+            elif not node.succeeded:
+                node.wind_down = True
+                engine.touch_node(rollout, cluster, node)
+        if returning:
+            if cluster.state is ClusterRolloutState.FROZEN:
+                cluster.resume_state = ClusterRolloutState.ROLLING_BACK
+            else:
+                engine.cluster_to(tx, rollout, cluster, ClusterRolloutState.ROLLING_BACK, now, "RollingBack")
+        elif cluster.state is ClusterRolloutState.SOAKING:
+            engine.cluster_to(tx, rollout, cluster, ClusterRolloutState.SUCCEEDED, now, "RollingBack")
+        elif cluster.state not in (*DONE_CLUSTER, ClusterRolloutState.FAILED):
+            engine.cluster_to(tx, rollout, cluster, ClusterRolloutState.ABORTED, now, "RollingBack")
+    rollout.rec.resume_state = None
+    engine.rollout_to(tx, rollout, RolloutState.ROLLING_BACK, now, "Rollback", message)
+    engine.advance(tx, rollout, now)
+    return reply(rollout, message)

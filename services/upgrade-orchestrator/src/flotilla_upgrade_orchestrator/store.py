@@ -1,0 +1,139 @@
+"""The orchestrator's tables, read and written inside `Store.run` works; no rules here."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+from flotilla_contracts.v1.agent import StepKind
+from flotilla_contracts.v1.upgrade import UpgradePlan
+from flotilla_runtime.store import SyncTx
+from flotilla_upgrade_orchestrator.fleet import FleetCluster
+from flotilla_upgrade_orchestrator.model import ClusterRec, FailureRec, NodeRec, Rollout, RolloutRec
+
+_enc = msgspec.json.Encoder()
+_rollout_dec = msgspec.json.Decoder(RolloutRec)
+_plan_dec = msgspec.json.Decoder(UpgradePlan)
+_cluster_dec = msgspec.json.Decoder(ClusterRec)
+_node_dec = msgspec.json.Decoder(NodeRec)
+_failure_dec = msgspec.json.Decoder(FailureRec)
+_fleet_dec = msgspec.json.Decoder(FleetCluster)
+
+
+def insert_rollout(tx: SyncTx, rollout: Rollout) -> None:
+    """A new rollout with its pinned plan, clusters and nodes."""
+    save_rollout(tx, rollout.rec)
+    tx.execute("INSERT INTO rollout_plans VALUES (?, ?)", (rollout.rollout_id, _enc.encode(rollout.plan)))
+    for cluster in rollout.clusters.values():
+        save_cluster(tx, rollout.rollout_id, cluster)
+    save_nodes(
+        tx,
+        [
+            ((rollout.rollout_id, cluster.cluster_id, node.node_id), node)
+            for cluster in rollout.clusters.values()
+            for node in cluster.nodes
+        ],
+    )
+    if rollout.rec.request_id:
+        tx.execute("INSERT INTO start_requests VALUES (?, ?)", (rollout.rec.request_id, rollout.rollout_id))
+
+
+def rollout_for_request(tx: SyncTx, request_id: str) -> str | None:
+    row = tx.fetchone("SELECT rollout_id FROM start_requests WHERE request_id = ?", (request_id,))
+    return None if row is None else str(row["rollout_id"])
+
+
+def save_rollout(tx: SyncTx, rec: RolloutRec) -> None:
+    tx.execute(
+        "INSERT INTO rollouts VALUES (?, ?, ?, ?) ON CONFLICT(rollout_id) DO UPDATE SET "
+        "state = excluded.state, record = excluded.record",
+        (rec.rollout_id, rec.created_at, rec.state.value, _enc.encode(rec)),
+    )
+
+
+def save_cluster(tx: SyncTx, rollout_id: str, cluster: ClusterRec) -> None:
+    row = msgspec.structs.replace(cluster, nodes=[])
+    tx.execute(
+        "INSERT INTO rollout_clusters VALUES (?, ?, ?, ?) ON CONFLICT(rollout_id, cluster_id) DO UPDATE SET "
+        "record = excluded.record",
+        (rollout_id, cluster.cluster_id, cluster.wave * 1_000_000 + cluster.order, _enc.encode(row)),
+    )
+
+
+def save_nodes(tx: SyncTx, nodes: list[tuple[tuple[str, str, str], NodeRec]]) -> None:
+    tx.executemany(
+        "INSERT INTO rollout_nodes VALUES (?, ?, ?, ?) ON CONFLICT(rollout_id, cluster_id, node_id) DO UPDATE SET "
+        "record = excluded.record",
+        [(key[0], key[1], key[2], _enc.encode(node)) for key, node in nodes],
+    )
+
+
+def add_failure(tx: SyncTx, rollout_id: str, failure: FailureRec) -> None:
+    tx.execute("INSERT INTO rollout_failures (rollout_id, record) VALUES (?, ?)", (rollout_id, _enc.encode(failure)))
+
+
+def record_command(
+    tx: SyncTx,
+    command_id: str,
+    rollout_id: str,
+    cluster_id: str,
+    node: NodeRec,
+    step: StepKind,
+    epoch: int,
+    now: datetime,
+) -> bool:
+    """Remember an issued command; False when that id was issued before (it must not go out again, I4)."""
+    return (
+        tx.execute(
+            "INSERT OR IGNORE INTO commands VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                command_id,
+                rollout_id,
+                cluster_id,
+                node.node_id,
+                step.value,
+                node.attempt,
+                "rollback" if node.rollback else "forward",
+                epoch,
+                now.timestamp(),
+            ),
+        )
+        == 1
+    )
+
+
+def load_rollouts(tx: SyncTx) -> dict[str, Rollout]:
+    rollouts: dict[str, Rollout] = {}
+    plans = {row["rollout_id"]: row["plan"] for row in tx.fetchall("SELECT rollout_id, plan FROM rollout_plans")}
+    for row in tx.fetchall("SELECT record FROM rollouts ORDER BY created_at, rollout_id"):
+        rec = _rollout_dec.decode(row["record"])
+        rollouts[rec.rollout_id] = Rollout(rec=rec, plan=_plan_dec.decode(plans[rec.rollout_id]))
+    for row in tx.fetchall("SELECT rollout_id, record FROM rollout_clusters ORDER BY rollout_id, position"):
+        cluster = _cluster_dec.decode(row["record"])
+        rollouts[row["rollout_id"]].clusters[cluster.cluster_id] = cluster
+    for row in tx.fetchall("SELECT rollout_id, cluster_id, record FROM rollout_nodes"):
+        rollouts[row["rollout_id"]].clusters[row["cluster_id"]].nodes.append(_node_dec.decode(row["record"]))
+    for rollout in rollouts.values():
+        for cluster in rollout.clusters.values():
+            cluster.nodes.sort(key=lambda n: n.order)
+    for row in tx.fetchall("SELECT rollout_id, record FROM rollout_failures ORDER BY seq"):
+        rollouts[row["rollout_id"]].failures.append(_failure_dec.decode(row["record"]))
+    return rollouts
+
+
+def save_fleet_cluster(tx: SyncTx, cluster: FleetCluster | None, cluster_id: str) -> None:
+    if cluster is None:
+        tx.execute("DELETE FROM fleet_clusters WHERE cluster_id = ?", (cluster_id,))
+        return
+    tx.execute(
+        "INSERT INTO fleet_clusters VALUES (?, ?) ON CONFLICT(cluster_id) DO UPDATE SET record = excluded.record",
+        (cluster_id, _enc.encode(cluster)),
+    )
+
+
+def load_fleet(tx: SyncTx) -> dict[str, FleetCluster]:
+    return {
+        cluster.cluster_id: cluster
+        for cluster in (_fleet_dec.decode(row["record"]) for row in tx.fetchall("SELECT record FROM fleet_clusters"))
+    }

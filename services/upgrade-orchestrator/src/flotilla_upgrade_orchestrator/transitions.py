@@ -1,0 +1,290 @@
+"""Every recorded change of the engine: marking rows to write, and the transitions of nodes, clusters,
+waves and rollouts, freezes included, each announced by its event in the same transaction."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from flotilla_contracts import catalogue
+from flotilla_contracts.envelope import Message
+from flotilla_contracts.v1.agent import StepKind
+from flotilla_contracts.v1.upgrade_status import (
+    ClusterRolloutState,
+    ClusterRolloutStateChanged,
+    FreezeReason,
+    NodeStepState,
+    NodeStepStateChanged,
+    RolloutFrozen,
+    RolloutState,
+    RolloutStateChanged,
+    RolloutUnfrozen,
+    WaveState,
+    WaveStateChanged,
+)
+from flotilla_runtime.logs import get_logger
+from flotilla_runtime.store import SyncTx
+from flotilla_upgrade_orchestrator import views
+from flotilla_upgrade_orchestrator.model import (
+    ACTIVE_CLUSTER,
+    WAVE_DONE_CLUSTER,
+    ClusterRec,
+    FailureRec,
+    FreezeRec,
+    NodeRec,
+    Rollout,
+    WaveRec,
+)
+
+log = get_logger("flotilla.upgrade-orchestrator.engine")
+
+
+class Transitions:
+    """The engine's recorded moves; the engine holds the dirty sets they fill."""
+
+    _dirty_rollouts: set[str]
+    _dirty_clusters: set[tuple[str, str]]
+    _dirty_nodes: dict[tuple[str, str, str], NodeRec]
+    _new_failures: list[tuple[str, FailureRec]]
+
+    # --- marking and emitting ------------------------------------------------------------------------------
+
+    def touch(self, rollout: Rollout, now: datetime) -> None:
+        rollout.rec.updated_at = now.timestamp()
+        self._dirty_rollouts.add(rollout.rollout_id)
+
+    def touch_cluster(self, rollout: Rollout, cluster: ClusterRec) -> None:
+        self._dirty_clusters.add((rollout.rollout_id, cluster.cluster_id))
+
+    def touch_node(self, rollout: Rollout, cluster: ClusterRec, node: NodeRec) -> None:
+        self._dirty_nodes[(rollout.rollout_id, cluster.cluster_id, node.node_id)] = node
+
+    @staticmethod
+    def emit(tx: SyncTx, message: Message, **ids: str) -> None:
+        tx.emit(catalogue.subject_for(type(message), **ids), message)
+
+    def node_to(
+        self,
+        tx: SyncTx,
+        rollout: Rollout,
+        cluster: ClusterRec,
+        node: NodeRec,
+        to: NodeStepState,
+        now: datetime,
+        *,
+        step: StepKind | None = None,
+        reason: str = "",
+        message: str = "",
+        kubelet: str | None = None,
+    ) -> None:
+        before = node.state
+        node.state = to
+        node.updated_at = now.timestamp()
+        self.touch_node(rollout, cluster, node)
+        self.emit(
+            tx,
+            NodeStepStateChanged(
+                rollout_id=rollout.rollout_id,
+                cluster_id=cluster.cluster_id,
+                node_id=node.node_id,
+                node_name=node.node_name,
+                from_=before,
+                to=to,
+                direction=node.direction,
+                step=step,
+                reason=reason[:256],
+                message=message[:4096],
+                kubelet_version=kubelet,
+                occurred_at=now,
+            ),
+            rollout_id=rollout.rollout_id,
+            cluster_id=cluster.cluster_id,
+            node_id=node.node_id,
+        )
+
+    def cluster_to(
+        self,
+        tx: SyncTx,
+        rollout: Rollout,
+        cluster: ClusterRec,
+        to: ClusterRolloutState,
+        now: datetime,
+        reason: str = "",
+        message: str = "",
+    ) -> None:
+        before = cluster.state
+        if before is to:
+            return
+        cluster.state = to
+        if to in ACTIVE_CLUSTER and cluster.started_at is None:
+            cluster.started_at = now.timestamp()
+        if to in WAVE_DONE_CLUSTER:
+            cluster.finished_at = now.timestamp()
+        self.touch_cluster(rollout, cluster)
+        self.emit(
+            tx,
+            ClusterRolloutStateChanged(
+                rollout_id=rollout.rollout_id,
+                cluster_id=cluster.cluster_id,
+                wave=cluster.wave,
+                from_=before,
+                to=to,
+                reason=reason[:256],
+                message=message[:4096],
+                occurred_at=now,
+            ),
+            rollout_id=rollout.rollout_id,
+            cluster_id=cluster.cluster_id,
+        )
+
+    def wave_to(
+        self, tx: SyncTx, rollout: Rollout, wave: WaveRec, to: WaveState, now: datetime, reason: str = ""
+    ) -> None:
+        before = wave.state
+        if before is to:
+            return
+        wave.state = to
+        if to is WaveState.RUNNING and wave.started_at is None:
+            wave.started_at = now.timestamp()
+        if to in (WaveState.SUCCEEDED, WaveState.COMPLETED_WITH_FAILURES, WaveState.ABORTED):
+            wave.finished_at = now.timestamp()
+        self.touch(rollout, now)
+        self.emit(
+            tx,
+            WaveStateChanged(
+                rollout_id=rollout.rollout_id,
+                wave=views.wave_status(rollout, wave),
+                from_=before,
+                to=to,
+                reason=reason[:256],
+                occurred_at=now,
+            ),
+            rollout_id=rollout.rollout_id,
+            wave=str(wave.index),
+        )
+
+    def rollout_to(
+        self, tx: SyncTx, rollout: Rollout, to: RolloutState, now: datetime, reason: str = "", message: str = ""
+    ) -> None:
+        before = rollout.rec.state
+        if before is to:
+            return
+        rollout.rec.state = to
+        if rollout.final:
+            rollout.rec.finished_at = now.timestamp()
+        else:
+            rollout.rec.finished_at = None
+        if message:
+            rollout.rec.message = message
+        self.touch(rollout, now)
+        self.emit(
+            tx,
+            RolloutStateChanged(
+                rollout=views.summary(rollout),
+                from_=before,
+                to=to,
+                reason=reason[:256],
+                message=message[:4096],
+                occurred_at=now,
+            ),
+            rollout_id=rollout.rollout_id,
+        )
+        log.bind(rollout=rollout.rollout_id).info("rollout %s -> %s", before.value, to.value, extra={"why": reason})
+
+    def record_failure(self, rollout: Rollout, failure: FailureRec) -> None:
+        rollout.failures.append(failure)
+        self._new_failures.append((rollout.rollout_id, failure))
+
+    # --- freezes (I7) ------------------------------------------------------------------------------------------
+
+    def freeze(
+        self,
+        tx: SyncTx,
+        rollout: Rollout,
+        reason: FreezeReason,
+        message: str,
+        now: datetime,
+        *,
+        cluster_id: str | None = None,
+        node_id: str | None = None,
+    ) -> None:
+        """Stop all new disruption in the rollout, with the reason in status and in an event."""
+        if rollout.rec.freeze is not None or rollout.final or rollout.state is RolloutState.ROLLING_BACK:
+            return
+        rec = FreezeRec(reason=reason, message=message, cluster_id=cluster_id, node_id=node_id, since=now.timestamp())
+        rollout.rec.freeze = rec
+        self.emit(
+            tx,
+            RolloutFrozen(rollout_id=rollout.rollout_id, freeze=views.at_freeze(rec), occurred_at=now),
+            rollout_id=rollout.rollout_id,
+        )
+        if rollout.state is not RolloutState.PAUSED:
+            rollout.rec.resume_state = rollout.state
+            self.rollout_to(tx, rollout, RolloutState.FROZEN, now, reason.value, message)
+        self.touch(rollout, now)
+
+    def unfreeze(self, tx: SyncTx, rollout: Rollout, reason: str, message: str, now: datetime) -> None:
+        rec = rollout.rec.freeze
+        if rec is None:
+            return
+        rollout.rec.freeze = None
+        self.emit(
+            tx,
+            RolloutUnfrozen(
+                rollout_id=rollout.rollout_id,
+                freeze=views.at_freeze(rec),
+                reason=reason,
+                message=message,
+                occurred_at=now,
+            ),
+            rollout_id=rollout.rollout_id,
+        )
+        if rollout.state is RolloutState.FROZEN:
+            self.rollout_to(tx, rollout, rollout.rec.resume_state or RolloutState.RUNNING, now, reason, message)
+        self.touch(rollout, now)
+
+    def freeze_cluster(
+        self,
+        tx: SyncTx,
+        rollout: Rollout,
+        cluster: ClusterRec,
+        reason: FreezeReason,
+        message: str,
+        now: datetime,
+        node_id: str | None = None,
+    ) -> None:
+        if cluster.freeze is not None:
+            return
+        rec = FreezeRec(
+            reason=reason, message=message, cluster_id=cluster.cluster_id, node_id=node_id, since=now.timestamp()
+        )
+        cluster.freeze = rec
+        cluster.resume_state = cluster.state
+        self.emit(
+            tx,
+            RolloutFrozen(rollout_id=rollout.rollout_id, freeze=views.at_freeze(rec), occurred_at=now),
+            rollout_id=rollout.rollout_id,
+        )
+        self.cluster_to(tx, rollout, cluster, ClusterRolloutState.FROZEN, now, reason.value, message)
+        self.touch_cluster(rollout, cluster)
+
+    def unfreeze_cluster(
+        self, tx: SyncTx, rollout: Rollout, cluster: ClusterRec, reason: str, message: str, now: datetime
+    ) -> None:
+        rec = cluster.freeze
+        if rec is None:
+            return
+        cluster.freeze = None
+        self.emit(
+            tx,
+            RolloutUnfrozen(
+                rollout_id=rollout.rollout_id,
+                freeze=views.at_freeze(rec),
+                reason=reason,
+                message=message,
+                occurred_at=now,
+            ),
+            rollout_id=rollout.rollout_id,
+        )
+        if cluster.state is ClusterRolloutState.FROZEN:
+            self.cluster_to(tx, rollout, cluster, cluster.resume_state or ClusterRolloutState.PENDING, now, reason)
+        self.touch_cluster(rollout, cluster)

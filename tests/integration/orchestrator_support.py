@@ -1,0 +1,314 @@
+"""Helpers for the upgrade-orchestrator's cross-process tests and benchmark.
+
+- `publish_fleet`: synthetic registration (ClusterApproved, NodeAdded) and heartbeat events in FLEET_EVENTS.
+- `FakeAgents`: node-agents in one process: one pull consumer over every node's step subject in FLEET_AGENT,
+  a journal by command id (a redelivered command is answered, never re-run), simulated nodes, reports
+  (accepted, then succeeded or failed) published to FLEET_EVENTS. It checks I1, I2, I3, I4, I6 and I9 as
+  commands run and records every violation.
+- `EventLog`: the orchestrator's events read back from FLEET_EVENTS, with the invariant checks a reader of
+  the log can make (forward-only node states, control plane before workers, the disruption budget).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from flotilla_contracts import catalogue
+from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, Message, schema_id
+from flotilla_contracts.streams import FLEET_AGENT, FLEET_EVENTS
+from flotilla_contracts.v1.agent import (
+    NodeFacts,
+    NodeStepCommand,
+    NodeStepReported,
+    RefusalReason,
+    StepKind,
+    StepOutcome,
+)
+from flotilla_contracts.v1.common import NodeRole
+from flotilla_contracts.v1.heartbeat import ClusterHealth, ClusterHealthChanged
+from flotilla_contracts.v1.registration import ApprovalSource, ClusterIdentity, ClusterInfo, ClusterState
+from flotilla_contracts.v1.registration_events import ClusterApproved, NodeAdded
+from flotilla_kube.versions import parse_version
+from flotilla_runtime.bus import ensure_streams
+
+ORDER = {"Pending": 0, "Cordoned": 1, "Drained": 2, "Upgraded": 3, "Verified": 4, "Uncordoned": 5}
+_enc = msgspec.json.Encoder()
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def publish(js: JetStreamContext, message: Message, **ids: str) -> None:
+    subject = catalogue.subject_for(type(message), **ids)
+    await js.publish(
+        subject, _enc.encode(message), headers={H_SCHEMA: schema_id(type(message)), H_MSG_ID: uuid.uuid4().hex}
+    )
+
+
+@dataclass
+class SimNode:
+    cluster_id: str
+    node_id: str
+    role: NodeRole
+    version: str
+    cordoned_by: str = ""
+    fail: set[str] = field(default_factory=set)
+
+
+async def publish_fleet(
+    js: JetStreamContext, clusters: int, nodes: int, version: str = "v1.29.6", cps: int = 1, prefix: str = "c"
+) -> dict[tuple[str, str], SimNode]:
+    """Approved clusters with their node inventory, as registration would publish them; returns the nodes."""
+    await ensure_streams(js)
+    fleet: dict[tuple[str, str], SimNode] = {}
+    futures = []
+    for c in range(clusters):
+        cid = f"{prefix}{c:04d}"
+        info = ClusterInfo(
+            cluster_id=cid,
+            identity=ClusterIdentity(uid=f"uid-{cid}", name=cid, kubernetes_version=version),
+            state=ClusterState.APPROVED,
+            joined_at=now(),
+            updated_at=now(),
+        )
+        event = ClusterApproved(cluster=info, approved_by=ApprovalSource.ADMIN, occurred_at=now())
+        futures.append(await _publish_async(js, event, cluster_id=cid))
+        for n in range(nodes):
+            role = NodeRole.CONTROL_PLANE if n < cps else NodeRole.WORKER
+            nid = f"{cid}-n{n:02d}"
+            fleet[(cid, nid)] = SimNode(cid, nid, role, version)
+            facts = NodeFacts(node_id=nid, node_name=nid, role=role, kubelet_version=version)
+            futures.append(
+                await _publish_async(
+                    js, NodeAdded(cluster_id=cid, node=facts, occurred_at=now()), cluster_id=cid, node_id=nid
+                )
+            )
+            if len(futures) > 2000:
+                await asyncio.gather(*futures)
+                futures = []
+    await asyncio.gather(*futures)
+    return fleet
+
+
+async def _publish_async(js: JetStreamContext, message: Message, **ids: str) -> Any:
+    subject = catalogue.subject_for(type(message), **ids)
+    return await js.publish_async(
+        subject, _enc.encode(message), headers={H_SCHEMA: schema_id(type(message)), H_MSG_ID: uuid.uuid4().hex}
+    )
+
+
+async def cluster_health(js: JetStreamContext, cluster_id: str, to: ClusterHealth) -> None:
+    await publish(
+        js, ClusterHealthChanged(cluster_id=cluster_id, to=to, reason="test", occurred_at=now()), cluster_id=cluster_id
+    )
+
+
+@dataclass
+class FakeAgents:
+    """Every node's agent in one process; `violations` lists each broken invariant it saw."""
+
+    nc: Client
+    nodes: dict[tuple[str, str], SimNode]
+    max_unavailable: int = 1
+    step_s: float = 0.0
+    durable: str = "fake-agents"
+    journal: dict[str, NodeStepReported] = field(default_factory=dict)
+    effects: Counter[tuple[str, str, str, int]] = field(default_factory=Counter)
+    epochs: dict[tuple[str, str], int] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+    executed: int = 0
+    last_step_at: float = 0.0
+    first_step_at: float = 0.0
+    _task: asyncio.Task[None] | None = None
+    _busy: set[tuple[str, str]] = field(default_factory=set)
+    _pending: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for task in list(self._pending):
+            task.cancel()
+
+    async def _run(self) -> None:
+        js = self.nc.jetstream()
+        await ensure_streams(js)
+        config = ConsumerConfig(
+            durable_name=self.durable,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=60,
+            max_ack_pending=100_000,
+            filter_subject="fleet.v1.agent.*.*.step",
+        )
+        sub = await js.pull_subscribe(
+            "fleet.v1.agent.*.*.step", durable=self.durable, stream=FLEET_AGENT.name, config=config
+        )
+        while True:
+            try:
+                messages = await sub.fetch(1000, timeout=0.2)
+            except (nats.errors.TimeoutError, TimeoutError):
+                continue
+            for msg in messages:
+                command = msgspec.json.decode(msg.data, type=NodeStepCommand)
+                if self.step_s > 0:
+                    task = asyncio.create_task(self._slow(js, msg, command))
+                    self._pending.add(task)
+                    task.add_done_callback(self._pending.discard)
+                else:
+                    await self._handle(js, msg, command)
+
+    async def _slow(self, js: JetStreamContext, msg: Msg, command: NodeStepCommand) -> None:
+        await asyncio.sleep(self.step_s)
+        await self._handle(js, msg, command)
+
+    async def _handle(self, js: JetStreamContext, msg: Msg, command: NodeStepCommand) -> None:
+        report = self.execute(command)
+        accepted = msgspec.structs.replace(report, outcome=StepOutcome.ACCEPTED, reason="", message="")
+        subject = catalogue.subject_for(NodeStepReported, cluster_id=command.cluster_id, node_id=command.node_id)
+        for item, suffix in ((accepted, "accepted"), (report, report.outcome.value)):
+            await js.publish_async(
+                subject,
+                _enc.encode(item),
+                headers={H_SCHEMA: schema_id(NodeStepReported), H_MSG_ID: f"{command.command_id}-{suffix}"},
+            )
+        await msg.ack()
+
+    def execute(self, command: NodeStepCommand) -> NodeStepReported:
+        if command.command_id in self.journal:
+            return msgspec.structs.replace(self.journal[command.command_id], replayed=True)
+        key = (command.rollout_id, command.node_id)
+        if command.epoch < self.epochs.get(key, 0):
+            return self._report(command, StepOutcome.REFUSED, refusal=RefusalReason.STALE_EPOCH)
+        self.epochs[key] = command.epoch
+        node = self.nodes[(command.cluster_id, command.node_id)]
+        effect = (command.rollout_id, command.node_id, command.step.value, command.attempt)
+        self.effects[effect] += 1
+        if self.effects[effect] > 1:
+            self.violations.append(f"I4: {effect} took effect twice")
+        self.executed += 1
+        self.last_step_at = time.monotonic()
+        self.first_step_at = self.first_step_at or self.last_step_at
+        extra: dict[str, Any] = {}
+        if command.step.value in node.fail:
+            report = self._report(command, StepOutcome.FAILED, reason="InjectedFailure", message="injected failure")
+        else:
+            if command.step is StepKind.CORDON:
+                extra["was_cordoned"] = bool(node.cordoned_by)
+                node.cordoned_by = node.cordoned_by or command.rollout_id
+                down = sum(1 for n in self._peers(node) if n.cordoned_by)
+                if down > self.max_unavailable:
+                    self.violations.append(f"I1: {down} nodes cordoned in {node.cluster_id}")
+            elif command.step is StepKind.UPGRADE:
+                self._check_skew(node, command.target.kubernetes_version)
+                node.version = command.target.kubernetes_version
+            elif command.step is StepKind.VERIFY:
+                extra["kubelet_version"] = node.version
+            elif command.step is StepKind.UNCORDON:
+                if node.cordoned_by != command.rollout_id:
+                    self.violations.append(f"I9: uncordon of {node.node_id} not cordoned by {command.rollout_id}")
+                node.cordoned_by = ""
+            elif command.step is StepKind.ROLLBACK and command.previous is not None:
+                node.version = command.previous.kubernetes_version
+                extra["kubelet_version"] = node.version
+            report = self._report(command, StepOutcome.SUCCEEDED, **extra)
+        self.journal[command.command_id] = report
+        return report
+
+    def _peers(self, node: SimNode) -> list[SimNode]:
+        return [n for n in self.nodes.values() if n.cluster_id == node.cluster_id]
+
+    def _check_skew(self, node: SimNode, target: str) -> None:
+        new = parse_version(target)
+        apis = [parse_version(n.version) for n in self._peers(node) if n.role is NodeRole.CONTROL_PLANE]
+        if node.role is NodeRole.WORKER and any(api < new for api in apis):
+            self.violations.append(f"I2: worker {node.node_id} upgraded before every API server")
+        if node.role is NodeRole.CONTROL_PLANE:
+            others = [
+                n for n in self._peers(node) if n.role is NodeRole.CONTROL_PLANE and n.cordoned_by and n is not node
+            ]
+            if others:
+                self.violations.append(f"I2: control-plane nodes of {node.cluster_id} moved together")
+            if new.minor - parse_version(node.version).minor > 1:
+                self.violations.append(f"I3: {node.node_id} skips a minor")
+
+    def _report(self, command: NodeStepCommand, outcome: StepOutcome, **extra: Any) -> NodeStepReported:
+        return NodeStepReported(
+            command_id=command.command_id,
+            rollout_id=command.rollout_id,
+            epoch=command.epoch,
+            cluster_id=command.cluster_id,
+            node_id=command.node_id,
+            node_name=command.node_name,
+            step=command.step,
+            outcome=outcome,
+            occurred_at=now(),
+            **extra,
+        )
+
+
+@dataclass
+class EventLog:
+    """The upgrade events in FLEET_EVENTS, in stream order: (schema, body)."""
+
+    events: list[tuple[str, dict[str, Any]]]
+
+    @classmethod
+    async def read(cls, nc: Client) -> EventLog:
+        js = nc.jetstream()
+        info = await js.stream_info(FLEET_EVENTS.name)
+        sub = await js.subscribe("fleet.v1.evt.>", ordered_consumer=True, stream=FLEET_EVENTS.name)
+        events = []
+        for _ in range(info.state.messages):
+            msg = await sub.next_msg(5)
+            schema = (msg.headers or {}).get(H_SCHEMA, "")
+            if schema.startswith("upgrade."):
+                events.append((schema, msgspec.json.decode(msg.data)))
+        await sub.unsubscribe()
+        return cls(events)
+
+    def of(self, schema: str) -> list[dict[str, Any]]:
+        return [body for s, body in self.events if s == schema]
+
+    def violations(self, max_unavailable: int, control_planes: dict[str, set[str]]) -> list[str]:
+        """I4 (forward only, except retry and rollback), I2 (workers after every control-plane node verified),
+        I1 (nodes between Cordoned and Uncordoned per cluster within the budget), as the log tells it."""
+        found: list[str] = []
+        out: dict[str, set[str]] = {}
+        verified: dict[str, set[str]] = {}
+        for body in self.of("upgrade.NodeStepStateChanged/v1"):
+            cluster, node, before, to = body["cluster_id"], body["node_id"], body.get("from"), body["to"]
+            back = body.get("reason") == "Retry" or body.get("direction") == "rollback"
+            if before and to in ORDER and before in ORDER and ORDER[to] <= ORDER[before] and not back:
+                found.append(f"I4: {node} moved {before} -> {to}")
+            if to == "Cordoned":
+                out.setdefault(cluster, set()).add(node)
+                if len(out[cluster]) > max_unavailable:
+                    found.append(f"I1: {len(out[cluster])} nodes out in {cluster}")
+            if to == "Uncordoned":
+                out.setdefault(cluster, set()).discard(node)
+            if to == "Verified":
+                verified.setdefault(cluster, set()).add(node)
+            cps = control_planes.get(cluster, set())
+            if to == "Upgraded" and node not in cps and not cps <= verified.get(cluster, set()):
+                found.append(f"I2: worker {node} upgraded before the control plane of {cluster}")
+        return found

@@ -1,0 +1,43 @@
+"""Rollout leases (I6) on a real JetStream KV bucket: one writer, takeover only after expiry, rising epochs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from nats.aio.client import Client
+
+from flotilla_upgrade_orchestrator.lease import KvLeases
+
+pytestmark = pytest.mark.integration
+
+
+async def test_one_writer_per_rollout_and_epochs_only_rise(nc: Client) -> None:
+    js = nc.jetstream()
+    a = KvLeases(bucket="leases_test", owner="replica-a", ttl_s=1.0)
+    b = KvLeases(bucket="leases_test", owner="replica-b", ttl_s=1.0)
+    await a.provision(js)
+    await b.provision(js)  # idempotent: the bucket exists
+    assert await a.claim("r1") == 1
+    assert await b.claim("r1") is None  # held and not expired
+    assert a.epoch("r1") == 1 and b.epoch("r1") is None
+    assert await a.claim("r1") == 1  # renewal keeps the epoch
+    await asyncio.sleep(1.1)  # a stops renewing (e.g. it hangs)
+    assert a.epoch("r1") is None  # a stops issuing on its own before anyone can take over
+    assert await b.claim("r1") == 2  # takeover writes a higher epoch
+    assert await a.claim("r1") is None  # a lost it: it must not issue any more
+    assert a.epoch("r1") is None and b.epoch("r1") == 2
+    restarted = KvLeases(bucket="leases_test", owner="replica-b", ttl_s=1.0)  # same instance id, new process
+    await restarted.provision(js)
+    assert await restarted.claim("r1", at_least=5) == 6  # never below what the store already saw
+    await restarted.release("r1")
+    assert await a.claim("r1") == 7  # released: taken at once, epoch still rising
+
+
+async def test_racing_claims_have_one_winner(nc: Client) -> None:
+    js = nc.jetstream()
+    replicas = [KvLeases(bucket="leases_race", owner=f"r{i}", ttl_s=5.0) for i in range(5)]
+    for replica in replicas:
+        await replica.provision(js)
+    results = await asyncio.gather(*(replica.claim("r9") for replica in replicas))
+    assert sum(1 for r in results if r is not None) == 1
