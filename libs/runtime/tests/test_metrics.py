@@ -193,7 +193,10 @@ async def test_metrics_move_with_commands_events_and_the_outbox(service: Running
     assert (await command(nc, "test.remove", b'{"nodes": []}'))["ok"] is False  # refused by the handler
     assert (await command(nc, "test.remove", b"{oops"))["ok"] is False  # refused before the handler
 
-    samples = await scrape_until(service.port, "test_nodes_seen", 3)
+    # Counters move after commit (events) and after JetStream's ack (outbox): wait for those, not the handler.
+    await scrape_until(service.port, 'flotilla_events_total{consumer="scheduler-removals",outcome="handled"}', 3)
+    samples = await scrape_until(service.port, "flotilla_outbox_published_total", 3)
+    assert samples["test_nodes_seen"] == 3
     assert samples[f"flotilla_commands_total{{{remove}}}"] == 3
     assert samples[f"flotilla_command_errors_total{{{remove}}}"] == 2
     assert samples[f"flotilla_command_handler_duration_seconds_count{{{remove}}}"] == 2  # malformed never ran it
