@@ -93,6 +93,7 @@ class ClusterAgent:
         self.report_every_s = report_every_s
         self.request_timeout_s = request_timeout_s
         self.workloads: WorkloadApplier | None = None
+        self.workloads_task: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         self.credential: str | None = None
         self.last_report = b""
         self.reports_sent = 0
@@ -178,10 +179,14 @@ class ClusterAgent:
             self.log.error("cannot join the fleet: %s", exc)
             return
         if self.workloads is not None:
-            asyncio.get_running_loop().create_task(self.workloads.run(cluster_id))
-        while True:
-            try:
-                await self.report_if_changed()
-            except (nats.errors.Error, TimeoutError, JoinRefused) as exc:
-                self.log.warning("node report not accepted (%s); will retry", exc)
-            await asyncio.sleep(self.report_every_s)
+            self.workloads_task = asyncio.get_running_loop().create_task(self.workloads.run(cluster_id))
+        try:
+            while True:
+                try:
+                    await self.report_if_changed()
+                except (nats.errors.Error, TimeoutError, JoinRefused) as exc:
+                    self.log.warning("node report not accepted (%s); will retry", exc)
+                await asyncio.sleep(self.report_every_s)
+        finally:
+            if self.workloads_task is not None:
+                self.workloads_task.cancel()

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from flotilla_contracts.v1.registration import ClusterIdentity
 from flotilla_node_agent.agent import AgentContext
+from flotilla_node_agent.applier import ManifestApplier
+from flotilla_node_agent.apply_backends import KubernetesApplyBackend
 from flotilla_node_agent.cluster_agent import ClusterAgent, ClusterHandle
 from flotilla_node_agent.drivers.base import DriverUnavailable
 from flotilla_node_agent.drivers.kube_lease import KubeLeaderElection
@@ -56,6 +58,10 @@ async def run_kubernetes_roles(
 
             agent = ClusterAgent(
                 ctx.nc, ctx.store, ctx.journal, identity, settings.join_token, nodes, ClusterHandle(), app.log
+            )
+            # The elected cluster agent applies placed workloads with server-side apply.
+            agent.workloads = ManifestApplier(
+                ctx.js, ctx.store, KubernetesApplyBackend(api), app.log, instance_id=settings.instance_id
             )
             role = asyncio.create_task(agent.run())
             published = asyncio.create_task(_publish_when_approved(agent.handle, election))

@@ -32,6 +32,8 @@ from flotilla_contracts.v1.agent import NodeFacts
 from flotilla_contracts.v1.common import NodeRole
 from flotilla_contracts.v1.registration import ClusterIdentity
 from flotilla_node_agent.agent import AgentContext, NodeAgent
+from flotilla_node_agent.applier import ManifestApplier
+from flotilla_node_agent.apply_backends import SimApplyBackend
 from flotilla_node_agent.cluster_agent import ClusterAgent, ClusterHandle
 from flotilla_node_agent.drivers.sim import FAULTS, NAMED_FAULTS, SimDriver, SimNodeSpec
 from flotilla_node_agent.heartbeats import Interval
@@ -184,6 +186,9 @@ async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:
                 handle,
                 log.bind(cluster=name),
                 report_every_s=spec.heartbeat_interval_s,
+            )
+            agent.workloads = ManifestApplier(
+                js, store, SimApplyBackend(), log.bind(cluster=name), instance_id=spec.prefix
             )
             fleet.cluster_agents.append(agent)
             fleet.tasks.append(asyncio.create_task(agent.run()))

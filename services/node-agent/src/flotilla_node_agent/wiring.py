@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 from flotilla_contracts.v1.common import NodeRole
 from flotilla_contracts.v1.registration import ClusterIdentity
 from flotilla_node_agent.agent import AgentContext, NodeAgent
+from flotilla_node_agent.applier import ManifestApplier
+from flotilla_node_agent.apply_backends import SimApplyBackend
 from flotilla_node_agent.cluster_agent import ClusterAgent, ClusterHandle
 from flotilla_node_agent.drivers.base import NodeDriver
 from flotilla_node_agent.drivers.sim import SimDriver, SimNodeSpec
@@ -82,6 +84,9 @@ async def build_and_run(app: ServiceApp[Settings]) -> None:
                 return [await driver.facts()]
 
             cluster = ClusterAgent(nc, app.store, ctx.journal, identity, settings.join_token, own_node, handle, app.log)
+            cluster.workloads = ManifestApplier(
+                app.js, app.store, SimApplyBackend(), app.log, instance_id=settings.instance_id
+            )
             tasks.append(asyncio.create_task(cluster.run()))
     else:
         from flotilla_node_agent.drivers.kubernetes import api_client

@@ -1,20 +1,45 @@
-"""Wiring of the scheduler service: its settings, its commands and what it runs in the background."""
+"""Wiring of the scheduler service: its commands, its event consumer and the toleration timer."""
 
 from __future__ import annotations
 
+import asyncio
+
 from flotilla_contracts.subjects import Service
+from flotilla_runtime.errors import TemporaryError
 from flotilla_runtime.service import ServiceApp, ServiceSpec
 from flotilla_runtime.settings import ServiceSettings
 from flotilla_scheduler import __version__
+from flotilla_scheduler import store as tables
+from flotilla_scheduler.handlers import Scheduler
+from flotilla_scheduler.readmodel import ReadModel
 
 
 class Settings(ServiceSettings, kw_only=True, frozen=True):
     """`FLOTILLA_SCHEDULER_*` environment variables (see flotilla_runtime.settings for the shared ones)."""
 
+    # How often to look for NoExecute tolerations that ran out (tolerationSeconds).
+    timer_tick_s: float = 0.5
+
 
 async def setup(app: ServiceApp[Settings]) -> None:
-    """Register handlers on the app; the runtime already serves `info` and service discovery."""
-    app.log.debug("scheduler wired", extra={"commands": [ep.verb for ep in app.router.endpoints]})
+    """Load the state, register the commands, consume cluster and applied-status events, run the timer."""
+    scheduler = Scheduler.create(app.store)
+    await scheduler.load()
+    scheduler.register(app.router)
+    read_model = ReadModel(scheduler.engine)
+    epoch = await tables.epoch(app.store)
+    app.consume(f"fleet-{epoch}", read_model.filters(), read_model.handlers())
+    tick = app.settings.timer_tick_s
+
+    async def timer() -> None:
+        while True:
+            await asyncio.sleep(tick)
+            try:
+                await scheduler.expire_due()
+            except TemporaryError as exc:
+                app.log.warning("toleration timer: %s; will retry", exc)
+
+    app.background(timer)
 
 
 SPEC = ServiceSpec(
@@ -23,4 +48,5 @@ SPEC = ServiceSpec(
     description="Places workloads on clusters by selectors, taints, weights and spread; re-places on change.",
     settings_type=Settings,
     setup=setup,
+    migrations_package="flotilla_scheduler",
 )

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from flotilla_client.cli import bus, demo, fleet, health, local, sim, tokens, upgrade
+from flotilla_client.cli import bus, demo, fleet, health, local, sim, subscriptions, tokens, upgrade
 from flotilla_client.cli.common import DEFAULT_STATE_DIR, CliContext, Failure, cli_version
 from flotilla_client.errors import FlotillaClientError
 
@@ -72,6 +72,7 @@ for command in (
     fleet.nodes,
     health.health,
     sim.sim,
+    subscriptions.subscriptions,
     upgrade.upgrade,
 ):
     cli.add_command(command)

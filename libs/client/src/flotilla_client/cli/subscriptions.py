@@ -1,0 +1,205 @@
+"""`flotilla subscriptions`: workloads placed on clusters by the scheduler: apply, list, get, delete.
+
+A subscription file is YAML, like kubectl's: the first document holds the subscription (`name`,
+`description`, `manifests`, `policy`, `overrides`, field names as in the contracts); any further
+documents (after `---`) are Kubernetes manifests added to `manifests`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+import yaml
+
+from flotilla_client.cli.common import CliContext, Failure, call, echo, server_option
+from flotilla_client.cli.output import Column, output_option, render, render_json, render_yaml
+from flotilla_contracts.subjects import Service
+from flotilla_contracts.v1 import scheduler as sched
+
+pass_cli = click.make_pass_decorator(CliContext)
+SCHED = Service.SCHEDULER
+
+
+def load_spec(text: str, source: str) -> sched.SubscriptionSpec:
+    """The subscription in a YAML text; Failure naming the file, the line or the field otherwise."""
+    try:
+        documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise Failure(f"{source}: invalid YAML{where}: {problem}") from None
+    if not documents:
+        raise Failure(f"{source}: no subscription in the file")
+    head = documents[0]
+    if not isinstance(head, dict):
+        raise Failure(f"{source}: the first document must be a mapping (name, manifests, policy, overrides)")
+    extra = documents[1:]
+    for i, doc in enumerate(extra, start=2):
+        if not isinstance(doc, dict):
+            raise Failure(f"{source}: document {i} is not a Kubernetes object (a mapping)")
+    body = {**head, "manifests": [*(head.get("manifests") or []), *extra]}
+    try:
+        return msgspec.convert(body, sched.SubscriptionSpec, str_keys=True)
+    except msgspec.ValidationError as exc:
+        raise Failure(f"{source}: invalid_field: {exc}") from None
+
+
+SUMMARY_COLUMNS = (
+    Column("NAME", "name"),
+    Column("GENERATION", "generation"),
+    Column("STRATEGY", lambda s: s.strategy.value),
+    Column("CLUSTERS", "clusters"),
+    Column("APPLIED", "applied"),
+    Column("FAILED", "failed"),
+    Column("UPDATED", "updated_at"),
+)
+
+
+def placement_rows(info: sched.SubscriptionInfo) -> list[dict[str, Any]]:
+    """One row per cluster that is placed or has a status: placement and applied state side by side."""
+    applied = {a.cluster_id: a for a in info.applied}
+    placed = {p.cluster_id: p for p in info.placements}
+    rows = []
+    for cluster_id in sorted(set(applied) | set(placed)):
+        placement, status = placed.get(cluster_id), applied.get(cluster_id)
+        rows.append(
+            {
+                "cluster": cluster_id,
+                "placed": placement is not None,
+                "replicas": placement.replicas if placement else None,
+                "since": placement.since if placement else None,
+                "state": status.state.value if status else "-",
+                "generation": status.generation if status else None,
+                "message": status.message if status else "",
+            }
+        )
+    return rows
+
+
+PLACEMENT_COLUMNS = (
+    Column("CLUSTER", "cluster"),
+    Column("PLACED", "placed"),
+    Column("REPLICAS", "replicas"),
+    Column("STATE", "state"),
+    Column("GENERATION", "generation"),
+    Column("SINCE", "since"),
+    Column("MESSAGE", "message", max_width=48),
+)
+
+
+@click.group()
+def subscriptions() -> None:
+    """Subscriptions: Kubernetes manifests placed on clusters by selector, taints, weights and spread."""
+
+
+@subscriptions.command("apply")
+@click.option(
+    "-f",
+    "--filename",
+    "path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Subscription YAML file ('-' for stdin).",
+)
+@server_option
+@pass_cli
+def subscriptions_apply(obj: CliContext, path: Path) -> None:
+    """Create or update a subscription from a YAML file (like `kubectl apply -f`).
+
+    \b
+    Example file:
+      name: web
+      manifests:
+        - {apiVersion: apps/v1, kind: Deployment, metadata: {name: web}, spec: {...}}
+      policy: {selector: "env=prod", strategy: Divide, replicas: 6, max_clusters: 3}
+    """
+    source = "stdin" if str(path) == "-" else str(path)
+    try:
+        text = sys.stdin.read() if source == "stdin" else path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise Failure(f"cannot read {source}: {exc.strerror or exc}") from None
+    spec = load_spec(text, source)
+    reply = call(
+        obj, SCHED, "subscriptions.apply", sched.ApplySubscriptionRequest(spec=spec), sched.ApplySubscriptionReply
+    )
+    verb = "created" if reply.created else "configured" if reply.changed else "unchanged"
+    echo(f"subscription {reply.name} {verb} (generation {reply.generation})")
+
+
+@subscriptions.command("list")
+@output_option()
+@server_option
+@pass_cli
+def subscriptions_list(obj: CliContext, output: str) -> None:
+    """List subscriptions with how many clusters have them and how many applied them."""
+    reply = call(obj, SCHED, "subscriptions.list", sched.ListSubscriptionsRequest(), sched.ListSubscriptionsReply)
+    echo(render(reply.subscriptions, output, SUMMARY_COLUMNS))
+
+
+@subscriptions.command("get")
+@click.argument("name")
+@click.option("--cluster", "cluster_id", metavar="CLUSTER", help="Show the manifests as rendered for this cluster.")
+@output_option()
+@server_option
+@pass_cli
+def subscriptions_get(obj: CliContext, name: str, cluster_id: str | None, output: str) -> None:
+    """A subscription's placements and per-cluster applied status, or (--cluster) its rendered manifests."""
+    if cluster_id:
+        rendered = call(
+            obj,
+            SCHED,
+            "subscriptions.rendered",
+            sched.GetRenderedRequest(name=name, cluster_id=cluster_id),
+            sched.GetRenderedReply,
+        )
+        if output == "json":
+            echo(render_json(rendered))
+        elif output == "yaml":
+            echo(render_yaml(rendered))
+        else:
+            placed = f"placed, {rendered.replicas} replicas" if rendered.replicas is not None else "placed"
+            overrides = ", ".join(rendered.overrides_applied) or "none"
+            echo(
+                f"# {name} on {cluster_id}: {placed if rendered.placed else 'not placed'}; "
+                f"generation {rendered.generation}; overrides: {overrides}"
+            )
+            echo(yaml.safe_dump_all(rendered.manifests, sort_keys=False).rstrip("\n"))
+        return
+    reply = call(obj, SCHED, "subscriptions.get", sched.GetSubscriptionRequest(name=name), sched.GetSubscriptionReply)
+    info = reply.subscription
+    if output == "json":
+        echo(render_json(info))
+        return
+    if output == "yaml":
+        echo(render_yaml(info))
+        return
+    policy = info.spec.policy
+    echo(f"Name:        {info.spec.name} (generation {info.generation})")
+    echo(
+        f"Strategy:    {policy.strategy.value}"
+        + (f", {policy.replicas} replicas" if policy.strategy is sched.Strategy.DIVIDE else "")
+    )
+    echo(f"Selector:    {policy.selector or '(every cluster)'}")
+    if info.unplaced_replicas:
+        echo(f"Unplaced:    {info.unplaced_replicas} replicas")
+    if info.message:
+        echo(f"Message:     {info.message}")
+    echo()
+    echo(render(placement_rows(info), "table", PLACEMENT_COLUMNS))
+
+
+@subscriptions.command("delete")
+@click.argument("name")
+@server_option
+@pass_cli
+def subscriptions_delete(obj: CliContext, name: str) -> None:
+    """Delete a subscription; its workloads are removed from every cluster."""
+    reply = call(
+        obj, SCHED, "subscriptions.delete", sched.DeleteSubscriptionRequest(name=name), sched.DeleteSubscriptionReply
+    )
+    echo(f"subscription {reply.name} deleted; removing it from {reply.clusters} cluster(s)")

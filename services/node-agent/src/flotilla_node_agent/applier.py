@@ -1,0 +1,282 @@
+"""The cluster agent's workload applier: takes `ApplyManifests` from its work queue and makes the cluster match.
+
+One durable pull consumer per cluster on `fleet.v1.agent.<cluster>._cluster.apply`, one message in flight.
+For each command: apply every manifest (server-side apply), delete what this subscription applied before
+and no longer wants, remember what is applied now, and report `AppliedStatusReported`; the report and
+the inventory commit together, and only then is the message acknowledged. A command older than the last
+decision obeyed for its subscription is acknowledged and skipped. A temporary API failure is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from flotilla_contracts import catalogue, subjects
+from flotilla_contracts.errors import ErrorCode
+from flotilla_contracts.ids import CLUSTER_AGENT_NODE
+from flotilla_contracts.streams import FLEET_AGENT, agent_consumer
+from flotilla_contracts.subjects import Service
+from flotilla_contracts.v1.deadletter import DeadLettered
+from flotilla_contracts.v1.scheduler import AppliedState
+from flotilla_contracts.v1.scheduler_events import (
+    AppliedResource,
+    AppliedStatusReported,
+    ApplyManifests,
+    ApplyResult,
+)
+from flotilla_node_agent.apply_backends import ApplyBackend, ApplyFailed, ObjectRef
+from flotilla_runtime import codec
+from flotilla_runtime.deadletters import dead_letter
+from flotilla_runtime.errors import RequestError
+from flotilla_runtime.logs import BoundLogger
+from flotilla_runtime.store import Store, Tx
+
+APPLY_VERB = "apply"
+_refs = msgspec.json.Decoder(list[tuple[str, str, str, str]])
+
+
+class RetryLater(Exception):
+    """The API server could not be reached or asked us to back off; nothing is reported yet."""
+
+
+@dataclass
+class ApplierStats:
+    applied: int = 0
+    skipped: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+
+
+def _resource(ref: ObjectRef, result: ApplyResult, message: str = "") -> AppliedResource:
+    return AppliedResource(
+        api_version=ref.api_version,
+        kind=ref.kind,
+        namespace=ref.namespace,
+        name=ref.name,
+        result=result,
+        message=message[:4096],
+    )
+
+
+class ManifestApplier:
+    """Implements `cluster_agent.WorkloadApplier` over an `ApplyBackend`."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        store: Store,
+        backend: ApplyBackend,
+        log: BoundLogger,
+        *,
+        instance_id: str = "",
+        ack_wait_s: float = 60.0,
+        fetch_timeout_s: float = 5.0,
+        retry_s: float = 2.0,
+        max_message_bytes: int = 1024 * 1024,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.js, self.store, self.backend, self.log = js, store, backend, log
+        self.instance_id = instance_id
+        self.ack_wait_s, self.fetch_timeout_s, self.retry_s = ack_wait_s, fetch_timeout_s, retry_s
+        self.clock = clock
+        self.max_message_bytes = max_message_bytes
+        self.stats = ApplierStats()
+        self.cluster_id = ""
+
+    # --- applying (no NATS needed) -------------------------------------------------------------------------
+
+    async def _previous(self, cluster_id: str, subscription: str) -> tuple[int, int, list[ObjectRef]] | None:
+        row = await self.store.fetchone(
+            "SELECT generation, decision, objects FROM applied_subscriptions WHERE cluster_id = ? AND subscription = ?",
+            (cluster_id, subscription),
+        )
+        if row is None:
+            return None
+        return int(row[0]), int(row[1]), [ObjectRef(*ref) for ref in _refs.decode(row[2])]
+
+    async def apply(self, command: ApplyManifests) -> AppliedStatusReported | None:
+        """Make the cluster match the command, commit the inventory with the report; None when stale.
+
+        Raises RetryLater when the API server is unavailable (nothing is committed)."""
+        started = time.monotonic()
+        previous = await self._previous(command.cluster_id, command.subscription)
+        if previous is not None and (command.generation, command.decision) < previous[:2]:
+            self.stats.skipped += 1
+            return None
+        resources: list[AppliedResource] = []
+        failures: list[str] = []
+        desired = [ObjectRef.of(m) for m in command.manifests] if command.placed else []
+        keep: list[ObjectRef] = list(desired)
+        for manifest, ref in zip(command.manifests if command.placed else [], desired, strict=True):
+            try:
+                resources.append(_resource(ref, await self.backend.apply(manifest, command.field_manager)))
+            except ApplyFailed as exc:
+                if exc.temporary:
+                    raise RetryLater(str(exc)) from None
+                resources.append(_resource(ref, ApplyResult.FAILED, str(exc)))
+                failures.append(str(exc))
+        for ref in sorted(set(previous[2] if previous else []) - set(desired)):
+            try:
+                resources.append(_resource(ref, await self.backend.delete(ref)))
+            except ApplyFailed as exc:
+                if exc.temporary:
+                    raise RetryLater(str(exc)) from None
+                resources.append(_resource(ref, ApplyResult.FAILED, str(exc)))
+                failures.append(str(exc))
+                keep.append(ref)
+        if failures:
+            state, message = AppliedState.FAILED, "; ".join(failures)
+        elif command.placed:
+            state, message = AppliedState.APPLIED, f"{len(desired)} object(s) applied"
+        else:
+            state, message = AppliedState.REMOVED, "removed from the cluster"
+        report = AppliedStatusReported(
+            command_id=command.command_id,
+            cluster_id=command.cluster_id,
+            subscription=command.subscription,
+            generation=command.generation,
+            state=state,
+            message=message[:4096],
+            resources=resources[:1000],
+            duration_s=time.monotonic() - started,
+            occurred_at=self.clock(),
+        )
+        async with self.store.transaction() as tx:
+            await self._remember(tx, command, keep)
+            await tx.emit(
+                catalogue.subject_for(
+                    AppliedStatusReported, cluster_id=command.cluster_id, subscription=command.subscription
+                ),
+                report,
+            )
+        self.stats.applied += 1
+        return report
+
+    async def _remember(self, tx: Tx, command: ApplyManifests, objects: list[ObjectRef]) -> None:
+        if not objects:
+            await tx.execute(
+                "DELETE FROM applied_subscriptions WHERE cluster_id = ? AND subscription = ?",
+                (command.cluster_id, command.subscription),
+            )
+            return
+        refs = [(r.api_version, r.kind, r.namespace, r.name) for r in sorted(set(objects))]
+        await tx.execute(
+            "INSERT OR REPLACE INTO applied_subscriptions "
+            "(cluster_id, subscription, generation, decision, objects, applied_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                command.cluster_id,
+                command.subscription,
+                command.generation,
+                command.decision,
+                msgspec.json.encode(refs),
+                time.time(),
+            ),
+        )
+
+    # --- the work queue ------------------------------------------------------------------------------------
+
+    def config(self, cluster_id: str) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=agent_consumer(cluster_id, CLUSTER_AGENT_NODE),
+            filter_subject=subjects.agent_commands_for(cluster_id, CLUSTER_AGENT_NODE),
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait_s,
+            max_ack_pending=1,
+            max_deliver=-1,
+            description=f"cluster agent workloads for {cluster_id}",
+        )
+
+    async def run(self, cluster_id: str) -> None:
+        """Consume this cluster's apply commands until cancelled."""
+        self.cluster_id = cluster_id
+        config = self.config(cluster_id)
+        delay = 0.2
+        while True:
+            try:
+                sub = await self.js.pull_subscribe(
+                    config.filter_subject or "", durable=config.durable_name, stream=FLEET_AGENT.name, config=config
+                )
+                break
+            except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+                self.log.warning("cannot create consumer %s yet (%s); retrying", config.durable_name, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        try:
+            while True:
+                try:
+                    messages = await sub.fetch(1, timeout=self.fetch_timeout_s)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue
+                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
+                    await asyncio.sleep(1.0)
+                    continue
+                for msg in messages:
+                    await self.handle(msg)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def handle(self, msg: Msg) -> None:
+        """One message to a final ack, nak or term; never raises."""
+        expected = subjects.agent_command(self.cluster_id, CLUSTER_AGENT_NODE, APPLY_VERB)
+        if msg.subject != expected:
+            await self._dead_letter(msg, ErrorCode.WRONG_SCHEMA, f"{msg.subject} is not served by the cluster agent")
+            return
+        try:
+            command = codec.decode(
+                msg.data, ApplyManifests, headers=msg.headers or {}, max_bytes=self.max_message_bytes
+            )
+        except RequestError as exc:
+            await self._dead_letter(msg, exc.code, exc.message)
+            return
+        if command.cluster_id != self.cluster_id:
+            reason = f"command for cluster {command.cluster_id} arrived at {self.cluster_id}"
+            await self._dead_letter(msg, ErrorCode.SUBJECT_MISMATCH, reason)
+            return
+        log = self.log.bind(cluster=self.cluster_id, subscription=command.subscription)
+        try:
+            report = await self.apply(command)
+        except RetryLater as exc:
+            self.stats.retried += 1
+            log.warning("cannot apply now (%s); retrying in %.1fs", exc, self.retry_s)
+            await msg.nak(delay=self.retry_s)
+            return
+        if report is None:
+            log.info("skipped a stale apply (generation %d, decision %d)", command.generation, command.decision)
+        else:
+            log.info("subscription %s: %s", command.subscription, report.state.value, extra={"detail": report.message})
+        await msg.ack()
+
+    async def _dead_letter(self, msg: Msg, code: ErrorCode, reason: str) -> None:
+        self.stats.dead_lettered += 1
+        meta = msg.metadata
+        event = dead_letter(
+            service=Service.NODE_AGENT.value,
+            instance_id=self.instance_id,
+            subject=msg.subject,
+            headers=msg.headers,
+            payload=msg.data,
+            reason=code,
+            message=reason,
+            attempts=meta.num_delivered,
+            stream=meta.stream,
+            stream_seq=meta.sequence.stream,
+            consumer=agent_consumer(self.cluster_id, CLUSTER_AGENT_NODE),
+        )
+        self.log.error("dead-lettering %s: %s", msg.subject, reason, extra={"code": str(code)})
+        async with self.store.transaction() as tx:
+            await tx.emit(catalogue.subject_for(DeadLettered, service=Service.NODE_AGENT.value), event)
+        await msg.term()

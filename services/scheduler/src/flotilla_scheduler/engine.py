@@ -1,0 +1,261 @@
+"""The scheduler's working state and its one use case, re-placing a subscription, inside a transaction.
+
+Every change (a command, an event, a toleration running out) runs inside one store transaction: the
+decision, the rows, the `PlacementDecided` event and the `ApplyManifests` agent commands commit together.
+The in-memory state (fleet index, subscriptions, placements) mirrors the tables; it is changed only after
+the SQL of an operation has run, and reloaded from the tables if an operation fails half-way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import msgspec
+
+from flotilla_contracts import catalogue
+from flotilla_contracts.v1.scheduler import AppliedState, ClusterPlacement, SubscriptionSpec
+from flotilla_contracts.v1.scheduler_events import ApplyManifests, PlacementDecided, PlacementReason
+from flotilla_runtime.store import Tx
+from flotilla_scheduler import store as tables
+from flotilla_scheduler.fleet import ClusterView, Fleet
+from flotilla_scheduler.overrides import CompiledOverride, PatchError, Rendered, compile_overrides, render
+from flotilla_scheduler.placement import CompiledPolicy, Decision, Placement, compile_policy, place
+from flotilla_scheduler.store import ClusterRecord, SubscriptionRow
+
+_enc = msgspec.json.Encoder(order="deterministic")
+
+
+@dataclass
+class Subscription:
+    """A stored subscription with its compiled policy and overrides, and its placement."""
+
+    row: SubscriptionRow
+    compiled: CompiledPolicy
+    overrides: tuple[CompiledOverride, ...]
+    placements: dict[str, Placement] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, row: SubscriptionRow) -> Subscription:
+        return cls(row, compile_policy(row.spec.policy), compile_overrides(row.spec.overrides))
+
+
+def view_of(cluster_id: str, record: ClusterRecord) -> ClusterView:
+    return ClusterView(
+        cluster_id=cluster_id,
+        labels=record.labels,
+        taints=tuple(record.taints),
+        health=record.health,
+        health_since=record.health_since,
+        lost=record.lost,
+        allocatable=record.allocatable,
+    )
+
+
+def digest(rendered: Rendered) -> str:
+    return hashlib.sha256(_enc.encode(rendered.manifests)).hexdigest()[:32]
+
+
+def cluster_placements(placements: dict[str, Placement]) -> list[ClusterPlacement]:
+    return [ClusterPlacement(cluster_id=c, replicas=p.replicas, since=p.since) for c, p in sorted(placements.items())]
+
+
+class Engine:
+    """Subscriptions, the fleet read model and the timers of tolerations that run out."""
+
+    def __init__(self, clock: Callable[[], datetime]) -> None:
+        self.clock = clock
+        self.fleet = Fleet()
+        self.records: dict[str, ClusterRecord] = {}
+        self.subs: dict[str, Subscription] = {}
+        self.placed_on: dict[str, set[str]] = {}
+        self.timers: list[tuple[datetime, str]] = []
+        self.stale = True
+
+    # --- loading -------------------------------------------------------------------------------------------
+
+    async def load(self, tx: Tx) -> None:
+        """(Re)build the memory from the tables."""
+        self.fleet = Fleet()
+        self.records = await tables.load_clusters(tx)
+        for cluster_id, record in self.records.items():
+            if record.approved:
+                self.fleet.put(view_of(cluster_id, record))
+        placements = await tables.load_placements(tx)
+        self.subs, self.placed_on, self.timers = {}, {}, []
+        for name, row in (await tables.load_subscriptions(tx)).items():
+            sub = Subscription.of(row)
+            for cluster_id, (placement, digest_) in placements.get(name, {}).items():
+                sub.placements[cluster_id] = placement
+                sub.digests[cluster_id] = digest_
+                self.mark(name, cluster_id, True)
+            self.subs[name] = sub
+            self.timers.append((self.clock(), name))  # re-check every subscription once after a restart
+        heapq.heapify(self.timers)
+        self.stale = False
+
+    async def ensure_loaded(self, tx: Tx) -> None:
+        if self.stale:
+            await self.load(tx)
+
+    def mark(self, name: str, cluster_id: str, placed: bool) -> None:
+        names = self.placed_on.setdefault(cluster_id, set())
+        if placed:
+            names.add(name)
+        else:
+            names.discard(name)
+        self.fleet.set_load(cluster_id, len(names))
+
+    # --- rendering -----------------------------------------------------------------------------------------
+
+    def render_for(self, sub: Subscription, cluster_id: str, replicas: int | None) -> Rendered:
+        cluster = self.fleet.get(cluster_id)
+        labels = cluster.labels if cluster else self.records.get(cluster_id, ClusterRecord()).labels
+        return render(sub.row.spec.manifests, sub.overrides, cluster_id, labels, replicas)
+
+    def dry_run(self, spec: SubscriptionSpec, previous: Subscription | None) -> Decision:
+        """The decision a new spec would get; raises PatchError when an override cannot render somewhere."""
+        compiled = compile_policy(spec.policy)
+        overrides = compile_overrides(spec.overrides)
+        current = previous.placements if previous else {}
+        rebalance = previous is not None and previous.row.spec.policy != spec.policy
+        decision = place(compiled, self.fleet, current, self.clock(), rebalance=rebalance)
+        for cluster_id, placement in decision.placements.items():
+            cluster = self.fleet.clusters[cluster_id]
+            render(spec.manifests, overrides, cluster_id, cluster.labels, placement.replicas)
+        return decision
+
+    # --- the use case --------------------------------------------------------------------------------------
+
+    async def replace(
+        self,
+        tx: Tx,
+        name: str,
+        reason: PlacementReason,
+        *,
+        trigger: str | None = None,
+        rerender: bool = False,
+        announce: bool = False,
+    ) -> Decision:
+        """Re-place one subscription; send what changed to the agents; emit PlacementDecided if anything did."""
+        sub = self.subs[name]
+        now = self.clock()
+        policy_changed = sub.row.placed_policy is not None and sub.row.placed_policy != sub.row.spec.policy
+        decision = place(sub.compiled, self.fleet, sub.placements, now, rebalance=policy_changed)
+        if decision.next_check is not None:
+            heapq.heappush(self.timers, (decision.next_check, name))
+        send = set(decision.added) | set(decision.resized)
+        if rerender:
+            send |= set(decision.placements)
+        elif trigger is not None and trigger in decision.placements:
+            send.add(trigger)
+        messages: list[str] = []
+        for cluster_id in sorted(send):
+            placement = decision.placements[cluster_id]
+            try:
+                rendered = self.render_for(sub, cluster_id, placement.replicas)
+            except PatchError as exc:
+                messages.append(f"{cluster_id}: {exc}")
+                await tables.put_placement(tx, name, placement, "")
+                await tables.set_applied(tx, name, cluster_id, sub.row.generation, AppliedState.FAILED, str(exc), now)
+                sub.digests[cluster_id] = ""
+                continue
+            new_digest = digest(rendered)
+            # A new generation is sent even when its rendering is the same, so applied status follows it.
+            if rerender or new_digest != sub.digests.get(cluster_id) or cluster_id in decision.added:
+                await self.send(tx, sub, cluster_id, sub.row.generation, rendered.manifests, placed=True)
+                await tables.set_applied(tx, name, cluster_id, sub.row.generation, AppliedState.PENDING, "", None)
+            await tables.put_placement(tx, name, placement, new_digest)
+            sub.digests[cluster_id] = new_digest
+        for cluster_id in decision.resized:
+            if cluster_id not in send:
+                await tables.put_placement(tx, name, decision.placements[cluster_id], sub.digests.get(cluster_id, ""))
+        for cluster_id in decision.removed:
+            await self.send(tx, sub, cluster_id, sub.row.generation, [], placed=False)
+            await tables.drop_placement(tx, name, cluster_id)
+            await tables.set_applied(tx, name, cluster_id, sub.row.generation, AppliedState.PENDING, "removing", None)
+            sub.digests.pop(cluster_id, None)
+        if decision.changed or announce:
+            sub.row.decision += 1
+            sub.row.unplaced = decision.unplaced_replicas
+            sub.row.placed_policy = sub.row.spec.policy
+            sub.row.message = "; ".join(messages)
+            await tables.save_subscription(tx, name, sub.row)
+            event = PlacementDecided(
+                subscription=name,
+                generation=sub.row.generation,
+                decision=sub.row.decision,
+                reason=reason,
+                message=sub.row.message[:4096],
+                trigger_cluster_id=trigger,
+                placements=cluster_placements(decision.placements),
+                added_clusters=decision.added,
+                removed_clusters=decision.removed,
+                moved_replicas=decision.moved_replicas,
+                unplaced_replicas=decision.unplaced_replicas,
+                occurred_at=now,
+            )
+            await tx.emit(catalogue.subject_for(PlacementDecided, subscription=name), event)
+        for cluster_id in decision.added:
+            self.mark(name, cluster_id, True)
+        for cluster_id in decision.removed:
+            self.mark(name, cluster_id, False)
+        sub.placements = decision.placements
+        return decision
+
+    async def send(
+        self,
+        tx: Tx,
+        sub: Subscription,
+        cluster_id: str,
+        generation: int,
+        manifests: list[dict[str, object]],
+        *,
+        placed: bool,
+    ) -> None:
+        command = ApplyManifests(
+            command_id=uuid.uuid4().hex,
+            cluster_id=cluster_id,
+            subscription=sub.row.spec.name,
+            generation=generation,
+            decision=max(sub.row.decision, 1),
+            placed=placed,
+            manifests=manifests,
+            issued_at=self.clock(),
+        )
+        await tx.emit(catalogue.subject_for(ApplyManifests, cluster_id=cluster_id), command)
+
+    # --- what a change affects -----------------------------------------------------------------------------
+
+    def affected_by(self, cluster_id: str, labels: Iterable[Mapping[str, str]]) -> list[str]:
+        """Subscriptions placed on the cluster, or whose selector matches any of its label sets."""
+        names = set(self.placed_on.get(cluster_id, ()))
+        label_sets = list(labels)
+        for name, sub in self.subs.items():
+            if name not in names and any(sub.compiled.selector.matches(ls) for ls in label_sets):
+                names.add(name)
+        return sorted(names)
+
+    def due(self, now: datetime) -> list[str]:
+        """Subscriptions whose toleration timer has run out (each once)."""
+        names: set[str] = set()
+        while self.timers and self.timers[0][0] <= now:
+            _, name = heapq.heappop(self.timers)
+            if name in self.subs:
+                names.add(name)
+        return sorted(names)
+
+    async def put_cluster(self, tx: Tx, cluster_id: str, record: ClusterRecord) -> ClusterRecord | None:
+        previous = self.records.get(cluster_id)
+        await tables.put_cluster(tx, cluster_id, record)
+        self.records[cluster_id] = record
+        if record.approved:
+            self.fleet.put(view_of(cluster_id, record))
+        else:
+            self.fleet.remove(cluster_id)
+        return previous

@@ -1,0 +1,171 @@
+"""The clusters placement sees: labels, taints (health turned into taints) and capacity, indexed by label.
+
+Plain values only. The read model (`readmodel.py`) builds these from registration and heartbeat events;
+placement (`placement.py`) asks the index which clusters a selector can match, so a decision costs the
+size of its candidate set, not the size of the fleet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from flotilla_contracts.v1.common import Resources, Taint, TaintEffect
+from flotilla_contracts.v1.heartbeat import ClusterHealth
+from flotilla_contracts.v1.scheduler import CapacityResource
+from flotilla_kube.selectors import Op, Selector
+
+# Health as taints: the scheduler treats a cluster nobody hears (or whose nodes are all Lost) as tainted,
+# so a subscription may tolerate it for a while (`tolerationSeconds`) before its share moves.
+UNREACHABLE_TAINT = "flotilla.dev/unreachable"
+LOST_TAINT = "flotilla.dev/lost"
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """One Approved cluster as placement sees it; `lost` means every node of it is Lost."""
+
+    cluster_id: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    taints: tuple[Taint, ...] = ()
+    health: ClusterHealth = ClusterHealth.UNKNOWN
+    health_since: datetime | None = None
+    lost: bool = False
+    allocatable: Resources | None = None
+
+    def effective_taints(self) -> tuple[Taint, ...]:
+        """Its own taints plus those its health implies, stamped with when that health began."""
+        extra: list[Taint] = []
+        if self.health is ClusterHealth.UNREACHABLE:
+            extra.append(Taint(key=UNREACHABLE_TAINT, effect=TaintEffect.NO_EXECUTE, added_at=self.health_since))
+            if self.lost:
+                extra.append(Taint(key=LOST_TAINT, effect=TaintEffect.NO_EXECUTE, added_at=self.health_since))
+        return (*self.taints, *extra) if extra else self.taints
+
+    def capacity(self, resource: CapacityResource) -> int:
+        if self.allocatable is None:
+            return 0
+        match resource:
+            case CapacityResource.CPU:
+                return self.allocatable.cpu_millis
+            case CapacityResource.MEMORY:
+                return self.allocatable.memory_bytes
+            case CapacityResource.PODS:
+                return self.allocatable.pods
+
+
+class Fleet:
+    """Clusters by id with an inverted label index; `load` counts placements per cluster (for scoring)."""
+
+    def __init__(self, clusters: Iterable[ClusterView] = ()) -> None:
+        self.clusters: dict[str, ClusterView] = {}
+        self._by_label: dict[tuple[str, str], set[str]] = {}
+        self._by_key: dict[str, set[str]] = {}
+        self._values: dict[str, set[str]] = {}
+        self.tainted: set[str] = set()
+        self.load: dict[str, int] = {}  # read it; change it with set_load (the buckets follow)
+        self._by_load: dict[int, set[str]] = {}
+        self._loads: list[int] = []  # the bucket keys, ascending
+        for cluster in clusters:
+            self.put(cluster)
+
+    def __len__(self) -> int:
+        return len(self.clusters)
+
+    def get(self, cluster_id: str) -> ClusterView | None:
+        return self.clusters.get(cluster_id)
+
+    def put(self, cluster: ClusterView) -> ClusterView | None:
+        """Add or replace a cluster; returns the previous view."""
+        previous = self.remove(cluster.cluster_id)
+        self.clusters[cluster.cluster_id] = cluster
+        for key, value in cluster.labels.items():
+            self._by_label.setdefault((key, value), set()).add(cluster.cluster_id)
+            self._by_key.setdefault(key, set()).add(cluster.cluster_id)
+            self._values.setdefault(key, set()).add(value)
+        if cluster.effective_taints():
+            self.tainted.add(cluster.cluster_id)
+        self._bucket(cluster.cluster_id, self.load.get(cluster.cluster_id, 0))
+        return previous
+
+    def remove(self, cluster_id: str) -> ClusterView | None:
+        previous = self.clusters.pop(cluster_id, None)
+        if previous is None:
+            return None
+        for key, value in previous.labels.items():
+            self._by_label.get((key, value), set()).discard(cluster_id)
+            self._by_key.get(key, set()).discard(cluster_id)
+        self.tainted.discard(cluster_id)
+        self._unbucket(cluster_id)
+        return previous
+
+    def set_load(self, cluster_id: str, load: int) -> None:
+        """How many placements the cluster carries (for "prefer less loaded")."""
+        if cluster_id in self.clusters:
+            self._unbucket(cluster_id)
+            self._bucket(cluster_id, load)
+        self.load[cluster_id] = load
+
+    def _bucket(self, cluster_id: str, load: int) -> None:
+        bucket = self._by_load.get(load)
+        if bucket is None:
+            bucket = self._by_load[load] = set()
+            self._loads = sorted(self._by_load)
+        bucket.add(cluster_id)
+
+    def _unbucket(self, cluster_id: str) -> None:
+        load = self.load.get(cluster_id, 0)
+        bucket = self._by_load.get(load)
+        if bucket is not None:
+            bucket.discard(cluster_id)
+            if not bucket:
+                del self._by_load[load]
+                self._loads = sorted(self._by_load)
+
+    def least_loaded(self, among: set[str], limit: int) -> list[str]:
+        """Up to `limit` of `among`, less loaded first, then by id; set algebra over the load buckets."""
+        if len(among) <= 32 or len(self._loads) > 64:
+            return sorted(among, key=lambda c: (self.load.get(c, 0), c))[:limit]
+        out: list[str] = []
+        for load in self._loads:
+            inside = among & self._by_load[load]
+            if inside:
+                out += sorted(inside)[: limit - len(out)]
+                if len(out) >= limit:
+                    break
+        return out
+
+    def domains(self, key: str, among: set[str]) -> list[tuple[str, set[str]]]:
+        """`among` split by the value of label `key` ("" for clusters without it), by set algebra."""
+        found: list[tuple[str, set[str]]] = []
+        for value in self._values.get(key, ()):
+            if inside := among & self._by_label.get((key, value), set()):
+                found.append((value, inside))
+        if rest := among - self._by_key.get(key, set()):
+            found.append(("", rest))
+        return found
+
+    def matching(self, selector: Selector) -> set[str]:
+        """Ids of the clusters whose labels match: set algebra for positive requirements, a filter for the rest."""
+        candidates: set[str] | None = None
+        rest = []
+        for requirement in selector.requirements:
+            found: set[str] | None = None
+            if requirement.op in (Op.EQUALS, Op.IN):
+                found = set()
+                for value in requirement.values:
+                    found |= self._by_label.get((requirement.key, value), set())
+            elif requirement.op is Op.EXISTS:
+                found = self._by_key.get(requirement.key, set())
+            else:
+                rest.append(requirement)
+                continue
+            candidates = set(found) if candidates is None else candidates & found
+            if not candidates:
+                return set()
+        if candidates is None:
+            candidates = set(self.clusters)
+        if rest:
+            candidates = {c for c in candidates if all(r.matches(self.clusters[c].labels) for r in rest)}
+        return candidates

@@ -1,0 +1,259 @@
+"""Placement: which clusters take a subscription, and how many replicas each, moving as little as possible.
+
+Pure: a compiled policy, the fleet, the current placement and `now` in; a `Decision` out. The rules:
+
+- candidates are clusters whose labels match the selector;
+- a taint nobody tolerates: `NoSchedule` keeps new placements off (what runs stays), `NoExecute` evicts,
+  `PreferNoSchedule` only lowers the score. A tolerated `NoExecute` with `tolerationSeconds` lets a
+  placement stay until the taint's time plus those seconds (then it is evicted; `next_check` says when),
+  and takes no new placement. Unreachable or Lost clusters carry such taints (see `fleet.py`);
+- steady: a cluster keeps its placement while it stays feasible; scores only fill free slots;
+- `maxClusters` slots are filled best first: spread over the topology label, then fewer
+  PreferNoSchedule taints, then less loaded, then cluster id;
+- `Divide` splits replicas by static weights or capacity within min/max; see `divide.py`.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from flotilla_contracts.v1.common import Taint, TaintEffect
+from flotilla_contracts.v1.scheduler import PlacementPolicy, Strategy, Weighting
+from flotilla_kube.selectors import Selector, parse_selector
+from flotilla_kube.taints import Toleration
+from flotilla_scheduler.divide import fitting, ideal_split, steady_split
+from flotilla_scheduler.fleet import ClusterView, Fleet
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One cluster's share: replicas under Divide, None under Replicate; placed there since `since`."""
+
+    cluster_id: str
+    replicas: int | None
+    since: datetime
+
+
+@dataclass(frozen=True)
+class CompiledPolicy:
+    """A policy with its selectors parsed once (parse errors are caught by validation, before storing)."""
+
+    policy: PlacementPolicy
+    selector: Selector
+    tolerations: tuple[Toleration, ...]
+    weights: tuple[tuple[Selector, frozenset[str], int], ...]
+
+    def weight_of(self, cluster: ClusterView) -> int:
+        for selector, ids, weight in self.weights:
+            if cluster.cluster_id in ids or (not ids and selector.matches(cluster.labels)):
+                return weight
+        return 1 if not self.weights else 0
+
+
+def compile_policy(policy: PlacementPolicy) -> CompiledPolicy:
+    """Raises `SelectorError` for a bad selector (validation names the field first)."""
+    tolerations = tuple(
+        Toleration(
+            key=t.key or "",
+            operator=t.operator.value,
+            value=t.value,
+            effect=t.effect,
+            toleration_seconds=t.toleration_seconds,
+        )
+        for t in policy.tolerations
+    )
+    weights = tuple((parse_selector(w.selector), frozenset(w.cluster_ids), w.weight) for w in policy.static_weights)
+    return CompiledPolicy(policy, parse_selector(policy.selector), tolerations, weights)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What a cluster's taints allow: new placements, staying, until when; and a score penalty."""
+
+    new: bool = True
+    stay: bool = True
+    until: datetime | None = None
+    penalty: int = 0
+
+
+def admit(taints: Iterable[Taint], tolerations: tuple[Toleration, ...], now: datetime) -> Admission:
+    """Kubernetes taint semantics applied to a cluster (see the module docstring)."""
+    new, stay, until, penalty = True, True, None, 0
+    for taint in taints:
+        covering = [t for t in tolerations if t.tolerates(taint)]
+        if not covering:
+            if taint.effect is TaintEffect.NO_SCHEDULE:
+                new = False
+            elif taint.effect is TaintEffect.NO_EXECUTE:
+                new = stay = False
+            else:
+                penalty += 1
+            continue
+        if taint.effect is not TaintEffect.NO_EXECUTE:
+            continue
+        if any(t.toleration_seconds is None for t in covering):
+            continue
+        seconds = max(t.toleration_seconds or 0.0 for t in covering)
+        expires = (taint.added_at or now) + timedelta(seconds=seconds)
+        new = False
+        if expires <= now:
+            stay = False
+        else:
+            until = expires if until is None else min(until, expires)
+    return Admission(new, stay, until, penalty)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The new placement and how it differs from the current one."""
+
+    placements: dict[str, Placement]
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    resized: list[str] = field(default_factory=list)
+    moved_replicas: int = 0
+    unplaced_replicas: int = 0
+    next_check: datetime | None = None
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.removed or self.resized)
+
+
+def _ranked(fleet: Fleet, clusters: set[str], penalty: dict[str, int], limit: int | None = None) -> list[str]:
+    """Best first: fewer PreferNoSchedule taints, then less loaded, then cluster id."""
+    if not penalty:
+        return fleet.least_loaded(clusters, len(clusters) if limit is None else limit)
+    load = fleet.load.get
+    ranked = [c for _, _, c in sorted([(penalty.get(c, 0), load(c, 0), c) for c in clusters])]
+    return ranked if limit is None else ranked[:limit]
+
+
+def _pick(
+    fleet: Fleet, candidates: set[str], slots: int, key: str | None, taken: Iterable[str], penalty: dict[str, int]
+) -> list[str]:
+    """The best `slots` candidates, greedily spread over the topology key given the clusters `taken`."""
+    if slots <= 0 or not candidates:
+        return []
+    if not key:
+        return _ranked(fleet, candidates, penalty, slots)
+    counts: dict[str, int] = {}
+    for c in taken:
+        domain = fleet.clusters[c].labels.get(key, "")
+        counts[domain] = counts.get(domain, 0) + 1
+    # Each domain's members by the label index (set algebra), only its best `slots` ranked.
+    groups = {domain: _ranked(fleet, members, penalty, slots) for domain, members in fleet.domains(key, candidates)}
+    heap: list[tuple[int, int, int, str, str, int]] = []
+    for domain, members in groups.items():
+        first = members[0]
+        heap.append((penalty.get(first, 0), counts.get(domain, 0), fleet.load.get(first, 0), first, domain, 0))
+    heapq.heapify(heap)
+    chosen: list[str] = []
+    while heap and len(chosen) < slots:
+        _, count, _, c, domain, index = heapq.heappop(heap)
+        chosen.append(c)
+        members = groups[domain]
+        if index + 1 < len(members):
+            nxt = members[index + 1]
+            heapq.heappush(heap, (penalty.get(nxt, 0), count + 1, fleet.load.get(nxt, 0), nxt, domain, index + 1))
+    return chosen
+
+
+def place(
+    compiled: CompiledPolicy,
+    fleet: Fleet,
+    current: Mapping[str, Placement],
+    now: datetime,
+    *,
+    rebalance: bool = False,
+) -> Decision:
+    """Decide the placement. `rebalance` re-splits Divide replicas from scratch (the policy changed)."""
+    policy = compiled.policy
+    matching = fleet.matching(compiled.selector)
+    kept = matching.intersection(current) if current else set()
+    new = matching - kept if kept else matching  # matching() returns a set of our own
+    penalty: dict[str, int] = {}
+    next_check: datetime | None = None
+    for c in matching & fleet.tainted:
+        verdict = admit(fleet.clusters[c].effective_taints(), compiled.tolerations, now)
+        if verdict.penalty:
+            penalty[c] = verdict.penalty
+        if c in kept:
+            if not verdict.stay:
+                kept.discard(c)
+            elif verdict.until is not None:
+                next_check = verdict.until if next_check is None else min(next_check, verdict.until)
+        elif not verdict.new:
+            new.discard(c)
+    chosen_kept: list[str] = sorted(kept)
+    if policy.max_clusters is not None:
+        limit = policy.max_clusters
+        if len(chosen_kept) > limit:
+            chosen_kept = _pick(fleet, kept, limit, policy.spread_topology_key, (), penalty)
+        chosen_new = _pick(fleet, new, limit - len(chosen_kept), policy.spread_topology_key, chosen_kept, penalty)
+    elif policy.strategy is Strategy.DIVIDE:
+        chosen_new = _ranked(fleet, new, penalty)
+    else:
+        chosen_new = list(new)
+    if policy.strategy is Strategy.REPLICATE:
+        shares: dict[str, int | None] = dict.fromkeys(chosen_kept, None)
+        shares.update(dict.fromkeys(chosen_new, None))
+        unplaced = 0
+    else:
+        shares, unplaced = _divide(compiled, fleet, current, chosen_kept, chosen_new, rebalance)
+    return _decision(current, shares, now, unplaced, next_check)
+
+
+def _divide(
+    compiled: CompiledPolicy,
+    fleet: Fleet,
+    current: Mapping[str, Placement],
+    kept: list[str],
+    new: list[str],
+    rebalance: bool,
+) -> tuple[dict[str, int | None], int]:
+    policy = compiled.policy
+    low, high = policy.min_replicas_per_cluster, policy.max_replicas_per_cluster
+    kept.sort(key=lambda c: (-(current[c].replicas or 0), c))
+    chosen = fitting([*kept, *new], policy.replicas, low)
+    if policy.weighting is Weighting.CAPACITY:
+        weights = {c: fleet.clusters[c].capacity(policy.capacity_resource) for c in chosen}
+    else:
+        weights = {c: compiled.weight_of(fleet.clusters[c]) for c in chosen}
+    if rebalance or not current:
+        split = ideal_split(policy.replicas, weights, low, high)
+    else:
+        have = {c: p.replicas or 0 for c, p in current.items()}
+        split = steady_split(policy.replicas, weights, low, high, have)
+    shares: dict[str, int | None] = {c: n for c, n in split.replicas.items() if n > 0}
+    return shares, split.unplaced
+
+
+def _decision(
+    current: Mapping[str, Placement],
+    shares: Mapping[str, int | None],
+    now: datetime,
+    unplaced: int,
+    next_check: datetime | None,
+) -> Decision:
+    placements: dict[str, Placement] = {}
+    added: list[str] = []
+    resized: list[str] = []
+    moved = 0
+    for c in sorted(shares):
+        replicas = shares[c]
+        before = current.get(c)
+        if before is None:
+            added.append(c)
+            placements[c] = Placement(c, replicas, now)
+        else:
+            placements[c] = before if before.replicas == replicas else Placement(c, replicas, before.since)
+            if before.replicas != replicas:
+                resized.append(c)
+                moved += max(0, (before.replicas or 0) - (replicas or 0))
+    removed = sorted(c for c in current if c not in shares)
+    moved += sum(current[c].replicas or 0 for c in removed)
+    return Decision(placements, added, removed, resized, moved, unplaced, next_check)

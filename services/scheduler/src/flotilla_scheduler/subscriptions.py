@@ -1,0 +1,182 @@
+"""Subscription commands: apply, delete (one transaction each) and the queries list, get and rendered."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from flotilla_contracts import catalogue
+from flotilla_contracts.errors import ErrorCode
+from flotilla_contracts.v1.scheduler import (
+    ApplySubscriptionReply,
+    ClusterApplied,
+    DeleteSubscriptionReply,
+    GetRenderedReply,
+    SubscriptionInfo,
+    SubscriptionSpec,
+    SubscriptionSummary,
+)
+from flotilla_contracts.v1.scheduler_events import (
+    PlacementDecided,
+    PlacementReason,
+    SubscriptionApplied,
+    SubscriptionDeleted,
+)
+from flotilla_runtime.errors import RequestError
+from flotilla_runtime.store import Tx
+from flotilla_scheduler import store as tables
+from flotilla_scheduler.engine import Engine, Subscription, cluster_placements
+from flotilla_scheduler.overrides import PatchError
+from flotilla_scheduler.store import SubscriptionRow
+from flotilla_scheduler.validation import SpecError, validate
+
+
+def refuse(exc: SpecError) -> RequestError:
+    return RequestError(exc.code, f"{exc.field}: {exc.message}", field=exc.field)
+
+
+async def apply(engine: Engine, tx: Tx, spec: SubscriptionSpec) -> ApplySubscriptionReply:
+    """Validate, store, announce and place; an identical spec changes nothing."""
+    await engine.ensure_loaded(tx)
+    try:
+        validate(spec)
+    except SpecError as exc:
+        raise refuse(exc) from None
+    previous = engine.subs.get(spec.name)
+    if previous is not None and previous.row.spec == spec:
+        return ApplySubscriptionReply(name=spec.name, generation=previous.row.generation, created=False, changed=False)
+    try:
+        engine.dry_run(spec, previous)
+    except PatchError as exc:
+        raise RequestError(ErrorCode.INVALID_FIELD, f"overrides: {exc}", field="overrides") from None
+    now = engine.clock()
+    row = SubscriptionRow(
+        spec=spec,
+        generation=previous.row.generation + 1 if previous else 1,
+        created_at=previous.row.created_at if previous else now,
+        updated_at=now,
+        decision=previous.row.decision if previous else 0,
+        placed_policy=previous.row.placed_policy if previous else None,
+        unplaced=previous.row.unplaced if previous else 0,
+        message="",
+    )
+    sub = Subscription.of(row)
+    if previous is not None:
+        sub.placements, sub.digests = previous.placements, previous.digests
+    try:
+        await tables.save_subscription(tx, spec.name, row)
+        await tx.emit(
+            catalogue.subject_for(SubscriptionApplied, subscription=spec.name),
+            SubscriptionApplied(spec=spec, generation=row.generation, created=previous is None, occurred_at=now),
+        )
+        engine.subs[spec.name] = sub
+        await engine.replace(tx, spec.name, PlacementReason.SUBSCRIPTION_APPLIED, rerender=True, announce=True)
+    except BaseException:
+        engine.stale = True
+        raise
+    return ApplySubscriptionReply(name=spec.name, generation=row.generation, created=previous is None, changed=True)
+
+
+async def delete(engine: Engine, tx: Tx, name: str) -> DeleteSubscriptionReply:
+    """Remove the workload from every cluster, forget the subscription, announce both."""
+    await engine.ensure_loaded(tx)
+    sub = engine.subs.get(name)
+    if sub is None:
+        raise RequestError(ErrorCode.NOT_FOUND, f"no subscription {name}", field="name")
+    now = engine.clock()
+    clusters = sorted(sub.placements)
+    try:
+        for cluster_id in clusters:
+            await engine.send(tx, sub, cluster_id, sub.row.generation, [], placed=False)
+        await tables.delete_subscription(tx, name)
+        decided = PlacementDecided(
+            subscription=name,
+            generation=sub.row.generation,
+            decision=sub.row.decision + 1,
+            reason=PlacementReason.SUBSCRIPTION_DELETED,
+            removed_clusters=clusters,
+            moved_replicas=sum(p.replicas or 0 for p in sub.placements.values()),
+            occurred_at=now,
+        )
+        await tx.emit(catalogue.subject_for(PlacementDecided, subscription=name), decided)
+        await tx.emit(
+            catalogue.subject_for(SubscriptionDeleted, subscription=name),
+            SubscriptionDeleted(name=name, occurred_at=now),
+        )
+    except BaseException:
+        engine.stale = True
+        raise
+    for cluster_id in clusters:
+        engine.mark(name, cluster_id, False)
+    del engine.subs[name]
+    return DeleteSubscriptionReply(name=name, clusters=len(clusters))
+
+
+def summaries(engine: Engine, counts: dict[str, tuple[int, int]]) -> list[SubscriptionSummary]:
+    return [
+        SubscriptionSummary(
+            name=name,
+            generation=sub.row.generation,
+            strategy=sub.row.spec.policy.strategy,
+            clusters=len(sub.placements),
+            applied=counts.get(name, (0, 0))[0],
+            failed=counts.get(name, (0, 0))[1],
+            updated_at=sub.row.updated_at,
+        )
+        for name, sub in sorted(engine.subs.items())
+    ]
+
+
+def found(engine: Engine, name: str) -> Subscription:
+    sub = engine.subs.get(name)
+    if sub is None:
+        raise RequestError(ErrorCode.NOT_FOUND, f"no subscription {name}", field="name")
+    return sub
+
+
+def info(sub: Subscription, applied: list[ClusterApplied]) -> SubscriptionInfo:
+    row = sub.row
+    return SubscriptionInfo(
+        spec=row.spec,
+        generation=row.generation,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        placements=cluster_placements(sub.placements),
+        applied=applied,
+        unplaced_replicas=row.unplaced,
+        message=row.message,
+    )
+
+
+def rendered(engine: Engine, name: str, cluster_id: str) -> GetRenderedReply:
+    sub = found(engine, name)
+    placement = sub.placements.get(cluster_id)
+    if placement is None and cluster_id not in engine.records:
+        raise RequestError(ErrorCode.NOT_FOUND, f"no cluster {cluster_id} is known", field="cluster_id")
+    replicas = placement.replicas if placement else None
+    try:
+        out = engine.render_for(sub, cluster_id, replicas)
+    except PatchError as exc:
+        raise RequestError(ErrorCode.PRECONDITION_FAILED, str(exc), field="overrides") from None
+    return GetRenderedReply(
+        name=name,
+        cluster_id=cluster_id,
+        generation=sub.row.generation,
+        placed=placement is not None,
+        replicas=replicas,
+        manifests=out.manifests,
+        overrides_applied=out.overrides_applied,
+    )
+
+
+async def expire(engine: Engine, tx: Tx, now: datetime) -> int:
+    """Re-place the subscriptions whose toleration ran out; returns how many moved."""
+    await engine.ensure_loaded(tx)
+    moved = 0
+    try:
+        for name in engine.due(now):
+            decision = await engine.replace(tx, name, PlacementReason.TOLERATION_EXPIRED)
+            moved += decision.changed
+    except BaseException:
+        engine.stale = True
+        raise
+    return moved
