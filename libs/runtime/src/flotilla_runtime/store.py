@@ -62,8 +62,17 @@ class SyncTx:
     def fetchall(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
         return list(self._conn.execute(sql, params).fetchall())
 
-    def emit(self, subject: str, message: Message, *, msg_id: str = "") -> str:
-        event_id, row = _outbox_row(subject, message, msg_id, self._trace_headers)
+    @property
+    def trace_headers(self) -> dict[str, str]:
+        """The trace context of the caller of `Store.run` (W3C headers), e.g. to keep with a long-lived record."""
+        return dict(self._trace_headers)
+
+    def emit(
+        self, subject: str, message: Message, *, msg_id: str = "", trace_headers: dict[str, str] | None = None
+    ) -> str:
+        """Queue an event; `trace_headers` puts it in another trace than the caller's (a rollout's own)."""
+        headers = self._trace_headers if trace_headers is None else trace_headers
+        event_id, row = _outbox_row(subject, message, msg_id, headers)
         self._conn.execute(_INSERT_OUTBOX, row)
         self.emitted += 1
         return event_id

@@ -27,7 +27,7 @@ from flotilla_contracts.v1.agent import NodeStepCommand
 from flotilla_contracts.v1.deadletter import DeadLettered
 from flotilla_node_agent.domain import wrong_target
 from flotilla_node_agent.steps import Ack, StepRunner
-from flotilla_runtime import codec
+from flotilla_runtime import codec, telemetry
 from flotilla_runtime.deadletters import dead_letter
 from flotilla_runtime.errors import RequestError
 from flotilla_runtime.logs import BoundLogger
@@ -146,12 +146,16 @@ class CommandConsumer:
             await self._dead_letter(msg, ErrorCode.SUBJECT_MISMATCH, mismatch)
             return
         keepalive = asyncio.create_task(self._keep_alive(msg))
-        try:
-            result = await self.runner.execute(command, msg.metadata.sequence.stream)
-        finally:
-            keepalive.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keepalive
+        # Continue the rollout's trace: the step's reports (outbox events) carry this span's context.
+        with telemetry.consumer_span(f"node-agent {command.step.value}", headers, msg.subject) as span:
+            span.set_attribute("flotilla.rollout_id", command.rollout_id)
+            span.set_attribute("flotilla.node_id", command.node_id)
+            try:
+                result = await self.runner.execute(command, msg.metadata.sequence.stream)
+            finally:
+                keepalive.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keepalive
         if result.ack is Ack.ACK:
             self.stats.executed += 1
             await msg.ack()

@@ -31,6 +31,7 @@ import nats
 from flotilla_contracts.v1.agent import NodeFacts
 from flotilla_contracts.v1.common import NodeRole
 from flotilla_contracts.v1.registration import ClusterIdentity
+from flotilla_node_agent import __version__
 from flotilla_node_agent.agent import AgentContext, NodeAgent
 from flotilla_node_agent.applier import ManifestApplier
 from flotilla_node_agent.apply_backends import SimApplyBackend
@@ -38,6 +39,7 @@ from flotilla_node_agent.cluster_agent import ClusterAgent, ClusterHandle
 from flotilla_node_agent.drivers.sim import FAULTS, NAMED_FAULTS, SimDriver, SimNodeSpec
 from flotilla_node_agent.heartbeats import Interval
 from flotilla_node_agent.journal import Journal
+from flotilla_runtime import telemetry
 from flotilla_runtime.bus import ensure_streams
 from flotilla_runtime.logs import get_logger, setup_logging
 from flotilla_runtime.migrations import load_migrations
@@ -271,6 +273,8 @@ def parse(argv: Sequence[str] | None = None) -> tuple[FleetSpec, argparse.Namesp
 async def amain(argv: Sequence[str] | None = None) -> None:
     spec, args = parse(argv)
     setup_logging("node-agent-sim", args.log_level, "text")
+    # The agents' spans (steps, continuing the rollout's trace) leave when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    telemetry.setup_tracing("node-agent", __version__, f"sim-{spec.prefix}", sample_ratio=1.0)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -287,6 +291,7 @@ async def amain(argv: Sequence[str] | None = None) -> None:
                 break
     finally:
         await fleet.stop()
+        telemetry.shutdown_tracing()
     logging.getLogger("flotilla.sim").info("stopped")
 
 

@@ -115,6 +115,7 @@ def start(
         started_at=stamp,
         updated_at=stamp,
         waves=[WaveRec(index=w.index, name=w.name, requires_approval=w.requires_approval) for w in plan.waves],
+        trace=tx.trace_headers,
     )
     rollout = Rollout(rec=rec, plan=plan)
     for wave in plan.waves:

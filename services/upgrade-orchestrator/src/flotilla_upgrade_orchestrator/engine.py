@@ -210,7 +210,8 @@ class Engine(Transitions):
             issued_at=now,
         )
         subject = catalogue.subject_for(NodeStepCommand, cluster_id=cluster.cluster_id, node_id=node.node_id)
-        tx.emit(subject, command, msg_id=cid)
+        # The command (and so the agent's work and reports) joins the trace the rollout was started in.
+        tx.emit(subject, command, msg_id=cid, trace_headers=rollout.rec.trace or None)
         self.issued += 1
 
     # --- advancing -------------------------------------------------------------------------------------------

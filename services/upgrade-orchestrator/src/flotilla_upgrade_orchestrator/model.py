@@ -172,6 +172,7 @@ class RolloutRec(msgspec.Struct, kw_only=True):
     finished_at: float | None = None
     updated_at: float
     waves: list[WaveRec] = []
+    trace: dict[str, str] = {}  # W3C context of the `upgrade.start` that began it: every step joins that trace
 
 
 @dataclass

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -44,6 +45,8 @@ class CliContext:
     state_dir: Path
     server_flag: str | None = None
     state_dir_given: bool = False
+    trace: bool = False  # print the trace id of every command sent (and a Jaeger link)
+    traces: list[str] = field(default_factory=list)
 
     def server_url(self) -> str:
         """--server / FLOTILLA_NATS_URL, else the URL `flotilla up` recorded in the state folder, else the default."""
@@ -78,10 +81,20 @@ def run(coro_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     from flotilla_runtime import telemetry
 
     telemetry.setup_tracing("flotilla-cli", cli_version(), uuid.uuid4().hex[:12])
-    try:
-        return asyncio.run(coro_factory())
-    finally:
-        telemetry.flush_tracing()
+    click_ctx = click.get_current_context(silent=True)
+    obj = click_ctx.find_object(CliContext) if click_ctx else None
+    name = f"flotilla {click_ctx.command_path.partition(' ')[2]}" if click_ctx else "flotilla"
+    # One trace per CLI command: every request it sends, and all the work they cause, hang below this span.
+    with telemetry.tracer("flotilla-cli").start_as_current_span(name):
+        trace_id = telemetry.current_trace_id()
+        try:
+            return asyncio.run(coro_factory())
+        finally:
+            telemetry.flush_tracing()
+            if obj is not None and obj.trace and trace_id not in obj.traces:
+                obj.traces.append(trace_id)
+                jaeger = os.environ.get("FLOTILLA_JAEGER_URL", "").rstrip("/")
+                click.echo(f"trace {trace_id}" + (f"  {jaeger}/trace/{trace_id}" if jaeger else ""), err=True)
 
 
 def echo(text: str = "", err: bool = False) -> None:

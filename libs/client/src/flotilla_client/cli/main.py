@@ -42,9 +42,16 @@ class FlotillaGroup(click.Group):
     help="Folder of the local fleet: NATS data, service state, logs, run.json [env FLOTILLA_STATE_DIR].",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log what the client does (debug) on stderr.")
+@click.option(
+    "--trace",
+    is_flag=True,
+    envvar="FLOTILLA_TRACE",
+    help="Print the trace id of each command on stderr (with a Jaeger link when FLOTILLA_JAEGER_URL is set); "
+    "spans are exported when OTEL_EXPORTER_OTLP_ENDPOINT is set.",
+)
 @click.version_option(cli_version(), prog_name="flotilla")
 @click.pass_context
-def cli(ctx: click.Context, server: str | None, state_dir: Path, verbose: bool) -> None:
+def cli(ctx: click.Context, server: str | None, state_dir: Path, verbose: bool, trace: bool) -> None:
     """Flotilla: a fleet manager for Kubernetes clusters, driven over NATS.
 
     \b
@@ -56,7 +63,7 @@ def cli(ctx: click.Context, server: str | None, state_dir: Path, verbose: bool) 
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="flotilla: %(message)s")
     given = ctx.get_parameter_source("state_dir") is not click.core.ParameterSource.DEFAULT
-    ctx.obj = CliContext(state_dir=state_dir, server_flag=server or None, state_dir_given=given)
+    ctx.obj = CliContext(state_dir=state_dir, server_flag=server or None, state_dir_given=given, trace=trace)
 
 
 for command in (
