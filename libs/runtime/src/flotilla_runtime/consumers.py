@@ -26,9 +26,8 @@ from flotilla_contracts import catalogue, subjects
 from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, Message, SchemaIdError, parse_schema_id
 from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.streams import FLEET_EVENTS
-from flotilla_contracts.v1.deadletter import DeadLettered
 from flotilla_runtime import telemetry
-from flotilla_runtime.deadletters import dead_letter
+from flotilla_runtime.deadletters import dead_letter_message
 from flotilla_runtime.errors import PermanentError, TemporaryError
 from flotilla_runtime.store import Store, Tx
 
@@ -196,21 +195,8 @@ class EventConsumer:
 
     async def _give_up(self, msg: Msg, code: ErrorCode, reason: str) -> None:
         self.stats.dead_lettered += 1
-        meta = msg.metadata
-        event: DeadLettered = dead_letter(
-            service=self.service.value,
-            instance_id=self.instance_id,
-            subject=msg.subject,
-            headers=msg.headers,
-            payload=msg.data,
-            reason=code,
-            message=reason,
-            attempts=meta.num_delivered,
-            stream=meta.stream,
-            stream_seq=meta.sequence.stream,
-            consumer=self.durable,
-        )
-        log.error("dead-lettering %s: %s", msg.subject, reason, extra={"code": str(code), "seq": meta.sequence.stream})
-        async with self.store.transaction() as tx:
-            await tx.emit(catalogue.subject_for(DeadLettered, service=self.service.value), event)
-        await msg.term()
+        log.error("dead-lettering %s: %s", msg.subject, reason, extra={"code": str(code)})
+        await dead_letter_message(
+            self.store, msg, service=self.service.value, instance_id=self.instance_id, consumer=self.durable,
+            code=code, reason=reason,
+        )  # fmt: skip

@@ -6,9 +6,13 @@ import base64
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
+from nats.aio.msg import Msg
+
+from flotilla_contracts import catalogue
 from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA
 from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.v1.deadletter import MAX_EXCERPT_CHARS, DeadLettered
+from flotilla_runtime.store import Store
 
 _EXCERPT_BYTES = MAX_EXCERPT_CHARS // 4 * 3
 
@@ -48,3 +52,27 @@ def dead_letter(
         consumer=consumer,
         occurred_at=datetime.now(UTC),
     )
+
+
+async def dead_letter_message(
+    store: Store, msg: Msg, *, service: str, instance_id: str, consumer: str, code: ErrorCode, reason: str
+) -> DeadLettered:
+    """Give up on a JetStream message: record it as a DeadLettered event (outbox), then terminate it."""
+    meta = msg.metadata
+    event = dead_letter(
+        service=service,
+        instance_id=instance_id,
+        subject=msg.subject,
+        headers=msg.headers,
+        payload=msg.data,
+        reason=code,
+        message=reason,
+        attempts=meta.num_delivered,
+        stream=meta.stream,
+        stream_seq=meta.sequence.stream,
+        consumer=consumer,
+    )
+    async with store.transaction() as tx:
+        await tx.emit(catalogue.subject_for(DeadLettered, service=service), event)
+    await msg.term()
+    return event

@@ -28,7 +28,6 @@ from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.ids import CLUSTER_AGENT_NODE
 from flotilla_contracts.streams import FLEET_AGENT, agent_consumer
 from flotilla_contracts.subjects import Service
-from flotilla_contracts.v1.deadletter import DeadLettered
 from flotilla_contracts.v1.scheduler import AppliedState
 from flotilla_contracts.v1.scheduler_events import (
     AppliedResource,
@@ -38,7 +37,7 @@ from flotilla_contracts.v1.scheduler_events import (
 )
 from flotilla_node_agent.apply_backends import ApplyBackend, ApplyFailed, ObjectRef
 from flotilla_runtime import codec
-from flotilla_runtime.deadletters import dead_letter
+from flotilla_runtime.deadletters import dead_letter_message
 from flotilla_runtime.errors import RequestError
 from flotilla_runtime.logs import BoundLogger
 from flotilla_runtime.store import Store, Tx
@@ -262,21 +261,13 @@ class ManifestApplier:
 
     async def _dead_letter(self, msg: Msg, code: ErrorCode, reason: str) -> None:
         self.stats.dead_lettered += 1
-        meta = msg.metadata
-        event = dead_letter(
+        self.log.error("dead-lettering %s: %s", msg.subject, reason, extra={"code": str(code)})
+        await dead_letter_message(
+            self.store,
+            msg,
             service=Service.NODE_AGENT.value,
             instance_id=self.instance_id,
-            subject=msg.subject,
-            headers=msg.headers,
-            payload=msg.data,
-            reason=code,
-            message=reason,
-            attempts=meta.num_delivered,
-            stream=meta.stream,
-            stream_seq=meta.sequence.stream,
             consumer=agent_consumer(self.cluster_id, CLUSTER_AGENT_NODE),
+            code=code,
+            reason=reason,
         )
-        self.log.error("dead-lettering %s: %s", msg.subject, reason, extra={"code": str(code)})
-        async with self.store.transaction() as tx:
-            await tx.emit(catalogue.subject_for(DeadLettered, service=Service.NODE_AGENT.value), event)
-        await msg.term()

@@ -19,16 +19,15 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from flotilla_contracts import catalogue, subjects
+from flotilla_contracts import subjects
 from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.streams import FLEET_AGENT, agent_consumer
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1.agent import NodeStepCommand
-from flotilla_contracts.v1.deadletter import DeadLettered
 from flotilla_node_agent.domain import wrong_target
 from flotilla_node_agent.steps import Ack, StepRunner
 from flotilla_runtime import codec, telemetry
-from flotilla_runtime.deadletters import dead_letter
+from flotilla_runtime.deadletters import dead_letter_message
 from flotilla_runtime.errors import RequestError
 from flotilla_runtime.logs import BoundLogger
 from flotilla_runtime.store import Store
@@ -176,21 +175,8 @@ class CommandConsumer:
 
     async def _dead_letter(self, msg: Msg, code: ErrorCode, reason: str) -> None:
         self.stats.dead_lettered += 1
-        meta = msg.metadata
-        event = dead_letter(
-            service=Service.NODE_AGENT.value,
-            instance_id=self.instance_id,
-            subject=msg.subject,
-            headers=msg.headers,
-            payload=msg.data,
-            reason=code,
-            message=reason,
-            attempts=meta.num_delivered,
-            stream=meta.stream,
-            stream_seq=meta.sequence.stream,
-            consumer=self.durable,
-        )
         self.log.error("dead-lettering %s: %s", msg.subject, reason, extra={"code": str(code)})
-        async with self.store.transaction() as tx:
-            await tx.emit(catalogue.subject_for(DeadLettered, service=Service.NODE_AGENT.value), event)
-        await msg.term()
+        await dead_letter_message(
+            self.store, msg, service=Service.NODE_AGENT.value, instance_id=self.instance_id, consumer=self.durable,
+            code=code, reason=reason,
+        )  # fmt: skip
