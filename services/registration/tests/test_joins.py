@@ -205,3 +205,19 @@ async def test_bad_join_input_gets_codes_naming_the_field(harness: Harness) -> N
         error = await harness.error("join", body)
         assert error["code"] == code, body
         assert field in error["details"].get("field", ""), (body, error)
+
+
+async def test_listing_sees_every_write_even_between_pages(harness: Harness) -> None:
+    from flotilla_contracts.v1.registration import LabelClusterRequest, ListClustersReply, ListClustersRequest
+
+    secret = await token(harness)
+    ids = [(await harness.ok("join", join(secret, identity(f"c{i}")), JoinReply)).cluster_id for i in range(3)]
+    page = await harness.ok("clusters.list", ListClustersRequest(limit=2), ListClustersReply)
+    assert [c.identity.name for c in page.clusters] == ["c0", "c1"]
+    await harness.ok(
+        "clusters.label", LabelClusterRequest(cluster_id=ids[2], set_labels={"tier": "gold"}), ClusterReply
+    )
+    rest = await harness.ok("clusters.list", ListClustersRequest(limit=2, cursor=page.next_cursor), ListClustersReply)
+    assert [(c.identity.name, c.labels.get("tier")) for c in rest.clusters] == [("c2", "gold")]
+    gold = await harness.ok("clusters.list", ListClustersRequest(selector="tier=gold"), ListClustersReply)
+    assert [c.cluster_id for c in gold.clusters] == [ids[2]]

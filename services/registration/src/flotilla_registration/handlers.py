@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.v1.registration import (
     ApproveClusterRequest,
+    ClusterInfo,
     ClusterReply,
     ClusterState,
     CreateTokenReply,
@@ -38,7 +40,9 @@ from flotilla_registration import clusters, joins, tokens
 from flotilla_registration import store as repo
 from flotilla_runtime.commands import CommandContext, CommandRouter
 from flotilla_runtime.errors import RequestError
-from flotilla_runtime.store import Store
+from flotilla_runtime.store import Store, SyncTx
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -49,6 +53,27 @@ class Registration:
     credential_key: bytes
     policy: Selector | None
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    # Every cluster, decoded, as of `_generation`; `clusters.list` pages read it instead of decoding the table
+    # again for each page. Any write command bumps the generation, which drops it.
+    _clusters: list[ClusterInfo] | None = None
+    _generation: int = 0
+
+    async def _write(self, work: Callable[[SyncTx], T]) -> T:
+        try:
+            return await self.store.run(work)
+        finally:
+            self._generation += 1
+            self._clusters = None
+
+    async def _all_clusters(self) -> list[ClusterInfo]:
+        if self._clusters is None:
+            generation = self._generation
+            rows = await self.store.fetchall("SELECT info FROM clusters")
+            decoded = [repo.decode_cluster(row) for row in rows]
+            if generation != self._generation:
+                return decoded  # a write landed meanwhile: use it once, do not keep it
+            self._clusters = decoded
+        return self._clusters
 
     def register(self, router: CommandRouter) -> None:
         router.add("tokens.create", CreateTokenRequest, CreateTokenReply, self.create_token)
@@ -68,23 +93,23 @@ class Registration:
 
     async def create_token(self, request: CreateTokenRequest, ctx: CommandContext) -> CreateTokenReply:
         now = self.clock()
-        reply = await self.store.run(lambda tx: tokens.create(tx, request, now))
+        reply = await self._write(lambda tx: tokens.create(tx, request, now))
         ctx.log.info("join token created", extra={"token_id": reply.info.token_id})
         return reply
 
     async def list_tokens(self, request: ListTokensRequest, ctx: CommandContext) -> ListTokensReply:
         now = self.clock()
-        return await self.store.run(lambda tx: tokens.list_tokens(tx, request, now))
+        return await self._write(lambda tx: tokens.list_tokens(tx, request, now))
 
     async def revoke_token(self, request: RevokeTokenRequest, ctx: CommandContext) -> RevokeTokenReply:
         now = self.clock()
-        reply = await self.store.run(lambda tx: tokens.revoke(tx, request, now))
+        reply = await self._write(lambda tx: tokens.revoke(tx, request, now))
         ctx.log.info("join token revoked", extra={"token_id": request.token_id})
         return reply
 
     async def join(self, request: JoinRequest, ctx: CommandContext) -> JoinReply:
         join_ctx = joins.JoinContext(now=self.clock(), credential_key=self.credential_key, policy=self.policy)
-        reply = await self.store.run(lambda tx: joins.join(tx, request, join_ctx))
+        reply = await self._write(lambda tx: joins.join(tx, request, join_ctx))
         ctx.log.bind(cluster=reply.cluster_id).info(
             "cluster %s", "re-joined" if reply.rejoined else "joined", extra={"state": reply.state.value}
         )
@@ -92,49 +117,45 @@ class Registration:
 
     async def report_nodes(self, request: ReportNodesRequest, ctx: CommandContext) -> ReportNodesReply:
         now = self.clock()
-        return await self.store.run(lambda tx: joins.report_nodes(tx, request, self.credential_key, now))
+        return await self._write(lambda tx: joins.report_nodes(tx, request, self.credential_key, now))
 
     async def approve(self, request: ApproveClusterRequest, ctx: CommandContext) -> ClusterReply:
         now = self.clock()
-        reply = await self.store.run(lambda tx: clusters.approve(tx, request.cluster_id, now))
+        reply = await self._write(lambda tx: clusters.approve(tx, request.cluster_id, now))
         ctx.log.bind(cluster=request.cluster_id).info("cluster approved")
         return reply
 
     async def reject(self, request: RejectClusterRequest, ctx: CommandContext) -> ClusterReply:
         now = self.clock()
-        reply = await self.store.run(lambda tx: clusters.reject(tx, request.cluster_id, request.reason, now))
+        reply = await self._write(lambda tx: clusters.reject(tx, request.cluster_id, request.reason, now))
         ctx.log.bind(cluster=request.cluster_id).info("cluster rejected", extra={"reason": request.reason})
         return reply
 
     async def get_cluster(self, request: GetClusterRequest, ctx: CommandContext) -> ClusterReply:
-        return await self.store.run(lambda tx: clusters.get(tx, request.cluster_id))
+        return await self._write(lambda tx: clusters.get(tx, request.cluster_id))
 
     async def label(self, request: LabelClusterRequest, ctx: CommandContext) -> ClusterReply:
         now = self.clock()
-        return await self.store.run(lambda tx: clusters.label(tx, request, now))
+        return await self._write(lambda tx: clusters.label(tx, request, now))
 
     async def taint(self, request: TaintClusterRequest, ctx: CommandContext) -> ClusterReply:
         now = self.clock()
-        return await self.store.run(lambda tx: clusters.taint(tx, request, now))
+        return await self._write(lambda tx: clusters.taint(tx, request, now))
 
     async def deregister(self, request: DeregisterClusterRequest, ctx: CommandContext) -> ClusterReply:
         now = self.clock()
-        reply = await self.store.run(lambda tx: clusters.deregister(tx, request.cluster_id, request.reason, now))
+        reply = await self._write(lambda tx: clusters.deregister(tx, request.cluster_id, request.reason, now))
         ctx.log.bind(cluster=request.cluster_id).info("cluster deregistered")
         return reply
 
     async def set_host_keys(self, request: SetHostKeysRequest, ctx: CommandContext) -> SetHostKeysReply:
         now = self.clock()
-        return await self.store.run(lambda tx: clusters.set_host_keys(tx, request, now))
+        return await self._write(lambda tx: clusters.set_host_keys(tx, request, now))
 
     async def list_clusters(self, request: ListClustersRequest, ctx: CommandContext) -> ListClustersReply:
         selector = parse_request_selector(request.selector)
         states = request.states or [ClusterState.PENDING, ClusterState.APPROVED, ClusterState.REJECTED]
-        marks = ",".join("?" for _ in states)
-        rows = await self.store.fetchall(
-            f"SELECT info FROM clusters WHERE state IN ({marks})", [s.value for s in states]
-        )
-        chosen = clusters.select([repo.decode_cluster(row) for row in rows], selector, states)
+        chosen = clusters.select(await self._all_clusters(), selector, states)
         after = _cursor(request.cursor)
         chosen_after = [c for c in chosen if (c.identity.name, c.cluster_id) > after] if after else chosen
         page = chosen_after[: request.limit]
