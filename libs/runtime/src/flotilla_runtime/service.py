@@ -30,15 +30,15 @@ from flotilla_runtime.discovery import Discovery, ServiceIdentity
 from flotilla_runtime.errors import SettingsError, TemporaryError
 from flotilla_runtime.health import HealthServer
 from flotilla_runtime.logs import BoundLogger, get_logger, setup_logging
-from flotilla_runtime.metrics import (
-    Registry,
+from flotilla_runtime.metrics import Registry
+from flotilla_runtime.migrations import load_migrations
+from flotilla_runtime.outbox import OutboxRelay
+from flotilla_runtime.runtime_metrics import (
     RuntimeSources,
     instrument_commands,
     instrument_consumers,
     register_runtime,
 )
-from flotilla_runtime.migrations import load_migrations
-from flotilla_runtime.outbox import OutboxRelay
 from flotilla_runtime.settings import ServiceSettings, load_settings
 from flotilla_runtime.store import Store
 
