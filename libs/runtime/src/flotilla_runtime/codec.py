@@ -104,7 +104,7 @@ def decode(data: bytes, message_type: type[M], *, headers: Mapping[str, str] | N
         raise RequestError(
             ErrorCode.INVALID_FIELD, f"{field or 'body'}: {_PATH_RE.sub('', text)}", field=field
         ) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec raises the latter for bad UTF-8 in strings
         raise RequestError(ErrorCode.MALFORMED, f"body is not valid JSON: {exc}") from None
 
 

@@ -144,7 +144,7 @@ class EventConsumer:
         message_type, json_decoder = decoder
         try:
             event = json_decoder.decode(msg.data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             await self._give_up(msg, ErrorCode.INVALID_FIELD, f"{schema} does not decode: {exc}")
             return
         with telemetry.consumer_span(f"{self.service.value} handle {message_type.SCHEMA}", headers, msg.subject):
@@ -158,6 +158,11 @@ class EventConsumer:
                             await tx.mark_processed(event_meta.msg_id)
                         self.stats.handled += 1
             except TemporaryError as exc:
+                if meta.num_delivered >= self.max_deliver - 1:  # before the last delivery: never lose it silently
+                    await self._give_up(
+                        msg, ErrorCode.UNAVAILABLE, f"still failing after {meta.num_delivered} tries: {exc}"
+                    )
+                    return
                 self.stats.retried += 1
                 delay = exc.delay_s * min(2 ** (meta.num_delivered - 1), 30)
                 log.warning("event %s: %s; retrying in %.1fs", msg.subject, exc, delay)

@@ -109,7 +109,7 @@ class HostKeysReconciler:
     def _apply(self, data: bytes) -> None:
         try:
             keys_set = _decoder.decode(data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             self.log.error("ignoring a host key set that does not decode: %s", exc)
             return
         try:

@@ -129,7 +129,7 @@ class Intake:
             return None
         try:
             return decoder[0], decoder[1].decode(msg.data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             return None, f"{schema} does not decode: {exc}"
 
     async def handle_batch(self, messages: list[Msg]) -> None:

@@ -1,0 +1,195 @@
+"""A local fleet (`flotilla up` + `flotilla sim`) that chaos tests can SIGKILL and restart piece by piece.
+
+Services are restarted with `localfleet.start_service` (same state folder, so the same SQLite files) and
+recorded in run.json so `flotilla down` stops the new processes; the sim is re-run with the same prefix,
+seed and state folder, so its agents resume from their journal and saved credentials; nats-server is
+restarted from the config file `flotilla up` wrote (its JetStream data stays in <state>/nats).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+
+from flotilla_client import localfleet, runfile
+from flotilla_client.client import FlotillaClient
+from flotilla_client.natsserver import find_nats_server, free_port, port_open
+from flotilla_contracts.streams import FLEET_EVENTS
+from flotilla_contracts.subjects import Service
+from flotilla_contracts.v1 import heartbeat as hb
+
+FLOTILLA = str(Path(sys.executable).parent / "flotilla")
+Event = tuple[str, str, dict[str, Any]]
+KILLABLE = [Service.REGISTRATION, Service.HEARTBEAT, Service.UPGRADE_ORCHESTRATOR]
+
+
+def flotilla(state: Path, *args: str, timeout: float = 120) -> str:
+    done = subprocess.run([FLOTILLA, "--state-dir", str(state), *args], capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, (args, done.stdout, done.stderr)
+    return done.stdout
+
+
+def _wait_gone(pid: int, child: subprocess.Popen[bytes] | None, timeout_s: float = 10.0) -> None:
+    if child is not None:
+        child.wait(timeout_s)
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"pid {pid} did not die after SIGKILL")
+
+
+@dataclass
+class ChaosFleet:
+    state: Path
+    prefix: str
+    clusters: int
+    nodes: int
+    step_s: float
+    versions: str = "v1.29.6,v1.30.2"
+    sim_args: list[str] = field(default_factory=list)  # e.g. ["--fault", "x-0001-n02=agent_crash"]
+    port: int = field(default_factory=free_port)
+    kills: Counter[str] = field(default_factory=Counter)
+    _children: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def up(self) -> None:
+        flotilla(self.state, "up", "--port", str(self.port), "--monitor-port", "0")
+        self.sim()
+
+    def sim(self) -> None:
+        sizes = ["--clusters", str(self.clusters), "--nodes", str(self.nodes), "--prefix", self.prefix]
+        speed = ["--versions", self.versions, "--step-seconds", str(self.step_s), "--timeout", "90"]
+        flotilla(self.state, "sim", *sizes, *speed, *self.sim_args)
+
+    def down(self) -> None:
+        subprocess.run([FLOTILLA, "--state-dir", str(self.state), "down"], capture_output=True, timeout=120)
+        for child in self._children.values():
+            if child.poll() is None:
+                child.kill()
+            child.wait(10)
+
+    def _kill(self, pid: int) -> None:
+        os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid, self._children.pop(pid, None))
+
+    def kill_service(self, service: Service) -> None:
+        """SIGKILL one service and start it again on the same state folder."""
+        info = runfile.load(self.state)
+        assert info is not None
+        old = next(s for s in info.services if s.name == service.value)
+        self._kill(old.pid)
+        entry, process = localfleet.start_service(service, self.state, self.url)
+        self._children[process.pid] = process
+        info.services = [entry if s.name == service.value else s for s in info.services]
+        runfile.save(self.state, info)
+        self.kills[service.value] += 1
+
+    def kill_sim(self) -> None:
+        """SIGKILL the process of every node-agent, then re-run `flotilla sim` with the same arguments."""
+        info = runfile.load(self.state)
+        assert info is not None
+        self._kill(next(s for s in info.sims if s.prefix == self.prefix).pid)
+        self.sim()
+        self.kills["sim"] += 1
+
+    def restart_nats(self) -> None:
+        """SIGKILL nats-server and start it again from its config file (JetStream data kept)."""
+        info = runfile.load(self.state)
+        assert info is not None and info.nats.pid
+        self._kill(info.nats.pid)
+        with open(info.nats.log, "ab") as out:
+            process = subprocess.Popen(
+                [find_nats_server(), "-c", info.nats.config],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._children[process.pid] = process
+        deadline = time.monotonic() + 15
+        while not port_open("127.0.0.1", self.port):
+            assert process.poll() is None and time.monotonic() < deadline, "nats-server did not come back"
+            time.sleep(0.05)
+        info.nats.pid = process.pid
+        runfile.save(self.state, info)
+        self.kills["nats-server"] += 1
+
+    def journal(self) -> Path:
+        return self.state / f"sim-{self.prefix}" / f"{self.prefix}-journal.db"
+
+    def outboxes(self) -> dict[str, int]:
+        """Rows still waiting in each service's (and the sim's) outbox."""
+        sizes: dict[str, int] = {}
+        for db in [*self.state.glob("*/*.db"), self.journal()]:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
+                tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if "outbox" in tables:
+                    sizes[db.parent.name] = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        return sizes
+
+    def journal_steps(self) -> list[tuple[str, str, str, str, str, str]]:
+        """(cluster, node, rollout, step, command_id, status) of every step the agents journaled."""
+        with sqlite3.connect(f"file:{self.journal()}?mode=ro", uri=True, timeout=10) as conn:
+            return list(conn.execute("SELECT cluster_id, node_id, rollout_id, step, command_id, status FROM steps"))
+
+
+async def request(url: str, service: Service, verb: str, body: Any, reply: type[Any]) -> Any:
+    """One request on a fresh connection (the CLI client does not reconnect); errors are the caller's."""
+    async with FlotillaClient(url) as client:
+        return await client.request(service, verb, body, reply)
+
+
+async def wait_ready(url: str, clusters: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            health = await request(
+                url, Service.HEARTBEAT, "health.summary", hb.FleetHealthRequest(), hb.FleetHealthReply
+            )
+            if health.clusters.get(hb.ClusterHealth.READY, 0) >= clusters:
+                return
+        except Exception:  # a service restarting: ask again
+            pass
+        assert time.monotonic() < deadline, "the simulated fleet never became Ready"
+        await asyncio.sleep(0.5)
+
+
+COPY_HEADER = "Chaos-Copy"  # marks a copy a test injected on purpose, left out of the log it checks
+
+
+async def all_events(url: str, *, skip_copies: bool = True) -> list[Event]:
+    """Every FLEET_EVENTS message in stream order: (subject, schema, data), without injected copies."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(FLEET_EVENTS.name)
+        sub = await js.subscribe("fleet.v1.evt.>", ordered_consumer=True, stream=FLEET_EVENTS.name)
+        events = []
+        for _ in range(info.state.messages):
+            msg = await sub.next_msg(10)
+            if skip_copies and (msg.headers or {}).get(COPY_HEADER):
+                continue
+            events.append((msg.subject, (msg.headers or {}).get("Flotilla-Schema", ""), msgspec.json.decode(msg.data)))
+        return events
+    finally:
+        await nc.close()
