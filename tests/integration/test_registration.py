@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,17 @@ async def test_sigkill_in_a_burst_loses_no_committed_join_and_duplicates_no_even
     nats_server: NatsServer, nc: Client, tmp_path: Path
 ) -> None:
     process = start_service(REG, nats_server.url, tmp_path)
+    try:
+        await _burst_kill_and_restart(process, nats_server, nc, tmp_path)
+    finally:
+        if process.poll() is None:  # the test failed before its SIGKILL: leave no process behind
+            process.kill()
+            process.wait()
+
+
+async def _burst_kill_and_restart(
+    process: subprocess.Popen[bytes], nats_server: NatsServer, nc: Client, tmp_path: Path
+) -> None:
     await wait_until_serving(nats_server.url, REG)
     async with FlotillaClient(nats_server.url) as client:
         token = await new_token(client, auto_approve=True)
