@@ -22,11 +22,11 @@ from typing import Any
 
 import msgspec
 import nats
+from integration_support import fleet_events
 
 from flotilla_client import localfleet, runfile
 from flotilla_client.client import FlotillaClient
 from flotilla_client.natsserver import find_nats_server, free_port, port_open
-from flotilla_contracts.streams import FLEET_EVENTS
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1 import heartbeat as hb
 
@@ -181,15 +181,10 @@ async def all_events(url: str, *, skip_copies: bool = True) -> list[Event]:
     """Every FLEET_EVENTS message in stream order: (subject, schema, data), without injected copies."""
     nc = await nats.connect(url)
     try:
-        js = nc.jetstream()
-        info = await js.stream_info(FLEET_EVENTS.name)
-        sub = await js.subscribe("fleet.v1.evt.>", ordered_consumer=True, stream=FLEET_EVENTS.name)
-        events = []
-        for _ in range(info.state.messages):
-            msg = await sub.next_msg(10)
-            if skip_copies and (msg.headers or {}).get(COPY_HEADER):
-                continue
-            events.append((msg.subject, (msg.headers or {}).get("Flotilla-Schema", ""), msgspec.json.decode(msg.data)))
-        return events
+        return [
+            (msg.subject, (msg.headers or {}).get("Flotilla-Schema", ""), msgspec.json.decode(msg.data))
+            for msg in await fleet_events(nc)
+            if not (skip_copies and (msg.headers or {}).get(COPY_HEADER))
+        ]
     finally:
         await nc.close()

@@ -15,11 +15,11 @@ from typing import Any
 import msgspec
 import nats
 import pytest
+from integration_support import fleet_events
 from rollout_invariants import check, final_states
 
 from flotilla_client.client import FlotillaClient
 from flotilla_client.natsserver import free_port
-from flotilla_contracts.streams import FLEET_EVENTS
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1 import heartbeat as hb
 from flotilla_contracts.v1 import upgrade as up
@@ -54,16 +54,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]
 
 async def all_events(url: str) -> list[tuple[str, str, dict[str, Any]]]:
     nc = await nats.connect(url)
-    js = nc.jetstream()
-    info = await js.stream_info(FLEET_EVENTS.name)
-    sub = await js.subscribe("fleet.v1.evt.>", ordered_consumer=True, stream=FLEET_EVENTS.name)
-    events = []
-    for _ in range(info.state.messages):
-        msg = await sub.next_msg(10)
-        schema = (msg.headers or {}).get("Flotilla-Schema", "")
-        events.append((msg.subject, schema, msgspec.json.decode(msg.data)))
-    await nc.close()
-    return events
+    try:
+        return [
+            (msg.subject, (msg.headers or {}).get("Flotilla-Schema", ""), msgspec.json.decode(msg.data))
+            for msg in await fleet_events(nc)
+        ]
+    finally:
+        await nc.close()
 
 
 async def test_a_rollout_with_failures_keeps_every_invariant(fleet: tuple[Path, str]) -> None:

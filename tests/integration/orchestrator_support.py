@@ -22,6 +22,7 @@ from typing import Any
 
 import msgspec
 import nats.errors
+from integration_support import fleet_events
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -29,7 +30,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from flotilla_contracts import catalogue
 from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, Message, schema_id
-from flotilla_contracts.streams import FLEET_AGENT, FLEET_EVENTS
+from flotilla_contracts.streams import FLEET_AGENT
 from flotilla_contracts.v1.agent import (
     NodeFacts,
     NodeStepCommand,
@@ -274,16 +275,11 @@ class EventLog:
 
     @classmethod
     async def read(cls, nc: Client) -> EventLog:
-        js = nc.jetstream()
-        info = await js.stream_info(FLEET_EVENTS.name)
-        sub = await js.subscribe("fleet.v1.evt.>", ordered_consumer=True, stream=FLEET_EVENTS.name)
         events = []
-        for _ in range(info.state.messages):
-            msg = await sub.next_msg(5)
+        for msg in await fleet_events(nc):
             schema = (msg.headers or {}).get(H_SCHEMA, "")
             if schema.startswith("upgrade."):
                 events.append((schema, msgspec.json.decode(msg.data)))
-        await sub.unsubscribe()
         return cls(events)
 
     def of(self, schema: str) -> list[dict[str, Any]]:

@@ -8,10 +8,10 @@ from collections import Counter
 from dataclasses import dataclass
 
 import msgspec
+from integration_support import fleet_events
 from nats.aio.client import Client
 
 from flotilla_client.client import FlotillaClient
-from flotilla_contracts.streams import FLEET_EVENTS
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1.agent import NodeFacts
 from flotilla_contracts.v1.common import NodeRole
@@ -69,16 +69,8 @@ class StreamView:
 
 async def read_stream(nc: Client, settle_s: float = 0.0) -> StreamView:
     await asyncio.sleep(settle_s)
-    js = nc.jetstream()
-    sub = await js.subscribe("fleet.v1.evt.>", ordered_consumer=True, stream=FLEET_EVENTS.name)
-    info = await js.stream_info(FLEET_EVENTS.name)
-    subjects, ids = [], []
-    for _ in range(info.state.messages):
-        msg = await sub.next_msg(5)
-        subjects.append(msg.subject)
-        ids.append((msg.headers or {}).get("Nats-Msg-Id", ""))
-    await sub.unsubscribe()
-    return StreamView(subjects, ids)
+    messages = await fleet_events(nc)
+    return StreamView([m.subject for m in messages], [(m.headers or {}).get("Nats-Msg-Id", "") for m in messages])
 
 
 def decode(data: bytes) -> dict[str, object]:

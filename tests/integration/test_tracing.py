@@ -22,10 +22,10 @@ from pathlib import Path
 
 import nats
 import pytest
+from integration_support import fleet_events
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from flotilla_client.natsserver import free_port
-from flotilla_contracts.streams import FLEET_EVENTS
 
 pytestmark = pytest.mark.integration
 FLOTILLA = str(Path(sys.executable).parent / "flotilla")
@@ -111,12 +111,8 @@ def eventually_services(receiver: Receiver, trace_id: str, wanted: set[str], wit
 async def traces_on_events(url: str, schemas: set[str]) -> dict[str, set[str]]:
     """schema -> trace ids found in the traceparent of FLEET_EVENTS messages of that schema."""
     nc = await nats.connect(url)
-    js = nc.jetstream()
-    info = await js.stream_info(FLEET_EVENTS.name)
-    sub = await js.subscribe("fleet.v1.evt.>", ordered_consumer=True, stream=FLEET_EVENTS.name)
     found: dict[str, set[str]] = defaultdict(set)
-    for _ in range(info.state.messages):
-        msg = await sub.next_msg(10)
+    for msg in await fleet_events(nc):
         headers = msg.headers or {}
         schema = headers.get("Flotilla-Schema", "").split("/")[0]
         if schema in schemas and "traceparent" in headers:
