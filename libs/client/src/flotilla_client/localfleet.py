@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from flotilla_client import procs, runfile
+from flotilla_client import busauth, procs, runfile
 from flotilla_client.client import FlotillaClient
 from flotilla_client.errors import LocalFleetError
 from flotilla_client.natsserver import NatsServer, NatsServerError, free_port, port_open
@@ -50,6 +50,7 @@ def tail(path: Path, lines: int) -> list[str]:
 
 
 SIM_MODULE = "flotilla_node_agent.sim"
+SIM_URL_ENV = "FLOTILLA_SIM_NATS_URL"  # the sim's NATS URL with credentials (see flotilla_node_agent.sim)
 
 
 def tracked(info: RunInfo) -> tuple[list[procs.Tracked], list[procs.Tracked]]:
@@ -70,9 +71,9 @@ def start_sim(state_dir: Path, args: list[str], *, prefix: str, clusters: int, n
         raise LocalFleetError(f"a simulated fleet with prefix {prefix!r} already runs; choose another --prefix")
     sim_dir = state_dir / f"sim-{prefix}"
     log = log_path(state_dir, f"sim-{prefix}")
-    command = [sys.executable, "-m", SIM_MODULE, "--server", info.nats.url, "--state-dir", str(sim_dir),
-               "--prefix", prefix, *args]  # fmt: skip
-    process = procs.spawn(command, log, dict(os.environ), cwd=state_dir)
+    # The admin URL goes in the environment, not on the command line (where `ps` would show its password).
+    command = [sys.executable, "-m", SIM_MODULE, "--state-dir", str(sim_dir), "--prefix", prefix, *args]
+    process = procs.spawn(command, log, {**os.environ, SIM_URL_ENV: info.nats.url}, cwd=state_dir)
     entry = SimEntry(prefix=prefix, pid=process.pid, clusters=clusters, nodes=nodes, log=str(log),
                      state_dir=str(sim_dir))  # fmt: skip
     info.sims = [s for s in info.sims if s.prefix != prefix] + [entry]
@@ -137,12 +138,15 @@ def _start_nats(opts: UpOptions, progress: Progress) -> tuple[NatsEntry, subproc
             f"monitoring port {opts.monitor_port} on {opts.host} is already in use; "
             "choose another with --monitor-port (0 disables monitoring)"
         )
+    # Authentication on: a user per service and for the CLI, cluster agents through the callout.
+    auth = busauth.load_or_create(opts.state_dir)
     server = NatsServer(
         state_dir=opts.state_dir / "nats",
         port=opts.port,
         host=opts.host,
         monitor_port=opts.monitor_port,
         log_file=log_path(opts.state_dir, NATS_SERVER),
+        extra_config=busauth.server_config(auth),
     )
     progress(f"starting nats-server with JetStream in {server.state_dir} on {server.url}")
     try:
@@ -152,7 +156,7 @@ def _start_nats(opts: UpOptions, progress: Progress) -> tuple[NatsEntry, subproc
     assert server.process is not None
     monitor = f"http://{opts.host}:{opts.monitor_port}" if opts.monitor_port else ""
     entry = NatsEntry(
-        url=server.url,
+        url=busauth.admin_url(server.url, auth),
         pid=server.process.pid,
         port=opts.port,
         monitor_url=monitor,
@@ -168,6 +172,11 @@ def start_service(
     """One service as a detached process with its state under `state_dir/<service>`; `settings` are extra
     FLOTILLA_<SERVICE>_* values by field name (e.g. {"auto_approve_selector": "env=dev"})."""
     prefix = env_prefix(service.value)
+    auth = busauth.load(state_dir)
+    nats_url = busauth.service_url(busauth.without_user(nats_url) if auth else nats_url, auth, service)
+    extra = dict(settings or {})
+    if auth is not None and service is Service.REGISTRATION:
+        extra.setdefault("callout_issuer_seed", auth.callout_seed)
     port = free_port()
     service_dir = state_dir / service.value
     service_dir.mkdir(parents=True, exist_ok=True)
@@ -181,7 +190,7 @@ def start_service(
             f"{prefix}LOG_FORMAT": "json",
             f"{prefix}INSTANCE_ID": uuid.uuid4().hex[:12],
             "PYTHONUNBUFFERED": "1",
-            **{prefix + key.upper(): value for key, value in (settings or {}).items()},
+            **{prefix + key.upper(): value for key, value in extra.items()},
         }
     )
     log = log_path(state_dir, service.value)

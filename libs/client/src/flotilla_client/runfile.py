@@ -82,7 +82,10 @@ def save(state_dir: Path, info: RunInfo) -> Path:
     path = run_file(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(info), indent=2) + b"\n")
+    # Owner-only: the recorded NATS URL carries the admin credentials of the local bus.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(msgspec.json.format(msgspec.json.encode(info), indent=2) + b"\n")
     os.replace(tmp, path)
     return path
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import nats.errors
@@ -18,6 +18,20 @@ log = logging.getLogger(__name__)
 _headers_decoder = msgspec.json.Decoder(dict[str, str])
 
 
+class Publisher(Protocol):
+    """What the relay needs of JetStream: nats-py's pipelined publish (a JetStreamContext has it)."""
+
+    async def publish_async(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        wait_stall: float | None = None,
+        stream: str | None = None,
+        headers: dict[str, Any] | None = None,
+        msg_ttl: float | None = None,
+    ) -> asyncio.Future[Any]: ...
+
+
 class OutboxRelay:
     """Publishes outbox rows in commit order; a row is deleted only after JetStream acknowledged it.
 
@@ -25,7 +39,7 @@ class OutboxRelay:
     copy because the Nats-Msg-Id is the same (within the stream's duplicate window).
     """
 
-    def __init__(self, store: Store, js: JetStreamContext, *, batch: int = 256, poll_s: float = 1.0) -> None:
+    def __init__(self, store: Store, js: JetStreamContext | Publisher, *, batch: int = 256, poll_s: float = 1.0) -> None:
         self._store = store
         self._js = js
         self._batch = batch

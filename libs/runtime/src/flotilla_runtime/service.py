@@ -23,7 +23,7 @@ from flotilla_contracts.streams import service_consumer
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1.service import InfoReply, InfoRequest
 from flotilla_runtime import telemetry
-from flotilla_runtime.bus import BusErrors, ensure_streams, make_broker
+from flotilla_runtime.bus import BusErrors, ensure_streams, make_broker, redact
 from flotilla_runtime.commands import CommandContext, CommandRouter
 from flotilla_runtime.consumers import EventConsumer, EventHandler
 from flotilla_runtime.discovery import Discovery, ServiceIdentity
@@ -195,7 +195,7 @@ async def run(spec: ServiceSpec[S], settings: S, stop: asyncio.Event | None = No
             "%s %s serving",
             name,
             spec.version,
-            extra={"nats": settings.nats_url, "health": health.url, "state": store.path},
+            extra={"nats": redact(settings.nats_url), "health": health.url, "state": store.path},
         )
         await stop.wait()
         app.log.info("stopping: draining subscriptions and flushing the outbox")
@@ -214,7 +214,7 @@ async def _connect(app: ServiceApp[Any], stop: asyncio.Event) -> bool:
         except (OSError, nats.errors.Error, TimeoutError) as exc:
             app.log.warning(
                 "cannot reach NATS at %s (%s); retrying in %.1fs",
-                app.settings.nats_url,
+                redact(app.settings.nats_url),
                 exc or type(exc).__name__,
                 delay,
             )

@@ -26,10 +26,11 @@ from flotilla_runtime.store import Store
 
 @dataclass
 class AgentContext:
-    """What agents of one process share."""
+    """What agents of one process share. `nc`/`js` are None when each cluster has its own connection
+    (the `ClusterHandle`'s, on an authenticated bus)."""
 
-    nc: Client
-    js: JetStreamContext
+    nc: Client | None
+    js: JetStreamContext | None
     store: Store
     interval: Interval
     journal: Journal
@@ -56,9 +57,13 @@ class NodeAgent:
         cluster_id = await self.cluster.wait()
         self.log = self.log.bind(cluster=cluster_id)
         ctx = self.ctx
+        nc = self.cluster.nc or ctx.nc
+        if nc is None:
+            raise RuntimeError(f"no NATS connection for cluster {cluster_id}")
+        js = nc.jetstream() if self.cluster.nc is not None or ctx.js is None else ctx.js
         runner = StepRunner(ctx.store, ctx.journal, self.driver, self.log, ctx.verify_timeout_s)
         self.consumer = CommandConsumer(
-            ctx.js,
+            js,
             ctx.store,
             runner,
             cluster_id,
@@ -69,7 +74,7 @@ class NodeAgent:
             fetch_timeout_s=ctx.fetch_timeout_s,
             gate=ctx.subscribe_gate,
         )
-        self.heartbeat = HeartbeatSender(ctx.nc, self.driver, cluster_id, self.node_id, ctx.interval, self.log)
+        self.heartbeat = HeartbeatSender(nc, self.driver, cluster_id, self.node_id, ctx.interval, self.log)
         self._tasks = [asyncio.create_task(self.consumer.run(), name=f"commands-{self.node_id}")]
         if ctx.heartbeats:
             self._tasks.append(asyncio.create_task(self.heartbeat.run(), name=f"heartbeats-{self.node_id}"))

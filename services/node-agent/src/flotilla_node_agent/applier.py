@@ -74,7 +74,7 @@ class ManifestApplier:
 
     def __init__(
         self,
-        js: JetStreamContext,
+        js: JetStreamContext | None,
         store: Store,
         backend: ApplyBackend,
         log: BoundLogger,
@@ -188,6 +188,7 @@ class ManifestApplier:
 
     def config(self, cluster_id: str) -> ConsumerConfig:
         return ConsumerConfig(
+            name=agent_consumer(cluster_id, CLUSTER_AGENT_NODE),  # filter in the API subject (see commands.py)
             durable_name=agent_consumer(cluster_id, CLUSTER_AGENT_NODE),
             filter_subject=subjects.agent_commands_for(cluster_id, CLUSTER_AGENT_NODE),
             deliver_policy=DeliverPolicy.ALL,
@@ -198,14 +199,19 @@ class ManifestApplier:
             description=f"cluster agent workloads for {cluster_id}",
         )
 
-    async def run(self, cluster_id: str) -> None:
-        """Consume this cluster's apply commands until cancelled."""
+    async def run(self, cluster_id: str, js: JetStreamContext | None = None) -> None:
+        """Consume this cluster's apply commands until cancelled (over `js` when the cluster has its own)."""
         self.cluster_id = cluster_id
+        if js is not None:
+            self.js = js
+        if self.js is None:
+            raise RuntimeError("the manifest applier has no JetStream connection")
+        stream_js = self.js
         config = self.config(cluster_id)
         delay = 0.2
         while True:
             try:
-                sub = await self.js.pull_subscribe(
+                sub = await stream_js.pull_subscribe(
                     config.filter_subject or "", durable=config.durable_name, stream=FLEET_AGENT.name, config=config
                 )
                 break

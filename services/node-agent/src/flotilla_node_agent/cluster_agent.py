@@ -9,6 +9,7 @@ facts at start and whenever they change (`nodes.report`). The node agents of the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import uuid
 from collections.abc import Awaitable, Callable
@@ -18,8 +19,9 @@ from typing import Protocol
 import msgspec
 import nats.errors
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
-from flotilla_contracts import catalogue
+from flotilla_contracts import catalogue, permissions
 from flotilla_contracts.envelope import H_SCHEMA, Message, schema_id
 from flotilla_contracts.v1.agent import NodeFacts
 from flotilla_contracts.v1.registration import (
@@ -37,20 +39,25 @@ from flotilla_runtime.logs import BoundLogger
 from flotilla_runtime.store import Store
 
 NodesSource = Callable[[], Awaitable[list[NodeFacts]]]
+# Opens a NATS connection as (user, password); see flotilla_contracts.permissions for the user names.
+Connector = Callable[[str, str], Awaitable[Client]]
 M = type[Message]
 
 
 class ClusterHandle:
-    """The cluster id once the cluster is an approved member; shared by the cluster's agents."""
+    """The cluster id once the cluster is an approved member, and the cluster's own connection when it
+    has one (an authenticated bus: the agents of a cluster speak as that cluster); shared by its agents."""
 
     def __init__(self, cluster_id: str = "") -> None:
         self.cluster_id = cluster_id
+        self.nc: Client | None = None
         self.approved = asyncio.Event()
         if cluster_id:
             self.approved.set()
 
-    def approve(self, cluster_id: str) -> None:
+    def approve(self, cluster_id: str, nc: Client | None = None) -> None:
         self.cluster_id = cluster_id
+        self.nc = nc
         self.approved.set()
 
     async def wait(self) -> str:
@@ -66,7 +73,7 @@ class WorkloadApplier(Protocol):
     an implementation of this protocol is wired into `ClusterAgent.workloads`.
     """
 
-    async def run(self, cluster_id: str) -> None: ...
+    async def run(self, cluster_id: str, js: JetStreamContext | None = None) -> None: ...
 
 
 class JoinRefused(Exception):
@@ -76,7 +83,7 @@ class JoinRefused(Exception):
 class ClusterAgent:
     def __init__(
         self,
-        nc: Client,
+        nc: Client | None,
         store: Store,
         journal: Journal,
         identity: ClusterIdentity,
@@ -87,11 +94,17 @@ class ClusterAgent:
         *,
         report_every_s: float = 10.0,
         request_timeout_s: float = 5.0,
+        connector: Connector | None = None,
     ) -> None:
         self.nc, self.store, self.journal = nc, store, journal
         self.identity, self.token, self.nodes, self.handle, self.log = identity, token, nodes, handle, log
         self.report_every_s = report_every_s
         self.request_timeout_s = request_timeout_s
+        # With a connector the agent speaks as its cluster: it joins on a connection authenticated by the
+        # join token, then uses one authenticated by the credential (the bus grants that one its own
+        # cluster's subjects once approved). Without one, it shares `nc` (an open bus, or tests).
+        self.connector = connector
+        self.granted_approved = False  # the current connection was opened after approval
         self.workloads: WorkloadApplier | None = None
         self.workloads_task: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
         self.credential: str | None = None
@@ -100,6 +113,8 @@ class ClusterAgent:
 
     async def _request(self, message: Message, reply_type: M) -> object:
         subject = catalogue.subject_for(type(message))
+        if self.nc is None:
+            raise nats.errors.ConnectionClosedError
         reply = await self.nc.request(
             subject, codec.encode(message), timeout=self.request_timeout_s, headers={H_SCHEMA: schema_id(type(message))}
         )
@@ -130,24 +145,49 @@ class ClusterAgent:
         )
         return reply
 
+    async def _reconnect(self, user: str, password: str, *, approved: bool) -> None:
+        """Swap to a connection as `user` (the bus decides its permissions when it opens)."""
+        assert self.connector is not None
+        old, self.nc = self.nc, await self.connector(user, password)
+        self.granted_approved = approved
+        if old is not None and old is not self.nc:
+            with contextlib.suppress(Exception):
+                await old.drain()
+
+    async def _connect_for(self, cluster_id: str, *, approved: bool) -> None:
+        """Open the connection this phase needs, when the current one is not it."""
+        if self.connector is None:
+            return
+        if self.credential and cluster_id:
+            if (approved and not self.granted_approved) or self.nc is None or self.nc.is_closed:
+                await self._reconnect(permissions.cluster_user(cluster_id), self.credential, approved=approved)
+        elif self.nc is None or self.nc.is_closed:
+            await self._reconnect(permissions.join_user(uuid.uuid4().hex), self.token, approved=False)
+
     async def join(self) -> str:
         """Join, then wait for approval (re-joining with the credential, backing off to 10 s)."""
         saved = await self.journal.membership(self.store, self.identity.uid)
+        cluster_id = ""
         if saved is not None and saved.credential:
-            self.credential = saved.credential
+            self.credential, cluster_id = saved.credential, saved.cluster_id
         delay, attempt = 0.5, 0
         while True:
             attempt += 1
             try:
+                await self._connect_for(cluster_id, approved=False)
                 reply = await self.join_once(attempt)
-            except (nats.errors.Error, TimeoutError) as exc:
+                cluster_id = reply.cluster_id
+                if reply.state is ClusterState.APPROVED:
+                    await self._connect_for(cluster_id, approved=True)
+            except (nats.errors.Error, TimeoutError, OSError) as exc:
                 self.log.warning(
-                    "registration did not answer the join (%s); retrying in %.1fs", type(exc).__name__, delay
-                )
+                    "registration did not answer the join, or the bus refused the connection (%s: %s); "
+                    "retrying in %.1fs", type(exc).__name__, exc, delay,
+                )  # fmt: skip
             else:
                 if reply.state is ClusterState.APPROVED:
                     self.log.info("cluster %s approved", reply.cluster_id, extra={"cluster": reply.cluster_id})
-                    self.handle.approve(reply.cluster_id)
+                    self.handle.approve(reply.cluster_id, self.nc if self.connector else None)
                     return reply.cluster_id
                 if reply.state in (ClusterState.REJECTED, ClusterState.DEREGISTERED):
                     raise JoinRefused(f"cluster {reply.cluster_id} is {reply.state.value}: {reply.reason}")
@@ -179,7 +219,8 @@ class ClusterAgent:
             self.log.error("cannot join the fleet: %s", exc)
             return
         if self.workloads is not None:
-            self.workloads_task = asyncio.get_running_loop().create_task(self.workloads.run(cluster_id))
+            js = self.nc.jetstream() if self.connector is not None and self.nc is not None else None
+            self.workloads_task = asyncio.get_running_loop().create_task(self.workloads.run(cluster_id, js))
         try:
             while True:
                 try:

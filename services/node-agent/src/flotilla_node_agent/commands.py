@@ -77,6 +77,9 @@ class CommandConsumer:
 
     def config(self) -> ConsumerConfig:
         return ConsumerConfig(
+            # `name` makes nats-py create it with the filter in the API subject, which is what an agent's
+            # bus permissions allow (flotilla_contracts.permissions.agent_consumer_subjects).
+            name=self.durable,
             durable_name=self.durable,
             filter_subject=self.filter,
             deliver_policy=DeliverPolicy.ALL,

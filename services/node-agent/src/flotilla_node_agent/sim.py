@@ -27,6 +27,9 @@ from typing import Any
 
 import msgspec
 import nats
+import nats.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from flotilla_contracts.v1.agent import NodeFacts
 from flotilla_contracts.v1.common import NodeRole
@@ -40,7 +43,7 @@ from flotilla_node_agent.drivers.sim import FAULTS, NAMED_FAULTS, SimDriver, Sim
 from flotilla_node_agent.heartbeats import Interval
 from flotilla_node_agent.journal import Journal
 from flotilla_runtime import telemetry
-from flotilla_runtime.bus import ensure_streams
+from flotilla_runtime.bus import connect_options, ensure_streams, with_user
 from flotilla_runtime.logs import get_logger, setup_logging
 from flotilla_runtime.migrations import load_migrations
 from flotilla_runtime.outbox import OutboxRelay
@@ -100,8 +103,11 @@ class Fleet:
                 await task
         await drain_outbox(self.store)
         await self.relay.stop(flush_timeout_s=5.0)
-        with contextlib.suppress(Exception):
-            await self.nc.drain()
+        connections = {id(c): c for c in [self.nc, *(h.nc for h in self.handles), *(a.nc for a in self.cluster_agents)]}
+        for connection in connections.values():
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    await connection.drain()
         await self.store.close()
 
 
@@ -116,22 +122,93 @@ async def drain_outbox(store: Store, timeout_s: float = 5.0) -> None:
         await asyncio.sleep(0.05)
 
 
+async def keep_interval_fresh(interval: Interval, nc: Client | None, handles: list[ClusterHandle]) -> None:
+    """Ask the heartbeat service for its interval, over the shared connection or the first cluster's."""
+    if nc is None:
+        while not any(h.nc is not None for h in handles):
+            await asyncio.sleep(0.5)
+        nc = next(h.nc for h in handles if h.nc is not None)
+    assert nc is not None
+    await interval.keep_fresh(nc)
+
+
 def cluster_name(spec: FleetSpec, index: int) -> str:
     return f"{spec.prefix}-{index:04d}"
 
 
-async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:
-    """Connect, open the journal, create every agent and start them; returns at once (agents start up)."""
-    nc = await nats.connect(
-        nats_url, name=f"flotilla-sim-{spec.prefix}", max_reconnect_attempts=-1, pending_size=64 * 1024 * 1024
+class ClusterRoutes:
+    """The outbox relay's publisher when each cluster has its own connection: an event goes out on the
+    connection of the cluster its subject names (`fleet.v1.evt.<entity>.<cluster>...`), the only one the
+    bus lets publish it; an event naming no cluster (a dead letter) on any approved cluster's."""
+
+    def __init__(self, handles: list[ClusterHandle]) -> None:
+        self.handles = handles
+
+    def _connection(self, subject: str) -> Client:
+        tokens = subject.split(".")
+        cluster = tokens[3] if len(tokens) > 4 else ""
+        approved = [h for h in self.handles if h.nc is not None]
+        for handle in approved:
+            if handle.cluster_id == cluster:
+                assert handle.nc is not None
+                return handle.nc
+        if not approved:
+            raise nats.errors.ConnectionClosedError
+        assert approved[0].nc is not None
+        return approved[0].nc
+
+    async def publish_async(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        wait_stall: float | None = None,
+        stream: str | None = None,
+        headers: dict[str, Any] | None = None,
+        msg_ttl: float | None = None,
+    ) -> asyncio.Future[Any]:
+        js = self._connection(subject).jetstream()
+        return await js.publish_async(subject, payload, wait_stall, stream, headers)
+
+
+async def connect_as(url: str, user: str, password: str, name: str) -> Client:
+    """A connection to the sim's NATS as `user` (a cluster, or a joining agent); reconnects forever."""
+    target = with_user(url, user, password)
+    return await nats.connect(
+        target,
+        name=name,
+        max_reconnect_attempts=-1,
+        connect_timeout=10,  # the bus asks registration (auth callout) before it answers
+        pending_size=64 * 1024 * 1024,
+        **connect_options(target),
     )
-    js = nc.jetstream()
-    await ensure_streams(js)
+
+
+async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:
+    """Connect, open the journal, create every agent and start them; returns at once (agents start up).
+
+    With a join token each cluster joins and then speaks over its own connection, authenticated by its
+    credential (the bus grants it only its own subjects). Without one, the clusters are given their ids
+    and share one connection (benchmarks, tests without registration).
+    """
+    per_cluster = bool(spec.token)
+    nc: Client | None = None
+    js: JetStreamContext | None = None
+    if not per_cluster:
+        nc = await nats.connect(
+            nats_url,
+            name=f"flotilla-sim-{spec.prefix}",
+            max_reconnect_attempts=-1,
+            pending_size=64 * 1024 * 1024,
+            **connect_options(nats_url),
+        )
+        js = nc.jetstream()
+        await ensure_streams(js)
     spec.state_dir.mkdir(parents=True, exist_ok=True)
     store = await Store.open(
         spec.state_dir / f"{spec.prefix}-journal.db", load_migrations("flotilla_node_agent", "node-agent")
     )
-    relay = OutboxRelay(store, js, batch=512)
+    handles: list[ClusterHandle] = []
+    relay = OutboxRelay(store, js if js is not None else ClusterRoutes(handles), batch=512)
     relay.start()
     interval = Interval(spec.heartbeat_interval_s)
     ctx = AgentContext(
@@ -144,8 +221,8 @@ async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:
         verify_timeout_s=30.0,
         subscribe_gate=asyncio.Semaphore(32),
     )
-    fleet = Fleet(spec, store, relay, nc)
-    fleet.tasks.append(asyncio.create_task(interval.keep_fresh(nc)))
+    fleet = Fleet(spec, store, relay, nc, handles=handles)
+    fleet.tasks.append(asyncio.create_task(keep_interval_fresh(interval, nc, handles)))
     log = get_logger("flotilla.sim")
     for c in range(spec.clusters):
         name = cluster_name(spec, c)
@@ -178,6 +255,9 @@ async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:
             async def facts(drivers: Sequence[SimDriver] = drivers) -> list[NodeFacts]:
                 return [await d.facts() for d in drivers]
 
+            async def connector(user: str, password: str, name: str = name) -> Client:
+                return await connect_as(nats_url, user, password, f"flotilla-sim-{name}")
+
             agent = ClusterAgent(
                 nc,
                 store,
@@ -188,6 +268,7 @@ async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:
                 handle,
                 log.bind(cluster=name),
                 report_every_s=spec.heartbeat_interval_s,
+                connector=connector,
             )
             agent.workloads = ManifestApplier(
                 js, store, SimApplyBackend(), log.bind(cluster=name), instance_id=spec.prefix
@@ -214,7 +295,12 @@ def usage() -> dict[str, float]:
 
 def parse(argv: Sequence[str] | None = None) -> tuple[FleetSpec, argparse.Namespace]:
     parser = argparse.ArgumentParser(prog="python -m flotilla_node_agent.sim", description=__doc__.splitlines()[0])
-    parser.add_argument("--server", default=os.environ.get("FLOTILLA_NATS_URL", "nats://127.0.0.1:4222"))
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("FLOTILLA_SIM_NATS_URL") or os.environ.get("FLOTILLA_NATS_URL", "nats://127.0.0.1:4222"),
+        help="NATS URL (env FLOTILLA_SIM_NATS_URL, then FLOTILLA_NATS_URL); with --token each cluster connects "
+        "as itself with its credential, whatever user the URL names",
+    )
     parser.add_argument("--clusters", type=int, default=3)
     parser.add_argument("--nodes", type=int, default=3, help="nodes per cluster (the first is the control plane)")
     parser.add_argument("--versions", default="1.29.6", help="comma-separated, dealt to clusters round-robin")

@@ -1,0 +1,124 @@
+"""The local fleet's bus credentials and the nats-server authorization they go with.
+
+`flotilla up` creates them once per state folder (`<state>/auth/bus.json`, mode 0600): a random password
+for each service and for `admin` (the CLI), and the account key pair the registration service signs
+auth-callout answers with. The nats-server configuration gives each service the permissions of
+`flotilla_contracts.permissions` and sends every other connection (cluster agents) to the callout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+import msgspec
+import nkeys
+
+from flotilla_contracts import permissions
+from flotilla_contracts.permissions import ADMIN_USER, FLEET_ACCOUNT, Grant
+from flotilla_contracts.subjects import Service
+from flotilla_runtime.bus import with_user, without_user
+
+__all__ = ["BusAuth", "admin_url", "create", "load", "server_config", "service_url", "with_user", "without_user"]
+
+AUTH_FILE = "bus.json"
+
+
+class BusAuth(msgspec.Struct, kw_only=True):
+    """Passwords by user, and the callout issuer's account seed (the server knows its public key)."""
+
+    passwords: dict[str, str]
+    callout_seed: str
+
+    @property
+    def callout_issuer(self) -> str:
+        return str(nkeys.from_seed(self.callout_seed.encode()).public_key.decode())
+
+
+def auth_path(state_dir: Path) -> Path:
+    return state_dir / "auth" / AUTH_FILE
+
+
+def new_account_seed() -> str:
+    return str(nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_ACCOUNT).decode())
+
+
+def create(state_dir: Path) -> BusAuth:
+    """Fresh credentials, written readable by the owner only."""
+    users = [ADMIN_USER, *(s.value for s in Service)]
+    auth = BusAuth(passwords={u: secrets.token_urlsafe(24) for u in users}, callout_seed=new_account_seed())
+    path = auth_path(state_dir)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(msgspec.json.encode(auth))
+    os.replace(path.with_suffix(".tmp"), path)
+    return auth
+
+
+def load(state_dir: Path) -> BusAuth | None:
+    """The credentials of a state folder, or None when its fleet runs without authentication."""
+    try:
+        return msgspec.json.decode(auth_path(state_dir).read_bytes(), type=BusAuth)
+    except FileNotFoundError:
+        return None
+
+
+def load_or_create(state_dir: Path) -> BusAuth:
+    return load(state_dir) or create(state_dir)
+
+
+def service_url(url: str, auth: BusAuth | None, service: Service) -> str:
+    return url if auth is None else with_user(url, service.value, auth.passwords[service.value])
+
+
+def admin_url(url: str, auth: BusAuth | None) -> str:
+    return url if auth is None else with_user(url, ADMIN_USER, auth.passwords[ADMIN_USER])
+
+
+def _q(value: str) -> str:
+    return json.dumps(value)  # a quoted string: no `$variable` expansion inside nats-server config quotes
+
+
+def _user_block(user: str, password: str, grant: Grant) -> str:
+    def allow(subjects: tuple[str, ...]) -> str:
+        return "[" + ", ".join(_q(s) for s in subjects) + "]"
+
+    responses = "\n        allow_responses: true" if grant.responses else ""
+    return (
+        f"      {{ user: {_q(user)}, password: {_q(password)}, permissions: {{\n"
+        f"        publish: {{ allow: {allow(grant.publish)} }}\n"
+        f"        subscribe: {{ allow: {allow(grant.subscribe)} }}{responses}\n"
+        "      } }"
+    )
+
+
+def server_config(auth: BusAuth) -> str:
+    """The accounts and authorization blocks of nats-server's configuration."""
+    users = [_user_block(ADMIN_USER, auth.passwords[ADMIN_USER], permissions.admin_grant())]
+    users += [_user_block(s.value, auth.passwords[s.value], permissions.service_grant(s)) for s in Service]
+    static = ", ".join(_q(u) for u in auth.passwords)
+    return "\n".join(
+        [
+            "accounts {",
+            f"  {FLEET_ACCOUNT} {{",
+            "    jetstream: enabled",
+            "    users: [",
+            ",\n".join(users),
+            "    ]",
+            "  }",
+            "  SYS {}",
+            "}",
+            "system_account: SYS",
+            "authorization {",
+            "  timeout: 5",
+            "  auth_callout {",
+            f"    issuer: {auth.callout_issuer}",
+            f"    auth_users: [ {static} ]",
+            f"    account: {FLEET_ACCOUNT}",
+            "  }",
+            "}",
+        ]
+    )

@@ -1,0 +1,369 @@
+"""NATS auth callout wire formats: decode the server's authorization request, sign the user and response JWTs.
+
+nats-server (v2.10+) with `authorization { auth_callout { ... } }` publishes every connecting client's credentials
+as a server-signed JWT on `$SYS.REQ.USER.AUTH`; the callout service answers with an account-signed
+`authorization_response` JWT that carries either an error or a `user` JWT with the client's permissions.
+
+The format follows github.com/nats-io/jwt/v2 (what nats-server decodes): header `{"typ":"JWT","alg":"ed25519-nkey"}`,
+base64url without padding for all three parts, an ed25519 signature over `header.payload`, the claim fields
+`aud/exp/jti/iat/iss/name/nbf/sub` and the type-specific part under `nats` with `type` and `version: 2`.
+Pure functions over strings and keys, no I/O: the caller owns the NATS connection and the account seed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import time
+from typing import Any, Final, Generic, TypeVar
+
+import msgspec
+import nacl.exceptions
+import nacl.signing
+import nkeys  # type: ignore[import-untyped]  # nkeys 0.2.1 ships no type information
+
+JWT_TYPE: Final = "JWT"
+JWT_ALGORITHM: Final = "ed25519-nkey"
+JWT_VERSION: Final = 2
+REQUEST_TYPE: Final = "authorization_request"
+RESPONSE_TYPE: Final = "authorization_response"
+USER_TYPE: Final = "user"
+NO_LIMIT: Final = -1  # jwt.NoLimit: subs, data and payload without a cap, as Go's NewUserClaims sets them
+
+_HEADER: Final = {"typ": JWT_TYPE, "alg": JWT_ALGORITHM}
+
+
+class CalloutError(Exception):
+    """The authorization request is not a valid server-signed JWT; the caller drops it (no response is sent)."""
+
+
+# --- claims: the permission parts callers build ----------------------------------------------------------------
+
+
+class Permission(msgspec.Struct, omit_defaults=True):
+    """Subjects a user may publish or subscribe to; both lists empty means *no restriction* in nats-server."""
+
+    allow: list[str] = []
+    deny: list[str] = []
+
+
+class ResponsePermission(msgspec.Struct):
+    """Lets a user publish to reply subjects of messages it received, outside its `pub` allow list.
+
+    `max` is how many publishes per received reply subject, `ttl` how long (Go duration: NANOSECONDS) after the
+    delivery. nats-server replaces 0 by its defaults (max 1, ttl 2 minutes); a negative value means unlimited.
+    """
+
+    max: int
+    ttl: int
+
+
+class UserPermissions(msgspec.Struct, kw_only=True):
+    """The `pub`/`sub`/`resp` permissions of a user JWT."""
+
+    pub: Permission
+    sub: Permission
+    resp: ResponsePermission | None = None
+
+
+# --- the decoded authorization request (jwt.AuthorizationRequest); every field optional -----------------------
+
+
+class ServerId(msgspec.Struct):
+    """The server asking: its `id` (the server's public nkey, "N...") is the response's audience."""
+
+    name: str = ""
+    host: str = ""
+    id: str = ""
+    version: str = ""
+    cluster: str = ""
+    tags: list[str] | None = None
+    xkey: str = ""
+
+
+class ClientInfo(msgspec.Struct):
+    """What the server knows about the connecting client (address, connection id, kind)."""
+
+    host: str = ""
+    id: int = 0
+    user: str = ""
+    name: str = ""
+    tags: list[str] | None = None
+    name_tag: str = ""
+    kind: str = ""
+    type: str = ""
+    mqtt_id: str = ""
+    nonce: str = ""
+
+
+class ConnectOpts(msgspec.Struct):
+    """The credentials and identity from the client's CONNECT (`pass` is `password` here: a Python keyword)."""
+
+    jwt: str = ""
+    nkey: str = ""
+    sig: str = ""
+    auth_token: str = ""
+    user: str = ""
+    password: str = msgspec.field(default="", name="pass")
+    name: str = ""
+    lang: str = ""
+    version: str = ""
+    protocol: int = 0
+
+
+class ClientTls(msgspec.Struct):
+    """TLS state of the client connection, when it used TLS."""
+
+    version: str = ""
+    cipher: str = ""
+    certs: list[str] | None = None
+    verified_chains: list[list[str]] | None = None
+    server_name: str = ""
+
+
+class AuthRequest(msgspec.Struct):
+    """The `nats` part of an authorization request: answer for `user_nkey`, addressed to `server_id.id`."""
+
+    server_id: ServerId = msgspec.field(default_factory=ServerId)
+    user_nkey: str = ""
+    client_info: ClientInfo = msgspec.field(default_factory=ClientInfo)
+    connect_opts: ConnectOpts = msgspec.field(default_factory=ConnectOpts)
+    client_tls: ClientTls | None = None
+    request_nonce: str = ""
+    tags: list[str] | None = None
+    type: str = ""
+    version: int = 0
+
+
+# --- the JWT envelope ------------------------------------------------------------------------------------------
+
+N = TypeVar("N")
+
+
+class _Claims(msgspec.Struct, omit_defaults=True):
+    """jwt.ClaimsData, fields in Go's order so the `jti` hash input matches what Go would hash."""
+
+    aud: str = ""
+    exp: int = 0
+    jti: str = ""
+    iat: int = 0
+    iss: str = ""
+    name: str = ""
+    nbf: int = 0
+    sub: str = ""
+
+
+class _Jwt(_Claims, Generic[N], omit_defaults=True):
+    """Claims plus the type-specific `nats` part."""
+
+    nats: N | None = None
+
+
+class _Header(msgspec.Struct):
+    typ: str = ""
+    alg: str = ""
+
+
+class _UserNats(msgspec.Struct, omit_defaults=True):
+    """jwt.User: permissions, limits (unlimited: the account's limits apply) and the claim type."""
+
+    pub: Permission
+    sub: Permission
+    resp: ResponsePermission | None = None
+    subs: int = NO_LIMIT
+    data: int = NO_LIMIT
+    payload: int = NO_LIMIT
+    type: str = USER_TYPE
+    version: int = JWT_VERSION
+
+
+class _ResponseNats(msgspec.Struct, omit_defaults=True):
+    """jwt.AuthorizationResponse: exactly one of `jwt` (the user JWT) and `error`."""
+
+    jwt: str = ""
+    error: str = ""
+    type: str = RESPONSE_TYPE
+    version: int = JWT_VERSION
+
+
+class _RequestType(msgspec.Struct):
+    """Just enough of the request's `nats` part to tell its claim type and version."""
+
+    type: str = ""
+    version: int = 0
+
+
+# --- keys ------------------------------------------------------------------------------------------------------
+
+
+def new_account_seed() -> str:
+    """A fresh account nkey seed ("SA..."): the auth callout issuer; its public key goes into the server config."""
+    seed: bytes = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT)
+    return seed.decode()
+
+
+def public_key(seed: str) -> str:
+    """The "A..." public key of an account seed (what `auth_callout { issuer: ... }` names)."""
+    key: bytes = _account_keypair(seed).public_key
+    return key.decode()
+
+
+def _account_keypair(seed: str) -> Any:
+    """The nkeys KeyPair of an account seed; ValueError (fix the configured seed) for anything else."""
+    try:
+        prefix, _ = nkeys.decode_seed(seed.encode())
+    except nkeys.NkeysError as exc:
+        raise ValueError(f"not an nkey seed ({exc}): configure an account seed (SA...) from new_account_seed()") from exc
+    if prefix != nkeys.PREFIX_BYTE_ACCOUNT:
+        raise ValueError("not an account seed: the auth callout issuer must be an account nkey (SA...)")
+    return nkeys.from_seed(seed.encode())
+
+
+def _decode_public_key(key: str, prefix: int) -> bytes | None:
+    """The raw ed25519 key of an encoded public nkey with this role prefix, or None if it is not one."""
+    try:
+        raw = base64.b32decode(key + "=" * (-len(key) % 8))
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) != 35 or raw[0] != prefix:
+        return None
+    if nkeys.crc16_checksum(raw[:-2]) != raw[-2:]:
+        return None
+    return raw[1:33]
+
+
+def is_user_key(key: str) -> bool:
+    """Whether `key` is a valid public user nkey ("U..."), as the request's `user_nkey` must be."""
+    return _decode_public_key(key, nkeys.PREFIX_BYTE_USER) is not None
+
+
+def is_server_key(key: str) -> bool:
+    """Whether `key` is a valid public server nkey ("N..."), as a request's issuer and `server_id.id` are."""
+    return _decode_public_key(key, nkeys.PREFIX_BYTE_SERVER) is not None
+
+
+# --- encoding --------------------------------------------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(part: str, what: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise CalloutError(f"authorization request {what} is not base64url: {exc}") from exc
+
+
+def _jti(claims: _Claims) -> str:
+    """Go's ClaimsData.hash: base32 (no padding) of SHA-512/256 over the claims JSON, computed with jti empty."""
+    digest = hashlib.new("sha512_256", msgspec.json.encode(claims)).digest()
+    return base64.b32encode(digest).rstrip(b"=").decode()
+
+
+def _sign(issuer_seed: str, claims: _Claims, nats: msgspec.Struct) -> str:
+    """Issue a JWT: set iss/iat/jti, encode header and payload, sign `header.payload` with the issuer key."""
+    keypair = _account_keypair(issuer_seed)
+    claims = msgspec.structs.replace(claims, iss=keypair.public_key.decode(), iat=int(time.time()), jti="")
+    claims = msgspec.structs.replace(claims, jti=_jti(claims))
+    payload = _Jwt(**msgspec.structs.asdict(claims), nats=nats)
+    signing_input = f"{_b64(msgspec.json.encode(_HEADER))}.{_b64(msgspec.json.encode(payload))}"
+    signature: bytes = keypair.sign(signing_input.encode())
+    return f"{signing_input}.{_b64(signature)}"
+
+
+def user_jwt(
+    issuer_seed: str,
+    *,
+    user_nkey: str,
+    account: str,
+    name: str,
+    permissions: UserPermissions,
+    expires_in_s: int = 0,
+) -> str:
+    """The user JWT for the connecting client `user_nkey`, placing it in `account` (config mode: the account name).
+
+    `name` becomes the connection's user name in the server's monitoring; `expires_in_s` > 0 makes the server
+    disconnect the client when the JWT expires (it must reconnect and pass the callout again).
+    """
+    if not is_user_key(user_nkey):
+        raise ValueError(f"user_nkey {user_nkey!r} is not a public user nkey: pass the request's user_nkey")
+    now = int(time.time())
+    claims = _Claims(sub=user_nkey, aud=account, name=name, exp=now + expires_in_s if expires_in_s > 0 else 0)
+    nats = _UserNats(pub=permissions.pub, sub=permissions.sub, resp=permissions.resp)
+    return _sign(issuer_seed, claims, nats)
+
+
+def response_jwt(
+    issuer_seed: str,
+    *,
+    user_nkey: str,
+    server_id: str,
+    user_jwt: str | None = None,
+    error: str | None = None,
+) -> str:
+    """The authorization response to a request: the user JWT (client admitted) or an error (client refused).
+
+    The server checks `sub` == the request's `user_nkey` and `aud` == its own id (`server_id.id` of the request),
+    so pass both straight from the decoded request. The error text ends up in the server log, not at the client.
+    """
+    if (user_jwt is None) == (error is None):
+        raise ValueError("pass exactly one of user_jwt (admit the client) and error (refuse it)")
+    if error == "":
+        raise ValueError("error must not be empty: nats-server needs a reason to refuse the client")
+    claims = _Claims(sub=user_nkey, aud=server_id)
+    return _sign(issuer_seed, claims, _ResponseNats(jwt=user_jwt or "", error=error or ""))
+
+
+# --- decoding --------------------------------------------------------------------------------------------------
+
+
+def _check_header(part: str) -> None:
+    try:
+        header = msgspec.json.decode(_unb64(part, "header"), type=_Header)
+    except msgspec.DecodeError as exc:
+        raise CalloutError(f"authorization request header is not a JWT header: {exc}") from exc
+    if header.typ.upper() != JWT_TYPE or header.alg.lower() != JWT_ALGORITHM:
+        raise CalloutError(
+            f"authorization request header is typ={header.typ!r} alg={header.alg!r}, "
+            f"expected typ={JWT_TYPE!r} alg={JWT_ALGORITHM!r}"
+        )
+
+
+def _verify_signature(issuer: str, signing_input: str, signature: bytes) -> None:
+    raw_key = _decode_public_key(issuer, nkeys.PREFIX_BYTE_SERVER)
+    if raw_key is None:
+        raise CalloutError(f"authorization request issuer {issuer!r} is not a server public key (N...)")
+    try:
+        nacl.signing.VerifyKey(raw_key).verify(signing_input.encode(), signature)
+    except (nacl.exceptions.BadSignatureError, ValueError) as exc:
+        raise CalloutError(f"authorization request signature does not verify with its issuer {issuer!r}") from exc
+
+
+def decode_request(token: bytes | str) -> AuthRequest:
+    """Verify and decode an authorization request from `$SYS.REQ.USER.AUTH` (the message body, unencrypted).
+
+    Checks the header, the ed25519 signature by the `iss` key, that `iss` is a server key and that the claim type
+    is `authorization_request` with a valid user nkey; anything else raises CalloutError, and the caller
+    should not answer (the server then refuses the client when its auth timeout passes).
+    """
+    text = token.decode(errors="replace") if isinstance(token, bytes) else token
+    parts = text.strip().split(".")
+    if len(parts) != 3:
+        raise CalloutError(f"authorization request is not a JWT: {len(parts)} dot-separated parts, expected 3")
+    _check_header(parts[0])
+    try:
+        claims = msgspec.json.decode(_unb64(parts[1], "payload"), type=_Jwt[AuthRequest])
+    except msgspec.DecodeError as exc:
+        raise CalloutError(f"authorization request payload is not valid claims JSON: {exc}") from exc
+    _verify_signature(claims.iss, f"{parts[0]}.{parts[1]}", _unb64(parts[2], "signature"))
+    request = claims.nats
+    if request is None or request.type != REQUEST_TYPE:
+        found = None if request is None else request.type
+        raise CalloutError(f"JWT is of type {found!r}, not an {REQUEST_TYPE!r}")
+    if not is_user_key(request.user_nkey):
+        raise CalloutError(f"authorization request user_nkey {request.user_nkey!r} is not a public user nkey")
+    return request
