@@ -67,7 +67,11 @@ def parse_agent_user(user: str) -> tuple[str, str, str] | None:
     parts = user.split(".")
     try:
         if parts[0] == CLUSTER_USER_PREFIX and len(parts) in (2, 3):
-            return ("cluster", check_token("cluster", parts[1]), check_token("node", parts[2]) if len(parts) == 3 else "")
+            return (
+                "cluster",
+                check_token("cluster", parts[1]),
+                check_token("node", parts[2]) if len(parts) == 3 else "",
+            )
         if parts[0] == JOIN_USER_PREFIX and len(parts) == 2:
             return ("join", check_token("nonce", parts[1]), "")
     except ValueError:
@@ -86,11 +90,14 @@ _EMITS: dict[Service, tuple[Entity, ...]] = {
 }
 
 
-def _jetstream_api(streams: tuple[str, ...]) -> tuple[str, ...]:
-    """Provision and consume the named streams: stream info/create/update, consumers, acks, message gets."""
+def _jetstream_api(consumes: tuple[str, ...]) -> tuple[str, ...]:
+    """Provision the Flotilla streams (every service does it at start, idempotently) and consume the
+    named ones: consumers, acks, flow control, message gets."""
     api = "$JS.API"
     allowed = [f"{api}.INFO"]
-    for stream in streams:
+    for spec in (FLEET_EVENTS, FLEET_AGENT):
+        allowed += [f"{api}.STREAM.{verb}.{spec.name}" for verb in ("INFO", "CREATE", "UPDATE")]
+    for stream in consumes:
         allowed += [
             f"{api}.STREAM.INFO.{stream}",
             f"{api}.STREAM.CREATE.{stream}",
@@ -104,7 +111,7 @@ def _jetstream_api(streams: tuple[str, ...]) -> tuple[str, ...]:
             f"$JS.ACK.{stream}.>",
             f"$JS.FC.{stream}.>",
         ]
-    return tuple(allowed)
+    return tuple(dict.fromkeys(allowed))
 
 
 def service_grant(service: Service) -> Grant:

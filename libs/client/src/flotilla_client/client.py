@@ -25,6 +25,7 @@ from flotilla_contracts import subjects
 from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, H_SENT_AT, Message, schema_id
 from flotilla_contracts.errors import ErrorCode
 from flotilla_runtime import codec, telemetry
+from flotilla_runtime.bus import connect_options, redact
 
 M = TypeVar("M", bound=Message)
 
@@ -106,7 +107,7 @@ class FlotillaClient:
     @property
     def nc(self) -> Client:
         if self._nc is None or not self._nc.is_connected:
-            raise ClientError(ErrorCode.UNAVAILABLE, f"not connected to NATS at {self.url}")
+            raise ClientError(ErrorCode.UNAVAILABLE, f"not connected to NATS at {redact(self.url)}")
         return self._nc
 
     @property
@@ -125,14 +126,16 @@ class FlotillaClient:
                 max_reconnect_attempts=1,  # 0 means "forever" to nats-py; 1 is one retry, then NoServersError
                 reconnect_time_wait=0.1,
                 connect_timeout=max(1, round(self.connect_timeout)),
+                **connect_options(self.url),
             )
         except (OSError, nats.errors.Error, TimeoutError) as exc:
             reason = "; ".join(self.bus_errors.errors[-1:]) or str(exc) or type(exc).__name__
             raise ClientError(
                 ErrorCode.UNAVAILABLE,
-                f"cannot reach NATS at {self.url} ({reason}); start a local fleet with `flotilla up`, "
-                "or point to a running NATS with --server URL (or FLOTILLA_NATS_URL)",
-                {"url": self.url},
+                f"cannot reach NATS at {redact(self.url)} ({reason}); start a local fleet with `flotilla up`, "
+                "or point to a running NATS with --server URL (or FLOTILLA_NATS_URL); on a bus with "
+                "authentication the URL carries the user: nats://USER:PASSWORD@host:port",
+                {"url": redact(self.url)},
             ) from None
 
     async def close(self) -> None:

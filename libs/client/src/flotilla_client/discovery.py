@@ -120,11 +120,13 @@ async def collect_services(
         (stats if kind.endswith("stats_response") else pings)[key] = doc
         arrived.set()
 
+    # One reply subject per request: on an authenticated bus a service may answer each reply subject
+    # it received once (allow_responses), and nats-server refuses both answers when two requests share one.
     inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox, cb=on_reply)
+    sub = await nc.subscribe(f"{inbox}.*", cb=on_reply)
     try:
-        await nc.publish(subjects.SRV_PING, b"", reply=inbox)
-        await nc.publish(subjects.SRV_STATS, b"", reply=inbox)
+        await nc.publish(subjects.SRV_PING, b"", reply=f"{inbox}.ping")
+        await nc.publish(subjects.SRV_STATS, b"", reply=f"{inbox}.stats")
         await nc.flush()
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:

@@ -39,7 +39,9 @@ class OutboxRelay:
     copy because the Nats-Msg-Id is the same (within the stream's duplicate window).
     """
 
-    def __init__(self, store: Store, js: JetStreamContext | Publisher, *, batch: int = 256, poll_s: float = 1.0) -> None:
+    def __init__(
+        self, store: Store, js: JetStreamContext | Publisher, *, batch: int = 256, poll_s: float = 1.0
+    ) -> None:
         self._store = store
         self._js = js
         self._batch = batch

@@ -145,8 +145,8 @@ class ClusterRoutes:
         self.handles = handles
 
     def _connection(self, subject: str) -> Client:
-        tokens = subject.split(".")
-        cluster = tokens[3] if len(tokens) > 4 else ""
+        tokens = subject.split(".")  # fleet.v1.evt.<entity>.<cluster>...
+        cluster = tokens[4] if len(tokens) > 5 else ""
         approved = [h for h in self.handles if h.nc is not None]
         for handle in approved:
             if handle.cluster_id == cluster:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from flotilla_contracts.subjects import Service
 from flotilla_kube.selectors import SelectorError, parse_selector
-from flotilla_registration import __version__
+from flotilla_registration import __version__, callout
 from flotilla_registration import store as repo
+from flotilla_registration.callout import AuthCallout
 from flotilla_registration.handlers import Registration
 from flotilla_runtime.errors import SettingsError
 from flotilla_runtime.service import ServiceApp, ServiceSpec
@@ -19,6 +20,10 @@ class Settings(ServiceSettings, kw_only=True, frozen=True):
     auto_approve_selector: str = ""
     # HMAC key for cluster credentials; empty: generated once and kept in the state file.
     credential_key: str = ""
+    # Account nkey seed ("SA...") that signs NATS auth-callout answers; empty: the callout is not served
+    # (a bus without authentication). The server's `auth_callout.issuer` is its public key.
+    callout_issuer_seed: str = ""
+    callout_grant_ttl_s: int = 600  # an agent's bus grant lasts this long, then it is asked about again
 
 
 async def setup(app: ServiceApp[Settings]) -> None:
@@ -31,6 +36,16 @@ async def setup(app: ServiceApp[Settings]) -> None:
             raise SettingsError(f"{env_prefix(app.name)}AUTO_APPROVE_SELECTOR: {exc}") from None
     key = await app.store.run(lambda tx: repo.credential_key(tx, app.settings.credential_key))
     Registration(store=app.store, credential_key=key, policy=policy).register(app.router)
+    if app.settings.callout_issuer_seed:
+        try:
+            auth = AuthCallout(app.store, key, app.settings.callout_issuer_seed, ttl_s=app.settings.callout_grant_ttl_s)
+        except Exception as exc:
+            raise SettingsError(f"{env_prefix(app.name)}CALLOUT_ISSUER_SEED is not an account seed: {exc}") from None
+
+        async def serve_callout() -> None:
+            await callout.run(auth, app.broker.connection)
+
+        app.background(serve_callout)
 
 
 SPEC = ServiceSpec(

@@ -22,7 +22,7 @@ from typing import Any, Final, Generic, TypeVar
 import msgspec
 import nacl.exceptions
 import nacl.signing
-import nkeys  # type: ignore[import-untyped]  # nkeys 0.2.1 ships no type information
+import nkeys  # untyped (nkeys 0.2.1): the workspace's mypy config lets it in as Any
 
 JWT_TYPE: Final = "JWT"
 JWT_ALGORITHM: Final = "ed25519-nkey"
@@ -166,33 +166,30 @@ class _Header(msgspec.Struct):
     alg: str = ""
 
 
-class _UserNats(msgspec.Struct, omit_defaults=True):
-    """jwt.User: permissions, limits (unlimited: the account's limits apply) and the claim type."""
+class _UserNats(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """jwt.User: permissions, limits and the claim type; only `resp` is left out when unset.
+
+    Everything but `resp` is required so omit_defaults never drops it: without `version: 2` nats-server reads
+    the JWT as version 1 and fails its signature check.
+    """
 
     pub: Permission
     sub: Permission
     resp: ResponsePermission | None = None
-    subs: int = NO_LIMIT
-    data: int = NO_LIMIT
-    payload: int = NO_LIMIT
-    type: str = USER_TYPE
-    version: int = JWT_VERSION
+    subs: int
+    data: int
+    payload: int
+    type: str
+    version: int
 
 
-class _ResponseNats(msgspec.Struct, omit_defaults=True):
-    """jwt.AuthorizationResponse: exactly one of `jwt` (the user JWT) and `error`."""
+class _ResponseNats(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """jwt.AuthorizationResponse: exactly one of `jwt` (the user JWT) and `error`, plus the claim type."""
 
     jwt: str = ""
     error: str = ""
-    type: str = RESPONSE_TYPE
-    version: int = JWT_VERSION
-
-
-class _RequestType(msgspec.Struct):
-    """Just enough of the request's `nats` part to tell its claim type and version."""
-
-    type: str = ""
-    version: int = 0
+    type: str
+    version: int
 
 
 # --- keys ------------------------------------------------------------------------------------------------------
@@ -215,7 +212,9 @@ def _account_keypair(seed: str) -> Any:
     try:
         prefix, _ = nkeys.decode_seed(seed.encode())
     except nkeys.NkeysError as exc:
-        raise ValueError(f"not an nkey seed ({exc}): configure an account seed (SA...) from new_account_seed()") from exc
+        raise ValueError(
+            f"not an nkey seed ({exc}): configure an account seed (SA...) from new_account_seed()"
+        ) from exc
     if prefix != nkeys.PREFIX_BYTE_ACCOUNT:
         raise ValueError("not an account seed: the auth callout issuer must be an account nkey (SA...)")
     return nkeys.from_seed(seed.encode())
@@ -265,9 +264,9 @@ def _jti(claims: _Claims) -> str:
 
 
 def _sign(issuer_seed: str, claims: _Claims, nats: msgspec.Struct) -> str:
-    """Issue a JWT: set iss/iat/jti, encode header and payload, sign `header.payload` with the issuer key."""
+    """Issue a JWT: set iss and jti, encode header and payload, sign `header.payload` with the issuer key."""
     keypair = _account_keypair(issuer_seed)
-    claims = msgspec.structs.replace(claims, iss=keypair.public_key.decode(), iat=int(time.time()), jti="")
+    claims = msgspec.structs.replace(claims, iss=keypair.public_key.decode(), jti="")
     claims = msgspec.structs.replace(claims, jti=_jti(claims))
     payload = _Jwt(**msgspec.structs.asdict(claims), nats=nats)
     signing_input = f"{_b64(msgspec.json.encode(_HEADER))}.{_b64(msgspec.json.encode(payload))}"
@@ -292,8 +291,18 @@ def user_jwt(
     if not is_user_key(user_nkey):
         raise ValueError(f"user_nkey {user_nkey!r} is not a public user nkey: pass the request's user_nkey")
     now = int(time.time())
-    claims = _Claims(sub=user_nkey, aud=account, name=name, exp=now + expires_in_s if expires_in_s > 0 else 0)
-    nats = _UserNats(pub=permissions.pub, sub=permissions.sub, resp=permissions.resp)
+    expires = now + expires_in_s if expires_in_s > 0 else 0
+    claims = _Claims(sub=user_nkey, aud=account, name=name, iat=now, exp=expires)
+    nats = _UserNats(
+        pub=permissions.pub,
+        sub=permissions.sub,
+        resp=permissions.resp,
+        subs=NO_LIMIT,
+        data=NO_LIMIT,
+        payload=NO_LIMIT,
+        type=USER_TYPE,
+        version=JWT_VERSION,
+    )
     return _sign(issuer_seed, claims, nats)
 
 
@@ -310,12 +319,11 @@ def response_jwt(
     The server checks `sub` == the request's `user_nkey` and `aud` == its own id (`server_id.id` of the request),
     so pass both straight from the decoded request. The error text ends up in the server log, not at the client.
     """
-    if (user_jwt is None) == (error is None):
-        raise ValueError("pass exactly one of user_jwt (admit the client) and error (refuse it)")
-    if error == "":
-        raise ValueError("error must not be empty: nats-server needs a reason to refuse the client")
-    claims = _Claims(sub=user_nkey, aud=server_id)
-    return _sign(issuer_seed, claims, _ResponseNats(jwt=user_jwt or "", error=error or ""))
+    if bool(user_jwt) == bool(error):
+        raise ValueError("pass exactly one of user_jwt (admit the client) and a non-empty error (refuse it)")
+    claims = _Claims(sub=user_nkey, aud=server_id, iat=int(time.time()))
+    nats = _ResponseNats(jwt=user_jwt or "", error=error or "", type=RESPONSE_TYPE, version=JWT_VERSION)
+    return _sign(issuer_seed, claims, nats)
 
 
 # --- decoding --------------------------------------------------------------------------------------------------

@@ -1,0 +1,164 @@
+"""The NATS auth callout: nats-server asks registration who a connecting agent is and what it may do.
+
+Every connection that is not a static user (the services, `admin`) is sent by the server to
+`$SYS.REQ.USER.AUTH`. We answer with a user JWT signed by the callout account key, carrying the
+permissions of `flotilla_contracts.permissions`:
+
+- `c.<cluster>[.<node>]` with the cluster's credential: an Approved cluster gets its own subjects only;
+  a Pending or Rejected one may only re-join (to learn its state); a deregistered, unknown or forged
+  credential, or one for another cluster, is refused;
+- `join.<nonce>` with a join token: the join command only; an unknown, revoked or expired token is
+  refused (an exhausted one is let through: a repeated join with the same request id is answered with
+  the credential it already got, and the join handler decides).
+
+A grant expires after `ttl_s`; the client then reconnects and is asked about again, so a deregistered
+cluster is off the bus within that time even on a connection it opened before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from flotilla_contracts import permissions
+from flotilla_contracts.errors import ErrorCode
+from flotilla_contracts.permissions import FLEET_ACCOUNT, Grant
+from flotilla_contracts.v1.registration import ClusterState
+from flotilla_registration import domain, joins, natsjwt
+from flotilla_registration import store as repo
+from flotilla_runtime.errors import RequestError
+from flotilla_runtime.store import Store, SyncTx
+
+log = logging.getLogger("flotilla.registration.callout")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A grant for `user`, or the reason it is refused (shown in the server's log and to the client)."""
+
+    user: str
+    grant: Grant | None
+    reason: str = ""
+    cluster_id: str = ""
+
+
+def decide(tx: SyncTx, user: str, password: str, key: bytes, now: datetime) -> Verdict:
+    """Who `user` is and what it may do, from registration's own state."""
+    parsed = permissions.parse_agent_user(user)
+    if parsed is None:
+        return Verdict(user, None, f"unknown user {user!r}: an agent connects as c.<cluster> with its "
+                       "credential, or as join.<nonce> with a join token")  # fmt: skip
+    kind, ident, node = parsed
+    try:
+        if kind == "join":
+            return _join(tx, user, ident, password, now)
+        return _cluster(tx, user, ident, node, password, key)
+    except RequestError as exc:
+        return Verdict(user, None, exc.message, ident if kind == "cluster" else "")
+
+
+def _join(tx: SyncTx, user: str, nonce: str, token: str, now: datetime) -> Verdict:
+    token_id, secret = domain.split_token(token)
+    found = repo.get_token(tx, token_id)
+    try:
+        domain.check_token(found[0] if found else None, found[1] if found else "", secret, now)
+    except RequestError as exc:
+        if exc.code is not ErrorCode.TOKEN_EXHAUSTED:
+            raise
+    return Verdict(user, permissions.join_grant(nonce))
+
+
+def _cluster(tx: SyncTx, user: str, cluster_id: str, node: str, credential: str, key: bytes) -> Verdict:
+    cluster = joins.authenticate(tx, credential, key)
+    if cluster.cluster_id != cluster_id:
+        return Verdict(user, None, f"this credential is for cluster {cluster.cluster_id}, not {cluster_id}", cluster_id)
+    if cluster.state is not ClusterState.APPROVED:
+        return Verdict(user, permissions.pending_grant(cluster_id), cluster_id=cluster_id)
+    nodes = tuple(repo.nodes_of(tx, cluster_id)) + ((node,) if node else ())
+    return Verdict(user, permissions.cluster_grant(cluster_id, nodes), cluster_id=cluster_id)
+
+
+def user_permissions(grant: Grant, ttl_s: int) -> natsjwt.UserPermissions:
+    responses = natsjwt.ResponsePermission(max=1000, ttl=ttl_s * 1_000_000_000) if grant.responses else None
+    return natsjwt.UserPermissions(
+        pub=natsjwt.Permission(allow=list(grant.publish)),
+        sub=natsjwt.Permission(allow=list(grant.subscribe)),
+        resp=responses,
+    )
+
+
+@dataclass
+class CalloutStats:
+    granted: int = 0
+    refused: int = 0
+    malformed: int = 0
+
+
+class AuthCallout:
+    """Answers the server's authorization requests; one subscription in the `registration` queue group."""
+
+    def __init__(
+        self,
+        store: Store,
+        credential_key: bytes,
+        issuer_seed: str,
+        *,
+        ttl_s: int = 600,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store, self.key, self.seed, self.ttl_s, self.clock = store, credential_key, issuer_seed, ttl_s, clock
+        self.issuer = natsjwt.public_key(issuer_seed)
+        self.stats = CalloutStats()
+
+    async def serve(self, nc: Client) -> Any:
+        return await nc.subscribe(permissions.AUTH_CALLOUT_SUBJECT, queue="registration", cb=self.on_request)
+
+    async def on_request(self, msg: Msg) -> None:
+        try:
+            request = natsjwt.decode_request(msg.data)
+        except natsjwt.CalloutError as exc:
+            self.stats.malformed += 1
+            log.error("ignoring a malformed authorization request: %s", exc)
+            return  # the server times the connection out: nothing to answer to
+        opts = request.connect_opts
+        now = self.clock()
+        verdict = await self.store.run(lambda tx: decide(tx, opts.user, opts.password, self.key, now))
+        await msg.respond(self.answer(request, verdict).encode())
+
+    def answer(self, request: natsjwt.AuthRequest, verdict: Verdict) -> str:
+        extra = {"user": verdict.user, "cluster": verdict.cluster_id, "client": request.client_info.host}
+        if verdict.grant is None:
+            self.stats.refused += 1
+            log.warning("refused a bus connection: %s", verdict.reason, extra=extra)
+            return natsjwt.response_jwt(
+                self.seed, user_nkey=request.user_nkey, server_id=request.server_id.id, error=verdict.reason
+            )
+        self.stats.granted += 1
+        log.debug("granted a bus connection", extra=extra)
+        user = natsjwt.user_jwt(
+            self.seed,
+            user_nkey=request.user_nkey,
+            account=FLEET_ACCOUNT,
+            name=verdict.user,
+            permissions=user_permissions(verdict.grant, self.ttl_s),
+            expires_in_s=self.ttl_s,
+        )
+        return natsjwt.response_jwt(
+            self.seed, user_nkey=request.user_nkey, server_id=request.server_id.id, user_jwt=user
+        )
+
+
+async def run(callout: AuthCallout, nc: Client) -> None:
+    """Serve until cancelled (the subscription survives reconnects: nats-py re-subscribes)."""
+    sub = await callout.serve(nc)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await sub.unsubscribe()
