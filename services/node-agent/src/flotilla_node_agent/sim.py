@@ -125,8 +125,12 @@ async def drain_outbox(store: Store, timeout_s: float = 5.0) -> None:
 async def keep_interval_fresh(interval: Interval, nc: Client | None, handles: list[ClusterHandle]) -> None:
     """Ask the heartbeat service for its interval, over the shared connection or the first cluster's."""
     if nc is None:
-        while not any(h.nc is not None for h in handles):
-            await asyncio.sleep(0.5)
+        waits = [asyncio.ensure_future(h.approved.wait()) for h in handles]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
         nc = next(h.nc for h in handles if h.nc is not None)
     assert nc is not None
     await interval.keep_fresh(nc)
