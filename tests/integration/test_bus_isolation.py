@@ -1,0 +1,327 @@
+"""Least-privilege bus: what a cluster's credential lets it do on `flotilla up`'s nats-server, and what not.
+
+Cluster agents authenticate through the registration service's auth callout with their per-cluster
+credential. Cluster A tries B's heartbeat subject, B's agent commands and consumers, the JetStream API,
+other inboxes, every command subject that is not an agent's, and forged events: every attempt must be
+denied by the server, while A's own traffic (the control group) goes through. A deregistered cluster's
+credential is refused on its next connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+import nats.errors
+import pytest
+from nats.aio.client import Client
+
+from flotilla_client import runfile
+from flotilla_client.client import FlotillaClient
+from flotilla_client.natsserver import free_port
+from flotilla_contracts import catalogue, permissions, subjects
+from flotilla_contracts.catalogue import Kind
+from flotilla_contracts.envelope import H_SCHEMA, schema_id
+from flotilla_contracts.streams import FLEET_AGENT, agent_consumer
+from flotilla_contracts.subjects import Service
+from flotilla_contracts.v1.registration import (
+    ApproveClusterRequest,
+    ClusterIdentity,
+    ClusterReply,
+    CreateTokenReply,
+    CreateTokenRequest,
+    DeregisterClusterRequest,
+    JoinReply,
+    JoinRequest,
+    ReportNodesRequest,
+)
+from flotilla_runtime import codec
+from flotilla_runtime.bus import connect_options, with_user
+
+pytestmark = pytest.mark.integration
+FLOTILLA = str(Path(sys.executable).parent / "flotilla")
+NODE = "n1"
+DENIED = {"count": 0}  # attempts denied across the module, printed for the report
+
+
+@dataclass
+class Agent:
+    """A raw connection as one identity, with the server's asynchronous errors collected."""
+
+    nc: Client
+    errors: list[str] = field(default_factory=list)
+
+    async def denied(self, what: str, within_s: float = 3.0) -> bool:
+        """True once the server reported a permissions violation naming `what`."""
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            if any("permissions violation" in e.lower() and what.lower() in e.lower() for e in self.errors):
+                DENIED["count"] += 1
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+
+async def connect(url: str, user: str, password: str) -> Agent:
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    target = with_user(url, user, password)
+    nc = await nats.connect(
+        target, error_cb=on_error, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=10,
+        **connect_options(target),
+    )  # fmt: skip
+    return Agent(nc, errors)
+
+
+@dataclass
+class Fleet:
+    state: Path
+    admin_url: str
+    plain_url: str
+    clusters: dict[str, str] = field(default_factory=dict)  # cluster name -> credential
+    ids: dict[str, str] = field(default_factory=dict)  # cluster name -> cluster id
+
+
+async def join(fleet: Fleet, token: str, name: str) -> JoinReply:
+    """Join as a new agent would: connect as `join.<nonce>` with the token, send the join command."""
+    agent = await connect(fleet.plain_url, permissions.join_user(uuid.uuid4().hex), token)
+    try:
+        request = JoinRequest(
+            request_id=f"join-{name}",
+            token=token,
+            identity=ClusterIdentity(uid=f"uid-{name}", name=name, kubernetes_version="v1.29.6"),
+        )
+        raw = await agent.nc.request(
+            catalogue.subject_for(JoinRequest), codec.encode(request), timeout=10,
+            headers={H_SCHEMA: schema_id(JoinRequest)},
+        )  # fmt: skip
+        reply = codec.decode_reply(raw.data, JoinReply)
+        assert reply.ok and reply.data is not None, reply.error
+        return reply.data
+    finally:
+        await agent.nc.close()
+
+
+@pytest.fixture(scope="module")
+def fleet_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]:
+    state = tmp_path_factory.mktemp("isolation") / ".flotilla"
+    port = free_port()
+    up = subprocess.run(
+        [FLOTILLA, "--state-dir", str(state), "up", "--port", str(port), "--monitor-port", "0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    try:
+        yield state, port
+    finally:
+        subprocess.run([FLOTILLA, "--state-dir", str(state), "down"], capture_output=True, timeout=60)
+        print(f"\nbus isolation: {DENIED['count']} attempts denied by the server")  # noqa: T201 - report figure
+
+
+@pytest.fixture(scope="module")
+def fleet(fleet_dir: tuple[Path, int]) -> Fleet:
+    state, port = fleet_dir
+    admin_url = runfile.server_url(state)
+    assert admin_url and "admin:" in admin_url, "flotilla up must record the admin URL with its credentials"
+    fleet = Fleet(state, admin_url, f"nats://127.0.0.1:{port}")
+    asyncio.run(enrol(fleet))
+    return fleet
+
+
+async def enrol(fleet: Fleet) -> None:
+    """Clusters A, B and `gone` joined and approved, one left pending; their credentials kept."""
+    async with FlotillaClient(fleet.admin_url) as admin:
+        token = await admin.request(
+            Service.REGISTRATION, "tokens.create", CreateTokenRequest(max_uses=10), CreateTokenReply
+        )
+        for name in ("iso-a", "iso-b", "iso-gone"):
+            joined = await join(fleet, token.token, name)
+            assert joined.credential
+            await admin.request(
+                Service.REGISTRATION, "clusters.approve", ApproveClusterRequest(cluster_id=joined.cluster_id),
+                ClusterReply,
+            )  # fmt: skip
+            fleet.clusters[name], fleet.ids[name] = joined.credential, joined.cluster_id
+        pending = await join(fleet, token.token, "iso-pending")
+        assert pending.credential
+        fleet.clusters["iso-pending"], fleet.ids["iso-pending"] = pending.credential, pending.cluster_id
+        fleet.clusters["token"] = token.token
+
+
+async def test_a_cluster_reaches_its_own_subjects(fleet: Fleet) -> None:
+    """The control group: without it every denial below could be a broken connection."""
+    a = await connect(fleet.plain_url, permissions.cluster_user(fleet.ids["iso-a"], NODE), fleet.clusters["iso-a"])
+    admin = await nats.connect(fleet.admin_url, **connect_options(fleet.admin_url))
+    try:
+        seen = await admin.subscribe(f"fleet.v1.hb.{fleet.ids['iso-a']}.>")
+        await admin.flush()
+        await a.nc.publish(subjects.heartbeat(fleet.ids["iso-a"], NODE), b"{}")
+        assert (await seen.next_msg(timeout=5)).subject == subjects.heartbeat(fleet.ids["iso-a"], NODE)
+
+        # Its own node's durable consumer: created, fed a command, acked.
+        js = a.nc.jetstream()
+        sub = await js.pull_subscribe(
+            subjects.agent_commands_for(fleet.ids["iso-a"], NODE), durable=agent_consumer(fleet.ids["iso-a"], NODE), stream=FLEET_AGENT.name
+        )
+        await admin.jetstream().publish(subjects.agent_command(fleet.ids["iso-a"], NODE, "step"), b"{}")
+        [msg] = await sub.fetch(1, timeout=5)
+        await msg.ack()
+
+        # The heartbeat config query (an agent-facing command) is answered.
+        reply = await a.nc.request(subjects.command(Service.HEARTBEAT, "config.get"), b"{}", timeout=5)
+        assert reply.data
+        assert not [e for e in a.errors if "permissions violation" in e.lower()]
+    finally:
+        await a.nc.close()
+        await admin.close()
+
+
+async def test_cluster_a_cannot_reach_cluster_b(fleet: Fleet) -> None:
+    a = await connect(fleet.plain_url, permissions.cluster_user(fleet.ids["iso-a"], NODE), fleet.clusters["iso-a"])
+    admin = await nats.connect(fleet.admin_url, **connect_options(fleet.admin_url))
+    try:
+        spy = await admin.subscribe(f"fleet.v1.hb.{fleet.ids['iso-b']}.>")
+        await admin.flush()
+        b_heartbeat = subjects.heartbeat(fleet.ids["iso-b"], NODE)
+        await a.nc.publish(b_heartbeat, b"{}")
+        assert await a.denied(b_heartbeat), "A published B's heartbeat"
+        with pytest.raises(nats.errors.TimeoutError):
+            await spy.next_msg(timeout=0.5)
+
+        # B's agent commands: neither the subjects nor B's durable consumer.
+        for subject in (subjects.agent_commands_for(fleet.ids["iso-b"], NODE), "fleet.v1.agent.>", f"fleet.v1.agent.{fleet.ids['iso-b']}.>"):
+            await a.nc.subscribe(subject)
+            assert await a.denied(subject), f"A subscribed to {subject}"
+        b_consumer = agent_consumer(fleet.ids["iso-b"], NODE)
+        b_filter = subjects.agent_commands_for(fleet.ids["iso-b"], NODE)
+        a_consumer = agent_consumer(fleet.ids["iso-a"], NODE)
+        js_api = [
+            f"$JS.API.CONSUMER.MSG.NEXT.{FLEET_AGENT.name}.{b_consumer}",
+            f"$JS.API.CONSUMER.INFO.{FLEET_AGENT.name}.{b_consumer}",
+            f"$JS.API.CONSUMER.CREATE.{FLEET_AGENT.name}.{b_consumer}.{b_filter}",
+            # A's own consumer name filtered on B's subjects, in both create forms.
+            f"$JS.API.CONSUMER.CREATE.{FLEET_AGENT.name}.{a_consumer}.{b_filter}",
+            f"$JS.API.CONSUMER.DURABLE.CREATE.{FLEET_AGENT.name}.{a_consumer}",
+            f"$JS.API.CONSUMER.CREATE.{FLEET_AGENT.name}",
+            f"$JS.API.CONSUMER.DELETE.{FLEET_AGENT.name}.{b_consumer}",
+            "$JS.API.INFO",
+            "$JS.API.STREAM.LIST",
+            "$JS.API.STREAM.NAMES",
+            "$JS.API.STREAM.INFO.FLEET_EVENTS",
+            "$JS.API.STREAM.DELETE.FLEET_EVENTS",
+            "$JS.API.STREAM.PURGE.FLEET_AGENT",
+            "$JS.API.STREAM.UPDATE.FLEET_EVENTS",
+            "$JS.API.STREAM.MSG.GET.FLEET_EVENTS",
+            "$JS.API.STREAM.MSG.DELETE.FLEET_EVENTS",
+            f"$JS.API.DIRECT.GET.FLEET_EVENTS.fleet.v1.evt.host-keys.{fleet.ids['iso-b']}.set",
+            "$JS.API.CONSUMER.MSG.NEXT.FLEET_EVENTS.registration-inventory",
+            f"$JS.ACK.{FLEET_AGENT.name}.{b_consumer}.1.1.1.1.0",
+        ]
+        for subject in js_api:
+            await a.nc.publish(subject, b"{}", reply=a.nc.new_inbox())
+            assert await a.denied(subject), f"A used {subject}"
+
+        # Other inboxes: B's, a service's, the admin's, and all of them.
+        for inbox in (f"_INBOX.c.{fleet.ids['iso-b']}.>", "_INBOX.registration.>", "_INBOX.admin.>", "_INBOX.>", ">"):
+            await a.nc.subscribe(inbox)
+            assert await a.denied(inbox), f"A subscribed to {inbox}"
+    finally:
+        await a.nc.close()
+        await admin.close()
+
+
+async def test_cluster_a_can_send_no_command_but_the_agent_ones(fleet: Fleet) -> None:
+    a = await connect(fleet.plain_url, permissions.cluster_user(fleet.ids["iso-a"]), fleet.clusters["iso-a"])
+    try:
+        tried = 0
+        for op in catalogue.OPERATIONS:
+            if op.kind is not Kind.COMMAND:
+                continue
+            subject = op.filter.replace("*", Service.REGISTRATION.value)
+            if subject in permissions.AGENT_COMMANDS:
+                continue
+            await a.nc.publish(subject, b"{}", reply=a.nc.new_inbox())
+            assert await a.denied(subject), f"A sent the command {subject}"
+            tried += 1
+        assert tried >= 30  # every command of every service but the three agent-facing ones
+        # Forged agent commands and other services' events.
+        forged = [
+            subjects.agent_command(fleet.ids["iso-b"], NODE, "step"),
+            subjects.agent_command(fleet.ids["iso-a"], NODE, "step"),
+            f"fleet.v1.evt.node-step.{fleet.ids['iso-b']}.n1.reported",
+            f"fleet.v1.evt.cluster.{fleet.ids['iso-a']}.approved",
+            "fleet.v1.evt.rollout.r1.started",
+            f"fleet.v1.evt.node-health.{fleet.ids['iso-a']}.n1.changed",
+        ]
+        for subject in forged:
+            await a.nc.publish(subject, b"{}")
+            assert await a.denied(subject), f"A published {subject}"
+        # The agent-facing inventory command checks the credential against the cluster it names.
+        report = ReportNodesRequest(
+            cluster_id=fleet.ids["iso-b"], credential=fleet.clusters["iso-a"], nodes=[], reported_at=datetime.now(UTC)
+        )
+        raw = await a.nc.request(
+            catalogue.subject_for(ReportNodesRequest), codec.encode(report), timeout=5,
+            headers={H_SCHEMA: schema_id(ReportNodesRequest)},
+        )  # fmt: skip
+        decoded = codec.decode_reply(raw.data, ClusterReply)
+        assert not decoded.ok and decoded.error is not None and decoded.error.code == "forbidden"
+    finally:
+        await a.nc.close()
+
+
+async def test_wrong_or_missing_credentials_are_refused_at_connect(fleet: Fleet) -> None:
+    attempts = [
+        (permissions.cluster_user(fleet.ids["iso-b"]), fleet.clusters["iso-a"]),  # A's credential for B
+        (permissions.cluster_user(fleet.ids["iso-a"]), fleet.clusters["iso-a"][:-4] + "beef"),  # forged
+        ("", ""),
+        ("admin", "not-the-password"),
+        ("registration", fleet.clusters["iso-a"]),
+        (permissions.join_user("x"), "abcdef.0123456789abcdef"),  # unknown join token
+    ]
+    for user, password in attempts:
+        with pytest.raises((nats.errors.Error, OSError, TimeoutError)):
+            agent = await connect(fleet.plain_url, user, password)
+            await agent.nc.close()
+        DENIED["count"] += 1
+
+
+async def test_pending_and_joining_agents_may_only_join(fleet: Fleet) -> None:
+    for user, password in (
+        (permissions.cluster_user(fleet.ids["iso-pending"]), fleet.clusters["iso-pending"]),
+        (permissions.join_user(uuid.uuid4().hex), fleet.clusters["token"]),
+    ):
+        agent = await connect(fleet.plain_url, user, password)
+        try:
+            await agent.nc.publish(subjects.heartbeat(fleet.ids["iso-pending"], NODE), b"{}")
+            assert await agent.denied(subjects.heartbeat(fleet.ids["iso-pending"], NODE))
+            await agent.nc.publish(subjects.command(Service.REGISTRATION, "nodes.report"), b"{}")
+            assert await agent.denied(subjects.command(Service.REGISTRATION, "nodes.report"))
+        finally:
+            await agent.nc.close()
+
+
+async def test_a_deregistered_credential_is_refused_on_its_next_connect(fleet: Fleet) -> None:
+    credential = fleet.clusters["iso-gone"]
+    first = await connect(fleet.plain_url, permissions.cluster_user(fleet.ids["iso-gone"]), credential)
+    await first.nc.close()
+    async with FlotillaClient(fleet.admin_url) as admin:
+        await admin.request(
+            Service.REGISTRATION, "clusters.deregister", DeregisterClusterRequest(cluster_id=fleet.ids["iso-gone"]), ClusterReply
+        )
+    with pytest.raises(nats.errors.Error, match="(?i)authorization"):
+        await connect(fleet.plain_url, permissions.cluster_user(fleet.ids["iso-gone"]), credential)
+    DENIED["count"] += 1
+    log = (fleet.state / "logs" / "registration.log").read_text()
+    assert "deregistered" in log and "refused a bus connection" in log
