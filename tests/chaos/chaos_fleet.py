@@ -70,7 +70,8 @@ class ChaosFleet:
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        """The admin URL `flotilla up` recorded (the bus has authentication on)."""
+        return runfile.server_url(self.state) or f"nats://127.0.0.1:{self.port}"
 
     def up(self) -> None:
         flotilla(self.state, "up", "--port", str(self.port), "--monitor-port", "0")

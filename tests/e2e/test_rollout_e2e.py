@@ -18,6 +18,7 @@ import pytest
 from integration_support import fleet_events
 from rollout_invariants import check, final_states
 
+from flotilla_client import runfile
 from flotilla_client.client import FlotillaClient
 from flotilla_client.natsserver import free_port
 from flotilla_contracts.subjects import Service
@@ -47,7 +48,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]
         fault_args = [arg for fault in FAULTS for arg in ("--fault", fault)]
         flotilla(state, "sim", "--clusters", str(CLUSTERS), "--nodes", str(NODES), "--prefix", "e2e",
                  "--versions", "v1.29.6,v1.30.2", "--step-seconds", "0.05", "--timeout", "90", *fault_args)  # fmt: skip
-        yield state, f"nats://127.0.0.1:{port}"
+        yield state, runfile.server_url(state) or ""  # the admin URL, with its credentials
     finally:
         subprocess.run([FLOTILLA, "--state-dir", str(state), "down"], capture_output=True, timeout=120)
 

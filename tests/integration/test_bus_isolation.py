@@ -10,13 +10,13 @@ credential is refused on its next connect.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import nats
@@ -126,7 +126,7 @@ def fleet_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
         yield state, port
     finally:
         subprocess.run([FLOTILLA, "--state-dir", str(state), "down"], capture_output=True, timeout=60)
-        print(f"\nbus isolation: {DENIED['count']} attempts denied by the server")  # noqa: T201 - report figure
+        print(f"\nbus isolation: {DENIED['count']} attempts denied by the server")
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,8 @@ async def enrol(fleet: Fleet) -> None:
 
 async def test_a_cluster_reaches_its_own_subjects(fleet: Fleet) -> None:
     """The control group: without it every denial below could be a broken connection."""
-    a = await connect(fleet.plain_url, permissions.cluster_user(fleet.ids["iso-a"], NODE), fleet.clusters["iso-a"])
+    a_id = fleet.ids["iso-a"]
+    a = await connect(fleet.plain_url, permissions.cluster_user(a_id, NODE), fleet.clusters["iso-a"])
     admin = await nats.connect(fleet.admin_url, **connect_options(fleet.admin_url))
     try:
         seen = await admin.subscribe(f"fleet.v1.hb.{fleet.ids['iso-a']}.>")
@@ -172,7 +173,9 @@ async def test_a_cluster_reaches_its_own_subjects(fleet: Fleet) -> None:
         # Its own node's durable consumer: created, fed a command, acked.
         js = a.nc.jetstream()
         sub = await js.pull_subscribe(
-            subjects.agent_commands_for(fleet.ids["iso-a"], NODE), durable=agent_consumer(fleet.ids["iso-a"], NODE), stream=FLEET_AGENT.name
+            subjects.agent_commands_for(fleet.ids["iso-a"], NODE),
+            durable=agent_consumer(fleet.ids["iso-a"], NODE),
+            stream=FLEET_AGENT.name,
         )
         await admin.jetstream().publish(subjects.agent_command(fleet.ids["iso-a"], NODE, "step"), b"{}")
         [msg] = await sub.fetch(1, timeout=5)
@@ -191,7 +194,8 @@ async def test_cluster_a_cannot_reach_cluster_b(fleet: Fleet) -> None:
     a = await connect(fleet.plain_url, permissions.cluster_user(fleet.ids["iso-a"], NODE), fleet.clusters["iso-a"])
     admin = await nats.connect(fleet.admin_url, **connect_options(fleet.admin_url))
     try:
-        spy = await admin.subscribe(f"fleet.v1.hb.{fleet.ids['iso-b']}.>")
+        b_id = fleet.ids["iso-b"]
+        spy = await admin.subscribe(f"fleet.v1.hb.{b_id}.>")
         await admin.flush()
         b_heartbeat = subjects.heartbeat(fleet.ids["iso-b"], NODE)
         await a.nc.publish(b_heartbeat, b"{}")
@@ -200,7 +204,11 @@ async def test_cluster_a_cannot_reach_cluster_b(fleet: Fleet) -> None:
             await spy.next_msg(timeout=0.5)
 
         # B's agent commands: neither the subjects nor B's durable consumer.
-        for subject in (subjects.agent_commands_for(fleet.ids["iso-b"], NODE), "fleet.v1.agent.>", f"fleet.v1.agent.{fleet.ids['iso-b']}.>"):
+        for subject in (
+            subjects.agent_commands_for(fleet.ids["iso-b"], NODE),
+            "fleet.v1.agent.>",
+            f"fleet.v1.agent.{fleet.ids['iso-b']}.>",
+        ):
             await a.nc.subscribe(subject)
             assert await a.denied(subject), f"A subscribed to {subject}"
         b_consumer = agent_consumer(fleet.ids["iso-b"], NODE)
@@ -318,9 +326,12 @@ async def test_a_deregistered_credential_is_refused_on_its_next_connect(fleet: F
     await first.nc.close()
     async with FlotillaClient(fleet.admin_url) as admin:
         await admin.request(
-            Service.REGISTRATION, "clusters.deregister", DeregisterClusterRequest(cluster_id=fleet.ids["iso-gone"]), ClusterReply
+            Service.REGISTRATION,
+            "clusters.deregister",
+            DeregisterClusterRequest(cluster_id=fleet.ids["iso-gone"]),
+            ClusterReply,
         )
-    with pytest.raises(nats.errors.Error, match="(?i)authorization"):
+    with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
         await connect(fleet.plain_url, permissions.cluster_user(fleet.ids["iso-gone"]), credential)
     DENIED["count"] += 1
     log = (fleet.state / "logs" / "registration.log").read_text()

@@ -15,6 +15,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 
+from flotilla_client import runfile
 from flotilla_client.natsserver import free_port
 
 pytestmark = pytest.mark.integration
@@ -41,7 +42,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]
     try:
         up = flotilla(state, "up", "--port", str(port), "--monitor-port", "0", timeout=60)
         assert up.returncode == 0, f"flotilla up failed:\n{up.stdout}\n{up.stderr}"
-        yield state, f"nats://127.0.0.1:{port}"
+        yield state, runfile.server_url(state) or ""  # the admin URL, with its credentials
     finally:
         down = flotilla(state, "down", "--timeout", "5")
         assert down.returncode == 0, down.stderr

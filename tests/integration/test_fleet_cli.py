@@ -13,6 +13,7 @@ from typing import Any
 import psutil
 import pytest
 
+from flotilla_client import runfile
 from flotilla_client.natsserver import free_port
 
 pytestmark = pytest.mark.integration
@@ -21,7 +22,12 @@ FLOTILLA = str(Path(sys.executable).parent / "flotilla")
 
 class Fleet:
     def __init__(self, state: Path, url: str) -> None:
-        self.state, self.url = state, url
+        self.state, self.plain_url = state, url
+
+    @property
+    def url(self) -> str:
+        """The admin URL `flotilla up` recorded (the bus has authentication on)."""
+        return runfile.server_url(self.state) or self.plain_url
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -15,6 +15,7 @@ import nats
 import psutil
 import pytest
 
+from flotilla_client import runfile
 from flotilla_client.natsserver import free_port
 from flotilla_contracts.subjects import Service
 
@@ -76,7 +77,8 @@ class Fleet:
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        """The admin URL `flotilla up` recorded (the bus has authentication on)."""
+        return runfile.server_url(self.state) or f"nats://127.0.0.1:{self.port}"
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ import pytest
 from integration_support import fleet_events
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from flotilla_client import runfile
 from flotilla_client.natsserver import free_port
 
 pytestmark = pytest.mark.integration
@@ -82,7 +83,7 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Receiver,
     subprocess.run([FLOTILLA, "--state-dir", str(state), "up", "--port", str(nats_port), "--monitor-port", "0"],
                    check=True, capture_output=True, env=env, timeout=60)  # fmt: skip
     try:
-        yield receiver, state, env, f"nats://127.0.0.1:{nats_port}"
+        yield receiver, state, env, runfile.server_url(state) or ""  # the admin URL, with its credentials
     finally:
         subprocess.run([FLOTILLA, "--state-dir", str(state), "down"], capture_output=True, env=env, timeout=60)
         server.shutdown()

@@ -8,9 +8,12 @@ auth-callout answers with. The nats-server configuration gives each service the 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
+import shutil
+import subprocess
 from pathlib import Path
 
 import msgspec
@@ -19,7 +22,7 @@ import nkeys
 from flotilla_contracts import permissions
 from flotilla_contracts.permissions import ADMIN_USER, FLEET_ACCOUNT, Grant
 from flotilla_contracts.subjects import Service
-from flotilla_runtime.bus import with_user, without_user
+from flotilla_runtime.natsconn import with_user, without_user
 
 __all__ = ["BusAuth", "admin_url", "create", "load", "server_config", "service_url", "with_user", "without_user"]
 
@@ -122,3 +125,60 @@ def server_config(auth: BusAuth) -> str:
             "}",
         ]
     )
+
+
+# --- TLS on the client port (`flotilla up --tls`) ------------------------------------------------------------
+
+
+class TlsError(RuntimeError):
+    """The local certificates could not be made (openssl missing or failing)."""
+
+
+def tls_dir(state_dir: Path) -> Path:
+    return state_dir / "auth" / "tls"
+
+
+def make_tls(state_dir: Path, host: str) -> tuple[Path, Path, Path]:
+    """(CA, server certificate, server key) for `host`, made once with openssl and kept in the state folder."""
+    folder = tls_dir(state_dir)
+    ca, cert, key = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    if ca.exists() and cert.exists() and key.exists():
+        return ca, cert, key
+    if shutil.which("openssl") is None:
+        raise TlsError("--tls needs the openssl command to make a local CA and certificate; install openssl")
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    san = folder / "san.ext"
+    san.write_text(f"subjectAltName=IP:{host},DNS:localhost\n" if _is_ip(host) else f"subjectAltName=DNS:{host}\n")
+    steps = [
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "825",
+         "-subj", "/CN=flotilla local CA"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", f"/CN={host}"],
+        ["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+         "-out", "server.pem", "-days", "825", "-extfile", "san.ext"],
+    ]  # fmt: skip
+    for args in steps:
+        done = subprocess.run(["openssl", *args], cwd=folder, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise TlsError(f"openssl {args[0]} failed: {done.stderr.strip()[-300:]}")
+    for private in ("ca.key", "server.key"):
+        os.chmod(folder / private, 0o600)
+    return ca, cert, key
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def tls_config(cert: Path, key: Path) -> str:
+    """nats-server's TLS block for the client port."""
+    return f"tls {{\n  cert_file: {_q(str(cert))}\n  key_file: {_q(str(key))}\n  timeout: 5\n}}"
+
+
+def tls_ca(state_dir: Path) -> Path | None:
+    """The local CA when `flotilla up --tls` made one for this state folder."""
+    ca = tls_dir(state_dir) / "ca.pem"
+    return ca if ca.exists() else None

@@ -25,7 +25,7 @@ from flotilla_contracts import subjects
 from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, H_SENT_AT, Message, schema_id
 from flotilla_contracts.errors import ErrorCode
 from flotilla_runtime import codec, telemetry
-from flotilla_runtime.bus import connect_options, redact
+from flotilla_runtime.natsconn import connect_options, redact
 
 M = TypeVar("M", bound=Message)
 

@@ -18,6 +18,7 @@ from flotilla_client.errors import LocalFleetError
 from flotilla_client.natsserver import NatsServer, NatsServerError, free_port, port_open
 from flotilla_client.runfile import NatsEntry, RunInfo, ServiceEntry, SimEntry
 from flotilla_contracts.subjects import Service
+from flotilla_runtime.natsconn import CA_ENV
 from flotilla_runtime.settings import env_prefix
 
 Progress = Callable[[str], None]
@@ -73,7 +74,11 @@ def start_sim(state_dir: Path, args: list[str], *, prefix: str, clusters: int, n
     log = log_path(state_dir, f"sim-{prefix}")
     # The admin URL goes in the environment, not on the command line (where `ps` would show its password).
     command = [sys.executable, "-m", SIM_MODULE, "--state-dir", str(sim_dir), "--prefix", prefix, *args]
-    process = procs.spawn(command, log, {**os.environ, SIM_URL_ENV: info.nats.url}, cwd=state_dir)
+    env = {**os.environ, SIM_URL_ENV: info.nats.url}
+    ca = busauth.tls_ca(state_dir)
+    if ca is not None and info.nats.url.startswith("tls://"):
+        env[CA_ENV] = str(ca)
+    process = procs.spawn(command, log, env, cwd=state_dir)
     entry = SimEntry(prefix=prefix, pid=process.pid, clusters=clusters, nodes=nodes, log=str(log),
                      state_dir=str(sim_dir))  # fmt: skip
     info.sims = [s for s in info.sims if s.prefix != prefix] + [entry]
@@ -122,6 +127,7 @@ class UpOptions:
     server: str | None = None  # an existing NATS to use instead of starting one
     timeout_s: float = 30.0
     host: str = "127.0.0.1"
+    tls: bool = False  # TLS on the client port, with a local CA (clients get FLOTILLA_NATS_CA)
 
 
 def _start_nats(opts: UpOptions, progress: Progress) -> tuple[NatsEntry, subprocess.Popen[bytes] | None]:
@@ -140,13 +146,21 @@ def _start_nats(opts: UpOptions, progress: Progress) -> tuple[NatsEntry, subproc
         )
     # Authentication on: a user per service and for the CLI, cluster agents through the callout.
     auth = busauth.load_or_create(opts.state_dir)
+    config = busauth.server_config(auth)
+    if opts.tls:
+        try:
+            ca, cert, key = busauth.make_tls(opts.state_dir, opts.host)
+        except busauth.TlsError as exc:
+            raise LocalFleetError(str(exc)) from None
+        config += "\n" + busauth.tls_config(cert, key)
+        os.environ[CA_ENV] = str(ca)  # for this process's own clients, and inherited by the services
     server = NatsServer(
         state_dir=opts.state_dir / "nats",
         port=opts.port,
         host=opts.host,
         monitor_port=opts.monitor_port,
         log_file=log_path(opts.state_dir, NATS_SERVER),
-        extra_config=busauth.server_config(auth),
+        extra_config=config,
     )
     progress(f"starting nats-server with JetStream in {server.state_dir} on {server.url}")
     try:
@@ -155,8 +169,9 @@ def _start_nats(opts: UpOptions, progress: Progress) -> tuple[NatsEntry, subproc
         raise LocalFleetError(str(exc)) from None
     assert server.process is not None
     monitor = f"http://{opts.host}:{opts.monitor_port}" if opts.monitor_port else ""
+    url = server.url.replace("nats://", "tls://") if opts.tls else server.url
     entry = NatsEntry(
-        url=busauth.admin_url(server.url, auth),
+        url=busauth.admin_url(url, auth),
         pid=server.process.pid,
         port=opts.port,
         monitor_url=monitor,
@@ -181,6 +196,9 @@ def start_service(
     service_dir = state_dir / service.value
     service_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
+    ca = busauth.tls_ca(state_dir)
+    if ca is not None and nats_url.startswith("tls://"):
+        env[CA_ENV] = str(ca)
     env.update(
         {
             "FLOTILLA_NATS_URL": nats_url,

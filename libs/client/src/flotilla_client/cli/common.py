@@ -13,10 +13,11 @@ from typing import IO, Any, TypeVar
 
 import click
 
-from flotilla_client import runfile
+from flotilla_client import busauth, runfile
 from flotilla_client.client import DEFAULT_URL
 from flotilla_contracts.envelope import Message
 from flotilla_contracts.subjects import Service
+from flotilla_runtime.natsconn import CA_ENV
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,7 +51,12 @@ class CliContext:
 
     def server_url(self) -> str:
         """--server / FLOTILLA_NATS_URL, else the URL `flotilla up` recorded in the state folder, else the default."""
-        return self.server_flag or runfile.server_url(self.state_dir) or DEFAULT_URL
+        recorded = runfile.server_url(self.state_dir)
+        url = self.server_flag or recorded or DEFAULT_URL
+        ca = busauth.tls_ca(self.state_dir)
+        if ca is not None and url.startswith("tls://") and CA_ENV not in os.environ:
+            os.environ[CA_ENV] = str(ca)  # the local CA `flotilla up --tls` made
+        return url
 
     def hint(self, command: str) -> str:
         """A command to suggest, with `--state-dir` when the user chose a folder of their own."""

@@ -8,13 +8,14 @@ from typing import Any
 
 import click
 
-from flotilla_client import localfleet, runfile
+from flotilla_client import busauth, localfleet, runfile
 from flotilla_client.cli.common import CliContext, Failure, echo, run, server_option
 from flotilla_client.cli.output import Column, output_option, render, render_json
 from flotilla_client.client import FlotillaClient
 from flotilla_client.discovery import ServiceRecord
 from flotilla_client.durations import format_duration
 from flotilla_client.runfile import RunInfo
+from flotilla_runtime.natsconn import redact
 
 pass_cli = click.make_pass_decorator(CliContext)
 
@@ -29,9 +30,12 @@ pass_cli = click.make_pass_decorator(CliContext)
     help="NATS HTTP monitoring port; 0 disables it.",
 )
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for all five services.")
+@click.option(
+    "--tls", is_flag=True, help="TLS on the NATS client port, with a local CA made in <state>/auth/tls (needs openssl)."
+)
 @server_option
 @pass_cli
-def up(obj: CliContext, port: int, monitor_port: int, timeout: float) -> None:
+def up(obj: CliContext, port: int, monitor_port: int, timeout: float, tls: bool) -> None:
     """Start a local fleet: nats-server and the five services.
 
     nats-server runs with JetStream, then each service as its own detached process; `up` returns
@@ -39,6 +43,10 @@ def up(obj: CliContext, port: int, monitor_port: int, timeout: float) -> None:
 
     Everything lives in the state folder (default .flotilla/ here): NATS data, each service's
     database, logs/<service>.log and run.json. With --server, an existing NATS is used instead.
+
+    The bus has authentication on: each service connects as its own user with only its own subjects,
+    the CLI as `admin` (passwords in <state>/auth/bus.json, mode 0600), and cluster agents with their
+    cluster credential, checked by the registration service (NATS auth callout).
 
     \b
     Examples:
@@ -48,7 +56,12 @@ def up(obj: CliContext, port: int, monitor_port: int, timeout: float) -> None:
     """
     started = time.monotonic()
     options = localfleet.UpOptions(
-        state_dir=obj.state_dir, port=port, monitor_port=monitor_port, server=obj.server_flag, timeout_s=timeout
+        state_dir=obj.state_dir,
+        port=port,
+        monitor_port=monitor_port,
+        server=obj.server_flag,
+        timeout_s=timeout,
+        tls=tls,
     )
     info = localfleet.up(options, echo)
     _print_summary(obj, info, time.monotonic() - started)
@@ -57,7 +70,12 @@ def up(obj: CliContext, port: int, monitor_port: int, timeout: float) -> None:
 def _print_summary(obj: CliContext, info: RunInfo, elapsed: float) -> None:
     state = Path(info.state_dir)
     echo(f"\nFlotilla is up: {len(info.services)} services in {elapsed:.1f}s.")
-    echo(f"  NATS          {info.nats.url}" + (f" (nats-server {info.nats.version})" if info.nats.version else ""))
+    echo(
+        f"  NATS          {redact(info.nats.url)}"
+        + (f" (nats-server {info.nats.version})" if info.nats.version else "")
+    )
+    if busauth.load(state) is not None:
+        echo(f"  credentials   {busauth.auth_path(state)} (users per service; the CLI is admin)")
     if info.nats.monitor_url:
         echo(f"  monitoring    {info.nats.monitor_url}")
     echo(f"  state folder  {state}")
