@@ -9,6 +9,7 @@ import nats.errors
 import nats.js.errors
 from fast_depends.msgspec import MsgSpecSerializer
 from faststream.nats import NatsBroker
+from faststream.nats.security import NatsSecurity
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
@@ -43,6 +44,10 @@ class BusErrors:
 def make_broker(nats_url: str, client_name: str, errors: BusErrors | None = None) -> NatsBroker:
     """A FastStream NATS broker with msgspec serialization and no per-message logging (halves throughput)."""
     bus_errors = errors or BusErrors()
+    options = connect_options(nats_url)
+    tls = options.pop("tls", None)
+    if tls is not None:
+        options["security"] = NatsSecurity(ssl_context=tls)  # FastStream takes TLS as a security object
     return NatsBroker(
         nats_url,
         name=client_name,
@@ -56,7 +61,7 @@ def make_broker(nats_url: str, client_name: str, errors: BusErrors | None = None
         # Handlers take the raw message and decode it themselves (codec.decode, typed errors): no
         # dependency injection, which would otherwise cost a thread-pool hop per message.
         apply_types=False,
-        **connect_options(nats_url),
+        **options,
     )
 
 

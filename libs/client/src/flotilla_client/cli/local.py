@@ -158,9 +158,9 @@ def status(obj: CliContext, output: str, timeout: float) -> None:
     if output == "json":
         echo(render_json(rows))
     if not rows:
-        raise Failure(f"no service answered $SRV.PING on {url}; start the fleet with `{obj.hint('up')}`")
+        raise Failure(f"no service answered $SRV.PING on {redact(url)}; start the fleet with `{obj.hint('up')}`")
     if output == "table":
-        echo(f"{len(rows)} service instance(s) on {url}")
+        echo(f"{len(rows)} service instance(s) on {redact(url)}")
         echo(render(rows, output, STATUS_COLUMNS))
 
 
