@@ -192,7 +192,8 @@ class FlotillaClient:
         except nats.errors.NoRespondersError:
             raise ClientError(
                 ErrorCode.UNAVAILABLE,
-                f"{who} is not running: nobody answers {subject} on {redact(self.url)} (start the fleet with `flotilla up`)",
+                f"{who} is not running: nobody answers {subject} on {redact(self.url)} "
+                "(start the fleet with `flotilla up`)",
                 {"subject": subject},
             ) from None
         except (TimeoutError, nats.errors.TimeoutError):
