@@ -100,13 +100,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 psutil.Process(pid).kill()
 
 
-@pytest.mark.xfail(
-    reason="failing since `up` masks the admin URL and prints the credentials file (issue 9 note); to fix next",
-    strict=False,
-)
 def test_up_says_where_everything_is(fleet: Fleet) -> None:
     out = fleet.up.stdout
-    assert fleet.url in out
+    assert f"nats://admin:***@127.0.0.1:{fleet.port}" in out  # the address, its password masked
+    password = fleet.url.split(":")[2].split("@")[0]
+    assert password not in out
+    assert str(fleet.state / "auth" / "bus.json") in out
     assert str(fleet.state) in out
     assert str(fleet.state / "logs") in out
     for hint in ("status", "events --follow", "logs registration", "down"):

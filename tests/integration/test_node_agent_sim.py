@@ -97,7 +97,7 @@ async def test_a_simulated_fleet_joins_reports_heartbeats_and_obeys(nats_server:
             if settled():
                 break
             await asyncio.sleep(0.05)
-        assert settled(), fleet.counts()
+        assert settled(), (fleet.counts(), len(registration.reports), len(beats))
         assert fleet.counts()["clusters_approved"] == 3
         assert sorted({j.token for j in registration.joins if j.token}) == ["tok-1"]
         assert all(j.credential is not None for j in registration.joins if j.token is None)

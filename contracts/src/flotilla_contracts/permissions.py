@@ -99,7 +99,7 @@ def _jetstream_api(consumes: tuple[str, ...]) -> tuple[str, ...]:
         allowed += [f"{api}.STREAM.{verb}.{spec.name}" for verb in ("INFO", "CREATE", "UPDATE")]
     for stream in consumes:
         allowed += [
-            f"{api}.STREAM.INFO.{stream}",
+            f"{api}.STREAM.INFO.{stream}",  # the KV bucket's stream is provisioned by its user
             f"{api}.STREAM.CREATE.{stream}",
             f"{api}.STREAM.UPDATE.{stream}",
             f"{api}.STREAM.MSG.GET.{stream}",
