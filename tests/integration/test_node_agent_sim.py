@@ -27,6 +27,7 @@ from flotilla_contracts.v1.registration import (
     ReportNodesRequest,
 )
 from flotilla_node_agent.sim import FleetSpec, start_fleet
+from flotilla_runtime.bus import ensure_streams
 
 from .node_agent_support import Watch, send, step_command
 
@@ -63,9 +64,6 @@ class Registration:
         await nc.subscribe(catalogue.subject_for(ReportNodesRequest), cb=report)
 
 
-@pytest.mark.xfail(
-    reason="failing since the sim's clusters connect as themselves (issue 9 note); to fix next", strict=False
-)
 async def test_a_simulated_fleet_joins_reports_heartbeats_and_obeys(nats_server: NatsServer, tmp_path: Path) -> None:
     nc = await nats.connect(nats_server.url)
     registration = Registration()
@@ -108,6 +106,9 @@ async def test_a_simulated_fleet_joins_reports_heartbeats_and_obeys(nats_server:
         versions = {beat.cluster_id: beat.kubelet_version for _, beat in beats}
         assert sorted(versions.values()) == ["v1.29.6", "v1.29.6", "v1.30.2"]
 
+        # The services provision the streams, and they may come up after the agents: the agents heartbeat
+        # meanwhile and create their command consumers once the streams are there.
+        await ensure_streams(nc.jetstream())
         cluster_id = registration.ids[registration.joins[0].identity.uid]
         node = f"{registration.joins[0].identity.name}-n01"
         await send(nc, step_command(StepKind.CORDON, cluster=cluster_id, node=node))

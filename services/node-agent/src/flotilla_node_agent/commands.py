@@ -108,6 +108,7 @@ class CommandConsumer:
                 nats.errors.TimeoutError,
                 nats.js.errors.ServiceUnavailableError,
                 nats.errors.NoRespondersError,
+                nats.js.errors.NotFoundError,  # FLEET_AGENT not provisioned yet: the services create it
             ) as exc:
                 self.log.warning("cannot create consumer %s yet (%s); retrying", self.durable, type(exc).__name__)
                 await asyncio.sleep(delay)
