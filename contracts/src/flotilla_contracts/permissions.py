@@ -195,6 +195,9 @@ def cluster_grant(cluster_id: str, nodes: tuple[str, ...]) -> Grant:
         f"{inbox_prefix(cluster_user(cluster_id))}.>",
         f"{subjects.EVT_PREFIX}.{Entity.HOST_KEYS.value}.{own}.>",
         "$SRV.>",
+        # A node-agent process logged in as its cluster serves the node-agent `info` command like any
+        # service (queue group); the answer describes that process only.
+        subjects.command(Service.NODE_AGENT, "info"),
     ]
     return Grant(publish=tuple(publish), subscribe=tuple(subscribe))
 

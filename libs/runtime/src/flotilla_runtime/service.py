@@ -55,6 +55,20 @@ class ServiceSpec(Generic[S]):
     settings_type: type[S]
     setup: Callable[[ServiceApp[S]], Awaitable[None]]
     migrations_package: str | None = None  # a package with a `migrations/` folder of NNNN_name.sql
+    # Who the service is on the bus when that is not settled by its URL (the node-agent connecting as its
+    # cluster): awaited after `setup`, with the health endpoint up, until it returns; see `BusLogin`.
+    login: Callable[[ServiceApp[S]], Awaitable[BusLogin]] | None = None
+
+
+@dataclass(frozen=True)
+class BusLogin:
+    """The URL (with user and password) a service connects with, and whether it provisions the streams
+    (an agent connected as its cluster may not: the services do)."""
+
+    url: str
+    provision_streams: bool = True
+    cluster_id: str = ""
+    credential: str = ""
 
 
 class ServiceApp(Generic[S]):
@@ -73,6 +87,7 @@ class ServiceApp(Generic[S]):
         self._task_factories: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._js: JetStreamContext | None = None
+        self.login: BusLogin | None = None  # set when the spec's `login` decided the identity
         self.consumers: list[EventConsumer] = []
         # Prometheus metrics served at /metrics; a service adds its own in `setup` (see flotilla_runtime.metrics).
         self.metrics = Registry()
@@ -165,11 +180,17 @@ async def run(spec: ServiceSpec[S], settings: S, stop: asyncio.Event | None = No
         await spec.setup(app)
         instrument_commands(app.router, app.metrics)
         instrument_consumers(app.consumers, app.metrics)
+        if spec.login is not None:
+            app.login = await _login(app, spec.login, stop)
+            if app.login is None:
+                return
+            broker = app.broker = make_broker(app.login.url, f"flotilla-{name}-{settings.instance_id}", errors)
         app.router.install(broker)
         if not await _connect(app, stop):
             return
         app._js = broker.connection.jetstream()
-        await ensure_streams(app.js, replicas=settings.stream_replicas)
+        if app.login is None or app.login.provision_streams:
+            await ensure_streams(app.js, replicas=settings.stream_replicas)
         await broker.start()
         relay = OutboxRelay(store, app.js, batch=settings.outbox_batch)
         relay.start()
@@ -204,6 +225,24 @@ async def run(spec: ServiceSpec[S], settings: S, stop: asyncio.Event | None = No
         await _shutdown(app, discovery, relay, health)
 
 
+async def _login(
+    app: ServiceApp[S], login: Callable[[ServiceApp[S]], Awaitable[BusLogin]], stop: asyncio.Event
+) -> BusLogin | None:
+    """The service's bus identity, or None when told to stop first (a join may wait for approval)."""
+    task = asyncio.ensure_future(login(app))
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+    return task.result()
+
+
 async def _connect(app: ServiceApp[Any], stop: asyncio.Event) -> bool:
     """Connect, retrying with back-off until the server answers or we are told to stop."""
     delay = 0.5
@@ -214,7 +253,7 @@ async def _connect(app: ServiceApp[Any], stop: asyncio.Event) -> bool:
         except (OSError, nats.errors.Error, TimeoutError) as exc:
             app.log.warning(
                 "cannot reach NATS at %s (%s); retrying in %.1fs",
-                redact(app.settings.nats_url),
+                redact(app.login.url if app.login else app.settings.nats_url),
                 exc or type(exc).__name__,
                 delay,
             )

@@ -11,7 +11,7 @@ from flotilla_contracts.v1.common import NodeRole
 from flotilla_node_agent import __version__
 from flotilla_node_agent.wiring import build_and_run
 from flotilla_runtime.errors import SettingsError
-from flotilla_runtime.service import ServiceApp, ServiceSpec
+from flotilla_runtime.service import BusLogin, ServiceApp, ServiceSpec
 from flotilla_runtime.settings import ServiceSettings
 
 
@@ -28,6 +28,10 @@ class Settings(ServiceSettings, kw_only=True, frozen=True):
     cluster_id: str = ""  # known cluster id (skips joining); else the cluster agent joins and shares it
     cluster_name: str = ""  # the name the cluster joins with
     join_token: str = ""
+    # "" : connect with FLOTILLA_NATS_URL as it is (the `node-agent` service user, or an open bus).
+    # "cluster": connect as the cluster, `c.<cluster>.<node>`, with the credential the join returned
+    # (flotilla_node_agent.bus_login); FLOTILLA_NATS_URL then names the server only.
+    bus_login: str = ""
     kubeconfig: str = ""  # empty: in-cluster configuration
     namespace: str = "flotilla-system"  # where the Lease and the cluster ConfigMap live
     heartbeat_interval_s: float = 10.0  # until the heartbeat service announces its own
@@ -57,6 +61,12 @@ def validate(settings: Settings) -> None:
         raise SettingsError(f"{prefix}PACKAGE_MANAGER must be apt, dnf or yum")
     if settings.node_name and not settings.cluster_id and not settings.join_token and settings.driver == "sim":
         raise SettingsError(f"{prefix}CLUSTER_ID or {prefix}JOIN_TOKEN is required with the sim driver")
+    if settings.bus_login not in ("", "cluster"):
+        raise SettingsError(f"{prefix}BUS_LOGIN must be empty or cluster, not {settings.bus_login!r}")
+    if settings.bus_login and not settings.node_name:
+        raise SettingsError(f"{prefix}BUS_LOGIN=cluster needs {prefix}NODE_NAME (the user is c.<cluster>.<node>)")
+    if settings.bus_login and settings.cluster_id:
+        raise SettingsError(f"{prefix}BUS_LOGIN=cluster learns the cluster id from the join; unset {prefix}CLUSTER_ID")
     if settings.sim_role not in (r.value for r in NodeRole):
         raise SettingsError(f"{prefix}SIM_ROLE must be worker or control-plane")
     try:
@@ -92,6 +102,16 @@ async def setup(app: ServiceApp[Settings]) -> None:
     app.background(agent)
 
 
+async def login(app: ServiceApp[Settings]) -> BusLogin:
+    """Who the agent is on the bus: as configured, or its cluster (`BUS_LOGIN=cluster`, after joining)."""
+    validate(app.settings)
+    if app.settings.bus_login != "cluster":
+        return BusLogin(url=app.settings.nats_url)
+    from flotilla_node_agent.bus_login import login as cluster_login
+
+    return await cluster_login(app)
+
+
 SPEC = ServiceSpec(
     service=Service.NODE_AGENT,
     version=__version__,
@@ -99,4 +119,5 @@ SPEC = ServiceSpec(
     settings_type=Settings,
     setup=setup,
     migrations_package="flotilla_node_agent",
+    login=login,
 )

@@ -31,7 +31,8 @@ async def run_kubernetes_roles(
     async def follow() -> None:
         """Every agent: learn the cluster id the cluster agent published."""
         while not handle.approved.is_set():
-            cluster_id = settings.cluster_id or await election.read_cluster_id()
+            login = app.login.cluster_id if app.login else ""
+            cluster_id = settings.cluster_id or login or await election.read_cluster_id()
             if cluster_id:
                 handle.approve(cluster_id)
                 return
@@ -59,6 +60,8 @@ async def run_kubernetes_roles(
             agent = ClusterAgent(
                 ctx.nc, ctx.store, ctx.journal, identity, settings.join_token, nodes, ClusterHandle(), app.log
             )
+            if app.login is not None and app.login.credential:
+                agent.credential = app.login.credential  # connected as the cluster: re-join with it
             # The elected cluster agent applies placed workloads with server-side apply.
             agent.workloads = ManifestApplier(
                 ctx.js, ctx.store, KubernetesApplyBackend(api), app.log, instance_id=settings.instance_id

@@ -38,12 +38,13 @@ from flotilla_node_agent import __version__
 from flotilla_node_agent.agent import AgentContext, NodeAgent
 from flotilla_node_agent.applier import ManifestApplier
 from flotilla_node_agent.apply_backends import SimApplyBackend
+from flotilla_node_agent.bus_login import connect_as
 from flotilla_node_agent.cluster_agent import ClusterAgent, ClusterHandle
 from flotilla_node_agent.drivers.sim import FAULTS, NAMED_FAULTS, SimDriver, SimNodeSpec
 from flotilla_node_agent.heartbeats import Interval
 from flotilla_node_agent.journal import Journal
 from flotilla_runtime import telemetry
-from flotilla_runtime.bus import connect_options, ensure_streams, with_user
+from flotilla_runtime.bus import connect_options, ensure_streams
 from flotilla_runtime.logs import get_logger, setup_logging
 from flotilla_runtime.migrations import load_migrations
 from flotilla_runtime.outbox import OutboxRelay
@@ -172,19 +173,6 @@ class ClusterRoutes:
     ) -> asyncio.Future[Any]:
         js = self._connection(subject).jetstream()
         return await js.publish_async(subject, payload, wait_stall, stream, headers)
-
-
-async def connect_as(url: str, user: str, password: str, name: str) -> Client:
-    """A connection to the sim's NATS as `user` (a cluster, or a joining agent); reconnects forever."""
-    target = with_user(url, user, password)
-    return await nats.connect(
-        target,
-        name=name,
-        max_reconnect_attempts=-1,
-        connect_timeout=10,  # the bus asks registration (auth callout) before it answers
-        pending_size=64 * 1024 * 1024,
-        **connect_options(target),
-    )
 
 
 async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flotilla_contracts.v1.common import NodeRole
-from flotilla_contracts.v1.registration import ClusterIdentity
 from flotilla_node_agent.agent import AgentContext, NodeAgent
 from flotilla_node_agent.applier import ManifestApplier
 from flotilla_node_agent.apply_backends import SimApplyBackend
+from flotilla_node_agent.bus_login import sim_identity
 from flotilla_node_agent.cluster_agent import ClusterAgent, ClusterHandle
 from flotilla_node_agent.drivers.base import NodeDriver
 from flotilla_node_agent.drivers.sim import SimDriver, SimNodeSpec
@@ -73,16 +72,12 @@ async def build_and_run(app: ServiceApp[Settings]) -> None:
     if settings.driver == "sim":
         driver = sim_driver(settings, executor)
         if not settings.cluster_id:
-            identity = ClusterIdentity(
-                uid=hashlib.sha256(settings.node_name.encode()).hexdigest()[:32],
-                name=settings.cluster_name or settings.node_name.split(".")[0][:63],
-                kubernetes_version=settings.sim_version,
-                provider="sim",
-            )
+            identity = sim_identity(settings)
 
             async def own_node() -> list[Any]:
                 return [await driver.facts()]
 
+            # Logged in as the cluster (BUS_LOGIN=cluster), it re-joins with the credential over that connection.
             cluster = ClusterAgent(nc, app.store, ctx.journal, identity, settings.join_token, own_node, handle, app.log)
             cluster.workloads = ManifestApplier(
                 app.js, app.store, SimApplyBackend(), app.log, instance_id=settings.instance_id

@@ -3,11 +3,14 @@
 The agent holding the `flotilla-cluster-agent` Lease (coordination.k8s.io/v1) joins the fleet and writes
 the cluster id into the `flotilla-cluster` ConfigMap; every agent reads the id from there. Taking an
 expired lease uses the object's resourceVersion, so two agents cannot both take it (compare-and-set).
+On an authenticated bus the cluster credential the join returned goes into the
+`flotilla-cluster-credential` Secret, from which every agent of the cluster connects as the cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,6 +20,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 LEASE_NAME = "flotilla-cluster-agent"
 CONFIGMAP_NAME = "flotilla-cluster"
+CREDENTIAL_SECRET = "flotilla-cluster-credential"
 
 
 class KubeLeaderElection:
@@ -106,3 +110,34 @@ class KubeLeaderElection:
         """The kube-system namespace UID: a stable identity for the cluster."""
         namespace = await self.core.read_namespace("kube-system")
         return str(namespace.metadata.uid)
+
+    async def publish_credential(self, cluster_id: str, credential: str) -> None:
+        """Store the cluster id and credential in the Secret every agent of the cluster reads."""
+        # `data` (base64), not `stringData`: what a read returns, whichever API server stored it.
+        data = {"cluster_id": _b64(cluster_id), "credential": _b64(credential)}
+        body = client.V1Secret(
+            metadata=client.V1ObjectMeta(name=CREDENTIAL_SECRET, namespace=self.namespace), type="Opaque", data=data
+        )
+        try:
+            await self.core.create_namespaced_secret(self.namespace, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            await self.core.patch_namespaced_secret(CREDENTIAL_SECRET, self.namespace, {"data": data})
+
+    async def read_credential(self) -> tuple[str, str] | None:
+        """(cluster id, credential) from the Secret, or None while there is none (404)."""
+        try:
+            secret = await self.core.read_namespaced_secret(CREDENTIAL_SECRET, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        data = {key: base64.b64decode(value).decode() for key, value in (secret.data or {}).items()}
+        if not data.get("cluster_id") or not data.get("credential"):
+            return None
+        return data["cluster_id"], data["credential"]
+
+
+def _b64(value: str) -> str:
+    return base64.b64encode(value.encode()).decode()

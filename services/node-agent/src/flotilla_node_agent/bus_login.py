@@ -1,0 +1,188 @@
+"""Connecting as the cluster (`FLOTILLA_NODE_AGENT_BUS_LOGIN=cluster`): on an authenticated bus a node's
+agent is `c.<cluster>.<node>` with its cluster's credential, never a service user.
+
+The credential comes from a `Credentials` source: the journal (the sim driver: each process is a one-node
+cluster) or the `flotilla-cluster-credential` Secret (the kubernetes driver: the Lease holder joins and
+writes it; every agent of the cluster reads it). Until there is one, the agent that may join (sim: itself;
+kubernetes: the Lease holder) joins with the join token as `join.<nonce>` and waits for approval, and the
+others wait for the Secret. The bus grants `join.<nonce>` the join command only; see
+flotilla_contracts.permissions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from typing import TYPE_CHECKING, Any, Protocol
+
+import nats
+from nats.aio.client import Client
+
+from flotilla_contracts import permissions
+from flotilla_contracts.ids import node_token
+from flotilla_contracts.v1.agent import NodeFacts
+from flotilla_contracts.v1.registration import ClusterIdentity, ClusterState
+from flotilla_node_agent.cluster_agent import ClusterAgent, ClusterHandle, NodesSource
+from flotilla_node_agent.journal import Journal
+from flotilla_runtime.natsconn import connect_options, with_user
+from flotilla_runtime.service import BusLogin, ServiceApp
+
+if TYPE_CHECKING:
+    from flotilla_node_agent.app import Settings
+
+WAIT_S = 5.0
+
+
+async def connect_as(url: str, user: str, password: str, name: str) -> Client:
+    """A connection to `url` as `user` (a cluster, or a joining agent) that reconnects forever."""
+    target = with_user(url, user, password)
+    return await nats.connect(
+        target,
+        name=name,
+        max_reconnect_attempts=-1,
+        connect_timeout=10,  # the bus asks registration (auth callout) before it answers
+        pending_size=64 * 1024 * 1024,
+        **connect_options(target),
+    )
+
+
+class Credentials(Protocol):
+    """Where a cluster's id and credential are kept, and whether this agent is the one to join."""
+
+    async def read(self) -> tuple[str, str] | None: ...
+
+    async def write(self, cluster_id: str, credential: str) -> None: ...
+
+    async def may_join(self) -> bool: ...
+
+
+class JournalCredentials:
+    """The sim driver: the process is its cluster's only agent; the journal keeps the membership."""
+
+    def __init__(self, app: ServiceApp[Settings], journal: Journal, uid: str) -> None:
+        self.app, self.journal, self.uid = app, journal, uid
+
+    async def read(self) -> tuple[str, str] | None:
+        saved = await self.journal.membership(self.app.store, self.uid)
+        if saved is None or not saved.credential or saved.state != ClusterState.APPROVED.value:
+            return None
+        return saved.cluster_id, saved.credential
+
+    async def write(self, cluster_id: str, credential: str) -> None:
+        """Nothing to do: the join saved the membership in the journal."""
+
+    async def may_join(self) -> bool:
+        return True
+
+
+class SecretCredentials:
+    """The kubernetes driver: the `flotilla-cluster-credential` Secret, written by the Lease holder."""
+
+    def __init__(self, election: Any) -> None:
+        self.election = election
+
+    async def read(self) -> tuple[str, str] | None:
+        result: tuple[str, str] | None = await self.election.read_credential()
+        return result
+
+    async def write(self, cluster_id: str, credential: str) -> None:
+        await self.election.publish_credential(cluster_id, credential)
+
+    async def may_join(self) -> bool:
+        return bool(await self.election.try_acquire())
+
+
+async def join(app: ServiceApp[Settings], identity: ClusterIdentity, nodes: NodesSource) -> tuple[str, str]:
+    """Join with the token until the cluster is approved; (cluster id, credential). Raises JoinRefused."""
+    settings = app.settings
+
+    async def connector(user: str, password: str) -> Client:
+        return await connect_as(settings.nats_url, user, password, f"flotilla-node-agent-{settings.instance_id}")
+
+    agent = ClusterAgent(
+        None, app.store, Journal(), identity, settings.join_token, nodes, ClusterHandle(), app.log, connector=connector
+    )
+    try:
+        cluster_id = await agent.join()
+    finally:
+        if agent.nc is not None:
+            with contextlib.suppress(Exception):
+                await agent.nc.close()
+    assert agent.credential is not None  # approved: registration issued it
+    return cluster_id, agent.credential
+
+
+async def login_with(
+    app: ServiceApp[Settings], credentials: Credentials, identity: ClusterIdentity, nodes: NodesSource
+) -> BusLogin:
+    """Wait for the cluster's credential (joining when this agent may), then log in as this node."""
+    settings = app.settings
+    node = node_token(settings.node_name)
+    waiting_logged = False
+    while True:
+        saved = await credentials.read()
+        if saved is not None:
+            cluster_id, credential = saved
+            user = permissions.cluster_user(cluster_id, node)
+            app.log.info("connecting to the bus as %s", user, extra={"cluster": cluster_id, "node": node})
+            return BusLogin(
+                url=with_user(settings.nats_url, user, credential),
+                provision_streams=False,
+                cluster_id=cluster_id,
+                credential=credential,
+            )
+        if settings.join_token and await credentials.may_join():
+            cluster_id, credential = await join(app, identity, nodes)
+            await credentials.write(cluster_id, credential)
+            continue
+        if not waiting_logged:
+            app.log.info("waiting for the cluster agent to join the fleet and share the cluster credential")
+            waiting_logged = True
+        await asyncio.sleep(WAIT_S)
+
+
+def sim_identity(settings: Settings) -> ClusterIdentity:
+    """The one-node cluster a sim-driver agent process is (the same identity on every start)."""
+    return ClusterIdentity(
+        uid=hashlib.sha256(settings.node_name.encode()).hexdigest()[:32],
+        name=settings.cluster_name or settings.node_name.split(".")[0][:63],
+        kubernetes_version=settings.sim_version,
+        provider="sim",
+    )
+
+
+async def login(app: ServiceApp[Settings]) -> BusLogin:
+    """The node-agent's `ServiceSpec.login` when `FLOTILLA_NODE_AGENT_BUS_LOGIN=cluster`."""
+    settings = app.settings
+    if settings.driver == "sim":
+        from flotilla_node_agent.wiring import sim_driver
+
+        identity = sim_identity(settings)
+        driver = sim_driver(settings, None)
+
+        async def own_node() -> list[NodeFacts]:
+            return [await driver.facts()]
+
+        try:
+            return await login_with(app, JournalCredentials(app, Journal(), identity.uid), identity, own_node)
+        finally:
+            await driver.close()
+    from flotilla_node_agent.drivers.kube_lease import KubeLeaderElection
+    from flotilla_node_agent.drivers.kubernetes import KubernetesDriver, api_client, list_node_facts
+
+    api = await api_client(settings.kubeconfig)
+    try:
+        election = KubeLeaderElection(api, settings.namespace, settings.node_name)
+        kube_identity = ClusterIdentity(
+            uid=await election.cluster_uid(),
+            name=settings.cluster_name or "cluster",
+            kubernetes_version=(await KubernetesDriver(api, settings.node_name, None).facts()).kubelet_version,
+        )
+
+        async def cluster_nodes() -> list[NodeFacts]:
+            return list(await list_node_facts(api))
+
+        return await login_with(app, SecretCredentials(election), kube_identity, cluster_nodes)
+    finally:
+        await api.close()
