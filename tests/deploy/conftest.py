@@ -1,15 +1,19 @@
-"""Rendering deploy/ once per session: `kubectl kustomize` of every env and every service folder."""
+"""Rendering deploy/ once per session (`kubectl kustomize` of every env and every service folder), and what the
+checks of the production bus share: a generated Secret's values, test certificates, a localized nats.conf."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import yaml
+
+from flotilla_client import busauth
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -38,3 +42,106 @@ def render() -> Callable[[str], Manifest]:
         return cache[folder]
 
     return get
+
+
+# --- the production bus: a Secret's values, test certificates, and nats.conf localized for a real server ------
+
+
+@pytest.fixture(scope="session")
+def bus_secret() -> dict[str, str]:
+    """The values of a Secret flotilla-bus-auth, as `flotilla bus-config secret` makes them."""
+    return busauth.secret_values(busauth.new_auth())
+
+
+@pytest.fixture(scope="session")
+def test_tls(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder laid out like cert-manager's Secret (tls.crt, tls.key, ca.crt) for `localhost`, made with openssl
+    by busauth.make_tls (the certificate has no extended key usage: good for server and client, as routes need)."""
+    state = tmp_path_factory.mktemp("tls")
+    ca, cert, key = busauth.make_tls(state, "localhost")
+    folder = state / "nats-tls"
+    folder.mkdir()
+    for source, name in ((cert, "tls.crt"), (key, "tls.key"), (ca, "ca.crt")):
+        shutil.copy(source, folder / name)
+    return folder
+
+
+def nats_config_files(objects: Manifest) -> dict[str, str]:
+    """The files of the rendered nats-config ConfigMap (nats.conf and what it includes)."""
+    maps = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("nats-config")]
+    [config] = maps
+    return dict(config["data"])
+
+
+def _replace(text: str, old: str, new: str) -> str:
+    assert old in text, f"nats.conf no longer contains {old!r}: update the localization in tests/deploy/conftest.py"
+    return text.replace(old, new)
+
+
+def _drop_block(text: str, name: str) -> str:
+    """`text` without the top-level `name { ... }` block (braces matched)."""
+    start = text.index(f"\n{name} {{") + 1
+    depth = 0
+    for end in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[end], 0)
+        if text[end] == "}" and depth == 0:
+            return text[:start] + text[end + 1 :]
+    raise AssertionError(f"unbalanced {name} block")
+
+
+def localize_nats_config(
+    files: dict[str, str],
+    folder: Path,
+    tls: Path,
+    *,
+    port: int,
+    monitor_port: int,
+    cluster_port: int | None = None,
+    routes: tuple[int, ...] = (),
+) -> Path:
+    """Write the rendered configuration into `folder` as a local server runs it: the pod's addresses, pid file,
+    store and certificate paths replaced by local ones. With no `cluster_port` the cluster block is left out
+    (a single server); else it listens there and routes to `routes` (ports on localhost). Returns nats.conf."""
+    folder.mkdir(parents=True, exist_ok=True)
+    conf = files["nats.conf"]
+    conf = _replace(conf, "listen: 0.0.0.0:4222", f"listen: 127.0.0.1:{port}")
+    conf = _replace(conf, "http: 0.0.0.0:8222", f"http: 127.0.0.1:{monitor_port}")
+    conf = _replace(conf, "pid_file: /var/run/nats/nats.pid", f'pid_file: "{folder}/nats.pid"')
+    conf = _replace(conf, "store_dir: /data/jetstream", f'store_dir: "{folder}/jetstream"')
+    if cluster_port is None:
+        conf = _drop_block(conf, "cluster")
+    else:
+        conf = _replace(conf, "listen: 0.0.0.0:6222", f"listen: 127.0.0.1:{cluster_port}")
+        pod_routes = re.search(r"routes: \[[^\]]*\]", conf)
+        assert pod_routes, "nats.conf has no routes list"
+        local = "routes: [" + " ".join(f"nats://localhost:{p}" for p in routes) + "]"
+        conf = conf.replace(pod_routes.group(0), local)
+    for name, text in {**files, "nats.conf": conf}.items():
+        (folder / name).write_text(text.replace("/etc/nats-tls/", f"{tls}/"))
+    return folder / "nats.conf"
+
+
+class Localize(Protocol):
+    def __call__(
+        self,
+        files: dict[str, str],
+        folder: Path,
+        tls: Path,
+        *,
+        port: int,
+        monitor_port: int,
+        cluster_port: int | None = None,
+        routes: tuple[int, ...] = (),
+    ) -> Path: ...
+
+
+@pytest.fixture(scope="session")
+def nats_files() -> Callable[[Manifest], dict[str, str]]:
+    """`nats_files(objects)`: the files of the rendered nats-config ConfigMap."""
+    return nats_config_files
+
+
+@pytest.fixture(scope="session")
+def localize() -> Localize:
+    """`localize(files, folder, tls, port=..., monitor_port=...)`: see localize_nats_config."""
+    return localize_nats_config

@@ -1,9 +1,12 @@
-"""The local fleet's bus credentials and the nats-server authorization they go with.
+"""The bus credentials and the nats-server authorization they go with, for `flotilla up` and Kubernetes.
 
 `flotilla up` creates them once per state folder (`<state>/auth/bus.json`, mode 0600): a random password
 for each service and for `admin` (the CLI), and the account key pair the registration service signs
 auth-callout answers with. The nats-server configuration gives each service the permissions of
 `flotilla_contracts.permissions` and sends every other connection (cluster agents) to the callout.
+
+In Kubernetes the same configuration is committed as a template (`server_config_template`) that names
+environment variables instead of values; `flotilla bus-config secret` makes the Secret that fills them.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import json
 import os
 import secrets
 import shutil
+import string
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 import msgspec
@@ -23,10 +28,31 @@ from flotilla_contracts import permissions
 from flotilla_contracts.permissions import ADMIN_USER, FLEET_ACCOUNT, Grant
 from flotilla_contracts.subjects import Service
 from flotilla_runtime.natsconn import with_user, without_user
+from flotilla_runtime.settings import env_prefix
 
-__all__ = ["BusAuth", "admin_url", "create", "load", "server_config", "service_url", "with_user", "without_user"]
+__all__ = [
+    "BusAuth",
+    "admin_url",
+    "create",
+    "load",
+    "new_auth",
+    "password_variable",
+    "secret_values",
+    "server_config",
+    "server_config_template",
+    "service_url",
+    "with_user",
+    "without_user",
+]
 
 AUTH_FILE = "bus.json"
+# Every static user of the server configuration: the CLI, then each service. Everyone else is a cluster
+# agent and goes to the auth callout.
+STATIC_USERS: tuple[str, ...] = (ADMIN_USER, *(s.value for s in Service))
+PASSWORD_VARIABLE_PREFIX = "FLOTILLA_BUS_PASSWORD_"
+ISSUER_VARIABLE = "FLOTILLA_CALLOUT_ISSUER"  # the callout issuer's public key, read by nats-server
+ISSUER_SEED_VARIABLE = f"{env_prefix(Service.REGISTRATION.value)}CALLOUT_ISSUER_SEED"  # its seed, registration's
+_PASSWORD_ALPHABET = string.ascii_letters + string.digits
 
 
 class BusAuth(msgspec.Struct, kw_only=True):
@@ -48,10 +74,24 @@ def new_account_seed() -> str:
     return str(nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_ACCOUNT).decode())
 
 
+def new_password() -> str:
+    """32 random letters and digits (about 190 bits), the first a letter.
+
+    nats-server parses the value of a `$VARIABLE` from the environment as configuration: `1e5` would become
+    a number, `true` a boolean, `-x` an error and `ab#c` the string `ab` (the rest a comment). A letter
+    followed by letters and digits stays the string it is, and needs no escaping in a URL either.
+    """
+    return secrets.choice(string.ascii_letters) + "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(31))
+
+
+def new_auth() -> BusAuth:
+    """Fresh credentials: a password for every static user and a new callout account key."""
+    return BusAuth(passwords={u: new_password() for u in STATIC_USERS}, callout_seed=new_account_seed())
+
+
 def create(state_dir: Path) -> BusAuth:
     """Fresh credentials, written readable by the owner only."""
-    users = [ADMIN_USER, *(s.value for s in Service)]
-    auth = BusAuth(passwords={u: secrets.token_urlsafe(24) for u in users}, callout_seed=new_account_seed())
+    auth = new_auth()
     path = auth_path(state_dir)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -86,23 +126,25 @@ def _q(value: str) -> str:
 
 
 def _user_block(user: str, password: str, grant: Grant) -> str:
+    """One user of the FLEET account; `password` is already configuration text (quoted, or a `$VARIABLE`)."""
+
     def allow(subjects: tuple[str, ...]) -> str:
         return "[" + ", ".join(_q(s) for s in subjects) + "]"
 
     responses = "\n        allow_responses: true" if grant.responses else ""
     return (
-        f"      {{ user: {_q(user)}, password: {_q(password)}, permissions: {{\n"
+        f"      {{ user: {_q(user)}, password: {password}, permissions: {{\n"
         f"        publish: {{ allow: {allow(grant.publish)} }}\n"
         f"        subscribe: {{ allow: {allow(grant.subscribe)} }}{responses}\n"
         "      } }"
     )
 
 
-def server_config(auth: BusAuth) -> str:
-    """The accounts and authorization blocks of nats-server's configuration."""
-    users = [_user_block(ADMIN_USER, auth.passwords[ADMIN_USER], permissions.admin_grant())]
-    users += [_user_block(s.value, auth.passwords[s.value], permissions.service_grant(s)) for s in Service]
-    static = ", ".join(_q(u) for u in auth.passwords)
+def _authorization(passwords: Mapping[str, str], issuer: str) -> str:
+    """The accounts and authorization blocks, with each password and the issuer as configuration text."""
+    users = [_user_block(ADMIN_USER, passwords[ADMIN_USER], permissions.admin_grant())]
+    users += [_user_block(s.value, passwords[s.value], permissions.service_grant(s)) for s in Service]
+    static = ", ".join(_q(u) for u in passwords)
     return "\n".join(
         [
             "accounts {",
@@ -118,13 +160,46 @@ def server_config(auth: BusAuth) -> str:
             "authorization {",
             "  timeout: 5",
             "  auth_callout {",
-            f"    issuer: {auth.callout_issuer}",
+            f"    issuer: {issuer}",
             f"    auth_users: [ {static} ]",
             f"    account: {FLEET_ACCOUNT}",
             "  }",
             "}",
         ]
     )
+
+
+def server_config(auth: BusAuth) -> str:
+    """The accounts and authorization blocks of nats-server's configuration, with these credentials in it."""
+    return _authorization({user: _q(password) for user, password in auth.passwords.items()}, auth.callout_issuer)
+
+
+def password_variable(user: str) -> str:
+    """`FLOTILLA_BUS_PASSWORD_<USER>`: the environment variable holding a static user's password."""
+    return PASSWORD_VARIABLE_PREFIX + user.upper().replace("-", "_")
+
+
+TEMPLATE_HEADER = """\
+# Generated by `flotilla bus-config nats-auth` from flotilla_contracts.permissions: do not edit, regenerate.
+# Who may connect and what each may publish and subscribe (docs/security.md). nats-server substitutes each
+# $VARIABLE from its environment: the Secret flotilla-bus-auth (`flotilla bus-config secret`) provides them."""
+
+
+def server_config_template() -> str:
+    """`server_config` with environment-variable references instead of the secrets, for the Kubernetes overlay.
+
+    Unquoted `$NAME` values are substituted by nats-server from its environment at start (and reload).
+    """
+    passwords = {user: f"${password_variable(user)}" for user in STATIC_USERS}
+    return TEMPLATE_HEADER + "\n" + _authorization(passwords, f"${ISSUER_VARIABLE}")
+
+
+def secret_values(auth: BusAuth) -> dict[str, str]:
+    """The variables `server_config_template` and the services read: passwords, the issuer key and its seed."""
+    values = {password_variable(user): password for user, password in auth.passwords.items()}
+    values[ISSUER_VARIABLE] = auth.callout_issuer
+    values[ISSUER_SEED_VARIABLE] = auth.callout_seed
+    return values
 
 
 # --- TLS on the client port (`flotilla up --tls`) ------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from flotilla_client.cli import bus, demo, fleet, health, local, sim, subscriptions, tokens, upgrade
+from flotilla_client.cli import bus, busconfig, demo, fleet, health, local, sim, subscriptions, tokens, upgrade
 from flotilla_client.cli.common import DEFAULT_STATE_DIR, CliContext, Failure, cli_version
 from flotilla_client.errors import FlotillaClientError
 
@@ -74,6 +74,7 @@ for command in (
     local.logs,
     bus.events,
     bus.publish,
+    busconfig.bus_config,
     tokens.token,
     fleet.clusters,
     fleet.nodes,
