@@ -54,6 +54,7 @@ class Watch:
     def __init__(self) -> None:
         self.reports: list[NodeStepReported] = []
         self.dead: list[DeadLettered] = []
+        self.dead_subjects: list[str] = []
         self.changed = asyncio.Event()
 
     async def start(self, nc: Client) -> None:
@@ -63,10 +64,12 @@ class Watch:
 
         async def on_dead(msg: Msg) -> None:
             self.dead.append(msgspec.json.decode(msg.data, type=DeadLettered))
+            self.dead_subjects.append(msg.subject)
             self.changed.set()
 
         await nc.subscribe(f"{subjects.EVT_PREFIX}.node-step.>", cb=on_report)
         await nc.subscribe(catalogue.subject_for(DeadLettered, service="node-agent"), cb=on_dead)
+        await nc.subscribe(f"{subjects.EVT_PREFIX}.dead-letter.node-agent.*.recorded", cb=on_dead)  # per cluster
 
     def final(self, step: StepKind, **match: Any) -> list[NodeStepReported]:
         done = (StepOutcome.SUCCEEDED, StepOutcome.FAILED, StepOutcome.REFUSED)

@@ -32,6 +32,7 @@ from flotilla_contracts.catalogue import Kind
 from flotilla_contracts.envelope import H_SCHEMA, schema_id
 from flotilla_contracts.streams import FLEET_AGENT, agent_consumer
 from flotilla_contracts.subjects import Service
+from flotilla_contracts.v1.deadletter import AgentDeadLettered, DeadLettered
 from flotilla_contracts.v1.registration import (
     ApproveClusterRequest,
     ClusterIdentity,
@@ -181,6 +182,11 @@ async def test_a_cluster_reaches_its_own_subjects(fleet: Fleet) -> None:
         [msg] = await sub.fetch(1, timeout=5)
         await msg.ack()
 
+        # Its own dead letters are recorded (a JetStream publish, acknowledged by FLEET_EVENTS).
+        own_dead = catalogue.subject_for(AgentDeadLettered, service="node-agent", cluster_id=fleet.ids["iso-a"])
+        ack = await js.publish(own_dead, b"{}")
+        assert ack.stream == "FLEET_EVENTS"
+
         # The heartbeat config query (an agent-facing command) is answered.
         reply = await a.nc.request(subjects.command(Service.HEARTBEAT, "config.get"), b"{}", timeout=5)
         assert reply.data
@@ -271,6 +277,10 @@ async def test_cluster_a_can_send_no_command_but_the_agent_ones(fleet: Fleet) ->
             f"fleet.v1.evt.cluster.{fleet.ids['iso-a']}.approved",
             "fleet.v1.evt.rollout.r1.started",
             f"fleet.v1.evt.node-health.{fleet.ids['iso-a']}.n1.changed",
+            # Dead letters: only on its own cluster's agent subject, not B's nor the services' shared ones.
+            catalogue.subject_for(AgentDeadLettered, service=Service.NODE_AGENT.value, cluster_id=fleet.ids["iso-b"]),
+            catalogue.subject_for(DeadLettered, service=Service.NODE_AGENT.value),
+            catalogue.subject_for(DeadLettered, service=Service.UPGRADE_ORCHESTRATOR.value),
         ]
         for subject in forged:
             await a.nc.publish(subject, b"{}")

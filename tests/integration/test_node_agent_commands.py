@@ -153,5 +153,7 @@ async def test_bad_commands_are_dead_lettered_and_do_not_block_the_next(agents: 
         ErrorCode.INVALID_FIELD,
     ]
     assert all(d.consumer == "agent-2-c1-n1" and d.service == "node-agent" for d in agents.watch.dead)
+    # On the cluster's own dead-letter subject, the only one the bus lets that cluster's agents publish.
+    assert set(agents.watch.dead_subjects) == {"fleet.v1.evt.dead-letter.node-agent.c1.recorded"}
     assert agents.drivers["n1"].state.effects == {"cordon": 1}  # only the good one took effect
     assert agents.drivers["n2"].state.effects == {}  # n2's command on n1's subject was not run anywhere

@@ -241,6 +241,8 @@ OPERATIONS: list[Operation] = [
               "Perform one upgrade step on one node (lease epoch checked).", sender=_UPG),
     _event(_AGENT, Entity.NODE_STEP, _NODE, "reported", v1_agent.NodeStepReported,
            "An agent reports a step: accepted, progress, succeeded, failed or refused."),
+    _event(_AGENT, Entity.DEAD_LETTER, "{service}." + _CLUSTER, "recorded", v1_deadletter.AgentDeadLettered,
+           "A cluster's agent (service node-agent) gave up on one of that cluster's messages, with the reason."),
     # --- every service ---
     _event(None, Entity.DEAD_LETTER, "{service}", "recorded", v1_deadletter.DeadLettered,
            "A service gave up on a message, with the reason."),

@@ -185,7 +185,7 @@ def cluster_grant(cluster_id: str, nodes: tuple[str, ...]) -> Grant:
         f"{subjects.HB_PREFIX}.{own}.*",
         f"{subjects.EVT_PREFIX}.{Entity.NODE_STEP.value}.{own}.>",
         f"{subjects.EVT_PREFIX}.{Entity.APPLIED.value}.{own}.>",
-        f"{subjects.EVT_PREFIX}.{Entity.DEAD_LETTER.value}.{Service.NODE_AGENT.value}.>",
+        f"{subjects.EVT_PREFIX}.{Entity.DEAD_LETTER.value}.{Service.NODE_AGENT.value}.{own}.recorded",
         f"$JS.API.DIRECT.GET.{FLEET_EVENTS.name}.{subjects.EVT_PREFIX}.{Entity.HOST_KEYS.value}.{own}.set",
         *AGENT_COMMANDS,
     ]

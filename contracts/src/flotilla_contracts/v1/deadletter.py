@@ -8,7 +8,7 @@ import msgspec
 
 from flotilla_contracts.envelope import Message
 from flotilla_contracts.errors import ErrorCode
-from flotilla_contracts.ids import Token
+from flotilla_contracts.ids import ClusterIdField, Token
 from flotilla_contracts.v1.common import ShortText, Text, Timestamp
 
 MAX_EXCERPT_CHARS = 4096  # base64 characters, i.e. the first 3 KiB of the payload
@@ -45,3 +45,12 @@ class DeadLettered(Message, frozen=True, kw_only=True):
     stream_seq: Annotated[int, msgspec.Meta(ge=0)] | None = None
     consumer: ShortText = ""
     occurred_at: Timestamp
+
+
+class AgentDeadLettered(DeadLettered, frozen=True, kw_only=True):
+    """A cluster's agent gave up on one of that cluster's messages. Its own subject names the cluster, so
+    the bus lets an agent record dead letters for its own cluster only (flotilla_contracts.permissions)."""
+
+    SCHEMA = "deadletter.AgentDeadLettered"
+
+    cluster_id: ClusterIdField

@@ -6,12 +6,13 @@ import base64
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
+import msgspec
 from nats.aio.msg import Msg
 
 from flotilla_contracts import catalogue
 from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA
 from flotilla_contracts.errors import ErrorCode
-from flotilla_contracts.v1.deadletter import MAX_EXCERPT_CHARS, DeadLettered
+from flotilla_contracts.v1.deadletter import MAX_EXCERPT_CHARS, AgentDeadLettered, DeadLettered
 from flotilla_runtime.store import Store
 
 _EXCERPT_BYTES = MAX_EXCERPT_CHARS // 4 * 3
@@ -55,9 +56,19 @@ def dead_letter(
 
 
 async def dead_letter_message(
-    store: Store, msg: Msg, *, service: str, instance_id: str, consumer: str, code: ErrorCode, reason: str
+    store: Store,
+    msg: Msg,
+    *,
+    service: str,
+    instance_id: str,
+    consumer: str,
+    code: ErrorCode,
+    reason: str,
+    cluster_id: str = "",
 ) -> DeadLettered:
-    """Give up on a JetStream message: record it as a DeadLettered event (outbox), then terminate it."""
+    """Give up on a JetStream message: record it as a DeadLettered event (outbox), then terminate it.
+
+    With `cluster_id` (a cluster's agent) it is an AgentDeadLettered on that cluster's own subject."""
     meta = msg.metadata
     event = dead_letter(
         service=service,
@@ -72,6 +83,12 @@ async def dead_letter_message(
         stream_seq=meta.sequence.stream,
         consumer=consumer,
     )
+    if cluster_id:
+        agent_event = AgentDeadLettered(**msgspec.structs.asdict(event), cluster_id=cluster_id)
+        async with store.transaction() as tx:
+            await tx.emit(catalogue.subject_for(AgentDeadLettered, service=service, cluster_id=cluster_id), agent_event)
+        await msg.term()
+        return agent_event
     async with store.transaction() as tx:
         await tx.emit(catalogue.subject_for(DeadLettered, service=service), event)
     await msg.term()

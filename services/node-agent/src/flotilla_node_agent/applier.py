@@ -276,4 +276,5 @@ class ManifestApplier:
             consumer=agent_consumer(self.cluster_id, CLUSTER_AGENT_NODE),
             code=code,
             reason=reason,
+            cluster_id=self.cluster_id,
         )

@@ -182,5 +182,5 @@ class CommandConsumer:
         self.log.error("dead-lettering %s: %s", msg.subject, reason, extra={"code": str(code)})
         await dead_letter_message(
             self.store, msg, service=Service.NODE_AGENT.value, instance_id=self.instance_id, consumer=self.durable,
-            code=code, reason=reason,
+            code=code, reason=reason, cluster_id=self.cluster_id,
         )  # fmt: skip

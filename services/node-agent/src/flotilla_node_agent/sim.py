@@ -31,6 +31,7 @@ import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from flotilla_contracts.subjects import Entity
 from flotilla_contracts.v1.agent import NodeFacts
 from flotilla_contracts.v1.common import NodeRole
 from flotilla_contracts.v1.registration import ClusterIdentity
@@ -143,15 +144,16 @@ def cluster_name(spec: FleetSpec, index: int) -> str:
 
 class ClusterRoutes:
     """The outbox relay's publisher when each cluster has its own connection: an event goes out on the
-    connection of the cluster its subject names (`fleet.v1.evt.<entity>.<cluster>...`), the only one the
-    bus lets publish it; an event naming no cluster (a dead letter) on any approved cluster's."""
+    connection of the cluster its subject names (`fleet.v1.evt.<entity>.<cluster>...`, a dead letter's
+    `fleet.v1.evt.dead-letter.node-agent.<cluster>.recorded`), the only one the bus lets publish it."""
 
     def __init__(self, handles: list[ClusterHandle]) -> None:
         self.handles = handles
 
     def _connection(self, subject: str) -> Client:
         tokens = subject.split(".")  # fleet.v1.evt.<entity>.<cluster>...
-        cluster = tokens[4] if len(tokens) > 5 else ""
+        at = 5 if tokens[3:4] == [Entity.DEAD_LETTER.value] else 4
+        cluster = tokens[at] if len(tokens) > at + 1 else ""
         approved = [h for h in self.handles if h.nc is not None]
         for handle in approved:
             if handle.cluster_id == cluster:
