@@ -114,7 +114,7 @@ def localize_nats_config(
         conf = _replace(conf, "listen: 0.0.0.0:6222", f"listen: 127.0.0.1:{cluster_port}")
         pod_routes = re.search(r"routes: \[[^\]]*\]", conf)
         assert pod_routes, "nats.conf has no routes list"
-        local = "routes: [" + " ".join(f"nats://localhost:{p}" for p in routes) + "]"
+        local = "routes: [" + ", ".join(f"nats://localhost:{p}" for p in routes) + "]"
         conf = conf.replace(pod_routes.group(0), local)
     for name, text in {**files, "nats.conf": conf}.items():
         (folder / name).write_text(text.replace("/etc/nats-tls/", f"{tls}/"))
