@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import nats
 import nats.errors
@@ -46,6 +46,22 @@ SERVICE_USERS = [s for s in Service if s is not Service.NODE_AGENT]
 Manifest = list[dict[str, Any]]
 Render = Callable[[str], Manifest]
 NatsFiles = Callable[[Manifest], dict[str, str]]
+
+
+class Localize(Protocol):
+    """The `localize` fixture (tests/deploy/conftest.py: localize_nats_config)."""
+
+    def __call__(
+        self,
+        files: dict[str, str],
+        folder: Path,
+        tls: Path,
+        *,
+        port: int,
+        monitor_port: int,
+        cluster_port: int | None = None,
+        routes: tuple[int, ...] = (),
+    ) -> Path: ...
 
 
 def workloads(objects: Manifest, name: str) -> list[dict[str, Any]]:
@@ -302,7 +318,7 @@ def prod_files(render: Render, nats_files: NatsFiles) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def server(
     prod_files: dict[str, str],
-    localize: Any,
+    localize: Localize,
     test_tls: Path,
     bus_secret: dict[str, str],
     tmp_path_factory: pytest.TempPathFactory,
@@ -491,7 +507,7 @@ def speak_plaintext(port: int, lines: bytes, greeted: bool = True) -> tuple[byte
 @pytest.mark.integration
 def test_routes_between_servers_use_mutual_tls(
     prod_files: dict[str, str],
-    localize: Any,
+    localize: Localize,
     test_tls: Path,
     bus_secret: dict[str, str],
     tmp_path: Path,

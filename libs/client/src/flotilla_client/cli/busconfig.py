@@ -62,7 +62,7 @@ def secret(namespace: str, output: str) -> None:
       FLOTILLA_BUS_PASSWORD_<USER>               a random password for admin and for each service
       FLOTILLA_CALLOUT_ISSUER                    the callout account's public key (nats-server reads it)
       FLOTILLA_REGISTRATION_CALLOUT_ISSUER_SEED  its seed, with which registration signs callout answers
-    NATS reads all of them (envFrom); each service pod reads only its own password, registration the seed.
+    NATS gets all of them (envFrom); each service pod only its own password, registration also the seed.
 
     \b
     Create it once, before applying the overlay; the values are printed nowhere else:
