@@ -9,7 +9,6 @@ connect with the URLs the rendered pods get (their `$(VAR)` expanded as Kubernet
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import socket
@@ -17,7 +16,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,7 +24,8 @@ import nats
 import nats.errors
 import pytest
 from click.testing import CliRunner
-from nats.aio.client import Client
+from deploy_support import env_of
+from integration_support import WatchedConnection, connect_watched
 from nats.aio.subscription import Subscription
 
 from flotilla_client import busauth
@@ -33,7 +33,7 @@ from flotilla_client.cli.main import cli
 from flotilla_client.natsserver import find_nats_server, free_port
 from flotilla_contracts import permissions, subjects
 from flotilla_contracts.subjects import Service
-from flotilla_runtime.natsconn import CA_ENV, connect_options, nats_user
+from flotilla_runtime.natsconn import CA_ENV, nats_user
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH_CONF = ROOT / "deploy" / "components" / "bus-security" / "auth.conf"
@@ -336,22 +336,7 @@ def trust_test_ca(monkeypatch: pytest.MonkeyPatch, test_tls: Path) -> None:
     monkeypatch.setenv(CA_ENV, str(test_tls / "ca.crt"))  # as the pods' FLOTILLA_NATS_CA names the mounted ca.crt
 
 
-@dataclass
-class Connection:
-    nc: Client
-    errors: list[str] = field(default_factory=list)
-
-    async def denied(self, what: str, within_s: float = 3.0) -> bool:
-        """True once the server reported a permissions violation naming `what` (nats-py does not raise on it)."""
-        deadline = time.monotonic() + within_s
-        while time.monotonic() < deadline:
-            if any("permissions violation" in e.lower() and what.lower() in e.lower() for e in self.errors):
-                return True
-            await asyncio.sleep(0.02)
-        return False
-
-
-async def live_subscription(watcher: Connection, subject: str) -> Subscription:
+async def live_subscription(watcher: WatchedConnection, subject: str) -> Subscription:
     """A subscription the server has certainly registered: a probe published to it came back.
 
     (A flush is not proof: when the server's first PING crosses nats-py's connect handshake, the PONG it answers
@@ -374,44 +359,10 @@ async def live_subscription(watcher: Connection, subject: str) -> Subscription:
     raise AssertionError(f"the subscription to {subject} never received its probe")
 
 
-async def connect(url: str) -> Connection:
-    """Connect the way the services do (natsconn.connect_options: inbox prefix, TLS with FLOTILLA_NATS_CA)."""
-    errors: list[str] = []
-
-    async def on_error(exc: Exception) -> None:
-        errors.append(str(exc))
-
-    nc = await nats.connect(
-        url,
-        error_cb=on_error,
-        allow_reconnect=False,
-        max_reconnect_attempts=0,
-        connect_timeout=5,
-        **connect_options(url),
-    )
-    return Connection(nc, errors)
-
-
-def pod_env(c: dict[str, Any], secret: dict[str, str]) -> dict[str, str]:
-    """The container's env as Kubernetes sets it: Secret keys of flotilla-bus-auth from `secret`, and `$(VAR)`
-    expanded from the entries before it (a reference to a later or unknown one stays as written)."""
-    env: dict[str, str] = {}
-    for item in c["env"]:
-        ref = item.get("valueFrom", {}).get("secretKeyRef")
-        if ref:
-            assert ref["name"] == SECRET, ref
-            env[item["name"]] = secret[ref["key"]]
-        elif "value" in item:
-            env[item["name"]] = re.sub(
-                r"\$\(([A-Za-z0-9_]+)\)", lambda m: env.get(m.group(1), m.group(0)), item["value"]
-            )
-    return env
-
-
 def rendered_url(render: Render, service: Service, server: Server, bus_secret: dict[str, str]) -> str:
     """The service pod's FLOTILLA_NATS_URL as the pod gets it from the Secret, pointed at the test server."""
     [workload, *_] = workloads(render("envs/prod"), service.value)
-    url = pod_env(pod_container(workload), bus_secret)["FLOTILLA_NATS_URL"]
+    url = env_of(pod_container(workload), {SECRET: bus_secret})["FLOTILLA_NATS_URL"]
     assert IN_CLUSTER in url and "$(" not in url, url
     return url.replace(IN_CLUSTER, f"localhost:{server.port}")
 
@@ -428,8 +379,8 @@ def own_event(service: Service) -> str:
 async def test_a_service_connects_over_tls_with_its_pod_url_and_publishes_its_own_events(
     render: Render, server: Server, bus_secret: dict[str, str], service: Service
 ) -> None:
-    admin = await connect(server.url(permissions.ADMIN_USER, bus_secret[busauth.password_variable("admin")]))
-    peer = await connect(rendered_url(render, service, server, bus_secret))
+    admin = await connect_watched(server.url(permissions.ADMIN_USER, bus_secret[busauth.password_variable("admin")]))
+    peer = await connect_watched(rendered_url(render, service, server, bus_secret))
     try:
         assert peer.nc.connected_url is not None and peer.nc.connected_url.scheme == "tls"
         seen = await live_subscription(admin, f"{subjects.EVT_PREFIX}.>")
@@ -449,8 +400,8 @@ async def test_a_service_connects_over_tls_with_its_pod_url_and_publishes_its_ow
 @pytest.mark.integration
 @pytest.mark.usefixtures("trust_test_ca")
 async def test_another_services_commands_are_denied(render: Render, server: Server, bus_secret: dict[str, str]) -> None:
-    admin = await connect(server.url(permissions.ADMIN_USER, bus_secret[busauth.password_variable("admin")]))
-    heartbeat = await connect(rendered_url(render, Service.HEARTBEAT, server, bus_secret))
+    admin = await connect_watched(server.url(permissions.ADMIN_USER, bus_secret[busauth.password_variable("admin")]))
+    heartbeat = await connect_watched(rendered_url(render, Service.HEARTBEAT, server, bus_secret))
     command = subjects.command(Service.REGISTRATION, "tokens.create")
     try:
         watch = await live_subscription(admin, subjects.service_commands(Service.REGISTRATION))
@@ -476,7 +427,7 @@ async def test_a_wrong_password_is_refused(server: Server, bus_secret: dict[str,
     other = bus_secret[busauth.password_variable(Service.SCHEDULER.value)]
     for user, password in ((Service.HEARTBEAT.value, other), (permissions.ADMIN_USER, "not-the-password")):
         with pytest.raises(nats.errors.Error) as refused:
-            await connect(server.url(user, password))
+            await connect_watched(server.url(user, password))
         assert "authorization violation" in str(refused.value).lower(), user
 
 

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
+from deploy_support import env_of as pod_env
 
 from flotilla_client import busauth
 from flotilla_client.natsserver import find_nats_server
@@ -58,28 +59,13 @@ def container(workload: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
-FIELDS = {"metadata.name": "pod-0", "spec.nodeName": "node-1", "metadata.namespace": "flotilla"}
 # What `flotilla bus-config secret` puts into the Secret the production overlay reads.
 SECRETS = {"flotilla-bus-auth": busauth.secret_values(busauth.new_auth())}
-VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
 def env_of(c: dict[str, Any], defined: dict[str, str] | None = None) -> dict[str, str]:
-    """The container's env as Kubernetes would set it: downward-API fields, Secret keys (SECRETS), and `$(VAR)`
-    expanded from the variables defined before it (`defined`: those of envFrom; then earlier entries). A reference
-    to a variable not defined before stays as it is, as Kubernetes leaves it."""
-    known = dict(defined or {})
-    env: dict[str, str] = {}
-    for item in c.get("env", []):
-        if "value" in item:
-            value = VAR_REF.sub(lambda m: known.get(m.group(1), m.group(0)), str(item["value"]))
-        elif "secretKeyRef" in item["valueFrom"]:
-            ref = item["valueFrom"]["secretKeyRef"]
-            value = SECRETS[ref["name"]][ref["key"]]
-        else:
-            value = FIELDS[item["valueFrom"]["fieldRef"]["fieldPath"]]
-        env[item["name"]] = known[item["name"]] = value
-    return env
+    """The container's env as Kubernetes would set it, with SECRETS (deploy_support.env_of)."""
+    return pod_env(c, SECRETS, defined)
 
 
 def config_maps(objects: Manifest) -> dict[str, dict[str, str]]:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from flotilla_client import localfleet
 from flotilla_contracts.streams import FLEET_EVENTS
 from flotilla_contracts.subjects import Service
+from flotilla_runtime.natsconn import connect_options
 
 
 def start_service(service: Service, nats_url: str, state: Path, **settings: str) -> subprocess.Popen[bytes]:
@@ -32,3 +37,36 @@ async def fleet_events(nc: Client, within_s: float = 10.0) -> list[Msg]:
         return [await sub.next_msg(within_s) for _ in range(info.state.messages)]
     finally:
         await sub.unsubscribe()
+
+
+@dataclass
+class WatchedConnection:
+    """A raw connection with the server's asynchronous errors collected (nats-py does not raise on a
+    permissions violation: the server reports it on the connection)."""
+
+    nc: Client
+    errors: list[str] = field(default_factory=list)
+
+    async def denied(self, what: str, within_s: float = 3.0) -> bool:
+        """True once the server reported a permissions violation naming `what`."""
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            if any("permissions violation" in e.lower() and what.lower() in e.lower() for e in self.errors):
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+
+async def connect_watched(url: str, connect_timeout: float = 10) -> WatchedConnection:
+    """Connect the way the services do (natsconn.connect_options: inbox prefix, TLS with FLOTILLA_NATS_CA),
+    without reconnecting, collecting the server's errors."""
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    nc = await nats.connect(
+        url, error_cb=on_error, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=connect_timeout,
+        **connect_options(url),
+    )  # fmt: skip
+    return WatchedConnection(nc, errors)

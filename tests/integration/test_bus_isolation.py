@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from pathlib import Path
 import nats
 import nats.errors
 import pytest
-from nats.aio.client import Client
+from integration_support import WatchedConnection, connect_watched
 
 from flotilla_client import runfile
 from flotilla_client.client import FlotillaClient
@@ -53,36 +52,18 @@ NODE = "n1"
 DENIED = {"count": 0}  # attempts denied across the module, printed for the report
 
 
-@dataclass
-class Agent:
-    """A raw connection as one identity, with the server's asynchronous errors collected."""
-
-    nc: Client
-    errors: list[str] = field(default_factory=list)
+class Agent(WatchedConnection):
+    """A connection as one identity; the denials it sees are counted for the report."""
 
     async def denied(self, what: str, within_s: float = 3.0) -> bool:
-        """True once the server reported a permissions violation naming `what`."""
-        deadline = time.monotonic() + within_s
-        while time.monotonic() < deadline:
-            if any("permissions violation" in e.lower() and what.lower() in e.lower() for e in self.errors):
-                DENIED["count"] += 1
-                return True
-            await asyncio.sleep(0.02)
-        return False
+        found = await super().denied(what, within_s)
+        DENIED["count"] += found
+        return found
 
 
 async def connect(url: str, user: str, password: str) -> Agent:
-    errors: list[str] = []
-
-    async def on_error(exc: Exception) -> None:
-        errors.append(str(exc))
-
-    target = with_user(url, user, password)
-    nc = await nats.connect(
-        target, error_cb=on_error, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=10,
-        **connect_options(target),
-    )  # fmt: skip
-    return Agent(nc, errors)
+    watched = await connect_watched(with_user(url, user, password))
+    return Agent(watched.nc, watched.errors)
 
 
 @dataclass

@@ -83,13 +83,11 @@ async def dead_letter_message(
         stream_seq=meta.sequence.stream,
         consumer=consumer,
     )
-    if cluster_id:
-        agent_event = AgentDeadLettered(**msgspec.structs.asdict(event), cluster_id=cluster_id)
-        async with store.transaction() as tx:
-            await tx.emit(catalogue.subject_for(AgentDeadLettered, service=service, cluster_id=cluster_id), agent_event)
-        await msg.term()
-        return agent_event
+    subject = catalogue.subject_for(DeadLettered, service=service)
+    if cluster_id:  # a cluster's agent: on that cluster's own subject, the only one the bus lets it publish
+        event = AgentDeadLettered(**msgspec.structs.asdict(event), cluster_id=cluster_id)
+        subject = catalogue.subject_for(AgentDeadLettered, service=service, cluster_id=cluster_id)
     async with store.transaction() as tx:
-        await tx.emit(catalogue.subject_for(DeadLettered, service=service), event)
+        await tx.emit(subject, event)
     await msg.term()
     return event

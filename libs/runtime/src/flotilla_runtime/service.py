@@ -184,7 +184,8 @@ async def run(spec: ServiceSpec[S], settings: S, stop: asyncio.Event | None = No
             app.login = await _login(app, spec.login, stop)
             if app.login is None:
                 return
-            broker = app.broker = make_broker(app.login.url, f"flotilla-{name}-{settings.instance_id}", errors)
+            if app.login.url != settings.nats_url:
+                broker = app.broker = make_broker(app.login.url, f"flotilla-{name}-{settings.instance_id}", errors)
         app.router.install(broker)
         if not await _connect(app, stop):
             return

@@ -103,8 +103,8 @@ async def setup(app: ServiceApp[Settings]) -> None:
 
 
 async def login(app: ServiceApp[Settings]) -> BusLogin:
-    """Who the agent is on the bus: as configured, or its cluster (`BUS_LOGIN=cluster`, after joining)."""
-    validate(app.settings)
+    """Who the agent is on the bus: as configured, or its cluster (`BUS_LOGIN=cluster`, after joining).
+    Runs after `setup`, which validated the settings."""
     if app.settings.bus_login != "cluster":
         return BusLogin(url=app.settings.nats_url)
     from flotilla_node_agent.bus_login import login as cluster_login

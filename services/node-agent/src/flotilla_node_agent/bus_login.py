@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import nats
 from nats.aio.client import Client
@@ -30,6 +30,7 @@ from flotilla_runtime.service import BusLogin, ServiceApp
 
 if TYPE_CHECKING:
     from flotilla_node_agent.app import Settings
+    from flotilla_node_agent.drivers.kube_lease import KubeLeaderElection
 
 WAIT_S = 5.0
 
@@ -79,18 +80,17 @@ class JournalCredentials:
 class SecretCredentials:
     """The kubernetes driver: the `flotilla-cluster-credential` Secret, written by the Lease holder."""
 
-    def __init__(self, election: Any) -> None:
+    def __init__(self, election: KubeLeaderElection) -> None:
         self.election = election
 
     async def read(self) -> tuple[str, str] | None:
-        result: tuple[str, str] | None = await self.election.read_credential()
-        return result
+        return await self.election.read_credential()
 
     async def write(self, cluster_id: str, credential: str) -> None:
         await self.election.publish_credential(cluster_id, credential)
 
     async def may_join(self) -> bool:
-        return bool(await self.election.try_acquire())
+        return await self.election.try_acquire()
 
 
 async def join(app: ServiceApp[Settings], identity: ClusterIdentity, nodes: NodesSource) -> tuple[str, str]:
@@ -169,20 +169,13 @@ async def login(app: ServiceApp[Settings]) -> BusLogin:
         finally:
             await driver.close()
     from flotilla_node_agent.drivers.kube_lease import KubeLeaderElection
-    from flotilla_node_agent.drivers.kubernetes import KubernetesDriver, api_client, list_node_facts
+    from flotilla_node_agent.drivers.kubernetes import KubernetesDriver, api_client
+    from flotilla_node_agent.kube_role import cluster_identity, node_lister
 
     api = await api_client(settings.kubeconfig)
     try:
         election = KubeLeaderElection(api, settings.namespace, settings.node_name)
-        kube_identity = ClusterIdentity(
-            uid=await election.cluster_uid(),
-            name=settings.cluster_name or "cluster",
-            kubernetes_version=(await KubernetesDriver(api, settings.node_name, None).facts()).kubelet_version,
-        )
-
-        async def cluster_nodes() -> list[NodeFacts]:
-            return list(await list_node_facts(api))
-
-        return await login_with(app, SecretCredentials(election), kube_identity, cluster_nodes)
+        identity = await cluster_identity(settings, election, KubernetesDriver(api, settings.node_name, None))
+        return await login_with(app, SecretCredentials(election), identity, node_lister(api))
     finally:
         await api.close()

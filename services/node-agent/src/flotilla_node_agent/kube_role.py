@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
+from flotilla_contracts.v1.agent import NodeFacts
 from flotilla_contracts.v1.registration import ClusterIdentity
 from flotilla_node_agent.agent import AgentContext
 from flotilla_node_agent.applier import ManifestApplier
 from flotilla_node_agent.apply_backends import KubernetesApplyBackend
-from flotilla_node_agent.cluster_agent import ClusterAgent, ClusterHandle
+from flotilla_node_agent.cluster_agent import ClusterAgent, ClusterHandle, NodesSource
 from flotilla_node_agent.drivers.base import DriverUnavailable
 from flotilla_node_agent.drivers.kube_lease import KubeLeaderElection
 from flotilla_node_agent.drivers.kubernetes import KubernetesDriver, list_node_facts
@@ -19,6 +20,29 @@ from flotilla_runtime.service import ServiceApp
 
 if TYPE_CHECKING:
     from flotilla_node_agent.app import Settings
+
+
+async def cluster_identity(
+    settings: Settings, election: KubeLeaderElection, driver: KubernetesDriver
+) -> ClusterIdentity:
+    """The identity the cluster joins with: kube-system's UID, the configured name, this node's kubelet."""
+    return ClusterIdentity(
+        uid=await election.cluster_uid(),
+        name=settings.cluster_name or "cluster",
+        kubernetes_version=(await driver.facts()).kubelet_version,
+    )
+
+
+def node_lister(api: Any) -> NodesSource:
+    """Every node's facts for the join and the node reports; none while the API server cannot be read."""
+
+    async def nodes() -> list[NodeFacts]:
+        try:
+            return list(await list_node_facts(api))
+        except DriverUnavailable:
+            return []
+
+    return nodes
 
 
 async def run_kubernetes_roles(
@@ -45,20 +69,16 @@ async def run_kubernetes_roles(
         while True:
             await election.wait_leadership()
             app.log.info("holding the cluster agent lease")
-            identity = ClusterIdentity(
-                uid=await election.cluster_uid(),
-                name=settings.cluster_name or "cluster",
-                kubernetes_version=(await driver.facts()).kubelet_version,
-            )
-
-            async def nodes() -> list[Any]:
-                try:
-                    return list(await list_node_facts(api))
-                except DriverUnavailable:
-                    return []
-
+            identity = await cluster_identity(settings, election, driver)
             agent = ClusterAgent(
-                ctx.nc, ctx.store, ctx.journal, identity, settings.join_token, nodes, ClusterHandle(), app.log
+                ctx.nc,
+                ctx.store,
+                ctx.journal,
+                identity,
+                settings.join_token,
+                node_lister(api),
+                ClusterHandle(),
+                app.log,
             )
             if app.login is not None and app.login.credential:
                 agent.credential = app.login.credential  # connected as the cluster: re-join with it
