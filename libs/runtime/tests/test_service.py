@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
+import nats
 import pytest
 from nats.aio.client import Client
 
@@ -15,7 +16,7 @@ from flotilla_contracts.envelope import Message
 from flotilla_contracts.streams import FLEET_EVENTS
 from flotilla_contracts.subjects import Service
 from flotilla_runtime.commands import CommandContext
-from flotilla_runtime.service import ServiceApp, ServiceSpec, run
+from flotilla_runtime.service import BusLogin, ServiceApp, ServiceSpec, run
 from flotilla_runtime.settings import ServiceSettings
 
 
@@ -136,3 +137,40 @@ async def test_health_probes(service: Running, nc: Client) -> None:
         status_line = await reader.readline()
         writer.close()
         assert expected in status_line, path
+
+
+async def test_a_service_waiting_for_its_login_stops_cleanly_without_connecting(tmp_path: Path) -> None:
+    """`ServiceSpec.login` may wait for days (a join awaiting approval): a stop meanwhile ends the service."""
+    called = asyncio.Event()
+
+    async def never(_app: ServiceApp[ServiceSettings]) -> BusLogin:
+        called.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    spec = ServiceSpec(Service.SCHEDULER, "1.2.3", "test", ServiceSettings, setup, login=never)
+    # Nothing listens on this port: connecting would retry until the timeout below.
+    settings = ServiceSettings(nats_url="nats://127.0.0.1:1", state_dir=str(tmp_path / "svc"), instance_id="i")
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(spec, settings, stop))
+    await asyncio.wait_for(called.wait(), 10)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_a_service_connects_with_the_url_its_login_returns(nats_server: NatsServer, tmp_path: Path) -> None:
+    async def login(_app: ServiceApp[ServiceSettings]) -> BusLogin:
+        return BusLogin(url=nats_server.url)
+
+    spec = ServiceSpec(Service.SCHEDULER, "1.2.3", "test", ServiceSettings, setup, login=login)
+    settings = ServiceSettings(nats_url="nats://127.0.0.1:1", state_dir=str(tmp_path / "svc"), instance_id="i")
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(spec, settings, stop))
+    nc = await nats.connect(nats_server.url)
+    try:
+        ping = await request(nc, "$SRV.PING.scheduler")
+        assert ping["id"] == "i"
+    finally:
+        await nc.close()
+        stop.set()
+        await asyncio.wait_for(task, 15)
