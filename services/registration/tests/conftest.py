@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from callout_support import Callout, running_callout
 from faststream.nats import TestNatsBroker
 from registration_harness import Clock, Harness
 
@@ -32,3 +33,10 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
             yield Harness(test_broker, store, clock, registration)
     finally:
         await store.close()
+
+
+@pytest.fixture
+async def callout(tmp_path: Path) -> AsyncIterator[Callout]:
+    """A real nats-server whose auth callout a test responder answers (callout_support.py)."""
+    async with running_callout(tmp_path) as running:
+        yield running

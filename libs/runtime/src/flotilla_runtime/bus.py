@@ -15,6 +15,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 
 from flotilla_contracts.streams import STREAMS, Retention, StreamSpec
 from flotilla_runtime.errors import TemporaryError
+from flotilla_runtime.lifeline import Lifeline
 from flotilla_runtime.natsconn import CA_ENV, connect_options, nats_user, redact, with_user, without_user
 
 __all__ = ["CA_ENV", "connect_options", "nats_user", "redact", "with_user", "without_user"]
@@ -41,9 +42,16 @@ class BusErrors:
             log.warning("NATS connection error: %s", text)
 
 
-def make_broker(nats_url: str, client_name: str, errors: BusErrors | None = None) -> NatsBroker:
-    """A FastStream NATS broker with msgspec serialization and no per-message logging (halves throughput)."""
+def make_broker(
+    nats_url: str, client_name: str, errors: BusErrors | None = None, lifeline: Lifeline | None = None
+) -> NatsBroker:
+    """A FastStream NATS broker with msgspec serialization and no per-message logging (halves throughput).
+
+    Its connection reconnects forever with back-off; attach `lifeline` to `broker.connection` once connected
+    so auth errors (an expired grant) reconnect too instead of closing it (flotilla_runtime.lifeline).
+    """
     bus_errors = errors or BusErrors()
+    link = lifeline or Lifeline(client_name)
     options = connect_options(nats_url)
     tls = options.pop("tls", None)
     if tls is not None:
@@ -53,14 +61,13 @@ def make_broker(nats_url: str, client_name: str, errors: BusErrors | None = None
         name=client_name,
         logger=None,
         serializer=MsgSpecSerializer(),
-        error_cb=bus_errors.callback,
-        max_reconnect_attempts=-1,
         reconnect_time_wait=1,
         connect_timeout=5,
         graceful_timeout=10.0,
         # Handlers take the raw message and decode it themselves (codec.decode, typed errors): no
         # dependency injection, which would otherwise cost a thread-pool hop per message.
         apply_types=False,
+        **link.options(error_cb=bus_errors.callback),
         **options,
     )
 

@@ -1,4 +1,5 @@
-"""A tiny HTTP server for Kubernetes probes: `/livez` (the process loop runs) and `/readyz` (serving).
+"""A tiny HTTP server for Kubernetes probes: `/livez` (worth keeping: not closed for good) and `/readyz`
+(serving), each answering with its reason.
 
 It also serves `/metrics` (Prometheus text format) when given a renderer (see flotilla_runtime.metrics).
 """
@@ -8,6 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+
+# A probe's verdict: passing or not, and why (shown in the body, so `curl` and kubectl events say it).
+Verdict = tuple[bool, str]
+Probe = Callable[[], Verdict]
 
 log = logging.getLogger(__name__)
 
@@ -21,12 +26,14 @@ class HealthServer:
         self,
         host: str,
         port: int,
-        ready: Callable[[], bool],
+        ready: Probe,
         metrics: Callable[[], Awaitable[str]] | None = None,
+        live: Probe | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self._ready = ready
+        self._live: Probe = live or (lambda: (True, "ok"))
         self._metrics = metrics
         self._server: asyncio.Server | None = None
 
@@ -52,9 +59,9 @@ class HealthServer:
             path = parts[1] if len(parts) >= 2 else ""
             content_type = _TEXT
             if path == "/livez":
-                status, body = 200, "ok\n"
+                status, body = _answer(self._live(), "live")
             elif path == "/readyz":
-                status, body = (200, "ready\n") if self._ready() else (503, "not ready\n")
+                status, body = _answer(self._ready(), "ready")
             elif self._metrics is not None and path.split("?", 1)[0] == "/metrics":
                 status, body, content_type = await self._render_metrics()
             else:
@@ -79,3 +86,8 @@ class HealthServer:
         except Exception as exc:  # a scrape must never take the probe server down
             log.warning("rendering /metrics failed: %s", exc, exc_info=True)
             return 500, f"metrics unavailable: {type(exc).__name__}\n", _TEXT
+
+
+def _answer(verdict: Verdict, what: str) -> tuple[int, str]:
+    ok, reason = verdict
+    return (200, f"{what}: {reason}\n") if ok else (503, f"not {what}: {reason}\n")

@@ -28,7 +28,8 @@ from flotilla_runtime.commands import CommandContext, CommandRouter
 from flotilla_runtime.consumers import EventConsumer, EventHandler
 from flotilla_runtime.discovery import Discovery, ServiceIdentity
 from flotilla_runtime.errors import SettingsError, TemporaryError
-from flotilla_runtime.health import HealthServer
+from flotilla_runtime.health import HealthServer, Verdict
+from flotilla_runtime.lifeline import Lifeline
 from flotilla_runtime.logs import BoundLogger, get_logger, setup_logging
 from flotilla_runtime.metrics import Registry
 from flotilla_runtime.migrations import load_migrations
@@ -74,12 +75,22 @@ class BusLogin:
 class ServiceApp(Generic[S]):
     """The running service as its handlers see it."""
 
-    def __init__(self, spec: ServiceSpec[S], settings: S, store: Store, broker: NatsBroker, errors: BusErrors):
+    def __init__(
+        self,
+        spec: ServiceSpec[S],
+        settings: S,
+        store: Store,
+        broker: NatsBroker,
+        errors: BusErrors,
+        lifeline: Lifeline | None = None,
+    ):
         self.spec = spec
         self.settings = settings
         self.store = store
         self.broker = broker
         self.bus_errors = errors
+        self.lifeline = lifeline or Lifeline(spec.service.value)  # the bus connection's state; probes read it
+        self.phase = "starting"  # what /readyz says until the service serves
         self.router = CommandRouter(spec.service, max_message_bytes=settings.max_message_bytes)
         self.log: BoundLogger = get_logger(f"flotilla.{spec.service.value}", instance=settings.instance_id)
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
@@ -96,6 +107,18 @@ class ServiceApp(Generic[S]):
     @property
     def name(self) -> str:
         return self.spec.service.value
+
+    def readiness(self) -> Verdict:
+        """/readyz: serving, and the bus connection not down for longer than `bus_down_grace_s`."""
+        if not self.ready:
+            return False, self.phase
+        link = self.lifeline.health(self.settings.bus_down_grace_s)
+        return link.ready, link.reason
+
+    def liveness(self) -> Verdict:
+        """/livez: fails only when the bus connection is closed for good (a restart is then the cure)."""
+        link = self.lifeline.health(self.settings.bus_down_grace_s)
+        return link.live, link.reason
 
     @property
     def js(self) -> JetStreamContext:
@@ -156,9 +179,11 @@ async def run(spec: ServiceSpec[S], settings: S, stop: asyncio.Event | None = No
     migrations = load_migrations(spec.migrations_package, name) if spec.migrations_package else []
     store = await Store.open(state_db_path(settings, name), migrations)
     errors = BusErrors()
-    broker = make_broker(settings.nats_url, f"flotilla-{name}-{settings.instance_id}", errors)
-    app = ServiceApp(spec, settings, store, broker, errors)
-    health = HealthServer(settings.http_host, settings.http_port, lambda: app.ready, app.metrics.render)
+    client_name = f"flotilla-{name}-{settings.instance_id}"
+    lifeline = Lifeline(client_name)
+    broker = make_broker(settings.nats_url, client_name, errors, lifeline)
+    app = ServiceApp(spec, settings, store, broker, errors, lifeline)
+    health = HealthServer(settings.http_host, settings.http_port, app.readiness, app.metrics.render, app.liveness)
     await health.start()
     relay: OutboxRelay | None = None
     discovery: Discovery | None = None
@@ -181,14 +206,17 @@ async def run(spec: ServiceSpec[S], settings: S, stop: asyncio.Event | None = No
         instrument_commands(app.router, app.metrics)
         instrument_consumers(app.consumers, app.metrics)
         if spec.login is not None:
+            app.phase = "waiting for the bus login (the cluster's join and approval)"
             app.login = await _login(app, spec.login, stop)
             if app.login is None:
                 return
             if app.login.url != settings.nats_url:
-                broker = app.broker = make_broker(app.login.url, f"flotilla-{name}-{settings.instance_id}", errors)
+                broker = app.broker = make_broker(app.login.url, client_name, errors, lifeline)
         app.router.install(broker)
+        app.phase = "connecting to the bus"
         if not await _connect(app, stop):
             return
+        lifeline.attach(broker.connection)
         app._js = broker.connection.jetstream()
         if app.login is None or app.login.provision_streams:
             await ensure_streams(app.js, replicas=settings.stream_replicas)
@@ -222,7 +250,7 @@ async def run(spec: ServiceSpec[S], settings: S, stop: asyncio.Event | None = No
         await stop.wait()
         app.log.info("stopping: draining subscriptions and flushing the outbox")
     finally:
-        app.ready = False
+        app.ready, app.phase = False, "stopping"
         await _shutdown(app, discovery, relay, health)
 
 
@@ -252,6 +280,7 @@ async def _connect(app: ServiceApp[Any], stop: asyncio.Event) -> bool:
             await app.broker.connect()
             return True
         except (OSError, nats.errors.Error, TimeoutError) as exc:
+            app.lifeline.failed(exc)
             app.log.warning(
                 "cannot reach NATS at %s (%s); retrying in %.1fs",
                 redact(app.login.url if app.login else app.settings.nats_url),
@@ -284,6 +313,7 @@ async def _shutdown(
             await task
     if relay is not None:
         await relay.stop(flush_timeout_s=timeout)
+    app.lifeline.stop()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(app.broker.stop(), timeout)
     await app.store.close()

@@ -31,12 +31,15 @@ class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
     shutdown_timeout_s: float = 10.0
     outbox_batch: int = 256
     stream_replicas: int = 1  # replicas of the JetStream streams a service creates (3 in production)
+    bus_down_grace_s: float = 30.0  # /readyz says not ready once the bus connection is down this long
 
 
 S = TypeVar("S", bound=ServiceSettings)
 
 # Read as FLOTILLA_<FIELD> when FLOTILLA_<SERVICE>_<FIELD> is not set, so one variable serves all.
-SHARED_FIELDS = frozenset({"nats_url", "log_level", "log_format", "trace_sample_ratio", "stream_replicas"})
+SHARED_FIELDS = frozenset(
+    {"nats_url", "log_level", "log_format", "trace_sample_ratio", "stream_replicas", "bus_down_grace_s"}
+)
 
 
 def env_prefix(service: str) -> str:
@@ -88,5 +91,7 @@ def _validate(settings: ServiceSettings, prefix: str) -> None:
         raise SettingsError(f"{prefix}HTTP_PORT must be between 0 and 65535")
     if settings.stream_replicas not in (1, 3, 5):
         raise SettingsError(f"{prefix}STREAM_REPLICAS must be 1, 3 or 5, not {settings.stream_replicas}")
+    if settings.bus_down_grace_s < 0:
+        raise SettingsError(f"{prefix}BUS_DOWN_GRACE_S must not be negative")
     if settings.max_message_bytes < 1024:
         raise SettingsError(f"{prefix}MAX_MESSAGE_BYTES must be at least 1024")

@@ -17,6 +17,7 @@ import hashlib
 from typing import TYPE_CHECKING, Protocol
 
 import nats
+import nats.errors
 from nats.aio.client import Client
 
 from flotilla_contracts import permissions
@@ -25,6 +26,7 @@ from flotilla_contracts.v1.agent import NodeFacts
 from flotilla_contracts.v1.registration import ClusterIdentity, ClusterState
 from flotilla_node_agent.cluster_agent import ClusterAgent, ClusterHandle, NodesSource
 from flotilla_node_agent.journal import Journal
+from flotilla_runtime.lifeline import Lifeline
 from flotilla_runtime.natsconn import connect_options, with_user
 from flotilla_runtime.service import BusLogin, ServiceApp
 
@@ -35,17 +37,24 @@ if TYPE_CHECKING:
 WAIT_S = 5.0
 
 
-async def connect_as(url: str, user: str, password: str, name: str) -> Client:
-    """A connection to `url` as `user` (a cluster, or a joining agent) that reconnects forever."""
+async def connect_as(url: str, user: str, password: str, name: str, lifeline: Lifeline | None = None) -> Client:
+    """A connection to `url` as `user` (a cluster, or a joining agent) that reconnects forever, through
+    expired grants and refusals too (`lifeline` follows it; see flotilla_runtime.lifeline)."""
     target = with_user(url, user, password)
-    return await nats.connect(
-        target,
-        name=name,
-        max_reconnect_attempts=-1,
-        connect_timeout=10,  # the bus asks registration (auth callout) before it answers
-        pending_size=64 * 1024 * 1024,
-        **connect_options(target),
-    )
+    link = lifeline or Lifeline(name)
+    try:
+        client = await nats.connect(
+            target,
+            name=name,
+            connect_timeout=10,  # the bus asks registration (auth callout) before it answers
+            pending_size=64 * 1024 * 1024,
+            **link.options(),
+            **connect_options(target),
+        )
+    except (OSError, nats.errors.Error, TimeoutError) as exc:
+        link.failed(exc)
+        raise
+    return link.attach(client)
 
 
 class Credentials(Protocol):
