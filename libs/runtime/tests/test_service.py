@@ -1,7 +1,7 @@
 """A whole service in-process against a real nats-server: discovery, info, bad input, graceful stop."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,5 +172,55 @@ async def test_a_service_connects_with_the_url_its_login_returns(nats_server: Na
         assert ping["id"] == "i"
     finally:
         await nc.close()
+        stop.set()
+        await asyncio.wait_for(task, 15)
+
+
+async def probe(health_url: str, path: str) -> tuple[int, str]:
+    host, port = health_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    response = (await reader.read()).decode()
+    writer.close()
+    return int(response.split()[1]), response.split("\r\n\r\n", 1)[1].strip()
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_readyz_says_why_while_the_bus_is_down_and_recovers_when_it_returns(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    settings = ServiceSettings(
+        nats_url=nats_server.url, state_dir=str(tmp_path / "svc"), instance_id="i", bus_down_grace_s=0.5
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(SPEC, settings, stop))
+    nc = await nats.connect(nats_server.url)
+    try:
+        health_url = str((await request(nc, "$SRV.PING.scheduler"))["metadata"]["health"])  # type: ignore[index]
+        await nc.close()
+        assert await probe(health_url, "/readyz") == (200, "ready: connected")
+
+        nats_server.stop()
+
+        async def down_and_said() -> bool:
+            status, body = await probe(health_url, "/readyz")
+            return status == 503 and body.startswith("not ready: bus reconnecting for")
+
+        await until(down_and_said, "/readyz to report the lost bus")
+        assert (await probe(health_url, "/livez"))[0] == 200, "a reconnecting link is alive: no restart needed"
+
+        nats_server.start()
+
+        async def ready_again() -> bool:
+            return (await probe(health_url, "/readyz"))[0] == 200
+
+        await until(ready_again, "/readyz to recover once nats-server is back")
+    finally:
         stop.set()
         await asyncio.wait_for(task, 15)

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from flotilla_runtime.lifeline import Lifeline, LinkState
 from flotilla_runtime.metrics import Family, Histogram, Registry, Sample
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class RuntimeSources:
     bus_errors: BusErrors
     ready: Callable[[], bool]
     relay: Callable[[], OutboxRelay | None]
+    lifeline: Lifeline | None = None
     started_at: float = field(default_factory=time.time)
 
 
@@ -86,6 +88,10 @@ RUNTIME_METRICS = (
     "flotilla_outbox_published_total",
     "flotilla_outbox_publish_failures_total",
     "flotilla_nats_errors_total",
+    "flotilla_bus_connected",
+    "flotilla_bus_reconnects_total",
+    "flotilla_bus_grants_expired_total",
+    "flotilla_bus_refusals_total",
 )
 
 
@@ -151,6 +157,7 @@ def register_runtime(registry: Registry, sources: RuntimeSources) -> None:
                 "Errors the NATS connection reported asynchronously (denied publishes among them).",
                 [Sample({}, s.bus_errors.count)],
             ),
+            *_link_families(s.lifeline),
         ]
         return families
 
@@ -187,5 +194,33 @@ async def _outbox_families(s: RuntimeSources) -> list[Family]:
             "counter",
             "Outbox publish rounds that failed and were retried.",
             [Sample({}, relay.failures if relay else 0)],
+        ),
+    ]
+
+
+def _link_families(link: Lifeline | None) -> list[Family]:
+    """The bus connection's state and history (flotilla_runtime.lifeline)."""
+    if link is None:
+        return []
+    connected = int(link.state is LinkState.CONNECTED)
+    return [
+        Family("flotilla_bus_connected", "gauge", "1 while the bus connection is up.", [Sample({}, connected)]),
+        Family(
+            "flotilla_bus_reconnects_total",
+            "counter",
+            "Times the bus connection was re-established (each a fresh grant for a callout user).",
+            [Sample({}, link.stats.reconnects)],
+        ),
+        Family(
+            "flotilla_bus_grants_expired_total",
+            "counter",
+            "Times the server ended the connection because its grant expired.",
+            [Sample({}, link.stats.grants_expired)],
+        ),
+        Family(
+            "flotilla_bus_refusals_total",
+            "counter",
+            "Connection attempts the server refused (credential refused, or the auth callout did not answer).",
+            [Sample({}, link.stats.refusals)],
         ),
     ]

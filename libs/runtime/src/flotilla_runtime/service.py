@@ -200,6 +200,7 @@ async def run(spec: ServiceSpec[S], settings: S, stop: asyncio.Event | None = No
                 bus_errors=errors,
                 ready=lambda: app.ready,
                 relay=lambda: relay,
+                lifeline=lifeline,
             ),
         )
         await spec.setup(app)
