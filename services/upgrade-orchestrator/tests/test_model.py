@@ -30,7 +30,7 @@ from flotilla_contracts.v1.upgrade import (
     WavesSpec,
 )
 from flotilla_contracts.v1.upgrade_status import RolloutState
-from flotilla_upgrade_orchestrator import control, recovery, store
+from flotilla_upgrade_orchestrator import control, recovery, retries, store
 from flotilla_upgrade_orchestrator.engine import Engine
 
 
@@ -145,6 +145,19 @@ class RolloutModel(RuleBasedStateMachine):
             assert getattr(exc, "code", None) is not None, exc
             return
         self.aborted |= verb == "abort"
+
+    @rule()
+    @precondition(lambda self: self._a_failed_cluster_settles())
+    def an_operator_retries_while_a_failed_cluster_settles(self) -> None:
+        """`retry` as soon as a node failed, before its cluster gave its other nodes back: queued, never refused."""
+        reply = self.sim.work(
+            lambda tx: recovery.retry(self.sim.engine, tx, RetryRequest(rollout_id=self.rid), self.sim.now)
+        )
+        assert "retrying" in reply.message
+
+    def _a_failed_cluster_settles(self) -> bool:
+        rollout = self.sim.engine.rollouts.get(self.rid)  # none right after a crash, until a work reloads
+        return rollout is not None and any(retries.failing(c) for c in rollout.clusters.values())
 
     @invariant()
     def states_only_move_forward(self) -> None:

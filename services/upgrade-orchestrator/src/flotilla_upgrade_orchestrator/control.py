@@ -29,11 +29,10 @@ from flotilla_contracts.v1.upgrade_status import (
 from flotilla_runtime.errors import RequestError
 from flotilla_runtime.store import SyncTx
 from flotilla_upgrade_orchestrator import rollback as rollback_rules
-from flotilla_upgrade_orchestrator import scheduling, views
 from flotilla_upgrade_orchestrator import store as repo
+from flotilla_upgrade_orchestrator import views
 from flotilla_upgrade_orchestrator.engine import Engine
 from flotilla_upgrade_orchestrator.model import (
-    BUDGET_FREEZES,
     FINAL_WAVE,
     ClusterRec,
     NodeRec,
@@ -274,9 +273,3 @@ def wind_down(engine: Engine, rollout: Rollout, cluster: ClusterRec) -> None:
 
 def _in_flight(rollout: Rollout) -> int:
     return sum(1 for c in rollout.clusters.values() for n in c.nodes if n.in_flight is not None)
-
-
-def lift_budget_freeze(engine: Engine, tx: SyncTx, rollout: Rollout, reason: str, now: datetime) -> None:
-    freeze = rollout.rec.freeze
-    if freeze is not None and freeze.reason in BUDGET_FREEZES and scheduling.budget_exceeded(rollout) is None:
-        engine.unfreeze(tx, rollout, reason, "the failure budget holds again", now)

@@ -128,6 +128,7 @@ class ClusterRec(msgspec.Struct, kw_only=True):
     failure: str = ""
     not_ready: list[str] = []  # nodes seen NotReady while the cluster was active: counted against the budget
     retries: int = 0
+    retry_queued: bool = False  # a user asked to retry while a failed node's cluster still settled (retries.py)
     started_at: float | None = None
     finished_at: float | None = None
     window_opens_at: float | None = None

@@ -17,9 +17,12 @@ from flotilla_contracts.v1.upgrade_status import (
     RolloutState,
     WaveState,
 )
+from flotilla_runtime.logs import get_logger
 from flotilla_runtime.store import SyncTx
-from flotilla_upgrade_orchestrator import scheduling
+from flotilla_upgrade_orchestrator import retries, scheduling
 from flotilla_upgrade_orchestrator.model import (
+    BUDGET_FREEZES,
+    FINAL_WAVE,
     WAVE_DONE_CLUSTER,
     ClusterRec,
     Rollout,
@@ -28,6 +31,7 @@ from flotilla_upgrade_orchestrator.model import (
 if TYPE_CHECKING:
     from flotilla_upgrade_orchestrator.engine import Engine
 
+log = get_logger("flotilla.upgrade-orchestrator.engine")
 _UPGRADING = (ClusterRolloutState.UPGRADING_CONTROL_PLANE, ClusterRolloutState.UPGRADING_WORKERS)
 _GATE_BAD = (ClusterHealth.DEGRADED, ClusterHealth.UNREACHABLE)
 
@@ -53,6 +57,7 @@ def settle_cluster(engine: Engine, tx: SyncTx, rollout: Rollout, cluster: Cluste
         if failed:
             cluster.failure = f"{failed[0].node_name}: {failed[0].failure}"
             engine.cluster_to(tx, rollout, cluster, ClusterRolloutState.FAILED, now, "NodeFailed", cluster.failure)
+            run_queued_retry(engine, tx, rollout, cluster, now)
         elif rollout.spec.soak_s > 0:
             engine.cluster_to(tx, rollout, cluster, ClusterRolloutState.SOAKING, now, "Upgraded")
         else:
@@ -67,8 +72,60 @@ def settle_cluster(engine: Engine, tx: SyncTx, rollout: Rollout, cluster: Cluste
             engine.cluster_to(tx, rollout, cluster, ClusterRolloutState.ROLLED_BACK, now, "RolledBack")
         return True
     if state in (ClusterRolloutState.SKIPPED, ClusterRolloutState.ABORTED, ClusterRolloutState.FAILED):
+        run_queued_retry(engine, tx, rollout, cluster, now)
         return not scheduling.cluster_outstanding(cluster)
     return False
+
+
+# --- retry -------------------------------------------------------------------------------------------------
+
+
+def reopen(engine: Engine, tx: SyncTx, rollout: Rollout, cluster: ClusterRec, now: datetime, why: str = "") -> int:
+    """A settled Failed cluster starts again (Pending) against the pinned target; the nodes that get a new attempt."""
+    count = 0
+    for node in cluster.nodes:
+        if node.succeeded or node.in_flight is not None:
+            continue
+        count += 1
+        node.attempt += 1
+        node.wind_down = False
+        resume_at = node.resume_state if node.cordoned_by_us and node.resume_state is not None else None
+        node.failed_step, node.failure, node.resume_state = None, "", None
+        again = resume_at or NodeStepState.PENDING
+        if node.state is not again:
+            engine.node_to(tx, rollout, cluster, node, again, now, reason="Retry", message=f"attempt {node.attempt}")
+        if resume_at is None:
+            node.drained = False
+        engine.touch_node(rollout, cluster, node)
+    cluster.not_ready = []
+    cluster.failure = ""
+    cluster.retries += 1
+    cluster.retry_queued = False
+    cluster.finished_at = None
+    engine.cluster_to(tx, rollout, cluster, ClusterRolloutState.PENDING, now, "Retry", f"retry {cluster.retries}" + why)
+    wave = rollout.waves[cluster.wave]
+    if wave.state in FINAL_WAVE:
+        wave.finished_at = None
+        engine.wave_to(tx, rollout, wave, WaveState.RUNNING, now, "Retry")
+    return count
+
+
+def run_queued_retry(engine: Engine, tx: SyncTx, rollout: Rollout, cluster: ClusterRec, now: datetime) -> None:
+    """A retry asked for while the cluster still settled takes effect once it has (retries.py)."""
+    if not retries.due(rollout, cluster):
+        return
+    nodes = reopen(engine, tx, rollout, cluster, now, ", asked for while the cluster was still giving nodes back")
+    lift_budget_freeze(engine, tx, rollout, "Retried", now)
+    log.bind(rollout=rollout.rollout_id, cluster=cluster.cluster_id).info(
+        "queued retry started: %d node(s) begin a new attempt", nodes
+    )
+
+
+def lift_budget_freeze(engine: Engine, tx: SyncTx, rollout: Rollout, reason: str, now: datetime) -> None:
+    """A freeze for an exceeded failure budget ends when a retry or a skip brings the rollout back within it."""
+    freeze = rollout.rec.freeze
+    if freeze is not None and freeze.reason in BUDGET_FREEZES and scheduling.budget_exceeded(rollout) is None:
+        engine.unfreeze(tx, rollout, reason, "the failure budget holds again", now)
 
 
 def check_gates(engine: Engine, tx: SyncTx, rollout: Rollout, now: datetime) -> None:

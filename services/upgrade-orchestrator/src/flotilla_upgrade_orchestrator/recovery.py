@@ -10,85 +10,60 @@ from flotilla_contracts.v1.upgrade import RetryRequest, RollbackRequest, SkipClu
 from flotilla_contracts.v1.upgrade_status import (
     ClusterRolloutState,
     Direction,
-    NodeStepState,
     RolloutReply,
     RolloutState,
     WaveState,
 )
 from flotilla_runtime.errors import RequestError
 from flotilla_runtime.store import SyncTx
+from flotilla_upgrade_orchestrator import progress, retries
 from flotilla_upgrade_orchestrator import rollback as rollback_rules
-from flotilla_upgrade_orchestrator.control import (
-    DONE_CLUSTER,
-    cluster_of,
-    conflict,
-    get,
-    lift_budget_freeze,
-    reply,
-    wind_down,
-)
+from flotilla_upgrade_orchestrator.control import DONE_CLUSTER, cluster_of, conflict, get, reply, wind_down
 from flotilla_upgrade_orchestrator.engine import Engine
-from flotilla_upgrade_orchestrator.model import FINAL_WAVE, ClusterRec, Rollout
+from flotilla_upgrade_orchestrator.model import FINAL_WAVE, Rollout
 
 
 def retry(engine: Engine, tx: SyncTx, request: RetryRequest, now: datetime) -> RolloutReply:
+    """Reopen failed clusters now; queue the retry of one still settling after a node failed (retries.py)."""
     rollout = get(engine, request.rollout_id)
-    if rollout.state in (RolloutState.ABORTED, RolloutState.ROLLED_BACK, RolloutState.ROLLING_BACK):
+    if rollout.state in retries.CLOSED:
         raise conflict(rollout, "retry")
     if request.cluster_id is not None:
-        cluster = cluster_of(rollout, request.cluster_id)
-        if cluster.state is not ClusterRolloutState.FAILED:
-            raise RequestError(
-                ErrorCode.CONFLICT,
-                f"cluster {cluster.cluster_id} is {cluster.state.value}, not Failed",
-                field="cluster_id",
-            )
-        targets = [cluster]
-    else:
-        targets = [c for c in rollout.clusters.values() if c.state is ClusterRolloutState.FAILED]
-        if not targets:
-            raise RequestError(ErrorCode.CONFLICT, f"rollout {rollout.rollout_id} has no failed cluster to retry")
-    nodes = 0
-    for cluster in targets:
-        nodes += _reopen(engine, tx, rollout, cluster, now)
-    if rollout.state is RolloutState.COMPLETED_WITH_FAILURES:
+        cluster_of(rollout, request.cluster_id)
+    decision = retries.decide(rollout, request.cluster_id)
+    if decision.refusal:
+        if request.cluster_id is not None:
+            raise RequestError(ErrorCode.CONFLICT, decision.refusal, field="cluster_id")
+        raise RequestError(ErrorCode.CONFLICT, decision.refusal)
+    nodes = sum(progress.reopen(engine, tx, rollout, cluster, now) for cluster in decision.now)
+    for cluster in decision.queued:
+        if not cluster.retry_queued:
+            cluster.retry_queued = True
+            engine.touch_cluster(rollout, cluster)
+    if decision.now and rollout.state is RolloutState.COMPLETED_WITH_FAILURES:
         engine.rollout_to(tx, rollout, RolloutState.RUNNING, now, "Retry", "failed clusters are tried again")
-    lift_budget_freeze(engine, tx, rollout, "Retried", now)
+    progress.lift_budget_freeze(engine, tx, rollout, "Retried", now)
     engine.advance(tx, rollout, now)
+    return reply(rollout, _retry_message(rollout, decision, nodes))
+
+
+def _retry_message(rollout: Rollout, decision: retries.RetryDecision, nodes: int) -> str:
+    targets = [*decision.now, *decision.queued]
     ids = ", ".join(c.cluster_id for c in targets[:10])
-    return reply(
-        rollout,
-        f"retrying {len(targets)} cluster(s) ({ids}) against the pinned target {rollout.spec.target_version}; "
-        f"{nodes} node(s) start a new attempt",
+    message = f"retrying {len(targets)} cluster(s) ({ids}) against the pinned target {rollout.spec.target_version}"
+    waiting = [c for c in decision.queued if c.retry_queued]  # a queued retry may have run at once
+    if not waiting:
+        return message + f"; {nodes} node(s) start a new attempt"
+    if decision.now:
+        message += f"; {nodes} node(s) start a new attempt now"
+    shown = ", ".join(f"{c.cluster_id} ({retries.unsettled(c)} node(s))" for c in waiting[:10])
+    message += (
+        f"; {len(waiting)} cluster(s) still finish steps in flight and give nodes back after a node failed: "
+        f"{shown}; each is retried as soon as it settles"
     )
-
-
-def _reopen(engine: Engine, tx: SyncTx, rollout: Rollout, cluster: ClusterRec, now: datetime) -> int:
-    count = 0
-    for node in cluster.nodes:
-        if node.succeeded or node.in_flight is not None:
-            continue
-        count += 1
-        node.attempt += 1
-        node.wind_down = False
-        resume_at = node.resume_state if node.cordoned_by_us and node.resume_state is not None else None
-        node.failed_step, node.failure, node.resume_state = None, "", None
-        again = resume_at or NodeStepState.PENDING
-        if node.state is not again:
-            engine.node_to(tx, rollout, cluster, node, again, now, reason="Retry", message=f"attempt {node.attempt}")
-        if resume_at is None:
-            node.drained = False
-        engine.touch_node(rollout, cluster, node)
-    cluster.not_ready = []
-    cluster.failure = ""
-    cluster.retries += 1
-    cluster.finished_at = None
-    engine.cluster_to(tx, rollout, cluster, ClusterRolloutState.PENDING, now, "Retry", f"retry {cluster.retries}")
-    wave = rollout.waves[cluster.wave]
-    if wave.state in FINAL_WAVE:
-        wave.finished_at = None
-        engine.wave_to(tx, rollout, wave, WaveState.RUNNING, now, "Retry")
-    return count
+    if rollout.state is RolloutState.FROZEN and rollout.rec.freeze is not None:
+        message += f"; until then the rollout stays Frozen ({rollout.rec.freeze.reason.value})"
+    return message
 
 
 def skip(engine: Engine, tx: SyncTx, request: SkipClusterRequest, now: datetime) -> RolloutReply:
@@ -111,7 +86,7 @@ def skip(engine: Engine, tx: SyncTx, request: SkipClusterRequest, now: datetime)
         wave = rollout.waves[cluster.wave]
         if wave.state is WaveState.COMPLETED_WITH_FAILURES:
             engine.wave_to(tx, rollout, wave, WaveState.RUNNING, now, "Skip")
-    lift_budget_freeze(engine, tx, rollout, "Skipped", now)
+    progress.lift_budget_freeze(engine, tx, rollout, "Skipped", now)
     engine.advance(tx, rollout, now)
     busy = sum(1 for n in cluster.nodes if n.in_flight or n.cordoned_by_us)
     return reply(
