@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import nats
@@ -159,11 +160,33 @@ def test_events_subject_filter(fleet: tuple[Path, str], old_events: float) -> No
 
 
 async def test_events_since_leaves_out_older_events(fleet: tuple[Path, str], old_events: float, nc: Client) -> None:
-    await asyncio.sleep(max(0.0, old_events + 1.5 - time.time()))
+    # A time between the OLD events (acknowledged before `old_events` was read) and the next one: how long the
+    # CLI takes to start does not matter, unlike a duration counted back from when it runs.
+    cut = datetime.fromtimestamp(old_events, UTC).isoformat()
     await publish_event(nc, "c3", "approved", 99)
-    result = flotilla(fleet[0], "events", "-o", "json", "--since", "1s", "--subject", "cluster.>")
+    result = flotilla(fleet[0], "events", "-o", "json", "--since", cut, "--subject", "cluster.>")
     assert result.returncode == 0, result.stderr
     assert [e["subject"] for e in json_lines(result.stdout)] == ["fleet.v1.evt.cluster.c3.approved"]
+    # A duration counts back from now: an hour reaches every event of this test module.
+    hour = flotilla(fleet[0], "events", "-o", "json", "--since", "1h", "--subject", "cluster.>")
+    assert hour.returncode == 0, hour.stderr
+    subjects = [e["subject"] for e in json_lines(hour.stdout)]
+    assert subjects[:4] == [*(f"fleet.v1.evt.cluster.{c}.{n}" for c, n in OLD), "fleet.v1.evt.cluster.c3.approved"]
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    none = flotilla(fleet[0], "events", "--since", later, "--subject", "cluster.>")
+    assert none.returncode == 0 and none.stdout == ""
+    assert f"no events matching fleet.v1.evt.cluster.> since {later}" in none.stderr
+
+
+async def caught_up(nc: Client, subject: str, within_s: float = 60) -> None:
+    """Until a reader of `subject` (the CLI's consumer) exists on FLEET_EVENTS with nothing left to deliver."""
+    deadline = time.monotonic() + within_s
+    while True:
+        consumers = await nc.jetstream().consumers_info("FLEET_EVENTS")
+        if any(c.config.filter_subject == subject and c.num_pending == 0 for c in consumers):
+            return
+        assert time.monotonic() < deadline, f"no reader of {subject} caught up within {within_s} s"
+        await asyncio.sleep(0.05)
 
 
 async def test_events_follow_prints_new_events(fleet: tuple[Path, str], old_events: float, nc: Client) -> None:
@@ -173,9 +196,9 @@ async def test_events_follow_prints_new_events(fleet: tuple[Path, str], old_even
     )
     assert proc.stdout is not None
     try:
-        await asyncio.sleep(1.0)  # caught up with nothing: now it follows
+        await caught_up(nc, "fleet.v1.evt.cluster.c4.>")  # it has read all there is: what comes next is new
         await publish_event(nc, "c4", "approved", 7)
-        event = json.loads(await asyncio.wait_for(proc.stdout.readline(), 10))
+        event = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
         assert event["subject"] == "fleet.v1.evt.cluster.c4.approved" and event["data"] == {"cluster": "c4", "n": 7}
         assert proc.returncode is None, "--follow keeps running"
     finally:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from flotilla_client.errors import UsageError
 
@@ -49,3 +51,28 @@ def format_duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m{secs}s"
     return f"{secs}s"
+
+
+@dataclass(frozen=True)
+class Since:
+    """Where `--since` starts, and how to say it: "in the last 10m" or "since 2026-12-03T21:00:00Z"."""
+
+    start: datetime
+    words: str
+
+
+def parse_since(text: str, now: datetime) -> Since:
+    """`--since`: a duration back from `now` (`10m`), or a time in RFC 3339 with its zone (`2026-12-03T21:00:00Z`)."""
+    try:
+        return Since(now - timedelta(seconds=parse_duration(text)), f"in the last {text.strip()}")
+    except UsageError:
+        pass
+    try:
+        start = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(
+            f"--since {text!r} is neither a duration (30s, 10m, 2h, 1d) nor a time (e.g. 2026-12-03T21:00:00Z)"
+        ) from None
+    if start.tzinfo is None:
+        raise UsageError(f"--since {text!r} has no time zone: add one, e.g. Z for UTC or +01:00")
+    return Since(start.astimezone(UTC), f"since {text.strip()}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -12,7 +12,7 @@ import msgspec
 from flotilla_client.cli.common import CliContext, Failure, echo, run, server_option
 from flotilla_client.cli.output import Column, TableStream, output_option, render_json, render_json_line
 from flotilla_client.client import FlotillaClient, RawReply
-from flotilla_client.durations import parse_duration
+from flotilla_client.durations import parse_since
 from flotilla_client.errors import UsageError
 from flotilla_client.events import EventRecord, event_filter
 from flotilla_contracts.envelope import H_SERVICE_ERROR, SchemaIdError, parse_schema_id
@@ -40,7 +40,11 @@ EVENT_WIDTHS = (6, 24, 52, 32, 0)
     help="Only events matching this subject pattern (`*` one token, `>` the rest); "
     "the fleet.v1.evt. prefix may be left out, e.g. 'cluster.*.approved'.",
 )
-@click.option("--since", metavar="DURATION", help="Only events newer than this, e.g. 30s, 10m, 2h, 1d.")
+@click.option(
+    "--since",
+    metavar="DURATION|TIME",
+    help="Only events newer than this: a duration (30s, 10m, 2h, 1d) or a time (2026-12-03T21:00:00Z).",
+)
 @output_option("table", "json")
 @server_option
 @pass_cli
@@ -57,9 +61,11 @@ def events(obj: CliContext, follow: bool, pattern: str | None, since: str | None
       flotilla events
       flotilla events --follow --subject 'cluster.>'
       flotilla events --since 10m -o json
+      flotilla events --since 2026-12-03T21:00:00Z
     """
     subject = event_filter(pattern)
-    start = datetime.now(UTC) - timedelta(seconds=parse_duration(since)) if since else None
+    window = parse_since(since, datetime.now(UTC)) if since else None
+    start = window.start if window else None
     url = obj.server_url()
     table = TableStream(EVENT_COLUMNS, EVENT_WIDTHS)
 
@@ -79,7 +85,7 @@ def events(obj: CliContext, follow: bool, pattern: str | None, since: str | None
     except KeyboardInterrupt:
         return
     if not count:
-        when = f" in the last {since}" if since else ""
+        when = f" {window.words}" if window else ""
         echo(f"no events matching {subject}{when}", err=True)
 
 
