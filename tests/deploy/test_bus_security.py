@@ -172,6 +172,8 @@ def test_each_service_connects_over_tls_as_itself_with_only_its_own_password(ren
     expected = {variable: variable}
     if service is Service.REGISTRATION:
         expected[busauth.ISSUER_SEED_VARIABLE] = busauth.ISSUER_SEED_VARIABLE  # it signs callout answers
+        revoker = busauth.password_variable(busauth.REVOKER_USER)  # it kicks a deregistered cluster's connections
+        expected[revoker] = revoker
     for workload in workloads(render("envs/prod"), service.value):
         name, c = workload["metadata"]["name"], pod_container(workload)
         env = [item["name"] for item in c["env"]]
@@ -180,6 +182,12 @@ def test_each_service_connects_over_tls_as_itself_with_only_its_own_password(ren
         assert env.index(variable) < env.index("FLOTILLA_NATS_URL"), f"{name}: $(VAR) needs the variable first"
         assert secret_keys(c) == expected, f"{name} must read its own password from {SECRET} and nothing else"
         assert SECRET not in env_from_secrets(c), f"{name} must not see the other services' passwords"
+        if service is Service.REGISTRATION:
+            revoker_url = {item["name"]: item.get("value") for item in c["env"]}[
+                "FLOTILLA_REGISTRATION_REVOKER_NATS_URL"
+            ]
+            assert revoker_url == f"tls://{busauth.REVOKER_USER}:$({revoker})@{IN_CLUSTER}", name
+            assert env.index(revoker) < env.index("FLOTILLA_REGISTRATION_REVOKER_NATS_URL"), name
         ca = {item["name"]: item.get("value") for item in c["env"]}[CA_ENV]
         assert mounted_file(workload, ca) == (SERVER_TLS_SECRET, "ca.crt"), name
 

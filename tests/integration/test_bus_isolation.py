@@ -311,17 +311,30 @@ async def test_pending_and_joining_agents_may_only_join(fleet: Fleet) -> None:
             await agent.nc.close()
 
 
-async def test_a_deregistered_credential_is_refused_on_its_next_connect(fleet: Fleet) -> None:
+async def test_deregistering_kicks_the_clusters_open_connections_and_refuses_its_next_connect(fleet: Fleet) -> None:
+    """Revocation is immediate: the grant lasts 10 minutes, the deregistered cluster's connections end now."""
     credential = fleet.clusters["iso-gone"]
-    first = await connect(fleet.plain_url, permissions.cluster_user(fleet.ids["iso-gone"]), credential)
-    await first.nc.close()
-    async with FlotillaClient(fleet.admin_url) as admin:
-        await admin.request(
-            Service.REGISTRATION,
-            "clusters.deregister",
-            DeregisterClusterRequest(cluster_id=fleet.ids["iso-gone"]),
-            ClusterReply,
-        )
+    gone = fleet.ids["iso-gone"]
+    first = await connect(fleet.plain_url, permissions.cluster_user(gone), credential)
+    node = await connect(fleet.plain_url, permissions.cluster_user(gone, NODE), credential)
+    bystander = await connect(fleet.plain_url, permissions.cluster_user(fleet.ids["iso-a"]), fleet.clusters["iso-a"])
+    try:
+        async with FlotillaClient(fleet.admin_url) as admin:
+            await admin.request(
+                Service.REGISTRATION,
+                "clusters.deregister",
+                DeregisterClusterRequest(cluster_id=gone),
+                ClusterReply,
+            )
+        deadline = asyncio.get_running_loop().time() + 10
+        while not (first.nc.is_closed and node.nc.is_closed):
+            assert asyncio.get_running_loop().time() < deadline, "the deregistered cluster's connections stayed open"
+            await asyncio.sleep(0.05)
+        await bystander.nc.flush(timeout=5)
+        assert bystander.nc.is_connected, "another cluster's connection must stay open"
+    finally:
+        for agent in (first, node, bystander):
+            await agent.nc.close()
     with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
         await connect(fleet.plain_url, permissions.cluster_user(fleet.ids["iso-gone"]), credential)
     DENIED["count"] += 1

@@ -11,7 +11,9 @@ Three kinds of identity connect:
   its own cluster's heartbeats and node events, call the three agent-facing commands (join, nodes.report,
   heartbeat config), consume only its own nodes' durable consumers, and read only its own inbox
   (`_INBOX.c.<cluster>.>`);
-- a joining agent: user `join.<nonce>` with a join token as password, allowed only the join command.
+- a joining agent: user `join.<nonce>` with a join token as password, allowed only the join command;
+- `registration-revoker`: registration's user in the server's system account, allowed only to list
+  connections and kick one, so that deregistering a cluster cuts its open connections at once.
 
 The nats-server configuration (`flotilla up`, the Kubernetes overlays) and the auth callout both build
 their permissions from this module, so the policy is written once.
@@ -32,6 +34,9 @@ JOIN_USER_PREFIX = "join"
 INBOX_ROOT = "_INBOX"
 AUTH_CALLOUT_SUBJECT = "$SYS.REQ.USER.AUTH"
 FLEET_ACCOUNT = "FLEET"
+SYSTEM_ACCOUNT = "SYS"
+REVOKER_USER = "registration-revoker"
+SERVERS_CONNZ_SUBJECT = "$SYS.REQ.SERVER.PING.CONNZ"  # every server answers with its connections
 # The KV bucket of the orchestrator's rollout leases (its `lease_bucket` setting defaults to this).
 LEASE_BUCKET = "upgrade_orchestrator_leases"
 
@@ -146,6 +151,26 @@ def service_grant(service: Service) -> Grant:
 
 def admin_grant() -> Grant:
     return Grant(publish=(">",), subscribe=(">",))
+
+
+def kick_subject(server_id: str) -> str:
+    """The system request that makes server `server_id` close one of its client connections (by cid)."""
+    return f"$SYS.REQ.SERVER.{check_token('server', server_id)}.KICK"
+
+
+def revoker_grant() -> Grant:
+    """Registration's system-account user: list connections and kick them, nothing else."""
+    return Grant(
+        publish=(SERVERS_CONNZ_SUBJECT, "$SYS.REQ.SERVER.*.KICK"),
+        subscribe=(f"{inbox_prefix(REVOKER_USER)}.>",),
+        responses=False,
+    )
+
+
+def is_cluster_user_of(user: str, cluster_id: str) -> bool:
+    """Whether a connection's user name speaks for `cluster_id` (`c.<cluster>` or `c.<cluster>.<node>`)."""
+    own = f"{CLUSTER_USER_PREFIX}.{cluster_id}"
+    return user == own or user.startswith(own + ".")
 
 
 # --- agents ----------------------------------------------------------------------------------------------

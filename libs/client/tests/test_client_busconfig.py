@@ -16,10 +16,10 @@ from click.testing import CliRunner, Result
 from flotilla_client import busauth
 from flotilla_client.cli.main import cli
 from flotilla_client.natsserver import find_nats_server
-from flotilla_contracts.permissions import ADMIN_USER
+from flotilla_contracts.permissions import ADMIN_USER, REVOKER_USER
 from flotilla_contracts.subjects import Service
 
-USERS = [ADMIN_USER, *(s.value for s in Service)]
+USERS = [ADMIN_USER, *(s.value for s in Service), REVOKER_USER]
 
 
 def run(*args: str) -> Result:

@@ -25,7 +25,7 @@ import msgspec
 import nkeys
 
 from flotilla_contracts import permissions
-from flotilla_contracts.permissions import ADMIN_USER, FLEET_ACCOUNT, Grant
+from flotilla_contracts.permissions import ADMIN_USER, FLEET_ACCOUNT, REVOKER_USER, SYSTEM_ACCOUNT, Grant
 from flotilla_contracts.subjects import Service
 from flotilla_runtime.natsconn import with_user, without_user
 from flotilla_runtime.settings import env_prefix
@@ -37,6 +37,7 @@ __all__ = [
     "load",
     "new_auth",
     "password_variable",
+    "revoker_url",
     "secret_values",
     "server_config",
     "server_config_template",
@@ -46,9 +47,10 @@ __all__ = [
 ]
 
 AUTH_FILE = "bus.json"
-# Every static user of the server configuration: the CLI, then each service. Everyone else is a cluster
-# agent and goes to the auth callout.
-STATIC_USERS: tuple[str, ...] = (ADMIN_USER, *(s.value for s in Service))
+# Every static user of the server configuration: the CLI, each service, and registration's system-account
+# user that kicks a deregistered cluster's connections. Everyone else is a cluster agent and goes to the
+# auth callout.
+STATIC_USERS: tuple[str, ...] = (ADMIN_USER, *(s.value for s in Service), REVOKER_USER)
 PASSWORD_VARIABLE_PREFIX = "FLOTILLA_BUS_PASSWORD_"
 ISSUER_VARIABLE = "FLOTILLA_CALLOUT_ISSUER"  # the callout issuer's public key, read by nats-server
 ISSUER_SEED_VARIABLE = f"{env_prefix(Service.REGISTRATION.value)}CALLOUT_ISSUER_SEED"  # its seed, registration's
@@ -92,21 +94,32 @@ def new_auth() -> BusAuth:
 def create(state_dir: Path) -> BusAuth:
     """Fresh credentials, written readable by the owner only."""
     auth = new_auth()
+    _write(state_dir, auth)
+    return auth
+
+
+def _write(state_dir: Path, auth: BusAuth) -> None:
     path = auth_path(state_dir)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(msgspec.json.encode(auth))
     os.replace(path.with_suffix(".tmp"), path)
-    return auth
 
 
 def load(state_dir: Path) -> BusAuth | None:
-    """The credentials of a state folder, or None when its fleet runs without authentication."""
+    """The credentials of a state folder, or None when its fleet runs without authentication.
+
+    A folder made before a static user existed gets a password for it, kept from then on."""
     try:
-        return msgspec.json.decode(auth_path(state_dir).read_bytes(), type=BusAuth)
+        auth = msgspec.json.decode(auth_path(state_dir).read_bytes(), type=BusAuth)
     except FileNotFoundError:
         return None
+    missing = [user for user in STATIC_USERS if user not in auth.passwords]
+    if missing:
+        auth.passwords.update({user: new_password() for user in missing})
+        _write(state_dir, auth)
+    return auth
 
 
 def load_or_create(state_dir: Path) -> BusAuth:
@@ -115,6 +128,11 @@ def load_or_create(state_dir: Path) -> BusAuth:
 
 def service_url(url: str, auth: BusAuth | None, service: Service) -> str:
     return url if auth is None else with_user(url, service.value, auth.passwords[service.value])
+
+
+def revoker_url(url: str, auth: BusAuth) -> str:
+    """Registration's system-account URL (it kicks a deregistered cluster's connections)."""
+    return with_user(url, REVOKER_USER, auth.passwords[REVOKER_USER])
 
 
 def admin_url(url: str, auth: BusAuth | None) -> str:
@@ -126,7 +144,7 @@ def _q(value: str) -> str:
 
 
 def _user_block(user: str, password: str, grant: Grant) -> str:
-    """One user of the FLEET account; `password` is already configuration text (quoted, or a `$VARIABLE`)."""
+    """One user of an account; `password` is already configuration text (quoted, or a `$VARIABLE`)."""
 
     def allow(subjects: tuple[str, ...]) -> str:
         return "[" + ", ".join(_q(s) for s in subjects) + "]"
@@ -154,9 +172,13 @@ def _authorization(passwords: Mapping[str, str], issuer: str) -> str:
             ",\n".join(users),
             "    ]",
             "  }",
-            "  SYS {}",
+            f"  {SYSTEM_ACCOUNT} {{",
+            "    users: [",
+            _user_block(REVOKER_USER, passwords[REVOKER_USER], permissions.revoker_grant()),
+            "    ]",
+            "  }",
             "}",
-            "system_account: SYS",
+            f"system_account: {SYSTEM_ACCOUNT}",
             "authorization {",
             "  timeout: 5",
             "  auth_callout {",

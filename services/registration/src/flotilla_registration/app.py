@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from flotilla_contracts.subjects import Service
 from flotilla_kube.selectors import SelectorError, parse_selector
 from flotilla_registration import __version__, callout
 from flotilla_registration import store as repo
 from flotilla_registration.callout import AuthCallout
 from flotilla_registration.handlers import Registration
+from flotilla_registration.revocation import Revoker
 from flotilla_runtime.errors import SettingsError
 from flotilla_runtime.service import ServiceApp, ServiceSpec
 from flotilla_runtime.settings import ServiceSettings, env_prefix
@@ -24,6 +27,9 @@ class Settings(ServiceSettings, kw_only=True, frozen=True):
     # (a bus without authentication). The server's `auth_callout.issuer` is its public key.
     callout_issuer_seed: str = ""
     callout_grant_ttl_s: int = 600  # an agent's bus grant lasts this long, then it is asked about again
+    # URL as `registration-revoker` (a system-account user that may list and kick connections): a
+    # deregistered cluster's open connections are then closed at once; empty: at their grant's expiry.
+    revoker_nats_url: str = ""
 
 
 async def setup(app: ServiceApp[Settings]) -> None:
@@ -35,7 +41,22 @@ async def setup(app: ServiceApp[Settings]) -> None:
         except SelectorError as exc:
             raise SettingsError(f"{env_prefix(app.name)}AUTO_APPROVE_SELECTOR: {exc}") from None
     key = await app.store.run(lambda tx: repo.credential_key(tx, app.settings.credential_key))
-    Registration(store=app.store, credential_key=key, policy=policy).register(app.router)
+    revoker = Revoker(app.settings.revoker_nats_url) if app.settings.revoker_nats_url else None
+    Registration(store=app.store, credential_key=key, policy=policy, revoker=revoker).register(app.router)
+    if revoker is not None:
+
+        async def close_revoker_on_stop() -> None:
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await revoker.close()
+
+        app.background(close_revoker_on_stop)
+    elif app.settings.callout_issuer_seed:
+        app.log.warning(
+            "%sREVOKER_NATS_URL is not set: a deregistered cluster keeps its open connections until their "
+            "grant expires (%ds)", env_prefix(app.name), app.settings.callout_grant_ttl_s,
+        )  # fmt: skip
     if app.settings.callout_issuer_seed:
         try:
             auth = AuthCallout(app.store, key, app.settings.callout_issuer_seed, ttl_s=app.settings.callout_grant_ttl_s)

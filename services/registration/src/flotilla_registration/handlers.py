@@ -36,7 +36,7 @@ from flotilla_contracts.v1.registration import (
     TaintClusterRequest,
 )
 from flotilla_kube.selectors import Selector, SelectorError, parse_selector
-from flotilla_registration import clusters, joins, tokens
+from flotilla_registration import clusters, joins, revocation, tokens
 from flotilla_registration import store as repo
 from flotilla_runtime.commands import CommandContext, CommandRouter
 from flotilla_runtime.errors import RequestError
@@ -53,6 +53,8 @@ class Registration:
     credential_key: bytes
     policy: Selector | None
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    # Kicks a deregistered cluster's open bus connections (None: they end when their grant expires).
+    revoker: revocation.Revoker | None = None
     # Every cluster, decoded, as of `_generation`; `clusters.list` pages read it instead of decoding the table
     # again for each page. Any write command bumps the generation, which drops it.
     _clusters: list[ClusterInfo] | None = None
@@ -146,6 +148,7 @@ class Registration:
         now = self.clock()
         reply = await self._write(lambda tx: clusters.deregister(tx, request.cluster_id, request.reason, now))
         ctx.log.bind(cluster=request.cluster_id).info("cluster deregistered")
+        await revocation.revoke(self.revoker, request.cluster_id)
         return reply
 
     async def set_host_keys(self, request: SetHostKeysRequest, ctx: CommandContext) -> SetHostKeysReply:

@@ -59,10 +59,12 @@ def secret(namespace: str, output: str) -> None:
 
     \b
     It holds, as stringData:
-      FLOTILLA_BUS_PASSWORD_<USER>               a random password for admin and for each service
+      FLOTILLA_BUS_PASSWORD_<USER>               a random password for admin, for each service and for
+                                                 registration-revoker (kicks deregistered clusters' connections)
       FLOTILLA_CALLOUT_ISSUER                    the callout account's public key (nats-server reads it)
       FLOTILLA_REGISTRATION_CALLOUT_ISSUER_SEED  its seed, with which registration signs callout answers
-    NATS gets all of them (envFrom); each service pod only its own password, registration also the seed.
+    NATS gets all of them (envFrom); each service pod only its own password, registration also the seed
+    and the revoker's password.
 
     \b
     Create it once, before applying the overlay; the values are printed nowhere else:

@@ -295,7 +295,22 @@ def clusters_taint(obj: CliContext, cluster_id: str, edits: tuple[str, ...]) -> 
 @server_option
 @pass_cli
 def clusters_deregister(obj: CliContext, cluster_id: str, reason: str) -> None:
-    """Remove a cluster from the fleet; its credential stops working at once."""
+    """Remove a cluster from the fleet; its credential stops working at once.
+
+    \b
+    What happens:
+      - the bus refuses the cluster's credential from now on (the auth callout asks registration);
+      - its open bus connections are closed at once (registration kicks them as registration-revoker;
+        without FLOTILLA_REGISTRATION_REVOKER_NATS_URL they end when their grant expires, 10 min by default);
+      - its agents keep retrying with back-off, log "the server refused" at ERROR and answer /readyz with
+        "not ready" and the reason; to bring the cluster back, join it again with a new token;
+      - the heartbeat service stops tracking it (anything it still sends is counted as noise) and the
+        scheduler re-places its workloads on other clusters.
+
+    \b
+    Example:
+      flotilla clusters deregister sim-0003-1a2b3c --reason "decommissioned"
+    """
     request = reg.DeregisterClusterRequest(cluster_id=cluster_id, reason=reason)
     _changed(call(obj, REG, "clusters.deregister", request, reg.ClusterReply), "deregistered")
 
