@@ -1,0 +1,59 @@
+"""The lifeline's pure rules: reconnect back-off, and what the probes answer for each link state."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flotilla_runtime.lifeline import Backoff, Lifeline, LinkState, health_of, worst
+
+
+def test_an_expired_grant_is_renewed_at_once_then_attempts_back_off() -> None:
+    backoff = Backoff(first_s=0.5, max_s=30.0, jitter=0.0)
+    delays = [backoff.delay(n, refused=False, rand=0.5) for n in range(9)]
+    assert delays == [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+
+
+def test_refusals_back_off_further_than_an_unreachable_server() -> None:
+    backoff = Backoff(first_s=0.5, max_s=30.0, refused_max_s=60.0, jitter=0.0)
+    assert backoff.delay(50, refused=True, rand=0.5) == 60.0
+    assert backoff.delay(50, refused=False, rand=0.5) == 30.0
+
+
+@given(st.integers(min_value=1, max_value=10_000), st.booleans(), st.floats(min_value=0.0, max_value=1.0))
+def test_every_delay_stays_within_its_jittered_bounds(failures: int, refused: bool, rand: float) -> None:
+    backoff = Backoff()
+    delay = backoff.delay(failures, refused, rand)
+    ceiling = backoff.refused_max_s if refused else backoff.max_s
+    assert backoff.first_s * (1 - backoff.jitter) - 1e-3 <= delay <= ceiling * (1 + backoff.jitter) + 1e-3
+
+
+def test_a_link_down_within_the_grace_is_still_ready_and_says_why() -> None:
+    health = health_of(LinkState.RECONNECTING, since=100.0, reason="connection refused", now=110.0, grace_s=30.0)
+    assert health.ready and health.live
+    assert health.reason == "bus reconnecting for 10s: connection refused"
+
+
+def test_a_link_down_past_the_grace_is_not_ready_but_live() -> None:
+    health = health_of(LinkState.REFUSED, since=100.0, reason="deregistered?", now=131.0, grace_s=30.0)
+    assert (health.ready, health.live) == (False, True)
+    assert "refused for 31s" in health.reason
+
+
+def test_a_closed_link_is_neither_ready_nor_live() -> None:
+    health = health_of(LinkState.CLOSED, since=100.0, reason="NoServersError", now=100.0, grace_s=30.0)
+    assert (health.ready, health.live) == (False, False)
+    assert "closed for good" in health.reason
+
+
+def test_a_process_is_as_healthy_as_its_worst_link() -> None:
+    now = [0.0]
+    up, down = Lifeline("c.a", clock=lambda: now[0]), Lifeline("c.b", clock=lambda: now[0])
+    up.state = LinkState.CONNECTED
+    down.refused("Authorization Violation")
+    now[0] = 45.0
+    verdict = worst([up, down], grace_s=30.0)
+    assert (verdict.ready, verdict.live) == (False, True)
+    assert verdict.reason.startswith("c.b: bus refused for 45s")
+    down.state = LinkState.CONNECTED
+    assert worst([up, down], grace_s=30.0).ready
