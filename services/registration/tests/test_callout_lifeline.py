@@ -12,6 +12,7 @@ import pytest
 from callout_support import TIMEOUT_S, Callout, eventually
 from nats.aio.client import Client
 
+from flotilla_registration.callout import grant_lifetime
 from flotilla_runtime.lifeline import Backoff, Lifeline, LinkState
 
 pytestmark = pytest.mark.integration
@@ -105,3 +106,12 @@ async def test_a_refused_reconnect_says_why_backs_off_and_recovers(
     finally:
         lifeline.stop()
         await client.close()
+
+
+@pytest.mark.parametrize(
+    ("ttl_s", "rand", "expected"), [(600, 0.0, 600), (600, 1.0, 540), (600, 0.5, 570), (1, 1.0, 1)]
+)
+def test_grants_issued_together_expire_spread_over_a_tenth_of_their_lifetime(
+    ttl_s: int, rand: float, expected: int
+) -> None:
+    assert grant_lifetime(ttl_s, rand) == expected
