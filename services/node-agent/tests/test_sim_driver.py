@@ -1,4 +1,4 @@
-"""The simulated node: deterministic for a seed, faults as drawn, I9 cordon ownership, state kept on disk."""
+"""The simulated node: deterministic for a seed, faults drawn or named, I9 cordon ownership, state kept on disk."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 
 from flotilla_contracts.v1.agent import DrainOptions, StepProgress, TargetVersions
 from flotilla_node_agent.drivers.base import AgentCrashed, StepFailed
-from flotilla_node_agent.drivers.sim import SimDriver, SimNodeSpec
+from flotilla_node_agent.drivers.sim import CRASH_POINTS, SimDriver, SimNodeSpec
+from flotilla_node_agent.sim import node_specs, parse
 
 TARGET = TargetVersions(kubernetes_version="v1.30.2")
 
@@ -92,9 +93,42 @@ async def test_a_transient_upgrade_failure_passes_on_retry_even_after_a_restart(
     assert restarted.state.kubelet_version == "v1.30.2"
 
 
-def test_named_faults_land_on_the_named_node_only() -> None:
-    from flotilla_node_agent.sim import with_named_faults
+def specs(*faults: str, seed: int = 1) -> list[SimNodeSpec]:
+    """The nodes of cluster sim-0003 as `python -m flotilla_node_agent.sim --fault ...` builds them."""
+    spec, _ = parse(["--clusters", "4", "--nodes", "3", "--seed", str(seed), *(f"--fault={f}" for f in faults)])
+    return node_specs(spec, 3)
 
-    nodes = [SimNodeSpec.generate(1, "demo-0003", i, version="v1.29.6") for i in range(3)]
-    placed = [with_named_faults(n, (("demo-0003-n02", "upgrade_fails_once"),)) for n in nodes]
-    assert [n.faults for n in placed] == [(), (), ("upgrade_fails_once",)]
+
+def test_named_faults_land_on_the_named_node_only_and_leave_the_others_as_drawn() -> None:
+    placed = specs("sim-0003-n02=upgrade_fails_once", "sim-0003-n01=drain_blocked")
+    assert [n.faults for n in placed] == [(), ("drain_blocked",), ("upgrade_fails_once",)]
+    assert placed[0] == specs()[0]
+    assert placed == specs("sim-0003-n02=upgrade_fails_once", "sim-0003-n01=drain_blocked")  # same seed, same fleet
+
+
+async def test_a_drain_blocked_placed_by_name_blocks_the_drain_as_a_drawn_one_does() -> None:
+    blocked = SimDriver(specs("sim-0003-n01=drain_blocked")[1])
+    with pytest.raises(StepFailed) as failed:
+        await blocked.drain(DrainOptions(timeout_s=0.3), no_progress)
+    assert failed.value.reason == "drain_timeout" and failed.value.blocking_pods
+
+
+async def test_an_agent_crash_placed_by_name_crashes_once_at_a_crash_point_of_its_seed() -> None:
+    named = [specs("sim-0003-n01=agent_crash", seed=seed)[1] for seed in range(1, 9)]
+    assert all(len(n.crash_at) == 1 and n.crash_at[0] in CRASH_POINTS for n in named)
+    assert len({n.crash_at for n in named}) > 1  # drawn from each seed, not one fixed point
+    driver = SimDriver(named[0])
+    crashes = 0
+    for step in (
+        lambda: driver.cordon("r1"),
+        lambda: driver.drain(DrainOptions(), no_progress),
+        lambda: driver.upgrade(TARGET, None),
+        lambda: driver.uncordon("r1"),
+    ):
+        try:
+            await step()
+        except AgentCrashed:
+            crashes += 1
+            await step()  # the redelivered command: the point has fired, the step goes through
+    assert crashes == 1
+    assert driver.state.kubelet_version == "v1.30.2" and not driver.state.unschedulable

@@ -4,7 +4,13 @@ Every node runs the real agent code (journal, durable command consumer, heartbea
 driver; all agents share one NATS connection, one SQLite journal and one outbox relay. The first node of
 each cluster is its control plane and its cluster agent: it joins with the token, waits for approval,
 and reports the nodes. Versions are dealt to clusters round-robin; faults are drawn per node from the
-seed, so a run is repeatable.
+seed, so a run is repeatable. `--fault NODE=FAULT` places a fault as if drawn (its budget or crash point
+from the node's seed); a bad one is refused at once, by the rule `flotilla sim` checks too.
+
+Restarted (same --state-dir and --prefix), nodes come back as left: the journal keeps their steps and
+driver state (versions, cordon, pods), saved before a step is reported done. Faults are drawn again from
+the seed, but as on a real node one that fired stays spent (a crash point crashes once,
+`upgrade_fails_once` fails once) and a lasting one holds (blocked drain, failing upgrade, NotReady).
 """
 
 from __future__ import annotations
@@ -25,12 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import nats
 import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from flotilla_contracts import sim as names
 from flotilla_contracts.subjects import Entity
 from flotilla_contracts.v1.agent import NodeFacts
 from flotilla_contracts.v1.common import NodeRole
@@ -41,9 +47,10 @@ from flotilla_node_agent.applier import ManifestApplier
 from flotilla_node_agent.apply_backends import SimApplyBackend
 from flotilla_node_agent.bus_login import connect_as
 from flotilla_node_agent.cluster_agent import ClusterAgent, ClusterHandle
-from flotilla_node_agent.drivers.sim import FAULTS, NAMED_FAULTS, SimDriver, SimNodeSpec
+from flotilla_node_agent.drivers.sim import SimDriver, SimNodeSpec
 from flotilla_node_agent.heartbeats import Interval
 from flotilla_node_agent.journal import Journal
+from flotilla_node_agent.sim_states import SimNodeStates
 from flotilla_runtime import telemetry
 from flotilla_runtime.bus import connect_options, ensure_streams
 from flotilla_runtime.logs import get_logger, setup_logging
@@ -67,10 +74,22 @@ class FleetSpec:
     faults: tuple[tuple[str, str], ...] = ()  # (node name, fault) placed by name, on top of --fail-rate
 
 
-def with_named_faults(node: SimNodeSpec, faults: tuple[tuple[str, str], ...]) -> SimNodeSpec:
-    """The node with the faults `--fault` names for it added."""
-    extra = tuple(fault for name, fault in faults if name == node.name)
-    return msgspec.structs.replace(node, faults=node.faults + extra) if extra else node
+def node_specs(spec: FleetSpec, index: int) -> list[SimNodeSpec]:
+    """The nodes of the fleet's cluster number `index`, drawn from the seed, with the faults `--fault` places."""
+    cluster = cluster_name(spec, index)
+    return [
+        SimNodeSpec.generate(
+            spec.seed,
+            cluster,
+            i,
+            version=spec.versions[index % len(spec.versions)],
+            fail_rate=spec.fail_rate,
+            role=NodeRole.CONTROL_PLANE if i == 0 else NodeRole.WORKER,
+            step_s=spec.step_s,
+            named=tuple(fault for node, fault in spec.faults if node == names.node_name(cluster, i)),
+        )
+        for i in range(spec.nodes)
+    ]
 
 
 @dataclass
@@ -139,7 +158,7 @@ async def keep_interval_fresh(interval: Interval, nc: Client | None, handles: li
 
 
 def cluster_name(spec: FleetSpec, index: int) -> str:
-    return f"{spec.prefix}-{index:04d}"
+    return names.cluster_name(spec.prefix, index)
 
 
 class ClusterRoutes:
@@ -201,6 +220,7 @@ async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:
     store = await Store.open(
         spec.state_dir / f"{spec.prefix}-journal.db", load_migrations("flotilla_node_agent", "node-agent")
     )
+    states = await SimNodeStates.load(store)
     handles: list[ClusterHandle] = []
     relay = OutboxRelay(store, js if js is not None else ClusterRoutes(handles), batch=512)
     relay.start()
@@ -220,24 +240,8 @@ async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:
     log = get_logger("flotilla.sim")
     for c in range(spec.clusters):
         name = cluster_name(spec, c)
-        version = spec.versions[c % len(spec.versions)]
-        drivers = [
-            SimDriver(
-                with_named_faults(
-                    SimNodeSpec.generate(
-                        spec.seed,
-                        name,
-                        i,
-                        version=version,
-                        fail_rate=spec.fail_rate,
-                        role=NodeRole.CONTROL_PLANE if i == 0 else NodeRole.WORKER,
-                        step_s=spec.step_s,
-                    ),
-                    spec.faults,
-                )
-            )
-            for i in range(spec.nodes)
-        ]
+        drivers = [SimDriver(node, keeper=states) for node in node_specs(spec, c)]
+        version = drivers[0].state.kubelet_version  # the control plane's, as it was left at the last stop
         handle = ClusterHandle("" if spec.token else name)
         fleet.handles.append(handle)
         if spec.token:
@@ -306,7 +310,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[FleetSpec, argparse.Namesp
         default=[],
         metavar="NODE=FAULT",
         help=f"place a fault on a node by name, e.g. sim-0003-n02=upgrade_fails_once; faults: "
-        f"{', '.join(FAULTS + NAMED_FAULTS)}",
+        f"{', '.join(names.ALL_FAULTS)}",
     )
     parser.add_argument(
         "--token",
@@ -328,12 +332,12 @@ def parse(argv: Sequence[str] | None = None) -> tuple[FleetSpec, argparse.Namesp
     if not 0.0 <= args.fail_rate <= 1.0:
         parser.error("--fail-rate must be between 0 and 1")
     versions = tuple(v if v.startswith("v") else f"v{v}" for v in args.versions.split(",") if v.strip())
-    faults: list[tuple[str, str]] = []
-    for item in args.fault:
-        node, sep, fault = item.partition("=")
-        if not sep or fault not in FAULTS + NAMED_FAULTS:
-            parser.error(f"--fault {item!r}: use NODE=FAULT with FAULT one of {', '.join(FAULTS + NAMED_FAULTS)}")
-        faults.append((node, fault))
+    try:
+        faults = [
+            names.parse_fault(item, prefix=args.prefix, clusters=args.clusters, nodes=args.nodes) for item in args.fault
+        ]
+    except names.FaultError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")  # one line: the usage would bury it
     spec = FleetSpec(
         clusters=args.clusters,
         nodes=args.nodes,

@@ -39,6 +39,12 @@ class Failure(click.ClickException):
         click.echo(f"flotilla: error: {self.format_message()}", err=True, file=file)
 
 
+class BadUsage(Failure):
+    """A Failure for input refused before anything ran: the same one line, exit code 2 (as a usage error)."""
+
+    exit_code = 2
+
+
 @dataclass
 class CliContext:
     """Global options: where the local fleet keeps its state and which NATS to talk to."""

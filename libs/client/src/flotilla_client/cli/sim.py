@@ -7,8 +7,9 @@ import time
 import click
 
 from flotilla_client import localfleet
-from flotilla_client.cli.common import CliContext, Failure, call, echo
+from flotilla_client.cli.common import BadUsage, CliContext, Failure, call, echo
 from flotilla_client.cli.fleet import list_all_clusters
+from flotilla_contracts import sim as names
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1 import registration as reg
 
@@ -39,7 +40,7 @@ pass_cli = click.make_pass_decorator(CliContext)
     "faults",
     multiple=True,
     metavar="NODE=FAULT",
-    help="A fault on a named node, e.g. sim-0003-n02=upgrade_fails_once.",
+    help=f"A fault on a named node, e.g. sim-0003-n02=upgrade_fails_once; faults: {', '.join(names.ALL_FAULTS)}.",
 )
 @click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same fleet.")
 @click.option(
@@ -68,6 +69,13 @@ def sim(
       flotilla sim --clusters 12 --nodes 4 --versions v1.29.6,v1.30.2
       flotilla sim --clusters 3 --fault sim-0001-n02=upgrade_fails_once
     """
+    # The sim refuses a bad --fault by the same rule, but it runs detached: we would learn it only when the
+    # joins time out. So refuse here, before a token is made or a process started.
+    try:
+        for fault in faults:
+            names.parse_fault(fault, prefix=prefix, clusters=clusters, nodes=nodes)
+    except names.FaultError as exc:
+        raise BadUsage(str(exc)) from None
     if not token:
         request = reg.CreateTokenRequest(
             ttl_s=3600.0, max_uses=clusters, auto_approve=True, labels={"env": "sim"},

@@ -2,9 +2,16 @@
 
 Deterministic for a seed: `SimNodeSpec.generate(seed, cluster, index, ...)` draws the pods and the faults
 (drain blocked by a budget, upgrade fails, NotReady after upgrade, agent crash mid-step) from a
-`random.Random` seeded by (seed, cluster, node). Timeouts are capped (`max_wait_s`) so a blocked drain
-fails in seconds, not in the plan's ten minutes. With `state_path` the node survives agent restarts
-(written atomically after every change), which the crash tests need.
+`random.Random` seeded by (seed, cluster, node). A fault placed by name (`named`) gets its parameters
+(the blocking budget, the crash point) from that same generator, as a drawn one does. Timeouts are capped
+(`max_wait_s`) so a blocked drain fails in seconds, not in the plan's ten minutes.
+
+The node survives agent restarts with `state_path` (one agent per process: a file written atomically
+after every change, which the crash tests need) or a `keeper` (the packed sim's journal database): the
+state is saved before the driver call returns, so before the step is reported done. What is saved is what
+a real node keeps when its agent restarts: kubelet version, readiness, cordon and who cordoned, the pods
+left, and the faults that already fired (a crash point fires once; `upgrade_fails_once` fails once).
+The spec (pods, budgets, faults, crash points) is drawn again from the seed at every start.
 """
 
 from __future__ import annotations
@@ -16,10 +23,12 @@ import signal
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 
 from flotilla_contracts.ids import node_token
+from flotilla_contracts.sim import ALL_FAULTS, FAULTS, node_name
 from flotilla_contracts.v1.agent import DrainOptions, KubeadmAction, NodeFacts, StepProgress, TargetVersions
 from flotilla_contracts.v1.common import ConditionStatus, NodeCondition, NodeConditionType, NodeRole, PodRef, Resources
 from flotilla_contracts.v1.heartbeat import ApiServerHealth, ProbeResult
@@ -33,10 +42,6 @@ from flotilla_node_agent.drivers.base import (
 )
 from flotilla_node_agent.executors.base import Executor, ExecutorError
 
-FAULTS = ("drain_blocked", "upgrade_fails", "not_ready_after_upgrade", "agent_crash")
-# Faults only ever placed by name (`--fault NODE=FAULT`), never drawn at random: a transient failure that
-# a retry gets past, as a flaky package mirror would cause.
-NAMED_FAULTS = ("upgrade_fails_once",)
 CRASH_POINTS = tuple(
     f"{step}:{when}" for step in ("cordon", "drain", "upgrade", "uncordon") for when in ("before", "after")
 )
@@ -88,16 +93,20 @@ class SimNodeSpec(msgspec.Struct, frozen=True, kw_only=True):
         role: NodeRole = NodeRole.WORKER,
         fail_rate: float = 0.0,
         step_s: float = 0.0,
+        named: tuple[str, ...] = (),
     ) -> SimNodeSpec:
+        """The node's pods and faults: one drawn with probability `fail_rate`, plus the `named` ones."""
+        unknown = [fault for fault in named if fault not in ALL_FAULTS]
+        if unknown:
+            raise ValueError(f"unknown faults {unknown}; faults: {', '.join(ALL_FAULTS)}")
         rng = random.Random(f"{seed}/{cluster}/{index}")
-        faults: tuple[str, ...] = ()
-        if rng.random() < fail_rate:
-            faults = (rng.choice(FAULTS),)
+        drawn = (rng.choice(FAULTS),) if rng.random() < fail_rate else ()
+        faults = drawn + tuple(fault for fault in dict.fromkeys(named) if fault not in drawn)
         budgets = {"web": 0 if "drain_blocked" in faults else 1}
         crash_at = (rng.choice(CRASH_POINTS),) if "agent_crash" in faults else ()
         return cls(
             cluster=cluster,
-            name=f"{cluster}-n{index:02d}",
+            name=node_name(cluster, index),
             role=role,
             version=version,
             pods=rng.randint(2, 8),
@@ -114,6 +123,18 @@ def initial_state(spec: SimNodeSpec) -> SimNodeState:
     return SimNodeState(kubelet_version=spec.version, pods=pods)
 
 
+class StateKeeper(Protocol):
+    """Where simulated nodes keep their state across agent restarts (the packed sim's journal database)."""
+
+    def saved(self, node: str) -> SimNodeState | None:
+        """The node's state as last saved, or None for a node never saved (a new node)."""
+        ...
+
+    async def save(self, node: str, state: SimNodeState) -> None:
+        """Make the state durable; returns once it is."""
+        ...
+
+
 @dataclass
 class SimDriver:
     """A simulated node behind the driver interface; `executor` (optional) runs on upgrade as on a host."""
@@ -122,21 +143,25 @@ class SimDriver:
     executor: Executor | None = None
     state_path: Path | None = None
     sigkill_on_crash: bool = False  # one agent per process: really die; packed: raise AgentCrashed
+    keeper: StateKeeper | None = None
     state: SimNodeState = field(init=False)
-    _budget_used: dict[str, int] = field(default_factory=dict)
+    _unsaved: bool = field(default=False, init=False)  # a save failed: the next step saves first
 
     def __post_init__(self) -> None:
+        saved = self.keeper.saved(self.spec.name) if self.keeper is not None else None
         if self.state_path is not None and self.state_path.exists():
             self.state = msgspec.json.decode(self.state_path.read_bytes(), type=SimNodeState)
+        elif saved is not None:
+            self.state = saved
         else:
             self.state = initial_state(self.spec)
-            self._save()
+            self._write_file()
 
     @property
     def node_name(self) -> str:
         return self.spec.name
 
-    def _save(self) -> None:
+    def _write_file(self) -> None:
         if self.state_path is None:
             return
         fd, tmp = tempfile.mkstemp(dir=self.state_path.parent, prefix=".sim-")
@@ -144,15 +169,29 @@ class SimDriver:
             handle.write(msgspec.json.encode(self.state))
         os.replace(tmp, self.state_path)
 
-    def _effect(self, step: str) -> None:
-        self.state.effects[step] = self.state.effects.get(step, 0) + 1
-        self._save()
+    async def _save(self) -> None:
+        self._unsaved = True
+        self._write_file()
+        if self.keeper is not None:
+            await self.keeper.save(self.spec.name, self.state)
+        self._unsaved = False
 
-    def _crash_point(self, point: str) -> None:
+    async def _enter(self, step: str) -> None:
+        """The start of every step: save what a failed save left (before a resumed step can report it done),
+        then the step's `before` crash point."""
+        if self._unsaved:
+            await self._save()
+        await self._crash_point(f"{step}:before")
+
+    async def _effect(self, step: str) -> None:
+        self.state.effects[step] = self.state.effects.get(step, 0) + 1
+        await self._save()
+
+    async def _crash_point(self, point: str) -> None:
         if point not in self.spec.crash_at or point in self.state.crashes_done:
             return
         self.state.crashes_done.append(point)
-        self._save()
+        await self._save()
         if self.sigkill_on_crash:
             os.kill(os.getpid(), signal.SIGKILL)
         raise AgentCrashed(f"injected crash at {point}")
@@ -182,17 +221,17 @@ class SimDriver:
         )
 
     async def cordon(self, owner: str) -> CordonResult:
-        self._crash_point("cordon:before")
+        await self._enter("cordon")
         await self._take_time(0.2)
         if self.state.unschedulable:
             return CordonResult(was_cordoned=self.state.cordoned_by == "", changed=False)
         self.state.unschedulable, self.state.cordoned_by = True, owner
-        self._effect("cordon")
-        self._crash_point("cordon:after")
+        await self._effect("cordon")
+        await self._crash_point("cordon:after")
         return CordonResult(was_cordoned=False, changed=True)
 
     async def uncordon(self, owner: str) -> UncordonResult:
-        self._crash_point("uncordon:before")
+        await self._enter("uncordon")
         await self._take_time(0.2)
         if not self.state.unschedulable:
             return UncordonResult(changed=False, message="node is already schedulable")
@@ -200,12 +239,12 @@ class SimDriver:
             who = self.state.cordoned_by or "someone else"
             return UncordonResult(changed=False, message=f"node was cordoned by {who}; left cordoned (I9)")
         self.state.unschedulable, self.state.cordoned_by = False, ""
-        self._effect("uncordon")
-        self._crash_point("uncordon:after")
+        await self._effect("uncordon")
+        await self._crash_point("uncordon:after")
         return UncordonResult(changed=True)
 
     async def drain(self, options: DrainOptions, progress: ProgressCallback) -> DrainResult:
-        self._crash_point("drain:before")
+        await self._enter("drain")
         evictable = [p for p in self.state.pods if p.owner not in ("DaemonSet", "Node")]
         skipped = [
             PodRef(namespace=p.namespace, name=p.name, reason=f"{p.owner} pod")
@@ -237,19 +276,19 @@ class SimDriver:
             await self._take_time(1.0 / max(total, 1))
             self.state.pods.remove(pod)
             evicted.append(PodRef(namespace=pod.namespace, name=pod.name))
-            self._save()
+            await self._save()
             await progress(
                 StepProgress(
                     pods_total=total, pods_evicted=len(evicted), pods_remaining=total - len(evicted), phase="evicting"
                 )
             )
         if evicted:
-            self._effect("drain")
-        self._crash_point("drain:after")
+            await self._effect("drain")
+        await self._crash_point("drain:after")
         return DrainResult(evicted=evicted, skipped=skipped)
 
     async def upgrade(self, target: TargetVersions, action: KubeadmAction | None) -> None:
-        self._crash_point("upgrade:before")
+        await self._enter("upgrade")
         want = target.kubelet_version or target.kubernetes_version
         if self.state.kubelet_version == want:
             return  # already done (an interrupted step resumed): nothing to repeat
@@ -258,7 +297,7 @@ class SimDriver:
             raise StepFailed("upgrade_failed", "simulated: the package install failed on the host")
         if "upgrade_fails_once" in self.spec.faults and not self.state.upgrade_failures:
             self.state.upgrade_failures += 1
-            self._save()
+            await self._save()
             raise StepFailed("upgrade_failed", "simulated: the package mirror timed out (a retry succeeds)")
         if self.executor is not None:
             try:
@@ -267,11 +306,11 @@ class SimDriver:
                 raise StepFailed("upgrade_failed", str(exc)) from exc
         self.state.kubelet_version = want
         self.state.ready = "not_ready_after_upgrade" not in self.spec.faults
-        self._effect("upgrade")
-        self._crash_point("upgrade:after")
+        await self._effect("upgrade")
+        await self._crash_point("upgrade:after")
 
     async def verify(self, target: TargetVersions, timeout_s: float) -> str:
-        self._crash_point("verify:before")
+        await self._enter("verify")
         want = target.kubelet_version or target.kubernetes_version
         deadline = asyncio.get_running_loop().time() + min(timeout_s, self.spec.max_wait_s)
         await self._take_time(0.5)
@@ -291,4 +330,4 @@ class SimDriver:
         return ApiServerHealth(livez=up, readyz=up, version=self.state.kubelet_version)
 
     async def close(self) -> None:
-        self._save()
+        await self._save()
