@@ -12,22 +12,40 @@ from flotilla_upgrade_orchestrator.lease import KvLeases
 pytestmark = pytest.mark.integration
 
 
+class Clock:
+    """Both clocks a replica reads, moved by the test: how long a step takes on a busy machine does not matter."""
+
+    def __init__(self) -> None:
+        self.elapsed = 0.0
+
+    def wall(self) -> float:
+        return 1_800_000_000.0 + self.elapsed
+
+    def monotonic(self) -> float:
+        return 5_000.0 + self.elapsed
+
+
 async def test_one_writer_per_rollout_and_epochs_only_rise(nc: Client) -> None:
     js = nc.jetstream()
-    a = KvLeases(bucket="leases_test", owner="replica-a", ttl_s=1.0)
-    b = KvLeases(bucket="leases_test", owner="replica-b", ttl_s=1.0)
+    clock = Clock()
+    a = KvLeases(bucket="leases_test", owner="replica-a", ttl_s=1.0, wall=clock.wall, monotonic=clock.monotonic)
+    b = KvLeases(bucket="leases_test", owner="replica-b", ttl_s=1.0, wall=clock.wall, monotonic=clock.monotonic)
     await a.provision(js)
     await b.provision(js)  # idempotent: the bucket exists
     assert await a.claim("r1") == 1
     assert await b.claim("r1") is None  # held and not expired
     assert a.epoch("r1") == 1 and b.epoch("r1") is None
     assert await a.claim("r1") == 1  # renewal keeps the epoch
-    await asyncio.sleep(1.1)  # a stops renewing (e.g. it hangs)
-    assert a.epoch("r1") is None  # a stops issuing on its own before anyone can take over
+    clock.elapsed += 0.85  # a stops renewing (e.g. it hangs)
+    assert a.epoch("r1") is None  # a stops issuing on its own (80% of the TTL) before anyone can take over
+    assert await b.claim("r1") is None  # not expired yet
+    clock.elapsed += 0.25
     assert await b.claim("r1") == 2  # takeover writes a higher epoch
     assert await a.claim("r1") is None  # a lost it: it must not issue any more
     assert a.epoch("r1") is None and b.epoch("r1") == 2
-    restarted = KvLeases(bucket="leases_test", owner="replica-b", ttl_s=1.0)  # same instance id, new process
+    restarted = KvLeases(  # same instance id, new process
+        bucket="leases_test", owner="replica-b", ttl_s=1.0, wall=clock.wall, monotonic=clock.monotonic
+    )
     await restarted.provision(js)
     assert await restarted.claim("r1", at_least=5) == 6  # never below what the store already saw
     await restarted.release("r1")

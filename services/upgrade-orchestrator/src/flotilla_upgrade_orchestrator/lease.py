@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -52,6 +53,8 @@ class KvLeases:
     owner: str
     ttl_s: float = 15.0
     held: dict[str, Held] = field(default_factory=dict)
+    wall: Callable[[], float] = field(default=time.time)  # expiries shared with other replicas (POSIX seconds)
+    monotonic: Callable[[], float] = field(default=time.monotonic)  # how long we may still issue, locally
     _kv: KeyValue | None = None
 
     async def provision(self, js: JetStreamContext) -> None:
@@ -68,7 +71,7 @@ class KvLeases:
 
     def epoch(self, rollout_id: str) -> int | None:
         held = self.held.get(rollout_id)
-        if held is None or time.monotonic() >= held.valid_until:
+        if held is None or self.monotonic() >= held.valid_until:
             return None
         return held.epoch
 
@@ -77,8 +80,8 @@ class KvLeases:
         if self._kv is None:
             raise RuntimeError("provision() first")
         key = f"rollout.{rollout_id}"
-        started = time.monotonic()
-        now = time.time()
+        started = self.monotonic()
+        now = self.wall()
         try:
             try:
                 entry = await self._kv.get(key)
