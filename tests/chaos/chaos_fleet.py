@@ -1,9 +1,9 @@
-"""A local fleet (`flotilla up` + `flotilla sim`) that chaos tests can SIGKILL and restart piece by piece.
+"""A local fleet (`flotilla up` + `flotilla sim`) whose processes chaos tests SIGKILL one by one.
 
-Services are restarted with `localfleet.start_service` (same state folder, so the same SQLite files) and
-recorded in run.json so `flotilla down` stops the new processes; the sim is re-run with the same prefix,
-seed and state folder, so its agents resume from their journal and saved credentials; nats-server is
-restarted from the config file `flotilla up` wrote (its JetStream data stays in <state>/nats).
+`flotilla up` leaves a supervisor that restarts whatever dies: a service on the same state folder (so the
+same SQLite files), the sim with the same prefix, seed and state folder (its agents resume from their
+journal and saved credentials), nats-server from the same configuration (its JetStream data stays in
+<state>/nats). A kill here waits until the supervisor has recorded the new process in run.json.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,9 @@ import msgspec
 import nats
 from integration_support import fleet_events
 
-from flotilla_client import localfleet, runfile
+from flotilla_client import procs, runfile
 from flotilla_client.client import FlotillaClient
-from flotilla_client.natsserver import find_nats_server, free_port, port_open
+from flotilla_client.natsserver import free_port, port_open
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1 import heartbeat as hb
 
@@ -41,18 +42,11 @@ def flotilla(state: Path, *args: str, timeout: float = 120) -> str:
     return done.stdout
 
 
-def _wait_gone(pid: int, child: subprocess.Popen[bytes] | None, timeout_s: float = 10.0) -> None:
-    if child is not None:
-        child.wait(timeout_s)
-        return
+def _until(check: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
-    raise AssertionError(f"pid {pid} did not die after SIGKILL")
 
 
 @dataclass
@@ -66,7 +60,6 @@ class ChaosFleet:
     sim_args: list[str] = field(default_factory=list)  # e.g. ["--fault", "x-0001-n02=agent_crash"]
     port: int = field(default_factory=free_port)
     kills: Counter[str] = field(default_factory=Counter)
-    _children: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -84,56 +77,36 @@ class ChaosFleet:
 
     def down(self) -> None:
         subprocess.run([FLOTILLA, "--state-dir", str(self.state), "down"], capture_output=True, timeout=120)
-        for child in self._children.values():
-            if child.poll() is None:
-                child.kill()
-            child.wait(10)
 
-    def _kill(self, pid: int) -> None:
-        os.kill(pid, signal.SIGKILL)
-        _wait_gone(pid, self._children.pop(pid, None))
+    def _kill(self, name: str, pid_of: Callable[[runfile.RunInfo], int | None]) -> None:
+        """SIGKILL one process and wait until its supervisor has started the next one."""
+        info = runfile.load(self.state)
+        assert info is not None
+        old = pid_of(info)
+        assert old, f"{name} is not running"
+        os.kill(old, signal.SIGKILL)
+        _until(lambda: not procs.alive(old), f"{name} (pid {old}) to die")
+
+        def back() -> bool:
+            now = runfile.load(self.state)
+            pid = pid_of(now) if now else None
+            return bool(pid) and pid != old and procs.alive(pid or 0)
+
+        _until(back, f"the supervisor to start {name} again")
+        self.kills[name] += 1
 
     def kill_service(self, service: Service) -> None:
-        """SIGKILL one service and start it again on the same state folder."""
-        info = runfile.load(self.state)
-        assert info is not None
-        old = next(s for s in info.services if s.name == service.value)
-        self._kill(old.pid)
-        entry, process = localfleet.start_service(service, self.state, self.url)
-        self._children[process.pid] = process
-        info.services = [entry if s.name == service.value else s for s in info.services]
-        runfile.save(self.state, info)
-        self.kills[service.value] += 1
+        """SIGKILL one service; the supervisor starts it again on the same state folder."""
+        self._kill(service.value, lambda info: next(s.pid for s in info.services if s.name == service.value))
 
     def kill_sim(self) -> None:
-        """SIGKILL the process of every node-agent, then re-run `flotilla sim` with the same arguments."""
-        info = runfile.load(self.state)
-        assert info is not None
-        self._kill(next(s for s in info.sims if s.prefix == self.prefix).pid)
-        self.sim()
-        self.kills["sim"] += 1
+        """SIGKILL the process of every node-agent; the supervisor runs the sim again with the same arguments."""
+        self._kill("sim", lambda info: next(s.pid for s in info.sims if s.prefix == self.prefix))
 
     def restart_nats(self) -> None:
-        """SIGKILL nats-server and start it again from its config file (JetStream data kept)."""
-        info = runfile.load(self.state)
-        assert info is not None and info.nats.pid
-        self._kill(info.nats.pid)
-        with open(info.nats.log, "ab") as out:
-            process = subprocess.Popen(
-                [find_nats_server(), "-c", info.nats.config],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self._children[process.pid] = process
-        deadline = time.monotonic() + 15
-        while not port_open("127.0.0.1", self.port):
-            assert process.poll() is None and time.monotonic() < deadline, "nats-server did not come back"
-            time.sleep(0.05)
-        info.nats.pid = process.pid
-        runfile.save(self.state, info)
-        self.kills["nats-server"] += 1
+        """SIGKILL nats-server; the supervisor starts it again from its config file (JetStream data kept)."""
+        self._kill("nats-server", lambda info: info.nats.pid)
+        _until(lambda: port_open("127.0.0.1", self.port), "nats-server to listen again", 15)
 
     def journal(self) -> Path:
         return self.state / f"sim-{self.prefix}" / f"{self.prefix}-journal.db"

@@ -1,14 +1,18 @@
-"""`flotilla up/status/logs/down` as a user runs them: real processes, a real nats-server, nothing left behind."""
+"""`flotilla up/status/logs/restart/down` as a user runs them: real processes, a real nats-server, a supervisor
+that restarts what dies, nothing left behind."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import nats
@@ -66,7 +70,46 @@ def processes_mentioning(text: str) -> list[str]:
 
 def recorded_pids(state: Path) -> list[int]:
     run = json.loads((state / "run.json").read_text())
-    return [run["nats"]["pid"], *(s["pid"] for s in run["services"])]
+    supervisor = [run["supervisor"]["pid"]] if run.get("supervisor") else []
+    return [*supervisor, run["nats"]["pid"], *(s["pid"] for s in run["services"]), *(s["pid"] for s in run["sims"])]
+
+
+def run_json(state: Path) -> dict[str, Any]:
+    return json.loads((state / "run.json").read_text())  # type: ignore[no-any-return]
+
+
+def entry(state: Path, name: str) -> dict[str, Any]:
+    """A process's entry in run.json: nats-server, a service, or sim:<prefix>."""
+    run = run_json(state)
+    if name == "nats-server":
+        return run["nats"]  # type: ignore[no-any-return]
+    if name.startswith("sim:"):
+        return next(s for s in run["sims"] if s["prefix"] == name[4:])
+    return next(s for s in run["services"] if s["name"] == name)
+
+
+def eventually(check: Callable[[], Any], what: str, within_s: float = 30.0) -> Any:
+    """Poll `check` until it returns something true (a condition, not a fixed sleep)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out after {within_s}s waiting for {what}"
+        time.sleep(0.1)
+
+
+def restarted(state: Path, name: str, old_pid: int) -> dict[str, Any] | None:
+    """The entry once the supervisor has recorded a new, live, running process in place of `old_pid`."""
+    found = entry(state, name)
+    pid = found["pid"]
+    running = found["supervision"]["state"] == "running" and pid not in (0, old_pid) and not gone(pid)
+    return found if running else None
+
+
+def kill9(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    eventually(lambda: gone(pid), f"pid {pid} to die")
 
 
 @dataclass
@@ -117,8 +160,13 @@ def test_up_says_where_everything_is(fleet: Fleet) -> None:
 def test_status_json_lists_exactly_the_five_services(fleet: Fleet) -> None:
     result = flotilla(fleet.state, "status", "-o", "json")
     assert result.returncode == 0, result.stderr
-    services = json.loads(result.stdout)
+    status = json.loads(result.stdout)
+    services = status["services"]
     assert sorted(s["name"] for s in services) == FIVE
+    local = status["local"]
+    assert local["state_dir"] == str(fleet.state) and local["supervisor"]["running"]
+    assert [p["name"] for p in local["processes"]] == ["nats-server", *(s.value for s in Service)]
+    assert all(p["state"] == "running" and p["pid"] and p["last_exit"] is None for p in local["processes"])
     for service in services:
         assert service["version"] and service["id"]
         assert service["uptime_s"] is not None and service["uptime_s"] >= 0
@@ -128,9 +176,14 @@ def test_status_json_lists_exactly_the_five_services(fleet: Fleet) -> None:
 def test_status_table_shows_a_row_per_service(fleet: Fleet) -> None:
     result = flotilla(fleet.state, "status")
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+    discovered, _, local = result.stdout.partition("\n\n")
+    lines = discovered.splitlines()
     assert lines[1].split()[:3] == ["SERVICE", "VERSION", "ID"]
     assert sorted(line.split()[0] for line in lines[2:]) == FIVE
+    head, columns, *rows = local.splitlines()
+    assert f"local fleet in {fleet.state}: supervisor pid" in head
+    assert columns.split() == ["PROCESS", "PID", "STATE", "UPTIME", "RESTARTS", "ASKED", "LAST", "EXIT"]
+    assert sorted(row.split()[0] for row in rows) == sorted(["nats-server", *FIVE])
 
 
 async def test_a_plain_nats_client_gets_five_ping_replies(fleet: Fleet) -> None:
@@ -172,6 +225,126 @@ def test_logs_refuses_an_unknown_service(fleet: Fleet) -> None:
     assert result.returncode != 0 and "registration" in result.stderr
 
 
+def test_a_service_killed_with_sigkill_comes_back(fleet: Fleet) -> None:
+    old = entry(fleet.state, "heartbeat")
+    assert old["supervision"]["restarts"] == 0
+    kill9(old["pid"])
+    new = eventually(lambda: restarted(fleet.state, "heartbeat", old["pid"]), "heartbeat to be restarted")
+    supervision = new["supervision"]
+    assert supervision["restarts"] == 1 and supervision["requested_restarts"] == 0
+    assert supervision["last_exit"]["status"] == "signal SIGKILL" and supervision["last_exit"]["pid"] == old["pid"]
+    assert not supervision["last_exit"]["requested"]
+    assert new["instance_id"] != old["instance_id"]
+    # It answers its info command again, as the new instance.
+    info = eventually(
+        lambda: (
+            (done := flotilla(fleet.state, "publish", "fleet.v1.cmd.heartbeat.info", "{}", "--request"))
+            and done.returncode == 0
+            and done
+        ),
+        "heartbeat to answer info",
+    )
+    assert json.loads(info.stdout)["ok"] is True
+    # `flotilla status` shows the restart and how the old process ended.
+    status = json.loads(flotilla(fleet.state, "status", "-o", "json").stdout)
+    row = next(p for p in status["local"]["processes"] if p["name"] == "heartbeat")
+    assert row["pid"] == new["pid"] and row["restarts"] == 1 and row["last_exit"]["status"] == "signal SIGKILL"
+    assert any(s["name"] == "heartbeat" and s["id"] == new["instance_id"] for s in status["services"])
+    table = flotilla(fleet.state, "status").stdout
+    line = next(line for line in table.splitlines() if line.startswith("heartbeat") and "SIGKILL" in line)
+    assert line.split()[4:6] == ["1", "0"]  # RESTARTS, ASKED
+    # Both logs say what happened: the service's own (in its JSON format) and the supervisor's.
+    said = f"pid {old['pid']} exited with signal SIGKILL; starting again in 0.5s"
+    ours = [json.loads(x) for x in (fleet.state / "logs" / "heartbeat.log").read_text().splitlines()]
+    assert any(said in x["msg"] and x["service"] == "heartbeat" for x in ours)
+    assert said in (fleet.state / "logs" / "supervisor.log").read_text()
+
+
+def test_nats_server_killed_comes_back_on_its_port_with_its_jetstream_data(fleet: Fleet) -> None:
+    token = flotilla(fleet.state, "token", "create", "--description", "survives a nats-server kill")
+    assert token.returncode == 0, token.stderr
+
+    def token_events() -> int:
+        done = flotilla(fleet.state, "events", "--subject", "token.>", "-o", "json")
+        return sum("survives a nats-server kill" in line for line in done.stdout.splitlines())
+
+    eventually(token_events, "the TokenCreated event in FLEET_EVENTS")
+    old = entry(fleet.state, "nats-server")
+    kill9(old["pid"])
+    new = eventually(lambda: restarted(fleet.state, "nats-server", old["pid"]), "nats-server to be restarted")
+    assert new["port"] == fleet.port and new["config"] == old["config"]
+    assert new["supervision"]["restarts"] == 1
+    assert new["supervision"]["last_exit"]["status"] == "signal SIGKILL"
+    assert str(fleet.state / "nats" / "nats-server.conf") in " ".join(psutil.Process(new["pid"]).cmdline())
+    assert token_events() == 1  # the stream, and the event in it, from the same JetStream folder
+    # Every service reconnects to it.
+    eventually(
+        lambda: (
+            sorted(s["name"] for s in json.loads(flotilla(fleet.state, "status", "-o", "json").stdout)["services"])
+            == FIVE
+        ),
+        "the five services to answer through the new nats-server",
+    )
+    assert (
+        "exited with signal SIGKILL; starting again in 0.5s" in (fleet.state / "logs" / "nats-server.log").read_text()
+    )
+
+
+def test_restart_asked_for_gives_a_new_process_and_is_not_a_crash(fleet: Fleet) -> None:
+    old = entry(fleet.state, "scheduler")
+    result = flotilla(fleet.state, "restart", "scheduler")
+    assert result.returncode == 0, result.stderr
+    new = entry(fleet.state, "scheduler")
+    assert f"pid {old['pid']} stopped, pid {new['pid']} started" in result.stdout
+    assert f"answers $SRV.PING as instance {new['instance_id']}" in result.stdout
+    assert new["pid"] != old["pid"] and not gone(new["pid"]) and gone(old["pid"])
+    supervision = new["supervision"]
+    assert supervision["restarts"] == 0 and supervision["requested_restarts"] == 1
+    assert supervision["last_exit"]["requested"] and supervision["last_exit"]["status"] == "code 0"
+    info = flotilla(fleet.state, "publish", "fleet.v1.cmd.scheduler.info", "{}", "--request")
+    assert info.returncode == 0 and json.loads(info.stdout)["ok"] is True
+
+
+def test_restart_refuses_unknown_names_and_explains_itself(fleet: Fleet) -> None:
+    for name in ("schedulr", "sim", "sim:nope"):
+        result = flotilla(fleet.state, "restart", name)
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+        assert f"no process {name!r}" in result.stderr and "scheduler" in result.stderr
+    helped = flotilla(fleet.state, "restart", "--help")
+    assert "flotilla restart scheduler" in helped.stdout and "sim:PREFIX" in helped.stdout
+
+
+def test_a_sim_started_after_up_is_supervised_too(fleet: Fleet) -> None:
+    started = flotilla(fleet.state, "sim", "--clusters", "1", "--nodes", "1", "--prefix", "sup", "--no-wait")
+    assert started.returncode == 0, started.stderr
+    old = eventually(lambda: restarted(fleet.state, "sim:sup", 0), "the sim to run")
+    assert f"(pid {old['pid']}," in started.stdout
+    kill9(old["pid"])
+    new = eventually(lambda: restarted(fleet.state, "sim:sup", old["pid"]), "the sim to be restarted")
+    assert new["supervision"]["restarts"] == 1
+    again = flotilla(fleet.state, "sim", "--clusters", "1", "--prefix", "sup", "--no-wait")
+    assert again.returncode == 1 and "already runs" in again.stderr
+
+
+def test_state_files_are_private(fleet: Fleet) -> None:
+    for path in [fleet.state / "run.json", fleet.state / "nats" / "nats-server.conf", fleet.state / "supervisor.sock"]:
+        assert path.stat().st_mode & 0o077 == 0, path
+    for folder in [fleet.state, fleet.state / "logs", fleet.state / "nats", fleet.state / "scheduler"]:
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
+
+
+def test_with_its_supervisor_killed_the_fleet_says_so_and_down_still_stops_everything(fleet: Fleet) -> None:
+    supervisor = run_json(fleet.state)["supervisor"]["pid"]
+    kill9(supervisor)
+    status = json.loads(flotilla(fleet.state, "status", "-o", "json").stdout)
+    assert status["local"]["supervisor"] == {**status["local"]["supervisor"], "pid": supervisor, "running": False}
+    assert "supervisor is NOT running" in flotilla(fleet.state, "status").stdout
+    restart = flotilla(fleet.state, "restart", "scheduler")
+    assert restart.returncode == 1 and "supervisor of the local fleet" in restart.stderr
+    assert "flotilla down" in restart.stderr
+    # test_down_stops_everything_and_leaves_no_process (next) stops the processes it left behind.
+
+
 def test_down_stops_everything_and_leaves_no_process(fleet: Fleet) -> None:
     pids = recorded_pids(fleet.state)
     result = flotilla(fleet.state, "down")
@@ -181,6 +354,8 @@ def test_down_stops_everything_and_leaves_no_process(fleet: Fleet) -> None:
     assert processes_mentioning(str(fleet.state)) == []
     again = flotilla(fleet.state, "down")
     assert again.returncode == 0 and "nothing is running" in again.stdout
+    restart = flotilla(fleet.state, "restart", "scheduler")
+    assert restart.returncode == 1 and "no local fleet runs from" in restart.stderr and "flotilla up" in restart.stderr
 
 
 def test_status_without_nats_is_one_clear_error(fleet: Fleet) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flotilla_client import localfleet, procs, runfile
+from flotilla_client import control, localfleet, localup, procs, runfile
 from flotilla_client.errors import LocalFleetError
 from flotilla_client.runfile import NatsEntry, RunInfo, ServiceEntry
 
@@ -106,7 +107,7 @@ def test_up_refuses_a_taken_port_naming_the_flag(tmp_path: Path) -> None:
         listener.listen()
         port = listener.getsockname()[1]
         with pytest.raises(LocalFleetError, match=rf"port {port} .*already in use.*--port"):
-            localfleet.up(localfleet.UpOptions(state_dir=tmp_path, port=port, monitor_port=0), lambda _line: None)
+            localup.up(localup.UpOptions(state_dir=tmp_path, port=port, monitor_port=0), lambda _line: None)
         assert runfile.load(tmp_path) is None
 
 
@@ -115,3 +116,51 @@ def test_tail_returns_the_last_lines(tmp_path: Path) -> None:
     log.write_text("".join(f"line {i}\n" for i in range(100)))
     assert localfleet.tail(log, 3) == ["line 97", "line 98", "line 99"]
     assert localfleet.tail(tmp_path / "missing.log", 3) == []
+
+
+def test_update_changes_the_file_under_a_lock_and_keeps_it_private(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    assert runfile.update(state, lambda _info: None) is None  # nothing to change: not created
+    runfile.save(state, info_with(123, state))
+    changed = runfile.update(state, lambda info: setattr(info.services[0].supervision, "restarts", 2))
+    loaded = runfile.load(state)
+    assert changed is not None and loaded is not None and loaded.services[0].supervision.restarts == 2
+    assert (runfile.run_file(state).stat().st_mode & 0o777) == 0o600
+    assert (state.stat().st_mode & 0o777) == 0o700
+
+
+def test_a_run_file_without_supervision_fields_still_loads(tmp_path: Path) -> None:
+    old = {"state_dir": str(tmp_path), "started_at": "2025-01-01T00:00:00Z", "nats": {"url": "nats://x:1"}}
+    runfile.run_file(tmp_path).write_text(json.dumps(old))
+    loaded = runfile.load(tmp_path)
+    assert loaded is not None and loaded.supervisor is None
+    assert loaded.nats.supervision.restarts == 0 and loaded.nats.supervision.last_exit is None
+
+
+def test_asking_a_supervisor_that_is_not_there_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(LocalFleetError, match=r"supervisor .* is not running.*flotilla down"):
+        control.ask(tmp_path, control.Request(op=control.Op.RESTART, name="scheduler"))
+
+
+def test_restart_without_a_fleet_or_of_an_unknown_name_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(LocalFleetError, match=r"no local fleet runs from .*flotilla up"):
+        localfleet.restart(tmp_path, "scheduler", 5.0)
+    runfile.save(tmp_path, info_with(123, tmp_path))
+    with pytest.raises(LocalFleetError, match=r"no process 'sim' .*no simulated fleet runs.*registration"):
+        localfleet.restart(tmp_path, "sim", 5.0)
+    with pytest.raises(LocalFleetError, match=r"no process 'schedule' .*choose one of .*scheduler"):
+        localfleet.restart(tmp_path, "schedule", 5.0)
+
+
+def test_the_control_socket_works_in_a_folder_whose_path_is_too_long_for_a_socket(tmp_path: Path) -> None:
+    folder = tmp_path / ("x" * 60) / ("y" * 60)
+    folder.mkdir(parents=True)
+    path = control.socket_path(folder)
+    assert len(str(path)) > 108
+    with socket.socket(socket.AF_UNIX) as server, socket.socket(socket.AF_UNIX) as client:
+        with control.reachable_path(path) as address:
+            server.bind(address)
+        server.listen()
+        with control.reachable_path(path) as address:
+            client.connect(address)
+        assert path.exists()

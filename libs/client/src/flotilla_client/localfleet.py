@@ -1,22 +1,18 @@
-"""`flotilla up` and `flotilla down`: nats-server and the five services as detached processes in one state folder."""
+"""`flotilla up` and `flotilla down`: nats-server and the five services, kept running by a supervisor process."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
-from flotilla_client import busauth, procs, runfile
-from flotilla_client.client import FlotillaClient
+from flotilla_client import busauth, control, procs, runfile
 from flotilla_client.errors import LocalFleetError
-from flotilla_client.natsserver import NatsServer, NatsServerError, free_port, port_open
-from flotilla_client.runfile import NatsEntry, RunInfo, ServiceEntry, SimEntry
+from flotilla_client.natsserver import free_port
+from flotilla_client.runfile import RunInfo, ServiceEntry, SimEntry
 from flotilla_contracts.subjects import Service
 from flotilla_runtime.natsconn import CA_ENV
 from flotilla_runtime.settings import env_prefix
@@ -24,8 +20,10 @@ from flotilla_runtime.settings import env_prefix
 Progress = Callable[[str], None]
 SERVICES: tuple[Service, ...] = tuple(Service)
 NATS_SERVER = "nats-server"
+SUPERVISOR = "supervisor"
+SUPERVISOR_MODULE = "flotilla_client.supervisor"
 TAIL_BYTES = 1024 * 1024
-LOG_NAMES: tuple[str, ...] = (*(s.value for s in SERVICES), NATS_SERVER)
+LOG_NAMES: tuple[str, ...] = (*(s.value for s in SERVICES), NATS_SERVER, SUPERVISOR)
 
 
 def module_of(service: Service) -> str:
@@ -62,44 +60,80 @@ def tracked(info: RunInfo) -> tuple[list[procs.Tracked], list[procs.Tracked]]:
     return sims + services, nats
 
 
-def start_sim(state_dir: Path, args: list[str], *, prefix: str, clusters: int, nodes: int) -> SimEntry:
-    """Start a simulated fleet as its own detached process, recorded in run.json so `down` stops it."""
-    state_dir = state_dir.resolve()
-    info = runfile.load(state_dir)
-    if info is None:
-        raise LocalFleetError(f"no local fleet runs from {state_dir}; start one with `flotilla up` first")
-    if any(s.prefix == prefix and procs.alive(s.pid, SIM_MODULE) for s in info.sims):
-        raise LocalFleetError(f"a simulated fleet with prefix {prefix!r} already runs; choose another --prefix")
+def supervisor_marker(state_dir: Path) -> str:
+    return f"{SUPERVISOR_MODULE} --state-dir {state_dir}"
+
+
+def tracked_supervisor(info: RunInfo) -> list[procs.Tracked]:
+    sup = info.supervisor
+    return [procs.Tracked(SUPERVISOR, sup.pid, supervisor_marker(Path(info.state_dir)))] if sup else []
+
+
+def spawn_sim(
+    state_dir: Path, nats_url: str, prefix: str, args: list[str], base_env: Mapping[str, str]
+) -> subprocess.Popen[bytes]:
+    """A simulated fleet as a detached process, its state in `<state>/sim-<prefix>` (the supervisor calls this)."""
     sim_dir = state_dir / f"sim-{prefix}"
-    log = log_path(state_dir, f"sim-{prefix}")
+    sim_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     # The admin URL goes in the environment, not on the command line (where `ps` would show its password).
     command = [sys.executable, "-m", SIM_MODULE, "--state-dir", str(sim_dir), "--prefix", prefix, *args]
-    env = {**os.environ, SIM_URL_ENV: info.nats.url}
+    env = {**base_env, SIM_URL_ENV: nats_url}
     ca = busauth.tls_ca(state_dir)
-    if ca is not None and info.nats.url.startswith("tls://"):
+    if ca is not None and nats_url.startswith("tls://"):
         env[CA_ENV] = str(ca)
-    process = procs.spawn(command, log, env, cwd=state_dir)
-    entry = SimEntry(prefix=prefix, pid=process.pid, clusters=clusters, nodes=nodes, log=str(log),
-                     state_dir=str(sim_dir))  # fmt: skip
-    info.sims = [s for s in info.sims if s.prefix != prefix] + [entry]
-    runfile.save(state_dir, info)
+    return procs.spawn(command, log_path(state_dir, f"sim-{prefix}"), env, cwd=state_dir)
+
+
+def start_sim(state_dir: Path, args: list[str], *, prefix: str, clusters: int, nodes: int) -> SimEntry:
+    """Ask the supervisor to start a simulated fleet and keep it running; recorded in run.json so `down` stops it."""
+    state_dir = state_dir.resolve()
+    if runfile.load(state_dir) is None:
+        raise LocalFleetError(f"no local fleet runs from {state_dir}; start one with `flotilla up` first")
+    # The sim runs with the environment of the `flotilla sim` that asked for it, as if it started it itself.
+    spec = control.SimSpec(prefix=prefix, args=args, clusters=clusters, nodes=nodes, env=dict(os.environ))
+    reply = control.ask(state_dir, control.Request(op=control.Op.START_SIM, sim=spec))
+    info = runfile.load(state_dir)
+    entry = next((s for s in info.sims if s.prefix == prefix), None) if info else None
+    if entry is None:
+        raise LocalFleetError(f"the supervisor started sim {prefix!r} (pid {reply.pid}) but run.json lacks it")
     return entry
 
 
+def process_names(info: RunInfo) -> list[str]:
+    """What `flotilla restart` accepts for this fleet: nats-server (when ours), the services, sim:<prefix>."""
+    names = [NATS_SERVER] if info.nats.pid is not None else []
+    return names + [s.value for s in SERVICES] + [f"sim:{s.prefix}" for s in info.sims]
+
+
+def restart(state_dir: Path, name: str, timeout_s: float) -> control.Reply:
+    """Ask the supervisor to restart one process on purpose (not a crash); returns once the new one is up."""
+    state_dir = state_dir.resolve()
+    info = runfile.load(state_dir)
+    if info is None:
+        raise LocalFleetError(f"no local fleet runs from {state_dir}; start one with `flotilla up`")
+    known = process_names(info)
+    if name not in known and not (name == "sim" and info.sims):
+        hint = "" if info.sims or not name.startswith("sim") else " (no simulated fleet runs)"
+        raise LocalFleetError(f"no process {name!r} in the local fleet{hint}; choose one of {', '.join(known)}")
+    return control.ask(state_dir, control.Request(op=control.Op.RESTART, name=name, timeout_s=timeout_s))
+
+
 def leftover_markers(state_dir: Path) -> list[str]:
-    """Strings only our own processes carry: the nats-server config path, each service's state variable."""
+    """Strings only our own processes carry: the supervisor's command, the nats-server config path, state variables."""
     markers = [str(state_dir / "nats" / "nats-server.conf"), f"--state-dir {state_dir / 'sim-'}"]
     markers += [f"{env_prefix(s.value)}STATE_DIR={state_dir / s.value}" for s in SERVICES]
-    return markers
+    return [supervisor_marker(state_dir), *markers]
+
+
+def _live(info: RunInfo) -> list[procs.Tracked]:
+    services, nats = tracked(info)
+    return [t for t in tracked_supervisor(info) + services + nats if procs.alive(t.pid, t.marker)]
 
 
 def running(state_dir: Path) -> bool:
     """True when a fleet started from this folder still has a live process."""
     info = runfile.load(state_dir)
-    if info is None:
-        return False
-    services, nats = tracked(info)
-    return any(procs.alive(t.pid, t.marker) for t in services + nats)
+    return info is not None and bool(_live(info))
 
 
 def check_not_running(state_dir: Path, progress: Progress) -> None:
@@ -107,78 +141,15 @@ def check_not_running(state_dir: Path, progress: Progress) -> None:
     info = runfile.load(state_dir)
     if info is None:
         return
-    services, nats = tracked(info)
-    running = [t for t in services + nats if procs.alive(t.pid, t.marker)]
-    if running:
-        names = ", ".join(f"{t.label} (pid {t.pid})" for t in running)
+    live = _live(info)
+    if live:
+        names = ", ".join(f"{t.label} (pid {t.pid})" for t in live)
         raise LocalFleetError(
             f"a local fleet is already running from {state_dir} ({names}); stop it with `flotilla down` "
             "or use another --state-dir"
         )
     runfile.remove(state_dir)
     progress(f"removed a stale {runfile.run_file(state_dir)} (none of its processes is running)")
-
-
-@dataclass
-class UpOptions:
-    state_dir: Path
-    port: int = 4222
-    monitor_port: int = 8222
-    server: str | None = None  # an existing NATS to use instead of starting one
-    timeout_s: float = 30.0
-    host: str = "127.0.0.1"
-    tls: bool = False  # TLS on the client port, with a local CA (clients get FLOTILLA_NATS_CA)
-
-
-def _start_nats(opts: UpOptions, progress: Progress) -> tuple[NatsEntry, subprocess.Popen[bytes] | None]:
-    if opts.server:
-        progress(f"using the NATS server at {opts.server}")
-        return NatsEntry(url=opts.server), None
-    if port_open(opts.host, opts.port):
-        raise LocalFleetError(
-            f"port {opts.port} on {opts.host} is already in use (another NATS or fleet?); choose another with "
-            f"--port, or use that server with --server nats://{opts.host}:{opts.port}"
-        )
-    if opts.monitor_port and port_open(opts.host, opts.monitor_port):
-        raise LocalFleetError(
-            f"monitoring port {opts.monitor_port} on {opts.host} is already in use; "
-            "choose another with --monitor-port (0 disables monitoring)"
-        )
-    # Authentication on: a user per service and for the CLI, cluster agents through the callout.
-    auth = busauth.load_or_create(opts.state_dir)
-    config = busauth.server_config(auth)
-    if opts.tls:
-        try:
-            ca, cert, key = busauth.make_tls(opts.state_dir, opts.host)
-        except busauth.TlsError as exc:
-            raise LocalFleetError(str(exc)) from None
-        config += "\n" + busauth.tls_config(cert, key)
-        os.environ[CA_ENV] = str(ca)  # for this process's own clients, and inherited by the services
-    server = NatsServer(
-        state_dir=opts.state_dir / "nats",
-        port=opts.port,
-        host=opts.host,
-        monitor_port=opts.monitor_port,
-        log_file=log_path(opts.state_dir, NATS_SERVER),
-        extra_config=config,
-    )
-    progress(f"starting nats-server with JetStream in {server.state_dir} on {server.url}")
-    try:
-        server.start(detach=True)
-    except NatsServerError as exc:
-        raise LocalFleetError(str(exc)) from None
-    assert server.process is not None
-    monitor = f"http://{opts.host}:{opts.monitor_port}" if opts.monitor_port else ""
-    url = server.url.replace("nats://", "tls://") if opts.tls else server.url
-    entry = NatsEntry(
-        url=busauth.admin_url(url, auth),
-        pid=server.process.pid,
-        port=opts.port,
-        monitor_url=monitor,
-        log=str(server.log_file),
-        config=str(server.config_path),
-    )
-    return entry, server.process
 
 
 def start_service(
@@ -192,9 +163,10 @@ def start_service(
     extra = dict(settings or {})
     if auth is not None and service is Service.REGISTRATION:
         extra.setdefault("callout_issuer_seed", auth.callout_seed)
+        extra.setdefault("revoker_nats_url", busauth.revoker_url(nats_url, auth))
     port = free_port()
     service_dir = state_dir / service.value
-    service_dir.mkdir(parents=True, exist_ok=True)
+    service_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     env = dict(os.environ)
     ca = busauth.tls_ca(state_dir)
     if ca is not None and nats_url.startswith("tls://"):
@@ -226,80 +198,12 @@ def start_service(
     return entry, process
 
 
-async def _wait_ready(
-    info: RunInfo, children: dict[str, subprocess.Popen[bytes]], timeout_s: float, progress: Progress
-) -> None:
-    """Until every service we started answers `$SRV.PING` with its instance id; fail fast when one exits."""
-    expected = {s.name: s.instance_id for s in info.services}
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    async with FlotillaClient(info.nats.url, name="flotilla-up") as client:
-        info.nats.version = client.server_version
-        ready: dict[str, str] = {}
-        while len(ready) < len(expected):
-            for name, child in children.items():
-                if child.poll() is not None and name not in ready:
-                    _fail(info, name, f"{name} exited with code {child.returncode} at start", progress)
-            if loop.time() > deadline:
-                missing = sorted(set(expected) - set(ready))
-                reason = f"{', '.join(missing)} did not answer $SRV.PING within {timeout_s:g}s"
-                _fail(info, missing[0], reason, progress)
-            for record in await client.discover(timeout=0.5, expect=len(expected)):
-                if expected.get(record.name) == record.id and record.name not in ready:
-                    ready[record.name] = record.version
-                    progress(f"  {record.name:<22} {record.version:<8} ready (id {record.id})")
-        for entry in info.services:
-            entry.version = ready[entry.name]
-
-
-def _fail(info: RunInfo, name: str, reason: str, progress: Progress) -> None:
-    path = log_path(Path(info.state_dir), name)
-    progress(f"{reason}; last lines of {path}:")
-    for line in tail(path, 15) or ["(the log is empty)"]:
-        progress(f"  | {line}")
-    raise LocalFleetError(f"{reason}; everything started was stopped (log: {path})")
-
-
-def up(opts: UpOptions, progress: Progress) -> RunInfo:
-    """Start nats-server (unless `opts.server`) and the five services; on any failure stop them all again."""
-    state_dir = opts.state_dir.resolve()
-    opts.state_dir = state_dir
-    state_dir.mkdir(parents=True, exist_ok=True)
-    check_not_running(state_dir, progress)
-    if opts.server:
-        asyncio.run(_check_reachable(opts.server))
-    nats_entry, _nats = _start_nats(opts, progress)
-    started_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    info = RunInfo(state_dir=str(state_dir), started_at=started_at, nats=nats_entry)
-    children: dict[str, subprocess.Popen[bytes]] = {}
-    try:
-        runfile.save(state_dir, info)
-        progress(f"starting {len(SERVICES)} services (logs in {state_dir / 'logs'}):")
-        for service in SERVICES:
-            entry, child = start_service(service, state_dir, info.nats.url)
-            info.services.append(entry)
-            children[service.value] = child
-        runfile.save(state_dir, info)
-        asyncio.run(_wait_ready(info, children, opts.timeout_s, progress))
-        info.ready = True
-        runfile.save(state_dir, info)
-        return info
-    except BaseException:
-        stop_all(info, 10.0, lambda _line: None)
-        runfile.remove(state_dir)
-        raise
-
-
-async def _check_reachable(url: str) -> None:
-    async with FlotillaClient(url, name="flotilla-up"):
-        pass
-
-
 def stop_all(info: RunInfo, timeout_s: float, progress: Progress) -> list[procs.Tracked]:
     """Services first (they flush their outboxes into NATS), then nats-server; returns what is still alive."""
     services, nats = tracked(info)
     left: list[procs.Tracked] = []
     for group in (services, nats):
+        group = [t for t in group if procs.alive(t.pid, t.marker)]
         killed, alive = procs.stop(group, timeout_s)
         for t in group:
             how = "killed (did not stop in time)" if t in killed else "stopped"
@@ -308,17 +212,36 @@ def stop_all(info: RunInfo, timeout_s: float, progress: Progress) -> list[procs.
     return left
 
 
+def stop_everything(state_dir: Path, timeout_s: float, progress: Progress) -> list[procs.Tracked]:
+    """The supervisor first (it stops its processes and restarts none), then whatever run.json still names."""
+    info = runfile.load(state_dir)
+    if info is None:
+        return []
+    supervisor = [t for t in tracked_supervisor(info) if procs.alive(t.pid, t.marker)]
+    if supervisor:
+        try:
+            request = control.Request(op=control.Op.SHUTDOWN, timeout_s=timeout_s)
+            for gone in control.ask(state_dir, request).stopped:
+                progress(f"  {gone.name:<22} pid {gone.pid:<8} {gone.how}")
+        except LocalFleetError as exc:
+            progress(f"  {exc}; stopping the supervisor by signal")
+        _killed, alive = procs.stop(procs.wait_gone(supervisor, 5.0), timeout_s)
+        progress(f"  {SUPERVISOR:<22} pid {supervisor[0].pid:<8} {'STILL RUNNING' if alive else 'stopped'}")
+    return stop_all(runfile.load(state_dir) or info, timeout_s, progress) + (alive if supervisor else [])
+
+
 def down(state_dir: Path, timeout_s: float, progress: Progress) -> bool:
     """Stop what `up` started from `state_dir`; False when nothing was running. Raises if a process survives."""
     state_dir = state_dir.resolve()
     info = runfile.load(state_dir)
     if info is not None:
         progress(f"stopping the local fleet in {state_dir}:")
-        left = stop_all(info, timeout_s, progress)
+        left = stop_everything(state_dir, timeout_s, progress)
         if left:
             names = ", ".join(f"{t.label} (pid {t.pid})" for t in left)
             raise LocalFleetError(f"could not stop {names}; {runfile.run_file(state_dir)} is kept")
         runfile.remove(state_dir)
+        control.socket_path(state_dir).unlink(missing_ok=True)  # left by a supervisor that was killed
     leftovers = procs.find_by_markers(leftover_markers(state_dir))
     if leftovers:
         progress(f"found {len(leftovers)} more process(es) started from {state_dir}; stopping them:")

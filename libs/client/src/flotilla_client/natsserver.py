@@ -68,7 +68,8 @@ class NatsServer:
         return self.state_dir / "nats-server.conf"
 
     def write_config(self) -> Path:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        """Owner-only (0600 in a 0700 folder): the configuration holds the bus users' passwords."""
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         lines = [
             f"host: {self.host}",
             f"port: {self.port}",
@@ -84,7 +85,10 @@ class NatsServer:
             lines.insert(2, f"http_port: {self.monitor_port}")
         if self.extra_config:
             lines.append(self.extra_config)
-        self.config_path.write_text("\n".join(lines) + "\n")
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write("\n".join(lines) + "\n")
+        os.chmod(self.config_path, 0o600)  # an older file may have been readable by others
         return self.config_path
 
     def start(self, timeout_s: float = 10.0, detach: bool = False) -> None:

@@ -26,8 +26,9 @@ def spawn(
     command: Sequence[str], log_path: Path, env: Mapping[str, str], cwd: Path | None = None
 ) -> subprocess.Popen[bytes]:
     """Start detached (own session, so a Ctrl-C in the terminal does not reach it), output to `log_path`."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # logs may name users and hosts
+    with os.fdopen(fd, "ab") as log:
         return subprocess.Popen(
             list(command),
             stdin=subprocess.DEVNULL,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 
 import msgspec
@@ -10,6 +13,36 @@ import msgspec
 from flotilla_client.errors import LocalFleetError
 
 RUN_FILE = "run.json"
+LOCK_FILE = "run.lock"
+
+
+class ProcessState(StrEnum):
+    """Where a supervised process is: running, waiting to start again after an exit, or stopped for good."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    STOPPED = "stopped"
+
+
+class LastExit(msgspec.Struct, kw_only=True):
+    """How the previous process ended: `code 1` or `signal SIGKILL`, when, and whether someone asked for it."""
+
+    pid: int
+    status: str
+    at: str
+    requested: bool = False  # `flotilla restart` or `down`, not a crash
+
+
+class Supervision(msgspec.Struct, kw_only=True):
+    """What the supervisor knows of one process: its state, restarts after crashes and on request, last exit."""
+
+    state: ProcessState = ProcessState.RUNNING
+    started_at: str = ""
+    restarts: int = 0  # after a crash
+    requested_restarts: int = 0  # `flotilla restart`
+    last_exit: LastExit | None = None
+    next_start_at: str = ""  # in back-off: when it starts again
 
 
 class NatsEntry(msgspec.Struct, kw_only=True):
@@ -20,6 +53,7 @@ class NatsEntry(msgspec.Struct, kw_only=True):
     log: str = ""
     config: str = ""
     version: str = ""
+    supervision: Supervision = msgspec.field(default_factory=Supervision)
 
     @property
     def external(self) -> bool:
@@ -36,6 +70,7 @@ class ServiceEntry(msgspec.Struct, kw_only=True):
     log: str
     state_dir: str
     version: str = ""
+    supervision: Supervision = msgspec.field(default_factory=Supervision)
 
 
 class SimEntry(msgspec.Struct, kw_only=True):
@@ -47,6 +82,16 @@ class SimEntry(msgspec.Struct, kw_only=True):
     nodes: int
     log: str
     state_dir: str
+    supervision: Supervision = msgspec.field(default_factory=Supervision)
+
+
+class SupervisorEntry(msgspec.Struct, kw_only=True):
+    """The process `flotilla up` leaves behind to start, watch and restart the others."""
+
+    pid: int
+    log: str
+    socket: str
+    started_at: str
 
 
 class RunInfo(msgspec.Struct, kw_only=True):
@@ -56,6 +101,7 @@ class RunInfo(msgspec.Struct, kw_only=True):
     services: list[ServiceEntry] = []
     sims: list[SimEntry] = []
     ready: bool = False
+    supervisor: SupervisorEntry | None = None
 
 
 def run_file(state_dir: Path) -> Path:
@@ -80,7 +126,7 @@ def load(state_dir: Path) -> RunInfo | None:
 def save(state_dir: Path, info: RunInfo) -> Path:
     """Write atomically (a reader never sees half a file)."""
     path = run_file(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     # Owner-only: the recorded NATS URL carries the admin credentials of the local bus.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -90,8 +136,24 @@ def save(state_dir: Path, info: RunInfo) -> Path:
     return path
 
 
+def update(state_dir: Path, change: Callable[[RunInfo], None]) -> RunInfo | None:
+    """Read, change and write the run file under a lock (the supervisor and the CLI both write it); None if gone."""
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        info = load(state_dir)
+        if info is not None:
+            change(info)
+            save(state_dir, info)
+        return info
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def remove(state_dir: Path) -> None:
     run_file(state_dir).unlink(missing_ok=True)
+    (state_dir / LOCK_FILE).unlink(missing_ok=True)  # nothing writes any more
 
 
 def server_url(state_dir: Path) -> str | None:

@@ -8,12 +8,14 @@ from typing import Any
 
 import click
 
-from flotilla_client import busauth, localfleet, runfile
+from flotilla_client import busauth, localfleet, localup, runfile
+from flotilla_client.cli import supervision
 from flotilla_client.cli.common import CliContext, Failure, echo, run, server_option
 from flotilla_client.cli.output import Column, output_option, render, render_json
 from flotilla_client.client import FlotillaClient
 from flotilla_client.discovery import ServiceRecord
 from flotilla_client.durations import format_duration
+from flotilla_client.errors import FlotillaClientError
 from flotilla_client.runfile import RunInfo
 from flotilla_runtime.natsconn import redact
 
@@ -36,13 +38,15 @@ pass_cli = click.make_pass_decorator(CliContext)
 @server_option
 @pass_cli
 def up(obj: CliContext, port: int, monitor_port: int, timeout: float, tls: bool) -> None:
-    """Start a local fleet: nats-server and the five services.
+    """Start a local fleet: nats-server and the five services, kept running by a supervisor.
 
-    nats-server runs with JetStream, then each service as its own detached process; `up` returns
-    once all five answer $SRV.PING.
+    A detached supervisor process starts nats-server with JetStream, then each service as its own
+    process, and restarts any that dies (after 0.5s, doubling up to 30s while it keeps dying);
+    `up` returns once all five answer $SRV.PING. `flotilla restart SERVICE` restarts one on purpose.
 
     Everything lives in the state folder (default .flotilla/ here): NATS data, each service's
-    database, logs/<service>.log and run.json. With --server, an existing NATS is used instead.
+    database, logs/<service>.log (and logs/supervisor.log) and run.json, which names the current
+    pids with their restarts and last exits. With --server, an existing NATS is used instead.
 
     The bus has authentication on: each service connects as its own user with only its own subjects,
     the CLI as `admin` (passwords in <state>/auth/bus.json, mode 0600), and cluster agents with their
@@ -55,7 +59,7 @@ def up(obj: CliContext, port: int, monitor_port: int, timeout: float, tls: bool)
       flotilla --server nats://127.0.0.1:4222 up
     """
     started = time.monotonic()
-    options = localfleet.UpOptions(
+    options = localup.UpOptions(
         state_dir=obj.state_dir,
         port=port,
         monitor_port=monitor_port,
@@ -63,7 +67,7 @@ def up(obj: CliContext, port: int, monitor_port: int, timeout: float, tls: bool)
         timeout_s=timeout,
         tls=tls,
     )
-    info = localfleet.up(options, echo)
+    info = localup.up(options, echo)
     _print_summary(obj, info, time.monotonic() - started)
 
 
@@ -92,8 +96,9 @@ def _print_summary(obj: CliContext, info: RunInfo, elapsed: float) -> None:
 def down(obj: CliContext, timeout: float) -> None:
     """Stop the local fleet, leaving no process behind.
 
-    Services get SIGTERM first (they drain and flush), stragglers SIGKILL after --timeout, then
-    nats-server stops. Data stays in the state folder for the next `up`.
+    The supervisor stops first, so nothing is restarted: services and sims get SIGTERM (they drain
+    and flush), stragglers SIGKILL after --timeout, then nats-server stops. Data stays in the state
+    folder for the next `up`.
 
     \b
     Example:
@@ -137,10 +142,13 @@ STATUS_COLUMNS = (
 @server_option
 @pass_cli
 def status(obj: CliContext, output: str, timeout: float) -> None:
-    """List running services: version, id, uptime, requests, errors.
+    """List running services: version, id, uptime, requests, errors; and the local fleet's processes.
 
     Services are found by NATS service discovery ($SRV.PING and $SRV.STATS), so this works
-    against any Flotilla NATS, local or not.
+    against any Flotilla NATS, local or not. When a local fleet runs from --state-dir, a second
+    table shows each of its processes as its supervisor keeps them: pid, state, restarts after
+    crashes, restarts asked for (`flotilla restart`) and the last exit. JSON output is
+    {"services": [...], "local": {...} or null}.
 
     \b
     Examples:
@@ -149,19 +157,28 @@ def status(obj: CliContext, output: str, timeout: float) -> None:
       flotilla --server nats://nats.example:4222 status
     """
     url = obj.server_url()
+    info = supervision.local_info(obj)
+    local = supervision.local_view(info) if info is not None else None
 
     async def discover() -> list[ServiceRecord]:
         async with FlotillaClient(url) as client:
             return await client.discover(timeout=timeout)
 
-    rows = [_status_row(r) for r in run(discover)]
+    try:
+        rows = [_status_row(r) for r in run(discover)]
+    except FlotillaClientError:
+        if local is not None and output == "table":
+            supervision.print_local(local)  # what runs locally, and how it last ended, helps most now
+        raise
     if output == "json":
-        echo(render_json(rows))
-    if not rows:
-        raise Failure(f"no service answered $SRV.PING on {redact(url)}; start the fleet with `{obj.hint('up')}`")
-    if output == "table":
+        echo(render_json({"services": rows, "local": local}))
+    if output == "table" and rows:
         echo(f"{len(rows)} service instance(s) on {redact(url)}")
         echo(render(rows, output, STATUS_COLUMNS))
+    if output == "table" and local is not None:
+        supervision.print_local(local)
+    if not rows:
+        raise Failure(f"no service answered $SRV.PING on {redact(url)}; start the fleet with `{obj.hint('up')}`")
 
 
 @click.command()
@@ -170,7 +187,7 @@ def status(obj: CliContext, output: str, timeout: float) -> None:
 @click.option("-n", "--lines", type=click.IntRange(0), default=20, show_default=True, help="Lines to show first.")
 @pass_cli
 def logs(obj: CliContext, service: str, follow: bool, lines: int) -> None:
-    """Show the log of a local service (or of nats-server).
+    """Show the log of a local service (or of nats-server, or of the supervisor).
 
     \b
     Examples:

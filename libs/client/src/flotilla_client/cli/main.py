@@ -8,7 +8,19 @@ from typing import Any
 
 import click
 
-from flotilla_client.cli import bus, busconfig, demo, fleet, health, local, sim, subscriptions, tokens, upgrade
+from flotilla_client.cli import (
+    bus,
+    busconfig,
+    demo,
+    fleet,
+    health,
+    local,
+    sim,
+    subscriptions,
+    supervision,
+    tokens,
+    upgrade,
+)
 from flotilla_client.cli.common import DEFAULT_STATE_DIR, CliContext, Failure, cli_version
 from flotilla_client.errors import FlotillaClientError
 
@@ -72,6 +84,7 @@ for command in (
     local.down,
     local.status,
     local.logs,
+    supervision.restart,
     bus.events,
     bus.publish,
     busconfig.bus_config,

@@ -62,7 +62,7 @@ def sim(
     """Start a simulated fleet that joins the local fleet: every node runs the real node-agent code
     with the simulated driver (deterministic for a seed), heartbeats and obeys upgrade steps.
 
-    It runs in the background until `flotilla down`.
+    It runs in the background, restarted by the local fleet's supervisor if it dies, until `flotilla down`.
 
     \b
     Examples:

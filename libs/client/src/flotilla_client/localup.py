@@ -1,0 +1,192 @@
+"""`flotilla up`: check the ports, write the nats-server configuration, start the supervisor, wait for the five."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from flotilla_client import busauth, procs, runfile
+from flotilla_client.client import FlotillaClient
+from flotilla_client.errors import LocalFleetError
+from flotilla_client.localfleet import (
+    NATS_SERVER,
+    SERVICES,
+    SUPERVISOR,
+    SUPERVISOR_MODULE,
+    Progress,
+    check_not_running,
+    log_path,
+    stop_everything,
+    tail,
+)
+from flotilla_client.natsserver import NatsServer, NatsServerError, find_nats_server, port_open
+from flotilla_client.runfile import NatsEntry, RunInfo
+from flotilla_runtime.natsconn import CA_ENV
+
+
+@dataclass
+class UpOptions:
+    state_dir: Path
+    port: int = 4222
+    monitor_port: int = 8222
+    server: str | None = None  # an existing NATS to use instead of starting one
+    timeout_s: float = 30.0
+    host: str = "127.0.0.1"
+    tls: bool = False  # TLS on the client port, with a local CA (clients get FLOTILLA_NATS_CA)
+
+
+def _prepare_nats(opts: UpOptions, progress: Progress) -> NatsEntry:
+    """Check the ports and write the nats-server configuration the supervisor starts it from (pid 0: ours)."""
+    if opts.server:
+        progress(f"using the NATS server at {opts.server}")
+        return NatsEntry(url=opts.server)
+    if port_open(opts.host, opts.port):
+        raise LocalFleetError(
+            f"port {opts.port} on {opts.host} is already in use (another NATS or fleet?); choose another with "
+            f"--port, or use that server with --server nats://{opts.host}:{opts.port}"
+        )
+    if opts.monitor_port and port_open(opts.host, opts.monitor_port):
+        raise LocalFleetError(
+            f"monitoring port {opts.monitor_port} on {opts.host} is already in use; "
+            "choose another with --monitor-port (0 disables monitoring)"
+        )
+    # Authentication on: a user per service and for the CLI, cluster agents through the callout.
+    auth = busauth.load_or_create(opts.state_dir)
+    config = busauth.server_config(auth)
+    if opts.tls:
+        try:
+            ca, cert, key = busauth.make_tls(opts.state_dir, opts.host)
+        except busauth.TlsError as exc:
+            raise LocalFleetError(str(exc)) from None
+        config += "\n" + busauth.tls_config(cert, key)
+        os.environ[CA_ENV] = str(ca)  # for this process's own clients, and inherited by the services
+    server = NatsServer(
+        state_dir=opts.state_dir / "nats",
+        port=opts.port,
+        host=opts.host,
+        monitor_port=opts.monitor_port,
+        log_file=log_path(opts.state_dir, NATS_SERVER),
+        extra_config=config,
+    )
+    try:
+        find_nats_server()
+    except NatsServerError as exc:
+        raise LocalFleetError(str(exc)) from None
+    server.write_config()
+    progress(f"starting nats-server with JetStream in {server.state_dir} on {server.url}")
+    monitor = f"http://{opts.host}:{opts.monitor_port}" if opts.monitor_port else ""
+    url = server.url.replace("nats://", "tls://") if opts.tls else server.url
+    entry = NatsEntry(
+        url=busauth.admin_url(url, auth),
+        pid=0,
+        port=opts.port,
+        monitor_url=monitor,
+        log=str(server.log_file),
+        config=str(server.config_path),
+    )
+    return entry
+
+
+def _start_supervisor(state_dir: Path) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", SUPERVISOR_MODULE, "--state-dir", str(state_dir)]
+    return procs.spawn(command, log_path(state_dir, SUPERVISOR), os.environ, cwd=state_dir)
+
+
+def _crashed(info: RunInfo) -> tuple[str, str] | None:
+    """(name, how it ended) of the first process that exited since `up` began, if any."""
+    entries = [(NATS_SERVER, info.nats.supervision), *((s.name, s.supervision) for s in info.services)]
+    return next(((name, sup.last_exit.status) for name, sup in entries if sup.last_exit is not None), None)
+
+
+def _wait_started(state_dir: Path, supervisor: subprocess.Popen[bytes], deadline: float, progress: Progress) -> RunInfo:
+    """Until the supervisor has recorded itself, nats-server listening and a pid for each service."""
+    while True:
+        info = runfile.load(state_dir)
+        if info is None:
+            raise LocalFleetError(f"{runfile.run_file(state_dir)} disappeared while starting")
+        if supervisor.poll() is not None:
+            _fail(info, SUPERVISOR, f"the supervisor exited with code {supervisor.returncode} at start", progress)
+        crashed = _crashed(info)
+        if crashed:
+            _fail(info, crashed[0], f"{crashed[0]} exited with {crashed[1]} at start", progress)
+        if info.supervisor and len(info.services) == len(SERVICES) and all(s.pid for s in info.services):
+            return info
+        if time.monotonic() > deadline:
+            _fail(info, SUPERVISOR, "the supervisor did not start the services in time", progress)
+        time.sleep(0.05)
+
+
+async def _wait_ready(
+    state_dir: Path, info: RunInfo, timeout_s: float, progress: Progress
+) -> tuple[str, dict[str, str]]:
+    """Until every service answers `$SRV.PING` with its instance id; (server version, service versions)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    ready: dict[str, str] = {}
+    async with FlotillaClient(info.nats.url, name="flotilla-up") as client:
+        while len(ready) < len(SERVICES):
+            info = runfile.load(state_dir) or info
+            crashed = _crashed(info)
+            if crashed:
+                _fail(info, crashed[0], f"{crashed[0]} exited with {crashed[1]} at start", progress)
+            expected = {s.name: s.instance_id for s in info.services}
+            if loop.time() > end:
+                missing = sorted(set(expected) - set(ready))
+                reason = f"{', '.join(missing)} did not answer $SRV.PING within {timeout_s:g}s"
+                _fail(info, missing[0], reason, progress)
+            for record in await client.discover(timeout=0.5, expect=len(expected)):
+                if expected.get(record.name) == record.id and record.name not in ready:
+                    ready[record.name] = record.version
+                    progress(f"  {record.name:<22} {record.version:<8} ready (id {record.id})")
+        return client.server_version, ready
+
+
+def _fail(info: RunInfo, name: str, reason: str, progress: Progress) -> None:
+    path = log_path(Path(info.state_dir), name)
+    progress(f"{reason}; last lines of {path}:")
+    for line in tail(path, 15) or ["(the log is empty)"]:
+        progress(f"  | {line}")
+    raise LocalFleetError(f"{reason}; everything started was stopped (log: {path})")
+
+
+def up(opts: UpOptions, progress: Progress) -> RunInfo:
+    """Start the supervisor, which starts nats-server (unless `opts.server`) and the five services and keeps
+    them running; returns once all five answer. On any failure everything is stopped again."""
+    state_dir = opts.state_dir.resolve()
+    opts.state_dir = state_dir
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_not_running(state_dir, progress)
+    if opts.server:
+        asyncio.run(_check_reachable(opts.server))
+    started_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    info = RunInfo(state_dir=str(state_dir), started_at=started_at, nats=_prepare_nats(opts, progress))
+    deadline = time.monotonic() + opts.timeout_s + 10.0  # nats-server has had 10 s to listen
+    try:
+        runfile.save(state_dir, info)
+        supervisor = _start_supervisor(state_dir)
+        progress(f"starting {len(SERVICES)} services under a supervisor (logs in {state_dir / 'logs'}):")
+        info = _wait_started(state_dir, supervisor, deadline, progress)
+        # --timeout is for the services, counted from their start (as when `up` started them itself).
+        server_version, versions = asyncio.run(_wait_ready(state_dir, info, opts.timeout_s, progress))
+
+        def mark_ready(info: RunInfo) -> None:
+            info.ready, info.nats.version = True, server_version
+            for entry in info.services:
+                entry.version = versions.get(entry.name, entry.version)
+
+        return runfile.update(state_dir, mark_ready) or info
+    except BaseException:
+        stop_everything(state_dir, 10.0, lambda _line: None)
+        runfile.remove(state_dir)
+        raise
+
+
+async def _check_reachable(url: str) -> None:
+    async with FlotillaClient(url, name="flotilla-up"):
+        pass
