@@ -96,6 +96,19 @@ def flotilla(state: Path, env: dict[str, str], *args: str) -> subprocess.Complet
     return done
 
 
+def plan_sees_nodes(state: Path, env: dict[str, str], nodes: int, within_s: float = 60) -> None:
+    """Until a dry run (untraced) of the rollout below is feasible with `nodes` nodes."""
+    args = ["upgrade", "plan", "--to", "v1.30.4", "-l", "env=sim", "-o", "json"]
+    deadline = time.monotonic() + within_s
+    while True:
+        done = subprocess.run([FLOTILLA, "--state-dir", str(state), *args],
+                              capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+        if done.returncode == 0 and json.loads(done.stdout)["nodes_total"] == nodes:
+            return
+        assert time.monotonic() < deadline, f"the plan never saw {nodes} nodes: {done.stdout} {done.stderr}"
+        time.sleep(0.5)
+
+
 def trace_of(done: subprocess.CompletedProcess[str]) -> str:
     found = TRACE_LINE.findall(done.stderr)
     assert found, f"--trace printed no trace id: {done.stderr}"
@@ -140,7 +153,7 @@ def test_join_and_rollout_are_each_one_trace_across_services(
     }
 
     flotilla(state, env, "sim", "--clusters", "1", "--nodes", "2", "--prefix", "tr", "--step-seconds", "0.05")
-    time.sleep(2)  # first heartbeats
+    plan_sees_nodes(state, env, 2)  # the orchestrator knows the sim's nodes and health: the rollout can start
     started = flotilla(state, env, "upgrade", "start", "--to", "v1.30.4", "-l", "env=sim")
     rollout_trace = trace_of(started)
     deadline = time.monotonic() + 90
