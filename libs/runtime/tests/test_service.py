@@ -224,3 +224,34 @@ async def test_readyz_says_why_while_the_bus_is_down_and_recovers_when_it_return
     finally:
         stop.set()
         await asyncio.wait_for(task, 15)
+
+
+async def test_a_background_loop_that_fails_is_logged_and_started_again(
+    nats_server: NatsServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A loop raising (a pull on a JetStream not serving yet) must never end silently, leaving events unread."""
+    runs: list[int] = []
+    again = asyncio.Event()
+
+    async def flaky_setup(app: ServiceApp[ServiceSettings]) -> None:
+        async def loop() -> None:
+            runs.append(len(runs))
+            if len(runs) == 1:
+                raise RuntimeError("JetStream said 503")
+            again.set()
+            await asyncio.Event().wait()
+
+        app.background(loop)
+
+    spec = ServiceSpec(Service.SCHEDULER, "1.2.3", "test", ServiceSettings, flaky_setup)
+    settings = ServiceSettings(nats_url=nats_server.url, state_dir=str(tmp_path / "svc"), instance_id="i")
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(spec, settings, stop))
+    try:
+        await asyncio.wait_for(again.wait(), 15)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+    assert len(runs) == 2
+    failures = [r for r in caplog.records if "background task" in r.getMessage()]
+    assert failures and failures[0].exc_info is not None, "the failure is logged with its traceback"

@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import nats.errors
@@ -34,6 +34,34 @@ from flotilla_runtime.store import Store, Tx
 log = logging.getLogger(__name__)
 
 EventHandler = Callable[[Any, Tx, "EventMeta"], Awaitable[None]]
+
+
+class Pulled(NamedTuple):
+    """One pull: the messages, and whether the consumer had nothing for us (caught up)."""
+
+    messages: list[Msg]
+    idle: bool
+
+
+async def pull(sub: Any, batch: int, timeout_s: float, pause_s: float = 0.5) -> Pulled:
+    """Fetch up to `batch` messages; every pull loop (services, intake, node agents) goes through here.
+
+    An idle consumer is `idle`. A bus that is reconnecting, or a JetStream that does not answer yet (503 no
+    responders: a restarted nats-server still loading its streams), is waited out for `pause_s` and gives
+    nothing: the caller pulls again. Anything else (the consumer deleted) is the caller's to handle.
+    """
+    try:
+        return Pulled(await sub.fetch(batch, timeout=timeout_s), False)
+    except (nats.errors.TimeoutError, TimeoutError):
+        return Pulled([], True)
+    except (
+        nats.errors.ConnectionClosedError,
+        nats.errors.ConnectionReconnectingError,
+        nats.errors.NoRespondersError,
+        nats.js.errors.ServiceUnavailableError,
+    ):
+        await asyncio.sleep(pause_s)
+        return Pulled([], False)
 
 
 @dataclass(frozen=True)
@@ -107,17 +135,10 @@ class EventConsumer:
 
     async def _loop(self, sub: Any) -> None:
         while not self._stopping:
-            try:
-                messages = await sub.fetch(self.batch, timeout=self.fetch_timeout_s)
-            except (nats.errors.TimeoutError, TimeoutError):
-                self.caught_up.set()
-                continue
-            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
-                await asyncio.sleep(0.5)
-                continue
+            messages, idle = await pull(sub, self.batch, self.fetch_timeout_s)
             for msg in messages:
                 await self.handle(msg)
-            if len(messages) < self.batch:
+            if idle or 0 < len(messages) < self.batch:
                 self.caught_up.set()
 
     async def _subscribe(self, js: JetStreamContext) -> Any:

@@ -97,6 +97,7 @@ class ServiceApp(Generic[S]):
         self.ready = False
         self._task_factories: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self.background_restarts = 0
         self._js: JetStreamContext | None = None
         self.login: BusLogin | None = None  # set when the spec's `login` decided the identity
         self.consumers: list[EventConsumer] = []
@@ -127,8 +128,30 @@ class ServiceApp(Generic[S]):
         return self._js
 
     def background(self, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Run `factory()` as a task once connected; it is cancelled on stop."""
+        """Run `factory()` as a task once connected; it is cancelled on stop.
+
+        A loop that raises is never lost silently: the error is logged with its traceback and the loop is
+        started again after a back-off (0.5 s doubling to 30 s), counted in `background_restarts`.
+        """
         self._task_factories.append(factory)
+
+    async def _keep_running(self, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        delay = 0.5
+        name = getattr(factory, "__qualname__", repr(factory))
+        while True:
+            started = asyncio.get_running_loop().time()
+            try:
+                await factory()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.background_restarts += 1
+                if asyncio.get_running_loop().time() - started > 60:
+                    delay = 0.5  # it ran a good while: a new streak
+                self.log.exception("background task %s failed; starting it again in %.1fs", name, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     def consume(
         self, purpose: str, filter_subjects: list[str], handlers: dict[type[Message], EventHandler], batch: int = 256
@@ -240,7 +263,7 @@ async def run(spec: ServiceSpec[S], settings: S, stop: asyncio.Event | None = No
             extra_stats=lambda: {"outbox_published": relay.published if relay else 0},
         )
         await discovery.start(broker.connection)
-        app._tasks = [asyncio.create_task(factory()) for factory in app._task_factories]
+        app._tasks = [asyncio.create_task(app._keep_running(factory)) for factory in app._task_factories]
         app.ready = True
         app.log.info(
             "%s %s serving",

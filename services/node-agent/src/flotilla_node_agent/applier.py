@@ -37,6 +37,7 @@ from flotilla_contracts.v1.scheduler_events import (
 )
 from flotilla_node_agent.apply_backends import ApplyBackend, ApplyFailed, ObjectRef
 from flotilla_runtime import codec
+from flotilla_runtime.consumers import pull
 from flotilla_runtime.deadletters import dead_letter_message
 from flotilla_runtime.errors import RequestError
 from flotilla_runtime.logs import BoundLogger
@@ -221,13 +222,7 @@ class ManifestApplier:
                 delay = min(delay * 2, 10.0)
         try:
             while True:
-                try:
-                    messages = await sub.fetch(1, timeout=self.fetch_timeout_s)
-                except (nats.errors.TimeoutError, TimeoutError):
-                    continue
-                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
-                    await asyncio.sleep(1.0)
-                    continue
+                messages, _idle = await pull(sub, 1, self.fetch_timeout_s, pause_s=1.0)
                 for msg in messages:
                     await self.handle(msg)
         finally:

@@ -27,6 +27,7 @@ from flotilla_contracts.v1.agent import NodeStepCommand
 from flotilla_node_agent.domain import wrong_target
 from flotilla_node_agent.steps import Ack, StepRunner
 from flotilla_runtime import codec, telemetry
+from flotilla_runtime.consumers import pull
 from flotilla_runtime.deadletters import dead_letter_message
 from flotilla_runtime.errors import RequestError
 from flotilla_runtime.logs import BoundLogger
@@ -118,13 +119,10 @@ class CommandConsumer:
         sub = await self.subscribe()
         try:
             while True:
-                try:
-                    messages = await sub.fetch(1, timeout=self.fetch_timeout_s)
-                except (nats.errors.TimeoutError, TimeoutError):
+                messages, idle = await pull(sub, 1, self.fetch_timeout_s, pause_s=1.0)
+                if idle:
                     self.idle.set()
-                    continue
-                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
-                    await asyncio.sleep(1.0)
+                if not messages:
                     continue
                 self.idle.clear()
                 for msg in messages:

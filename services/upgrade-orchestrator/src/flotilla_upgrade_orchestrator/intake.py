@@ -29,6 +29,7 @@ from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.streams import FLEET_EVENTS, service_consumer
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1.deadletter import DeadLettered
+from flotilla_runtime.consumers import pull
 from flotilla_runtime.deadletters import dead_letter
 from flotilla_runtime.errors import TemporaryError
 from flotilla_runtime.store import SyncTx
@@ -88,16 +89,10 @@ class Intake:
         sub = await self._subscribe(js)
         try:
             while not self._stopping:
-                try:
-                    messages = await sub.fetch(self.batch, timeout=self.fetch_timeout_s)
-                except (nats.errors.TimeoutError, TimeoutError):
-                    self.caught_up.set()
-                    continue
-                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
-                    await asyncio.sleep(0.5)
-                    continue
-                await self.handle_batch(messages)
-                if len(messages) < self.batch:
+                messages, idle = await pull(sub, self.batch, self.fetch_timeout_s)
+                if messages:
+                    await self.handle_batch(messages)
+                if idle or 0 < len(messages) < self.batch:
                     self.caught_up.set()
         finally:
             with contextlib.suppress(Exception):
