@@ -53,6 +53,7 @@ from flotilla_node_agent.journal import Journal
 from flotilla_node_agent.sim_states import SimNodeStates
 from flotilla_runtime import telemetry
 from flotilla_runtime.bus import connect_options, ensure_streams
+from flotilla_runtime.lifeline import Lifeline, LinkState
 from flotilla_runtime.logs import get_logger, setup_logging
 from flotilla_runtime.migrations import load_migrations
 from flotilla_runtime.outbox import OutboxRelay
@@ -104,10 +105,16 @@ class Fleet:
     cluster_agents: list[ClusterAgent] = field(default_factory=list)
     handles: list[ClusterHandle] = field(default_factory=list)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    links: dict[str, Lifeline] = field(default_factory=dict)  # each connection's state, by cluster (or "shared")
 
     def counts(self) -> dict[str, int]:
         consumers = [a.consumer for a in self.agents if a.consumer is not None]
+        links = list(self.links.values())
         return {
+            "links_connected": sum(link.state is LinkState.CONNECTED for link in links),
+            "links_refused": sum(link.state is LinkState.REFUSED for link in links),
+            "reconnects": sum(link.stats.reconnects for link in links),
+            "grants_expired": sum(link.stats.grants_expired for link in links),
             "clusters_approved": sum(h.approved.is_set() for h in self.handles),
             "agents_ready": sum(a.ready.is_set() for a in self.agents),
             "steps_executed": sum(c.stats.executed for c in consumers),
@@ -124,6 +131,8 @@ class Fleet:
                 await task
         await drain_outbox(self.store)
         await self.relay.stop(flush_timeout_s=5.0)
+        for link in self.links.values():
+            link.stop()
         connections = {id(c): c for c in [self.nc, *(h.nc for h in self.handles), *(a.nc for a in self.cluster_agents)]}
         for connection in connections.values():
             if connection is not None:
@@ -206,14 +215,17 @@ async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:
     per_cluster = bool(spec.token)
     nc: Client | None = None
     js: JetStreamContext | None = None
+    links: dict[str, Lifeline] = {}
     if not per_cluster:
+        shared = links["shared"] = Lifeline(f"flotilla-sim-{spec.prefix}")
         nc = await nats.connect(
             nats_url,
             name=f"flotilla-sim-{spec.prefix}",
-            max_reconnect_attempts=-1,
             pending_size=64 * 1024 * 1024,
+            **shared.options(),
             **connect_options(nats_url),
         )
+        shared.attach(nc)
         js = nc.jetstream()
         await ensure_streams(js)
     spec.state_dir.mkdir(parents=True, exist_ok=True)
@@ -235,7 +247,7 @@ async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:
         verify_timeout_s=30.0,
         subscribe_gate=asyncio.Semaphore(32),
     )
-    fleet = Fleet(spec, store, relay, nc, handles=handles)
+    fleet = Fleet(spec, store, relay, nc, handles=handles, links=links)
     fleet.tasks.append(asyncio.create_task(keep_interval_fresh(interval, nc, handles)))
     log = get_logger("flotilla.sim")
     for c in range(spec.clusters):
@@ -253,8 +265,10 @@ async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:
             async def facts(drivers: Sequence[SimDriver] = drivers) -> list[NodeFacts]:
                 return [await d.facts() for d in drivers]
 
-            async def connector(user: str, password: str, name: str = name) -> Client:
-                return await connect_as(nats_url, user, password, f"flotilla-sim-{name}")
+            link = links[name] = Lifeline(f"flotilla-sim-{name}")
+
+            async def connector(user: str, password: str, name: str = name, link: Lifeline = link) -> Client:
+                return await connect_as(nats_url, user, password, f"flotilla-sim-{name}", link)
 
             agent = ClusterAgent(
                 nc,
