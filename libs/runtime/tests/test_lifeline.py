@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flotilla_runtime.lifeline import Backoff, Lifeline, LinkState, health_of, worst
+from flotilla_runtime.lifeline import Backoff, LinkState, health_of
 
 
 def test_an_expired_grant_is_renewed_at_once_then_attempts_back_off() -> None:
@@ -45,15 +45,3 @@ def test_a_closed_link_is_neither_ready_nor_live() -> None:
     assert (health.ready, health.live) == (False, False)
     assert "closed for good" in health.reason
 
-
-def test_a_process_is_as_healthy_as_its_worst_link() -> None:
-    now = [0.0]
-    up, down = Lifeline("c.a", clock=lambda: now[0]), Lifeline("c.b", clock=lambda: now[0])
-    up.state = LinkState.CONNECTED
-    down.refused("Authorization Violation")
-    now[0] = 45.0
-    verdict = worst([up, down], grace_s=30.0)
-    assert (verdict.ready, verdict.live) == (False, True)
-    assert verdict.reason.startswith("c.b: bus refused for 45s")
-    down.state = LinkState.CONNECTED
-    assert worst([up, down], grace_s=30.0).ready

@@ -273,14 +273,3 @@ class Lifeline:
     def health(self, grace_s: float, now: float | None = None) -> LinkHealth:
         return health_of(self.state, self.since, self.reason, self.clock() if now is None else now, grace_s)
 
-
-def worst(links: list[Lifeline], grace_s: float) -> LinkHealth:
-    """The health of a process holding several links: the first that is not ready (or not live) decides."""
-    verdicts = [(link.name, link.health(grace_s)) for link in links]
-    for name, verdict in verdicts:
-        if not verdict.live:
-            return LinkHealth(False, False, f"{name}: {verdict.reason}")
-    for name, verdict in verdicts:
-        if not verdict.ready:
-            return LinkHealth(False, True, f"{name}: {verdict.reason}")
-    return LinkHealth(True, True, f"{len(links)} bus connection(s) up")
