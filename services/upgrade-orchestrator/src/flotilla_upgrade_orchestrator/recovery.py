@@ -51,7 +51,9 @@ def _retry_message(rollout: Rollout, decision: retries.RetryDecision, nodes: int
     targets = [*decision.now, *decision.queued]
     ids = ", ".join(c.cluster_id for c in targets[:10])
     message = f"retrying {len(targets)} cluster(s) ({ids}) against the pinned target {rollout.spec.target_version}"
-    waiting = [c for c in decision.queued if c.retry_queued]  # a queued retry may have run at once
+    waiting = [c for c in decision.queued if c.retry_queued]
+    # A queued retry that ran at once (its cluster settled in this very advance) reopened its unfinished nodes.
+    nodes += sum(1 for c in decision.queued if not c.retry_queued for n in c.nodes if not n.succeeded)
     if not waiting:
         return message + f"; {nodes} node(s) start a new attempt"
     if decision.now:
