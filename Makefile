@@ -12,7 +12,7 @@ PACKAGES := flotilla_contracts flotilla_runtime flotilla_client flotilla_kube fl
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
-.PHONY: demo test sync lint types imports schemas schemas-check pytest test-slow bench down clean help
+.PHONY: demo test sync lint types imports schemas schemas-check pytest test-slow soak bench down clean help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -57,6 +57,9 @@ pytest: sync ## unit, handler, contract and integration tests (real nats-server)
 
 test-slow: sync ## the long suites (chaos long form, big fleets)
 	$(BIN)/pytest -m slow
+
+soak: sync ## the long soak: an hour (FLOTILLA_SOAK_MINUTES) of rollouts and kills on a local fleet, then its figures
+	$(BIN)/pytest -m soak -s --timeout 0 tests/soak
 
 bench: sync ## benchmarks under tests/bench (print figures as ratios to raw nats-py)
 	$(BIN)/pytest -m bench -s tests/bench
