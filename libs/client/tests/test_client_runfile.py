@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,17 @@ from flotilla_client.runfile import NatsEntry, RunInfo, ServiceEntry
 
 
 def sleeper() -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    """A child running `time.sleep`, returned once its command line says so.
+
+    Until the child has exec'd, /proc shows the parent's command line; under load that window is long enough
+    for procs.alive(pid, "time.sleep") to say no, so the tests wait for the exec (a condition, not a sleep).
+    """
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    deadline = time.monotonic() + 30
+    while "time.sleep" not in (procs.cmdline(child.pid) or "time.sleep"):
+        assert time.monotonic() < deadline, "the sleeper never exec'd"
+        time.sleep(0.01)
+    return child
 
 
 def info_with(pid: int, state: Path, module: str = "-c") -> RunInfo:
