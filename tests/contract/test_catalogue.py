@@ -25,7 +25,7 @@ from flotilla_contracts.ids import (
 )
 from flotilla_contracts.v1 import __path__ as v1_path
 
-DOMAINS = {"service", "registration", "heartbeat", "scheduler", "upgrade", "agent", "deadletter"}
+DOMAINS = {"service", "registration", "heartbeat", "scheduler", "upgrade", "agent", "deadletter", "security"}
 MESSAGES = catalogue.message_types()
 BAD_IDS = ["a.b", "a*", "a b", ">", "", "x" * 129]
 

@@ -22,6 +22,7 @@ from flotilla_contracts.v1 import registration as v1_reg
 from flotilla_contracts.v1 import registration_events as v1_reg_evt
 from flotilla_contracts.v1 import scheduler as v1_sched
 from flotilla_contracts.v1 import scheduler_events as v1_sched_evt
+from flotilla_contracts.v1 import security as v1_security
 from flotilla_contracts.v1 import service as v1_service
 from flotilla_contracts.v1 import upgrade as v1_upgrade
 from flotilla_contracts.v1 import upgrade_status as v1_upstat
@@ -246,6 +247,8 @@ OPERATIONS: list[Operation] = [
     # --- every service ---
     _event(None, Entity.DEAD_LETTER, "{service}", "recorded", v1_deadletter.DeadLettered,
            "A service gave up on a message, with the reason."),
+    _event(None, Entity.SECURITY, "{service}." + _CLUSTER, "refused", v1_security.MemberRefused,
+           "A service refused a member cluster's messages (once per sender, reason and window, with a count)."),
 ]
 # fmt: on
 

@@ -123,6 +123,7 @@ def service_grant(service: Service) -> Grant:
     """A service: its commands and `$SRV` discovery in, its events and the Flotilla streams out."""
     publish = [f"{subjects.EVT_PREFIX}.{entity.value}.>" for entity in _EMITS[service]]
     publish.append(f"{subjects.EVT_PREFIX}.{Entity.DEAD_LETTER.value}.{service.value}.>")
+    publish.append(f"{subjects.EVT_PREFIX}.{Entity.SECURITY.value}.{service.value}.>")
     streams = [FLEET_EVENTS.name]
     subscribe = [
         subjects.service_commands(service),

@@ -53,6 +53,7 @@ class Entity(StrEnum):
     NODE_STEP = "node-step"
     HOST_KEYS = "host-keys"
     DEAD_LETTER = "dead-letter"
+    SECURITY = "security"
 
 
 def queue_group(service: Service) -> str:
