@@ -148,6 +148,28 @@ def test_subject_for_fills_and_checks_ids() -> None:
         catalogue.subject_for(ClusterApproved)
 
 
+@pytest.mark.parametrize("op", catalogue.OPERATIONS, ids=lambda op: op.subject)
+def test_ids_in_reads_back_what_fill_wrote(op: catalogue.Operation) -> None:
+    ids = {name: f"{name.replace('_', '-')}-1" for name in op.placeholders}
+    assert op.ids_in(op.fill(**ids)) == ids
+
+
+def test_ids_in_refuses_other_subjects() -> None:
+    from flotilla_contracts.v1.agent import NodeStepReported
+
+    op = catalogue.operation_for(NodeStepReported)
+    assert op.ids_in("fleet.v1.evt.node-step.x.n1.reported") == {"cluster_id": "x", "node_id": "n1"}
+    for other in (
+        "fleet.v1.evt.node-step.x.reported",
+        "fleet.v1.evt.node-step.x.n1.n2.reported",
+        "fleet.v1.evt.node-step.x.n1.failed",
+        "fleet.v1.evt.node.x.n1.reported",
+        "fleet.v1.evt.node-step.*.n1.reported",
+        "fleet.v1.evt.node-step..n1.reported",
+    ):
+        assert op.ids_in(other) is None, other
+
+
 def test_no_stream_captures_commands() -> None:
     from flotilla_contracts.streams import STREAMS
 

@@ -78,6 +78,27 @@ class Operation:
             raise KeyError(f"{self.subject}: missing {sorted(missing)}, unexpected {sorted(extra)}")
         return _PLACEHOLDER_RE.sub(lambda m: check_token(m.group(1), ids[m.group(1)]), self.subject)
 
+    def ids_in(self, subject: str) -> dict[str, str] | None:
+        """The inverse of `fill`: the ids a concrete subject carries, or None when it is not of this pattern.
+
+        This is how a service learns who sent a member's message: the subject's tokens are what the
+        sender's bus grant vouched for, unlike the body (see docs/security.md).
+        """
+        pattern = self.subject.split(".")
+        tokens = subject.split(".")
+        if len(tokens) != len(pattern):
+            return None
+        ids: dict[str, str] = {}
+        for want, got in zip(pattern, tokens, strict=True):
+            name = _PLACEHOLDER_RE.fullmatch(want)
+            if name is not None:
+                if not got or got in ("*", ">"):
+                    return None
+                ids[name.group(1)] = got
+            elif want != got:
+                return None
+        return ids
+
 
 def _cmd(service: Service | None, verb: str) -> str:
     name = "{service}" if service is None else service.value
