@@ -113,3 +113,48 @@ def test_ok_reply_round_trips_typed_data() -> None:
     reply: Reply[Sample] = codec.decode_reply(body, Sample)
     assert reply.ok
     assert reply.data == Sample(cluster_id="c1", count=2)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000,
+        b'{"cluster_id": "c1", "extra": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"cluster_id": "c1", "extra": ' + b'{"a":' * 100_000 + b"1" + b"}" * 100_001,
+        b'{"cluster_id": "c1", "extra": ' + b"[" * 129 + b"]" * 129 + b"}",
+    ],
+)
+def test_json_nested_too_deep_is_malformed_with_the_limit(body: bytes) -> None:
+    error = refused(body, max_bytes=1_000_000)
+    assert error.code is ErrorCode.MALFORMED
+    assert f"nested deeper than {codec.MAX_DEPTH} levels" in error.message
+
+
+def test_nesting_up_to_the_limit_and_brackets_in_strings_are_fine() -> None:
+    at_limit = b'{"cluster_id": "c1", "extra": ' + b"[" * 127 + b"]" * 127 + b"}"
+    assert codec.decode(at_limit, Sample, max_bytes=4096).cluster_id == "c1"
+    brackets = b'{"cluster_id": "c1", "nodes": [{"name": "n\\"[[[' + b"[" * 500 + b'"}]}'
+    assert codec.nesting_depth(brackets) == 3
+    with pytest.raises(RequestError) as caught:  # a name with brackets is refused for what it is, not its depth
+        codec.decode(brackets, Sample, max_bytes=4096)
+    assert caught.value.code is ErrorCode.INVALID_ID
+
+
+def test_nesting_depth_counts_arrays_and_objects() -> None:
+    assert codec.nesting_depth(b"{}") == 1
+    assert codec.nesting_depth(b'{"a": [{"b": []}, []]}') == 4
+    assert codec.nesting_depth(b'"[[["') == 0
+
+
+def test_a_decoder_that_runs_out_of_stack_anyway_answers_malformed() -> None:
+    import inspect
+    import sys
+
+    body = b'{"cluster_id": "c1", "extra": ' + b"[" * 100 + b"]" * 100 + b"}"
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(len(inspect.stack()) + 60)  # the caller's stack is already deep: 100 levels do not fit
+    try:
+        error = refused(body)
+    finally:
+        sys.setrecursionlimit(limit)
+    assert error.code is ErrorCode.MALFORMED and "nested deeper" in error.message

@@ -85,3 +85,56 @@ async def test_invalid_field_error_names_the_field() -> None:
     error = reply["error"]
     assert isinstance(error, dict)
     assert error["details"] == {"field": "cluster_id"}
+
+
+def build_failing(raised: Exception) -> object:
+    router = CommandRouter(Service.REGISTRATION, max_message_bytes=300_000)
+
+    @router.command("clusters.get", GetCluster, ClusterView)
+    async def get_cluster(request: GetCluster, ctx: CommandContext) -> ClusterView:
+        raise raised
+
+    broker = make_broker("nats://127.0.0.1:1", "test")
+    router.install(broker)
+    return broker
+
+
+async def test_a_full_disk_is_unavailable_with_disk_full_and_what_happens_next() -> None:
+    import errno
+    import sqlite3
+
+    from flotilla_runtime.errors import DiskFullError, TemporaryError
+
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+    for raised in [
+        DiskFullError("the state database /s/registration.db", "database or disk is full"),
+        full,
+        OSError(errno.ENOSPC, "No space left on device", "/s/signing.key"),
+    ]:
+        reply = await ask(build_failing(raised), b'{"cluster_id": "c1"}')
+        error = reply["error"]
+        assert isinstance(error, dict)
+        assert (error["code"], error["retryable"]) == ("unavailable", True), raised
+        assert str(error["message"]).startswith("disk full: ") and "Free space" in str(error["message"])
+    reply = await ask(build_failing(TemporaryError("the bus is reconnecting")), b'{"cluster_id": "c1"}')
+    assert reply["error"] == {
+        "code": "unavailable", "message": "the bus is reconnecting", "details": {"retry_after_s": 1.0},
+        "retryable": True,
+    }  # fmt: skip
+
+
+async def test_a_number_that_overflows_in_the_handler_is_invalid_field_not_internal() -> None:
+    reply = await ask(build_failing(OverflowError("date value out of range")), b'{"cluster_id": "c1"}')
+    error = reply["error"]
+    assert isinstance(error, dict)
+    assert error["code"] == "invalid_field"
+    assert "out of range" in str(error["message"])
+
+
+async def test_json_nested_100k_deep_is_malformed_not_internal() -> None:
+    broker = build_failing(AssertionError("the handler is never called"))
+    reply = await ask(broker, b'{"cluster_id": "c1", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    error = reply["error"]
+    assert isinstance(error, dict)
+    assert error["code"] == "malformed" and "nested deeper than 128" in str(error["message"])

@@ -149,3 +149,22 @@ async def test_other_schemas_are_ignored_and_unreadable_versions_dead_lettered(n
     await run_until_caught_up(consumer, js)
     assert (consumer.stats.ignored, consumer.stats.dead_lettered) == (1, 1)
     await store.close()
+
+
+async def test_events_nested_100k_deep_are_dead_lettered_as_malformed(nc: Client, tmp_path: Path) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js)
+    store = await Store.open(tmp_path / "s.db", MIGRATIONS)
+    deep = b'{"cluster_id": "c1", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    await publish(js, removed("deep"), "id-deep", raw=deep)
+    await publish(js, removed("good"), "id-good")
+    consumer = await consumer_for(store, Recorder())
+    await run_until_caught_up(consumer, js)
+    assert await handled(store) == ["good"]
+    assert (consumer.stats.dead_lettered, consumer.stats.retried) == (1, 0)
+    await OutboxRelay(store, js).flush()
+    msg = await js.get_last_msg(FLEET_EVENTS.name, "fleet.v1.evt.dead-letter.heartbeat.recorded")
+    letter = msgspec.json.decode(msg.data, type=DeadLettered)
+    assert (letter.reason, letter.original_msg_id) == ("malformed", "id-deep")
+    assert "nested deeper than 128" in letter.message
+    await store.close()

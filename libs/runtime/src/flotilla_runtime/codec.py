@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from itertools import accumulate
 from typing import Any, TypeVar
 
 import msgspec
@@ -26,9 +27,18 @@ from flotilla_runtime.errors import RequestError
 
 M = TypeVar("M", bound=Message)
 
+# Deepest JSON nesting a message may have: Flotilla's own messages nest under 10 levels and a Kubernetes manifest
+# carried in one rarely passes 30; far deeper input only exists to exhaust the decoder's stack.
+MAX_DEPTH = 128
+
 _encoder = msgspec.json.Encoder()
 _PATH_RE = re.compile(r" - at (?:`key` in )?`\$(?P<path>[^`]*)`$")
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_STEP = [0] * 256
+_STEP[ord("[")] = _STEP[ord("{")] = 1
+_STEP[ord("]")] = _STEP[ord("}")] = -1
 
 
 def encode(value: Any) -> bytes:
@@ -47,6 +57,30 @@ def _field_of(error: msgspec.ValidationError) -> str:
     """`$.nodes[0].name` -> `nodes[0].name`, from msgspec's error text; empty for the whole body."""
     match = _PATH_RE.search(str(error))
     return match.group("path").lstrip(".") if match else ""
+
+
+def nesting_depth(data: bytes) -> int:
+    """How deep the arrays and objects of a JSON text nest (brackets inside strings do not count)."""
+    brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    return max(accumulate(_STEP[byte] for byte in brackets), default=0)
+
+
+def too_deep(limit: int = MAX_DEPTH) -> RequestError:
+    return RequestError(
+        ErrorCode.MALFORMED,
+        f"body is nested deeper than {limit} levels of arrays and objects, the limit; it was not read",
+        limit=limit,
+    )
+
+
+def check_depth(data: bytes, limit: int = MAX_DEPTH) -> None:
+    """Refuse JSON nested deeper than `limit` before a decoder recurses into it (a RecursionError otherwise).
+
+    Counting brackets is a C-speed pass that settles almost every message: fewer brackets than the limit
+    cannot nest deeper than it. Only a message with more is measured exactly.
+    """
+    if data.count(b"[") + data.count(b"{") > limit and nesting_depth(data) > limit:
+        raise too_deep(limit)
 
 
 def check_schema_header(headers: Mapping[str, str] | None, expected: type[Message]) -> None:
@@ -88,8 +122,11 @@ def decode(data: bytes, message_type: type[M], *, headers: Mapping[str, str] | N
             limit=max_bytes,
         )
     check_schema_header(headers, message_type)
+    check_depth(data)
     try:
         return _decoder(message_type).decode(data or b"{}")
+    except RecursionError:  # the stack was already deep when we were called; same answer as check_depth
+        raise too_deep() from None
     except msgspec.ValidationError as exc:
         field = _field_of(exc)
         text = str(exc)

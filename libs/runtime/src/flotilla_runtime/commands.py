@@ -16,7 +16,7 @@ from flotilla_contracts.envelope import H_MSG_ID, ErrorBody, Message, schema_id
 from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.subjects import Service
 from flotilla_runtime import codec, telemetry
-from flotilla_runtime.errors import RequestError
+from flotilla_runtime.errors import RequestError, TemporaryError, storage_error
 from flotilla_runtime.logs import BoundLogger, get_logger
 
 Req = TypeVar("Req", bound=Message)
@@ -109,7 +109,13 @@ class CommandRouter:
             )
             try:
                 request = codec.decode(data, endpoint.request, headers=headers, max_bytes=self.max_message_bytes)
-                result = await endpoint.handler(request, ctx)
+                try:
+                    result = await endpoint.handler(request, ctx)
+                except Exception as exc:
+                    coded = _request_error(exc)
+                    if coded is None:
+                        raise
+                    raise coded from exc
                 body, reply_headers = codec.ok_reply(result)
             except RequestError as exc:
                 error = exc.to_body()
@@ -151,6 +157,24 @@ class CommandRouter:
             max_workers=self.max_in_flight,
             decoder=_raw_message,
         )(on_message)
+
+
+def _request_error(exc: Exception) -> RequestError | None:
+    """The coded answer to what a handler raised, or None for a bug (answered `internal`).
+
+    Storage trouble (disk full, database busy) is `unavailable` with what happens next; a number the
+    request carried that overflowed later (a duration too long for a date, an int too large for SQLite)
+    is `invalid_field`, never `internal`.
+    """
+    if isinstance(exc, RequestError):
+        return None
+    temporary = exc if isinstance(exc, TemporaryError) else storage_error(exc, "the service's state")
+    if temporary is not None:
+        return RequestError(ErrorCode.UNAVAILABLE, str(temporary), retry_after_s=temporary.delay_s)
+    if isinstance(exc, OverflowError | ValueError):
+        log.warning("a request value was out of range for the handler", exc_info=exc)
+        return RequestError(ErrorCode.INVALID_FIELD, f"a value in the request is out of range: {exc}")
+    return None
 
 
 async def _raw_message(message: NatsMessage) -> Msg:

@@ -26,9 +26,9 @@ from flotilla_contracts import catalogue, subjects
 from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, Message, SchemaIdError, parse_schema_id
 from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.streams import FLEET_EVENTS
-from flotilla_runtime import telemetry
+from flotilla_runtime import codec, telemetry
 from flotilla_runtime.deadletters import dead_letter_message
-from flotilla_runtime.errors import PermanentError, TemporaryError
+from flotilla_runtime.errors import PermanentError, RequestError, TemporaryError
 from flotilla_runtime.store import Store, Tx
 
 log = logging.getLogger(__name__)
@@ -164,9 +164,13 @@ class EventConsumer:
             return
         message_type, json_decoder = decoder
         try:
+            codec.check_depth(msg.data)
             event = json_decoder.decode(msg.data)
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             await self._give_up(msg, ErrorCode.INVALID_FIELD, f"{schema} does not decode: {exc}")
+            return
+        except (RequestError, RecursionError):
+            await self._give_up(msg, ErrorCode.MALFORMED, f"{schema}: {codec.too_deep().message}")
             return
         with telemetry.consumer_span(f"{self.service.value} handle {message_type.SCHEMA}", headers, msg.subject):
             try:

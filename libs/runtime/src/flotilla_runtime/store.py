@@ -17,7 +17,7 @@ import msgspec
 
 from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, H_SENT_AT, Message, schema_id
 from flotilla_runtime import telemetry
-from flotilla_runtime.errors import TemporaryError
+from flotilla_runtime.errors import TemporaryError, storage_error
 from flotilla_runtime.migrations import RUNTIME_MIGRATIONS, Migration
 
 Row = sqlite3.Row
@@ -211,8 +211,11 @@ class Store:
                 await self._db.execute("BEGIN IMMEDIATE")
                 yield tx
                 await self._db.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 await asyncio.shield(self._rollback_if_open())
+                temporary = storage_error(exc, self._where)
+                if temporary is not None:  # disk full or busy: the caller retries or answers `unavailable`
+                    raise temporary from exc
                 raise
         if tx.emitted:
             for hook in self._commit_hooks:
@@ -250,7 +253,10 @@ class Store:
             except BaseException as exc:  # the COMMIT itself failed: nobody's work is durable
                 for _, _, future in batch:
                     if not future.done():
-                        future.set_exception(TemporaryError(f"the state database did not commit: {exc}"))
+                        future.set_exception(
+                            storage_error(exc, self._where)
+                            or TemporaryError(f"the state database {self.path} did not commit: {exc}")
+                        )
                 continue
             for (_, _, future), (ok, value) in zip(batch, outcomes, strict=True):
                 if not future.done():
@@ -274,18 +280,25 @@ class Store:
                 try:
                     value = work(tx)
                 except Exception as exc:
+                    if not conn.in_transaction:  # SQLite rolled everything back itself (disk full): nothing is durable
+                        raise
                     conn.execute("ROLLBACK TO work")
                     conn.execute("RELEASE work")
-                    outcomes.append((False, exc))
+                    outcomes.append((False, storage_error(exc, self._where) or exc))
                     continue
                 conn.execute("RELEASE work")
                 outcomes.append((True, value))
                 emitted += tx.emitted
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a failed COMMIT (disk full) may already have rolled back
+                conn.execute("ROLLBACK")
             raise
         return outcomes, emitted
+
+    @property
+    def _where(self) -> str:
+        return f"the state database {self.path}"
 
     async def fetchall(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
         """A read outside any transaction (WAL gives it a consistent snapshot)."""
