@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from flotilla_contracts import catalogue
 from flotilla_contracts.v1.agent import (
     NodeFacts,
     NodeStepCommand,
@@ -33,7 +34,8 @@ from flotilla_contracts.v1.upgrade_status import Direction, NodeStepState
 from flotilla_kube.versions import parse_version
 from flotilla_runtime.migrations import RUNTIME_MIGRATIONS, load_migrations
 from flotilla_runtime.store import SyncTx
-from flotilla_upgrade_orchestrator import control, reactions
+from flotilla_runtime.trust import RefusalLedger
+from flotilla_upgrade_orchestrator import control, reactions, reports
 from flotilla_upgrade_orchestrator.engine import Engine
 from flotilla_upgrade_orchestrator.model import ORDER
 from flotilla_upgrade_orchestrator.plan import Estimates
@@ -95,6 +97,7 @@ class Sim:
     epoch: int = 1
     lease_held: bool = True
     effects: dict[tuple[str, str, str, int, str], int] = field(default_factory=dict)
+    ledger: RefusalLedger = field(default_factory=lambda: RefusalLedger("upgrade-orchestrator"))
 
     def __post_init__(self) -> None:
         self.conn = sqlite3.connect(self.path, isolation_level=None)
@@ -302,8 +305,10 @@ class Sim:
             **extra,
         )
 
-    def deliver(self, report: NodeStepReported) -> None:
-        self.work(lambda tx: reactions.on_report(self.engine, tx, report, self.now))
+    def deliver(self, report: NodeStepReported, subject: str = "") -> None:
+        """A report as the intake hands it over, on its own node's subject unless `subject` says otherwise."""
+        on = subject or catalogue.subject_for(NodeStepReported, cluster_id=report.cluster_id, node_id=report.node_id)
+        self.work(lambda tx: reports.receive_report(self.engine, self.ledger, tx, on, report, self.now))
 
     def step_agents(self, limit: int | None = None) -> int:
         """Execute queued commands in order and deliver their reports; returns how many ran."""

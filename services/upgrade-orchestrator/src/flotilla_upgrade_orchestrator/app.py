@@ -26,7 +26,8 @@ from flotilla_contracts.v1.registration_events import (
 from flotilla_runtime.errors import SettingsError
 from flotilla_runtime.service import ServiceApp, ServiceSpec
 from flotilla_runtime.settings import ServiceSettings, env_prefix
-from flotilla_upgrade_orchestrator import __version__, reactions
+from flotilla_runtime.trust import RefusalLedger
+from flotilla_upgrade_orchestrator import __version__, reactions, reports
 from flotilla_upgrade_orchestrator.engine import Engine, Timeouts
 from flotilla_upgrade_orchestrator.handlers import Orchestrator
 from flotilla_upgrade_orchestrator.intake import Intake, SyncHandler
@@ -91,11 +92,12 @@ async def setup(app: ServiceApp[Settings]) -> None:
     orchestrator.register(app.router)
     await orchestrator.run(lambda tx: None)  # load the state once before serving
 
+    ledger = RefusalLedger(Service.UPGRADE_ORCHESTRATOR.value, app.metrics)
     steps: dict[type, SyncHandler] = {
-        NodeStepReported: lambda e, tx, now: reactions.on_report(engine, tx, e, now),
+        NodeStepReported: lambda e, subject, tx, now: reports.receive_report(engine, ledger, tx, subject, e, now),
     }
     inventory: dict[type, SyncHandler] = {
-        kind: (lambda e, tx, now: reactions.on_cluster_info(engine, e.cluster))
+        kind: (lambda e, subject, tx, now: reactions.on_cluster_info(engine, e.cluster))
         for kind in (
             ClusterJoinRequested,
             ClusterApproved,
@@ -106,11 +108,11 @@ async def setup(app: ServiceApp[Settings]) -> None:
             ClusterDeregistered,
         )
     }
-    inventory[NodeAdded] = lambda e, tx, now: reactions.on_node_facts(engine, e.cluster_id, e.node)
-    inventory[NodeChanged] = lambda e, tx, now: reactions.on_node_facts(engine, e.cluster_id, e.node)
-    inventory[NodeRemoved] = lambda e, tx, now: reactions.on_node_removed(engine, e)
-    inventory[NodeHealthChanged] = lambda e, tx, now: reactions.on_node_health(engine, tx, e, now)
-    inventory[ClusterHealthChanged] = lambda e, tx, now: reactions.on_cluster_health(engine, tx, e, now)
+    inventory[NodeAdded] = lambda e, subject, tx, now: reactions.on_node_facts(engine, e.cluster_id, e.node)
+    inventory[NodeChanged] = lambda e, subject, tx, now: reactions.on_node_facts(engine, e.cluster_id, e.node)
+    inventory[NodeRemoved] = lambda e, subject, tx, now: reactions.on_node_removed(engine, e)
+    inventory[NodeHealthChanged] = lambda e, subject, tx, now: reactions.on_node_health(engine, tx, e, now)
+    inventory[ClusterHealthChanged] = lambda e, subject, tx, now: reactions.on_cluster_health(engine, tx, e, now)
     step_filter = catalogue.operation_for(NodeStepReported).filter
     fleet_filters = [entity_events(e) for e in (Entity.CLUSTER, Entity.NODE, Entity.CLUSTER_HEALTH, Entity.NODE_HEALTH)]
     for purpose, filters, handlers in (("fleet", fleet_filters, inventory), ("steps", [step_filter], steps)):

@@ -14,11 +14,13 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from flotilla_contracts import catalogue
+from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.v1.agent import NodeStepCommand, StepKind, TargetVersions
 from flotilla_contracts.v1.heartbeat import ClusterHealth
 from flotilla_contracts.v1.upgrade_status import (
     Direction,
 )
+from flotilla_runtime.errors import PermanentError
 from flotilla_runtime.logs import get_logger
 from flotilla_runtime.store import SyncTx
 from flotilla_upgrade_orchestrator import progress, scheduling
@@ -68,6 +70,7 @@ class Engine(Transitions):
     rollouts: dict[str, Rollout] = field(default_factory=dict)
     fleet: dict[str, FleetCluster] = field(default_factory=dict)
     inflight: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # command id -> rollout, cluster, node
+    command_key: bytes = b""  # keys command ids (model.command_id); loaded from the store, never sent
     stale: bool = True
     issued: int = 0
     _windows: dict[str, tuple[Window, ...]] = field(default_factory=dict)
@@ -96,6 +99,15 @@ class Engine(Transitions):
         return work
 
     def load(self, tx: SyncTx) -> None:
+        key = repo.load_command_key(tx)
+        if key is None:
+            raise PermanentError(
+                ErrorCode.PRECONDITION_FAILED,
+                "the upgrade-orchestrator's state database has no command-id key (table secrets, made once by "
+                "migration 0002): the file is damaged or was edited. Restore it from a backup; a new key would "
+                "not match the commands already sent, so none is made",
+            )
+        self.command_key = key
         self.rollouts = repo.load_rollouts(tx)
         self.fleet = repo.load_fleet(tx)
         self.inflight = {}
@@ -179,7 +191,9 @@ class Engine(Transitions):
     ) -> None:
         """One NodeStepCommand, at most once per (rollout, node, step, attempt, direction) (I4, I6, I8)."""
         direction = Direction.ROLLBACK if node.rollback else Direction.FORWARD
-        cid = command_id(rollout.rollout_id, cluster.cluster_id, node.node_id, step, node.attempt, direction.value)
+        cid = command_id(
+            self.command_key, rollout.rollout_id, cluster.cluster_id, node.node_id, step, node.attempt, direction.value
+        )
         deadline = now + timedelta(seconds=self.timeouts.for_step(step, rollout))
         node.in_flight = step
         node.command_id = cid
@@ -189,7 +203,13 @@ class Engine(Transitions):
         self.touch_node(rollout, cluster, node)
         self.inflight[cid] = (rollout.rollout_id, cluster.cluster_id, node.node_id)
         if not repo.record_command(tx, cid, rollout.rollout_id, cluster.cluster_id, node, step, epoch, now):
-            log.error("command %s was already issued; not sending it again (I4)", cid)
+            # Issued before, maybe under its unkeyed id (before migration 0002): wait for that one's report.
+            sent = repo.issued_command_id(tx, rollout.rollout_id, cluster.cluster_id, node, step) or cid
+            if sent != cid:
+                del self.inflight[cid]
+                node.command_id = sent
+                self.inflight[sent] = (rollout.rollout_id, cluster.cluster_id, node.node_id)
+            log.error("command %s was already issued; not sending it again (I4)", sent)
             return
         target = TargetVersions(kubernetes_version=rollout.spec.target_version)
         previous = TargetVersions(kubernetes_version=node.from_version)
@@ -213,6 +233,13 @@ class Engine(Transitions):
         # The command (and so the agent's work and reports) joins the trace the rollout was started in.
         tx.emit(subject, command, msg_id=cid, trace_headers=rollout.rec.trace or None)
         self.issued += 1
+
+    def command_rollout(self, tx: SyncTx, command_id: str, cluster_id: str, node_id: str) -> str | None:
+        """The rollout of the command `command_id` if it was sent to exactly this cluster and node, else None."""
+        where = self.inflight.get(command_id)
+        if where is not None:
+            return where[0] if where[1:] == (cluster_id, node_id) else None
+        return repo.command_rollout(tx, command_id, cluster_id, node_id)
 
     # --- advancing -------------------------------------------------------------------------------------------
 

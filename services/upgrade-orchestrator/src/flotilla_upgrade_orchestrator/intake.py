@@ -36,7 +36,7 @@ from flotilla_runtime.store import SyncTx
 from flotilla_upgrade_orchestrator.engine import Engine
 
 log = logging.getLogger(__name__)
-SyncHandler = Callable[[Any, SyncTx, datetime], None]
+SyncHandler = Callable[[Any, str, SyncTx, datetime], None]  # (event, its subject, tx, now)
 Runner = Callable[[Callable[[SyncTx], Any]], Awaitable[Any]]
 _SERVICE = Service.UPGRADE_ORCHESTRATOR
 
@@ -124,7 +124,7 @@ class Intake:
             return None
         try:
             return decoder[0], decoder[1].decode(msg.data)
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
             return None, f"{schema} does not decode: {exc}"
 
     async def handle_batch(self, messages: list[Msg]) -> None:
@@ -154,7 +154,7 @@ class Intake:
                     continue
                 tx.execute("SAVEPOINT intake_event")
                 try:
-                    self.handlers[kind](event, tx, now)
+                    self.handlers[kind](event, msg.subject, tx, now)
                     self.engine.flush(tx)
                 except Exception:
                     tx.execute("ROLLBACK TO intake_event")

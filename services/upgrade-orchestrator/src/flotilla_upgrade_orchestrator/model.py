@@ -6,6 +6,7 @@ Times are POSIX seconds (floats). The engine mutates these; scheduling and rollb
 from __future__ import annotations
 
 import hashlib
+import hmac
 from dataclasses import dataclass, field
 
 import msgspec
@@ -206,7 +207,14 @@ class Rollout:
         return self.rec.state in FINAL_ROLLOUT
 
 
-def command_id(rollout_id: str, cluster_id: str, node_id: str, step: StepKind, attempt: int, direction: str) -> str:
-    """Deterministic id of one (rollout, node, step, attempt): the agent's idempotency key and Nats-Msg-Id (I4)."""
-    digest = hashlib.sha256(f"{rollout_id}/{cluster_id}/{node_id}/{step}/{attempt}/{direction}".encode()).hexdigest()
-    return f"s{digest[:40]}"
+def command_id(
+    key: bytes, rollout_id: str, cluster_id: str, node_id: str, step: StepKind, attempt: int, direction: str
+) -> str:
+    """Id of one (rollout, node, step, attempt, direction): the agent's idempotency key and Nats-Msg-Id (I4).
+
+    Keyed (HMAC-SHA256 with the orchestrator's own secret, `commands_key` in its database): the same inputs
+    give the same id after a restart, but a member cannot compute the id of a command sent to another
+    cluster or node, and a report must in any case come from the command's own target (senders.py).
+    """
+    message = f"{rollout_id}/{cluster_id}/{node_id}/{step}/{attempt}/{direction}".encode()
+    return f"k{hmac.new(key, message, hashlib.sha256).hexdigest()[:40]}"

@@ -103,6 +103,32 @@ def record_command(
     )
 
 
+def issued_command_id(tx: SyncTx, rollout_id: str, cluster_id: str, node: NodeRec, step: StepKind) -> str | None:
+    """The id under which this (rollout, node, step, attempt, direction) was issued, if it was."""
+    row = tx.fetchone(
+        "SELECT command_id FROM commands WHERE rollout_id = ? AND cluster_id = ? AND node_id = ? AND step = ? "
+        "AND attempt = ? AND direction = ?",
+        (rollout_id, cluster_id, node.node_id, step.value, node.attempt, "rollback" if node.rollback else "forward"),
+    )
+    return None if row is None else str(row["command_id"])
+
+
+def command_rollout(tx: SyncTx, command_id: str, cluster_id: str, node_id: str) -> str | None:
+    """The rollout of command `command_id` if it was sent to exactly this cluster and node, else None."""
+    row = tx.fetchone(
+        "SELECT rollout_id FROM commands WHERE command_id = ? AND cluster_id = ? AND node_id = ?",
+        (command_id, cluster_id, node_id),
+    )
+    return None if row is None else str(row["rollout_id"])
+
+
+def load_command_key(tx: SyncTx) -> bytes | None:
+    """The secret that keys command ids (made once by migration 0002), None when it is missing."""
+    row = tx.fetchone("SELECT value FROM secrets WHERE name = 'command_key'")
+    value = None if row is None else row["value"]
+    return bytes(value) if isinstance(value, bytes) and len(value) >= 32 else None
+
+
 def load_rollouts(tx: SyncTx) -> dict[str, Rollout]:
     rollouts: dict[str, Rollout] = {}
     plans = {row["rollout_id"]: row["plan"] for row in tx.fetchall("SELECT rollout_id, plan FROM rollout_plans")}
