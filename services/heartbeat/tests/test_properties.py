@@ -101,6 +101,7 @@ GARBAGE: list[tuple[str, Any]] = [
     ("invalid_id", lambda body, node: body.replace(f'"node_id":"{node}"'.encode(), b'"node_id":"a.b"')),
     ("subject_mismatch", lambda body, node: body.replace(f'"node_id":"{node}"'.encode(), b'"node_id":"other"')),
     ("too_large", lambda body, node: body + b" " * 300_000),
+    ("malformed", lambda body, node: body[:-1] + b',"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"),  # too deep
 ]
 
 

@@ -108,7 +108,7 @@ class Ingest:
             except msgspec.ValidationError as exc:
                 self.dropped[ErrorCode.INVALID_ID if TOKEN_PATTERN in str(exc) else ErrorCode.INVALID_FIELD] += 1
                 continue
-            except (msgspec.DecodeError, UnicodeDecodeError):
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
                 self.dropped[ErrorCode.MALFORMED] += 1
                 continue
             _, cluster_id, node_id = msg.subject.rsplit(".", 2)

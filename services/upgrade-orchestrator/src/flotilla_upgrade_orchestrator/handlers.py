@@ -70,9 +70,9 @@ class Orchestrator:
         """One work in the database thread, through the engine (reload if stale, flush after)."""
         try:
             return await self.store.run(self.engine.transact(fn))
-        except TemporaryError:
+        except TemporaryError as exc:  # busy, or disk full: the message says which and what happens next
             self.engine.stale = True
-            raise RequestError(ErrorCode.UNAVAILABLE, "the state database is busy; retry shortly") from None
+            raise RequestError(ErrorCode.UNAVAILABLE, str(exc), retry_after_s=exc.delay_s) from None
 
     def _checked(self, spec: RolloutSpec) -> CheckedSpec:
         if not self.fleet_ready():
