@@ -221,3 +221,13 @@ async def test_listing_sees_every_write_even_between_pages(harness: Harness) -> 
     assert [(c.identity.name, c.labels.get("tier")) for c in rest.clusters] == [("c2", "gold")]
     gold = await harness.ok("clusters.list", ListClustersRequest(selector="tier=gold"), ListClustersReply)
     assert [c.cluster_id for c in gold.clusters] == [ids[2]]
+
+
+async def test_a_token_lifetime_no_date_can_hold_is_invalid_field_naming_its_range(harness: Harness) -> None:
+    for ttl in (1e12, 10 * 365 * 86400 + 1):
+        error = await harness.error("tokens.create", {"ttl_s": ttl})
+        assert (error["code"], error["details"]["field"]) == ("invalid_field", "ttl_s"), ttl
+        assert "at most 315360000 seconds" in error["message"] and "null" in error["message"]
+    longest = await harness.ok("tokens.create", CreateTokenRequest(ttl_s=10 * 365 * 86400), CreateTokenReply)
+    assert longest.info.expires_at is not None
+    assert [schema for _, schema in await harness.events()] == ["registration.TokenCreated/v1"]

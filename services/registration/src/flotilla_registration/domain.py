@@ -41,6 +41,23 @@ class NewToken:
     info: JoinTokenInfo
 
 
+# The longest a join token may live: ten years. Longer is "never expires" (ttl_s null), and a date past year 9999
+# does not exist.
+MAX_TOKEN_TTL_S = 10 * 365 * 86400
+
+
+def check_token_ttl(ttl_s: float | None) -> None:
+    """Refuse a lifetime that no date can hold, naming the field and its range (`invalid_field`)."""
+    if ttl_s is not None and ttl_s > MAX_TOKEN_TTL_S:
+        raise RequestError(
+            ErrorCode.INVALID_FIELD,
+            f"ttl_s: {ttl_s:g} is out of range: a token lives more than 0 and at most {MAX_TOKEN_TTL_S} seconds "
+            "(ten years); send null for a token that never expires",
+            field="ttl_s",
+            maximum=MAX_TOKEN_TTL_S,
+        )
+
+
 def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 

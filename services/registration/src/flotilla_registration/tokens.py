@@ -25,6 +25,7 @@ from flotilla_runtime.store import SyncTx
 
 
 def create(tx: SyncTx, request: CreateTokenRequest, now: datetime) -> CreateTokenReply:
+    domain.check_token_ttl(request.ttl_s)
     new = domain.new_token(
         now=now,
         ttl_s=request.ttl_s,
