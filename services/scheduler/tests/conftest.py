@@ -15,6 +15,7 @@ import msgspec
 import pytest
 from faststream.nats import TestNatsBroker
 
+from flotilla_contracts import catalogue
 from flotilla_contracts.envelope import Message, Reply
 from flotilla_contracts.subjects import Service, command
 from flotilla_contracts.v1.common import Resources, Taint
@@ -26,11 +27,14 @@ from flotilla_contracts.v1.registration_events import (
     ClusterLabelsChanged,
     ClusterTaintsChanged,
 )
+from flotilla_contracts.v1.scheduler_events import AppliedStatusReported
 from flotilla_runtime.bus import make_broker
 from flotilla_runtime.commands import CommandRouter
 from flotilla_runtime.consumers import EventMeta
+from flotilla_runtime.metrics import Registry
 from flotilla_runtime.migrations import load_migrations
 from flotilla_runtime.store import Store
+from flotilla_runtime.trust import RefusalLedger
 from flotilla_scheduler.app import Settings
 from flotilla_scheduler.handlers import Scheduler
 from flotilla_scheduler.readmodel import ReadModel
@@ -71,6 +75,7 @@ class Harness:
     clock: Clock
     scheduler: Scheduler
     read_model: ReadModel
+    metrics: Registry
     seq: int = 0
 
     async def raw(self, verb: str, body: Message | dict[str, Any]) -> dict[str, Any]:
@@ -93,12 +98,27 @@ class Harness:
         error: dict[str, Any] = reply["error"]
         return error
 
-    async def feed(self, event: Any) -> None:
-        """Deliver one event to the read model as the consumer would: in a transaction, once."""
+    async def feed(self, event: Any, subject: str = "") -> None:
+        """Deliver one event to the read model as the consumer would: in a transaction, once.
+
+        An applied report arrives on its own cluster's subject unless `subject` says otherwise (a forgery)."""
         self.seq += 1
         handler = self.read_model.handlers()[type(event)]
+        if not subject and isinstance(event, AppliedStatusReported):
+            subject = catalogue.subject_for(
+                AppliedStatusReported, cluster_id=event.cluster_id, subscription=event.subscription
+            )
         async with self.store.transaction() as tx:
-            await handler(event, tx, EventMeta("test", f"m{self.seq}", self.seq, {}))
+            await handler(event, tx, EventMeta(subject or "test", f"m{self.seq}", self.seq, {}))
+
+    async def refused(self) -> dict[str, float]:
+        """`flotilla_member_refused_total` by reason, read from the /metrics text."""
+        found = {}
+        for line in (await self.metrics.render()).splitlines():
+            if line.startswith("flotilla_member_refused_total{"):
+                series, value = line.rsplit(" ", 1)
+                found[series.split('reason="', 1)[1].rstrip('"}')] = float(value)
+        return found
 
     async def join(self, cid: str, **labels: str) -> None:
         info = cluster_info(cid, {"env": "prod", **labels})
@@ -168,7 +188,9 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
         scheduler.register(router)
         broker = make_broker("nats://127.0.0.1:1", "test")
         router.install(broker)
+        metrics = Registry()
+        ledger = RefusalLedger(Service.SCHEDULER.value, metrics, clock=lambda: clock().timestamp())
         async with TestNatsBroker(broker) as test_broker:
-            yield Harness(test_broker, store, clock, scheduler, ReadModel(scheduler.engine))
+            yield Harness(test_broker, store, clock, scheduler, ReadModel(scheduler.engine, ledger), metrics)
     finally:
         await store.close()

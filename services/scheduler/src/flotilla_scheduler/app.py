@@ -8,6 +8,7 @@ from flotilla_contracts.subjects import Service
 from flotilla_runtime.errors import TemporaryError
 from flotilla_runtime.service import ServiceApp, ServiceSpec
 from flotilla_runtime.settings import ServiceSettings
+from flotilla_runtime.trust import RefusalLedger
 from flotilla_scheduler import __version__
 from flotilla_scheduler import store as tables
 from flotilla_scheduler.handlers import Scheduler
@@ -26,7 +27,7 @@ async def setup(app: ServiceApp[Settings]) -> None:
     scheduler = Scheduler.create(app.store)
     await scheduler.load()
     scheduler.register(app.router)
-    read_model = ReadModel(scheduler.engine)
+    read_model = ReadModel(scheduler.engine, RefusalLedger(Service.SCHEDULER.value, app.metrics))
     epoch = await tables.epoch(app.store)
     app.consume(f"fleet-{epoch}", read_model.filters(), read_model.handlers())
     tick = app.settings.timer_tick_s

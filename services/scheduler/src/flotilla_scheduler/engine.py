@@ -2,8 +2,12 @@
 
 Every change (a command, an event, a toleration running out) runs inside one store transaction: the
 decision, the rows, the `PlacementDecided` event and the `ApplyManifests` agent commands commit together.
-The in-memory state (fleet index, subscriptions, placements) mirrors the tables; it is changed only after
-the SQL of an operation has run, and reloaded from the tables if an operation fails half-way.
+The in-memory state (fleet index, subscriptions, placements, timers) mirrors the tables. It is changed
+inside the transaction, so a transaction that does not commit (an error half-way, or the COMMIT itself
+failing on a full disk, which the code inside the transaction never sees) must not leave it behind. Every
+operation therefore begins with `begin`, which writes a fresh stamp both to the tables and to memory: if
+the transaction commits they agree; if it does not, the tables keep the previous stamp, and the next
+operation or query (`begin`, `refresh`) sees the difference and rebuilds memory from the tables first.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import msgspec
 from flotilla_contracts import catalogue
 from flotilla_contracts.v1.scheduler import AppliedState, ClusterPlacement, SubscriptionSpec
 from flotilla_contracts.v1.scheduler_events import ApplyManifests, PlacementDecided, PlacementReason
-from flotilla_runtime.store import Tx
+from flotilla_runtime.store import Store, Tx
 from flotilla_scheduler import store as tables
 from flotilla_scheduler.fleet import ClusterView, Fleet
 from flotilla_scheduler.overrides import CompiledOverride, PatchError, Rendered, compile_overrides, render
@@ -75,7 +79,7 @@ class Engine:
         self.subs: dict[str, Subscription] = {}
         self.placed_on: dict[str, set[str]] = {}
         self.timers: list[tuple[datetime, str]] = []
-        self.stale = True
+        self.stamp: str | None = None  # None: never loaded
 
     # --- loading -------------------------------------------------------------------------------------------
 
@@ -97,11 +101,20 @@ class Engine:
             self.subs[name] = sub
             self.timers.append((self.clock(), name))  # re-check every subscription once after a restart
         heapq.heapify(self.timers)
-        self.stale = False
+        self.stamp = await tables.memory_stamp(tx)
 
-    async def ensure_loaded(self, tx: Tx) -> None:
-        if self.stale:
+    async def begin(self, tx: Tx) -> None:
+        """Start an operation that may change memory: catch up with the tables, then stamp this transaction."""
+        if await tables.memory_stamp(tx) != self.stamp:
             await self.load(tx)
+        self.stamp = uuid.uuid4().hex
+        await tables.set_memory_stamp(tx, self.stamp)
+
+    async def refresh(self, store: Store) -> None:
+        """Before a query reads memory: rebuild it if the last operation's transaction did not commit."""
+        if await tables.committed_stamp(store) != self.stamp:
+            async with store.transaction() as tx:
+                await self.load(tx)
 
     def mark(self, name: str, cluster_id: str, placed: bool) -> None:
         names = self.placed_on.setdefault(cluster_id, set())

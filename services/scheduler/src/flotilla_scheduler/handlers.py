@@ -65,15 +65,18 @@ class Scheduler:
         return reply
 
     async def list(self, request: ListSubscriptionsRequest, ctx: CommandContext) -> ListSubscriptionsReply:
+        await self.engine.refresh(self.store)
         counts = await tables.applied_counts(self.store)
         return ListSubscriptionsReply(subscriptions=subscriptions.summaries(self.engine, counts))
 
     async def get(self, request: GetSubscriptionRequest, ctx: CommandContext) -> GetSubscriptionReply:
+        await self.engine.refresh(self.store)
         sub = subscriptions.found(self.engine, request.name)
         applied = await tables.applied_of(self.store, request.name)
         return GetSubscriptionReply(subscription=subscriptions.info(sub, applied))
 
     async def rendered(self, request: GetRenderedRequest, ctx: CommandContext) -> GetRenderedReply:
+        await self.engine.refresh(self.store)
         return subscriptions.rendered(self.engine, request.name, request.cluster_id)
 
     async def expire_due(self) -> int:

@@ -28,8 +28,11 @@ from flotilla_contracts.v1.scheduler import Weighting
 from flotilla_contracts.v1.scheduler_events import AppliedStatusReported, PlacementReason
 from flotilla_runtime.consumers import EventHandler, EventMeta
 from flotilla_runtime.store import Tx
+from flotilla_runtime.trust import RefusalLedger
+from flotilla_scheduler import reports
 from flotilla_scheduler import store as tables
 from flotilla_scheduler.engine import Engine
+from flotilla_scheduler.reports import Outcome
 from flotilla_scheduler.store import ClusterRecord
 
 _REASONS: dict[type[Any], PlacementReason] = {
@@ -58,8 +61,9 @@ def _stamped(taints: list[Taint], previous: list[Taint], at: Any) -> list[Taint]
 class ReadModel:
     """Event handlers for the scheduler's FLEET_EVENTS consumer."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, ledger: RefusalLedger) -> None:
         self.engine = engine
+        self.ledger = ledger  # counts and reports the applied reports a cluster may not make
 
     def filters(self) -> list[str]:
         return [
@@ -76,12 +80,8 @@ class ReadModel:
         return found
 
     async def _guarded(self, tx: Tx, body: Any) -> None:
-        await self.engine.ensure_loaded(tx)
-        try:
-            await body()
-        except BaseException:
-            self.engine.stale = True  # the transaction rolls back; memory is rebuilt from the tables
-            raise
+        await self.engine.begin(tx)  # memory left by a transaction that did not commit is rebuilt first
+        await body()
 
     async def on_cluster(self, event: Any, tx: Tx, meta: EventMeta) -> None:
         cluster: ClusterInfo = event.cluster
@@ -122,11 +122,17 @@ class ReadModel:
         await self._guarded(tx, body)
 
     async def on_applied(self, event: AppliedStatusReported, tx: Tx, meta: EventMeta) -> None:
-        if event.subscription not in self.engine.subs:
-            return
-        await tables.set_applied(
-            tx, event.subscription, event.cluster_id, event.generation, event.state, event.message, event.occurred_at
-        )
+        """A cluster agent's report: recorded only when it is the sender's own (reports.judge), else refused."""
+        sender = reports.sender_of(meta.subject)
+        verdict = reports.judge(meta.subject, event, await tables.sent_to(tx, event.subscription, sender))
+        if verdict.outcome is Outcome.RECORD:
+            await tables.set_applied(
+                tx, event.subscription, sender, event.generation, event.state, event.message, event.occurred_at
+            )
+        elif verdict.reason is not None:
+            refused = self.ledger.refuse(sender, verdict.reason, subject=meta.subject, detail=verdict.detail)
+            if refused is not None:
+                await tx.emit(self.ledger.subject_for(refused), refused)
 
     async def _changed(
         self, tx: Tx, cluster_id: str, previous: ClusterRecord, record: ClusterRecord, reason: PlacementReason

@@ -13,6 +13,7 @@ from flotilla_contracts.v1.heartbeat import ClusterHealth
 from flotilla_contracts.v1.scheduler import AppliedState, ClusterApplied, PlacementPolicy, SubscriptionSpec
 from flotilla_runtime.store import Row, Store, Tx
 from flotilla_scheduler.placement import Placement
+from flotilla_scheduler.reports import Sent
 
 
 class ClusterRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,6 +59,26 @@ async def epoch(store: Store) -> str:
         value = uuid.uuid4().hex[:12]
         await tx.execute("INSERT INTO scheduler_meta (key, value) VALUES ('epoch', ?)", (value,))
         return value
+
+
+# The memory stamp: written by every transaction that may change the engine's memory, and kept in memory
+# too; the two differ exactly when such a transaction did not commit (see engine.py).
+_STAMP_SELECT = "SELECT value FROM scheduler_meta WHERE key = 'memory'"
+
+
+async def memory_stamp(tx: Tx) -> str:
+    row = await tx.fetchone(_STAMP_SELECT)
+    return str(row[0]) if row is not None else ""
+
+
+async def committed_stamp(store: Store) -> str:
+    """The stamp of the last committed transaction (read outside any transaction)."""
+    row = await store.fetchone(_STAMP_SELECT)
+    return str(row[0]) if row is not None else ""
+
+
+async def set_memory_stamp(tx: Tx, stamp: str) -> None:
+    await tx.execute("INSERT OR REPLACE INTO scheduler_meta (key, value) VALUES ('memory', ?)", (stamp,))
 
 
 def _subscription(row: Row) -> SubscriptionRow:
@@ -145,6 +166,18 @@ async def set_applied(
         (name, cluster_id, generation, state.value, message, _iso(at) if at else None),
     )
     return True
+
+
+async def sent_to(tx: Tx, name: str, cluster_id: str) -> Sent:
+    """Whether the subscription exists, and the newest generation sent to the cluster (its applied row)."""
+    row = await tx.fetchone(
+        "SELECT s.generation, a.generation FROM subscriptions s "
+        "LEFT JOIN applied a ON a.name = s.name AND a.cluster_id = ? WHERE s.name = ?",
+        (cluster_id, name),
+    )
+    if row is None:
+        return Sent(subscription_known=False, generation=None)
+    return Sent(subscription_known=True, generation=int(row[1]) if row[1] is not None else None)
 
 
 async def applied_of(store: Store, name: str) -> list[ClusterApplied]:

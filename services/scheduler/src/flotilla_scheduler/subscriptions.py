@@ -36,11 +36,11 @@ def refuse(exc: SpecError) -> RequestError:
 
 async def apply(engine: Engine, tx: Tx, spec: SubscriptionSpec) -> ApplySubscriptionReply:
     """Validate, store, announce and place; an identical spec changes nothing."""
-    await engine.ensure_loaded(tx)
     try:
         validate(spec)
     except SpecError as exc:
         raise refuse(exc) from None
+    await engine.begin(tx)
     previous = engine.subs.get(spec.name)
     if previous is not None and previous.row.spec == spec:
         return ApplySubscriptionReply(name=spec.name, generation=previous.row.generation, created=False, changed=False)
@@ -62,49 +62,41 @@ async def apply(engine: Engine, tx: Tx, spec: SubscriptionSpec) -> ApplySubscrip
     sub = Subscription.of(row)
     if previous is not None:
         sub.placements, sub.digests = previous.placements, previous.digests
-    try:
-        await tables.save_subscription(tx, spec.name, row)
-        await tx.emit(
-            catalogue.subject_for(SubscriptionApplied, subscription=spec.name),
-            SubscriptionApplied(spec=spec, generation=row.generation, created=previous is None, occurred_at=now),
-        )
-        engine.subs[spec.name] = sub
-        await engine.replace(tx, spec.name, PlacementReason.SUBSCRIPTION_APPLIED, rerender=True, announce=True)
-    except BaseException:
-        engine.stale = True
-        raise
+    await tables.save_subscription(tx, spec.name, row)
+    await tx.emit(
+        catalogue.subject_for(SubscriptionApplied, subscription=spec.name),
+        SubscriptionApplied(spec=spec, generation=row.generation, created=previous is None, occurred_at=now),
+    )
+    engine.subs[spec.name] = sub
+    await engine.replace(tx, spec.name, PlacementReason.SUBSCRIPTION_APPLIED, rerender=True, announce=True)
     return ApplySubscriptionReply(name=spec.name, generation=row.generation, created=previous is None, changed=True)
 
 
 async def delete(engine: Engine, tx: Tx, name: str) -> DeleteSubscriptionReply:
     """Remove the workload from every cluster, forget the subscription, announce both."""
-    await engine.ensure_loaded(tx)
+    await engine.begin(tx)
     sub = engine.subs.get(name)
     if sub is None:
         raise RequestError(ErrorCode.NOT_FOUND, f"no subscription {name}", field="name")
     now = engine.clock()
     clusters = sorted(sub.placements)
-    try:
-        for cluster_id in clusters:
-            await engine.send(tx, sub, cluster_id, sub.row.generation, [], placed=False)
-        await tables.delete_subscription(tx, name)
-        decided = PlacementDecided(
-            subscription=name,
-            generation=sub.row.generation,
-            decision=sub.row.decision + 1,
-            reason=PlacementReason.SUBSCRIPTION_DELETED,
-            removed_clusters=clusters,
-            moved_replicas=sum(p.replicas or 0 for p in sub.placements.values()),
-            occurred_at=now,
-        )
-        await tx.emit(catalogue.subject_for(PlacementDecided, subscription=name), decided)
-        await tx.emit(
-            catalogue.subject_for(SubscriptionDeleted, subscription=name),
-            SubscriptionDeleted(name=name, occurred_at=now),
-        )
-    except BaseException:
-        engine.stale = True
-        raise
+    for cluster_id in clusters:
+        await engine.send(tx, sub, cluster_id, sub.row.generation, [], placed=False)
+    await tables.delete_subscription(tx, name)
+    decided = PlacementDecided(
+        subscription=name,
+        generation=sub.row.generation,
+        decision=sub.row.decision + 1,
+        reason=PlacementReason.SUBSCRIPTION_DELETED,
+        removed_clusters=clusters,
+        moved_replicas=sum(p.replicas or 0 for p in sub.placements.values()),
+        occurred_at=now,
+    )
+    await tx.emit(catalogue.subject_for(PlacementDecided, subscription=name), decided)
+    await tx.emit(
+        catalogue.subject_for(SubscriptionDeleted, subscription=name),
+        SubscriptionDeleted(name=name, occurred_at=now),
+    )
     for cluster_id in clusters:
         engine.mark(name, cluster_id, False)
     del engine.subs[name]
@@ -170,13 +162,9 @@ def rendered(engine: Engine, name: str, cluster_id: str) -> GetRenderedReply:
 
 async def expire(engine: Engine, tx: Tx, now: datetime) -> int:
     """Re-place the subscriptions whose toleration ran out; returns how many moved."""
-    await engine.ensure_loaded(tx)
+    await engine.begin(tx)
     moved = 0
-    try:
-        for name in engine.due(now):
-            decision = await engine.replace(tx, name, PlacementReason.TOLERATION_EXPIRED)
-            moved += decision.changed
-    except BaseException:
-        engine.stale = True
-        raise
+    for name in engine.due(now):
+        decision = await engine.replace(tx, name, PlacementReason.TOLERATION_EXPIRED)
+        moved += decision.changed
     return moved
