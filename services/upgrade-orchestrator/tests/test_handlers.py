@@ -97,6 +97,13 @@ async def test_plan_shows_waves_steps_checks_refusals_and_an_estimate(commands: 
         ({"target_version": "v1.30.4", "max_unavailable": 0}, "invalid_field", "max_unavailable"),
         ({"target_version": "v1.30.4", "approval_before_waves": [5]}, "invalid_plan", "wave 5 does not exist"),
         (
+            {"target_version": "v1.30.4", "health_gates": {"verify_timeout_s": 1e12}},
+            "invalid_field",
+            "health_gates.verify_timeout_s: 1e+12 is out of range: at most 86400 seconds",
+        ),
+        ({"target_version": "v1.30.4", "drain": {"eviction_retry_s": 1e300}}, "invalid_field", "eviction_retry_s"),
+        ({"target_version": "v1.30.4", "drain": {"pod_grace_period_s": 2**70}}, "invalid_field", "pod_grace_period_s"),
+        (
             {
                 "target_version": "v1.30.4",
                 "maintenance_windows": [

@@ -53,8 +53,32 @@ def _selector(text: str, field: str) -> Selector:
         raise SpecError(ErrorCode.INVALID_SELECTOR, f"{field}: {exc}", field) from None
 
 
+# The longest each duration of a spec may be: the contract bounds them below only, and a deadline further away
+# than any date (1e12 s) would fail every tick of the rollout instead of this one request.
+DURATION_LIMITS_S = {
+    "health_gates.verify_timeout_s": 86400.0,
+    "drain.eviction_retry_s": 3600.0,
+    "drain.pod_grace_period_s": 86400.0,
+}
+
+
+def _check_durations(spec: RolloutSpec) -> None:
+    given = {
+        "health_gates.verify_timeout_s": spec.health_gates.verify_timeout_s,
+        "drain.eviction_retry_s": spec.drain.eviction_retry_s,
+        "drain.pod_grace_period_s": spec.drain.pod_grace_period_s,
+    }
+    for field, value in given.items():
+        limit = DURATION_LIMITS_S[field]
+        if value is not None and value > limit:
+            raise SpecError(
+                ErrorCode.INVALID_FIELD, f"{field}: {value:g} is out of range: at most {limit:g} seconds", field
+            )
+
+
 def check_spec(spec: RolloutSpec, releases: Releases) -> CheckedSpec:
     """Parse and check everything that does not depend on the fleet; raise SpecError on the first problem."""
+    _check_durations(spec)
     target = skew.parse(spec.target_version)
     if target is None:
         raise SpecError(
