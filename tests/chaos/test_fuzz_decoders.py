@@ -167,6 +167,7 @@ class _Model:
     """Accepts every decoded heartbeat; the fuzz target is the decode, not the health rules."""
 
     observed: list[Heartbeat] = field(default_factory=list)
+    clusters: dict[str, Any] = field(default_factory=dict)  # no tracked cluster: the quota does not apply
 
     def begin(self, now: float, wall: float) -> None:
         pass

@@ -33,6 +33,7 @@ from flotilla_heartbeat.ingest import Ingest
 from flotilla_heartbeat.membership import Membership
 from flotilla_heartbeat.noise import NoiseWindow
 from flotilla_heartbeat.pump import Pump, SystemClock
+from flotilla_heartbeat.quota import Quota
 from flotilla_heartbeat.restore import restore
 from flotilla_runtime import codec
 from flotilla_runtime.commands import CommandContext
@@ -40,6 +41,7 @@ from flotilla_runtime.errors import RequestError, SettingsError
 from flotilla_runtime.metrics import Family, Sample
 from flotilla_runtime.service import ServiceApp, ServiceSpec
 from flotilla_runtime.settings import ServiceSettings
+from flotilla_runtime.trust import RefusalLedger
 
 Q = TypeVar("Q", bound=Message)
 R = TypeVar("R", bound=Message)
@@ -61,6 +63,9 @@ class Settings(ServiceSettings, kw_only=True, frozen=True):
     tick_s: float = 0.1
     batch: int = 1024
     peer_timeout_s: float = 2.0
+    max_nodes_per_cluster: int = 5000  # tracked nodes per cluster; over it a new node is refused (node_quota)
+    rate_headroom: float = 3.0  # heartbeats a cluster may send per tracked node per interval, on average
+    refusal_window_s: float = 60.0  # one security event per cluster and reason per window
 
     def policy(self) -> Policy:
         return Policy(
@@ -72,6 +77,9 @@ class Settings(ServiceSettings, kw_only=True, frozen=True):
             flap_window_s=self.flap_window_s,
         )
 
+    def quota(self) -> Quota:
+        return Quota(max_nodes=self.max_nodes_per_cluster, interval_s=self.interval_s, headroom=self.rate_headroom)
+
 
 def owned_partitions(settings: Settings) -> tuple[int, ...]:
     try:
@@ -82,11 +90,16 @@ def owned_partitions(settings: Settings) -> tuple[int, ...]:
 
 def validate(settings: Settings) -> None:
     owned_partitions(settings)
-    for name in ("interval_s", "lost_after_s", "clock_skew_threshold_s", "flap_window_s", "tick_s", "noise_window_s"):
+    positive = ("interval_s", "lost_after_s", "clock_skew_threshold_s", "flap_window_s", "tick_s", "noise_window_s")
+    for name in (*positive, "max_nodes_per_cluster", "refusal_window_s"):
         if getattr(settings, name) <= 0:
             raise SettingsError(f"FLOTILLA_HEARTBEAT_{name.upper()} must be above 0")
     if settings.missed_intervals < 1 or settings.lost_after_s <= settings.interval_s * settings.missed_intervals:
         raise SettingsError("FLOTILLA_HEARTBEAT_LOST_AFTER_S must exceed INTERVAL_S x MISSED_INTERVALS")
+    if settings.rate_headroom < 1.0:
+        raise SettingsError(
+            "FLOTILLA_HEARTBEAT_RATE_HEADROOM must be at least 1 (heartbeats per node per interval it lets through)"
+        )
 
 
 class Heartbeats:
@@ -101,11 +114,22 @@ class Heartbeats:
         now, wall = self.clock()
         self.model = HealthModel(settings.policy(), started=now, wall_offset=wall - now)
         self.noise = NoiseWindow(settings.noise_window_s, started_wall=wall)
-        self.membership = Membership(self.model, tuple(self.owned), settings.partition_count, lambda: self.clock()[0])
+        quota = settings.quota()
+        self.ledger = RefusalLedger(Service.HEARTBEAT.value, app.metrics, window_s=settings.refusal_window_s)
+        self.membership = Membership(
+            self.model,
+            tuple(self.owned),
+            settings.partition_count,
+            lambda: self.clock()[0],
+            quota=quota,
+            ledger=self.ledger,
+        )
         self.ingest = Ingest(
             self.model,
             self.noise,
             self.membership.noise_reason,
+            quota=quota,
+            ledger=self.ledger,
             max_bytes=settings.max_message_bytes,
             batch=settings.batch,
             now=self.clock,

@@ -127,8 +127,13 @@ class HealthModel:
         for node in cluster.nodes.values() if cluster else ():
             node.removed = True
 
-    def add_node(self, cluster_id: str, node_id: str, node_name: str, now: float) -> Node | None:
-        """A node from inventory: tracked before its first heartbeat, Unreachable if it never sends one."""
+    def add_node(
+        self, cluster_id: str, node_id: str, node_name: str, now: float, *, listed: bool = False
+    ) -> Node | None:
+        """A node tracked before its first heartbeat, Unreachable if it never sends one.
+
+        `listed`: it comes from the cluster's inventory; once a cluster has one, only listed nodes are admitted.
+        """
         cluster = self.clusters.get(cluster_id)
         if cluster is None:
             return None
@@ -136,6 +141,9 @@ class HealthModel:
         if node is None:
             node = self._new_node(cluster, node_id, node_name, now)
             self._schedule(node, now + self.policy.unreachable_after_s)
+        if listed and not node.listed:
+            node.listed = True
+            cluster.listed += 1
         return node
 
     def remove_node(self, cluster_id: str, node_id: str) -> None:
@@ -143,6 +151,7 @@ class HealthModel:
         node = cluster.nodes.pop(node_id, None) if cluster else None
         if cluster is not None and node is not None:
             node.removed = True
+            cluster.listed -= node.listed
             cluster.counts[_INDEX[node.state]] -= 1
             _move_api(cluster, node.api, API_NONE)
             self._queue_cluster(cluster)

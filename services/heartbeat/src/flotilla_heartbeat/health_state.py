@@ -82,6 +82,7 @@ class Node(msgspec.Struct, gc=False):
     flapping: bool = False
     queued: bool = False
     removed: bool = False
+    listed: bool = False  # in the cluster's inventory (registration's NodeAdded), not only heard from
 
 
 class Cluster(msgspec.Struct, gc=False):
@@ -99,6 +100,9 @@ class Cluster(msgspec.Struct, gc=False):
     last_heard: float = -1.0
     last_worse: float = -1e18
     queued: bool = False
+    listed: int = 0  # inventory nodes known here; above 0, a node outside the inventory is refused
+    tokens: float = -1.0  # heartbeat rate bucket (flotilla_heartbeat.quota); -1: full, not used yet
+    refilled: float = 0.0  # service clock of the bucket's last refill
 
 
 _INDEX: dict[NodeHealth | None, int] = {None: 0, READY: 1, NOT_READY: 2, UNREACHABLE: 3, LOST: 4}

@@ -1,7 +1,10 @@
 """The hot path: a raw nats-py subscription on the heartbeat subjects, decoded with msgspec and applied in batches.
 
 No FastStream handler and no span per message (DESIGN: Speed). Bad input is dropped and counted by reason;
-it never raises and never delays the good heartbeats behind it.
+it never raises and never delays the good heartbeats behind it. The sender is the subject's cluster and node
+(the server's grant restricts them): a tracked cluster's heartbeat passes the quota (flotilla_heartbeat.quota)
+before it is even decoded, and a body naming another cluster or node is refused. Refusals are counted and
+reported through the RefusalLedger (one event per cluster, reason and window); nothing refused creates state.
 """
 
 from __future__ import annotations
@@ -20,9 +23,13 @@ from nats.aio.subscription import Subscription
 from flotilla_contracts.envelope import H_SCHEMA, SchemaIdError, parse_schema_id, schema_id
 from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.ids import TOKEN_PATTERN
+from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1.heartbeat import Heartbeat, NoiseReason
+from flotilla_contracts.v1.security import MemberRefused, RefusalReason
 from flotilla_heartbeat.domain import HealthModel
 from flotilla_heartbeat.noise import NoiseWindow
+from flotilla_heartbeat.quota import Quota
+from flotilla_runtime.trust import RefusalLedger
 
 HEARTBEAT_SCHEMA = schema_id(Heartbeat)
 _decoder = msgspec.json.Decoder(Heartbeat)
@@ -40,6 +47,8 @@ class Ingest:
         noise: NoiseWindow,
         membership_reason: Callable[[str], NoiseReason],
         *,
+        quota: Quota | None = None,
+        ledger: RefusalLedger | None = None,
         max_bytes: int,
         batch: int = 1024,
         now: Callable[[], tuple[float, float]],
@@ -47,6 +56,9 @@ class Ingest:
         self.model = model
         self.noise = noise
         self.membership_reason = membership_reason
+        self.quota = quota or Quota()
+        self.ledger = ledger or RefusalLedger(Service.HEARTBEAT.value)
+        self.refusals: list[tuple[str, MemberRefused]] = []  # security events for the outbox (Pump takes them)
         self.max_bytes = max_bytes
         self.batch = batch
         self.now = now
@@ -89,10 +101,22 @@ class Ingest:
         now, wall = self.now()
         self.model.begin(now, wall)
         observe = self.model.observe
+        clusters = self.model.clusters
+        admit = self.quota.admit
+        dropped = self.dropped
         decode = _decoder.decode
         max_bytes = self.max_bytes
         applied = 0
         for msg in buffer:
+            subject = msg.subject
+            _, cluster_id, node_id = subject.rsplit(".", 2)
+            cluster = clusters.get(cluster_id)
+            if cluster is not None:
+                refused = admit(cluster, node_id, now)
+                if refused is not None:
+                    dropped[refused] += 1
+                    self.refuse(cluster_id, refused, node_id, subject)
+                    continue
             data = msg.data
             if len(data) > max_bytes:
                 self.dropped[ErrorCode.TOO_LARGE] += 1
@@ -111,9 +135,10 @@ class Ingest:
             except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
                 self.dropped[ErrorCode.MALFORMED] += 1
                 continue
-            _, cluster_id, node_id = msg.subject.rsplit(".", 2)
             if hb.cluster_id != cluster_id or hb.node_id != node_id:
-                self.dropped[ErrorCode.SUBJECT_MISMATCH] += 1
+                dropped[ErrorCode.SUBJECT_MISMATCH] += 1
+                detail = f"the body speaks for {hb.cluster_id}/{hb.node_id}"
+                self.refuse(cluster_id, RefusalReason.SUBJECT_BODY_MISMATCH, node_id, subject, detail)
                 continue
             if observe(hb):
                 applied += 1
@@ -123,6 +148,16 @@ class Ingest:
                 self.noise.count(cluster_id, node_id, reason)
         self.received += len(buffer)
         self.applied += applied
+
+    def refuse(self, cluster_id: str, reason: RefusalReason, node_id: str, subject: str, detail: str = "") -> None:
+        """Count a refusal; the first of its cluster and reason in a window becomes an event."""
+        event = self.ledger.refuse(cluster_id, reason, node=node_id, subject=subject, detail=detail)
+        if event is not None:
+            self.refusals.append((self.ledger.subject_for(event), event))
+
+    def take_refusals(self) -> list[tuple[str, MemberRefused]]:
+        found, self.refusals = self.refusals, []
+        return found
 
     def stats(self) -> dict[str, Any]:
         return {"received": self.received, "applied": self.applied, "dropped": dict(self.dropped)}

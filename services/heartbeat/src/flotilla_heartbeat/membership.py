@@ -17,10 +17,13 @@ from flotilla_contracts.v1.registration_events import (
     NodeAdded,
     NodeRemoved,
 )
+from flotilla_contracts.v1.security import RefusalReason
 from flotilla_heartbeat import store as tables
 from flotilla_heartbeat.domain import HealthModel
+from flotilla_heartbeat.quota import Quota
 from flotilla_runtime.consumers import EventHandler, EventMeta
 from flotilla_runtime.store import Tx
+from flotilla_runtime.trust import RefusalLedger
 
 _NOISE = {
     ClusterState.PENDING: NoiseReason.PENDING_CLUSTER,
@@ -33,8 +36,19 @@ CLUSTER_EVENTS = (ClusterJoinRequested, ClusterApproved, ClusterRejected, Cluste
 class Membership:
     """Cluster states for the whole fleet (small); nodes and health only for the partitions owned here."""
 
-    def __init__(self, model: HealthModel, owned: tuple[int, ...], count: int, now: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        model: HealthModel,
+        owned: tuple[int, ...],
+        count: int,
+        now: Callable[[], float],
+        *,
+        quota: Quota | None = None,
+        ledger: RefusalLedger | None = None,
+    ) -> None:
         self.model = model
+        self.quota = quota or Quota()
+        self.ledger = ledger
         self.owned = frozenset(owned)
         self.count = count
         self.now = now
@@ -65,8 +79,23 @@ class Membership:
     async def on_node_added(self, event: NodeAdded, tx: Tx, meta: EventMeta) -> None:
         if not self.owns(event.cluster_id):
             return
+        cluster = self.model.clusters.get(event.cluster_id)
+        if cluster is not None and not self.quota.admits_listed(cluster, event.node.node_id):
+            await self._refuse_over_quota(tx, event)
+            return
         await tables.add_inventory(tx, event.cluster_id, event.node.node_id, event.node.node_name)
-        self.model.add_node(event.cluster_id, event.node.node_id, event.node.node_name, self.now())
+        self.model.add_node(event.cluster_id, event.node.node_id, event.node.node_name, self.now(), listed=True)
+
+    async def _refuse_over_quota(self, tx: Tx, event: NodeAdded) -> None:
+        """An inventory past the node quota: the node is not tracked (nor stored); counted, reported per window."""
+        if self.ledger is None:
+            return
+        detail = (
+            f"the cluster already has {self.quota.max_nodes} nodes tracked (FLOTILLA_HEARTBEAT_MAX_NODES_PER_CLUSTER)"
+        )
+        refused = self.ledger.refuse(event.cluster_id, RefusalReason.NODE_QUOTA, node=event.node.node_id, detail=detail)
+        if refused is not None:
+            await tx.emit(self.ledger.subject_for(refused), refused)
 
     async def on_node_removed(self, event: NodeRemoved, tx: Tx, meta: EventMeta) -> None:
         if not self.owns(event.cluster_id):

@@ -96,6 +96,7 @@ class Pump:
                 cluster = self.model.clusters.get(change.cluster_id)
                 if cluster is not None:
                     self._changed_clusters[change.cluster_id] = cluster
+        self.pending.extend(self.ingest.take_refusals())
         if self.noise.due(wall):
             for report in self.noise.close(wall):
                 self.pending.append((subject_for(HeartbeatNoiseReported, cluster_id=report.cluster_id), report))

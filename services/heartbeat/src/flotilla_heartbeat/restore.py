@@ -17,7 +17,7 @@ async def restore(store: Store, model: HealthModel, membership: Membership) -> d
         membership.apply_state(cluster_id, ClusterState(state))
     now = model.started
     for cluster_id, node_id, node_name in await tables.load_inventory(store):
-        model.add_node(cluster_id, node_id, node_name, now)
+        model.add_node(cluster_id, node_id, node_name, now, listed=True)
     nodes, clusters = await tables.load_health(store)
     offset = model.wall_offset
     for row in nodes:
