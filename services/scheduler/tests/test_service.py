@@ -268,6 +268,12 @@ async def test_bad_selectors_and_tolerations_are_refused(harness: Any) -> None:
     assert "tolerations" in str(error)
     error = await refused(harness, spec(tolerations=[{"key": "a", "effect": "NoSchedule", "toleration_seconds": 5}]))
     assert error["details"]["field"] == "policy.tolerations[0].toleration_seconds"
+    forever = {"key": "a", "effect": "NoExecute", "toleration_seconds": 10**12}  # no date holds it
+    error = await refused(harness, spec(tolerations=[forever]))
+    assert (error["code"], error["details"]["field"]) == ("invalid_field", "policy.tolerations[0].toleration_seconds")
+    assert "at most 3153600000" in error["message"]
+    error = await refused(harness, spec(strategy="Divide", replicas=2**63))  # past SQLite's integers
+    assert (error["code"], error["details"]["field"]) == ("invalid_field", "policy.replicas")
 
 
 async def test_divide_with_impossible_bounds_is_refused(harness: Any) -> None:

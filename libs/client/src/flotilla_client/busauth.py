@@ -254,7 +254,7 @@ def make_tls(state_dir: Path, host: str) -> tuple[Path, Path, Path]:
          "-out", "server.pem", "-days", "825", "-extfile", "san.ext"],
     ]  # fmt: skip
     for args in steps:
-        done = subprocess.run(["openssl", *args], cwd=folder, capture_output=True, text=True, check=False)
+        done = subprocess.run(["openssl", *args], cwd=folder, capture_output=True, text=True, check=False, umask=0o077)
         if done.returncode != 0:
             raise TlsError(f"openssl {args[0]} failed: {done.stderr.strip()[-300:]}")
     for private in ("ca.key", "server.key"):

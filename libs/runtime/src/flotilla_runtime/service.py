@@ -29,6 +29,7 @@ from flotilla_runtime.consumers import EventConsumer, EventHandler
 from flotilla_runtime.discovery import Discovery, ServiceIdentity
 from flotilla_runtime.errors import SettingsError, TemporaryError
 from flotilla_runtime.health import HealthServer, Verdict
+from flotilla_runtime.integrity import EXIT_REFUSED, StateRefused
 from flotilla_runtime.lifeline import Lifeline
 from flotilla_runtime.logs import BoundLogger, get_logger, setup_logging
 from flotilla_runtime.metrics import Registry
@@ -201,7 +202,7 @@ async def run(spec: ServiceSpec[S], settings: S, stop: asyncio.Event | None = No
     name = spec.service.value
     telemetry.setup_tracing(name, spec.version, settings.instance_id, settings.trace_sample_ratio)
     migrations = load_migrations(spec.migrations_package, name) if spec.migrations_package else []
-    store = await Store.open(state_db_path(settings, name), migrations)
+    store = await Store.open(state_db_path(settings, name), migrations, service=name)
     errors = BusErrors()
     client_name = f"flotilla-{name}-{settings.instance_id}"
     lifeline = Lifeline(client_name)
@@ -361,5 +362,8 @@ def main(spec: ServiceSpec[Any]) -> None:
     except TemporaryError as exc:
         logging.getLogger(f"flotilla.{name}").error("%s; exiting so the supervisor restarts us", exc)
         raise SystemExit(1) from None
+    except StateRefused as exc:  # a missing or damaged state file or key: restarting alone will not help
+        logging.getLogger(f"flotilla.{name}").error("%s", exc)
+        raise SystemExit(EXIT_REFUSED) from None
     except KeyboardInterrupt:
         pass

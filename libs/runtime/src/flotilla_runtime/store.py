@@ -16,7 +16,7 @@ import aiosqlite
 import msgspec
 
 from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, H_SENT_AT, Message, schema_id
-from flotilla_runtime import telemetry
+from flotilla_runtime import integrity, telemetry
 from flotilla_runtime.errors import TemporaryError, storage_error
 from flotilla_runtime.migrations import RUNTIME_MIGRATIONS, Migration
 
@@ -148,18 +148,23 @@ class Store:
         self.max_group = 256
 
     @classmethod
-    async def open(cls, path: str | Path, migrations: Sequence[Migration] = ()) -> Store:
-        """Open (creating folders), switch to WAL, apply the runtime's and the service's migrations."""
+    async def open(cls, path: str | Path, migrations: Sequence[Migration] = (), *, service: str = "") -> Store:
+        """Open (a private folder and file: 0700, 0600), refuse a damaged file (`StateRefused`, saying how
+        `service`'s file is restored), switch to WAL, apply the runtime's and the service's migrations."""
         target = Path(path)
-        if str(target) != ":memory:":
-            target.parent.mkdir(parents=True, exist_ok=True)
+        memory = str(target) == ":memory:"
+        if not memory:
+            integrity.private_database(target)
         try:
             db = await aiosqlite.connect(str(target), isolation_level=None)
         except sqlite3.Error as exc:
             raise TemporaryError(f"cannot open the state database {target}: {exc}") from exc
         db.row_factory = sqlite3.Row
-        store = cls(db, str(target) if str(target) == ":memory:" else str(target.resolve()))  # noqa: ASYNC240 - once at start
+        store = cls(db, str(target) if memory else str(target.resolve()))  # noqa: ASYNC240 - once at start
         try:
+            if not memory:
+                advice = integrity.restore_advice(service, store.path)
+                await db._execute(integrity.check_database, db._conn, store.path, advice)  # type: ignore[no-untyped-call]
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=NORMAL")
             await db.execute("PRAGMA foreign_keys=ON")

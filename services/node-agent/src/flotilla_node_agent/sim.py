@@ -53,6 +53,7 @@ from flotilla_node_agent.journal import Journal
 from flotilla_node_agent.sim_states import SimNodeStates
 from flotilla_runtime import telemetry
 from flotilla_runtime.bus import connect_options, ensure_streams
+from flotilla_runtime.integrity import EXIT_REFUSED, StateRefused
 from flotilla_runtime.lifeline import Lifeline, LinkState
 from flotilla_runtime.logs import get_logger, setup_logging
 from flotilla_runtime.migrations import load_migrations
@@ -228,10 +229,8 @@ async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:
         shared.attach(nc)
         js = nc.jetstream()
         await ensure_streams(js)
-    spec.state_dir.mkdir(parents=True, exist_ok=True)
-    store = await Store.open(
-        spec.state_dir / f"{spec.prefix}-journal.db", load_migrations("flotilla_node_agent", "node-agent")
-    )
+    journal = spec.state_dir / f"{spec.prefix}-journal.db"  # holds the clusters' credentials: 0600 in a 0700 folder
+    store = await Store.open(journal, load_migrations("flotilla_node_agent", "node-agent"), service="node-agent")
     states = await SimNodeStates.load(store)
     handles: list[ClusterHandle] = []
     relay = OutboxRelay(store, js if js is not None else ClusterRoutes(handles), batch=512)
@@ -398,6 +397,9 @@ def main() -> None:
         asyncio.run(amain())
     except KeyboardInterrupt:
         sys.exit(130)
+    except StateRefused as exc:  # a damaged journal: restarting alone will not help
+        logging.getLogger("flotilla.sim").error("%s", exc)
+        sys.exit(EXIT_REFUSED)
 
 
 if __name__ == "__main__":

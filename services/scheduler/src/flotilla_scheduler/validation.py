@@ -70,6 +70,12 @@ def _selector(text: str, field: str) -> None:
         raise SpecError(ErrorCode.INVALID_SELECTOR, field, str(exc)) from None
 
 
+# Upper bounds the contract leaves open: a date past year 9999 or an int past SQLite's would fail every later
+# placement of the subscription instead of this one request.
+MAX_TOLERATION_S = 100 * 365 * 86400
+MAX_REPLICAS = 2**31 - 1
+
+
 def validate(spec: SubscriptionSpec) -> None:
     """Raise SpecError for the first problem found; return None when the subscription can be stored."""
     if not spec.manifests:
@@ -92,6 +98,14 @@ def validate(spec: SubscriptionSpec) -> None:
             raise SpecError(
                 ErrorCode.INVALID_FIELD, f"{where}.toleration_seconds", "only a NoExecute toleration has seconds"
             )
+        if toleration.toleration_seconds is not None and toleration.toleration_seconds > MAX_TOLERATION_S:
+            raise SpecError(
+                ErrorCode.INVALID_FIELD,
+                f"{where}.toleration_seconds",
+                f"at most {MAX_TOLERATION_S} (a hundred years); leave it unset to tolerate the taint for good",
+            )
+    if policy.replicas > MAX_REPLICAS:
+        raise SpecError(ErrorCode.INVALID_FIELD, "policy.replicas", f"at most {MAX_REPLICAS} (a Kubernetes int32)")
     for i, weight in enumerate(policy.static_weights):
         _selector(weight.selector, f"policy.static_weights[{i}].selector")
     if policy.strategy is Strategy.DIVIDE:
