@@ -27,6 +27,7 @@ from flotilla_client.localfleet import (
 )
 from flotilla_client.natsserver import NatsServer, NatsServerError, find_nats_server, port_open
 from flotilla_client.runfile import NatsEntry, RunInfo
+from flotilla_runtime.integrity import private_tree
 from flotilla_runtime.natsconn import CA_ENV
 
 
@@ -162,6 +163,8 @@ def up(opts: UpOptions, progress: Progress) -> RunInfo:
     opts.state_dir = state_dir
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     check_not_running(state_dir, progress)
+    if changed := private_tree(state_dir):  # left readable by an older version: secrets and state are private
+        progress(f"made {changed} files and folders under {state_dir} private to their owner (0600, 0700)")
     if opts.server:
         asyncio.run(_check_reachable(opts.server))
     started_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

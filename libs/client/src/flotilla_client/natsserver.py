@@ -103,19 +103,21 @@ class NatsServer:
         config = self.write_config()
         binary = find_nats_server()
         if self.log_file:
-            self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115 - closed below
+            self.log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # the server log names users and hosts: the owner's only, like the JetStream files the server writes
+        out = os.open(self.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600) if self.log_file else None
         try:
             self.process = subprocess.Popen(
                 [binary, "-c", str(config)],
                 stdin=subprocess.DEVNULL,
-                stdout=out,
+                stdout=subprocess.DEVNULL if out is None else out,
                 stderr=subprocess.STDOUT,
                 start_new_session=detach,
+                umask=0o077,
             )
         finally:
-            if not isinstance(out, int):
-                out.close()  # the child holds its own copy
+            if out is not None:
+                os.close(out)  # the child holds its own copy
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

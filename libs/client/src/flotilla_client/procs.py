@@ -38,6 +38,7 @@ def spawn(
             cwd=cwd,
             start_new_session=True,
             close_fds=True,
+            umask=0o077,  # what the child creates (databases, journals, JetStream files) is its owner's only
         )
 
 
