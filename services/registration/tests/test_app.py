@@ -13,7 +13,8 @@ from flotilla_runtime.store import Store
 
 
 async def test_info_reports_the_registration_service(tmp_path) -> None:
-    settings = SPEC.settings_type(state_dir=str(tmp_path), instance_id="t1")
+    # a configured key: with none, a new database would first ask the bus whether the fleet has members
+    settings = SPEC.settings_type(state_dir=str(tmp_path), instance_id="t1", credential_key="k" * 32)
     assert isinstance(settings, ServiceSettings)
     store = await Store.open(tmp_path / "registration.db", load_migrations("flotilla_registration", "registration"))
     broker = make_broker("nats://127.0.0.1:1", "test")

@@ -6,8 +6,7 @@ import asyncio
 
 from flotilla_contracts.subjects import Service
 from flotilla_kube.selectors import SelectorError, parse_selector
-from flotilla_registration import __version__, callout
-from flotilla_registration import store as repo
+from flotilla_registration import __version__, callout, signingkey
 from flotilla_registration.callout import AuthCallout
 from flotilla_registration.handlers import Registration
 from flotilla_registration.revocation import Revoker
@@ -21,7 +20,7 @@ class Settings(ServiceSettings, kw_only=True, frozen=True):
 
     # Clusters whose labels match this selector are approved when they join; empty: no such policy.
     auto_approve_selector: str = ""
-    # HMAC key for cluster credentials; empty: generated once and kept in the state file.
+    # HMAC key for cluster credentials; empty: `<state dir>/signing.key` (0600), minted for a new fleet only.
     credential_key: str = ""
     # Account nkey seed ("SA...") that signs NATS auth-callout answers; empty: the callout is not served
     # (a bus without authentication). The server's `auth_callout.issuer` is its public key.
@@ -40,7 +39,12 @@ async def setup(app: ServiceApp[Settings]) -> None:
             policy = parse_selector(app.settings.auto_approve_selector)
         except SelectorError as exc:
             raise SettingsError(f"{env_prefix(app.name)}AUTO_APPROVE_SELECTOR: {exc}") from None
-    key = await app.store.run(lambda tx: repo.credential_key(tx, app.settings.credential_key))
+    key = await signingkey.load(
+        app.store,
+        app.settings.credential_key,
+        lambda: signingkey.fleet_has_members(app.settings.nats_url, app.log),
+        app.log,
+    )
     revoker = Revoker(app.settings.revoker_nats_url) if app.settings.revoker_nats_url else None
     Registration(store=app.store, credential_key=key, policy=policy, revoker=revoker).register(app.router)
     if revoker is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 
 import msgspec
@@ -25,21 +24,6 @@ def decode_cluster(row: Row) -> ClusterInfo:
 
 def decode_node(row: Row) -> NodeInfo:
     return _node_dec.decode(row["info"])
-
-
-# --- secrets -----------------------------------------------------------------------------------------------
-
-
-def credential_key(tx: SyncTx, configured: str) -> bytes:
-    """The HMAC key of cluster credentials: the configured one, or one generated once and kept here."""
-    if configured:
-        return configured.encode()
-    row = tx.fetchone("SELECT value FROM secrets WHERE name = 'credential_key'")
-    if row is not None:
-        return bytes(row["value"])
-    key = secrets.token_bytes(32)
-    tx.execute("INSERT INTO secrets VALUES ('credential_key', ?)", (key,))
-    return key
 
 
 # --- tokens ------------------------------------------------------------------------------------------------
