@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
+import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import msgspec
 import pytest
 from nats.aio.client import Client
 
+from flotilla_client.natsserver import NatsServer, free_port
+from flotilla_contracts import catalogue
 from flotilla_contracts.subjects import Service, command
 
 pytestmark = pytest.mark.integration
@@ -59,3 +66,112 @@ async def test_five_services_answer_discovery_and_bad_input(
             assert good["ok"] is True and good["data"]["name"] == service.value, f"{service} after {label}"
     for service, proc in five_services.items():
         assert proc.poll() is None, f"{service} died"
+
+
+DEEP = b'{"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+
+def command_subjects() -> list[str]:
+    """Every command subject of the catalogue, `info` once per service."""
+    found: list[str] = []
+    for op in catalogue.OPERATIONS:
+        if op.kind is catalogue.Kind.COMMAND:
+            found += (
+                [op.subject.format(service=s.value) for s in Service] if "{service}" in op.subject else [op.subject]
+            )
+    return found
+
+
+async def test_json_nested_100k_deep_is_malformed_on_every_command_and_out_of_range_numbers_are_invalid_field(
+    five_services: dict[Service, subprocess.Popen[bytes]], nc: Client
+) -> None:
+    await wait_for_services(nc, 5)
+    subjects = command_subjects()
+    assert len(subjects) >= 39
+    for subject in subjects:
+        reply = msgspec.json.decode((await nc.request(subject, DEEP, timeout=5)).data)
+        assert reply["ok"] is False and reply["error"]["code"] == "malformed", (subject, reply)
+        assert "nested deeper than 128 levels" in reply["error"]["message"], subject
+    ttl = msgspec.json.decode(
+        (await nc.request(command(Service.REGISTRATION, "tokens.create"), b'{"ttl_s": 1e12}')).data
+    )
+    assert (ttl["error"]["code"], ttl["error"]["details"]["field"]) == ("invalid_field", "ttl_s"), ttl
+    assert "at most 315360000 seconds" in ttl["error"]["message"]
+    for service, proc in five_services.items():
+        assert proc.poll() is None, f"{service} died"
+
+
+def start_on_tiny_volume(nats_url: str, state: Path, log: Path) -> subprocess.Popen[bytes]:
+    """Registration with its state folder on a 4 MiB tmpfs of its own (a user and mount namespace: no root)."""
+    env = {
+        **os.environ,
+        "FLOTILLA_REGISTRATION_NATS_URL": nats_url,
+        "FLOTILLA_REGISTRATION_STATE_DIR": str(state),
+        "FLOTILLA_REGISTRATION_HTTP_PORT": str(free_port()),
+        "FLOTILLA_REGISTRATION_LOG_FORMAT": "json",
+        "PYTHONUNBUFFERED": "1",
+    }
+    script = 'mount -t tmpfs -o size=4m tmpfs "$0" && exec "$@"'
+    argv = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, str(state)]
+    with log.open("wb") as out:
+        return subprocess.Popen([*argv, sys.executable, "-m", "flotilla_registration"], env=env, stdout=out, stderr=out)
+
+
+def tiny_volumes_work(tmp_path: Path) -> bool:
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    script = 'mount -t tmpfs -o size=1m tmpfs "$0"'
+    if shutil.which("unshare") is None:
+        return False
+    done = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, str(probe)], check=False
+    )
+    return done.returncode == 0
+
+
+def fill(folder: Path) -> Path:
+    """Write a file in `folder` until the volume has no room left."""
+    filler = folder / "filler"
+    with filler.open("wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    return filler
+
+
+async def test_a_full_disk_answers_unavailable_disk_full_and_recovers_once_there_is_room(
+    nats_server: NatsServer, nc: Client, tmp_path: Path
+) -> None:
+    """A real full volume (a tmpfs in a mount namespace), not an injected error; the store-level injection
+    (SQLITE_FULL through max_page_count) is in libs/runtime/tests/test_diskfull.py."""
+    if not tiny_volumes_work(tmp_path):
+        pytest.skip("this machine cannot mount a tmpfs in a user namespace (unshare); disk full is covered by "
+                    "libs/runtime/tests/test_diskfull.py")  # fmt: skip
+    state = tmp_path / "registration"
+    state.mkdir()
+    proc = start_on_tiny_volume(nats_server.url, state, tmp_path / "registration.log")
+    try:
+        assert await wait_for_services(nc, 1), (tmp_path / "registration.log").read_text()[-2000:]
+        create = command(Service.REGISTRATION, "tokens.create")
+        assert msgspec.json.decode((await nc.request(create, b"{}", timeout=5)).data)["ok"] is True
+        inside = Path(f"/proc/{proc.pid}/root") / state.relative_to("/")  # the volume as the service sees it
+        filler = fill(inside)
+        # One request may still fit in pages SQLite already holds; the volume is full by the next few.
+        replies = [msgspec.json.decode((await nc.request(create, b"{}", timeout=10)).data) for _ in range(5)]
+        refused = [r for r in replies if not r["ok"]]
+        assert refused, replies
+        for reply in refused:
+            error = reply["error"]
+            assert (error["code"], error["retryable"]) == ("unavailable", True), error
+            assert error["message"].startswith("disk full: the state database "), error
+            assert "nothing was changed" in error["message"] and "Free space" in error["message"]
+        filler.unlink()
+        again = msgspec.json.decode((await nc.request(create, b"{}", timeout=10)).data)
+        assert again["ok"] is True, again
+        assert proc.poll() is None, "registration died on a full disk"
+    finally:
+        proc.terminate()
+        proc.wait(15)

@@ -12,6 +12,7 @@ import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 
+from flotilla_runtime.errors import TemporaryError
 from flotilla_runtime.store import Store
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class OutboxRelay:
             self._task = None
         try:
             await asyncio.wait_for(self.flush(), flush_timeout_s)
-        except (TimeoutError, nats.errors.Error) as exc:
+        except (TimeoutError, nats.errors.Error, TemporaryError) as exc:
             left = await self._store.outbox_size()
             log.warning("outbox not fully flushed at stop (%s); %d events will be published on restart", exc, left)
 
@@ -93,7 +94,9 @@ class OutboxRelay:
                 while await self._publish_batch():
                     pass
                 delay = 0.0
-            except (nats.errors.Error, nats.js.errors.Error, TimeoutError, OSError) as exc:
+            except (nats.errors.Error, nats.js.errors.Error, TimeoutError, OSError, TemporaryError) as exc:
+                # TemporaryError: the store could not forget what was published (disk full); it is sent again
+                # (JetStream drops the duplicates by event id) once the store can write.
                 self.failures += 1
                 self.last_error = str(exc) or type(exc).__name__
                 delay = min(max(delay * 2, 0.2), 10.0)
