@@ -13,6 +13,7 @@ from flotilla_registration.revocation import Revoker
 from flotilla_runtime.errors import SettingsError
 from flotilla_runtime.service import ServiceApp, ServiceSpec
 from flotilla_runtime.settings import ServiceSettings, env_prefix
+from flotilla_runtime.trust import RefusalLedger
 
 
 class Settings(ServiceSettings, kw_only=True, frozen=True):
@@ -26,6 +27,8 @@ class Settings(ServiceSettings, kw_only=True, frozen=True):
     # (a bus without authentication). The server's `auth_callout.issuer` is its public key.
     callout_issuer_seed: str = ""
     callout_grant_ttl_s: int = 600  # an agent's bus grant lasts this long, then it is asked about again
+    # The most nodes one cluster's inventory may hold; a join or report past it is refused whole and counted.
+    max_nodes_per_cluster: int = 5000
     # URL as `registration-revoker` (a system-account user that may list and kick connections): a
     # deregistered cluster's open connections are then closed at once; empty: at their grant's expiry.
     revoker_nats_url: str = ""
@@ -46,7 +49,16 @@ async def setup(app: ServiceApp[Settings]) -> None:
         app.log,
     )
     revoker = Revoker(app.settings.revoker_nats_url) if app.settings.revoker_nats_url else None
-    Registration(store=app.store, credential_key=key, policy=policy, revoker=revoker).register(app.router)
+    if app.settings.max_nodes_per_cluster < 1:
+        raise SettingsError(f"{env_prefix(app.name)}MAX_NODES_PER_CLUSTER must be at least 1")
+    Registration(
+        store=app.store,
+        credential_key=key,
+        policy=policy,
+        revoker=revoker,
+        ledger=RefusalLedger(Service.REGISTRATION.value, app.metrics),
+        max_nodes_per_cluster=app.settings.max_nodes_per_cluster,
+    ).register(app.router)
     if revoker is not None:
 
         async def close_revoker_on_stop() -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
 from flotilla_contracts.errors import ErrorCode
+from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1.registration import (
     ApproveClusterRequest,
     ClusterInfo,
@@ -36,11 +37,12 @@ from flotilla_contracts.v1.registration import (
     TaintClusterRequest,
 )
 from flotilla_kube.selectors import Selector, SelectorError, parse_selector
-from flotilla_registration import clusters, joins, revocation, tokens
+from flotilla_registration import clusters, inventory, joins, revocation, tokens
 from flotilla_registration import store as repo
 from flotilla_runtime.commands import CommandContext, CommandRouter
 from flotilla_runtime.errors import RequestError
 from flotilla_runtime.store import Store, SyncTx
+from flotilla_runtime.trust import RefusalLedger
 
 T = TypeVar("T")
 
@@ -55,17 +57,32 @@ class Registration:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     # Kicks a deregistered cluster's open bus connections (None: they end when their grant expires).
     revoker: revocation.Revoker | None = None
+    # Counts what members may not say or store (inventory.MemberRefusal) and reports it once per window.
+    ledger: RefusalLedger = field(default_factory=lambda: RefusalLedger(Service.REGISTRATION.value))
+    max_nodes_per_cluster: int = inventory.DEFAULT_MAX_NODES_PER_CLUSTER
     # Every cluster, decoded, as of `_generation`; `clusters.list` pages read it instead of decoding the table
     # again for each page. Any write command bumps the generation, which drops it.
     _clusters: list[ClusterInfo] | None = None
     _generation: int = 0
 
     async def _write(self, work: Callable[[SyncTx], T]) -> T:
+        """Run one use case; the cluster cache is dropped whether it committed or not (memory never leads disk)."""
         try:
             return await self.store.run(work)
+        except inventory.MemberRefusal as refusal:  # nothing of it was stored; count it, report it, answer it
+            await self._refused(refusal)
+            raise
         finally:
             self._generation += 1
             self._clusters = None
+
+    async def _refused(self, refusal: inventory.MemberRefusal) -> None:
+        if not refusal.cluster_id:
+            return  # not a member yet (a first join): the error reply is all
+        event = self.ledger.refuse(refusal.cluster_id, refusal.reason, detail=refusal.message)
+        if event is not None:
+            subject = self.ledger.subject_for(event)
+            await self.store.run(lambda tx: tx.emit(subject, event))
 
     async def _all_clusters(self) -> list[ClusterInfo]:
         if self._clusters is None:
@@ -110,7 +127,12 @@ class Registration:
         return reply
 
     async def join(self, request: JoinRequest, ctx: CommandContext) -> JoinReply:
-        join_ctx = joins.JoinContext(now=self.clock(), credential_key=self.credential_key, policy=self.policy)
+        join_ctx = joins.JoinContext(
+            now=self.clock(),
+            credential_key=self.credential_key,
+            policy=self.policy,
+            max_nodes=self.max_nodes_per_cluster,
+        )
         reply = await self._write(lambda tx: joins.join(tx, request, join_ctx))
         ctx.log.bind(cluster=reply.cluster_id).info(
             "cluster %s", "re-joined" if reply.rejoined else "joined", extra={"state": reply.state.value}
@@ -119,7 +141,8 @@ class Registration:
 
     async def report_nodes(self, request: ReportNodesRequest, ctx: CommandContext) -> ReportNodesReply:
         now = self.clock()
-        return await self._write(lambda tx: joins.report_nodes(tx, request, self.credential_key, now))
+        limit = self.max_nodes_per_cluster
+        return await self._write(lambda tx: joins.report_nodes(tx, request, self.credential_key, now, limit))
 
     async def approve(self, request: ApproveClusterRequest, ctx: CommandContext) -> ClusterReply:
         now = self.clock()

@@ -28,7 +28,7 @@ from flotilla_contracts.v1.registration_events import (
     NodeRemoved,
 )
 from flotilla_kube.selectors import Selector
-from flotilla_registration import domain
+from flotilla_registration import domain, inventory
 from flotilla_registration import store as repo
 from flotilla_runtime.errors import RequestError
 from flotilla_runtime.store import SyncTx
@@ -39,6 +39,7 @@ class JoinContext:
     now: datetime
     credential_key: bytes
     policy: Selector | None
+    max_nodes: int = inventory.DEFAULT_MAX_NODES_PER_CLUSTER
 
 
 def join(tx: SyncTx, request: JoinRequest, ctx: JoinContext) -> JoinReply:
@@ -103,6 +104,8 @@ def _first_join(tx: SyncTx, request: JoinRequest, token: str, ctx: JoinContext) 
         )
     labels = domain.initial_labels(identity.labels, info.labels)
     state, source = domain.initial_state(token_auto_approve=info.auto_approve, policy=ctx.policy, labels=labels)
+    inventory.check_node_names("", request.nodes)  # no member yet: answered, not counted against a cluster
+    inventory.check_node_quota("", len(request.nodes), ctx.max_nodes)
     cluster_id = domain.new_cluster_id(identity.name)
     while repo.get_cluster(tx, cluster_id) is not None:
         cluster_id = domain.new_cluster_id(identity.name)
@@ -151,8 +154,10 @@ def _rejoin(tx: SyncTx, request: JoinRequest, credential: str, ctx: JoinContext)
                 f"cannot rename to {identity.name!r}: cluster {holder.cluster_id} holds that name",
                 cluster_id=holder.cluster_id,
             )
+    inventory.check_node_names(cluster.cluster_id, request.nodes)
     known = repo.nodes_of(tx, cluster.cluster_id)
     diff = domain.diff_nodes(repo.node_facts(known), request.nodes, [], complete=bool(request.nodes))
+    inventory.check_node_quota(cluster.cluster_id, len(known) + len(diff.added) - len(diff.removed), ctx.max_nodes)
     cluster = msgspec.structs.replace(
         cluster,
         identity=identity,
@@ -184,19 +189,27 @@ def authenticate(tx: SyncTx, credential: str, key: bytes) -> ClusterInfo:
     return cluster
 
 
-def report_nodes(tx: SyncTx, request: ReportNodesRequest, key: bytes, now: datetime) -> ReportNodesReply:
-    """An agent's inventory report: diffed against what we know; only real changes become events."""
+def report_nodes(
+    tx: SyncTx,
+    request: ReportNodesRequest,
+    key: bytes,
+    now: datetime,
+    max_nodes: int = inventory.DEFAULT_MAX_NODES_PER_CLUSTER,
+) -> ReportNodesReply:
+    """An agent's inventory report: diffed against what we know; only real changes become events.
+
+    The credential says which cluster speaks; a body naming another cluster, a node whose id is not its name's
+    token, or an inventory over `max_nodes` is refused whole (inventory.MemberRefusal) and stores nothing."""
     cluster = authenticate(tx, request.credential, key)
-    if cluster.cluster_id != request.cluster_id:
-        raise RequestError(
-            ErrorCode.FORBIDDEN, f"this credential is for {cluster.cluster_id}, not {request.cluster_id}"
-        )
+    inventory.check_speaker(cluster.cluster_id, request.cluster_id)
     if cluster.state is ClusterState.REJECTED:
         raise RequestError(ErrorCode.FORBIDDEN, f"cluster {cluster.cluster_id} was rejected: {cluster.reason}")
+    inventory.check_node_names(cluster.cluster_id, request.nodes)
     known = repo.nodes_of(tx, cluster.cluster_id)
     diff = domain.diff_nodes(repo.node_facts(known), request.nodes, request.removed, request.complete)
-    _apply_node_diff(tx, cluster.cluster_id, known, diff, now)
     count = len(known) + len(diff.added) - len(diff.removed)
+    inventory.check_node_quota(cluster.cluster_id, count, max_nodes)
+    _apply_node_diff(tx, cluster.cluster_id, known, diff, now)
     if count != cluster.node_count:
         repo.save_cluster(tx, msgspec.structs.replace(cluster, node_count=count, updated_at=now))
     return ReportNodesReply(added=len(diff.added), changed=len(diff.changed), removed=len(diff.removed))
