@@ -335,6 +335,8 @@ def test_state_files_are_private(fleet: Fleet) -> None:
         "registration/registration.db", "registration/registration.db-wal", "sim-sup/sup-journal.db",
         "upgrade-orchestrator/upgrade-orchestrator.db", "heartbeat/heartbeat.db", "nats/jetstream",
     ]  # fmt: skip
+    journal = fleet.state / "sim-sup" / "sup-journal.db"
+    eventually(journal.exists, f"the sim's journal {journal} (log: {fleet.state / 'logs' / 'sim-sup.log'})")
     for name in expected:
         assert (fleet.state / name).exists(), f"{name} is not where this test looks"
     readable = []
