@@ -36,6 +36,7 @@ _PATH_RE = re.compile(r" - at (?:`key` in )?`\$(?P<path>[^`]*)`$")
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_AS_SQUARE = bytes.maketrans(b"{}", b"[]")
 _STEP = [0] * 256
 _STEP[ord("[")] = _STEP[ord("{")] = 1
 _STEP[ord("]")] = _STEP[ord("}")] = -1
@@ -65,6 +66,20 @@ def nesting_depth(data: bytes) -> int:
     return max(accumulate(_STEP[byte] for byte in brackets), default=0)
 
 
+def _nests_deeper(data: bytes, limit: int) -> bool:
+    """Whether the brackets of `data`, strings included, nest deeper than `limit`: C-speed passes only.
+
+    Every pass strips the innermost pairs, so a text `limit` deep is empty after `limit` passes.
+    """
+    brackets = data.translate(_AS_SQUARE, _NOT_BRACKETS)
+    for _ in range(limit):
+        inner = brackets.replace(b"[]", b"")
+        if len(inner) == len(brackets):  # no pair left: what remains is unbalanced, maybe a long run of openers
+            return len(brackets) > limit
+        brackets = inner
+    return bool(brackets)
+
+
 def too_deep(limit: int = MAX_DEPTH) -> RequestError:
     return RequestError(
         ErrorCode.MALFORMED,
@@ -76,10 +91,13 @@ def too_deep(limit: int = MAX_DEPTH) -> RequestError:
 def check_depth(data: bytes, limit: int = MAX_DEPTH) -> None:
     """Refuse JSON nested deeper than `limit` before a decoder recurses into it (a RecursionError otherwise).
 
-    Counting brackets is a C-speed pass that settles almost every message: fewer brackets than the limit
-    cannot nest deeper than it. Only a message with more is measured exactly.
+    Cheap tests settle almost every message: fewer brackets than the limit cannot nest deeper, nor can
+    brackets that do not nest deeper even counting those inside strings. Only a message that does is measured
+    exactly (strings removed).
     """
-    if data.count(b"[") + data.count(b"{") > limit and nesting_depth(data) > limit:
+    if data.count(b"[") + data.count(b"{") <= limit or not _nests_deeper(data, limit):
+        return
+    if nesting_depth(data) > limit:
         raise too_deep(limit)
 
 
