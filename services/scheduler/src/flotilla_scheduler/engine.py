@@ -80,6 +80,7 @@ class Engine:
         self.placed_on: dict[str, set[str]] = {}
         self.timers: list[tuple[datetime, str]] = []
         self.stamp: str | None = None  # None: never loaded
+        self._stamped: Tx | None = None  # the transaction that wrote `stamp`
 
     # --- loading -------------------------------------------------------------------------------------------
 
@@ -104,11 +105,17 @@ class Engine:
         self.stamp = await tables.memory_stamp(tx)
 
     async def begin(self, tx: Tx) -> None:
-        """Start an operation that may change memory: catch up with the tables, then stamp this transaction."""
-        if await tables.memory_stamp(tx) != self.stamp:
+        """Start an operation that may change memory: catch up with the tables, then stamp this transaction.
+
+        One statement in the usual case: the stamp is swapped only if the tables still hold ours. Further
+        operations in the same transaction share its stamp."""
+        if tx is self._stamped:
+            return
+        stamp = uuid.uuid4().hex
+        if self.stamp is None or not await tables.swap_stamp(tx, self.stamp, stamp):
             await self.load(tx)
-        self.stamp = uuid.uuid4().hex
-        await tables.set_memory_stamp(tx, self.stamp)
+            await tables.set_memory_stamp(tx, stamp)
+        self.stamp, self._stamped = stamp, tx
 
     async def refresh(self, store: Store) -> None:
         """Before a query reads memory: rebuild it if the last operation's transaction did not commit."""

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from flotilla_contracts import subjects
+from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1.common import Taint
 from flotilla_contracts.v1.heartbeat import ClusterCapacityChanged, ClusterHealthChanged
 from flotilla_contracts.v1.registration import ClusterInfo, ClusterState
@@ -61,9 +62,10 @@ def _stamped(taints: list[Taint], previous: list[Taint], at: Any) -> list[Taint]
 class ReadModel:
     """Event handlers for the scheduler's FLEET_EVENTS consumer."""
 
-    def __init__(self, engine: Engine, ledger: RefusalLedger) -> None:
+    def __init__(self, engine: Engine, ledger: RefusalLedger | None = None) -> None:
         self.engine = engine
-        self.ledger = ledger  # counts and reports the applied reports a cluster may not make
+        # Counts and reports the applied reports a cluster may not make (the app's counts in /metrics).
+        self.ledger = ledger or RefusalLedger(Service.SCHEDULER.value)
 
     def filters(self) -> list[str]:
         return [

@@ -77,6 +77,14 @@ async def committed_stamp(store: Store) -> str:
     return str(row[0]) if row is not None else ""
 
 
+async def swap_stamp(tx: Tx, expected: str, stamp: str) -> bool:
+    """Replace the stamp if it still is `expected`; False (nothing written) when it is not."""
+    changed = await tx.execute(
+        "UPDATE scheduler_meta SET value = ? WHERE key = 'memory' AND value = ?", (stamp, expected)
+    )
+    return changed == 1
+
+
 async def set_memory_stamp(tx: Tx, stamp: str) -> None:
     await tx.execute("INSERT OR REPLACE INTO scheduler_meta (key, value) VALUES ('memory', ?)", (stamp,))
 
