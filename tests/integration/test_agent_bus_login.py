@@ -88,6 +88,14 @@ class Agent:
         mine = [c for c in connz.get("connections") or [] if self.instance in c.get("name", "")]
         return [c.get("authorized_user", "") for c in mine]
 
+    def subscriptions(self) -> list[str]:
+        """Every subject this process's connections subscribe to."""
+        url = f"http://127.0.0.1:{self.monitor}/connz?subs=true&limit=1024"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            connz = json.load(answer)
+        mine = [c for c in connz.get("connections") or [] if self.instance in c.get("name", "")]
+        return [subject for c in mine for subject in c.get("subscriptions_list") or []]
+
     def log(self) -> str:
         return (self.home / "logs" / "node-agent.log").read_text()
 
@@ -136,10 +144,13 @@ async def test_a_node_agent_joins_then_speaks_only_as_its_cluster(fleet: tuple[P
             )
             await beats.next_msg(timeout=30)  # heartbeats flow once approved
 
+            # The node speaks as itself (with its key); the cluster agent role, run by this process too (the
+            # sim driver is a one-node cluster), as the cluster on a connection of its own.
             login = permissions.cluster_user(cluster_id, node)
+            logins = sorted([login, permissions.cluster_user(cluster_id)])
 
             async def logged_in() -> bool:
-                return agent.users() == [login]
+                return sorted(agent.users()) == logins
 
             await until(logged_in, 10, f"a connection as {login}")
 
@@ -148,6 +159,9 @@ async def test_a_node_agent_joins_then_speaks_only_as_its_cluster(fleet: tuple[P
             await watch.until(lambda: watch.final(StepKind.CORDON), within_s=20)
             assert watch.final(StepKind.CORDON)[0].outcome is StepOutcome.SUCCEEDED
             assert "Permissions Violation" not in agent.log()
+            # A member answers nothing: no discovery ($SRV) and no service command (info) subscriptions.
+            served = [s for s in agent.subscriptions() if s.startswith(("$SRV", subjects.CMD_PREFIX))]
+            assert served == [], served
 
             # Restarted, it logs in with the credential it kept: no join connection, heartbeats at once.
             agent.stop()

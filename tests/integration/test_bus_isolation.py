@@ -1,15 +1,18 @@
 """Least-privilege bus: what a cluster's credential lets it do on `flotilla up`'s nats-server, and what not.
 
 Cluster agents authenticate through the registration service's auth callout with their per-cluster
-credential. Cluster A tries B's heartbeat subject, B's agent commands and consumers, the JetStream API,
-other inboxes, every command subject that is not an agent's, and forged events: every attempt must be
-denied by the server, while A's own traffic (the control group) goes through. A deregistered cluster's
-credential is refused on its next connect.
+credential; a node's agent adds its own key (it signs the server's nonce). Cluster A tries B's heartbeat
+subject, B's agent commands and consumers, the JetStream API, other inboxes, every command subject that is not
+an agent's, and forged events; node n1 tries n2's subjects; the cluster agent tries its nodes'; members try to
+answer discovery: every attempt must be denied by the server, while A's own traffic (the control group) goes
+through. Node logins for nodes not in the inventory, without a key or with a second key are refused. A
+deregistered cluster's credential is refused on its next connect.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import uuid
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import nats
 import nats.errors
+import nkeys
 import pytest
 from integration_support import WatchedConnection, connect_watched
 
@@ -31,6 +35,8 @@ from flotilla_contracts.catalogue import Kind
 from flotilla_contracts.envelope import H_SCHEMA, schema_id
 from flotilla_contracts.streams import FLEET_AGENT, agent_consumer
 from flotilla_contracts.subjects import Service
+from flotilla_contracts.v1.agent import NodeFacts
+from flotilla_contracts.v1.common import NodeRole
 from flotilla_contracts.v1.deadletter import AgentDeadLettered, DeadLettered
 from flotilla_contracts.v1.registration import (
     ApproveClusterRequest,
@@ -49,6 +55,7 @@ from flotilla_runtime.bus import connect_options, with_user
 pytestmark = pytest.mark.integration
 FLOTILLA = str(Path(sys.executable).parent / "flotilla")
 NODE = "n1"
+OTHER = "n2"  # a second node of every cluster
 DENIED = {"count": 0}  # attempts denied across the module, printed for the report
 
 
@@ -66,6 +73,27 @@ async def connect(url: str, user: str, password: str) -> Agent:
     return Agent(watched.nc, watched.errors)
 
 
+def new_seed() -> str:
+    return str(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode())
+
+
+async def connect_as_node(fleet: Fleet, name: str, node: str, seed: str | None = None) -> Agent:
+    """Log in as node `node` of cluster `name` as its agent does: the cluster credential and the node's key."""
+    cluster_id = fleet.ids[name]
+    user = permissions.cluster_user(cluster_id, node)
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    nc = await nats.connect(
+        fleet.plain_url, error_cb=on_error, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=10,
+        nkeys_seed_str=seed or fleet.seeds.setdefault(f"{name}/{node}", new_seed()),
+        token=permissions.node_login_token(user, fleet.clusters[name]), inbox_prefix=permissions.inbox_prefix(user),
+    )  # fmt: skip
+    return Agent(nc, errors)
+
+
 @dataclass
 class Fleet:
     state: Path
@@ -73,6 +101,7 @@ class Fleet:
     plain_url: str
     clusters: dict[str, str] = field(default_factory=dict)  # cluster name -> credential
     ids: dict[str, str] = field(default_factory=dict)  # cluster name -> cluster id
+    seeds: dict[str, str] = field(default_factory=dict)  # "<cluster name>/<node>" -> the node's key
 
 
 async def join(fleet: Fleet, token: str, name: str) -> JoinReply:
@@ -83,6 +112,10 @@ async def join(fleet: Fleet, token: str, name: str) -> JoinReply:
             request_id=f"join-{name}",
             token=token,
             identity=ClusterIdentity(uid=f"uid-{name}", name=name, kubernetes_version="v1.29.6"),
+            nodes=[
+                NodeFacts(node_id=node, node_name=node, role=NodeRole.WORKER, kubelet_version="v1.29.6")
+                for node in (NODE, OTHER)
+            ],
         )
         raw = await agent.nc.request(
             catalogue.subject_for(JoinRequest), codec.encode(request), timeout=10,
@@ -143,8 +176,7 @@ async def enrol(fleet: Fleet) -> None:
 
 async def test_a_cluster_reaches_its_own_subjects(fleet: Fleet) -> None:
     """The control group: without it every denial below could be a broken connection."""
-    a_id = fleet.ids["iso-a"]
-    a = await connect(fleet.plain_url, permissions.cluster_user(a_id, NODE), fleet.clusters["iso-a"])
+    a = await connect_as_node(fleet, "iso-a", NODE)
     admin = await nats.connect(fleet.admin_url, **connect_options(fleet.admin_url))
     try:
         seen = await admin.subscribe(f"fleet.v1.hb.{fleet.ids['iso-a']}.>")
@@ -178,7 +210,7 @@ async def test_a_cluster_reaches_its_own_subjects(fleet: Fleet) -> None:
 
 
 async def test_cluster_a_cannot_reach_cluster_b(fleet: Fleet) -> None:
-    a = await connect(fleet.plain_url, permissions.cluster_user(fleet.ids["iso-a"], NODE), fleet.clusters["iso-a"])
+    a = await connect_as_node(fleet, "iso-a", NODE)
     admin = await nats.connect(fleet.admin_url, **connect_options(fleet.admin_url))
     try:
         b_id = fleet.ids["iso-b"]
@@ -316,7 +348,7 @@ async def test_deregistering_kicks_the_clusters_open_connections_and_refuses_its
     credential = fleet.clusters["iso-gone"]
     gone = fleet.ids["iso-gone"]
     first = await connect(fleet.plain_url, permissions.cluster_user(gone), credential)
-    node = await connect(fleet.plain_url, permissions.cluster_user(gone, NODE), credential)
+    node = await connect_as_node(fleet, "iso-gone", NODE)
     bystander = await connect(fleet.plain_url, permissions.cluster_user(fleet.ids["iso-a"]), fleet.clusters["iso-a"])
     try:
         async with FlotillaClient(fleet.admin_url) as admin:
@@ -340,3 +372,82 @@ async def test_deregistering_kicks_the_clusters_open_connections_and_refuses_its
     DENIED["count"] += 1
     log = (fleet.state / "logs" / "registration.log").read_text()
     assert "deregistered" in log and "refused a bus connection" in log
+
+
+async def test_a_node_speaks_only_for_itself_and_the_cluster_agent_for_no_node(fleet: Fleet) -> None:
+    """Per-node identity: n1 cannot act as n2 (heartbeat, step events, commands, inbox), and the cluster agent,
+    which anyone holding the cluster credential can be, can act as no node."""
+    a_id = fleet.ids["iso-a"]
+    n1 = await connect_as_node(fleet, "iso-a", NODE)
+    agent = await connect(fleet.plain_url, permissions.cluster_user(a_id), fleet.clusters["iso-a"])
+    try:
+        n2_consumer, n2_filter = agent_consumer(a_id, OTHER), subjects.agent_commands_for(a_id, OTHER)
+        n1_consumer, n1_filter = agent_consumer(a_id, NODE), subjects.agent_commands_for(a_id, NODE)
+        for who, connection, node, consumer, command_filter in (
+            ("n1", n1, OTHER, n2_consumer, n2_filter),
+            ("the cluster agent", agent, NODE, n1_consumer, n1_filter),
+        ):
+            for subject in (
+                subjects.heartbeat(a_id, node),
+                f"fleet.v1.evt.node-step.{a_id}.{node}.reported",
+                f"$JS.API.CONSUMER.MSG.NEXT.{FLEET_AGENT.name}.{consumer}",
+                f"$JS.API.CONSUMER.CREATE.{FLEET_AGENT.name}.{consumer}.{command_filter}",
+            ):
+                await connection.nc.publish(subject, b"{}", reply=connection.nc.new_inbox())
+                assert await connection.denied(subject), f"{who} used {subject}"
+            for inbox in (f"_INBOX.c.{a_id}.{node}.>", command_filter):
+                await connection.nc.subscribe(inbox)
+                assert await connection.denied(inbox), f"{who} subscribed to {inbox}"
+        # The cluster agent's role is not a node's: no inventory, no joins, no applied reports from n1.
+        for subject in (
+            subjects.command(Service.REGISTRATION, "nodes.report"),
+            subjects.command(Service.REGISTRATION, "join"),
+            f"fleet.v1.evt.applied.{a_id}.s1.reported",
+        ):
+            await n1.nc.publish(subject, b"{}", reply=n1.nc.new_inbox())
+            assert await n1.denied(subject), f"n1 used {subject}"
+    finally:
+        await n1.nc.close()
+        await agent.nc.close()
+
+
+async def test_members_answer_no_discovery_and_no_service_command(fleet: Fleet) -> None:
+    """A member cannot pose as a service: `$SRV` and service command subjects are not theirs to subscribe to."""
+    n1 = await connect_as_node(fleet, "iso-b", NODE)
+    agent = await connect(fleet.plain_url, permissions.cluster_user(fleet.ids["iso-b"]), fleet.clusters["iso-b"])
+    try:
+        for who, connection in (("a node", n1), ("the cluster agent", agent)):
+            for subject in (
+                "$SRV.PING",
+                "$SRV.>",
+                "$SRV.INFO.registration",
+                subjects.command(Service.NODE_AGENT, "info"),
+                subjects.command(Service.REGISTRATION, "clusters.list"),
+            ):
+                await connection.nc.subscribe(subject)
+                assert await connection.denied(subject), f"{who} subscribed to {subject}"
+    finally:
+        await n1.nc.close()
+        await agent.nc.close()
+
+
+async def test_a_node_login_proves_a_node_of_the_inventory_with_its_bound_key(fleet: Fleet) -> None:
+    b_id = fleet.ids["iso-b"]
+    await (await connect_as_node(fleet, "iso-b", OTHER)).nc.close()  # binds n2 to its key (first login)
+    refused = {
+        "not in the inventory": lambda: connect_as_node(fleet, "iso-b", "n99"),
+        "the cluster agent's consumer is no node": lambda: connect_as_node(fleet, "iso-b", "_cluster"),
+        "a second key for a bound node": lambda: connect_as_node(fleet, "iso-b", OTHER, seed=new_seed()),
+        "no key": lambda: connect(fleet.plain_url, permissions.cluster_user(b_id, OTHER), fleet.clusters["iso-b"]),
+    }
+    for what, attempt in refused.items():
+        with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
+            agent = await attempt()
+            await agent.nc.close()
+            pytest.fail(f"a node login with {what} was let in")
+        DENIED["count"] += 1
+    again = await connect_as_node(fleet, "iso-b", OTHER)  # the bound key still gets in
+    await again.nc.flush(timeout=5)
+    await again.nc.close()
+    log = (fleet.state / "logs" / "registration.log").read_text()
+    assert "is not in the cluster's inventory" in log and "is bound to key" in log

@@ -6,11 +6,16 @@ Three kinds of identity connect:
   its own command subjects, the events it emits, the JetStream API of the Flotilla streams and its own
   inbox (`_INBOX.<service>.>`);
 - `admin`: the operator's CLI, allowed everything;
-- a cluster agent: authenticated by the registration service's auth callout with the per-cluster
-  credential. User name `c.<cluster>` (or `c.<cluster>.<node>` for one node's agent). It may publish only
-  its own cluster's heartbeats and node events, call the three agent-facing commands (join, nodes.report,
-  heartbeat config), consume only its own nodes' durable consumers, and read only its own inbox
-  (`_INBOX.c.<cluster>.>`);
+- a cluster agent: `c.<cluster>`, authenticated by the registration service's auth callout with the
+  per-cluster credential. It speaks for the cluster, not for its nodes: the agent-facing commands (join,
+  nodes.report, heartbeat config), applied reports, dead letters, the cluster's host keys, the `_cluster`
+  durable consumer, and its own inbox (`_INBOX.c.<cluster>._cluster.>`: the cluster agent's inbox is not a
+  prefix of its nodes' inboxes);
+- a node's agent: `c.<cluster>.<node>`, with the cluster credential *and* the node's own nkey (the server's
+  nonce signed; see `node_login_token` and docs/security.md). It speaks for its node only: that node's
+  heartbeat and step events, dead letters of its commands, its own durable consumer, the host keys, the
+  heartbeat config and its own inbox (`_INBOX.c.<cluster>.<node>.>`). Members answer nothing: no `$SRV`, no
+  service command;
 - a joining agent: user `join.<nonce>` with a join token as password, allowed only the join command;
 - `registration-revoker`: registration's user in the server's system account, allowed only to list
   connections and kick one, so that deregistering a cluster cuts its open connections at once.
@@ -36,6 +41,12 @@ AUTH_CALLOUT_SUBJECT = "$SYS.REQ.USER.AUTH"
 FLEET_ACCOUNT = "FLEET"
 SYSTEM_ACCOUNT = "SYS"
 REVOKER_USER = "registration-revoker"
+NODE_TOKEN_SEPARATOR = " "  # in a node login's token: "<user> <credential>" (neither holds a space)
+# A public user nkey nobody holds the seed of: its 32 bytes are the SHA-256 of NONCE_NKEY_PHRASE (finding a seed
+# for it is a discrete logarithm). Configured as a user that may do nothing, it makes nats-server send every
+# client a nonce (the server sends one only when some nkey user exists), which a node signs with its own key.
+NONCE_NKEY_PHRASE = b"flotilla: a key nobody holds, only to make nats-server send a nonce"
+NONCE_NKEY = "UC22UEGTJBMWTBTPYY3BYZFXICIKJBA5N7E3PCPHQDSNYXZLZ2BID5ZY"
 SERVERS_CONNZ_SUBJECT = "$SYS.REQ.SERVER.PING.CONNZ"  # every server answers with its connections
 # The KV bucket of the orchestrator's rollout leases (its `lease_bucket` setting defaults to this).
 LEASE_BUCKET = "upgrade_orchestrator_leases"
@@ -52,14 +63,35 @@ class Grant:
 
 
 def inbox_prefix(user: str) -> str:
-    """The inbox prefix a client connected as `user` must use: it may subscribe only below it."""
-    return f"{INBOX_ROOT}.{user}" if user else INBOX_ROOT
+    """The inbox prefix a client connected as `user` must use: it may subscribe only below it.
+
+    A cluster agent (`c.<cluster>`) gets `_INBOX.c.<cluster>._cluster`, so that its inbox does not cover
+    its nodes' (`_INBOX.c.<cluster>.<node>`): with the cluster credential alone one cannot read a node's
+    command deliveries."""
+    if not user:
+        return INBOX_ROOT
+    parts = user.split(".")
+    if len(parts) == 2 and parts[0] == CLUSTER_USER_PREFIX:
+        return f"{INBOX_ROOT}.{user}.{CLUSTER_AGENT_NODE}"
+    return f"{INBOX_ROOT}.{user}"
 
 
 def cluster_user(cluster_id: str, node: str = "") -> str:
     """`c.<cluster>` or `c.<cluster>.<node>`: the user name an agent connects with."""
     user = f"{CLUSTER_USER_PREFIX}.{check_token('cluster', cluster_id)}"
     return f"{user}.{check_token('node', node)}" if node else user
+
+
+def node_login_token(user: str, credential: str) -> str:
+    """The CONNECT token of a node's login: nats-py sends a token (not user and password) beside the
+    node's nkey and nonce signature, so the user name and the cluster credential travel in it."""
+    return f"{user}{NODE_TOKEN_SEPARATOR}{credential}"
+
+
+def parse_node_login_token(token: str) -> tuple[str, str]:
+    """(user, credential) of a node login's token; ("", "") when it is not one."""
+    user, sep, credential = token.partition(NODE_TOKEN_SEPARATOR)
+    return (user, credential) if sep and user and credential else ("", "")
 
 
 def join_user(nonce: str) -> str:
@@ -203,29 +235,50 @@ def agent_consumer_subjects(cluster_id: str, node: str) -> tuple[str, ...]:
     )
 
 
-def cluster_grant(cluster_id: str, nodes: tuple[str, ...]) -> Grant:
-    """An approved cluster's agents: their own heartbeats, node events, consumers and inbox; nothing else."""
+def _host_keys_read(cluster_id: str) -> tuple[str, str]:
+    """(publish, subscribe): the cluster's published host keys, last value and updates."""
+    subject = f"{subjects.EVT_PREFIX}.{Entity.HOST_KEYS.value}.{cluster_id}"
+    return f"$JS.API.DIRECT.GET.{FLEET_EVENTS.name}.{subject}.set", f"{subject}.>"
+
+
+def _dead_letters(cluster_id: str) -> str:
+    return f"{subjects.EVT_PREFIX}.{Entity.DEAD_LETTER.value}.{Service.NODE_AGENT.value}.{cluster_id}.recorded"
+
+
+def cluster_grant(cluster_id: str) -> Grant:
+    """An approved cluster's agent (`c.<cluster>`): inventory, applied reports, dead letters, host keys and the
+    `_cluster` consumer. It speaks for no node: no heartbeat, no step event, no node's consumer or inbox."""
     check_token("cluster", cluster_id)
-    own = f"{cluster_id}"
+    host_keys_get, host_keys = _host_keys_read(cluster_id)
     publish = [
-        f"{subjects.HB_PREFIX}.{own}.*",
-        f"{subjects.EVT_PREFIX}.{Entity.NODE_STEP.value}.{own}.>",
-        f"{subjects.EVT_PREFIX}.{Entity.APPLIED.value}.{own}.>",
-        f"{subjects.EVT_PREFIX}.{Entity.DEAD_LETTER.value}.{Service.NODE_AGENT.value}.{own}.recorded",
-        f"$JS.API.DIRECT.GET.{FLEET_EVENTS.name}.{subjects.EVT_PREFIX}.{Entity.HOST_KEYS.value}.{own}.set",
+        f"{subjects.EVT_PREFIX}.{Entity.APPLIED.value}.{cluster_id}.>",
+        _dead_letters(cluster_id),
+        host_keys_get,
         *AGENT_COMMANDS,
+        *agent_consumer_subjects(cluster_id, CLUSTER_AGENT_NODE),
     ]
-    for node in sorted({*nodes, CLUSTER_AGENT_NODE}):
-        publish += agent_consumer_subjects(cluster_id, node)
-    subscribe = [
-        f"{inbox_prefix(cluster_user(cluster_id))}.>",
-        f"{subjects.EVT_PREFIX}.{Entity.HOST_KEYS.value}.{own}.>",
-        "$SRV.>",
-        # A node-agent process logged in as its cluster serves the node-agent `info` command like any
-        # service (queue group); the answer describes that process only.
-        subjects.command(Service.NODE_AGENT, "info"),
+    subscribe = [f"{inbox_prefix(cluster_user(cluster_id))}.>", host_keys]
+    return Grant(publish=tuple(publish), subscribe=tuple(subscribe), responses=False)
+
+
+def node_grant(cluster_id: str, node: str) -> Grant:
+    """One node's agent (`c.<cluster>.<node>`, key proven): its own heartbeat, step events, consumer and inbox,
+    the dead letters of its commands, the cluster's host keys and the heartbeat config. Nothing to answer."""
+    check_token("cluster", cluster_id)
+    check_token("node", node)
+    if node == CLUSTER_AGENT_NODE:
+        raise ValueError(f"{CLUSTER_AGENT_NODE} is the cluster agent's consumer, not a node")
+    host_keys_get, host_keys = _host_keys_read(cluster_id)
+    publish = [
+        subjects.heartbeat(cluster_id, node),
+        f"{subjects.EVT_PREFIX}.{Entity.NODE_STEP.value}.{cluster_id}.{node}.>",
+        _dead_letters(cluster_id),
+        host_keys_get,
+        _heartbeat_config(),
+        *agent_consumer_subjects(cluster_id, node),
     ]
-    return Grant(publish=tuple(publish), subscribe=tuple(subscribe))
+    subscribe = [f"{inbox_prefix(cluster_user(cluster_id, node))}.>", host_keys]
+    return Grant(publish=tuple(publish), subscribe=tuple(subscribe), responses=False)
 
 
 def pending_grant(cluster_id: str) -> Grant:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,6 +21,9 @@ from flotilla_contracts.v1.registration import ClusterIdentity
 from flotilla_node_agent import bus_login
 from flotilla_node_agent.bus_login import SecretCredentials, login_with
 from flotilla_node_agent.drivers.kube_lease import CREDENTIAL_SECRET, KubeLeaderElection
+from flotilla_node_agent.nodekey import node_seed
+from flotilla_runtime.migrations import load_migrations
+from flotilla_runtime.store import Store
 
 NAMESPACE = "flotilla"
 
@@ -43,7 +47,7 @@ async def test_the_credential_secret_is_absent_then_written_then_replaced(kmock:
 
 
 async def test_an_agent_without_the_lease_waits_for_the_secret_and_logs_in_as_its_node(
-    kmock: Any, api: Any, monkeypatch: pytest.MonkeyPatch
+    kmock: Any, api: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(bus_login, "WAIT_S", 0.05)
 
@@ -54,6 +58,7 @@ async def test_an_agent_without_the_lease_waits_for_the_secret_and_logs_in_as_it
     app: Any = SimpleNamespace(
         settings=SimpleNamespace(nats_url="tls://nats.flotilla.svc:4222", node_name="worker-2", join_token="tok"),
         log=logging.getLogger("test"),
+        store=await Store.open(tmp_path / "node-agent.db", load_migrations("flotilla_node_agent", "node-agent")),
     )
     identity = ClusterIdentity(uid="u1", name="edge", kubernetes_version="v1.30.2")
 
@@ -67,5 +72,11 @@ async def test_an_agent_without_the_lease_waits_for_the_secret_and_logs_in_as_it
     assert not waiting.done(), "it must wait for the Secret, not join or connect as anyone"
     await KubeLeaderElection(api, NAMESPACE, "worker-1").publish_credential("edge-7f3a", "fc1.edge-7f3a.x")
     login = await asyncio.wait_for(waiting, 5)
-    assert login.url == "tls://c.edge-7f3a.worker-2:fc1.edge-7f3a.x@nats.flotilla.svc:4222"
+    # As its node: the cluster credential and the node's own key (made once, kept in its state database).
+    assert login.url == "tls://nats.flotilla.svc:4222"
+    assert login.connect["token"] == "c.edge-7f3a.worker-2 fc1.edge-7f3a.x"
+    assert login.connect["inbox_prefix"] == "_INBOX.c.edge-7f3a.worker-2"
+    assert login.connect["nkeys_seed_str"] == await node_seed(app.store, "worker-2")
     assert (login.cluster_id, login.credential, login.provision_streams) == ("edge-7f3a", "fc1.edge-7f3a.x", False)
+    assert login.member, "a node answers nothing on the bus (no $SRV, no info)"
+    await app.store.close()

@@ -16,10 +16,13 @@ import nkeys
 import pytest
 from natsjwt_support import ALICE, b64, unb64
 
+from flotilla_contracts.permissions import Grant
+from flotilla_registration.callout import user_permissions
 from flotilla_registration.natsjwt import (
     AuthRequest,
     CalloutError,
     Permission,
+    UserLimits,
     UserPermissions,
     decode_request,
     new_account_seed,
@@ -195,6 +198,14 @@ def test_user_jwt_without_expiry_or_resp_leaves_them_out() -> None:
     assert "resp" not in claims["nats"]
     assert claims["nats"]["pub"] == {"deny": [">"]}
     assert claims["nats"]["sub"] == {}
+
+
+def test_user_jwt_carries_the_member_limits_the_server_enforces() -> None:
+    grant = Grant(publish=("fleet.v1.hb.c1.*",), subscribe=("_INBOX.c.c1.>",))
+    permissions = user_permissions(grant, 60, UserLimits(subs=256, payload=512 * 1024))
+    token = user_jwt(new_account_seed(), user_nkey=USER_NKEY, account="FLEET", name="c.c1", permissions=permissions)
+    claims = json.loads(unb64(token.split(".")[1]))
+    assert (claims["nats"]["subs"], claims["nats"]["payload"], claims["nats"]["data"]) == (256, 512 * 1024, -1)
 
 
 def test_user_jwt_refuses_a_user_nkey_that_is_not_a_user_key() -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -43,7 +45,11 @@ class BusErrors:
 
 
 def make_broker(
-    nats_url: str, client_name: str, errors: BusErrors | None = None, lifeline: Lifeline | None = None
+    nats_url: str,
+    client_name: str,
+    errors: BusErrors | None = None,
+    lifeline: Lifeline | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> NatsBroker:
     """A FastStream NATS broker with msgspec serialization and no per-message logging (halves throughput).
 
@@ -52,11 +58,14 @@ def make_broker(
     """
     bus_errors = errors or BusErrors()
     link = lifeline or Lifeline(client_name)
-    options = connect_options(nats_url)
+    options = connect_options(nats_url) | dict(extra or {})  # extra: e.g. a node's nkey seed, token, inbox
+    # FastStream refuses two authentication options at once, but a node's login needs both its key (to sign
+    # the nonce) and a token (its user and cluster credential): nats-py takes them together; see below.
+    auth: dict[str, Any] = {name: options.pop(name) for name in ("token", "nkeys_seed_str") if name in options}
     tls = options.pop("tls", None)
     if tls is not None:
         options["security"] = NatsSecurity(ssl_context=tls)  # FastStream takes TLS as a security object
-    return NatsBroker(
+    broker = NatsBroker(
         nats_url,
         name=client_name,
         logger=None,
@@ -70,6 +79,9 @@ def make_broker(
         **link.options(error_cb=bus_errors.callback),
         **options,
     )
+    if auth:
+        broker._connection_kwargs.update(auth)  # what NatsBroker hands nats.connect (faststream 0.6)
+    return broker
 
 
 def stream_config(spec: StreamSpec, replicas: int = 1) -> StreamConfig:

@@ -8,8 +8,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -34,7 +34,7 @@ from flotilla_runtime.lifeline import Lifeline
 from flotilla_runtime.logs import BoundLogger, get_logger, setup_logging
 from flotilla_runtime.metrics import Registry
 from flotilla_runtime.migrations import load_migrations
-from flotilla_runtime.outbox import OutboxRelay
+from flotilla_runtime.outbox import OutboxRelay, Publisher
 from flotilla_runtime.restartpolicy import Backoff, decide
 from flotilla_runtime.runtime_metrics import (
     RuntimeSources,
@@ -67,12 +67,21 @@ class ServiceSpec(Generic[S]):
 @dataclass(frozen=True)
 class BusLogin:
     """The URL (with user and password) a service connects with, and whether it provisions the streams
-    (an agent connected as its cluster may not: the services do)."""
+    (an agent connected as its cluster may not: the services do).
+
+    `member`: the identity is a member's (a node of a cluster): it answers nothing on the bus, neither `$SRV`
+    discovery nor the `info` command, which its grant does not allow. `connect`: further nats-py connect
+    options (a node's nkey seed, its token, its inbox prefix). `publisher`: what the outbox relay publishes
+    through, given the connection's JetStream context (a member routes events to the identity allowed them).
+    """
 
     url: str
     provision_streams: bool = True
     cluster_id: str = ""
     credential: str = ""
+    member: bool = False
+    connect: Mapping[str, Any] = field(default_factory=dict)
+    publisher: Callable[[JetStreamContext], Publisher] | None = None
 
 
 class ServiceApp(Generic[S]):
@@ -236,9 +245,11 @@ async def run(spec: ServiceSpec[S], settings: S, stop: asyncio.Event | None = No
             app.login = await _login(app, spec.login, stop)
             if app.login is None:
                 return
-            if app.login.url != settings.nats_url:
-                broker = app.broker = make_broker(app.login.url, client_name, errors, lifeline)
-        app.router.install(broker)
+            if app.login.url != settings.nats_url or app.login.connect:
+                broker = app.broker = make_broker(app.login.url, client_name, errors, lifeline, app.login.connect)
+        serves = app.login is None or not app.login.member
+        if serves:
+            app.router.install(broker)
         app.phase = "connecting to the bus"
         if not await _connect(app, stop):
             return
@@ -247,24 +258,30 @@ async def run(spec: ServiceSpec[S], settings: S, stop: asyncio.Event | None = No
         if app.login is None or app.login.provision_streams:
             await ensure_streams(app.js, replicas=settings.stream_replicas)
         await broker.start()
-        relay = OutboxRelay(store, app.js, batch=settings.outbox_batch)
+        publisher = app.login.publisher if app.login is not None else None
+        relay = OutboxRelay(store, publisher(app.js) if publisher else app.js, batch=settings.outbox_batch)
         relay.start()
-        discovery = Discovery(
-            ServiceIdentity(
-                name=name,
-                id=settings.instance_id,
-                version=spec.version,
-                description=spec.description,
-                metadata={
-                    "health": health.url,
-                    "state": store.path,
-                    "contracts": CONTRACTS_VERSION,
-                },
-            ),
-            app.router,
-            extra_stats=lambda: {"outbox_published": relay.published if relay else 0},
+        discovery = (
+            None
+            if not serves
+            else Discovery(
+                ServiceIdentity(
+                    name=name,
+                    id=settings.instance_id,
+                    version=spec.version,
+                    description=spec.description,
+                    metadata={
+                        "health": health.url,
+                        "state": store.path,
+                        "contracts": CONTRACTS_VERSION,
+                    },
+                ),
+                app.router,
+                extra_stats=lambda: {"outbox_published": relay.published if relay else 0},
+            )
         )
-        await discovery.start(broker.connection)
+        if discovery is not None:
+            await discovery.start(broker.connection)
         app._tasks = [asyncio.create_task(app._keep_running(factory)) for factory in app._task_factories]
         app.ready = True
         app.log.info(

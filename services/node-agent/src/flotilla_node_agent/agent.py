@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from nats.aio.client import Client
@@ -42,9 +43,17 @@ class AgentContext:
     subscribe_gate: asyncio.Semaphore | None = None
 
 
+# Opens a node's own connection once its cluster is approved (the cluster id is the argument): on an
+# authenticated bus each node speaks for itself (flotilla_node_agent.bus_login.connect_node).
+NodeConnector = Callable[[str], Awaitable[Client]]
+
+
 class NodeAgent:
-    def __init__(self, ctx: AgentContext, driver: NodeDriver, cluster: ClusterHandle) -> None:
-        self.ctx, self.driver, self.cluster = ctx, driver, cluster
+    def __init__(
+        self, ctx: AgentContext, driver: NodeDriver, cluster: ClusterHandle, connector: NodeConnector | None = None
+    ) -> None:
+        self.ctx, self.driver, self.cluster, self.connector = ctx, driver, cluster, connector
+        self.nc: Client | None = None  # the connection it speaks over, once it runs
         self.node_id = node_token(driver.node_name)
         self.log = get_logger("flotilla.node-agent", node=self.node_id)
         self.consumer: CommandConsumer | None = None
@@ -57,10 +66,12 @@ class NodeAgent:
         cluster_id = await self.cluster.wait()
         self.log = self.log.bind(cluster=cluster_id)
         ctx = self.ctx
-        nc = self.cluster.nc or ctx.nc
+        nc = await self.connector(cluster_id) if self.connector is not None else self.cluster.nc or ctx.nc
+        self.nc = nc
         if nc is None:
             raise RuntimeError(f"no NATS connection for cluster {cluster_id}")
-        js = nc.jetstream() if self.cluster.nc is not None or ctx.js is None else ctx.js
+        shared = self.connector is None and self.cluster.nc is None and ctx.js is not None
+        js = ctx.js if shared and ctx.js is not None else nc.jetstream()
         runner = StepRunner(ctx.store, ctx.journal, self.driver, self.log, ctx.verify_timeout_s)
         self.consumer = CommandConsumer(
             js,

@@ -11,6 +11,7 @@ from flotilla_contracts.v1.registration import ClusterIdentity
 from flotilla_node_agent.agent import AgentContext
 from flotilla_node_agent.applier import ManifestApplier
 from flotilla_node_agent.apply_backends import KubernetesApplyBackend
+from flotilla_node_agent.bus_login import cluster_connector, cluster_role
 from flotilla_node_agent.cluster_agent import ClusterAgent, ClusterHandle, NodesSource
 from flotilla_node_agent.drivers.base import DriverUnavailable
 from flotilla_node_agent.drivers.kube_lease import KubeLeaderElection
@@ -70,8 +71,11 @@ async def run_kubernetes_roles(
             await election.wait_leadership()
             app.log.info("holding the cluster agent lease")
             identity = await cluster_identity(settings, election, driver)
+            # Logged in as a node, the role opens its own `c.<cluster>` connection (the node's may not join,
+            # report nodes or apply workloads); its applied reports leave over it (MemberRoutes).
+            routes = cluster_role(app)
             agent = ClusterAgent(
-                ctx.nc,
+                None if routes else ctx.nc,
                 ctx.store,
                 ctx.journal,
                 identity,
@@ -79,7 +83,10 @@ async def run_kubernetes_roles(
                 node_lister(api),
                 ClusterHandle(),
                 app.log,
+                connector=cluster_connector(app) if routes else None,
             )
+            if routes is not None:
+                routes.cluster = agent.handle
             if app.login is not None and app.login.credential:
                 agent.credential = app.login.credential  # connected as the cluster: re-join with it
             # The elected cluster agent applies placed workloads with server-side apply.

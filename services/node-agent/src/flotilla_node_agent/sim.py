@@ -37,12 +37,12 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from flotilla_contracts import sim as names
-from flotilla_contracts.subjects import Entity
+from flotilla_contracts.ids import node_token
 from flotilla_contracts.v1.agent import NodeFacts
 from flotilla_contracts.v1.common import NodeRole
 from flotilla_contracts.v1.registration import ClusterIdentity
 from flotilla_node_agent import __version__
-from flotilla_node_agent.agent import AgentContext, NodeAgent
+from flotilla_node_agent.agent import AgentContext, NodeAgent, NodeConnector
 from flotilla_node_agent.applier import ManifestApplier
 from flotilla_node_agent.apply_backends import SimApplyBackend
 from flotilla_node_agent.bus_login import connect_as
@@ -50,6 +50,7 @@ from flotilla_node_agent.cluster_agent import ClusterAgent, ClusterHandle
 from flotilla_node_agent.drivers.sim import SimDriver, SimNodeSpec
 from flotilla_node_agent.heartbeats import Interval
 from flotilla_node_agent.journal import Journal
+from flotilla_node_agent.sim_links import FleetRoutes, node_connector
 from flotilla_node_agent.sim_states import SimNodeStates
 from flotilla_runtime import telemetry
 from flotilla_runtime.bus import connect_options, ensure_streams
@@ -106,7 +107,8 @@ class Fleet:
     cluster_agents: list[ClusterAgent] = field(default_factory=list)
     handles: list[ClusterHandle] = field(default_factory=list)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-    links: dict[str, Lifeline] = field(default_factory=dict)  # each connection's state, by cluster (or "shared")
+    # each connection's state, by cluster (or "shared"), and by "<cluster>/<node>" for the nodes' own
+    links: dict[str, Lifeline] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         consumers = [a.consumer for a in self.agents if a.consumer is not None]
@@ -134,7 +136,13 @@ class Fleet:
         await self.relay.stop(flush_timeout_s=5.0)
         for link in self.links.values():
             link.stop()
-        connections = {id(c): c for c in [self.nc, *(h.nc for h in self.handles), *(a.nc for a in self.cluster_agents)]}
+        every = [
+            self.nc,
+            *(h.nc for h in self.handles),
+            *(a.nc for a in self.cluster_agents),
+            *(a.nc for a in self.agents),
+        ]
+        connections = {id(c): c for c in every}
         for connection in connections.values():
             if connection is not None:
                 with contextlib.suppress(Exception):
@@ -171,41 +179,6 @@ def cluster_name(spec: FleetSpec, index: int) -> str:
     return names.cluster_name(spec.prefix, index)
 
 
-class ClusterRoutes:
-    """The outbox relay's publisher when each cluster has its own connection: an event goes out on the
-    connection of the cluster its subject names (`fleet.v1.evt.<entity>.<cluster>...`, a dead letter's
-    `fleet.v1.evt.dead-letter.node-agent.<cluster>.recorded`), the only one the bus lets publish it."""
-
-    def __init__(self, handles: list[ClusterHandle]) -> None:
-        self.handles = handles
-
-    def _connection(self, subject: str) -> Client:
-        tokens = subject.split(".")  # fleet.v1.evt.<entity>.<cluster>...
-        at = 5 if tokens[3:4] == [Entity.DEAD_LETTER.value] else 4
-        cluster = tokens[at] if len(tokens) > at + 1 else ""
-        approved = [h for h in self.handles if h.nc is not None]
-        for handle in approved:
-            if handle.cluster_id == cluster:
-                assert handle.nc is not None
-                return handle.nc
-        if not approved:
-            raise nats.errors.ConnectionClosedError
-        assert approved[0].nc is not None
-        return approved[0].nc
-
-    async def publish_async(
-        self,
-        subject: str,
-        payload: bytes = b"",
-        wait_stall: float | None = None,
-        stream: str | None = None,
-        headers: dict[str, Any] | None = None,
-        msg_ttl: float | None = None,
-    ) -> asyncio.Future[Any]:
-        js = self._connection(subject).jetstream()
-        return await js.publish_async(subject, payload, wait_stall, stream, headers)
-
-
 async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:
     """Connect, open the journal, create every agent and start them; returns at once (agents start up).
 
@@ -233,7 +206,8 @@ async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:
     store = await Store.open(journal, load_migrations("flotilla_node_agent", "node-agent"), service="node-agent")
     states = await SimNodeStates.load(store)
     handles: list[ClusterHandle] = []
-    relay = OutboxRelay(store, js if js is not None else ClusterRoutes(handles), batch=512)
+    routes = FleetRoutes(handles)
+    relay = OutboxRelay(store, js if js is not None else routes, batch=512)
     relay.start()
     interval = Interval(spec.heartbeat_interval_s)
     ctx = AgentContext(
@@ -287,7 +261,13 @@ async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:
             fleet.cluster_agents.append(agent)
             fleet.tasks.append(asyncio.create_task(agent.run()))
         for driver in drivers:
-            node_agent = NodeAgent(ctx, driver, handle)
+            own: NodeConnector | None = None
+            if spec.token:  # each node logs in as itself, with its own key (sim_links)
+                node = node_token(driver.node_name)
+                node_link = links[f"{name}/{node}"] = Lifeline(f"flotilla-sim-{node}")
+                own = node_connector(nats_url, store, agent, node, node_link, log.bind(cluster=name))
+            node_agent = NodeAgent(ctx, driver, handle, own)
+            routes.nodes[node_agent.node_id] = node_agent
             fleet.agents.append(node_agent)
             fleet.tasks.append(asyncio.create_task(node_agent.run()))
     return fleet

@@ -11,7 +11,7 @@ from flotilla_contracts.v1.common import NodeRole
 from flotilla_node_agent.agent import AgentContext, NodeAgent
 from flotilla_node_agent.applier import ManifestApplier
 from flotilla_node_agent.apply_backends import SimApplyBackend
-from flotilla_node_agent.bus_login import sim_identity
+from flotilla_node_agent.bus_login import cluster_connector, cluster_role, sim_identity
 from flotilla_node_agent.cluster_agent import ClusterAgent, ClusterHandle
 from flotilla_node_agent.drivers.base import NodeDriver
 from flotilla_node_agent.drivers.sim import SimDriver, SimNodeSpec
@@ -67,7 +67,8 @@ async def build_and_run(app: ServiceApp[Settings]) -> None:
     )
     executor = make_executor(settings)
     tasks: list[asyncio.Task[Any]] = [asyncio.create_task(interval.keep_fresh(nc))]
-    handle = ClusterHandle(settings.cluster_id)
+    member = app.login is not None and app.login.member
+    handle = ClusterHandle(app.login.cluster_id if member and app.login else settings.cluster_id)
     driver: NodeDriver
     if settings.driver == "sim":
         driver = sim_driver(settings, executor)
@@ -77,8 +78,20 @@ async def build_and_run(app: ServiceApp[Settings]) -> None:
             async def own_node() -> list[Any]:
                 return [await driver.facts()]
 
-            # Logged in as the cluster (BUS_LOGIN=cluster), it re-joins with the credential over that connection.
-            cluster = ClusterAgent(nc, app.store, ctx.journal, identity, settings.join_token, own_node, handle, app.log)
+            # Logged in as a node (BUS_LOGIN=cluster), the cluster agent role opens its own `c.<cluster>`
+            # connection; otherwise it shares the process's and tells the node agent the cluster id.
+            role = cluster_role(app)
+            cluster = ClusterAgent(
+                None if role else nc,
+                app.store,
+                ctx.journal,
+                identity,
+                settings.join_token,
+                own_node,
+                role.cluster if role else handle,
+                app.log,
+                connector=cluster_connector(app) if role else None,
+            )
             cluster.workloads = ManifestApplier(
                 app.js, app.store, SimApplyBackend(), app.log, instance_id=settings.instance_id
             )

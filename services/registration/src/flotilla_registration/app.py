@@ -9,6 +9,7 @@ from flotilla_kube.selectors import SelectorError, parse_selector
 from flotilla_registration import __version__, callout, signingkey
 from flotilla_registration.callout import AuthCallout
 from flotilla_registration.handlers import Registration
+from flotilla_registration.natsjwt import UserLimits
 from flotilla_registration.revocation import Revoker
 from flotilla_runtime.errors import SettingsError
 from flotilla_runtime.service import ServiceApp, ServiceSpec
@@ -27,11 +28,23 @@ class Settings(ServiceSettings, kw_only=True, frozen=True):
     # (a bus without authentication). The server's `auth_callout.issuer` is its public key.
     callout_issuer_seed: str = ""
     callout_grant_ttl_s: int = 600  # an agent's bus grant lasts this long, then it is asked about again
+    # Limits in each member's user JWT (`subs`, `payload`; natsjwt.UserLimits says when the server applies them):
+    # a node-agent holds a handful of subscriptions; members' largest messages are bounded by the services' 256 KiB.
+    member_max_subs: int = 256
+    member_max_payload: int = 512 * 1024
     # The most nodes one cluster's inventory may hold; a join or report past it is refused whole and counted.
     max_nodes_per_cluster: int = 5000
     # URL as `registration-revoker` (a system-account user that may list and kick connections): a
     # deregistered cluster's open connections are then closed at once; empty: at their grant's expiry.
     revoker_nats_url: str = ""
+
+
+def member_limits(settings: Settings) -> UserLimits:
+    """The server-side limits of every member connection, from the settings."""
+    prefix = env_prefix(Service.REGISTRATION)
+    if settings.member_max_subs < 1 or settings.member_max_payload < 1024:
+        raise SettingsError(f"{prefix}MEMBER_MAX_SUBS must be at least 1 and {prefix}MEMBER_MAX_PAYLOAD at least 1024")
+    return UserLimits(subs=settings.member_max_subs, payload=settings.member_max_payload)
 
 
 async def setup(app: ServiceApp[Settings]) -> None:
@@ -74,8 +87,15 @@ async def setup(app: ServiceApp[Settings]) -> None:
             "grant expires (%ds)", env_prefix(app.name), app.settings.callout_grant_ttl_s,
         )  # fmt: skip
     if app.settings.callout_issuer_seed:
+        limits = member_limits(app.settings)
         try:
-            auth = AuthCallout(app.store, key, app.settings.callout_issuer_seed, ttl_s=app.settings.callout_grant_ttl_s)
+            auth = AuthCallout(
+                app.store,
+                key,
+                app.settings.callout_issuer_seed,
+                ttl_s=app.settings.callout_grant_ttl_s,
+                limits=limits,
+            )
         except Exception as exc:
             raise SettingsError(f"{env_prefix(app.name)}CALLOUT_ISSUER_SEED is not an account seed: {exc}") from None
 

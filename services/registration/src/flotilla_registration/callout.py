@@ -39,6 +39,7 @@ from flotilla_runtime.errors import RequestError
 from flotilla_runtime.store import Store, SyncTx
 
 log = logging.getLogger("flotilla.registration.callout")
+NO_LIMITS = natsjwt.UserLimits()
 
 
 @dataclass(frozen=True)
@@ -93,12 +94,15 @@ def grant_lifetime(ttl_s: int, rand: float) -> int:
     return max(1, round(ttl_s * (1.0 - 0.1 * rand)))
 
 
-def user_permissions(grant: Grant, ttl_s: int) -> natsjwt.UserPermissions:
+def user_permissions(grant: Grant, ttl_s: int, limits: natsjwt.UserLimits = NO_LIMITS) -> natsjwt.UserPermissions:
+    """The JWT's permissions for `grant`, and the member limits it carries (subscriptions held, bytes per
+    message; see natsjwt.UserLimits for when nats-server enforces them)."""
     responses = natsjwt.ResponsePermission(max=1000, ttl=ttl_s * 1_000_000_000) if grant.responses else None
     return natsjwt.UserPermissions(
         pub=natsjwt.Permission(allow=list(grant.publish)),
         sub=natsjwt.Permission(allow=list(grant.subscribe)),
         resp=responses,
+        limits=limits,
     )
 
 
@@ -119,11 +123,13 @@ class AuthCallout:
         issuer_seed: str,
         *,
         ttl_s: int = 600,
+        limits: natsjwt.UserLimits = NO_LIMITS,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.store, self.key, self.seed, self.ttl_s, self.clock = store, credential_key, issuer_seed, ttl_s, clock
         self.rand = rand
+        self.limits = limits
         self.issuer = natsjwt.public_key(issuer_seed)
         self.stats = CalloutStats()
 
@@ -157,7 +163,7 @@ class AuthCallout:
             user_nkey=request.user_nkey,
             account=FLEET_ACCOUNT,
             name=verdict.user,
-            permissions=user_permissions(verdict.grant, self.ttl_s),
+            permissions=user_permissions(verdict.grant, self.ttl_s, self.limits),
             expires_in_s=grant_lifetime(self.ttl_s, self.rand()),
         )
         return natsjwt.response_jwt(

@@ -123,6 +123,7 @@ def deregister(tx: SyncTx, cluster_id: str, reason: str, now: datetime) -> Clust
         cluster, state=ClusterState.DEREGISTERED, reason=reason, deregistered_at=now, updated_at=now
     )
     repo.save_cluster(tx, cluster)
+    repo.forget_node_keys(tx, cluster_id)
     tx.emit(
         subject_for(ClusterDeregistered, cluster_id=cluster_id),
         ClusterDeregistered(cluster=cluster, reason=reason, occurred_at=now),

@@ -60,12 +60,28 @@ class ResponsePermission(msgspec.Struct):
     ttl: int
 
 
+class UserLimits(msgspec.Struct, kw_only=True, frozen=True):
+    """jwt.NatsLimits of a user; NO_LIMIT (-1) for none.
+
+    `subs`: subscriptions the connection may hold; `payload`: bytes of one message; `data`: as Go's jwt writes it.
+    Caveat (measured with nats-server 2.15, tests/integration/test_member_flood.py): with `auth_callout` in a
+    configuration-mode server, the server takes only the permissions from the user JWT (buildInternalNkeyUser),
+    not these limits; they take effect in operator mode, or once members get an account of their own with
+    `limits` in the server configuration.
+    """
+
+    subs: int = NO_LIMIT
+    data: int = NO_LIMIT
+    payload: int = NO_LIMIT
+
+
 class UserPermissions(msgspec.Struct, kw_only=True):
-    """The `pub`/`sub`/`resp` permissions of a user JWT."""
+    """The `pub`/`sub`/`resp` permissions of a user JWT, and its limits."""
 
     pub: Permission
     sub: Permission
     resp: ResponsePermission | None = None
+    limits: UserLimits = UserLimits()
 
 
 # --- the decoded authorization request (jwt.AuthorizationRequest); every field optional -----------------------
@@ -297,9 +313,9 @@ def user_jwt(
         pub=permissions.pub,
         sub=permissions.sub,
         resp=permissions.resp,
-        subs=NO_LIMIT,
-        data=NO_LIMIT,
-        payload=NO_LIMIT,
+        subs=permissions.limits.subs,
+        data=permissions.limits.data,
+        payload=permissions.limits.payload,
         type=USER_TYPE,
         version=JWT_VERSION,
     )

@@ -94,7 +94,10 @@ def save_nodes(tx: SyncTx, nodes: list[NodeInfo]) -> None:
 
 
 def delete_nodes(tx: SyncTx, cluster_id: str, node_ids: list[str]) -> None:
-    tx.executemany("DELETE FROM nodes WHERE cluster_id = ? AND node_id = ?", [(cluster_id, n) for n in node_ids])
+    """Remove nodes from the inventory, and their key bindings with them (a node name that returns binds afresh)."""
+    rows = [(cluster_id, n) for n in node_ids]
+    tx.executemany("DELETE FROM nodes WHERE cluster_id = ? AND node_id = ?", rows)
+    tx.executemany("DELETE FROM node_keys WHERE cluster_id = ? AND node_id = ?", rows)
 
 
 def node_facts(nodes: dict[str, NodeInfo]) -> dict[str, NodeFacts]:
@@ -125,3 +128,24 @@ def save_host_keys(tx: SyncTx, cluster_id: str, revision: int, keys: list[HostKe
         "revision = excluded.revision, keys = excluded.keys",
         (cluster_id, revision, _enc.encode(keys)),
     )
+
+
+# --- node keys: which public nkey proved each node first (0002_node_keys.sql) -----------------------------
+
+
+def node_key(tx: SyncTx, cluster_id: str, node_id: str) -> str | None:
+    row = tx.fetchone("SELECT nkey FROM node_keys WHERE cluster_id = ? AND node_id = ?", (cluster_id, node_id))
+    return None if row is None else str(row["nkey"])
+
+
+def bind_node_key(tx: SyncTx, cluster_id: str, node_id: str, nkey: str) -> None:
+    tx.execute("INSERT INTO node_keys VALUES (?, ?, ?, ?)", (cluster_id, node_id, nkey, time.time()))
+
+
+def has_node(tx: SyncTx, cluster_id: str, node_id: str) -> bool:
+    return tx.fetchone("SELECT 1 FROM nodes WHERE cluster_id = ? AND node_id = ?", (cluster_id, node_id)) is not None
+
+
+def forget_node_keys(tx: SyncTx, cluster_id: str) -> None:
+    """Drop every node binding of a cluster (it was deregistered: a later membership binds afresh)."""
+    tx.execute("DELETE FROM node_keys WHERE cluster_id = ?", (cluster_id,))
