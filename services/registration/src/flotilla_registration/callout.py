@@ -4,9 +4,13 @@ Every connection that is not a static user (the services, `admin`) is sent by th
 `$SYS.REQ.USER.AUTH`. We answer with a user JWT signed by the callout account key, carrying the
 permissions of `flotilla_contracts.permissions`:
 
-- `c.<cluster>[.<node>]` with the cluster's credential: an Approved cluster gets its own subjects only;
-  a Pending or Rejected one may only re-join (to learn its state); a deregistered, unknown or forged
-  credential, or one for another cluster, is refused;
+- `c.<cluster>` with the cluster's credential: the cluster agent of an Approved cluster gets its cluster's
+  subjects only (permissions.cluster_grant); a Pending or Rejected one may only re-join (to learn its state);
+  a deregistered, unknown or forged credential, or one for another cluster, is refused;
+- `c.<cluster>.<node>` with the cluster's credential and the node's nkey (the server's nonce signed): a node in
+  the cluster's inventory gets its own node's subjects only (permissions.node_grant). The first key that
+  proves a node is bound to it (trust on first use); any other key for that node is refused until the node
+  leaves the inventory or the cluster is deregistered (docs/security.md, "Per-node identity");
 - `join.<nonce>` with a join token: the join command only; an unknown, revoked or expired token is
   refused (an exhausted one is let through: a repeated join with the same request id is answered with
   the credential it already got, and the join handler decides).
@@ -31,6 +35,7 @@ from nats.aio.msg import Msg
 
 from flotilla_contracts import permissions
 from flotilla_contracts.errors import ErrorCode
+from flotilla_contracts.ids import CLUSTER_AGENT_NODE
 from flotilla_contracts.permissions import FLEET_ACCOUNT, Grant
 from flotilla_contracts.v1.registration import ClusterState
 from flotilla_registration import domain, joins, natsjwt
@@ -52,8 +57,28 @@ class Verdict:
     cluster_id: str = ""
 
 
-def decide(tx: SyncTx, user: str, password: str, key: bytes, now: datetime) -> Verdict:
-    """Who `user` is and what it may do, from registration's own state."""
+@dataclass(frozen=True)
+class Login:
+    """Who a connection says it is: user and password, or for a node its key (`nkey`, and whether it signed the
+    server's nonce with it: `proven`)."""
+
+    user: str
+    password: str
+    nkey: str = ""
+    proven: bool = False
+
+    @classmethod
+    def of(cls, opts: natsjwt.ConnectOpts, nonce: str) -> Login:
+        """From the CONNECT options: a node sends its nkey, the nonce signature and `<user> <credential>` as token."""
+        if not opts.nkey:
+            return cls(opts.user, opts.password)
+        user, credential = permissions.parse_node_login_token(opts.auth_token)
+        return cls(user, credential, opts.nkey, natsjwt.verify_nonce_signature(opts.nkey, nonce, opts.sig))
+
+
+def decide(tx: SyncTx, login: Login, key: bytes, now: datetime) -> Verdict:
+    """Who `login` is and what it may do, from registration's own state (binding a node's key on its first login)."""
+    user = login.user
     parsed = permissions.parse_agent_user(user)
     if parsed is None:
         return Verdict(user, None, f"unknown user {user!r}: an agent connects as c.<cluster> with its "
@@ -61,8 +86,8 @@ def decide(tx: SyncTx, user: str, password: str, key: bytes, now: datetime) -> V
     kind, ident, node = parsed
     try:
         if kind == "join":
-            return _join(tx, user, ident, password, now)
-        return _cluster(tx, user, ident, node, password, key)
+            return _join(tx, user, ident, login.password, now)
+        return _cluster(tx, login, ident, node, key)
     except RequestError as exc:
         return Verdict(user, None, exc.message, ident if kind == "cluster" else "")
 
@@ -78,14 +103,43 @@ def _join(tx: SyncTx, user: str, nonce: str, token: str, now: datetime) -> Verdi
     return Verdict(user, permissions.join_grant(nonce))
 
 
-def _cluster(tx: SyncTx, user: str, cluster_id: str, node: str, credential: str, key: bytes) -> Verdict:
-    cluster = joins.authenticate(tx, credential, key)
+def _cluster(tx: SyncTx, login: Login, cluster_id: str, node: str, key: bytes) -> Verdict:
+    user = login.user
+    cluster = joins.authenticate(tx, login.password, key)
     if cluster.cluster_id != cluster_id:
         return Verdict(user, None, f"this credential is for cluster {cluster.cluster_id}, not {cluster_id}", cluster_id)
     if cluster.state is not ClusterState.APPROVED:
+        if node:
+            reason = f"cluster {cluster_id} is {cluster.state.value}: its nodes log in once it is approved"
+            return Verdict(user, None, reason, cluster_id)
         return Verdict(user, permissions.pending_grant(cluster_id), cluster_id=cluster_id)
-    nodes = tuple(repo.nodes_of(tx, cluster_id)) + ((node,) if node else ())
-    return Verdict(user, permissions.cluster_grant(cluster_id, nodes), cluster_id=cluster_id)
+    if not node:
+        return Verdict(user, permissions.cluster_grant(cluster_id), cluster_id=cluster_id)
+    return _node(tx, login, cluster_id, node)
+
+
+def _node(tx: SyncTx, login: Login, cluster_id: str, node: str) -> Verdict:
+    """A node of an approved cluster: in its inventory, and holding the key bound to it (bound now if none is)."""
+    user, where = login.user, f"node {cluster_id}/{node}"
+    if node == CLUSTER_AGENT_NODE or not repo.has_node(tx, cluster_id, node):
+        return Verdict(user, None, f"{where} is not in the cluster's inventory: the cluster agent reports its "
+                       "nodes (join, nodes.report) and the node may log in after that", cluster_id)  # fmt: skip
+    if not login.nkey:
+        return Verdict(user, None, f"{where} did not present a node key: a node logs in with its nkey, signing "
+                       "the server's nonce (flotilla_node_agent.nodekey)", cluster_id)  # fmt: skip
+    if not login.proven:
+        return Verdict(user, None, f"{where}: the signature of the server's nonce does not verify with the "
+                       f"presented key {login.nkey}", cluster_id)  # fmt: skip
+    bound = repo.node_key(tx, cluster_id, node)
+    if bound is None:
+        repo.bind_node_key(tx, cluster_id, node, login.nkey)
+        extra = {"cluster": cluster_id, "node": node, "nkey": login.nkey}
+        log.info("bound a node to the key of its first login", extra=extra)
+    elif bound != login.nkey:
+        return Verdict(user, None, f"{where} is bound to key {bound}, not {login.nkey}: another agent already "
+                       "proved this node; if the node was rebuilt, remove it from the cluster (its binding goes "
+                       "with it) or deregister the cluster", cluster_id)  # fmt: skip
+    return Verdict(user, permissions.node_grant(cluster_id, node), cluster_id=cluster_id)
 
 
 def grant_lifetime(ttl_s: int, rand: float) -> int:
@@ -143,9 +197,9 @@ class AuthCallout:
             self.stats.malformed += 1
             log.error("ignoring a malformed authorization request: %s", exc)
             return  # the server times the connection out: nothing to answer to
-        opts = request.connect_opts
         now = self.clock()
-        verdict = await self.store.run(lambda tx: decide(tx, opts.user, opts.password, self.key, now))
+        login = Login.of(request.connect_opts, request.client_info.nonce)
+        verdict = await self.store.run(lambda tx: decide(tx, login, self.key, now))
         await msg.respond(self.answer(request, verdict).encode())
 
     def answer(self, request: natsjwt.AuthRequest, verdict: Verdict) -> str:

@@ -259,6 +259,22 @@ def is_server_key(key: str) -> bool:
     return _decode_public_key(key, nkeys.PREFIX_BYTE_SERVER) is not None
 
 
+def verify_nonce_signature(nkey: str, nonce: str, sig: str) -> bool:
+    """Whether `sig` (the client's CONNECT `sig`: base64, URL-safe raw as Go clients send it or standard as nats-py
+    does) is `nkey`'s ed25519 signature of the server's `nonce`, as nats-server checks an nkey user's."""
+    raw_key = _decode_public_key(nkey, nkeys.PREFIX_BYTE_USER)
+    if raw_key is None or not nonce or not sig:
+        return False
+    for decode in (base64.urlsafe_b64decode, base64.b64decode):
+        try:
+            signature = decode(sig + "=" * (-len(sig) % 4))
+            nacl.signing.VerifyKey(raw_key).verify(nonce.encode(), signature)
+        except (binascii.Error, ValueError, nacl.exceptions.BadSignatureError):
+            continue
+        return True
+    return False
+
+
 # --- encoding --------------------------------------------------------------------------------------------------
 
 
