@@ -30,7 +30,7 @@ from nats.aio.subscription import Subscription
 
 from flotilla_client import busauth
 from flotilla_client.cli.main import cli
-from flotilla_client.natsserver import find_nats_server, free_port
+from flotilla_client.natsserver import NatsServer, find_nats_server, free_port
 from flotilla_contracts import permissions, subjects
 from flotilla_contracts.subjects import Service
 from flotilla_runtime.natsconn import CA_ENV, nats_user
@@ -499,3 +499,16 @@ def test_routes_between_servers_use_mutual_tls(
     finally:
         for running in servers:
             stop(running)
+
+
+def test_every_nats_config_bounds_payload_and_subscriptions_per_connection(tmp_path: Path) -> None:
+    """The bounds a member's flood meets on the server are the policy's, in production and in `flotilla up`."""
+    wanted = {
+        "max_payload": str(permissions.MAX_PAYLOAD_BYTES),
+        "max_subscriptions": str(permissions.MAX_SUBSCRIPTIONS_PER_CONNECTION),
+    }
+    prod = (Path(__file__).parents[2] / "deploy/components/nats/nats.conf").read_text()
+    local = NatsServer(state_dir=tmp_path).write_config().read_text()
+    for text in (prod, local):
+        found = dict(re.findall(r"^(max_payload|max_subscriptions): (\S+)$", text, re.MULTILINE))
+        assert found == wanted, text

@@ -50,6 +50,13 @@ NONCE_NKEY = "UC22UEGTJBMWTBTPYY3BYZFXICIKJBA5N7E3PCPHQDSNYXZLZ2BID5ZY"
 SERVERS_CONNZ_SUBJECT = "$SYS.REQ.SERVER.PING.CONNZ"  # every server answers with its connections
 # The KV bucket of the orchestrator's rollout leases (its `lease_bucket` setting defaults to this).
 LEASE_BUCKET = "upgrade_orchestrator_leases"
+# Server-wide bounds every connection gets from the generated nats-server configuration (`flotilla up`,
+# deploy/components/nats/nats.conf). nats-server ignores the limits of a user JWT issued by an auth callout
+# in configuration mode (it copies only the permissions), so a member's subscription flood is bounded here:
+# the busiest service holds a few hundred subscriptions; beyond the bound the server refuses each SUB with
+# "maximum subscriptions exceeded" and the flood stops growing server memory.
+MAX_SUBSCRIPTIONS_PER_CONNECTION = 4096
+MAX_PAYLOAD_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)

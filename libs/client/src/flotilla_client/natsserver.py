@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flotilla_contracts import permissions
+
 
 class NatsServerError(RuntimeError):
     """nats-server could not be found or did not start; the message says what to do."""
@@ -74,7 +76,8 @@ class NatsServer:
             f"host: {self.host}",
             f"port: {self.port}",
             f'server_name: "flotilla-local-{self.port}"',
-            "max_payload: 1MB",
+            f"max_payload: {permissions.MAX_PAYLOAD_BYTES}",
+            f"max_subscriptions: {permissions.MAX_SUBSCRIPTIONS_PER_CONNECTION}",
             "jetstream {",
             f'  store_dir: "{(self.state_dir / "jetstream").resolve()}"',
             "  max_memory_store: 256MB",
