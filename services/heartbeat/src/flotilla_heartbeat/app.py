@@ -28,6 +28,7 @@ from flotilla_contracts.v1.heartbeat import (
 from flotilla_contracts.v1.registration import ClusterState
 from flotilla_heartbeat import __version__, handlers, partitions
 from flotilla_heartbeat import store as tables
+from flotilla_heartbeat.deafness import Deafness
 from flotilla_heartbeat.domain import HealthModel, Policy
 from flotilla_heartbeat.ingest import Ingest
 from flotilla_heartbeat.membership import Membership
@@ -38,6 +39,7 @@ from flotilla_heartbeat.restore import restore
 from flotilla_runtime import codec
 from flotilla_runtime.commands import CommandContext
 from flotilla_runtime.errors import RequestError, SettingsError
+from flotilla_runtime.lifeline import LinkState
 from flotilla_runtime.metrics import Family, Sample
 from flotilla_runtime.service import ServiceApp, ServiceSpec
 from flotilla_runtime.settings import ServiceSettings
@@ -143,6 +145,7 @@ class Heartbeats:
             self.clock,
             settings.tick_s,
             settings.checkpoint_interval_s,
+            deafness=Deafness(lambda: (app.lifeline.stats.disconnects, app.lifeline.state is LinkState.CONNECTED)),
         )
 
     def config(self) -> HeartbeatConfig:

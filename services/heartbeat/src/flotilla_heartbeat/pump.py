@@ -11,6 +11,7 @@ from flotilla_contracts.catalogue import subject_for
 from flotilla_contracts.envelope import Message
 from flotilla_contracts.v1.heartbeat import ClusterHealthChanged, HeartbeatNoiseReported, NodeHealthChanged
 from flotilla_heartbeat import store as tables
+from flotilla_heartbeat.deafness import Deafness
 from flotilla_heartbeat.domain import Cluster, HealthModel
 from flotilla_heartbeat.ingest import Ingest
 from flotilla_heartbeat.noise import NoiseWindow
@@ -37,6 +38,7 @@ class Pump:
     checkpoint_s: float = 5.0
     seen_refresh_s: float = 60.0
     backlog_limit: int = 20_000
+    deafness: Deafness = field(default_factory=Deafness)
     transitions: int = 0
     pending: list[tuple[str, Message]] = field(default_factory=list)
     _changed_clusters: dict[str, Cluster] = field(default_factory=dict)
@@ -84,6 +86,15 @@ class Pump:
         lag = max(lag, stalled if stalled > 0.25 else 0.0)
         if self.ingest.backlog > self.backlog_limit and lag >= 5.0:
             self.model.hold(now + 1.0)  # far behind: blame nobody until we catch up
+        outages = self.deafness.seen
+        deaf_until = self.deafness.hold_until(now, self.model.policy.startup_grace_s)
+        if deaf_until is not None:
+            self.model.hold(deaf_until)  # we could not hear: nobody was silent to us
+            if self.deafness.began(outages):
+                self.log.warning(
+                    "heartbeat's own bus link went down: no node is judged Unreachable until %.0fs after it is back",
+                    self.model.policy.startup_grace_s,
+                )
         judged = max(now - lag, self._judged)
         self._judged = judged
         for change in self.model.tick(now, wall, now - judged):
