@@ -62,7 +62,7 @@ async def test_a_damaged_page_is_refused_naming_the_file_and_the_way_back(tmp_pa
 async def test_primary_state_is_restored_from_a_backup(tmp_path: Path) -> None:
     path = tmp_path / "upgrade-orchestrator.db"
     damaged_database(path)
-    with pytest.raises(StateRefused, match="restore .*upgrade-orchestrator.db from a backup"):
+    with pytest.raises(StateRefused, match=r"restore .*upgrade-orchestrator\.db from a backup"):
         await Store.open(path, service="upgrade-orchestrator")
 
 

@@ -176,8 +176,8 @@ def _authorization(passwords: Mapping[str, str], issuer: str) -> str:
             "    users: [",
             _user_block(REVOKER_USER, passwords[REVOKER_USER], permissions.revoker_grant()) + ",",
             # Nobody holds this key: it only makes the server send a nonce, which nodes sign with their keys.
-            f"      {{ nkey: {permissions.NONCE_NKEY}, permissions: {{ publish: {{ deny: \">\" }}, "
-            "subscribe: { deny: \">\" } } }",
+            f'      {{ nkey: {permissions.NONCE_NKEY}, permissions: {{ publish: {{ deny: ">" }}, '
+            'subscribe: { deny: ">" } } }',
             "    ]",
             "  }",
             "}",
