@@ -152,7 +152,7 @@ COPY_HEADER = "Chaos-Copy"  # marks a copy a test injected on purpose, left out 
 
 
 async def all_events(url: str, *, skip_copies: bool = True) -> list[Event]:
-    """Every FLEET_EVENTS message in stream order: (subject, schema, data), without injected copies."""
+    """Every event (FLEET_EVENTS and FLEET_REPORTS merged by time): (subject, schema, data), without injected copies."""
     nc = await nats.connect(url)
     try:
         return [

@@ -1,10 +1,10 @@
 """Duplicates and redelivery during a small rollout: no side effect happens twice.
 
 Real services (`flotilla up` + `flotilla sim`). While the rollout runs, a share of the agent commands and of
-the FLEET_EVENTS events is re-published with the same Nats-Msg-Id and headers; the rollout start request is
-sent again with the same request id; and a share of the nodes carry the sim's `agent_crash` fault, so their
-agent drops the ack of a step (before or after its effect) and JetStream redelivers it. Afterwards, from the
-event log and the agents' journal: each join made one cluster, one rollout was started, each
+the events (FLEET_EVENTS and FLEET_REPORTS) is re-published with the same Nats-Msg-Id and headers; the rollout
+start request is sent again with the same request id; and a share of the nodes carry the sim's `agent_crash`
+fault, so their agent drops the ack of a step (before or after its effect) and JetStream redelivers it.
+Afterwards, from the event log and the agents' journal: each join made one cluster, one rollout was started, each
 (rollout, node, step) command succeeded once, each node state transition was recorded once, and the
 invariants hold.
 """
@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 from rollout_invariants import check, final_states
 
 from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA
-from flotilla_contracts.streams import FLEET_EVENTS
+from flotilla_contracts.streams import FLEET_EVENTS, FLEET_REPORTS
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1 import upgrade as up
 from flotilla_contracts.v1 import upgrade_status as st
@@ -75,9 +75,10 @@ class Duplicator:
 
         commands = await nc.subscribe("fleet.v1.agent.>")
         events = await js.subscribe("fleet.v1.evt.>", ordered_consumer=True, stream=FLEET_EVENTS.name)
+        reports = await js.subscribe("fleet.v1.evt.>", ordered_consumer=True, stream=FLEET_REPORTS.name)
         try:
             while not stop.is_set():
-                for kind, sub in (("commands", commands), ("events", events)):
+                for kind, sub in (("commands", commands), ("events", events), ("events", reports)):
                     with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):
                         while True:
                             await again(kind, await sub.next_msg(0.02))

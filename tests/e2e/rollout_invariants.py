@@ -1,4 +1,4 @@
-"""DESIGN.md's upgrade invariants, checked from the event log alone (FLEET_EVENTS in stream order)."""
+"""DESIGN.md's upgrade invariants, checked from the event log alone (FLEET_EVENTS and FLEET_REPORTS by time)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class Verdict:
 
 
 def check(events: list[tuple[str, str, dict[str, Any]]], *, max_unavailable: int, max_clusters: int) -> Verdict:
-    """`events`: (subject, schema, data) in stream order. Returns what was seen and every violation."""
+    """`events`: (subject, schema, data) in time order. Returns what was seen and every violation."""
     verdict = Verdict()
     roles: dict[tuple[str, str], str] = {}
     state: dict[tuple[str, str, str], str] = {}

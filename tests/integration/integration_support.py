@@ -13,7 +13,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from flotilla_client import localfleet
-from flotilla_contracts.streams import FLEET_EVENTS
+from flotilla_contracts.streams import EVENT_STREAMS
 from flotilla_contracts.subjects import Service
 from flotilla_runtime.natsconn import connect_options
 
@@ -29,14 +29,18 @@ def service_log(state: Path, service: Service) -> str:
 
 
 async def fleet_events(nc: Client, within_s: float = 10.0) -> list[Msg]:
-    """Every FLEET_EVENTS message, in stream order (an ephemeral ordered consumer: nothing left on the server)."""
+    """Every event, FLEET_EVENTS and FLEET_REPORTS (members' reports) merged by time, each in stream order
+    (ephemeral ordered consumers: nothing left on the server)."""
     js = nc.jetstream()
-    info = await js.stream_info(FLEET_EVENTS.name)
-    sub = await js.subscribe("fleet.v1.evt.>", ordered_consumer=True, stream=FLEET_EVENTS.name)
-    try:
-        return [await sub.next_msg(within_s) for _ in range(info.state.messages)]
-    finally:
-        await sub.unsubscribe()
+    merged: list[Msg] = []
+    for spec in EVENT_STREAMS:
+        info = await js.stream_info(spec.name)
+        sub = await js.subscribe("fleet.v1.evt.>", ordered_consumer=True, stream=spec.name)
+        try:
+            merged += [await sub.next_msg(within_s) for _ in range(info.state.messages)]
+        finally:
+            await sub.unsubscribe()
+    return sorted(merged, key=lambda msg: msg.metadata.timestamp)  # stable: stream order on equal times
 
 
 @dataclass

@@ -33,7 +33,7 @@ from flotilla_client.natsserver import free_port
 from flotilla_contracts import catalogue, permissions, subjects
 from flotilla_contracts.catalogue import Kind
 from flotilla_contracts.envelope import H_SCHEMA, schema_id
-from flotilla_contracts.streams import FLEET_AGENT, agent_consumer
+from flotilla_contracts.streams import FLEET_AGENT, FLEET_REPORTS, agent_consumer
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1.agent import NodeFacts
 from flotilla_contracts.v1.common import NodeRole
@@ -195,10 +195,10 @@ async def test_a_cluster_reaches_its_own_subjects(fleet: Fleet) -> None:
         [msg] = await sub.fetch(1, timeout=5)
         await msg.ack()
 
-        # Its own dead letters are recorded (a JetStream publish, acknowledged by FLEET_EVENTS).
+        # Its own dead letters are recorded (a JetStream publish, acknowledged by the bounded FLEET_REPORTS).
         own_dead = catalogue.subject_for(AgentDeadLettered, service="node-agent", cluster_id=fleet.ids["iso-a"])
         ack = await js.publish(own_dead, b"{}")
-        assert ack.stream == "FLEET_EVENTS"
+        assert ack.stream == FLEET_REPORTS.name
 
         # The heartbeat config query (an agent-facing command) is answered.
         reply = await a.nc.request(subjects.command(Service.HEARTBEAT, "config.get"), b"{}", timeout=5)
@@ -249,6 +249,8 @@ async def test_cluster_a_cannot_reach_cluster_b(fleet: Fleet) -> None:
             "$JS.API.STREAM.DELETE.FLEET_EVENTS",
             "$JS.API.STREAM.PURGE.FLEET_AGENT",
             "$JS.API.STREAM.UPDATE.FLEET_EVENTS",
+            "$JS.API.STREAM.UPDATE.FLEET_REPORTS",  # lifting its own bound
+            "$JS.API.STREAM.PURGE.FLEET_REPORTS",
             "$JS.API.STREAM.MSG.GET.FLEET_EVENTS",
             "$JS.API.STREAM.MSG.DELETE.FLEET_EVENTS",
             f"$JS.API.DIRECT.GET.FLEET_EVENTS.fleet.v1.evt.host-keys.{fleet.ids['iso-b']}.set",

@@ -139,8 +139,10 @@ def test_events_json_replays_the_stream_and_exits_when_caught_up(fleet: tuple[Pa
     assert [e["subject"] for e in mine] == [f"fleet.v1.evt.cluster.{c}.{n}" for c, n in OLD]
     assert all(e["schema"] == "registration.ClusterApproved/v1" for e in mine)
     assert [e["data"] for e in mine] == [{"cluster": c, "n": n} for n, (c, _) in enumerate(OLD)]
-    seqs = [int(str(e["seq"])) for e in events]
-    assert seqs == sorted(seqs)
+    for stream in ("FLEET_EVENTS", "FLEET_REPORTS"):  # merged by time, each in its own order
+        seqs = [int(str(e["seq"])) for e in events if e["stream"] == stream]
+        assert seqs == sorted(seqs)
+    assert {e["stream"] for e in events} <= {"FLEET_EVENTS", "FLEET_REPORTS"}
 
 
 def test_events_table_has_a_header_and_a_row_per_event(fleet: tuple[Path, str], old_events: float) -> None:

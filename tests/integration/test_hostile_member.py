@@ -10,7 +10,8 @@ connection). Every attempt must be refused by the server or by a service (counte
 flotilla_member_refused_total, reported as one MemberRefused per service, reason and window, never one per
 message), and B must not notice: its rollout succeeds with every invariant, no node of B moves on a forged
 report, its placement stays Applied, its nodes stay Ready, and the flood leaves heartbeat's memory, its tracked
-nodes and FLEET_EVENTS bounded. The attempts are printed as a table.
+nodes and FLEET_EVENTS bounded: A's reports, forged or not, are stored only in FLEET_REPORTS, within its per-subject
+bound. The attempts are printed as a table.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from hostile_attacks import (
     subscription_flood,
 )
 from hostile_support import Refusals, Row, Stolen, Table, login_agent, login_node, violations
+from nats.js import JetStreamContext
 from rollout_invariants import check, final_states
 from soak_support import unhealthy_transitions
 from test_member_flood import Hub, node_states, until
@@ -50,6 +52,7 @@ from flotilla_client.client import FlotillaClient
 from flotilla_client.discovery import collect_services
 from flotilla_client.natsserver import free_port
 from flotilla_contracts import catalogue
+from flotilla_contracts.streams import FLEET_EVENTS, FLEET_REPORTS
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1 import scheduler as sched
 from flotilla_contracts.v1 import upgrade as up
@@ -93,6 +96,14 @@ async def subscription(admin: FlotillaClient) -> sched.SubscriptionInfo:
 
 def b_applied(info: sched.SubscriptionInfo, b_id: str) -> sched.AppliedState | None:
     return next((a.state for a in info.applied if a.cluster_id == b_id), None)
+
+
+async def stored_about(js: JetStreamContext, stream: str, cluster: str) -> Counter[str]:
+    """How many messages `stream` holds on each subject naming `cluster` (as its first or second id)."""
+    found: Counter[str] = Counter()
+    for pattern in (f"fleet.v1.evt.*.{cluster}.>", f"fleet.v1.evt.*.*.{cluster}.>"):
+        found.update((await js.stream_info(stream, subjects_filter=pattern)).state.subjects or {})
+    return found
 
 
 def moved_without_a_real_report(events: list[Event], b_id: str) -> tuple[list[str], int]:
@@ -176,7 +187,7 @@ async def attack(state: Path, started: float) -> None:
         placed = (await subscription(admin)).placements
         # The command id B's agent echoed (the intruder knows more than it could: the strongest forgery).
         b_report = catalogue.subject_for(AppliedStatusReported, cluster_id=b_id, subscription="web")
-        real = await admin.nc.jetstream().get_last_msg("FLEET_EVENTS", b_report)
+        real = await admin.nc.jetstream().get_last_msg(FLEET_REPORTS.name, b_report)
         apply = msgspec.json.decode(real.data or b"", type=AppliedStatusReported)
 
         node = sorted(stolen.seeds)[-1]  # a worker of A's
@@ -192,7 +203,7 @@ async def attack(state: Path, started: float) -> None:
         # The floods, while B's rollout runs.
         hub = Hub(state)
         js = admin.nc.jetstream()
-        first_seq = (await js.stream_info("FLEET_EVENTS")).state.last_seq
+        flood_from = sum((await stored_about(js, FLEET_EVENTS.name, stolen.cluster_id)).values())
         flood_before = {
             "tracked": hub.metric("flotilla_heartbeat_tracked_nodes"),
             "rss_kib": hub.rss_kib(),
@@ -212,7 +223,7 @@ async def attack(state: Path, started: float) -> None:
             "rss_kib": hub.rss_kib(),
             "db": hub.db_bytes(),
         }
-        last_seq = (await js.stream_info("FLEET_EVENTS")).state.last_seq
+        flood_stored = sum((await stored_about(js, FLEET_EVENTS.name, stolen.cluster_id)).values()) - flood_from
 
         await table.attack("applied reports for B's subscription", SCHED, lambda r: forged_applied(hostile, apply, r))
         await table.attack("inventory for B / over the cap / from a node", REG, lambda r: forged_inventory(hostile, r))
@@ -242,6 +253,8 @@ async def attack(state: Path, started: float) -> None:
         status = await rollout_status(admin, rollout_id)
         info_after = await subscription(admin)
         events = await all_events(admin_url)
+        a_in_events = await stored_about(js, FLEET_EVENTS.name, stolen.cluster_id)
+        a_in_reports = await stored_about(js, FLEET_REPORTS.name, stolen.cluster_id)
         for connection in (hostile.agent, hostile.as_node):
             await connection.nc.close()
 
@@ -258,9 +271,11 @@ async def attack(state: Path, started: float) -> None:
     print(
         f"flood: heartbeat tracked nodes {flood_before['tracked']:.0f} -> {flood_after['tracked']:.0f}, RSS "
         f"{flood_before['rss_kib'] // 1024} -> {flood_after['rss_kib'] // 1024} MiB, heartbeat.db "
-        f"{flood_before['db']:,} -> {flood_after['db']:,} bytes, FLEET_EVENTS +{last_seq - first_seq} during it; "
-        f"step commands of B forged: {len(hostile.forged)}; forged reports that FLEET_EVENTS stored anyway (A's own "
-        f"subjects, refused by the services, not bounded per member): {len(stored_forgeries)}"
+        f"{flood_before['db']:,} -> {flood_after['db']:,} bytes, FLEET_EVENTS +{flood_stored} about A during it; "
+        f"step commands of B forged: {len(hostile.forged)}; A's reports (forged ones refused by the services) in "
+        f"FLEET_REPORTS: {len(stored_forgeries)}, at most {max(a_in_reports.values(), default=0)} per subject "
+        f"(bound {FLEET_REPORTS.max_msgs_per_subject:,}); in FLEET_EVENTS: "
+        f"{sum(n for subject, n in a_in_events.items() if subject.startswith(a_reports))}"
     )
 
     # B did not notice: its rollout succeeded with every invariant, no node moved on a forged report.
@@ -291,5 +306,8 @@ async def attack(state: Path, started: float) -> None:
     assert flood_after["tracked"] == flood_before["tracked"] <= NODE_CAP
     assert flood_after["rss_kib"] - flood_before["rss_kib"] < 64 * 1024
     assert flood_after["db"] - flood_before["db"] < 1024 * 1024
-    flood_events = [e for e in events[first_seq:last_seq] if stolen.cluster_id in e[0]]
-    assert len(flood_events) < 50, Counter(e[1] for e in flood_events)
+    assert flood_stored < 50, flood_stored
+    # What A publishes is stored in FLEET_REPORTS only, within its bound; FLEET_EVENTS holds what services emit.
+    assert stored_forgeries and sum(a_in_reports.values()) >= len(stored_forgeries)
+    assert max(a_in_reports.values()) <= FLEET_REPORTS.max_msgs_per_subject, a_in_reports.most_common(3)
+    assert not [subject for subject in a_in_events if subject.startswith(a_reports)], a_in_events

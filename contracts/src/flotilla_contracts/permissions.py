@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from flotilla_contracts import subjects
 from flotilla_contracts.ids import CLUSTER_AGENT_NODE, check_token
-from flotilla_contracts.streams import FLEET_AGENT, FLEET_EVENTS, agent_consumer
+from flotilla_contracts.streams import FLEET_AGENT, FLEET_EVENTS, FLEET_REPORTS, STREAMS, agent_consumer
 from flotilla_contracts.subjects import Entity, Service
 
 ADMIN_USER = "admin"
@@ -139,7 +139,7 @@ def _jetstream_api(consumes: tuple[str, ...]) -> tuple[str, ...]:
     named ones: consumers, acks, flow control, message gets."""
     api = "$JS.API"
     allowed = [f"{api}.INFO"]
-    for spec in (FLEET_EVENTS, FLEET_AGENT):
+    for spec in STREAMS:
         allowed += [f"{api}.STREAM.{verb}.{spec.name}" for verb in ("INFO", "CREATE", "UPDATE")]
     for stream in consumes:
         allowed += [
@@ -176,10 +176,10 @@ def service_grant(service: Service) -> Grant:
         subscribe += [subjects.ALL_HEARTBEATS, f"{subjects.HB_PARTITION_PREFIX}.>"]
     if service is Service.SCHEDULER:
         publish.append(f"{subjects.AGENT_PREFIX}.*.{CLUSTER_AGENT_NODE}.apply")
-        streams.append(FLEET_AGENT.name)
+        streams += [FLEET_AGENT.name, FLEET_REPORTS.name]  # applied reports
     if service is Service.UPGRADE_ORCHESTRATOR:
         publish.append(f"{subjects.AGENT_PREFIX}.*.*.step")
-        streams += [FLEET_AGENT.name, f"KV_{LEASE_BUCKET}"]
+        streams += [FLEET_AGENT.name, FLEET_REPORTS.name, f"KV_{LEASE_BUCKET}"]  # node-step reports
         publish.append(f"$KV.{LEASE_BUCKET}.>")
     if service is Service.NODE_AGENT:
         streams.append(FLEET_AGENT.name)  # a node-agent process without a cluster credential (tests, dev)

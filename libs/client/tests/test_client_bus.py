@@ -129,3 +129,28 @@ async def test_events_replay_filter_and_stop_when_caught_up(nats_server: NatsSer
     assert future == []
     consumers = await js.consumers_info("FLEET_EVENTS")
     assert all(not c.config.durable_name for c in consumers), "the client never creates durable consumers"
+
+
+async def test_events_merge_the_services_events_and_the_members_reports_by_time(
+    nats_server: NatsServer, nc: Client
+) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js)
+    order = ["fleet.v1.evt.cluster.a.approved", "fleet.v1.evt.node-step.a.n1.reported"] * 2
+    order.append("fleet.v1.evt.rollout-node.r.a.n1.state-changed")
+    for n, subject in enumerate(order):
+        await js.publish(subject, json.dumps({"n": n}).encode())
+    async with FlotillaClient(nats_server.url) as client:
+        every = [e async for e in client.events()]
+        steps = [e async for e in client.events("fleet.v1.evt.node-step.>")]
+        followed: list[str] = []
+        async for event in client.events(follow=True):
+            followed.append(event.subject)
+            if len(followed) == len(order):
+                await js.publish("fleet.v1.evt.node-step.a.n2.reported", b"{}")
+            if len(followed) == len(order) + 1:
+                break
+    assert [e.data["n"] for e in every] == list(range(len(order)))
+    assert [e.stream for e in every] == ["FLEET_EVENTS", "FLEET_REPORTS"] * 2 + ["FLEET_EVENTS"]
+    assert [(e.stream, e.seq) for e in steps] == [("FLEET_REPORTS", 1), ("FLEET_REPORTS", 2)]
+    assert followed == [*order, "fleet.v1.evt.node-step.a.n2.reported"]

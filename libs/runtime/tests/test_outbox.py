@@ -70,7 +70,7 @@ async def test_stream_provisioning_is_idempotent(nc: Client) -> None:
     await ensure_streams(js)
     await ensure_streams(js)
     info = await js.stream_info(FLEET_EVENTS.name)
-    assert info.config.subjects == ["fleet.v1.evt.>"]
+    assert info.config.subjects == list(FLEET_EVENTS.subjects)
     assert info.config.duplicate_window == FLEET_EVENTS.duplicate_window_s
 
 

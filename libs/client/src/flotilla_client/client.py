@@ -235,5 +235,6 @@ class FlotillaClient:
     def events(
         self, subject: str = subjects.ALL_EVENTS, *, since: datetime | None = None, follow: bool = False
     ) -> AsyncIterator[EventRecord]:
-        """Events of FLEET_EVENTS matching `subject`, oldest first; without `follow`, stops when caught up."""
+        """Events matching `subject` (FLEET_EVENTS and FLEET_REPORTS merged by time, or the one stream the subject
+        falls in), oldest first; without `follow`, stops when caught up."""
         return iterate_events(self.nc, subject, since=since, follow=follow)

@@ -1,8 +1,14 @@
-"""Reading FLEET_EVENTS with an ordered, ephemeral consumer: replay from a time, then follow or stop."""
+"""Reading the event streams with ordered, ephemeral consumers: replay from a time, then follow or stop.
+
+Events live in two streams (flotilla_contracts.streams): FLEET_EVENTS, what the services emit, and FLEET_REPORTS,
+what members report. A filter within one stream reads that one; a wider one reads both, merged by time.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +22,7 @@ from flotilla_client.errors import ClientError, UsageError
 from flotilla_contracts import subjects
 from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA
 from flotilla_contracts.errors import ErrorCode
-from flotilla_contracts.streams import FLEET_EVENTS
+from flotilla_contracts.streams import FLEET_EVENTS, event_streams_for
 
 POLL_S = 1.0
 
@@ -30,6 +36,7 @@ class EventRecord(msgspec.Struct, frozen=True, kw_only=True):
     schema: str = ""
     msg_id: str = ""
     data: Any = None
+    stream: str = ""  # `seq` counts within it
 
 
 def event_filter(pattern: str | None) -> str:
@@ -42,7 +49,7 @@ def event_filter(pattern: str | None) -> str:
     if value.startswith(subjects.EVT_PREFIX + ".") or value == subjects.EVT_PREFIX:
         return value if value != subjects.EVT_PREFIX else subjects.ALL_EVENTS
     if value.startswith("fleet."):
-        raise UsageError(f"{value!r} is not an event subject: FLEET_EVENTS holds {subjects.ALL_EVENTS}")
+        raise UsageError(f"{value!r} is not an event subject: events are {subjects.ALL_EVENTS}")
     return f"{subjects.EVT_PREFIX}.{value}"
 
 
@@ -56,7 +63,23 @@ def decode_body(data: bytes) -> Any:
 async def iterate_events(
     nc: Client, subject: str, *, since: datetime | None = None, follow: bool = False
 ) -> AsyncIterator[EventRecord]:
-    """Yield events oldest first; without `follow`, stop once the consumer has nothing pending."""
+    """Yield events oldest first; without `follow`, stop once every stream read has nothing pending."""
+    streams = [spec.name for spec in event_streams_for(subject)] or [FLEET_EVENTS.name]
+    readers = [_read_stream(nc, name, subject, since, follow) for name in streams]
+    merged = _merged(readers)
+    try:
+        async for record in merged:
+            yield record
+    finally:
+        await merged.aclose()  # first: it may be waiting on a reader
+        for reader in readers:
+            await reader.aclose()
+
+
+async def _read_stream(
+    nc: Client, stream: str, subject: str, since: datetime | None, follow: bool
+) -> AsyncGenerator[EventRecord | None]:
+    """One stream's events; with `follow`, None once when caught up (then whatever comes next)."""
     js = nc.jetstream()
     config = ConsumerConfig(
         description="flotilla events (CLI, ephemeral)",
@@ -65,23 +88,25 @@ async def iterate_events(
         inactive_threshold=30.0,
     )
     try:
-        sub = await js.subscribe(subject, stream=FLEET_EVENTS.name, config=config, ordered_consumer=True)
+        sub = await js.subscribe(subject, stream=stream, config=config, ordered_consumer=True)
     except nats.js.errors.NotFoundError:
         raise ClientError(
             ErrorCode.NOT_FOUND,
-            f"stream {FLEET_EVENTS.name} does not exist on this server yet: the services create it when they start "
+            f"stream {stream} does not exist on this server yet: the services create it when they start "
             "(`flotilla up`)",
         ) from None
     except nats.js.errors.APIError as exc:
-        raise ClientError(ErrorCode.INVALID_FIELD, f"cannot read {subject} from {FLEET_EVENTS.name}: {exc}") from None
+        raise ClientError(ErrorCode.INVALID_FIELD, f"cannot read {subject} from {stream}: {exc}") from None
     except nats.errors.NoRespondersError:
         raise ClientError(ErrorCode.UNAVAILABLE, "JetStream is not enabled on this NATS server") from None
     try:
-        if not follow:
-            # A push consumer delivers at once: what it already sent counts as well as what it has left.
-            info = await sub.consumer_info()
-            if not info.num_pending and not (info.delivered and info.delivered.consumer_seq):
+        # A push consumer delivers at once: what it already sent counts as well as what it has left.
+        info = await sub.consumer_info()
+        caught_up = not info.num_pending and not (info.delivered and info.delivered.consumer_seq)
+        if caught_up:
+            if not follow:
                 return
+            yield None
         while True:
             try:
                 msg = await sub.next_msg(timeout=POLL_S)
@@ -96,11 +121,70 @@ async def iterate_events(
                 schema=headers.get(H_SCHEMA, ""),
                 msg_id=headers.get(H_MSG_ID, ""),
                 data=decode_body(msg.data),
+                stream=stream,
             )
-            if not follow and meta.num_pending == 0:
-                return
+            if meta.num_pending == 0 and not caught_up:
+                if not follow:
+                    return
+                caught_up = True
+                yield None
     finally:
         try:
             await sub.unsubscribe()
         except nats.errors.Error:
             pass
+
+
+_END = object()
+
+
+async def _next(reader: AsyncIterator[EventRecord | None]) -> object:
+    try:
+        return await anext(reader)
+    except StopAsyncIteration:
+        return _END
+
+
+async def _merged(readers: list[AsyncGenerator[EventRecord | None]]) -> AsyncGenerator[EventRecord]:
+    """Streams merged by time (one stream: its events as they come). While replaying, the oldest head of all,
+    each stream still replaying having its head read first; once every stream is caught up, events as they come."""
+    count = len(readers)
+    heads: list[EventRecord | None] = [None] * count
+    live, done = [False] * count, [False] * count
+    waiting: dict[int, asyncio.Task[object]] = {}
+
+    def take(i: int, item: object) -> None:
+        if item is _END:
+            done[i] = True
+        elif isinstance(item, EventRecord):
+            heads[i] = item
+        else:
+            live[i] = True
+
+    try:
+        while True:
+            for i, task in list(waiting.items()):
+                if task.done():
+                    del waiting[i]
+                    take(i, task.result())
+            for i in range(count):
+                while not (done[i] or live[i] or heads[i] is not None):
+                    take(i, await _next(readers[i]))
+            ready = [i for i in range(count) if heads[i] is not None]
+            if ready:
+                first = min(ready, key=lambda i: heads[i].time)  # type: ignore[union-attr]
+                record, heads[first] = heads[first], None
+                assert record is not None
+                yield record
+                continue
+            if all(done):
+                return
+            for i in range(count):
+                if not done[i] and i not in waiting:
+                    waiting[i] = asyncio.ensure_future(_next(readers[i]))
+            await asyncio.wait(waiting.values(), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waiting.values():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

@@ -97,12 +97,19 @@ def stream_config(spec: StreamSpec, replicas: int = 1) -> StreamConfig:
         max_age=spec.max_age_s,
         max_msg_size=spec.max_msg_bytes,
         max_consumers=spec.max_consumers,
+        max_msgs_per_subject=spec.max_msgs_per_subject,
+        max_bytes=spec.max_bytes,
         num_replicas=replicas,
     )
 
 
 async def ensure_streams(js: JetStreamContext, replicas: int = 1, specs: tuple[StreamSpec, ...] = STREAMS) -> None:
-    """Create each stream, or update it when its configuration differs; safe to run from every replica."""
+    """Create each stream, or update it when its configuration differs; safe to run from every replica.
+
+    `specs` go in order: a deployment from before FLEET_REPORTS has FLEET_EVENTS on every event subject, and
+    nats-server refuses a stream whose subjects overlap another's, so FLEET_EVENTS is narrowed first (the
+    messages it already holds stay in it).
+    """
     for spec in specs:
         config = stream_config(spec, replicas)
         try:
@@ -112,8 +119,8 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1, specs: tuple[S
                 try:
                     await js.add_stream(config)
                     log.info("created stream %s", spec.name, extra={"stream": spec.name})
-                except nats.js.errors.BadRequestError:
-                    pass  # another replica created it first
+                except nats.js.errors.BadRequestError as exc:
+                    await _created_by_another(js, spec, exc)
                 continue
             current = info.config
             if (
@@ -122,6 +129,8 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1, specs: tuple[S
                 or current.max_age != config.max_age
                 or current.description != config.description
                 or (current.max_consumers or 0) < spec.max_consumers
+                or (current.max_msgs_per_subject or -1) != spec.max_msgs_per_subject
+                or (current.max_bytes or -1) != spec.max_bytes
             ):
                 # Keep what operators chose for replicas; change only what the contract defines.
                 config.num_replicas = current.num_replicas
@@ -132,3 +141,15 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1, specs: tuple[S
                 f"JetStream did not answer while provisioning {spec.name} ({type(exc).__name__}); "
                 "is JetStream enabled on the server?"
             ) from exc
+
+
+async def _created_by_another(js: JetStreamContext, spec: StreamSpec, refusal: Exception) -> None:
+    """A refused create is fine when another replica created the stream first; anything else (subjects that
+    overlap a stream an older version left) is raised, so the service retries instead of running without it."""
+    try:
+        await js.stream_info(spec.name)
+    except nats.js.errors.NotFoundError:
+        raise TemporaryError(
+            f"nats-server refused to create stream {spec.name} ({refusal}); if another stream holds its subjects "
+            "(an older FLEET_EVENTS on fleet.v1.evt.>), a service of this version narrows it on start"
+        ) from refusal

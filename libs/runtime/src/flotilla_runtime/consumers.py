@@ -1,4 +1,4 @@
-"""Durable JetStream consumers of FLEET_EVENTS: decode by schema, commit, then ack; dead-letter what never fits.
+"""Durable JetStream consumers of the event streams: decode by schema, commit, then ack; dead-letter the rest.
 
 A handler receives the typed event and an open transaction. The consumer skips ids already processed,
 marks the id processed in the same transaction as the handler's effects, commits, and only then acks
@@ -25,7 +25,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from flotilla_contracts import catalogue, subjects
 from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, Message, SchemaIdError, parse_schema_id
 from flotilla_contracts.errors import ErrorCode
-from flotilla_contracts.streams import FLEET_EVENTS
+from flotilla_contracts.streams import event_stream_of
 from flotilla_runtime import codec, telemetry
 from flotilla_runtime.deadletters import dead_letter_message
 from flotilla_runtime.errors import PermanentError, RequestError, TemporaryError
@@ -83,7 +83,10 @@ class ConsumerStats:
 
 @dataclass
 class EventConsumer:
-    """One durable pull consumer; `handlers` maps event types to handlers, other schemas are acked and ignored."""
+    """One durable pull consumer; `handlers` maps event types to handlers, other schemas are acked and ignored.
+
+    It reads the one event stream its filters fall in (FLEET_EVENTS, or FLEET_REPORTS for what members report).
+    """
 
     service: subjects.Service
     instance_id: str
@@ -101,6 +104,7 @@ class EventConsumer:
     _stopping: bool = False
 
     def __post_init__(self) -> None:
+        self.stream = event_stream_of(self.filter_subjects).name
         known = catalogue.by_schema()
         for message_type in self.handlers:
             schema = f"{message_type.SCHEMA}/v{message_type.VERSION}"
@@ -145,7 +149,7 @@ class EventConsumer:
         for attempt in range(30):
             try:
                 return await js.pull_subscribe(
-                    subject="", durable=self.durable, stream=FLEET_EVENTS.name, config=self.config()
+                    subject="", durable=self.durable, stream=self.stream, config=self.config()
                 )
             except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
                 log.warning("cannot create consumer %s yet (%s); retrying", self.durable, exc)

@@ -30,6 +30,7 @@ async def setup(app: ServiceApp[Settings]) -> None:
     read_model = ReadModel(scheduler.engine, RefusalLedger(Service.SCHEDULER.value, app.metrics))
     epoch = await tables.epoch(app.store)
     app.consume(f"fleet-{epoch}", read_model.filters(), read_model.handlers())
+    app.consume(f"applied-{epoch}", read_model.report_filters(), read_model.handlers())
     tick = app.settings.timer_tick_s
 
     async def timer() -> None:

@@ -60,7 +60,8 @@ def _stamped(taints: list[Taint], previous: list[Taint], at: Any) -> list[Taint]
 
 
 class ReadModel:
-    """Event handlers for the scheduler's FLEET_EVENTS consumer."""
+    """Event handlers for the scheduler's two consumers: cluster facts (FLEET_EVENTS) and the cluster agents'
+    applied reports (FLEET_REPORTS, what members publish); a durable consumer reads one stream."""
 
     def __init__(self, engine: Engine, ledger: RefusalLedger | None = None) -> None:
         self.engine = engine
@@ -68,11 +69,12 @@ class ReadModel:
         self.ledger = ledger or RefusalLedger(Service.SCHEDULER.value)
 
     def filters(self) -> list[str]:
-        return [
-            subjects.entity_events(subjects.Entity.CLUSTER),
-            subjects.entity_events(subjects.Entity.CLUSTER_HEALTH),
-            subjects.entity_events(subjects.Entity.APPLIED),
-        ]
+        """The cluster facts the services emit (FLEET_EVENTS)."""
+        return [subjects.entity_events(subjects.Entity.CLUSTER), subjects.entity_events(subjects.Entity.CLUSTER_HEALTH)]
+
+    def report_filters(self) -> list[str]:
+        """The applied reports cluster agents publish (FLEET_REPORTS)."""
+        return [subjects.entity_events(subjects.Entity.APPLIED)]
 
     def handlers(self) -> dict[type[Any], EventHandler]:
         found: dict[type[Any], EventHandler] = dict.fromkeys(_REASONS, self.on_cluster)

@@ -1,9 +1,10 @@
-"""Batched durable consumers of FLEET_EVENTS: step reports, health and inventory, many events per commit.
+"""Batched durable consumers of the event streams: step reports, health and inventory, many events per commit.
 
 Same rules as the runtime's EventConsumer (commit then ack, each event id once, dead-letter what cannot
 be decoded), but a fetched batch is handled in one `Store.run` work: each event inside its own savepoint
 with the engine's changes flushed, so a failing event is rolled back alone, the engine reloads, and the
-events before it still commit. This is what carries hundreds of node steps a second.
+events before it still commit. This is what carries hundreds of node steps a second. Step reports come from
+FLEET_REPORTS (what members publish), the rest from FLEET_EVENTS: a consumer reads one stream.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from flotilla_contracts import catalogue
 from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, Message, SchemaIdError, parse_schema_id
 from flotilla_contracts.errors import ErrorCode
-from flotilla_contracts.streams import FLEET_EVENTS, service_consumer
+from flotilla_contracts.streams import event_stream_of, service_consumer
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1.deadletter import DeadLettered
 from flotilla_runtime.consumers import pull
@@ -52,7 +53,8 @@ class IntakeStats:
 
 @dataclass
 class Intake:
-    """One durable pull consumer of FLEET_EVENTS whose batches are applied in one transaction."""
+    """One durable pull consumer of the event stream its filters fall in, whose batches are applied in one
+    transaction."""
 
     purpose: str
     filter_subjects: list[str]
@@ -69,6 +71,7 @@ class Intake:
 
     def __post_init__(self) -> None:
         self.durable = service_consumer(_SERVICE, self.purpose)
+        self.stream = event_stream_of(self.filter_subjects).name
         self._decoders = {f"{t.SCHEMA}/v{t.VERSION}": (t, msgspec.json.Decoder(t)) for t in self.handlers}
 
     def config(self) -> ConsumerConfig:
@@ -102,7 +105,7 @@ class Intake:
         for attempt in range(60):
             try:
                 return await js.pull_subscribe(
-                    subject="", durable=self.durable, stream=FLEET_EVENTS.name, config=self.config()
+                    subject="", durable=self.durable, stream=self.stream, config=self.config()
                 )
             except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
                 log.warning("cannot create consumer %s yet (%s); retrying", self.durable, exc)

@@ -1,4 +1,4 @@
-"""Bus tools: `events` replays and follows FLEET_EVENTS; `publish` sends any message or request."""
+"""Bus tools: `events` replays and follows the event streams; `publish` sends any message or request."""
 
 from __future__ import annotations
 
@@ -49,11 +49,13 @@ EVENT_WIDTHS = (6, 24, 52, 32, 0)
 @server_option
 @pass_cli
 def events(obj: CliContext, follow: bool, pattern: str | None, since: str | None, output: str) -> None:
-    """Replay (and follow) the FLEET_EVENTS stream.
+    """Replay (and follow) the fleet's events.
 
-    Events come oldest first; without --follow the command exits once it has caught up.
+    Events come oldest first; without --follow the command exits once it has caught up. What the services emit
+    is in the FLEET_EVENTS stream, what members report (node-step, applied, node-agent dead letters) in the
+    bounded FLEET_REPORTS; a pattern within one reads that stream, a wider one both, merged by time.
 
-    JSON output is one event per line: subject, seq, time, schema, msg_id and data.
+    JSON output is one event per line: subject, seq, time, schema, msg_id, data and stream (seq counts in it).
     Reading uses an ephemeral ordered consumer: nothing is left on the server.
 
     \b
