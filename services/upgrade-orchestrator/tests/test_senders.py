@@ -14,7 +14,7 @@ from flotilla_contracts.v1.agent import NodeStepCommand, NodeStepReported, StepK
 from flotilla_contracts.v1.security import RefusalReason
 from flotilla_contracts.v1.upgrade import RolloutSpec, WavesSpec
 from flotilla_contracts.v1.upgrade_status import NodeStepState, RolloutState
-from flotilla_runtime.errors import PermanentError
+from flotilla_runtime.integrity import StateRefused
 from flotilla_upgrade_orchestrator.model import command_id
 from flotilla_upgrade_orchestrator.senders import Sender, check_report, sender_of
 
@@ -164,5 +164,5 @@ def test_a_database_without_its_command_key_is_refused_not_rekeyed(sim: Sim) -> 
     sim.add_cluster("v")
     sim.conn.execute("DELETE FROM secrets")
     sim.crash()
-    with pytest.raises(PermanentError, match="no command-id key"):
+    with pytest.raises(StateRefused, match="no command-id key"):
         sim.tick()

@@ -14,13 +14,12 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from flotilla_contracts import catalogue
-from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.v1.agent import NodeStepCommand, StepKind, TargetVersions
 from flotilla_contracts.v1.heartbeat import ClusterHealth
 from flotilla_contracts.v1.upgrade_status import (
     Direction,
 )
-from flotilla_runtime.errors import PermanentError
+from flotilla_runtime.integrity import StateRefused
 from flotilla_runtime.logs import get_logger
 from flotilla_runtime.store import SyncTx
 from flotilla_upgrade_orchestrator import progress, scheduling
@@ -101,8 +100,7 @@ class Engine(Transitions):
     def load(self, tx: SyncTx) -> None:
         key = repo.load_command_key(tx)
         if key is None:
-            raise PermanentError(
-                ErrorCode.PRECONDITION_FAILED,
+            raise StateRefused(
                 "the upgrade-orchestrator's state database has no command-id key (table secrets, made once by "
                 "migration 0002): the file is damaged or was edited. Restore it from a backup; a new key would "
                 "not match the commands already sent, so none is made",
