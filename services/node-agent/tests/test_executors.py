@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import stat
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from flotilla_contracts.v1.agent import KubeadmAction, TargetVersions
 from flotilla_contracts.v1.common import NodeRole
 from flotilla_node_agent.executors.base import CommandRunner, ExecutorError
+from flotilla_node_agent.executors.hostprep import EtcdSnapshots, PackageSource, repository_rewrite
 from flotilla_node_agent.executors.kubeadm import KubeadmExecutor, PackageManager
 from flotilla_node_agent.executors.script import ScriptExecutor
 
@@ -28,6 +31,7 @@ case "$name $1" in
   "kubeadm version") echo "v$(cat "$FAKE_HOST/kubeadm")";;
   "kubelet --version") echo "Kubernetes v$(cat "$FAKE_HOST/kubelet")";;
 esac
+if [ "$name" = etcdctl ]; then for arg in "$@"; do last=$arg; done; : > "$last"; fi
 exit 0
 """
 
@@ -36,12 +40,13 @@ exit 0
 def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name in ("apt-get", "apt-mark", "dnf", "kubeadm", "kubelet", "systemctl", "upgrade.sh"):
+    for name in ("apt-get", "apt-mark", "dnf", "etcdctl", "kubeadm", "kubelet", "systemctl", "upgrade.sh"):
         path = bin_dir / name
         path.write_text(FAKE)
         path.chmod(path.stat().st_mode | stat.S_IEXEC)
     (tmp_path / "kubeadm").write_text("1.29.6\n")
     (tmp_path / "kubelet").write_text("1.29.6\n")
+    (tmp_path / "kubernetes.list").write_text(APT_REPO)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_HOST", str(tmp_path))
     monkeypatch.delenv("FAIL_ON", raising=False)
@@ -52,14 +57,30 @@ def calls(host: Path) -> list[str]:
     return (host / "calls.log").read_text().splitlines()
 
 
+APT_REPO = (
+    "deb [signed-by=/etc/apt/keyrings/kubernetes-apt-keyring.gpg] https://pkgs.k8s.io/core:/stable:/v1.29/deb/ /\n"
+)
+
+
+def kubeadm(host: Path, runner: CommandRunner | None = None, **options: Any) -> KubeadmExecutor:
+    """An executor whose repository file and snapshot folder are the fake host's."""
+    options.setdefault("repo_file", str(host / "kubernetes.list"))
+    options.setdefault("etcd_snapshots", EtcdSnapshots(folder=str(host / "snapshots")))
+    return KubeadmExecutor(runner or CommandRunner(), **options)
+
+
 TARGET = TargetVersions(kubernetes_version="v1.30.2")
 
 
 async def test_first_control_plane_runs_upgrade_apply_then_kubelet_and_restart(host: Path) -> None:
-    executor = KubeadmExecutor(CommandRunner())
+    executor = kubeadm(host)
     assert await executor.upgrade(TARGET, KubeadmAction.APPLY, NodeRole.CONTROL_PLANE) is True
+    [snapshot] = list((host / "snapshots").glob("etcd-before-v1.30.2-*.db"))
     assert calls(host) == [
         "kubelet --version",
+        "etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/kubernetes/pki/etcd/ca.crt "
+        "--cert=/etc/kubernetes/pki/etcd/server.crt --key=/etc/kubernetes/pki/etcd/server.key "
+        f"snapshot save {snapshot}",
         "apt-mark unhold kubeadm",
         "apt-get update",
         "apt-get install -y --allow-downgrades kubeadm=1.30.2-*",
@@ -73,11 +94,16 @@ async def test_first_control_plane_runs_upgrade_apply_then_kubelet_and_restart(h
         "systemctl daemon-reload",
         "systemctl restart kubelet",
     ]
+    assert (host / "kubernetes.list").read_text() == APT_REPO.replace("/v1.29/", "/v1.30/"), "the target minor's repo"
+    assert (host / "snapshots").stat().st_mode & 0o777 == 0o700
 
 
 async def test_other_nodes_run_upgrade_node_and_a_repeat_changes_nothing(host: Path) -> None:
-    executor = KubeadmExecutor(CommandRunner(), PackageManager.DNF)
+    (host / "kubernetes.list").write_text(RPM_REPO)
+    executor = kubeadm(host, package_manager=PackageManager.DNF)
     await executor.upgrade(TARGET, KubeadmAction.NODE, NodeRole.WORKER)
+    assert (host / "kubernetes.list").read_text() == RPM_REPO.replace("/v1.29/", "/v1.30/")
+    assert not (host / "snapshots").exists(), "only the first control plane takes a snapshot"
     assert "kubeadm upgrade node" in calls(host)
     assert "dnf install -y kubeadm-1.30.2 --disableexcludes=kubernetes" in calls(host)
     before = len(calls(host))
@@ -90,7 +116,7 @@ async def test_the_command_prefix_wraps_every_call(host: Path) -> None:
     wrapper.write_text('#!/bin/sh\necho "nsenter $*" >> "$FAKE_HOST/calls.log"\nshift 6\nexec "$@"\n')
     wrapper.chmod(0o755)
     runner = CommandRunner.from_setting("nsenter --target 1 --mount --uts --ipc --")
-    await KubeadmExecutor(runner).upgrade(TARGET, None, NodeRole.WORKER)
+    await kubeadm(host, runner).upgrade(TARGET, None, NodeRole.WORKER)
     wrapped = [c for c in calls(host) if c.startswith("nsenter")]
     assert wrapped[0] == "nsenter --target 1 --mount --uts --ipc -- kubelet --version"
     assert "nsenter --target 1 --mount --uts --ipc -- kubeadm upgrade node" in wrapped
@@ -99,13 +125,57 @@ async def test_the_command_prefix_wraps_every_call(host: Path) -> None:
 async def test_a_failing_command_fails_the_upgrade_naming_it(host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAIL_ON", "kubeadm upgrade")
     with pytest.raises(ExecutorError, match=r"kubeadm upgrade apply -y v1.30.2 exited with 3: simulated failure"):
-        await KubeadmExecutor(CommandRunner()).upgrade(TARGET, KubeadmAction.APPLY, NodeRole.CONTROL_PLANE)
+        await kubeadm(host).upgrade(TARGET, KubeadmAction.APPLY, NodeRole.CONTROL_PLANE)
     assert "systemctl restart kubelet" not in calls(host)
 
 
 async def test_apply_is_refused_on_a_worker(host: Path) -> None:
     with pytest.raises(ExecutorError, match="first control-plane"):
-        await KubeadmExecutor(CommandRunner()).upgrade(TARGET, KubeadmAction.APPLY, NodeRole.WORKER)
+        await kubeadm(host).upgrade(TARGET, KubeadmAction.APPLY, NodeRole.WORKER)
+
+
+RPM_REPO = (
+    "[kubernetes]\nname=Kubernetes\nbaseurl=https://pkgs.k8s.io/core:/stable:/v1.29/rpm/\nenabled=1\n"
+    "gpgkey=https://pkgs.k8s.io/core:/stable:/v1.29/rpm/repodata/repomd.xml.key\n"
+)
+
+
+async def test_no_snapshot_no_upgrade(host: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAIL_ON", "etcdctl")
+    with pytest.raises(ExecutorError, match=r"no etcd snapshot before the control-plane upgrade.*ETCD_SNAPSHOT_DIR"):
+        await kubeadm(host).upgrade(TARGET, KubeadmAction.APPLY, NodeRole.CONTROL_PLANE)
+    assert not [c for c in calls(host) if c.startswith(("apt-get install", "kubeadm upgrade"))], "nothing moved"
+    assert (host / "kubernetes.list").read_text() == APT_REPO
+
+
+async def test_external_etcd_takes_no_snapshot(host: Path) -> None:
+    await kubeadm(host, etcd_snapshots=None).upgrade(TARGET, KubeadmAction.APPLY, NodeRole.CONTROL_PLANE)
+    assert "kubeadm upgrade apply -y v1.30.2" in calls(host)
+    assert not [c for c in calls(host) if c.startswith("etcdctl")]
+
+
+async def test_only_the_newest_snapshots_are_kept(host: Path) -> None:
+    snapshots = EtcdSnapshots(folder=str(host / "snapshots"), kept=3)
+    for day in range(1, 6):
+        await snapshots.save(CommandRunner(), "1.30.2", datetime(2026, 12, day, tzinfo=UTC))
+    kept = sorted(p.name for p in (host / "snapshots").iterdir())
+    assert kept == [f"etcd-before-v1.30.2-202612{day:02d}T000000Z.db" for day in (3, 4, 5)]
+
+
+async def test_a_repository_file_without_pkgs_k8s_io_stops_before_installing(host: Path) -> None:
+    (host / "kubernetes.list").write_text("deb https://mirror.example/kubernetes/ stable main\n")
+    with pytest.raises(ExecutorError, match=r"names no pkgs\.k8s\.io/core:/stable:/ repository.*PACKAGE_SOURCE=fixed"):
+        await kubeadm(host).upgrade(TARGET, KubeadmAction.NODE, NodeRole.WORKER)
+    assert not [c for c in calls(host) if c.startswith("apt-get install")]
+    await kubeadm(host, package_source=PackageSource.FIXED).upgrade(TARGET, KubeadmAction.NODE, NodeRole.WORKER)
+    assert (host / "kubernetes.list").read_text() == "deb https://mirror.example/kubernetes/ stable main\n"
+    assert "kubeadm upgrade node" in calls(host)
+
+
+def test_the_repository_moves_to_the_target_minor_in_either_direction() -> None:
+    assert repository_rewrite("1.30.4") == r"s#(pkgs\.k8s\.io/core:/stable:/)v[0-9]+\.[0-9]+/#\1v1.30/#g"
+    with pytest.raises(ExecutorError, match="not a Kubernetes version"):
+        repository_rewrite("latest")
 
 
 async def test_the_script_gets_the_versions_as_arguments(host: Path) -> None:

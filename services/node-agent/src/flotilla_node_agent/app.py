@@ -24,6 +24,10 @@ class Settings(ServiceSettings, kw_only=True, frozen=True):
     command_timeout_s: float = 900.0
     upgrade_script: str = ""
     package_manager: str = "apt"  # apt | dnf | yum
+    package_source: str = "pkgs.k8s.io"  # pkgs.k8s.io (one repository per minor: switched) | fixed (left alone)
+    package_repo_file: str = ""  # default: where pkgs.k8s.io's guide puts it for the package manager
+    etcd_snapshot_dir: str = "/var/lib/flotilla/etcd-snapshots"  # on control-plane nodes; empty: external etcd
+    etcd_snapshots_kept: int = 3
     node_name: str = ""  # the Kubernetes node (downward API spec.nodeName); sim: any RFC 1123 name
     cluster_id: str = ""  # known cluster id (skips joining); else the cluster agent joins and shares it
     cluster_name: str = ""  # the name the cluster joins with
@@ -59,6 +63,10 @@ def validate(settings: Settings) -> None:
         raise SettingsError(f"{prefix}UPGRADE_SCRIPT is required with {prefix}EXECUTOR=script")
     if settings.package_manager not in ("apt", "dnf", "yum"):
         raise SettingsError(f"{prefix}PACKAGE_MANAGER must be apt, dnf or yum")
+    if settings.package_source not in ("pkgs.k8s.io", "fixed"):
+        raise SettingsError(f"{prefix}PACKAGE_SOURCE must be pkgs.k8s.io or fixed, not {settings.package_source!r}")
+    if settings.etcd_snapshots_kept < 1:
+        raise SettingsError(f"{prefix}ETCD_SNAPSHOTS_KEPT must be at least 1")
     if settings.node_name and not settings.cluster_id and not settings.join_token and settings.driver == "sim":
         raise SettingsError(f"{prefix}CLUSTER_ID or {prefix}JOIN_TOKEN is required with the sim driver")
     if settings.bus_login not in ("", "cluster"):

@@ -16,6 +16,7 @@ from flotilla_node_agent.cluster_agent import ClusterAgent, ClusterHandle
 from flotilla_node_agent.drivers.base import NodeDriver
 from flotilla_node_agent.drivers.sim import SimDriver, SimNodeSpec
 from flotilla_node_agent.executors.base import CommandRunner, Executor
+from flotilla_node_agent.executors.hostprep import EtcdSnapshots, PackageSource
 from flotilla_node_agent.executors.kubeadm import KubeadmExecutor, PackageManager
 from flotilla_node_agent.executors.script import ScriptExecutor
 from flotilla_node_agent.heartbeats import Interval
@@ -30,7 +31,14 @@ if TYPE_CHECKING:
 def make_executor(settings: Settings) -> Executor | None:
     runner = CommandRunner.from_setting(settings.command_prefix, settings.command_timeout_s)
     if settings.executor == "kubeadm":
-        return KubeadmExecutor(runner, PackageManager(settings.package_manager))
+        snapshots = EtcdSnapshots(settings.etcd_snapshot_dir, settings.etcd_snapshots_kept)
+        return KubeadmExecutor(
+            runner,
+            PackageManager(settings.package_manager),
+            PackageSource(settings.package_source),
+            settings.package_repo_file,
+            snapshots if settings.etcd_snapshot_dir else None,
+        )
     if settings.executor == "script":
         return ScriptExecutor(runner, settings.upgrade_script)
     return None
