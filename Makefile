@@ -12,7 +12,7 @@ PACKAGES := flotilla_contracts flotilla_runtime flotilla_client flotilla_kube fl
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
-.PHONY: demo test sync lint types imports schemas schemas-check pytest test-slow soak bench k8s-bins down clean help
+.PHONY: demo test sync lint types imports schemas schemas-check pytest test-slow soak bench k8s-bins test-kube down clean help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -63,6 +63,9 @@ soak: sync ## the long soak: an hour (FLOTILLA_SOAK_MINUTES) of rollouts and kil
 
 bench: sync ## benchmarks under tests/bench (print figures as ratios to raw nats-py)
 	$(BIN)/pytest -m bench -s tests/bench
+
+test-kube: sync k8s-bins ## the tests against a real control plane with kwok nodes (tests/kube, marker kube)
+	$(BIN)/pytest -m kube
 
 k8s-bins: ## build etcd, kube-apiserver, -controller-manager, -scheduler, kubectl, kwok from tools/k8s/go.mod into .tools/k8s/bin (cached)
 	tools/k8s/build.sh
