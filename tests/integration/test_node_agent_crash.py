@@ -56,11 +56,14 @@ async def test_sigkill_at_every_step_boundary_converges_with_one_uncordon(
     monkeypatch.setenv("PATH", f"{fake_host(tmp_path)}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_HOST", str(tmp_path))
     node_file = tmp_path / "node.json"
+    repo_file = tmp_path / "kubernetes.list"  # the executor moves it to the target minor before installing
+    repo_file.write_text("deb https://pkgs.k8s.io/core:/stable:/v1.29/deb/ /\n")
     settings = {
         "node_name": "n1",
         "cluster_id": "c1",
         "driver": "sim",
         "executor": "kubeadm",
+        "package_repo_file": str(repo_file),
         "sim_state_path": str(node_file),
         "sim_crash_at": CRASH_AT,
         "sim_step_s": "0.05",
@@ -110,3 +113,4 @@ async def test_sigkill_at_every_step_boundary_converges_with_one_uncordon(
     calls = (tmp_path / "calls.log").read_text().splitlines()
     assert calls.count("kubeadm upgrade node") == 1, calls
     assert calls.count("systemctl restart kubelet") == 1
+    assert "/v1.30/deb/" in repo_file.read_text(), "the package repository was moved to the target minor"
