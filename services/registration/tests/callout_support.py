@@ -23,11 +23,10 @@ from flotilla_registration.natsjwt import (
     CalloutError,
     ResponsePermission,
     decode_request,
-    new_account_seed,
-    public_key,
     response_jwt,
     user_jwt,
 )
+from flotilla_registration.natskeys import new_account_seed, public_key
 
 TIMEOUT_S = 10.0
 

@@ -25,11 +25,10 @@ from flotilla_registration.natsjwt import (
     UserLimits,
     UserPermissions,
     decode_request,
-    new_account_seed,
-    public_key,
     response_jwt,
     user_jwt,
 )
+from flotilla_registration.natskeys import new_account_seed, public_key
 
 # --- helpers: keys, a forged server request, reading our own JWTs ------------------------------------------------
 

@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 from natsjwt_support import unb64
 
-from flotilla_registration import natsjwt
+from flotilla_registration import natsjwt, natskeys
 from flotilla_registration.natsjwt import ResponsePermission
 
 STREAM, CONSUMER, DELIVER = "S", "C", "deliver.alice"
@@ -66,7 +66,7 @@ async def test_alice_gets_her_permissions_through_the_callout(callout: Callout) 
         "alice",
         "Client",
     )
-    assert natsjwt.is_server_key(request.server_id.id)
+    assert natskeys.is_server_key(request.server_id.id)
 
 
 @pytest.mark.integration

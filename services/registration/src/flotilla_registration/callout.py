@@ -38,7 +38,7 @@ from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.ids import CLUSTER_AGENT_NODE
 from flotilla_contracts.permissions import FLEET_ACCOUNT, Grant
 from flotilla_contracts.v1.registration import ClusterState
-from flotilla_registration import domain, joins, natsjwt
+from flotilla_registration import domain, joins, natsjwt, natskeys
 from flotilla_registration import store as repo
 from flotilla_runtime.errors import RequestError
 from flotilla_runtime.store import Store, SyncTx
@@ -73,7 +73,7 @@ class Login:
         if not opts.nkey:
             return cls(opts.user, opts.password)
         user, credential = permissions.parse_node_login_token(opts.auth_token)
-        return cls(user, credential, opts.nkey, natsjwt.verify_nonce_signature(opts.nkey, nonce, opts.sig))
+        return cls(user, credential, opts.nkey, natskeys.verify_nonce_signature(opts.nkey, nonce, opts.sig))
 
 
 def decide(tx: SyncTx, login: Login, key: bytes, now: datetime) -> Verdict:
@@ -184,7 +184,7 @@ class AuthCallout:
         self.store, self.key, self.seed, self.ttl_s, self.clock = store, credential_key, issuer_seed, ttl_s, clock
         self.rand = rand
         self.limits = limits
-        self.issuer = natsjwt.public_key(issuer_seed)
+        self.issuer = natskeys.public_key(issuer_seed)
         self.stats = CalloutStats()
 
     async def serve(self, nc: Client) -> Any:

@@ -15,14 +15,15 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 import time
-from typing import Any, Final, Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 import msgspec
 import nacl.exceptions
 import nacl.signing
 import nkeys  # untyped (nkeys 0.2.1): the workspace's mypy config lets it in as Any
+
+from flotilla_registration.natskeys import account_keypair, decode_public_key, is_user_key
 
 JWT_TYPE: Final = "JWT"
 JWT_ALGORITHM: Final = "ed25519-nkey"
@@ -208,73 +209,6 @@ class _ResponseNats(msgspec.Struct, kw_only=True, omit_defaults=True):
     version: int
 
 
-# --- keys ------------------------------------------------------------------------------------------------------
-
-
-def new_account_seed() -> str:
-    """A fresh account nkey seed ("SA..."): the auth callout issuer; its public key goes into the server config."""
-    seed: bytes = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT)
-    return seed.decode()
-
-
-def public_key(seed: str) -> str:
-    """The "A..." public key of an account seed (what `auth_callout { issuer: ... }` names)."""
-    key: bytes = _account_keypair(seed).public_key
-    return key.decode()
-
-
-def _account_keypair(seed: str) -> Any:
-    """The nkeys KeyPair of an account seed; ValueError (fix the configured seed) for anything else."""
-    try:
-        prefix, _ = nkeys.decode_seed(seed.encode())
-    except nkeys.NkeysError as exc:
-        raise ValueError(
-            f"not an nkey seed ({exc}): configure an account seed (SA...) from new_account_seed()"
-        ) from exc
-    if prefix != nkeys.PREFIX_BYTE_ACCOUNT:
-        raise ValueError("not an account seed: the auth callout issuer must be an account nkey (SA...)")
-    return nkeys.from_seed(seed.encode())
-
-
-def _decode_public_key(key: str, prefix: int) -> bytes | None:
-    """The raw ed25519 key of an encoded public nkey with this role prefix, or None if it is not one."""
-    try:
-        raw = base64.b32decode(key + "=" * (-len(key) % 8))
-    except (binascii.Error, ValueError):
-        return None
-    if len(raw) != 35 or raw[0] != prefix:
-        return None
-    if nkeys.crc16_checksum(raw[:-2]) != raw[-2:]:
-        return None
-    return raw[1:33]
-
-
-def is_user_key(key: str) -> bool:
-    """Whether `key` is a valid public user nkey ("U..."), as the request's `user_nkey` must be."""
-    return _decode_public_key(key, nkeys.PREFIX_BYTE_USER) is not None
-
-
-def is_server_key(key: str) -> bool:
-    """Whether `key` is a valid public server nkey ("N..."), as a request's issuer and `server_id.id` are."""
-    return _decode_public_key(key, nkeys.PREFIX_BYTE_SERVER) is not None
-
-
-def verify_nonce_signature(nkey: str, nonce: str, sig: str) -> bool:
-    """Whether `sig` (the client's CONNECT `sig`: base64, URL-safe raw as Go clients send it or standard as nats-py
-    does) is `nkey`'s ed25519 signature of the server's `nonce`, as nats-server checks an nkey user's."""
-    raw_key = _decode_public_key(nkey, nkeys.PREFIX_BYTE_USER)
-    if raw_key is None or not nonce or not sig:
-        return False
-    for decode in (base64.urlsafe_b64decode, base64.b64decode):
-        try:
-            signature = decode(sig + "=" * (-len(sig) % 4))
-            nacl.signing.VerifyKey(raw_key).verify(nonce.encode(), signature)
-        except (binascii.Error, ValueError, nacl.exceptions.BadSignatureError):
-            continue
-        return True
-    return False
-
-
 # --- encoding --------------------------------------------------------------------------------------------------
 
 
@@ -297,7 +231,7 @@ def _jti(claims: _Claims) -> str:
 
 def _sign(issuer_seed: str, claims: _Claims, nats: msgspec.Struct) -> str:
     """Issue a JWT: set iss and jti, encode header and payload, sign `header.payload` with the issuer key."""
-    keypair = _account_keypair(issuer_seed)
+    keypair = account_keypair(issuer_seed)
     claims = msgspec.structs.replace(claims, iss=keypair.public_key.decode(), jti="")
     claims = msgspec.structs.replace(claims, jti=_jti(claims))
     payload = _Jwt(**msgspec.structs.asdict(claims), nats=nats)
@@ -374,7 +308,7 @@ def _check_header(part: str) -> None:
 
 
 def _verify_signature(issuer: str, signing_input: str, signature: bytes) -> None:
-    raw_key = _decode_public_key(issuer, nkeys.PREFIX_BYTE_SERVER)
+    raw_key = decode_public_key(issuer, nkeys.PREFIX_BYTE_SERVER)
     if raw_key is None:
         raise CalloutError(f"authorization request issuer {issuer!r} is not a server public key (N...)")
     try:
