@@ -55,4 +55,10 @@ for name in "${order[@]}"; do
   echo "$hash" > "$stamp"
   echo "k8s-bins: built $name in $(( $(date +%s) - start )) s ($(du -h "$out/$name" | cut -f1))"
 done
+# kwok's stage files (nodes Ready, pods Running, deleted pods go) next to the binaries, for the harness.
+stages="$root/.tools/k8s/stages"
+kwokdir=$(cd "$here" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
+rm -rf "$stages.tmp" && mkdir -p "$stages.tmp"
+cp -r "$kwokdir/kustomize/stage/node" "$kwokdir/kustomize/stage/pod" "$stages.tmp/"
+chmod -R u+w "$stages.tmp" && rm -rf "$stages" && mv "$stages.tmp" "$stages"
 echo "k8s-bins: done in $(( $(date +%s) - total_start )) s: $out"
