@@ -141,7 +141,7 @@ async def test_drain_evicts_with_200_and_skips_daemonset_and_mirror_pods(
     )
     kmock.objects["v1/pods", "default", "elsewhere"] = pod("elsewhere", node_name="n2")
     log = evictions(kmock, lambda name, n: 200)
-    result = await KubernetesDriver(api, "n1").drain(DrainOptions(eviction_retry_s=0.01), no_progress)
+    result = await KubernetesDriver(api, "n1").drain("r1", DrainOptions(eviction_retry_s=0.01), no_progress)
     assert log == ["web-1:200"]
     assert [p.name for p in result.evicted] == ["web-1"]
     assert sorted(p.name for p in result.skipped) == ["proxy", "static"]
@@ -150,7 +150,7 @@ async def test_drain_evicts_with_200_and_skips_daemonset_and_mirror_pods(
 async def test_drain_retries_a_429_until_the_budget_allows(kmock: km.KubernetesEmulator, api: Any) -> None:
     kmock.objects["v1/pods", "default", "web-1"] = pod("web-1")
     log = evictions(kmock, lambda name, n: 429 if n < 3 else 200)
-    result = await KubernetesDriver(api, "n1").drain(DrainOptions(eviction_retry_s=0.01), no_progress)
+    result = await KubernetesDriver(api, "n1").drain("r1", DrainOptions(eviction_retry_s=0.01), no_progress)
     assert log == ["web-1:429", "web-1:429", "web-1:200"]
     assert [p.name for p in result.evicted] == ["web-1"]
 
@@ -162,7 +162,7 @@ async def test_drain_that_stays_refused_times_out_naming_the_blocking_pods(
     kmock.objects["v1/pods", "default", "web-2"] = pod("web-2")
     evictions(kmock, lambda name, n: 200 if name == "web-2" else 429)
     with pytest.raises(StepFailed) as failed:
-        await KubernetesDriver(api, "n1").drain(DrainOptions(timeout_s=0.3, eviction_retry_s=0.02), no_progress)
+        await KubernetesDriver(api, "n1").drain("r1", DrainOptions(timeout_s=0.3, eviction_retry_s=0.02), no_progress)
     assert failed.value.reason == "drain_timeout"
     assert [p.name for p in failed.value.blocking_pods] == ["web-1"]
     assert (
@@ -179,10 +179,10 @@ async def test_unmanaged_and_emptydir_pods_follow_the_step_options(kmock: km.Kub
     kmock.objects["v1/pods", "default", "cache"] = pod("cache", volumes=[{"name": "v", "emptyDir": {}}])
     log = evictions(kmock, lambda name, n: 200)
     with pytest.raises(StepFailed) as refused:
-        await KubernetesDriver(api, "n1").drain(DrainOptions(eviction_retry_s=0.01), no_progress)
+        await KubernetesDriver(api, "n1").drain("r1", DrainOptions(eviction_retry_s=0.01), no_progress)
     assert {p.name for p in refused.value.blocking_pods} == {"bare", "cache"} and log == []
     options = DrainOptions(eviction_retry_s=0.01, evict_unmanaged_pods=True, delete_emptydir_data=True)
-    result = await KubernetesDriver(api, "n1").drain(options, no_progress)
+    result = await KubernetesDriver(api, "n1").drain("r1", options, no_progress)
     assert sorted(p.name for p in result.evicted) == ["bare", "cache"]
 
 

@@ -37,7 +37,7 @@ def test_the_same_seed_draws_the_same_fleet_and_another_seed_does_not() -> None:
 async def test_a_clean_node_goes_through_every_step() -> None:
     driver = SimDriver(SimNodeSpec(cluster="c", name="n1", pods=4))
     assert (await driver.cordon("r1")).changed
-    drained = await driver.drain(DrainOptions(), no_progress)
+    drained = await driver.drain("r1", DrainOptions(), no_progress)
     assert len(drained.evicted) == 4 and [p.reason for p in drained.skipped] == ["DaemonSet pod"]
     await driver.upgrade(TARGET, None)
     assert await driver.verify(TARGET, 5.0) == "v1.30.2"
@@ -56,7 +56,7 @@ async def test_a_node_cordoned_by_someone_else_is_never_uncordoned_by_us() -> No
 async def test_a_blocked_drain_fails_naming_the_pods_after_the_capped_timeout() -> None:
     driver = SimDriver(SimNodeSpec(cluster="c", name="n1", pods=2, budgets={"web": 0}, max_wait_s=0.3))
     with pytest.raises(StepFailed) as failed:
-        await driver.drain(DrainOptions(timeout_s=600), no_progress)
+        await driver.drain("r1", DrainOptions(timeout_s=600), no_progress)
     assert failed.value.reason == "drain_timeout"
     assert {p.name for p in failed.value.blocking_pods} == {"web-n1-0", "web-n1-1"}
 
@@ -109,7 +109,7 @@ def test_named_faults_land_on_the_named_node_only_and_leave_the_others_as_drawn(
 async def test_a_drain_blocked_placed_by_name_blocks_the_drain_as_a_drawn_one_does() -> None:
     blocked = SimDriver(specs("sim-0003-n01=drain_blocked")[1])
     with pytest.raises(StepFailed) as failed:
-        await blocked.drain(DrainOptions(timeout_s=0.3), no_progress)
+        await blocked.drain("r1", DrainOptions(timeout_s=0.3), no_progress)
     assert failed.value.reason == "drain_timeout" and failed.value.blocking_pods
 
 
@@ -121,7 +121,7 @@ async def test_an_agent_crash_placed_by_name_crashes_once_at_a_crash_point_of_it
     crashes = 0
     for step in (
         lambda: driver.cordon("r1"),
-        lambda: driver.drain(DrainOptions(), no_progress),
+        lambda: driver.drain("r1", DrainOptions(), no_progress),
         lambda: driver.upgrade(TARGET, None),
         lambda: driver.uncordon("r1"),
     ):
@@ -132,3 +132,23 @@ async def test_an_agent_crash_placed_by_name_crashes_once_at_a_crash_point_of_it
             await step()  # the redelivered command: the point has fired, the step goes through
     assert crashes == 1
     assert driver.state.kubelet_version == "v1.30.2" and not driver.state.unschedulable
+
+
+async def test_a_drain_on_a_node_schedulable_again_cordons_it_with_our_mark_first() -> None:
+    driver = SimDriver(SimNodeSpec(cluster="c", name="n1", pods=2))
+    seen: list[str] = []
+
+    async def progress(report: StepProgress) -> None:
+        seen.append(report.phase)
+
+    drained = await driver.drain("r1", DrainOptions(), progress)
+    assert drained.recordoned == 1 and seen[0].startswith("re-cordoned")
+    assert driver.state.unschedulable and driver.state.cordoned_by == "r1"
+    assert (await driver.uncordon("r1")).changed  # the cordon is ours, so ours to undo (I9)
+
+
+async def test_a_drain_leaves_someone_elses_cordon_alone() -> None:
+    driver = SimDriver(SimNodeSpec(cluster="c", name="n1", pods=2))
+    driver.state.unschedulable = True  # an operator cordoned it
+    drained = await driver.drain("r1", DrainOptions(), no_progress)
+    assert drained.recordoned == 0 and driver.state.cordoned_by == ""

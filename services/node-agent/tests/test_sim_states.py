@@ -47,7 +47,7 @@ async def test_a_restarted_node_keeps_its_version_cordon_pods_and_spent_faults(t
     store, driver = await restarted(db)
     assert driver.state.unschedulable and driver.state.cordoned_by == "r1"
     assert not (await driver.cordon("r1")).changed  # the crash point fired before the restart: no second crash
-    await driver.drain(DrainOptions(), no_progress)
+    await driver.drain("r1", DrainOptions(), no_progress)
     with pytest.raises(StepFailed, match="a retry succeeds"):
         await driver.upgrade(TARGET, None)
     await store.close()

@@ -154,8 +154,9 @@ class StepRunner:
             note = "node was already cordoned by someone else; it will be left cordoned" if cordon.was_cordoned else ""
             return {"was_cordoned": cordon.was_cordoned, "message": note}
         if step is StepKind.DRAIN:
-            drained = await driver.drain(command.drain, _Progress(self, command))
-            return {"message": f"evicted {len(drained.evicted)} pods, skipped {len(drained.skipped)}"}
+            drained = await driver.drain(command.rollout_id, command.drain, _Progress(self, command))
+            note = f"; cordoned again {drained.recordoned}x (found schedulable)" if drained.recordoned else ""
+            return {"message": f"evicted {len(drained.evicted)} pods, skipped {len(drained.skipped)}{note}"}
         if step is StepKind.UPGRADE:
             await driver.upgrade(command.target, command.kubeadm_action)
             return {"message": f"upgraded to {command.target.kubernetes_version}"}
@@ -181,12 +182,15 @@ class _Progress:
         self.runner, self.command = runner, command
         self.sent_at = 0.0
         self.count = 0
+        self.phase = "evicting"  # a new phase (e.g. re-cordoned) is reported and logged at once
 
     async def __call__(self, progress: StepProgress) -> None:
         now = time.monotonic()
-        if now - self.sent_at < PROGRESS_EVERY_S and progress.pods_remaining:
+        if now - self.sent_at < PROGRESS_EVERY_S and progress.pods_remaining and progress.phase == self.phase:
             return
-        self.sent_at, self.count = now, self.count + 1
+        if progress.phase not in (self.phase, "evicting"):
+            self.runner.log.info("drain: %s", progress.phase, extra={"rollout": self.command.rollout_id})
+        self.sent_at, self.count, self.phase = now, self.count + 1, progress.phase
         report = self.runner._report(self.command, StepOutcome.PROGRESS, progress=progress)
         async with self.runner.store.transaction() as tx:
             await tx.emit(StepRunner.subject(report), report, msg_id=f"{self.command.command_id}-progress-{self.count}")

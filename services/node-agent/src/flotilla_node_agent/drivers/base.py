@@ -51,8 +51,11 @@ class UncordonResult:
 
 @dataclass(frozen=True)
 class DrainResult:
+    """`recordoned`: how many times the drain found the node schedulable again and cordoned it with our mark."""
+
     evicted: list[PodRef] = field(default_factory=list)
     skipped: list[PodRef] = field(default_factory=list)
+    recordoned: int = 0
 
 
 class NodeDriver(Protocol):
@@ -73,8 +76,12 @@ class NodeDriver(Protocol):
         """Make the node schedulable again, only when `owner` cordoned it (I9)."""
         ...
 
-    async def drain(self, options: DrainOptions, progress: ProgressCallback) -> DrainResult:
-        """Evict the node's pods (I5), honouring disruption budgets; StepFailed naming blockers on timeout."""
+    async def drain(self, owner: str, options: DrainOptions, progress: ProgressCallback) -> DrainResult:
+        """Evict the node's pods (I5), honouring disruption budgets; StepFailed naming blockers on timeout.
+
+        Before each round of evictions the node must be unschedulable: found schedulable again (uncordoned by a
+        person or a tool, or a resumed drain), it is cordoned again with `owner`'s mark, and a progress report
+        says so. A cordon that is someone else's is left as it is."""
         ...
 
     async def upgrade(self, target: TargetVersions, action: KubeadmAction | None) -> None:

@@ -1,5 +1,10 @@
 """Drain by the Eviction API (I5): PDB refusals (429) retried with back-off until the timeout.
 
+The node must stay cordoned while it drains, or the scheduler puts evicted pods straight back: before every
+round of evictions the drainer asks the driver to hold the cordon (`Cordon`, the driver's own cordon with the
+rollout as owner), which cordons again with our mark a node found schedulable and leaves anyone's cordon alone;
+a re-cordon is reported as a progress phase and counted in the result.
+
 DaemonSet and mirror pods are skipped; pods without a controller or with emptyDir data are evicted only
 when the step's options allow it, otherwise the drain fails naming them (as `kubectl drain` does). At the
 timeout the step fails with the blocking pods named; pods are deleted instead only if the plan says so.
@@ -8,6 +13,7 @@ timeout the step fails with the blocking pods named; pods are deleted instead on
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,10 +23,13 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from flotilla_contracts.v1.agent import DrainOptions, StepProgress
 from flotilla_contracts.v1.common import PodRef
-from flotilla_node_agent.drivers.base import DrainResult, DriverUnavailable, ProgressCallback, StepFailed
+from flotilla_node_agent.drivers.base import CordonResult, DrainResult, DriverUnavailable, ProgressCallback, StepFailed
 
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 MAX_BACKOFF_S = 30.0
+RECORDONED = "re-cordoned: the node was schedulable again"
+
+Cordon = Callable[[], Awaitable[CordonResult]]
 
 
 def _ref(pod: Any, reason: str = "") -> PodRef:
@@ -110,9 +119,10 @@ class Drainer:
             raise DriverUnavailable(f"reading pod {pod.metadata.name}: {exc.status}") from exc
         return bool(now.metadata.uid and pod.metadata.uid and now.metadata.uid != pod.metadata.uid)
 
-    async def drain(self, options: DrainOptions, progress: ProgressCallback) -> DrainResult:
+    async def drain(self, options: DrainOptions, progress: ProgressCallback, cordon: Cordon) -> DrainResult:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + options.timeout_s
+        recordoned = await self._hold_cordon(cordon, progress)
         evict, skipped = self._plan(await self._pods(), options)
         total = len(evict)
         pending = {(p.metadata.namespace, p.metadata.name): p for p in evict}
@@ -142,7 +152,16 @@ class Drainer:
                 return await self._timed_out(options, pending, evicting, refusals, evicted, skipped)
             await asyncio.sleep(min(delay, max(deadline - loop.time(), 0.0)))
             delay = min(delay * 2, MAX_BACKOFF_S) if pending else options.eviction_retry_s
-        return DrainResult(evicted=evicted, skipped=skipped)
+            if pending:
+                recordoned += await self._hold_cordon(cordon, progress)
+        return DrainResult(evicted=evicted, skipped=skipped, recordoned=recordoned)
+
+    async def _hold_cordon(self, cordon: Cordon, progress: ProgressCallback) -> int:
+        """1 when the node was schedulable and is now cordoned again with our mark, else 0."""
+        if not (await cordon()).changed:
+            return 0
+        await progress(StepProgress(phase=RECORDONED))
+        return 1
 
     async def _timed_out(
         self,

@@ -33,6 +33,8 @@ from flotilla_node_agent.drivers.kube_drain import Drainer
 from flotilla_node_agent.executors.base import Executor, ExecutorError, plain
 
 MERGE_PATCH = "application/merge-patch+json"
+PROBE_TIMEOUT_S = 5.0
+PATCH_ATTEMPTS = 5  # a node's status moves every few seconds; a conflict is read again and retried
 CONTROL_PLANE_LABELS = ("node-role.kubernetes.io/control-plane", "node-role.kubernetes.io/master")
 _KNOWN_CONDITIONS = {c.value for c in NodeConditionType} - {"Flapping", "ClockSkew"}
 
@@ -156,43 +158,56 @@ class KubernetesDriver:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise DriverUnavailable(f"reading node {self.name}: {exc}") from exc
 
-    async def _patch(self, body: dict[str, Any]) -> None:
+    async def _patch(self, node: Any, body: dict[str, Any]) -> bool:
+        """Merge-patch the node as it was read: False when it changed since (409), so the caller reads again.
+
+        The read's resourceVersion rides in the patch as a precondition, so a cordon by someone else between
+        our read and our write is never overwritten with our mark (I9)."""
+        body = {**body, "metadata": {**body.get("metadata", {}), "resourceVersion": node.metadata.resource_version}}
         try:
             patch_node: Any = self.core.patch_node  # `_content_type` is outside the generated signature
             await patch_node(self.name, body, _content_type=MERGE_PATCH)
         except ApiException as exc:
+            if exc.status == 409:
+                return False
             raise DriverUnavailable(f"patching node {self.name}: {exc.status} {exc.reason}") from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise DriverUnavailable(f"patching node {self.name}: {exc}") from exc
+        return True
 
     async def facts(self) -> NodeFacts:
         return node_facts(await self._node())
 
     async def cordon(self, owner: str) -> CordonResult:
-        node = await self._node()
-        annotations = node.metadata.annotations or {}
-        if node.spec and node.spec.unschedulable:
-            return CordonResult(was_cordoned=not annotations.get(CORDONED_BY_ANNOTATION), changed=False)
-        await self._patch(
-            {"metadata": {"annotations": {CORDONED_BY_ANNOTATION: owner}}, "spec": {"unschedulable": True}}
-        )
-        return CordonResult(was_cordoned=False, changed=True)
+        for _ in range(PATCH_ATTEMPTS):
+            node = await self._node()
+            annotations = node.metadata.annotations or {}
+            if node.spec and node.spec.unschedulable:
+                return CordonResult(was_cordoned=not annotations.get(CORDONED_BY_ANNOTATION), changed=False)
+            mark = {"metadata": {"annotations": {CORDONED_BY_ANNOTATION: owner}}, "spec": {"unschedulable": True}}
+            if await self._patch(node, mark):
+                return CordonResult(was_cordoned=False, changed=True)
+        raise DriverUnavailable(f"node {self.name} kept changing under {PATCH_ATTEMPTS} cordon attempts")
 
     async def uncordon(self, owner: str) -> UncordonResult:
-        node = await self._node()
-        annotations = node.metadata.annotations or {}
-        if not (node.spec and node.spec.unschedulable):
-            return UncordonResult(changed=False, message="node is already schedulable")
-        if annotations.get(CORDONED_BY_ANNOTATION) != owner:
-            who = annotations.get(CORDONED_BY_ANNOTATION) or "someone else"
-            return UncordonResult(changed=False, message=f"node was cordoned by {who}; left cordoned (I9)")
-        await self._patch(
-            {"metadata": {"annotations": {CORDONED_BY_ANNOTATION: None}}, "spec": {"unschedulable": False}}
-        )
-        return UncordonResult(changed=True)
+        for _ in range(PATCH_ATTEMPTS):
+            node = await self._node()
+            annotations = node.metadata.annotations or {}
+            if not (node.spec and node.spec.unschedulable):
+                return UncordonResult(changed=False, message="node is already schedulable")
+            if annotations.get(CORDONED_BY_ANNOTATION) != owner:
+                who = annotations.get(CORDONED_BY_ANNOTATION) or "someone else"
+                return UncordonResult(changed=False, message=f"node was cordoned by {who}; left cordoned (I9)")
+            unmark = {"metadata": {"annotations": {CORDONED_BY_ANNOTATION: None}}, "spec": {"unschedulable": False}}
+            if await self._patch(node, unmark):
+                return UncordonResult(changed=True)
+        raise DriverUnavailable(f"node {self.name} kept changing under {PATCH_ATTEMPTS} uncordon attempts")
 
-    async def drain(self, options: DrainOptions, progress: ProgressCallback) -> DrainResult:
-        return await self.drainer.drain(options, progress)
+    async def drain(self, owner: str, options: DrainOptions, progress: ProgressCallback) -> DrainResult:
+        async def hold() -> CordonResult:
+            return await self.cordon(owner)
+
+        return await self.drainer.drain(options, progress, hold)
 
     async def upgrade(self, target: TargetVersions, action: KubeadmAction | None) -> None:
         if self.executor is None:
@@ -228,7 +243,14 @@ class KubernetesDriver:
         results: list[ProbeResult] = []
         for path in ("/livez", "/readyz"):
             try:
-                await self.api.call_api(path, "GET", auth_settings=["BearerToken"], response_type="str")
+                await self.api.call_api(
+                    path,
+                    "GET",
+                    auth_settings=["BearerToken"],
+                    response_types_map={200: "str"},
+                    _return_http_data_only=True,
+                    _request_timeout=PROBE_TIMEOUT_S,
+                )
                 results.append(ProbeResult.OK)
             except ApiException:
                 results.append(ProbeResult.FAILED)

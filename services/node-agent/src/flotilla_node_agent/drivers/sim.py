@@ -243,8 +243,14 @@ class SimDriver:
         await self._crash_point("uncordon:after")
         return UncordonResult(changed=True)
 
-    async def drain(self, options: DrainOptions, progress: ProgressCallback) -> DrainResult:
+    async def drain(self, owner: str, options: DrainOptions, progress: ProgressCallback) -> DrainResult:
         await self._enter("drain")
+        recordoned = 0
+        if not self.state.unschedulable:  # schedulable again (e.g. a resumed drain): our cordon first
+            self.state.unschedulable, self.state.cordoned_by = True, owner
+            recordoned = 1
+            await self._save()
+            await progress(StepProgress(phase="re-cordoned: the node was schedulable again"))
         evictable = [p for p in self.state.pods if p.owner not in ("DaemonSet", "Node")]
         skipped = [
             PodRef(namespace=p.namespace, name=p.name, reason=f"{p.owner} pod")
@@ -285,7 +291,7 @@ class SimDriver:
         if evicted:
             await self._effect("drain")
         await self._crash_point("drain:after")
-        return DrainResult(evicted=evicted, skipped=skipped)
+        return DrainResult(evicted=evicted, skipped=skipped, recordoned=recordoned)
 
     async def upgrade(self, target: TargetVersions, action: KubeadmAction | None) -> None:
         await self._enter("upgrade")
