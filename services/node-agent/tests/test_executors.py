@@ -190,3 +190,49 @@ async def test_a_slow_command_times_out(host: Path) -> None:
     slow.chmod(0o755)
     with pytest.raises(ExecutorError, match="did not finish within"):
         await CommandRunner(timeout_s=0.2).run(["slow"])
+
+
+def at(host: Path, version: str) -> None:
+    """The fake host's kubeadm and kubelet at `version` (bare)."""
+    (host / "kubeadm").write_text(f"{version}\n")
+    (host / "kubelet").write_text(f"{version}\n")
+
+
+async def test_a_patch_rollback_installs_the_older_kubeadm_and_applies_it_with_no_extra_flag(host: Path) -> None:
+    at(host, "1.30.2")
+    older = TargetVersions(kubernetes_version="v1.30.1")
+    assert await kubeadm(host, etcd_snapshots=None).upgrade(older, KubeadmAction.APPLY, NodeRole.CONTROL_PLANE)
+    assert calls(host) == [
+        "kubelet --version",
+        "apt-mark unhold kubeadm",
+        "apt-get update",
+        "apt-get install -y --allow-downgrades kubeadm=1.30.1-*",
+        "apt-mark hold kubeadm",
+        "kubeadm version -o short",
+        "kubeadm upgrade apply -y v1.30.1",
+        "apt-mark unhold kubelet kubectl",
+        "apt-get update",
+        "apt-get install -y --allow-downgrades kubelet=1.30.1-* kubectl=1.30.1-*",
+        "apt-mark hold kubelet kubectl",
+        "systemctl daemon-reload",
+        "systemctl restart kubelet",
+    ]
+
+
+async def test_a_one_minor_rollback_tells_kubeadm_to_leave_etcd_alone(host: Path) -> None:
+    at(host, "1.30.2")
+    older = TargetVersions(kubernetes_version="v1.29.6")
+    await kubeadm(host, etcd_snapshots=None).upgrade(older, KubeadmAction.APPLY, NodeRole.CONTROL_PLANE)
+    assert "kubeadm upgrade apply -y --etcd-upgrade=false v1.29.6" in calls(host)
+    assert (host / "kubernetes.list").read_text() == APT_REPO, "the repository moved back to v1.29"
+
+
+async def test_a_rollback_of_two_minors_is_refused_before_the_host_is_touched(host: Path) -> None:
+    at(host, "1.31.0")
+    (host / "kubernetes.list").write_text(APT_REPO.replace("/v1.29/", "/v1.31/"))
+    older = TargetVersions(kubernetes_version="v1.29.6")
+    with pytest.raises(ExecutorError, match=r"from v1\.31\.0 to v1\.29\.6.*etcd snapshot.*docs/node-agent\.md"):
+        await kubeadm(host).upgrade(older, KubeadmAction.APPLY, NodeRole.CONTROL_PLANE)
+    assert calls(host) == ["kubelet --version"], "no snapshot, no package, no kubeadm run"
+    assert (host / "kubernetes.list").read_text() == APT_REPO.replace("/v1.29/", "/v1.31/")
+    assert not (host / "snapshots").exists()

@@ -5,14 +5,20 @@ kubeadm, `kubeadm upgrade apply -y vX`; other control-plane nodes and workers: t
 `kubeadm upgrade node`. Then kubelet and kubectl, and a kubelet restart. The drain around it is the agent's
 own step. (kubernetes.io: "Upgrading kubeadm clusters"; hostprep.py for the repository and the snapshot.)
 
-A rollback is the same procedure to the older version: kubeadm's version policy lets `upgrade apply` go down a
-patch or one minor once kubeadm itself is at the target (installed with --allow-downgrades); etcd is not
-moved down by kubeadm, so a rollback across a minor should restore the snapshot instead (docs/node-agent.md).
+A rollback is the same procedure to the older version, within what kubeadm's version policy allows
+(cmd/kubeadm/app/phases/upgrade/policy.go, EnforceVersionPolicies, v1.37), judged from the node's kubelet:
+- a patch down: kubeadm is installed at the target first (apt `--allow-downgrades`), then `upgrade apply` needs
+  nothing more (no policy error once kubeadm is at the target version);
+- one minor down: the same, with `--etcd-upgrade=false`: kubeadm never moves etcd down (it would report the older
+  etcd as a skipped, non-fatal step), so etcd stays at the newer version and its data is not rolled back;
+- more than one minor down: kubeadm refuses (a Mandatory error, `--force` does not lift it), so the step is
+  refused before anything on the host moves, pointing at restoring the etcd snapshot (docs/node-agent.md).
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 
 from flotilla_contracts.v1.agent import KubeadmAction, TargetVersions
@@ -34,6 +40,33 @@ REPO_FILES: dict[PackageManager, str] = {  # where pkgs.k8s.io's install guide p
 }
 
 
+_VERSION_RE = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
+MAX_MINORS_DOWN = 1  # kubeadm's MaximumAllowedMinorVersionDowngradeSkew
+
+
+def _numbers(version: str) -> tuple[int, int, int] | None:
+    match = _VERSION_RE.match(version)
+    return (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+
+def apply_flags(current: str | None, target: str) -> list[str]:
+    """The flags `kubeadm upgrade apply` needs to take a control plane from `current` to `target` (bare versions);
+    raises ExecutorError, before anything moves, for a downgrade kubeadm refuses. `current` None: not known."""
+    now, want = _numbers(current or ""), _numbers(target)
+    if now is None or want is None or want >= now:
+        return []
+    if want[0] != now[0] or want[1] < now[1] - MAX_MINORS_DOWN:
+        raise ExecutorError(
+            f"kubeadm cannot take the control plane down from v{current} to v{target}: its version policy allows "
+            f"at most {MAX_MINORS_DOWN} minor down and --force does not lift that; nothing was changed on the host. "
+            "Restore the etcd snapshot taken before the upgrade and reinstall the old packages instead "
+            "(docs/node-agent.md, 'Restore')"
+        )
+    if want[1] < now[1]:
+        return ["--etcd-upgrade=false"]  # kubeadm never moves etcd down: keep it, and say so in the command
+    return []
+
+
 @dataclass
 class KubeadmExecutor:
     runner: CommandRunner
@@ -44,12 +77,14 @@ class KubeadmExecutor:
 
     async def upgrade(self, target: TargetVersions, action: KubeadmAction | None, role: NodeRole) -> bool:
         versions = versions_of(target)
-        if await kubelet_version(self.runner) == versions["kubelet"]:
+        current = await kubelet_version(self.runner)
+        if current == versions["kubelet"]:
             return False  # kubelet goes last, so the whole procedure already took effect
         if action is None:
             action = KubeadmAction.NODE  # `apply` only when the orchestrator names the first control plane
         if action is KubeadmAction.APPLY and role is not NodeRole.CONTROL_PLANE:
             raise ExecutorError("`kubeadm upgrade apply` is for the first control-plane node, not a worker")
+        flags = apply_flags(current, versions["kubernetes"]) if action is KubeadmAction.APPLY else []
         if action is KubeadmAction.APPLY and self.etcd_snapshots is not None:
             await self.etcd_snapshots.save(self.runner, versions["kubernetes"])
         repo_file = self.repo_file or REPO_FILES[self.package_manager]
@@ -59,7 +94,7 @@ class KubeadmExecutor:
         if seen != versions["kubeadm"]:
             raise ExecutorError(f"kubeadm reports {seen or 'nothing'} after installing {versions['kubeadm']}")
         if action is KubeadmAction.APPLY:
-            await self.runner.run(["kubeadm", "upgrade", "apply", "-y", f"v{versions['kubernetes']}"])
+            await self.runner.run(["kubeadm", "upgrade", "apply", "-y", *flags, f"v{versions['kubernetes']}"])
         else:
             await self.runner.run(["kubeadm", "upgrade", "node"])
         await self._install(["kubelet", "kubectl"], versions)
