@@ -1,5 +1,8 @@
 """Rendering deploy/ once per session (`kubectl kustomize` of every env and every service folder), and what the
-checks of the production bus share: a generated Secret's values, test certificates, a localized nats.conf."""
+checks of the production bus share: a generated Secret's values, test certificates, a localized nats.conf.
+
+kubectl is the one `make k8s-bins` builds (.tools/k8s/bin, pinned in tools/k8s/go.mod), so every machine renders
+with the same kustomize; one on PATH is used only when that build is missing. No kubectl fails, never skips."""
 
 from __future__ import annotations
 
@@ -17,16 +20,25 @@ from flotilla_client import busauth
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-KUBECTL = shutil.which("kubectl")
+BUILT_KUBECTL = ROOT / ".tools" / "k8s" / "bin" / "kubectl"
 
 Manifest = list[dict[str, Any]]
 
 
+def kubectl() -> str:
+    """The built kubectl, else one on PATH; fails (never skips) when there is neither."""
+    if BUILT_KUBECTL.exists():
+        return str(BUILT_KUBECTL)
+    found = shutil.which("kubectl")
+    if found is None:
+        missing = BUILT_KUBECTL.relative_to(ROOT)
+        pytest.fail(f"no kubectl: {missing} is missing and none is on PATH; run `make k8s-bins` (it builds it)")
+    return found
+
+
 def kustomize(folder: Path) -> Manifest:
     """The objects `kubectl kustomize <folder>` renders; fails the test with kubectl's message."""
-    if KUBECTL is None:
-        pytest.skip("kubectl is not installed: the kustomize checks need `kubectl kustomize` (client 1.14+)")
-    result = subprocess.run([KUBECTL, "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([kubectl(), "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, f"kubectl kustomize {folder.relative_to(ROOT)} failed:\n{result.stderr}"
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 

@@ -176,17 +176,39 @@ def test_node_agent_has_only_the_host_access_its_executor_needs(render: Render) 
     assert env["FLOTILLA_NODE_AGENT_NODE_NAME"] == "node-1"  # from spec.nodeName
 
 
-def rules_of(objects: Manifest, kind: str) -> set[tuple[str, str, str, str]]:
-    """(apiGroup, resource, verb, resourceName or '') for every rule of every Role/ClusterRole of that kind."""
+def rules_of(objects: Manifest, kind: str, name: str | None = None) -> set[tuple[str, str, str, str]]:
+    """(apiGroup, resource, verb, resourceName or '') for every rule of every Role/ClusterRole of that kind (and
+    that name, when given)."""
     found = set()
     for role in by_kind(objects, kind):
-        for rule in role["rules"]:
+        if name is not None and role["metadata"]["name"] != name:
+            continue
+        for rule in role.get("rules") or []:
             for group in rule["apiGroups"]:
                 for resource in rule["resources"]:
                     for verb in rule["verbs"]:
-                        for name in rule.get("resourceNames", [""]):
-                            found.add((group, resource, verb, name))
+                        for resource_name in rule.get("resourceNames", [""]):
+                            found.add((group, resource, verb, resource_name))
     return found
+
+
+APPLIED_KINDS = {
+    ("", "configmaps"),
+    ("", "services"),
+    ("", "serviceaccounts"),
+    ("", "persistentvolumeclaims"),
+    ("", "namespaces"),
+    ("apps", "deployments"),
+    ("apps", "statefulsets"),
+    ("apps", "daemonsets"),
+    ("apps", "replicasets"),
+    ("batch", "jobs"),
+    ("batch", "cronjobs"),
+    ("autoscaling", "horizontalpodautoscalers"),
+    ("policy", "poddisruptionbudgets"),
+    ("networking.k8s.io", "ingresses"),
+    ("networking.k8s.io", "networkpolicies"),
+}
 
 
 def test_rbac_is_least_privilege(render: Render) -> None:
@@ -197,7 +219,12 @@ def test_rbac_is_least_privilege(render: Render) -> None:
             assert account["automountServiceAccountToken"] is False, f"{service} never calls the Kubernetes API"
             assert not [o for o in objects if o["kind"].endswith(("Role", "RoleBinding"))], service
     objects = render("services/node-agent")
-    assert rules_of(objects, "ClusterRole") == {
+    assert {r["metadata"]["name"] for r in by_kind(objects, "ClusterRole")} == {
+        "flotilla-node-agent",
+        "flotilla-workload-applier",
+        "flotilla-workload-applier-defaults",
+    }
+    assert rules_of(objects, "ClusterRole", "flotilla-node-agent") == {
         ("", "nodes", "get", ""),
         ("", "nodes", "list", ""),
         ("", "nodes", "patch", ""),
@@ -218,6 +245,32 @@ def test_rbac_is_least_privilege(render: Render) -> None:
         ("", "secrets", "get", "flotilla-cluster-credential"),
         ("", "secrets", "patch", "flotilla-cluster-credential"),
     }
+    # Placed workloads: get, create, patch (server-side apply) and delete (prune) of the common kinds, nothing else.
+    assert rules_of(objects, "ClusterRole", "flotilla-workload-applier-defaults") == {
+        (group, resource, verb, "")
+        for group, resource in APPLIED_KINDS
+        for verb in ("get", "create", "patch", "delete")
+    }
+
+
+def test_workload_applier_is_aggregated_and_bound_to_the_node_agent(render: Render) -> None:
+    """Platform teams widen it with their own labelled ClusterRole; ours carries the label the selector matches."""
+    objects = render("services/node-agent")
+    roles = {r["metadata"]["name"]: r for r in by_kind(objects, "ClusterRole")}
+    [selector] = roles["flotilla-workload-applier"]["aggregationRule"]["clusterRoleSelectors"]
+    label = "flotilla.dev/aggregate-to-workload-applier"
+    assert selector == {"matchLabels": {label: "true"}}
+    assert roles["flotilla-workload-applier-defaults"]["metadata"]["labels"][label] == "true"
+    assert "rules" not in roles["flotilla-workload-applier"], "the controller-manager owns the aggregated rules"
+    bindings = {(b["roleRef"]["name"], b["kind"]): b for b in objects if b["kind"].endswith("RoleBinding")}
+    for role, kind in (
+        ("flotilla-node-agent", "ClusterRoleBinding"),
+        ("flotilla-workload-applier", "ClusterRoleBinding"),
+        ("node-agent", "RoleBinding"),
+    ):
+        assert bindings[(role, kind)]["subjects"] == [
+            {"kind": "ServiceAccount", "name": "node-agent", "namespace": "flotilla"}
+        ], role
 
 
 @pytest.mark.parametrize("env", ENVS)
