@@ -1,4 +1,5 @@
-"""The cluster agent's applier over the simulated cluster: apply, prune, remove, report, skip stale, retry."""
+"""The cluster agent's applier over the simulated cluster: apply, prune, remove, report, skip stale, retry,
+scope from the backend, unknown kinds fail only their object."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import pytest
 from flotilla_contracts.v1.scheduler import AppliedState
 from flotilla_contracts.v1.scheduler_events import ApplyManifests, ApplyResult
 from flotilla_node_agent.applier import ManifestApplier, RetryLater
-from flotilla_node_agent.apply_backends import ApplyFailed, ObjectRef, SimApplyBackend
+from flotilla_node_agent.apply_backends import Applied, ApplyFailed, SimApplyBackend
+from flotilla_node_agent.restmap import ObjectRef
 from flotilla_runtime.logs import get_logger
 from flotilla_runtime.migrations import load_migrations
 from flotilla_runtime.store import Store
@@ -50,7 +52,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 def applier(store: Store, backend: Any) -> ManifestApplier:
-    return ManifestApplier(None, store, backend, get_logger("test"))  # type: ignore[arg-type]
+    return ManifestApplier(None, store, backend, get_logger("test"))
 
 
 async def reports(store: Store) -> list[tuple[str, dict[str, Any]]]:
@@ -109,12 +111,97 @@ async def test_a_refused_object_fails_the_report_but_the_rest_is_applied(store: 
 
 
 class Unavailable(SimApplyBackend):
-    async def apply(self, manifest: dict[str, Any], field_manager: str) -> ApplyResult:
+    async def apply(self, ref: ObjectRef, manifest: dict[str, Any], field_manager: str) -> Applied:
         raise ApplyFailed("API server down", temporary=True)
 
 
-async def test_an_unavailable_api_server_commits_nothing_so_the_command_is_retried(store: Store) -> None:
+class DiscoveryDown(SimApplyBackend):
+    async def resolve(self, manifest: dict[str, Any]) -> ObjectRef:
+        raise ApplyFailed("GET /apis/apps/v1 answered 503", temporary=True)
+
+
+@pytest.mark.parametrize("backend", [Unavailable(), DiscoveryDown()], ids=["apply", "discovery"])
+async def test_an_unavailable_api_server_commits_nothing_so_the_command_is_retried(
+    store: Store, backend: SimApplyBackend
+) -> None:
     with pytest.raises(RetryLater):
-        await applier(store, Unavailable()).apply(apply_command([deployment("web")]))
+        await applier(store, backend).apply(apply_command([deployment("web")]))
     assert await reports(store) == []
     assert await store.fetchall("SELECT * FROM applied_subscriptions") == []
+
+
+def cluster_issuer(name: str, namespace: str = "") -> dict[str, Any]:
+    meta = {"name": name, **({"namespace": namespace} if namespace else {})}
+    return {"apiVersion": "cert-manager.io/v1", "kind": "ClusterIssuer", "metadata": meta, "spec": {}}
+
+
+async def test_a_cluster_scoped_object_is_stored_without_a_namespace_whatever_the_manifest_says(store: Store) -> None:
+    sim = SimApplyBackend()
+    report = await applier(store, sim).apply(apply_command([cluster_issuer("letsencrypt", namespace="web")]))
+    assert report is not None and [(r.namespace, r.result) for r in report.resources] == [("", ApplyResult.CREATED)]
+    assert list(sim.objects) == [ObjectRef("cert-manager.io/v1", "ClusterIssuer", "", "letsencrypt")]
+    # the inventory (what prune deletes later) holds the same scope: removing deletes exactly that object
+    await applier(store, sim).apply(apply_command([], decision=2, placed=False))
+    assert sim.history[-1][:2] == ("delete", ObjectRef("cert-manager.io/v1", "ClusterIssuer", "", "letsencrypt"))
+    assert sim.objects == {}
+
+
+async def test_an_inventory_with_a_guessed_scope_is_rescoped_so_the_object_is_not_pruned(store: Store) -> None:
+    """An older agent stored a ClusterIssuer under "default"; the next apply must not delete what it applies."""
+    sim = SimApplyBackend()
+    guessed = [("cert-manager.io/v1", "ClusterIssuer", "default", "letsencrypt")]
+    async with store.transaction() as tx:
+        await tx.execute(
+            "INSERT INTO applied_subscriptions (cluster_id, subscription, generation, decision, objects, applied_at) "
+            "VALUES ('c1', 'web', 1, 1, ?, 0)",
+            (msgspec.json.encode(guessed),),
+        )
+    report = await applier(store, sim).apply(apply_command([cluster_issuer("letsencrypt")], decision=2))
+    assert report is not None and [r.result for r in report.resources] == [ApplyResult.CREATED]
+    assert [h[0] for h in sim.history] == ["apply"]
+
+
+async def test_a_new_api_version_of_the_same_object_is_not_pruned(store: Store) -> None:
+    sim = SimApplyBackend()
+    agent = applier(store, sim)
+    beta = {**cluster_issuer("letsencrypt"), "apiVersion": "cert-manager.io/v1beta1"}
+    await agent.apply(apply_command([beta]))
+    report = await agent.apply(apply_command([cluster_issuer("letsencrypt")], decision=2))
+    assert report is not None and [(r.api_version, r.result) for r in report.resources] == [
+        ("cert-manager.io/v1", ApplyResult.CREATED)  # the simulated cluster keys by version; nothing deleted
+    ]
+    assert "delete" not in [h[0] for h in sim.history]
+
+
+async def test_an_unknown_kind_fails_only_its_object_and_what_it_applied_before_is_not_pruned(store: Store) -> None:
+    sim = SimApplyBackend()
+    agent = applier(store, sim)
+    await agent.apply(apply_command([deployment("web"), cluster_issuer("letsencrypt")]))
+    sim.unknown_kinds = frozenset({"ClusterIssuer"})  # e.g. cert-manager's CRDs were removed for a while
+    report = await agent.apply(apply_command([deployment("web", 2), cluster_issuer("letsencrypt")], decision=2))
+    assert report is not None and report.state is AppliedState.FAILED
+    assert [(r.kind, r.result) for r in report.resources] == [
+        ("Deployment", ApplyResult.CONFIGURED),
+        ("ClusterIssuer", ApplyResult.FAILED),
+    ]
+    assert "serves no kind ClusterIssuer" in report.message
+    assert "delete" not in [h[0] for h in sim.history]
+    sim.unknown_kinds = frozenset()
+    gone = await agent.apply(apply_command([], decision=3, placed=False))
+    assert gone is not None and sim.objects == {}  # still in the inventory, so removal deletes it
+
+
+class Conflicted(SimApplyBackend):
+    async def apply(self, ref: ObjectRef, manifest: dict[str, Any], field_manager: str) -> Applied:
+        applied = await super().apply(ref, manifest, field_manager)
+        return Applied(applied.result, 'left to their other managers: .spec.replicas (conflict with "hpa")')
+
+
+async def test_fields_left_to_other_managers_are_named_in_the_object_and_the_report(store: Store) -> None:
+    report = await applier(store, Conflicted()).apply(apply_command([deployment("web")]))
+    assert report is not None and report.state is AppliedState.APPLIED
+    assert report.resources[0].message.endswith('.spec.replicas (conflict with "hpa")')
+    assert (
+        report.message == "1 object(s) applied; Deployment default/web: left to their other managers: "
+        '.spec.replicas (conflict with "hpa")'
+    )

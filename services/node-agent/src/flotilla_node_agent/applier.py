@@ -1,10 +1,13 @@
 """The cluster agent's workload applier: takes `ApplyManifests` from its work queue and makes the cluster match.
 
 One durable pull consumer per cluster on `fleet.v1.agent.<cluster>._cluster.apply`, one message in flight.
-For each command: apply every manifest (server-side apply), delete what this subscription applied before
-and no longer wants, remember what is applied now, and report `AppliedStatusReported`; the report and
-the inventory commit together, and only then is the message acknowledged. A command older than the last
-decision obeyed for its subscription is acknowledged and skipped. A temporary API failure is retried.
+For each command: resolve every manifest's scope with the backend (API discovery on Kubernetes), apply it
+(server-side apply; fields another manager owns are left to it and named in the object's message), delete
+what this subscription applied before and no longer wants (objects compared by group, kind, namespace and
+name, so a new apiVersion of the same object is not pruned), remember what is applied now, and report
+`AppliedStatusReported`; the report and the inventory commit together, and only then is the message
+acknowledged. A command older than the last decision obeyed for its subscription is acknowledged and
+skipped. A temporary API failure is retried; a kind the server does not serve fails that object only.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -35,7 +39,8 @@ from flotilla_contracts.v1.scheduler_events import (
     ApplyManifests,
     ApplyResult,
 )
-from flotilla_node_agent.apply_backends import ApplyBackend, ApplyFailed, ObjectRef
+from flotilla_node_agent.apply_backends import ApplyBackend, ApplyFailed
+from flotilla_node_agent.restmap import ObjectRef
 from flotilla_runtime import codec
 from flotilla_runtime.consumers import pull
 from flotilla_runtime.deadletters import dead_letter_message
@@ -68,6 +73,17 @@ def _resource(ref: ObjectRef, result: ApplyResult, message: str = "") -> Applied
         result=result,
         message=message[:4096],
     )
+
+
+def _as_written(manifest: dict[str, Any]) -> ObjectRef:
+    """A reference for reporting an object that could not be resolved: its namespace as the manifest gives it."""
+    meta = manifest.get("metadata") or {}
+    return ObjectRef.of(manifest, namespaced=bool(isinstance(meta, dict) and meta.get("namespace")))
+
+
+def _manifest_of(ref: ObjectRef) -> dict[str, Any]:
+    metadata = {"name": ref.name, **({"namespace": ref.namespace} if ref.namespace else {})}
+    return {"apiVersion": ref.api_version, "kind": ref.kind, "metadata": metadata}
 
 
 class ManifestApplier:
@@ -117,29 +133,47 @@ class ManifestApplier:
             return None
         resources: list[AppliedResource] = []
         failures: list[str] = []
-        desired = [ObjectRef.of(m) for m in command.manifests] if command.placed else []
-        keep: list[ObjectRef] = list(desired)
-        for manifest, ref in zip(command.manifests if command.placed else [], desired, strict=True):
+        notes: list[str] = []
+        desired: list[ObjectRef] = []
+        unresolved: set[tuple[str, str, str]] = set()  # (group, kind, name) of manifests with no mapping
+        for manifest in command.manifests if command.placed else []:
             try:
-                resources.append(_resource(ref, await self.backend.apply(manifest, command.field_manager)))
+                ref = await self.backend.resolve(manifest)
+                outcome = await self.backend.apply(ref, manifest, command.field_manager)
             except ApplyFailed as exc:
                 if exc.temporary:
                     raise RetryLater(str(exc)) from None
+                ref = _as_written(manifest)
+                unresolved.add((ref.group, ref.kind, ref.name))
                 resources.append(_resource(ref, ApplyResult.FAILED, str(exc)))
                 failures.append(str(exc))
-        for ref in sorted(set(previous[2] if previous else []) - set(desired)):
+                continue
+            desired.append(ref)
+            resources.append(_resource(ref, outcome.result, outcome.message))
+            if outcome.message:
+                notes.append(f"{ref}: {outcome.message}")
+        wanted = {ref.identity for ref in desired}
+        keep: list[ObjectRef] = list(desired)
+        for ref in sorted(set(await self._rescoped(previous[2] if previous else []))):
+            if ref.identity in wanted:
+                continue
+            if (ref.group, ref.kind, ref.name) in unresolved:
+                keep.append(ref)  # still wanted, only not applied this time: never prune it
+                continue
             try:
-                resources.append(_resource(ref, await self.backend.delete(ref)))
+                outcome = await self.backend.delete(ref)
             except ApplyFailed as exc:
                 if exc.temporary:
                     raise RetryLater(str(exc)) from None
                 resources.append(_resource(ref, ApplyResult.FAILED, str(exc)))
                 failures.append(str(exc))
                 keep.append(ref)
+                continue
+            resources.append(_resource(ref, outcome.result, outcome.message))
         if failures:
             state, message = AppliedState.FAILED, "; ".join(failures)
         elif command.placed:
-            state, message = AppliedState.APPLIED, f"{len(desired)} object(s) applied"
+            state, message = AppliedState.APPLIED, "; ".join([f"{len(desired)} object(s) applied", *notes])
         else:
             state, message = AppliedState.REMOVED, "removed from the cluster"
         report = AppliedStatusReported(
@@ -163,6 +197,18 @@ class ManifestApplier:
             )
         self.stats.applied += 1
         return report
+
+    async def _rescoped(self, refs: list[ObjectRef]) -> list[ObjectRef]:
+        """Stored references with the scope the cluster gives their kind now (older inventories guessed it)."""
+        rescoped = []
+        for ref in refs:
+            try:
+                rescoped.append(await self.backend.resolve(_manifest_of(ref)))
+            except ApplyFailed as exc:
+                if exc.temporary:
+                    raise RetryLater(str(exc)) from None
+                rescoped.append(ref)  # an unknown kind: delete() says whether anything is left to delete
+        return rescoped
 
     async def _remember(self, tx: Tx, command: ApplyManifests, objects: list[ObjectRef]) -> None:
         if not objects:
