@@ -233,6 +233,9 @@ def stop_everything(state_dir: Path, timeout_s: float, progress: Progress) -> li
 def down(state_dir: Path, timeout_s: float, progress: Progress) -> bool:
     """Stop what `up` started from `state_dir`; False when nothing was running. Raises if a process survives."""
     state_dir = state_dir.resolve()
+    from flotilla_client.kubeworld import launch as kubeworld  # its agents go before the bus they speak on
+
+    kube = kubeworld.stop(state_dir, timeout_s, progress)
     info = runfile.load(state_dir)
     if info is not None:
         progress(f"stopping the local fleet in {state_dir}:")
@@ -250,4 +253,4 @@ def down(state_dir: Path, timeout_s: float, progress: Progress) -> bool:
         _killed, alive = procs.stop(leftovers, timeout_s)
         if alive:
             raise LocalFleetError("still running: " + ", ".join(f"pid {t.pid}" for t in alive))
-    return info is not None or bool(leftovers)
+    return info is not None or bool(leftovers) or kube

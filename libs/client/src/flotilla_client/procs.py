@@ -116,7 +116,8 @@ def find_by_markers(markers: Sequence[str]) -> list[Tracked]:
             continue
         pid = int(entry.name)
         try:
-            text = (entry / "cmdline").read_bytes() + b"\0" + (entry / "environ").read_bytes()
+            # Arguments joined by spaces (as markers are written), environment entries left apart.
+            text = (entry / "cmdline").read_bytes().replace(b"\0", b" ") + b"\0" + (entry / "environ").read_bytes()
         except OSError:
             continue
         decoded = text.decode(errors="replace")

@@ -132,6 +132,7 @@ class Lifeline:
         moving from its join login to its cluster login), the old one's callbacks fall silent.
         """
         self.generation += 1
+        self.stopping = False  # a new connection: the last one's deliberate close is history
         generation = self.generation
 
         def current() -> bool:
@@ -182,8 +183,21 @@ class Lifeline:
             await original(err_msg)
 
         client._process_err = types.MethodType(process_err, client)  # type: ignore[method-assign]
+        # A close or drain asked for by its holder (a join connection done with, a shutdown) is no failure.
+        for name in ("close", "drain"):
+            setattr(client, name, self._on_purpose(client, getattr(client, name)))
         self._up()
         return client
+
+    def _on_purpose(self, client: Client, method: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        generation = self.generation
+
+        async def wrapped() -> None:
+            if self.client is client and self.generation == generation:
+                self.stop()
+            await method()
+
+        return wrapped
 
     def stop(self) -> None:
         """We are closing the client on purpose: its close is not a failure."""

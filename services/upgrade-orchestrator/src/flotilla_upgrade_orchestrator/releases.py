@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from flotilla_kube.versions import KubeVersion, parse_version
 
-# minor -> newest released patch (kubernetes.io/releases).
+# minor -> newest released patch (kubernetes.io/releases; 1.32 on: the k8s.io/kubernetes tags the Go module proxy
+# served on 2026-12-04).
 NEWEST_PATCH: dict[tuple[int, int], int] = {
     (1, 23): 17,
     (1, 24): 17,
@@ -22,9 +23,12 @@ NEWEST_PATCH: dict[tuple[int, int], int] = {
     (1, 29): 15,
     (1, 30): 14,
     (1, 31): 13,
-    (1, 32): 9,
-    (1, 33): 5,
-    (1, 34): 1,
+    (1, 32): 13,
+    (1, 33): 13,
+    (1, 34): 4,
+    (1, 35): 4,
+    (1, 36): 3,
+    (1, 37): 2,
 }
 
 

@@ -272,6 +272,7 @@ def control_plane(
             f"--service-account-signing-key-file={sa_key}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             "--service-cluster-ip-range=10.96.0.0/16",
+            "--allow-privileged=true",  # as kubeadm sets it: the node-agent DaemonSet is privileged
             f"--audit-policy-file={root / 'audit-policy.json'}", f"--audit-log-path={root / 'audit.log'}",
             "--audit-log-format=json",
         ])  # fmt: skip
