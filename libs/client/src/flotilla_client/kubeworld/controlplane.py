@@ -8,8 +8,8 @@ Security is the simplest that is still real: the API server serves TLS (self-gen
 authenticates by static tokens (an admin in system:masters; controller-manager and scheduler as their own
 users, so RBAC's bootstrap roles are what lets them work) and by service-account tokens (TokenRequest works),
 authorizes with Node,RBAC, and signs service-account tokens with an RSA key made by `openssl`. Clients skip TLS
-verification (loopback only). The API server writes an audit log of writes to pods, evictions and nodes, so a
-test can say who deleted or evicted what (`ControlPlane.audit`).
+verification (loopback only). The API server writes an audit log of writes to pods, evictions and nodes (node patches with
+their body), so a test can say who deleted, evicted, cordoned or uncordoned what (`ControlPlane.audit`).
 
 Not emulated (kwok's limits): no kubelet, so no containers, probes, images, volumes or logs; pods go Running
 when scheduled and go when deleted; a Node's status changes only when someone writes it.
@@ -58,6 +58,11 @@ AUDIT_POLICY = {
     "kind": "Policy",
     "omitStages": ["RequestReceived"],
     "rules": [
+        {  # with the patch itself: a node's cordons and uncordons can be read back from the log
+            "level": "Request",
+            "verbs": ["patch", "update"],
+            "resources": [{"group": "", "resources": ["nodes"]}],
+        },
         {
             "level": "Metadata",
             "verbs": ["create", "update", "patch", "delete", "deletecollection"],
@@ -301,6 +306,9 @@ def control_plane(
         run("kwok", [
             f"--kubeconfig={admin}", *[f"--config={c}" for c in configs],
             f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake", "--server-address=127.0.0.1:0",
+            # kwok renews each node's Lease (kube-node-lease); its heartbeat stage writes status only every 10 min,
+            # so without leases the node controller marks every node NotReady after its grace period.
+            "--node-lease-duration-seconds=40",
         ])  # fmt: skip
         cp.nodes = [f"{node_prefix}-cp-0", *[f"{node_prefix}-worker-{i}" for i in range(1, workers + 1)]]
         cp.apply(
