@@ -27,7 +27,7 @@ from rollout_invariants import check, final_states
 from flotilla_client import runfile
 from flotilla_client.client import FlotillaClient
 from flotilla_client.kubeworld import launch
-from flotilla_client.kubeworld.processes import bin_dir
+from flotilla_client.kubeworld.samples import WEB_SUBSCRIPTION, kubectl_json, web_settled
 from flotilla_client.natsserver import free_port
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1 import heartbeat as hb
@@ -42,28 +42,6 @@ START, TARGET = "v1.36.3", "v1.37.2"
 CLUSTERS, WORKERS = 2, 3
 CORDON_MARK = "flotilla.dev/cordoned-by"
 FINISHED = (st.RolloutState.SUCCEEDED, st.RolloutState.COMPLETED_WITH_FAILURES, st.RolloutState.ABORTED)
-SUBSCRIPTION = """\
-name: web
-description: a Deployment with a PodDisruptionBudget on every kube cluster
-policy: {selector: env=kube, strategy: Replicate}
----
-{apiVersion: v1, kind: Namespace, metadata: {name: web}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web, namespace: web}
-spec:
-  replicas: 3
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec: {containers: [{name: web, image: registry.example/web:1}]}
----
-apiVersion: policy/v1
-kind: PodDisruptionBudget
-metadata: {name: web, namespace: web}
-spec: {minAvailable: 2, selector: {matchLabels: {app: web}}}
-"""
 
 
 def flotilla(state: Path, *args: str, timeout: float = 300) -> str:
@@ -84,11 +62,7 @@ class Cluster:
         self.kubeconfig, self.root = entry["admin_kubeconfig"], Path(entry["root"])
 
     def get(self, *args: str) -> Any:
-        out = subprocess.run(
-            [str(bin_dir() / "kubectl"), "--kubeconfig", self.kubeconfig, "get", "-o", "json", *args],
-            capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
-        return json.loads(out.stdout)
+        return kubectl_json(self.kubeconfig, *args)
 
     def audit(self) -> list[dict[str, Any]]:
         lines = (self.root / "audit.log").read_text().splitlines()
@@ -105,7 +79,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[
         world = launch.load_world(state)
         assert world is not None
         subscription = state / "web.yaml"
-        subscription.write_text(SUBSCRIPTION)
+        subscription.write_text(WEB_SUBSCRIPTION)
         flotilla(state, "subscriptions", "apply", "-f", str(subscription))
         yield runfile.server_url(state) or "", [Cluster(c) for c in world["clusters"]]
     finally:
@@ -121,14 +95,6 @@ async def until(what: str, within_s: float, check_now: Any) -> Any:
             return value
         assert time.monotonic() < deadline, f"not within {within_s:.0f}s: {what}"
         await asyncio.sleep(1.0)
-
-
-def workload_settled(cluster: Cluster) -> bool:
-    """3 web pods Running on workers and the PDB allows exactly one disruption."""
-    pods = cluster.get("pods", "-n", "web", "-l", "app=web")["items"]
-    running = [p for p in pods if p["status"].get("phase") == "Running" and "deletionTimestamp" not in p["metadata"]]
-    pdb = cluster.get("pdb", "web", "-n", "web").get("status", {})
-    return len(running) == 3 and pdb.get("disruptionsAllowed") == 1
 
 
 async def all_events(url: str) -> list[tuple[str, str, dict[str, Any]]]:
@@ -182,7 +148,7 @@ async def test_a_rollout_on_real_api_servers_drains_by_eviction_and_keeps_the_in
         await until("both clusters Ready by their heartbeats", 120, fleet_ready)
         for cluster in clusters:
             await until(f"the placed workload running on {cluster.name}", 180,
-                        lambda c=cluster: asyncio.to_thread(workload_settled, c))  # fmt: skip
+                        lambda c=cluster: asyncio.to_thread(web_settled, c.kubeconfig))  # fmt: skip
         before = {c.name: {p["metadata"]["uid"] for p in c.get("pods", "-n", "web")["items"]} for c in clusters}
         spec = up.RolloutSpec(
             target_version=TARGET,
@@ -246,6 +212,6 @@ async def test_a_rollout_on_real_api_servers_drains_by_eviction_and_keeps_the_in
             assert not node["spec"].get("unschedulable"), f"{name} left cordoned"
             assert CORDON_MARK not in (node["metadata"].get("annotations") or {}), f"{name} keeps our mark"
         # The workload survived: three pods Running again, replaced ones among them, the budget whole.
-        assert workload_settled(cluster), f"{cluster.name}: the workload did not recover"
+        assert web_settled(cluster.kubeconfig), f"{cluster.name}: the workload did not recover"
         after = {p["metadata"]["uid"] for p in cluster.get("pods", "-n", "web")["items"]}
         assert after - before[cluster.name], f"{cluster.name}: no web pod was replaced"

@@ -77,17 +77,39 @@ def _spec() -> up.RolloutSpec:
 
 
 @click.command()
+@click.option(
+    "--kubernetes",
+    is_flag=True,
+    help="Real API servers instead of the simulated fleet: 2 control planes with kwok nodes (needs `make k8s-bins`).",
+)
 @click.pass_context
-def demo(ctx: click.Context) -> None:
+def demo(ctx: click.Context, kubernetes: bool) -> None:
     """Run the main job end to end and show it: a fleet upgrade with canary, safety brake, retry.
 
     Starts a fresh local fleet in the state folder (a previous demo's state is replaced; any other
     fleet's state is left alone and the demo refuses to run there), a simulated fleet, plans and
     runs a rollout you can watch. Everything keeps running afterwards so you can look around;
     `flotilla down` (or `make down`) stops it.
+
+    With --kubernetes the member clusters are two real control planes (etcd, kube-apiserver, controller-manager,
+    scheduler) with kwok nodes; a placed Deployment with a PodDisruptionBudget runs on both, and the rollout
+    really drains it by eviction.
+
+    \b
+    Examples:
+      flotilla demo
+      flotilla demo --kubernetes
     """
     obj: CliContext = ctx.obj
     started = time.monotonic()
+    if kubernetes:
+        from flotilla_client.cli.demo_kube import kube_demo
+
+        code = kube_demo(ctx)
+        echo(f"\nThe demo took {time.monotonic() - started:.0f}s.")
+        if code:
+            raise SystemExit(code)
+        return
     _banner("1/6 a local fleet: nats-server and five services, each its own process")
     _fresh_state(ctx, obj.state_dir)
     ctx.invoke(local.up)

@@ -8,8 +8,8 @@ Security is the simplest that is still real: the API server serves TLS (self-gen
 authenticates by static tokens (an admin in system:masters; controller-manager and scheduler as their own
 users, so RBAC's bootstrap roles are what lets them work) and by service-account tokens (TokenRequest works),
 authorizes with Node,RBAC, and signs service-account tokens with an RSA key made by `openssl`. Clients skip TLS
-verification (loopback only). The API server writes an audit log of writes to pods, evictions and nodes (node patches with
-their body), so a test can say who deleted, evicted, cordoned or uncordoned what (`ControlPlane.audit`).
+verification (loopback only). The API server writes an audit log of writes to pods, evictions and nodes (node
+patches with their body), so a test can say who deleted, evicted, cordoned or uncordoned what (`ControlPlane.audit`).
 
 Not emulated (kwok's limits): no kubelet, so no containers, probes, images, volumes or logs; pods go Running
 when scheduled and go when deleted; a Node's status changes only when someone writes it.
