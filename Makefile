@@ -12,7 +12,7 @@ PACKAGES := flotilla_contracts flotilla_runtime flotilla_client flotilla_kube fl
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
-.PHONY: demo test sync lint types imports schemas schemas-check pytest test-slow soak bench k8s-bins test-kube down clean help
+.PHONY: demo demo-kube test sync lint types imports schemas schemas-check pytest test-slow soak bench k8s-bins test-kube down clean help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -30,6 +30,9 @@ sync: $(BIN)/flotilla ## install the workspace into .venv (one lock file: uv.loc
 
 demo: sync ## the main job: a local fleet (nats-server + five services) you can watch
 	$(BIN)/flotilla demo
+
+demo-kube: sync k8s-bins ## the main job on real API servers: 2 control planes with kwok nodes, a workload with a PDB, a rollout
+	$(BIN)/flotilla demo --kubernetes
 
 down: ## stop the local fleet that `make demo` started
 	@$(BIN)/flotilla down
@@ -52,7 +55,7 @@ schemas: sync ## regenerate JSON Schemas, the AsyncAPI document and docs/contrac
 schemas-check: sync ## fail when the committed schemas are stale or a v1 change is breaking
 	$(BIN)/python -m flotilla_contracts.schemagen --check
 
-pytest: sync ## unit, handler, contract and integration tests (real nats-server), not the slow or bench ones
+pytest: sync k8s-bins ## unit, handler, contract, integration and Kubernetes tests (real nats-server, real API servers), not the slow, bench or soak ones
 	$(BIN)/pytest
 
 test-slow: sync ## the long suites (chaos long form, big fleets)
@@ -64,7 +67,7 @@ soak: sync ## the long soak: an hour (FLOTILLA_SOAK_MINUTES) of rollouts and kil
 bench: sync ## benchmarks under tests/bench (print figures as ratios to raw nats-py)
 	$(BIN)/pytest -m bench -s tests/bench
 
-test-kube: sync k8s-bins ## the tests against a real control plane with kwok nodes (tests/kube, marker kube)
+test-kube: sync k8s-bins ## only the tests against real control planes with kwok nodes (tests/kube, marker kube; also in `make test`)
 	$(BIN)/pytest -m kube
 
 k8s-bins: ## build etcd, kube-apiserver, -controller-manager, -scheduler, kubectl, kwok from tools/k8s/go.mod into .tools/k8s/bin (cached)
