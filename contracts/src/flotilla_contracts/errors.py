@@ -36,6 +36,7 @@ class ErrorCode(StrEnum):
     INVALID_PLAN = "invalid_plan"
     ROLLOUT_CONFLICT = "rollout_conflict"
     STALE_EPOCH = "stale_epoch"
+    PRE_RELEASE_NOT_ALLOWED = "pre_release_not_allowed"  # a pre-release target without allow_pre_release
     # The service side.
     UNAVAILABLE = "unavailable"  # temporary: retry with back-off
     TIMEOUT = "timeout"
@@ -68,6 +69,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_PLAN: 422,
     ErrorCode.ROLLOUT_CONFLICT: 409,
     ErrorCode.STALE_EPOCH: 409,
+    ErrorCode.PRE_RELEASE_NOT_ALLOWED: 422,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.TIMEOUT: 504,
     ErrorCode.INTERNAL: 500,

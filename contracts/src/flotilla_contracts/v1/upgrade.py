@@ -102,6 +102,9 @@ class RolloutSpec(msgspec.Struct, frozen=True, kw_only=True):
     failure_budget: FailureBudget = FailureBudget()
     maintenance_windows: Annotated[list[MaintenanceWindow], msgspec.Meta(max_length=64)] = []
     approval_before_waves: Annotated[list[WaveIndex], msgspec.Meta(max_length=20)] = []
+    # A pre-release target (v1.38.0-rc.1, -beta.0, -alpha.2) is refused unless this is set; kubeadm then runs
+    # with --allow-release-candidate-upgrades (rc) or --allow-experimental-upgrades (alpha, beta).
+    allow_pre_release: bool = False
 
 
 class SkewRule(StrEnum):
@@ -112,6 +115,8 @@ class SkewRule(StrEnum):
     CONTROL_PLANE_ONE_MINOR = "ControlPlaneOneMinor"
     KUBELET_NOT_NEWER_THAN_API_SERVER = "KubeletNotNewerThanApiServer"
     KUBELET_MAX_MINOR_LAG = "KubeletMaxMinorLag"
+    KUBE_PROXY_NOT_NEWER_THAN_API_SERVER = "KubeProxyNotNewerThanApiServer"
+    KUBE_PROXY_MAX_MINOR_LAG = "KubeProxyMaxMinorLag"
 
 
 class SkewCheck(msgspec.Struct, frozen=True, kw_only=True):
@@ -135,6 +140,7 @@ class RefusalReason(StrEnum):
     CLUSTER_NOT_APPROVED = "ClusterNotApproved"
     IN_ANOTHER_ROLLOUT = "InAnotherRollout"
     INVALID_SPEC = "InvalidSpec"
+    KUBE_PROXY_SKEW = "KubeProxySkew"
 
 
 class Refusal(msgspec.Struct, frozen=True, kw_only=True):
@@ -192,6 +198,8 @@ class UpgradePlan(msgspec.Struct, frozen=True, kw_only=True):
     clusters_total: Count = 0
     nodes_total: Count = 0
     estimated_duration_s: Seconds = 0.0
+    # Things a person should read before starting (e.g. a pre-release target); they do not stop the plan.
+    warnings: Annotated[list[Text], msgspec.Meta(max_length=20)] = []
 
 
 class PlanRequest(Message, frozen=True, kw_only=True):

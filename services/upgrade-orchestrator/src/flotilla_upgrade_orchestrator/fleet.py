@@ -21,6 +21,7 @@ class FleetNode(msgspec.Struct, kw_only=True):
     node_name: str
     role: NodeRole
     kubelet_version: str
+    kube_proxy_version: str | None = None  # when the inventory reports it
     unschedulable: bool = False
     health: NodeHealth = NodeHealth.READY
 
@@ -59,6 +60,7 @@ def node_from_facts(facts: NodeFacts, previous: FleetNode | None = None) -> Flee
         node_name=facts.node_name,
         role=facts.role,
         kubelet_version=facts.kubelet_version,
+        kube_proxy_version=facts.kube_proxy_version,
         unschedulable=facts.unschedulable,
         health=health,
     )

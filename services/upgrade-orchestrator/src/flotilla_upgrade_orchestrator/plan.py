@@ -8,6 +8,7 @@ break the skew policy (I3), when it is Unreachable, not approved, of unknown ver
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ BLOCKING = frozenset(
         RefusalReason.UNKNOWN_VERSION,
         RefusalReason.IN_ANOTHER_ROLLOUT,
         RefusalReason.INVALID_SPEC,
+        RefusalReason.KUBE_PROXY_SKEW,
     }
 )
 ERROR_FOR_REFUSAL: dict[RefusalReason, ErrorCode] = {
@@ -52,6 +54,7 @@ ERROR_FOR_REFUSAL: dict[RefusalReason, ErrorCode] = {
     RefusalReason.UNKNOWN_VERSION: ErrorCode.UNKNOWN_VERSION,
     RefusalReason.IN_ANOTHER_ROLLOUT: ErrorCode.ROLLOUT_CONFLICT,
     RefusalReason.INVALID_SPEC: ErrorCode.INVALID_PLAN,
+    RefusalReason.KUBE_PROXY_SKEW: ErrorCode.SKEW_VIOLATION,
 }
 
 
@@ -130,6 +133,21 @@ def judge_cluster(
     cps = [n for n in cluster.nodes.values() if n.role is NodeRole.CONTROL_PLANE]
     workers = [n for n in cluster.nodes.values() if n.role is not NodeRole.CONTROL_PLANE]
     verdicts = skew.cluster_upgrade([versions[n.node_id] for n in cps], [versions[n.node_id] for n in workers], target)
+    for node in _by_name(list(cluster.nodes.values())):
+        if node.kube_proxy_version is None:
+            continue  # not reported: nothing to check
+        proxy = skew.parse(node.kube_proxy_version)
+        if proxy is None:
+            return refuse(
+                RefusalReason.UNKNOWN_VERSION,
+                f"node {node.node_name} reports kube-proxy version {node.kube_proxy_version!r}, unknown to the fleet",
+                node.node_id,
+            )
+        after = max(versions[node.node_id], target)  # its kubelet once the cluster is at the target
+        verdicts += [
+            dataclasses.replace(v, detail=f"node {node.node_name}: {v.detail}")
+            for v in skew.kube_proxy_against(proxy, target, after)
+        ]
     checks = [SkewCheck(rule=v.rule, cluster_id=cid, ok=v.ok, detail=v.detail) for v in verdicts]
     for node in cluster.nodes.values():
         if versions[node.node_id] > target:
@@ -260,6 +278,7 @@ def build_plan(
     staged = {c.cluster_id for _, cs in split for c in cs}
     moving = [c for c, _ in chosen if c.cluster_id in staged]
     blocking = any(r.reason in BLOCKING for r in refusals)
+    warnings = [pre_release_warning(checked.target)] if checked.target.is_pre_release else []
     return UpgradePlan(
         target_version=spec.target_version,
         feasible=bool(moving) and not blocking,
@@ -269,6 +288,16 @@ def build_plan(
         clusters_total=len(moving),
         nodes_total=sum(len(c.control_plane) + len(c.workers) for c in moving),
         estimated_duration_s=sum(w.estimated_duration_s for w in waves),
+        warnings=warnings,
+    )
+
+
+def pre_release_warning(target: KubeVersion) -> str:
+    """What the plan says about a pre-release target (allowed by the spec's allow_pre_release)."""
+    flag = "--allow-release-candidate-upgrades" if target.is_release_candidate else "--allow-experimental-upgrades"
+    return (
+        f"{target} is a pre-release ({target.pre}), allowed by allow_pre_release: not for production; "
+        f"`kubeadm upgrade apply` runs with {flag}, and {target.release} (GA) is a later upgrade"
     )
 
 

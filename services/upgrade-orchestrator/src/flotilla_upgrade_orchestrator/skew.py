@@ -2,6 +2,12 @@
 
 Control plane: one minor at a time, never skipping, never down. Kubelet: never newer than the oldest
 API server (compared by minor: patch moves are free) and at most three minors older, two below 1.25.
+kube-proxy, where the inventory reports it: the same two rules against the API server (kubernetes.io/releases/
+version-skew-policy, "kube-proxy": "must not be newer than kube-apiserver", "may be up to three minor versions
+older than kube-apiserver (kube-proxy < 1.25 may only be up to two minor versions older)"), and within that many
+minors, older or newer, of the kubelet beside it.
+Versions order as semver does (flotilla_kube.versions): v1.31.0-rc.1 is below v1.31.0, so an RC cluster moves
+to GA and GA to its RC is a downgrade; the minor rules compare minors, which a pre-release shares with its release.
 Unknown or malformed versions are refused, never guessed.
 """
 
@@ -138,3 +144,34 @@ def kubelet_may_move(kubelet_target: KubeVersion, api_servers: Iterable[KubeVers
     return bool(apis) and all(
         kubelet_target.major == api.major and kubelet_target.minors_behind(api) >= 0 for api in apis
     )
+
+
+def kube_proxy_against(kube_proxy: KubeVersion, api_server: KubeVersion, kubelet: KubeVersion) -> list[Verdict]:
+    """A kube-proxy against the API server it will talk to and the kubelet beside it (both as after the move)."""
+    if kube_proxy.major != api_server.major or kube_proxy.major != kubelet.major:
+        return [
+            Verdict(
+                SkewRule.KUBE_PROXY_NOT_NEWER_THAN_API_SERVER,
+                False,
+                f"kube-proxy {kube_proxy}, API server {api_server} and kubelet {kubelet} differ in major version",
+                RefusalReason.KUBE_PROXY_SKEW,
+            )
+        ]
+    behind = kube_proxy.minors_behind(api_server)
+    limit = max_kubelet_lag(kube_proxy)  # the same 3 (2 below 1.25) the policy gives kubelets
+    apart = abs(kube_proxy.minors_behind(kubelet))
+    return [
+        Verdict(
+            SkewRule.KUBE_PROXY_NOT_NEWER_THAN_API_SERVER,
+            behind >= 0,
+            f"kube-proxy {kube_proxy} {'is not' if behind >= 0 else 'is'} newer than API server {api_server}",
+            None if behind >= 0 else RefusalReason.KUBE_PROXY_SKEW,
+        ),
+        Verdict(
+            SkewRule.KUBE_PROXY_MAX_MINOR_LAG,
+            behind <= limit and apart <= limit,
+            f"kube-proxy {kube_proxy} is {max(behind, 0)} minor(s) behind API server {api_server} and {apart} "
+            f"apart from kubelet {kubelet} (at most {limit})",
+            None if behind <= limit and apart <= limit else RefusalReason.KUBE_PROXY_SKEW,
+        ),
+    ]

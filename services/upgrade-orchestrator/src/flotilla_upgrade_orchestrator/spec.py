@@ -86,6 +86,13 @@ def check_spec(spec: RolloutSpec, releases: Releases) -> CheckedSpec:
         )
     if not releases.known(target):
         raise SpecError(ErrorCode.UNKNOWN_VERSION, releases.why_unknown(target), "target_version")
+    if target.is_pre_release and not spec.allow_pre_release:
+        raise SpecError(
+            ErrorCode.PRE_RELEASE_NOT_ALLOWED,
+            f"{target} is a pre-release ({target.pre}), not for production: nothing was started. To roll it out "
+            "anyway, say so explicitly: `flotilla upgrade plan/start --allow-pre-release` (allow_pre_release: true)",
+            "allow_pre_release",
+        )
     selector = _selector(spec.selector, "selector")
     waves = spec.waves
     stages: list[tuple[str, Selector]] = []

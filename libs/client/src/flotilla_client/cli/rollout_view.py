@@ -32,6 +32,7 @@ def plan_text(plan: UpgradePlan) -> str:
         f"{len(plan.waves)} waves, about {format_duration(plan.estimated_duration_s)}"
         + ("" if plan.feasible else "  -- NOT FEASIBLE, see refusals"),
     ]
+    lines += [f"WARNING: {warning}" for warning in plan.warnings]
     for wave in plan.waves:
         gate = "  (needs approval)" if wave.requires_approval else ""
         lines.append(f"\nwave {wave.index} {wave.name}: {len(wave.clusters)} clusters{gate}")

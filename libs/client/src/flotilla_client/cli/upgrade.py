@@ -32,6 +32,12 @@ def spec_options(command: F) -> F:
         click.option(
             "--to", "target", required=True, metavar="VERSION", help="Target Kubernetes version, e.g. v1.30.4."
         ),
+        click.option(
+            "--allow-pre-release",
+            is_flag=True,
+            help="Allow a pre-release target (v1.38.0-rc.1, -beta.0, -alpha.2); refused without it. Not for "
+            "production: kubeadm runs with --allow-release-candidate-upgrades or --allow-experimental-upgrades.",
+        ),
         click.option("-l", "--selector", default="", help="Only clusters matching this label selector."),
         click.option("--name", default="", help="A name for the rollout."),
         click.option("--canary", type=click.IntRange(0), default=1, show_default=True, help="Clusters in wave 0."),
@@ -105,7 +111,12 @@ def spec_options(command: F) -> F:
 def build_spec(params: dict[str, Any]) -> up.RolloutSpec:
     """A RolloutSpec from the command line, with local checks that name the option at fault."""
     try:
-        parse_version(params["target"])
+        target = parse_version(params["target"])
+        if target.is_pre_release and not params["allow_pre_release"]:
+            raise ValueError(
+                f"--to {params['target']}: a pre-release ({target.pre}), not for production; nothing was sent. "
+                "Add --allow-pre-release to plan or roll it out anyway"
+            )
         parse_selector(params["selector"])
         percentages = [int(p) for p in params["percentages"].split(",") if p.strip()] if params["percentages"] else []
         if any(not 0 < p <= 100 for p in percentages) or percentages != sorted(percentages):
@@ -137,6 +148,7 @@ def build_spec(params: dict[str, Any]) -> up.RolloutSpec:
             ),
             maintenance_windows=windows,
             approval_before_waves=list(params["approvals"]),
+            allow_pre_release=params["allow_pre_release"],
         )
     except (ValueError, SelectorError) as exc:
         raise Failure(str(exc)) from None
