@@ -14,7 +14,7 @@ from flotilla_contracts.v1.agent import KubeadmAction, TargetVersions
 from flotilla_contracts.v1.common import NodeRole
 from flotilla_node_agent.executors.base import CommandRunner, ExecutorError
 from flotilla_node_agent.executors.hostprep import EtcdSnapshots, PackageSource, repository_rewrite
-from flotilla_node_agent.executors.kubeadm import KubeadmExecutor, PackageManager
+from flotilla_node_agent.executors.kubeadm import KubeadmExecutor, PackageManager, apply_flags
 from flotilla_node_agent.executors.script import ScriptExecutor
 
 FAKE = """#!/bin/sh
@@ -28,8 +28,8 @@ case "$name $1" in
       case "$arg" in kubeadm=*|kubeadm-*) v=${arg#kubeadm?}; echo "${v%-\\*}" > "$FAKE_HOST/kubeadm";;
                      kubelet=*|kubelet-*) v=${arg#kubelet?}; echo "${v%-\\*}" > "$FAKE_HOST/kubelet";; esac
     done;;
-  "kubeadm version") echo "v$(cat "$FAKE_HOST/kubeadm")";;
-  "kubelet --version") echo "Kubernetes v$(cat "$FAKE_HOST/kubelet")";;
+  "kubeadm version") echo "v$(tr '~' '-' < "$FAKE_HOST/kubeadm")";;  # a package 1.38.0~rc.1 is v1.38.0-rc.1
+  "kubelet --version") echo "Kubernetes v$(tr '~' '-' < "$FAKE_HOST/kubelet")";;
 esac
 if [ "$name" = etcdctl ]; then for arg in "$@"; do last=$arg; done; : > "$last"; fi
 exit 0
@@ -164,7 +164,7 @@ async def test_only_the_newest_snapshots_are_kept(host: Path) -> None:
 
 async def test_a_repository_file_without_pkgs_k8s_io_stops_before_installing(host: Path) -> None:
     (host / "kubernetes.list").write_text("deb https://mirror.example/kubernetes/ stable main\n")
-    with pytest.raises(ExecutorError, match=r"names no pkgs\.k8s\.io/core:/stable:/ repository.*PACKAGE_SOURCE=fixed"):
+    with pytest.raises(ExecutorError, match=r"names no pkgs\.k8s\.io/core:/ repository.*PACKAGE_SOURCE=fixed"):
         await kubeadm(host).upgrade(TARGET, KubeadmAction.NODE, NodeRole.WORKER)
     assert not [c for c in calls(host) if c.startswith("apt-get install")]
     await kubeadm(host, package_source=PackageSource.FIXED).upgrade(TARGET, KubeadmAction.NODE, NodeRole.WORKER)
@@ -173,7 +173,9 @@ async def test_a_repository_file_without_pkgs_k8s_io_stops_before_installing(hos
 
 
 def test_the_repository_moves_to_the_target_minor_in_either_direction() -> None:
-    assert repository_rewrite("1.30.4") == r"s#(pkgs\.k8s\.io/core:/stable:/)v[0-9]+\.[0-9]+/#\1v1.30/#g"
+    pattern = r"s#(pkgs\.k8s\.io/core:/)(stable|prerelease):/v[0-9]+\.[0-9]+/#\1"
+    assert repository_rewrite("1.30.4") == pattern + "stable:/v1.30/#g"
+    assert repository_rewrite("1.31.0-rc.1") == pattern + "prerelease:/v1.31/#g"
     with pytest.raises(ExecutorError, match="not a Kubernetes version"):
         repository_rewrite("latest")
 
@@ -236,3 +238,49 @@ async def test_a_rollback_of_two_minors_is_refused_before_the_host_is_touched(ho
     assert calls(host) == ["kubelet --version"], "no snapshot, no package, no kubeadm run"
     assert (host / "kubernetes.list").read_text() == APT_REPO.replace("/v1.29/", "/v1.31/")
     assert not (host / "snapshots").exists()
+
+
+# --- pre-releases (issue 17 item 4) ------------------------------------------------------------------------------
+
+RC = TargetVersions(kubernetes_version="v1.30.0-rc.1")
+
+
+async def test_an_rc_target_applies_with_the_rc_flag_and_pins_tilde_packages(host: Path) -> None:
+    await kubeadm(host).upgrade(RC, KubeadmAction.APPLY, NodeRole.CONTROL_PLANE)
+    log = calls(host)
+    assert "kubeadm upgrade apply -y --allow-release-candidate-upgrades v1.30.0-rc.1" in log
+    assert "apt-get install -y --allow-downgrades kubeadm=1.30.0~rc.1-*" in log
+    assert "apt-get install -y --allow-downgrades kubelet=1.30.0~rc.1-* kubectl=1.30.0~rc.1-*" in log
+    prerelease = APT_REPO.replace("/core:/stable:/v1.29/", "/core:/prerelease:/v1.30/")
+    assert (host / "kubernetes.list").read_text() == prerelease, "pre-releases live in the prerelease channel"
+    before = len(calls(host))
+    assert await kubeadm(host).upgrade(RC, KubeadmAction.APPLY, NodeRole.CONTROL_PLANE) is False  # at the RC now
+    assert calls(host)[before:] == ["kubelet --version"]
+
+
+async def test_alpha_and_beta_targets_apply_with_the_experimental_flag(host: Path) -> None:
+    beta = TargetVersions(kubernetes_version="v1.30.0-beta.0")
+    await kubeadm(host).upgrade(beta, KubeadmAction.APPLY, NodeRole.CONTROL_PLANE)
+    assert "kubeadm upgrade apply -y --allow-experimental-upgrades v1.30.0-beta.0" in calls(host)
+
+
+async def test_an_rc_node_moves_to_ga_back_on_the_stable_channel(host: Path) -> None:
+    (host / "kubelet").write_text("1.30.0~rc.1\n")
+    (host / "kubernetes.list").write_text(RPM_REPO.replace("/core:/stable:/v1.29/", "/core:/prerelease:/v1.30/"))
+    ga = TargetVersions(kubernetes_version="v1.30.0")
+    assert await kubeadm(host, package_manager=PackageManager.DNF).upgrade(ga, None, NodeRole.WORKER) is True
+    assert "dnf install -y kubeadm-1.30.0 --disableexcludes=kubernetes" in calls(host)
+    assert "kubeadm upgrade node" in calls(host)  # `upgrade node` takes no unstable-version flag
+    assert (host / "kubernetes.list").read_text() == RPM_REPO.replace("/v1.29/", "/v1.30/")
+    assert await kubeadm(host, package_manager=PackageManager.DNF).upgrade(ga, None, NodeRole.WORKER) is False
+    assert (host / "kubelet").read_text().strip() == "1.30.0"
+
+
+def test_apply_flags_for_pre_releases_and_rollbacks() -> None:
+    assert apply_flags("1.29.6", "1.30.0-rc.1") == ["--allow-release-candidate-upgrades"]
+    assert apply_flags("1.29.6", "1.30.0-alpha.2") == ["--allow-experimental-upgrades"]
+    assert apply_flags("1.30.0-rc.1", "1.30.0") == []  # RC to GA: a release, forward
+    assert apply_flags("1.30.0", "1.30.0-rc.1") == ["--allow-release-candidate-upgrades"]  # back to the RC
+    assert apply_flags("1.31.0-rc.0", "1.30.4") == ["--etcd-upgrade=false"]  # one minor down
+    with pytest.raises(ExecutorError, match="at most 1 minor down"):
+        apply_flags("1.32.0-rc.1", "1.30.0")

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from flotilla_contracts.v1.agent import KubeadmAction, TargetVersions
 from flotilla_contracts.v1.common import NodeRole
+from flotilla_kube.versions import KubeVersion, parse_version
 
 # For the DaemonSet: run on the host, in its namespaces, from a privileged pod with hostPID.
 NSENTER_PREFIX = "nsenter --target 1 --mount --uts --ipc --net --pid --"
@@ -64,6 +65,20 @@ class CommandRunner:
 def plain(version: str) -> str:
     """`v1.30.2` -> `1.30.2` (package managers and kubeadm's config want it bare)."""
     return version[1:] if version.startswith("v") else version
+
+
+def parsed_version(version: str | None) -> KubeVersion | None:
+    """The version with semver precedence, or None when missing or malformed."""
+    try:
+        return parse_version(version) if version else None
+    except ValueError:
+        return None
+
+
+def same_version(a: str | None, b: str) -> bool:
+    """Equal by semver precedence (`1.30.4+k3s1` is `1.30.4`, `1.31.0-rc.1` is not `1.31.0`); text otherwise."""
+    left, right = parsed_version(a), parsed_version(b)
+    return left == right if left is not None and right is not None else a == b
 
 
 def versions_of(target: TargetVersions) -> dict[str, str]:

@@ -4,7 +4,9 @@ minor, and an etcd snapshot to restore from.
 The community repositories (pkgs.k8s.io) hold one minor each (`.../core:/stable:/v1.30/deb/`), so moving a node
 from 1.29 to 1.30 means pointing the repository file at v1.30 first; `apt-get install kubeadm=1.30.4-*` fails
 otherwise. Other layouts (a mirror that carries every minor, a distribution's own packages) set
-`FLOTILLA_NODE_AGENT_PACKAGE_SOURCE=fixed` and the file is left alone.
+`FLOTILLA_NODE_AGENT_PACKAGE_SOURCE=fixed` and the file is left alone. Pre-releases (alpha, beta, rc) live in a
+channel of their own, `.../core:/prerelease:/v1.38/deb/` (the OBS project isv:kubernetes:core:prerelease:v1.38),
+so a pre-release target moves the file to that channel and a release target moves it back to `stable`.
 
 Before the first control-plane upgrade of a cluster (`kubeadm upgrade apply`) the agent saves an etcd snapshot
 (kubeadm's upgrade guide asks for a backup) into a private folder on that node, keeping the newest few.
@@ -20,9 +22,10 @@ from datetime import UTC, datetime
 
 from flotilla_node_agent.executors.base import CommandRunner, ExecutorError
 
-# The minor in a pkgs.k8s.io URL: https://pkgs.k8s.io/core:/stable:/v1.30/deb/ (and /rpm/).
-PKGS_K8S_IO = "pkgs.k8s.io/core:/stable:/"
-_MINOR_RE = re.compile(r"^(\d+)\.(\d+)\.")
+# The channel and minor in a pkgs.k8s.io URL: https://pkgs.k8s.io/core:/stable:/v1.30/deb/ (and /rpm/), or
+# https://pkgs.k8s.io/core:/prerelease:/v1.38/deb/ for alpha, beta and rc packages.
+PKGS_K8S_IO = "pkgs.k8s.io/core:/"
+_MINOR_RE = re.compile(r"^(\d+)\.(\d+)\.\d+(-)?")
 
 
 class PackageSource(enum.StrEnum):
@@ -38,9 +41,19 @@ def minor_of(version: str) -> str:
     return f"v{match.group(1)}.{match.group(2)}"
 
 
+def channel_of(version: str) -> str:
+    """`1.38.0-rc.1` -> `prerelease`, `1.37.2` -> `stable` (the pkgs.k8s.io channel that holds its packages)."""
+    match = _MINOR_RE.match(version)
+    if match is None:
+        raise ExecutorError(f"{version!r} is not a Kubernetes version (major.minor.patch)")
+    return "prerelease" if match.group(3) else "stable"
+
+
 def repository_rewrite(version: str) -> str:
-    """The sed expression that points every pkgs.k8s.io path in a repository file at `version`'s minor."""
-    return rf"s#({re.escape(PKGS_K8S_IO)})v[0-9]+\.[0-9]+/#\1{minor_of(version)}/#g"
+    """The sed expression that points every pkgs.k8s.io path in a repository file at `version`'s channel and
+    minor."""
+    where = f"{channel_of(version)}:/{minor_of(version)}/"
+    return rf"s#({re.escape(PKGS_K8S_IO)})(stable|prerelease):/v[0-9]+\.[0-9]+/#\1{where}#g"
 
 
 async def switch_repository(runner: CommandRunner, source: PackageSource, repo_file: str, version: str) -> None:

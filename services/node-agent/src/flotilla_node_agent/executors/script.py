@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from flotilla_contracts.v1.agent import KubeadmAction, TargetVersions
 from flotilla_contracts.v1.common import NodeRole
-from flotilla_node_agent.executors.base import CommandRunner, ExecutorError, kubelet_version, versions_of
+from flotilla_node_agent.executors.base import CommandRunner, ExecutorError, kubelet_version, same_version, versions_of
 
 
 @dataclass
@@ -24,7 +24,7 @@ class ScriptExecutor:
         if not self.command.strip():
             raise ExecutorError("the script executor needs FLOTILLA_NODE_AGENT_UPGRADE_SCRIPT")
         versions = versions_of(target)
-        if self.skip_when_at_target and await kubelet_version(self.runner) == versions["kubelet"]:
+        if self.skip_when_at_target and same_version(await kubelet_version(self.runner), versions["kubelet"]):
             return False
         verb = (action or KubeadmAction.NODE).value
         argv = [*shlex.split(self.command), *(versions[k] for k in ("kubernetes", "kubeadm", "kubelet", "kubectl"))]
