@@ -34,6 +34,7 @@ from flotilla_runtime.errors import RequestError, TemporaryError
 from flotilla_runtime.store import Store, SyncTx
 from flotilla_upgrade_orchestrator import control, queries, recovery
 from flotilla_upgrade_orchestrator.engine import Engine
+from flotilla_upgrade_orchestrator.failover import Fence, SharedFile, guarded
 from flotilla_upgrade_orchestrator.plan import Estimates
 from flotilla_upgrade_orchestrator.releases import Releases
 from flotilla_upgrade_orchestrator.spec import CheckedSpec, SpecError, check_spec
@@ -52,6 +53,13 @@ class Orchestrator:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     fleet_ready: Callable[[], bool] = lambda: True
     on_started: Callable[[str], None] = lambda _rollout_id: None
+    shared: SharedFile = field(default_factory=SharedFile)
+
+    def __post_init__(self) -> None:
+        # Another process may share the state file (failover.py): act only on fresh rows, never below the
+        # epoch a newer writer stored.
+        if not isinstance(self.engine.epoch_of, Fence):
+            self.engine.epoch_of = Fence(self.engine, self.engine.epoch_of)
 
     def register(self, router: CommandRouter) -> None:
         router.add("upgrade.plan", PlanRequest, PlanReply, self.plan)
@@ -69,7 +77,7 @@ class Orchestrator:
     async def run(self, fn: Callable[[SyncTx], T]) -> T:
         """One work in the database thread, through the engine (reload if stale, flush after)."""
         try:
-            return await self.store.run(self.engine.transact(fn))
+            return await self.store.run(guarded(self.engine, self.shared, fn, self.clock))
         except TemporaryError as exc:  # busy, or disk full: the message says which and what happens next
             self.engine.stale = True
             raise RequestError(ErrorCode.UNAVAILABLE, str(exc), retry_after_s=exc.delay_s) from None

@@ -1,8 +1,10 @@
 """One writer per rollout (I6): a lease in a JetStream KV bucket, taken and renewed by compare-and-set.
 
-Key `rollout.<id>` holds {owner, epoch, expires_at}. Taking it over (absent, expired, or our own from a
-previous process with the same instance id) writes epoch + 1 with the revision we read, so of two
-replicas racing only one wins; renewing rewrites the same epoch. The epoch rides on every agent command,
+Key `rollout.<id>` holds {owner, epoch, expires_at, process}. Taking it over (absent, expired, or our own
+from a previous process with the same instance id) writes epoch + 1 with the revision we read, so of two
+replicas racing only one wins; renewing rewrites the same epoch, and only while the key still holds our
+epoch and process (a twin with our instance id that took it over wins: the loser waits for expiry, it does
+not take it straight back). The epoch rides on every agent command,
 and agents refuse commands older than the newest epoch they obeyed. A holder that cannot renew stops
 issuing at 80% of the TTL, before anyone else may take over.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,6 +32,7 @@ class LeaseValue(msgspec.Struct, frozen=True, kw_only=True):
     owner: str
     epoch: int
     expires_at: float
+    process: str = ""  # random per process: tells a restart (or a twin) with the same instance id apart
 
 
 @dataclass
@@ -53,6 +57,9 @@ class KvLeases:
     owner: str
     ttl_s: float = 15.0
     held: dict[str, Held] = field(default_factory=dict)
+    process: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    lost: set[str] = field(default_factory=set)  # rollouts a twin took from us: only expiry gives them back
+    seen: dict[str, LeaseValue] = field(default_factory=dict)  # the last value read per rollout (for status)
     wall: Callable[[], float] = field(default=time.time)  # expiries shared with other replicas (POSIX seconds)
     monotonic: Callable[[], float] = field(default=time.monotonic)  # how long we may still issue, locally
     _kv: KeyValue | None = None
@@ -92,12 +99,25 @@ class KvLeases:
                 await self._kv.create(key, self._value(epoch, now))
             else:
                 value = msgspec.json.decode(entry.value, type=LeaseValue)
-                ours = rollout_id in self.held and value.owner == self.owner
-                if ours:
+                self.seen[rollout_id] = value
+                mine = value.owner == self.owner and value.process in ("", self.process)
+                held = self.held.get(rollout_id)
+                if held is not None and mine and value.epoch == held.epoch:
                     epoch = value.epoch
-                elif value.owner == self.owner or value.expires_at < now:
+                elif value.expires_at < now or (
+                    value.owner == self.owner and held is None and rollout_id not in self.lost
+                ):
                     epoch = max(value.epoch, at_least) + 1
                 else:
+                    if held is not None:
+                        self.lost.add(rollout_id)
+                        log.warning(
+                            "lease rollout.%s lost to %s (process %s) at epoch %d; waiting for it to expire",
+                            rollout_id,
+                            value.owner,
+                            value.process or "?",
+                            value.epoch,
+                        )
                     self.held.pop(rollout_id, None)
                     return None
                 await self._kv.update(key, self._value(epoch, now), last=entry.revision)
@@ -108,6 +128,7 @@ class KvLeases:
             log.warning("lease %s not renewed (%s); it lapses if this goes on", key, exc)
             return self.epoch(rollout_id)
         self.held[rollout_id] = Held(epoch=epoch, valid_until=started + self.ttl_s * 0.8)
+        self.lost.discard(rollout_id)
         return epoch
 
     async def release(self, rollout_id: str) -> None:
@@ -119,11 +140,14 @@ class KvLeases:
             entry = await self._kv.get(f"rollout.{rollout_id}")
             await self._kv.update(
                 f"rollout.{rollout_id}",
-                msgspec.json.encode(LeaseValue(owner=self.owner, epoch=held.epoch, expires_at=0.0)),
+                msgspec.json.encode(
+                    LeaseValue(owner=self.owner, epoch=held.epoch, expires_at=0.0, process=self.process)
+                ),
                 last=entry.revision,
             )
         except (nats.errors.Error, TimeoutError):
             pass
 
     def _value(self, epoch: int, now: float) -> bytes:
-        return msgspec.json.encode(LeaseValue(owner=self.owner, epoch=epoch, expires_at=now + self.ttl_s))
+        value = LeaseValue(owner=self.owner, epoch=epoch, expires_at=now + self.ttl_s, process=self.process)
+        return msgspec.json.encode(value)

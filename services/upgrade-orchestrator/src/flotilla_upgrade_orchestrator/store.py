@@ -163,3 +163,22 @@ def load_fleet(tx: SyncTx) -> dict[str, FleetCluster]:
         cluster.cluster_id: cluster
         for cluster in (_fleet_dec.decode(row["record"]) for row in tx.fetchall("SELECT record FROM fleet_clusters"))
     }
+
+
+def data_version(tx: SyncTx) -> int:
+    """SQLite's count of commits made by other connections (another process on the same file) as seen here."""
+    row = tx.fetchone("PRAGMA data_version")
+    return 0 if row is None else int(row[0])
+
+
+def command_epoch(tx: SyncTx, command_id: str) -> int | None:
+    """The lease epoch the command `command_id` was last sent at, None when it was never issued."""
+    row = tx.fetchone("SELECT epoch FROM commands WHERE command_id = ?", (command_id,))
+    return None if row is None else int(row["epoch"])
+
+
+def resent_command(tx: SyncTx, command_id: str, epoch: int, now: datetime) -> None:
+    """The command went out again at a newer epoch (a takeover re-sends what was in flight, same id)."""
+    tx.execute(
+        "UPDATE commands SET epoch = ?, issued_at = ? WHERE command_id = ?", (epoch, now.timestamp(), command_id)
+    )
