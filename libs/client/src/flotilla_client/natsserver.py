@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -33,12 +34,27 @@ def find_nats_server() -> str:
     )
 
 
+# Listening ports are chosen below the kernel's ephemeral range (Linux: 32768-60999), where outgoing
+# connections take their local ports: a port handed out there can be taken by any client socket before the
+# process it is for binds it (seen on a loaded machine: a service failed to start, `address already in use`).
+LISTEN_PORTS = range(20000, 32768)
+_RANDOM = random.SystemRandom()  # not the global generator: a test that seeds it must not make ports collide
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now."""
+    """A TCP port nobody listens on right now, preferably outside the ephemeral range (see LISTEN_PORTS)."""
+    for _ in range(64):
+        port = _RANDOM.choice(LISTEN_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
