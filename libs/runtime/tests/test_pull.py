@@ -6,7 +6,7 @@ import nats.errors
 import nats.js.errors
 import pytest
 
-from flotilla_runtime.consumers import Pulled, pull
+from flotilla_runtime.pullloop import Pulled, pull
 
 
 class FakeSub:

@@ -6,23 +6,21 @@ For each command: resolve every manifest's scope with the backend (API discovery
 what this subscription applied before and no longer wants (objects compared by group, kind, namespace and
 name, so a new apiVersion of the same object is not pruned), remember what is applied now, and report
 `AppliedStatusReported`; the report and the inventory commit together, and only then is the message
-acknowledged. A command older than the last decision obeyed for its subscription is acknowledged and
-skipped. A temporary API failure is retried; a kind the server does not serve fails that object only.
+acknowledged (the runtime's pull loop settles each message: flotilla_runtime.pullloop). A command older
+than the last decision obeyed for its subscription is acknowledged and skipped. A temporary API failure is
+retried; a kind the server does not serve fails that object only; a command whose handling raises is
+retried with back-off and dead-lettered at its max deliveries.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-import nats.errors
-import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -42,10 +40,9 @@ from flotilla_contracts.v1.scheduler_events import (
 from flotilla_node_agent.apply_backends import ApplyBackend, ApplyFailed
 from flotilla_node_agent.restmap import ObjectRef
 from flotilla_runtime import codec
-from flotilla_runtime.consumers import pull
-from flotilla_runtime.deadletters import dead_letter_message
 from flotilla_runtime.errors import RequestError
 from flotilla_runtime.logs import BoundLogger
+from flotilla_runtime.pullloop import ACK, DeadLetters, LoopStats, Outcome, PullLoop, one_at_a_time
 from flotilla_runtime.store import Store, Tx
 
 APPLY_VERB = "apply"
@@ -60,8 +57,15 @@ class RetryLater(Exception):
 class ApplierStats:
     applied: int = 0
     skipped: int = 0
-    retried: int = 0
-    dead_lettered: int = 0
+    loop: LoopStats = field(default_factory=LoopStats)
+
+    @property
+    def retried(self) -> int:
+        return self.loop.retried + self.loop.waited
+
+    @property
+    def dead_lettered(self) -> int:
+        return self.loop.dead_lettered
 
 
 def _resource(ref: ObjectRef, result: ApplyResult, message: str = "") -> AppliedResource:
@@ -101,6 +105,7 @@ class ManifestApplier:
         fetch_timeout_s: float = 5.0,
         retry_s: float = 2.0,
         max_message_bytes: int = 1024 * 1024,
+        max_deliveries: int = 10,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.js, self.store, self.backend, self.log = js, store, backend, log
@@ -108,6 +113,7 @@ class ManifestApplier:
         self.ack_wait_s, self.fetch_timeout_s, self.retry_s = ack_wait_s, fetch_timeout_s, retry_s
         self.clock = clock
         self.max_message_bytes = max_message_bytes
+        self.max_deliveries = max_deliveries
         self.stats = ApplierStats()
         self.cluster_id = ""
 
@@ -253,69 +259,42 @@ class ManifestApplier:
             self.js = js
         if self.js is None:
             raise RuntimeError("the manifest applier has no JetStream connection")
-        stream_js = self.js
-        config = self.config(cluster_id)
-        delay = 0.2
-        while True:
-            try:
-                sub = await stream_js.pull_subscribe(
-                    config.filter_subject or "", durable=config.durable_name, stream=FLEET_AGENT.name, config=config
-                )
-                break
-            except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
-                self.log.warning("cannot create consumer %s yet (%s); retrying", config.durable_name, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-        try:
-            while True:
-                messages, _idle = await pull(sub, 1, self.fetch_timeout_s, pause_s=1.0)
-                for msg in messages:
-                    await self.handle(msg)
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        loop = PullLoop(
+            stream=FLEET_AGENT.name,
+            config=self.config(cluster_id),
+            process=one_at_a_time(self.handle, self.log),
+            dead_letters=DeadLetters(self.store, Service.NODE_AGENT.value, self.instance_id, cluster_id=cluster_id),
+            log=self.log,
+            max_deliveries=self.max_deliveries,
+            batch=1,  # one in flight: commands for a subscription are applied in order
+            fetch_timeout_s=self.fetch_timeout_s,
+            pause_s=1.0,
+            stats=self.stats.loop,
+        )
+        await loop.run(self.js)
 
-    async def handle(self, msg: Msg) -> None:
-        """One message to a final ack, nak or term; never raises."""
+    async def handle(self, msg: Msg) -> Outcome:
+        """What to do with one message: ACK once the report and the inventory are committed."""
         expected = subjects.agent_command(self.cluster_id, CLUSTER_AGENT_NODE, APPLY_VERB)
         if msg.subject != expected:
-            await self._dead_letter(msg, ErrorCode.WRONG_SCHEMA, f"{msg.subject} is not served by the cluster agent")
-            return
+            return Outcome.dead_letter(ErrorCode.WRONG_SCHEMA, f"{msg.subject} is not served by the cluster agent")
         try:
             command = codec.decode(
                 msg.data, ApplyManifests, headers=msg.headers or {}, max_bytes=self.max_message_bytes
             )
         except RequestError as exc:
-            await self._dead_letter(msg, exc.code, exc.message)
-            return
+            return Outcome.dead_letter(exc.code, exc.message)
         if command.cluster_id != self.cluster_id:
             reason = f"command for cluster {command.cluster_id} arrived at {self.cluster_id}"
-            await self._dead_letter(msg, ErrorCode.SUBJECT_MISMATCH, reason)
-            return
+            return Outcome.dead_letter(ErrorCode.SUBJECT_MISMATCH, reason)
         log = self.log.bind(cluster=self.cluster_id, subscription=command.subscription)
         try:
             report = await self.apply(command)
         except RetryLater as exc:
-            self.stats.retried += 1
             log.warning("cannot apply now (%s); retrying in %.1fs", exc, self.retry_s)
-            await msg.nak(delay=self.retry_s)
-            return
+            return Outcome.wait(self.retry_s, f"cannot apply now ({exc})")
         if report is None:
             log.info("skipped a stale apply (generation %d, decision %d)", command.generation, command.decision)
         else:
             log.info("subscription %s: %s", command.subscription, report.state.value, extra={"detail": report.message})
-        await msg.ack()
-
-    async def _dead_letter(self, msg: Msg, code: ErrorCode, reason: str) -> None:
-        self.stats.dead_lettered += 1
-        self.log.error("dead-lettering %s: %s", msg.subject, reason, extra={"code": str(code)})
-        await dead_letter_message(
-            self.store,
-            msg,
-            service=Service.NODE_AGENT.value,
-            instance_id=self.instance_id,
-            consumer=agent_consumer(self.cluster_id, CLUSTER_AGENT_NODE),
-            code=code,
-            reason=reason,
-            cluster_id=self.cluster_id,
-        )
+        return ACK

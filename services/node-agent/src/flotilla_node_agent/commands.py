@@ -1,20 +1,20 @@
 """The agent's own durable JetStream consumer on FLEET_AGENT: decode, check, execute, ack after commit.
 
 One durable pull consumer per node (`agent_consumer(cluster, node)`), filtered to the node's subjects,
-one message in flight (`max_ack_pending=1`) so steps run in order. Long steps send in-progress acks.
-Bad input (undecodable, unknown schema version, another node's command, unknown verb) is terminated
-and dead-lettered, never executed.
+one message in flight (`max_ack_pending=1`) so steps run in order, on the runtime's one pull loop
+(flotilla_runtime.pullloop). Long steps send in-progress acks. Bad input (undecodable, unknown schema
+version, another node's command, unknown verb) is dead-lettered, never executed. A node that cannot be
+reached is waited for (the journal says the step is running; the orchestrator's step deadline bounds
+it); a command whose execution raises is retried with back-off and dead-lettered at its max deliveries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import nats.errors
-import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -27,10 +27,9 @@ from flotilla_contracts.v1.agent import NodeStepCommand
 from flotilla_node_agent.domain import wrong_target
 from flotilla_node_agent.steps import Ack, StepRunner
 from flotilla_runtime import codec, telemetry
-from flotilla_runtime.consumers import pull
-from flotilla_runtime.deadletters import dead_letter_message
 from flotilla_runtime.errors import RequestError
 from flotilla_runtime.logs import BoundLogger
+from flotilla_runtime.pullloop import ACK, DeadLetters, LoopStats, Outcome, PullLoop, one_at_a_time
 from flotilla_runtime.store import Store
 
 STEP_VERB = "step"
@@ -40,13 +39,20 @@ SIM_RESTART_S = 2.0
 @dataclass
 class ConsumerStats:
     executed: int = 0
-    dead_lettered: int = 0
-    retried: int = 0
     dropped: int = 0
+    loop: LoopStats = field(default_factory=LoopStats)
+
+    @property
+    def retried(self) -> int:
+        return self.loop.retried + self.loop.waited
+
+    @property
+    def dead_lettered(self) -> int:
+        return self.loop.dead_lettered
 
 
 class CommandConsumer:
-    """Pulls one node's commands and hands each to the step runner; never raises out of `handle`."""
+    """Pulls one node's commands and hands each to the step runner; the pull loop settles its Outcome."""
 
     def __init__(
         self,
@@ -61,6 +67,7 @@ class CommandConsumer:
         ack_wait_s: float = 30.0,
         fetch_timeout_s: float = 20.0,
         max_message_bytes: int = 256 * 1024,
+        max_deliveries: int = 10,
         gate: asyncio.Semaphore | None = None,
     ) -> None:
         self.js, self.store, self.runner, self.log = js, store, runner, log
@@ -74,7 +81,20 @@ class CommandConsumer:
         self.filter = subjects.agent_commands_for(cluster_id, node_id)
         self.step_subject = subjects.agent_command(cluster_id, node_id, STEP_VERB)
         self.stats = ConsumerStats()
-        self.idle = asyncio.Event()
+        self.loop = PullLoop(
+            stream=FLEET_AGENT.name,
+            config=self.config(),
+            process=one_at_a_time(self.handle, log),
+            dead_letters=DeadLetters(store, Service.NODE_AGENT.value, instance_id, cluster_id=cluster_id),
+            log=log,
+            max_deliveries=max_deliveries,
+            batch=1,
+            fetch_timeout_s=fetch_timeout_s,
+            pause_s=1.0,
+            gate=self.gate,
+            stats=self.stats.loop,
+        )
+        self.idle = self.loop.idle
 
     def config(self) -> ConsumerConfig:
         return ConsumerConfig(
@@ -91,61 +111,21 @@ class CommandConsumer:
             description=f"node-agent commands for {self.cluster_id}/{self.node_id}",
         )
 
-    async def subscribe(self) -> Any:
-        delay = 0.2
-        while True:
-            try:
-                async with self.gate:
-                    return await self.js.pull_subscribe(
-                        self.filter, durable=self.durable, stream=FLEET_AGENT.name, config=self.config()
-                    )
-            except nats.js.errors.BadRequestError as exc:
-                # e.g. the stream's consumer limit: a deployment problem someone must fix; keep trying.
-                self.log.error("JetStream refused consumer %s: %s; retrying", self.durable, exc.description)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-                continue
-            except (
-                nats.errors.TimeoutError,
-                nats.js.errors.ServiceUnavailableError,
-                nats.errors.NoRespondersError,
-                nats.js.errors.NotFoundError,  # FLEET_AGENT not provisioned yet: the services create it
-            ) as exc:
-                self.log.warning("cannot create consumer %s yet (%s); retrying", self.durable, type(exc).__name__)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
     async def run(self) -> None:
-        sub = await self.subscribe()
-        try:
-            while True:
-                messages, idle = await pull(sub, 1, self.fetch_timeout_s, pause_s=1.0)
-                if idle:
-                    self.idle.set()
-                if not messages:
-                    continue
-                self.idle.clear()
-                for msg in messages:
-                    await self.handle(msg)
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        await self.loop.run(self.js)
 
-    async def handle(self, msg: Msg) -> None:
+    async def handle(self, msg: Msg) -> Outcome:
         headers = msg.headers or {}
         if msg.subject != self.step_subject:
             verb = msg.subject.rsplit(".", 1)[-1]
-            await self._dead_letter(msg, ErrorCode.WRONG_SCHEMA, f"agent verb {verb!r} is not served by node agents")
-            return
+            return Outcome.dead_letter(ErrorCode.WRONG_SCHEMA, f"agent verb {verb!r} is not served by node agents")
         try:
             command = codec.decode(msg.data, NodeStepCommand, headers=headers, max_bytes=self.max_message_bytes)
         except RequestError as exc:
-            await self._dead_letter(msg, exc.code, exc.message)
-            return
+            return Outcome.dead_letter(exc.code, exc.message)
         mismatch = wrong_target(command, self.cluster_id, self.node_id)
         if mismatch:
-            await self._dead_letter(msg, ErrorCode.SUBJECT_MISMATCH, mismatch)
-            return
+            return Outcome.dead_letter(ErrorCode.SUBJECT_MISMATCH, mismatch)
         keepalive = asyncio.create_task(self._keep_alive(msg))
         # Continue the rollout's trace: the step's reports (outbox events) carry this span's context.
         with telemetry.consumer_span(f"node-agent {command.step.value}", headers, msg.subject) as span:
@@ -159,14 +139,12 @@ class CommandConsumer:
                     await keepalive
         if result.ack is Ack.ACK:
             self.stats.executed += 1
-            await msg.ack()
-        elif result.ack is Ack.RETRY:
-            self.stats.retried += 1
-            await msg.nak(delay=result.retry_in_s)
-        else:
-            # A simulated crash of one packed agent: as if its process restarted a moment later.
-            self.stats.dropped += 1
-            await msg.nak(delay=SIM_RESTART_S)
+            return ACK
+        if result.ack is Ack.RETRY:
+            return Outcome.wait(result.retry_in_s, "the node cannot be reached; the journal says the step is running")
+        # A simulated crash of one packed agent: as if its process restarted a moment later.
+        self.stats.dropped += 1
+        return Outcome.wait(SIM_RESTART_S, "simulated agent crash")
 
     async def _keep_alive(self, msg: Msg) -> None:
         """In-progress acks every third of ack_wait, so a long step is not redelivered under us."""
@@ -174,11 +152,3 @@ class CommandConsumer:
             await asyncio.sleep(self.ack_wait_s / 3)
             with contextlib.suppress(nats.errors.Error):
                 await msg.in_progress()
-
-    async def _dead_letter(self, msg: Msg, code: ErrorCode, reason: str) -> None:
-        self.stats.dead_lettered += 1
-        self.log.error("dead-lettering %s: %s", msg.subject, reason, extra={"code": str(code)})
-        await dead_letter_message(
-            self.store, msg, service=Service.NODE_AGENT.value, instance_id=self.instance_id, consumer=self.durable,
-            code=code, reason=reason, cluster_id=self.cluster_id,
-        )  # fmt: skip

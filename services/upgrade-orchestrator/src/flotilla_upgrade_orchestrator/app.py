@@ -48,6 +48,7 @@ class Settings(ServiceSettings, kw_only=True, frozen=True):
     step_grace_s: float = 60.0  # past a command's deadline before the node fails with StepTimeout
     extra_versions: str = ""  # comma-separated Kubernetes versions newer than the built-in release table
     intake_batch: int = 512  # events applied per transaction
+    intake_max_deliveries: int = 10  # an event still failing at this delivery is dead-lettered, the rest go on
     estimate_drain_s: float = 60.0  # for the plan's estimate only
     estimate_upgrade_s: float = 180.0
 
@@ -59,6 +60,8 @@ def _check(settings: Settings, prefix: str) -> Releases:
         raise SettingsError(f"{prefix}LEASE_TTL_S must be at least 3 x TICK_INTERVAL_S")
     if settings.intake_batch < 1:
         raise SettingsError(f"{prefix}INTAKE_BATCH must be at least 1")
+    if settings.intake_max_deliveries < 1:
+        raise SettingsError(f"{prefix}INTAKE_MAX_DELIVERIES must be at least 1")
     try:
         return Releases.with_extra(settings.extra_versions.split(","))
     except ValueError as exc:
@@ -122,8 +125,10 @@ async def setup(app: ServiceApp[Settings]) -> None:
             handlers=handlers,
             engine=engine,
             run_work=orchestrator.run,
+            store=app.store,
             instance_id=settings.instance_id,
             batch=settings.intake_batch,
+            max_deliveries=settings.intake_max_deliveries,
         )
         intakes.append(intake)
         app.background(lambda intake=intake: intake.run(app.js))  # type: ignore[misc]
