@@ -224,14 +224,18 @@ def test_not_ready_nodes_count_as_unavailable(sim: Sim) -> None:
     from flotilla_contracts.v1.upgrade import FailureBudget
 
     sim.add_cluster("c0", workers=3)
+    from flotilla_runtime.errors import RequestError
+
     sim.node_health("c0", "c0-w3", NodeHealth.NOT_READY)  # before the rollout: already unavailable
-    rid = sim.start(
-        RolloutSpec(target_version="v1.30.4", max_unavailable=1, failure_budget=FailureBudget(max_failed_nodes=3))
-    )
-    sim.run()
-    assert sim.engine.rollouts[rid].state is RolloutState.RUNNING
-    assert not sim.queue and len(sim.issued_ids) == 0  # 1 of 1 already down: nothing may be cordoned (I1)
+    spec = RolloutSpec(target_version="v1.30.4", max_unavailable=1, failure_budget=FailureBudget(max_failed_nodes=3))
+    try:  # 1 of 1 already down: nothing else could ever be cordoned (I1), so the plan refuses, not stalls
+        sim.start(spec)
+        raise AssertionError("the start should have been refused")
+    except RequestError as refused:
+        assert "c0-w3" in str(refused) and "max_unavailable=1" in str(refused)
+    assert len(sim.issued_ids) == 0
     sim.node_health("c0", "c0-w3", NodeHealth.READY)
+    rid = sim.start(spec, request_id="req-2")
     sim.run()
     assert sim.engine.rollouts[rid].state is RolloutState.SUCCEEDED
 

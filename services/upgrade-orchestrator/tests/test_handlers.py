@@ -191,7 +191,6 @@ async def test_control_commands_refuse_what_the_state_does_not_allow(commands: C
     cases: list[tuple[str, Any, str, str]] = [
         ("upgrade.pause", PauseRolloutRequest(rollout_id="nope"), "not_found", "no rollout nope"),
         ("upgrade.status", RolloutStatusRequest(rollout_id="nope"), "not_found", "no rollout nope"),
-        ("upgrade.resume", ResumeRolloutRequest(rollout_id=rid), "conflict", "it is Running"),
         ("upgrade.approve", ApproveWaveRequest(rollout_id=rid, wave=7), "not_found", "has 2 wave(s)"),
         ("upgrade.retry", RetryRequest(rollout_id=rid), "conflict", "no failed cluster"),
         ("upgrade.retry", RetryRequest(rollout_id=rid, cluster_id="c0"), "conflict", "not Failed"),
@@ -202,6 +201,9 @@ async def test_control_commands_refuse_what_the_state_does_not_allow(commands: C
     for verb, body, code, words in cases:
         error = await commands.error(verb, body)
         assert error["code"] == code and words in error["message"], (verb, error)
+    # Resuming a rollout that runs is no conflict (a skip may have lifted its freeze): it says so.
+    resumed = await commands.ok("upgrade.resume", ResumeRolloutRequest(rollout_id=rid), RolloutReply)
+    assert resumed.message == "already Running: nothing to resume"
     await commands.ok("upgrade.abort", AbortRolloutRequest(rollout_id=rid), RolloutReply)
     error = await commands.error("upgrade.abort", AbortRolloutRequest(rollout_id=rid))
     assert error["code"] == "conflict" and "it is Aborted" in error["message"]

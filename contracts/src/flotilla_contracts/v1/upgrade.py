@@ -140,6 +140,8 @@ class RefusalReason(StrEnum):
     CLUSTER_NOT_APPROVED = "ClusterNotApproved"
     IN_ANOTHER_ROLLOUT = "InAnotherRollout"
     INVALID_SPEC = "InvalidSpec"
+    # Nodes already unavailable hold the whole max_unavailable while other nodes still have to be taken out (I1).
+    BUDGET_HELD = "BudgetHeldByUnavailableNodes"
     KUBE_PROXY_SKEW = "KubeProxySkew"
 
 

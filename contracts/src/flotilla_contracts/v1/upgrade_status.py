@@ -98,6 +98,8 @@ class FreezeReason(StrEnum):
     HEALTH_GATE_FAILED = "HealthGateFailed"
     CLUSTER_UNREACHABLE = "ClusterUnreachable"
     LOST_CONTACT = "LostContact"
+    # Running, yet nothing issued and nothing received for the no-progress time; the message names the wait.
+    NO_PROGRESS = "NoProgress"
 
 
 class Freeze(msgspec.Struct, frozen=True, kw_only=True):

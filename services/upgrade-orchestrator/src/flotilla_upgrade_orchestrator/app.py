@@ -27,7 +27,7 @@ from flotilla_runtime.errors import SettingsError
 from flotilla_runtime.service import ServiceApp, ServiceSpec
 from flotilla_runtime.settings import ServiceSettings, env_prefix
 from flotilla_runtime.trust import RefusalLedger
-from flotilla_upgrade_orchestrator import __version__, reactions, reports
+from flotilla_upgrade_orchestrator import __version__, progress, reactions, reports
 from flotilla_upgrade_orchestrator.engine import Engine, Timeouts
 from flotilla_upgrade_orchestrator.handlers import Orchestrator
 from flotilla_upgrade_orchestrator.intake import Intake, SyncHandler
@@ -46,6 +46,7 @@ class Settings(ServiceSettings, kw_only=True, frozen=True):
     upgrade_timeout_s: float = 1800.0  # upgrade and rollback steps
     uncordon_timeout_s: float = 120.0
     step_grace_s: float = 60.0  # past a command's deadline before the node fails with StepTimeout
+    no_progress_s: float = 600.0  # Running with nothing issued or received this long, no wait that ends: NoProgress
     extra_versions: str = ""  # comma-separated Kubernetes versions newer than the built-in release table
     intake_batch: int = 512  # events applied per transaction
     intake_max_deliveries: int = 10  # an event still failing at this delivery is dead-lettered, the rest go on
@@ -58,6 +59,8 @@ def _check(settings: Settings, prefix: str) -> Releases:
         raise SettingsError(f"{prefix}TICK_INTERVAL_S must be above 0")
     if settings.lease_ttl_s < 3 * settings.tick_interval_s:
         raise SettingsError(f"{prefix}LEASE_TTL_S must be at least 3 x TICK_INTERVAL_S")
+    if settings.no_progress_s <= 0:
+        raise SettingsError(f"{prefix}NO_PROGRESS_S must be above 0")
     if settings.intake_batch < 1:
         raise SettingsError(f"{prefix}INTAKE_BATCH must be at least 1")
     if settings.intake_max_deliveries < 1:
@@ -79,6 +82,7 @@ async def setup(app: ServiceApp[Settings]) -> None:
             upgrade_s=settings.upgrade_timeout_s,
             uncordon_s=settings.uncordon_timeout_s,
             grace_s=settings.step_grace_s,
+            no_progress_s=settings.no_progress_s,
         ),
         epoch_of=leases.epoch,
     )
@@ -144,7 +148,7 @@ async def setup(app: ServiceApp[Settings]) -> None:
                 if epoch is not None and epoch != before:
                     app.log.bind(rollout=rollout_id).info("lease taken", extra={"epoch": epoch})
                     await orchestrator.run(
-                        lambda tx, r=rollout_id: engine.advance(tx, engine.rollouts[r], datetime.now(UTC))  # type: ignore[misc]
+                        lambda tx, r=rollout_id: progress.advance(engine, tx, engine.rollouts[r], datetime.now(UTC))  # type: ignore[misc]
                     )
             for rollout_id in [r for r in leases.held if r not in wanted]:
                 await leases.release(rollout_id)

@@ -28,9 +28,9 @@ from flotilla_contracts.v1.upgrade_status import (
 )
 from flotilla_runtime.errors import RequestError
 from flotilla_runtime.store import SyncTx
+from flotilla_upgrade_orchestrator import progress, views
 from flotilla_upgrade_orchestrator import rollback as rollback_rules
 from flotilla_upgrade_orchestrator import store as repo
-from flotilla_upgrade_orchestrator import views
 from flotilla_upgrade_orchestrator.engine import Engine
 from flotilla_upgrade_orchestrator.model import (
     FINAL_WAVE,
@@ -156,7 +156,7 @@ def start(
         f"{plan.clusters_total} cluster(s), {plan.nodes_total} node(s) to {spec.target_version} in {len(plan.waves)} "
         "wave(s)",
     )
-    engine.advance(tx, rollout, now)
+    progress.advance(engine, tx, rollout, now)
     return StartRolloutReply(rollout_id=rollout_id, plan=shown)
 
 
@@ -178,6 +178,8 @@ def pause(engine: Engine, tx: SyncTx, request: PauseRolloutRequest, now: datetim
 
 def resume(engine: Engine, tx: SyncTx, request: ResumeRolloutRequest, now: datetime) -> RolloutReply:
     rollout = get(engine, request.rollout_id)
+    if rollout.state in (RolloutState.RUNNING, RolloutState.AWAITING_APPROVAL) and rollout.rec.freeze is None:
+        return reply(rollout, f"already {rollout.state.value}: nothing to resume")  # e.g. a skip lifted the freeze
     if rollout.state not in (RolloutState.PAUSED, RolloutState.FROZEN):
         raise conflict(rollout, "resume")
     engine.unfreeze(tx, rollout, "Resumed", "resumed by a user", now)
@@ -196,7 +198,7 @@ def resume(engine: Engine, tx: SyncTx, request: ResumeRolloutRequest, now: datet
     if back in (RolloutState.FROZEN, RolloutState.PAUSED):
         back = RolloutState.RUNNING
     engine.rollout_to(tx, rollout, back, now, "Resumed", "resumed by a user")
-    engine.advance(tx, rollout, now)
+    progress.advance(engine, tx, rollout, now)
     if rollout.state is RolloutState.FROZEN and rollout.rec.freeze is not None:
         return reply(rollout, f"resumed, but it froze again at once: {rollout.rec.freeze.message}")
     note = f"; {recovered} node(s) Ready again no longer count against the budget" if recovered else ""
@@ -207,7 +209,7 @@ def abort(engine: Engine, tx: SyncTx, request: AbortRolloutRequest, now: datetim
     rollout = get(engine, request.rollout_id)
     if rollout.final or rollout.state is RolloutState.ROLLING_BACK:
         raise conflict(rollout, "abort")
-    engine.unfreeze(tx, rollout, "Aborted", "the rollout was aborted", now)
+    engine.unfreeze(tx, rollout, "Aborted", "the rollout was aborted", now, resume=False)  # Frozen -> Aborted
     for wave in rollout.waves:
         if wave.state not in FINAL_WAVE:
             engine.wave_to(tx, rollout, wave, WaveState.ABORTED, now, "Aborted")
@@ -226,7 +228,7 @@ def abort(engine: Engine, tx: SyncTx, request: AbortRolloutRequest, now: datetim
         "are being uncordoned" + (f" ({request.reason})" if request.reason else "")
     )
     engine.rollout_to(tx, rollout, RolloutState.ABORTED, now, "Aborted", message)
-    engine.advance(tx, rollout, now)
+    progress.advance(engine, tx, rollout, now)
     return reply(rollout, message)
 
 
@@ -247,7 +249,7 @@ def approve(engine: Engine, tx: SyncTx, request: ApproveWaveRequest, now: dateti
         return reply(rollout, f"wave {wave.index} was already approved")
     wave.approved_at = now.timestamp()
     engine.touch(rollout, now)
-    engine.advance(tx, rollout, now)
+    progress.advance(engine, tx, rollout, now)
     note = "" if wave.requires_approval else " (it did not require approval)"
     return reply(rollout, f"wave {wave.index} approved{note}")
 

@@ -22,12 +22,9 @@ from flotilla_contracts.v1.upgrade_status import (
 from flotilla_runtime.integrity import StateRefused
 from flotilla_runtime.logs import get_logger
 from flotilla_runtime.store import SyncTx
-from flotilla_upgrade_orchestrator import progress, scheduling
 from flotilla_upgrade_orchestrator import store as repo
 from flotilla_upgrade_orchestrator.fleet import FleetCluster
 from flotilla_upgrade_orchestrator.model import (
-    ACTIVE_CLUSTER,
-    WINDING_DOWN,
     ClusterRec,
     FailureRec,
     NodeRec,
@@ -35,7 +32,7 @@ from flotilla_upgrade_orchestrator.model import (
     command_id,
 )
 from flotilla_upgrade_orchestrator.transitions import Transitions
-from flotilla_upgrade_orchestrator.windows import Window, openness, parse_windows
+from flotilla_upgrade_orchestrator.windows import Openness, Window, openness, parse_windows
 
 T = TypeVar("T")
 log = get_logger("flotilla.upgrade-orchestrator.engine")
@@ -49,6 +46,7 @@ class Timeouts:
     upgrade_s: float = 1800.0
     uncordon_s: float = 120.0
     grace_s: float = 60.0
+    no_progress_s: float = 600.0  # Running with nothing issued or received this long: freeze NoProgress
 
     def for_step(self, step: StepKind, rollout: Rollout) -> float:
         if step is StepKind.DRAIN:
@@ -77,6 +75,7 @@ class Engine(Transitions):
     _dirty_clusters: set[tuple[str, str]] = field(default_factory=set)
     _dirty_nodes: dict[tuple[str, str, str], NodeRec] = field(default_factory=dict)
     _new_failures: list[tuple[str, FailureRec]] = field(default_factory=list)
+    active_at: dict[str, float] = field(default_factory=dict)
     dirty_fleet: set[str] = field(default_factory=set)
 
     # --- the unit of work -------------------------------------------------------------------------------
@@ -164,16 +163,15 @@ class Engine(Transitions):
         cluster = self.fleet.get(cluster_id)
         return {} if cluster is None else cluster.labels
 
-    def window_open(self, rollout: Rollout, cluster: ClusterRec, now: datetime) -> bool:
+    def window(self, rollout: Rollout, cluster: ClusterRec, now: datetime) -> Openness:
+        """Is the cluster inside a maintenance window now, and if not, when does one open (a query, no write)."""
         windows = self.windows(rollout)
         if not windows:
-            return True
-        state = openness(windows, self.labels(cluster.cluster_id), now)
-        opens = None if state.opens_at is None else state.opens_at.timestamp()
-        if cluster.window_opens_at != opens:
-            cluster.window_opens_at = opens
-            self._dirty_clusters.add((rollout.rollout_id, cluster.cluster_id))
-        return state.open
+            return Openness(open=True)
+        return openness(windows, self.labels(cluster.cluster_id), now)
+
+    def window_open(self, rollout: Rollout, cluster: ClusterRec, now: datetime) -> bool:
+        return self.window(rollout, cluster, now).open
 
     # --- issuing -----------------------------------------------------------------------------------------------
 
@@ -200,6 +198,7 @@ class Engine(Transitions):
         node.updated_at = now.timestamp()
         self.touch_node(rollout, cluster, node)
         self.inflight[cid] = (rollout.rollout_id, cluster.cluster_id, node.node_id)
+        self.mark_active(rollout, now)
         if not repo.record_command(tx, cid, rollout.rollout_id, cluster.cluster_id, node, step, epoch, now):
             # Issued before, maybe under its unkeyed id (before migration 0002): wait for that one's report.
             sent = repo.issued_command_id(tx, rollout.rollout_id, cluster.cluster_id, node, step) or cid
@@ -238,32 +237,3 @@ class Engine(Transitions):
         if where is not None:
             return where[0] if where[1:] == (cluster_id, node_id) else None
         return repo.command_rollout(tx, command_id, cluster_id, node_id)
-
-    # --- advancing -------------------------------------------------------------------------------------------
-
-    def advance(self, tx: SyncTx, rollout: Rollout, now: datetime, only: str | None = None) -> None:
-        """Move the rollout as far as it can go now; `only` limits the work to one cluster unless it settles."""
-        epoch = self.epoch_of(rollout.rollout_id)
-        if epoch is None:
-            return  # not our lease (I6): somebody else writes this rollout, or nobody until we get it back
-        if rollout.rec.epoch != epoch:
-            rollout.rec.epoch = epoch
-            self.touch(rollout, now)
-        clusters = [rollout.clusters[only]] if only is not None else list(rollout.clusters.values())
-        settled_any = False
-        for cluster in clusters:
-            settled_any |= progress.settle_cluster(self, tx, rollout, cluster, now)
-        if only is None or settled_any:
-            progress.check_gates(self, tx, rollout, now)
-            progress.progress_waves(self, tx, rollout, now)
-            progress.finish_rollback(self, tx, rollout, now)
-            progress.start_clusters(self, tx, rollout, now)
-            clusters = [c for c in rollout.clusters.values() if _may_have_work(c)]
-        for cluster in clusters:
-            progress.issue_steps(self, tx, rollout, cluster, epoch, now)
-
-
-def _may_have_work(cluster: ClusterRec) -> bool:
-    if cluster.state in ACTIVE_CLUSTER:
-        return True
-    return cluster.state in WINDING_DOWN and scheduling.cluster_outstanding(cluster)

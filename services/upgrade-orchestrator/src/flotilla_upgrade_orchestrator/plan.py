@@ -29,7 +29,7 @@ from flotilla_contracts.v1.upgrade import (
     UpgradePlan,
 )
 from flotilla_kube.versions import KubeVersion
-from flotilla_upgrade_orchestrator import skew
+from flotilla_upgrade_orchestrator import skew, stall
 from flotilla_upgrade_orchestrator.fleet import FleetCluster, FleetNode
 from flotilla_upgrade_orchestrator.spec import CheckedSpec
 from flotilla_upgrade_orchestrator.waves import makespan, split_waves
@@ -45,6 +45,7 @@ BLOCKING = frozenset(
         RefusalReason.IN_ANOTHER_ROLLOUT,
         RefusalReason.INVALID_SPEC,
         RefusalReason.KUBE_PROXY_SKEW,
+        RefusalReason.BUDGET_HELD,
     }
 )
 ERROR_FOR_REFUSAL: dict[RefusalReason, ErrorCode] = {
@@ -54,6 +55,7 @@ ERROR_FOR_REFUSAL: dict[RefusalReason, ErrorCode] = {
     RefusalReason.UNKNOWN_VERSION: ErrorCode.UNKNOWN_VERSION,
     RefusalReason.IN_ANOTHER_ROLLOUT: ErrorCode.ROLLOUT_CONFLICT,
     RefusalReason.INVALID_SPEC: ErrorCode.INVALID_PLAN,
+    RefusalReason.BUDGET_HELD: ErrorCode.INVALID_PLAN,
     RefusalReason.KUBE_PROXY_SKEW: ErrorCode.SKEW_VIOLATION,
 }
 
@@ -176,6 +178,9 @@ def judge_cluster(
     moving_workers = _by_name([n for n in workers if versions[n.node_id] < target])
     if not moving_cps and not moving_workers:
         return ClusterVerdict(None, [], up_to_date=True)
+    blocked = stall.budget_blocked(cluster, [n.node_id for n in (*moving_cps, *moving_workers)], max_unavailable)
+    if blocked is not None:
+        return refuse(RefusalReason.BUDGET_HELD, blocked)
     applied = any(versions[n.node_id] == target for n in cps)
     planned_cps = [
         _planned(n, i, KubeadmAction.NODE if applied or i > 0 else KubeadmAction.APPLY)

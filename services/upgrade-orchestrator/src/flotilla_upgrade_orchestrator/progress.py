@@ -7,7 +7,6 @@ announced in the caller's transaction.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from flotilla_contracts.v1.heartbeat import ClusterHealth
 from flotilla_contracts.v1.upgrade_status import (
@@ -19,21 +18,49 @@ from flotilla_contracts.v1.upgrade_status import (
 )
 from flotilla_runtime.logs import get_logger
 from flotilla_runtime.store import SyncTx
-from flotilla_upgrade_orchestrator import retries, scheduling
+from flotilla_upgrade_orchestrator import retries, scheduling, stall
+from flotilla_upgrade_orchestrator.engine import Engine
 from flotilla_upgrade_orchestrator.model import (
+    ACTIVE_CLUSTER,
     BUDGET_FREEZES,
     FINAL_WAVE,
     WAVE_DONE_CLUSTER,
+    WINDING_DOWN,
     ClusterRec,
     Rollout,
 )
 
-if TYPE_CHECKING:
-    from flotilla_upgrade_orchestrator.engine import Engine
-
 log = get_logger("flotilla.upgrade-orchestrator.engine")
 _UPGRADING = (ClusterRolloutState.UPGRADING_CONTROL_PLANE, ClusterRolloutState.UPGRADING_WORKERS)
 _GATE_BAD = (ClusterHealth.DEGRADED, ClusterHealth.UNREACHABLE)
+
+
+def advance(engine: Engine, tx: SyncTx, rollout: Rollout, now: datetime, only: str | None = None) -> None:
+    """Move the rollout as far as it can go now; `only` limits the work to one cluster unless it settles."""
+    epoch = engine.epoch_of(rollout.rollout_id)
+    if epoch is None:
+        return  # not our lease (I6): somebody else writes this rollout, or nobody until we get it back
+    if rollout.rec.epoch != epoch:
+        rollout.rec.epoch = epoch
+        engine.touch(rollout, now)
+    clusters = [rollout.clusters[only]] if only is not None else list(rollout.clusters.values())
+    settled_any = False
+    for cluster in clusters:
+        settled_any |= settle_cluster(engine, tx, rollout, cluster, now)
+    if only is None or settled_any:
+        check_gates(engine, tx, rollout, now)
+        progress_waves(engine, tx, rollout, now)
+        finish_rollback(engine, tx, rollout, now)
+        start_clusters(engine, tx, rollout, now)
+        clusters = [c for c in rollout.clusters.values() if _may_have_work(c)]
+    for cluster in clusters:
+        issue_steps(engine, tx, rollout, cluster, epoch, now)
+
+
+def _may_have_work(cluster: ClusterRec) -> bool:
+    if cluster.state in ACTIVE_CLUSTER:
+        return True
+    return cluster.state in WINDING_DOWN and scheduling.cluster_outstanding(cluster)
 
 
 def settle_cluster(engine: Engine, tx: SyncTx, rollout: Rollout, cluster: ClusterRec, now: datetime) -> bool:
@@ -93,7 +120,9 @@ def reopen(engine: Engine, tx: SyncTx, rollout: Rollout, cluster: ClusterRec, no
         node.failed_step, node.failure, node.resume_state = None, "", None
         again = resume_at or NodeStepState.PENDING
         if node.state is not again:
-            engine.node_to(tx, rollout, cluster, node, again, now, reason="Retry", message=f"attempt {node.attempt}")
+            engine.node_to(
+                tx, rollout, cluster, node, again, now, reason="Retry", message=f"attempt {node.attempt}", retry=True
+            )
         if resume_at is None:
             node.drained = False
         engine.touch_node(rollout, cluster, node)
@@ -134,12 +163,7 @@ def check_gates(engine: Engine, tx: SyncTx, rollout: Rollout, now: datetime) -> 
         return
     exceeded = scheduling.budget_exceeded(rollout)
     if exceeded is not None:
-        kind, message = exceeded
-        reason = (
-            FreezeReason.NODE_FAILURE_BUDGET_EXCEEDED
-            if kind == "nodes"
-            else FreezeReason.CLUSTER_FAILURE_BUDGET_EXCEEDED
-        )
+        reason, message = exceeded
         engine.freeze(tx, rollout, reason, message, now)
         return
     gates = rollout.spec.health_gates
@@ -170,6 +194,23 @@ def check_gates(engine: Engine, tx: SyncTx, rollout: Rollout, now: datetime) -> 
                 cluster_id=cluster.cluster_id,
             )
             return
+
+
+def check_stall(engine: Engine, tx: SyncTx, rollout: Rollout, now: datetime) -> None:
+    """No silent stall: a Running rollout idle for the no-progress time, waiting on nothing that ends by
+    itself, freezes with NoProgress and what it waits for (stall.py)."""
+    if rollout.state is not RolloutState.RUNNING or rollout.rec.freeze is not None:
+        return
+    last = engine.active_at.setdefault(rollout.rollout_id, now.timestamp())  # a restart starts the clock again
+    idle = now.timestamp() - last
+    if idle < engine.timeouts.no_progress_s:
+        return
+    message = stall.stalled(rollout, engine.fleet, idle)
+    if message is None:
+        engine.mark_active(rollout, now)  # a wait that ends by itself: look again one no-progress time later
+        return
+    log.bind(rollout=rollout.rollout_id).warning("no progress: %s", message)
+    engine.freeze(tx, rollout, FreezeReason.NO_PROGRESS, message, now)
 
 
 def finish_rollback(engine: Engine, tx: SyncTx, rollout: Rollout, now: datetime) -> None:
@@ -272,7 +313,12 @@ def start_clusters(engine: Engine, tx: SyncTx, rollout: Rollout, now: datetime) 
                 continue
             waiting = cluster.state is ClusterRolloutState.WAITING_WINDOW
             if cluster.state is ClusterRolloutState.PENDING or waiting:
-                is_open = engine.window_open(rollout, cluster, now)
+                window = engine.window(rollout, cluster, now)
+                opens = None if window.opens_at is None else window.opens_at.timestamp()
+                if cluster.window_opens_at != opens:
+                    cluster.window_opens_at = opens  # shown in status: when the window opens
+                    engine.touch_cluster(rollout, cluster)
+                is_open = window.open
                 if not is_open and not waiting:
                     engine.cluster_to(tx, rollout, cluster, ClusterRolloutState.WAITING_WINDOW, now, "OutsideWindow")
                 elif is_open and waiting:

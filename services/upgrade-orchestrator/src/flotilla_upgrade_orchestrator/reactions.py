@@ -44,6 +44,7 @@ def on_report(engine: Engine, tx: SyncTx, report: NodeStepReported, now: datetim
     if node.command_id != report.command_id or node.in_flight is not report.step:
         return
     del engine.inflight[report.command_id]
+    engine.mark_active(rollout, now)
     step = report.step
     node.in_flight = None
     lost = cluster.freeze is not None and cluster.freeze.reason is FreezeReason.LOST_CONTACT
@@ -67,7 +68,7 @@ def on_report(engine: Engine, tx: SyncTx, report: NodeStepReported, now: datetim
             pods = ", ".join(f"{p.namespace}/{p.name}" for p in report.blocking_pods[:5])
             detail += f" (blocked by {pods})"
         fail_node(engine, tx, rollout, cluster, node, step, reason, detail, now)
-    engine.advance(tx, rollout, now, only=cluster.cluster_id)
+    progress.advance(engine, tx, rollout, now, only=cluster.cluster_id)
 
 
 def _succeeded(
@@ -206,7 +207,7 @@ def on_node_health(engine: Engine, tx: SyncTx, event: NodeHealthChanged, now: da
                         at=now.timestamp(),
                     ),
                 )
-        engine.advance(tx, rollout, now)
+        progress.advance(engine, tx, rollout, now)
 
 
 def on_cluster_health(engine: Engine, tx: SyncTx, event: ClusterHealthChanged, now: datetime) -> None:
@@ -235,7 +236,7 @@ def on_cluster_health(engine: Engine, tx: SyncTx, event: ClusterHealthChanged, n
             engine.unfreeze_cluster(
                 tx, rollout, cluster, "ClusterReachable", f"cluster {cluster.cluster_id} is {event.to.value}", now
             )
-        engine.advance(tx, rollout, now)
+        progress.advance(engine, tx, rollout, now)
 
 
 # --- inventory (registration) ------------------------------------------------------------------------------
@@ -303,4 +304,5 @@ def tick(engine: Engine, tx: SyncTx, now: datetime) -> None:
             ]
             if late:
                 _lost_contact(engine, tx, rollout, cluster, late[0], now)
-        engine.advance(tx, rollout, now)
+        progress.advance(engine, tx, rollout, now)
+        progress.check_stall(engine, tx, rollout, now)

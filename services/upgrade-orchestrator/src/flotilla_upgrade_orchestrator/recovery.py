@@ -43,7 +43,7 @@ def retry(engine: Engine, tx: SyncTx, request: RetryRequest, now: datetime) -> R
     if decision.now and rollout.state is RolloutState.COMPLETED_WITH_FAILURES:
         engine.rollout_to(tx, rollout, RolloutState.RUNNING, now, "Retry", "failed clusters are tried again")
     progress.lift_budget_freeze(engine, tx, rollout, "Retried", now)
-    engine.advance(tx, rollout, now)
+    progress.advance(engine, tx, rollout, now)
     return reply(rollout, _retry_message(rollout, decision, nodes))
 
 
@@ -88,13 +88,22 @@ def skip(engine: Engine, tx: SyncTx, request: SkipClusterRequest, now: datetime)
         wave = rollout.waves[cluster.wave]
         if wave.state is WaveState.COMPLETED_WITH_FAILURES:
             engine.wave_to(tx, rollout, wave, WaveState.RUNNING, now, "Skip")
+    frozen = rollout.rec.freeze
     progress.lift_budget_freeze(engine, tx, rollout, "Skipped", now)
-    engine.advance(tx, rollout, now)
+    progress.advance(engine, tx, rollout, now)
     busy = sum(1 for n in cluster.nodes if n.in_flight or n.cordoned_by_us)
+    lifted = frozen is not None and rollout.rec.freeze is None
     return reply(
         rollout,
         f"cluster {cluster.cluster_id} skipped; it no longer counts against the failure budget"
-        + (f"; {busy} node(s) of ours there are being given back" if busy else ""),
+        + (f"; {busy} node(s) of ours there are being given back" if busy else "")
+        + (
+            f"; the failure budget holds again, so the {frozen.reason.value} freeze is lifted and the rollout is "
+            f"{rollout.state.value} (no resume needed)"
+            if lifted and frozen is not None
+            else ""
+        )
+        + (f"; the rollout stays Frozen ({rollout.rec.freeze.reason.value})" if rollout.rec.freeze else ""),
     )
 
 
@@ -104,7 +113,7 @@ def rollback(engine: Engine, tx: SyncTx, request: RollbackRequest, now: datetime
         raise conflict(rollout, "roll back")
     decision = rollback_rules.decide(rollout)
     message = decision.message + (f" ({request.reason})" if request.reason else "")
-    engine.unfreeze(tx, rollout, "RollingBack", "rollback requested", now)
+    engine.unfreeze(tx, rollout, "RollingBack", "rollback requested", now, resume=False)
     for wave in rollout.waves:
         if wave.state not in FINAL_WAVE:
             engine.wave_to(tx, rollout, wave, WaveState.ABORTED, now, "RollingBack")
@@ -129,5 +138,5 @@ def rollback(engine: Engine, tx: SyncTx, request: RollbackRequest, now: datetime
             engine.cluster_to(tx, rollout, cluster, ClusterRolloutState.ABORTED, now, "RollingBack")
     rollout.rec.resume_state = None
     engine.rollout_to(tx, rollout, RolloutState.ROLLING_BACK, now, "Rollback", message)
-    engine.advance(tx, rollout, now)
+    progress.advance(engine, tx, rollout, now)
     return reply(rollout, message)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from flotilla_contracts.v1.agent import StepKind
 from flotilla_contracts.v1.heartbeat import ClusterHealth
-from flotilla_contracts.v1.upgrade_status import ClusterRolloutState, NodeStepState
+from flotilla_contracts.v1.upgrade_status import ClusterRolloutState, FreezeReason, NodeStepState
 from flotilla_upgrade_orchestrator.fleet import FleetNode
 from flotilla_upgrade_orchestrator.model import (
     ACTIVE_CLUSTER,
@@ -80,7 +80,10 @@ def unavailable(cluster: ClusterRec, fleet_nodes: Mapping[str, FleetNode]) -> se
     """Nodes of the cluster that count against max_unavailable now (I1), ours and those already down."""
     down = {node_id for node_id, node in fleet_nodes.items() if not node.available}
     for node in cluster.nodes:
-        if node.cordoned_by_us or node.pre_cordoned or node.in_flight is StepKind.CORDON:
+        # A node found cordoned by someone else counts while we work on it; once verified, the inventory
+        # says whether it is still down (its owner may have uncordoned it).
+        pre_cordoned = node.pre_cordoned and not node.verified
+        if node.cordoned_by_us or pre_cordoned or node.in_flight is StepKind.CORDON:
             down.add(node.node_id)
     return down
 
@@ -113,7 +116,8 @@ def cluster_steps(
     if not limits.may_start:
         return chosen
     down = unavailable(cluster, fleet_nodes)
-    for node in _cordon_candidates(cluster):
+    # A node already unavailable goes first: it is taken within the budget it already uses (no new disruption).
+    for node in sorted(_cordon_candidates(cluster), key=lambda n: n.node_id not in down):
         if len(down) + (0 if node.node_id in down else 1) > limits.max_unavailable:
             break
         down.add(node.node_id)
@@ -200,8 +204,8 @@ def cluster_finished(cluster: ClusterRec) -> bool:
     return all(settled(n) for n in cluster.nodes)
 
 
-def budget_exceeded(rollout: Rollout) -> tuple[str, str] | None:
-    """('nodes'|'clusters', message) when a failure budget is exceeded (I7), else None."""
+def budget_exceeded(rollout: Rollout) -> tuple[FreezeReason, str] | None:
+    """The freeze reason (node or cluster failure budget) and a message when a budget is exceeded (I7)."""
     budget = rollout.spec.failure_budget
     counted = [c for c in rollout.clusters.values() if c.state is not ClusterRolloutState.SKIPPED]
     failed_nodes: list[str] = []
@@ -211,14 +215,14 @@ def budget_exceeded(rollout: Rollout) -> tuple[str, str] | None:
         failed_nodes += [f"{cluster.cluster_id}/{node_id}" for node_id in sorted(failed)]
     if len(failed_nodes) > budget.max_failed_nodes:
         shown = ", ".join(failed_nodes[:5]) + (" ..." if len(failed_nodes) > 5 else "")
-        return "nodes", (
+        return FreezeReason.NODE_FAILURE_BUDGET_EXCEEDED, (
             f"{len(failed_nodes)} node(s) failed or went NotReady ({shown}); the budget allows "
             f"{budget.max_failed_nodes}"
         )
     failed_clusters = [c.cluster_id for c in counted if c.state is ClusterRolloutState.FAILED]
     if len(failed_clusters) > budget.max_failed_clusters:
         shown = ", ".join(failed_clusters[:5]) + (" ..." if len(failed_clusters) > 5 else "")
-        return "clusters", (
+        return FreezeReason.CLUSTER_FAILURE_BUDGET_EXCEEDED, (
             f"{len(failed_clusters)} cluster(s) failed ({shown}); the budget allows {budget.max_failed_clusters}"
         )
     return None

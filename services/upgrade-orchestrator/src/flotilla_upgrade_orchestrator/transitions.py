@@ -11,6 +11,7 @@ from flotilla_contracts.v1.agent import StepKind
 from flotilla_contracts.v1.upgrade_status import (
     ClusterRolloutState,
     ClusterRolloutStateChanged,
+    Direction,
     FreezeReason,
     NodeStepState,
     NodeStepStateChanged,
@@ -23,7 +24,7 @@ from flotilla_contracts.v1.upgrade_status import (
 )
 from flotilla_runtime.logs import get_logger
 from flotilla_runtime.store import SyncTx
-from flotilla_upgrade_orchestrator import views
+from flotilla_upgrade_orchestrator import machine, views
 from flotilla_upgrade_orchestrator.model import (
     ACTIVE_CLUSTER,
     WAVE_DONE_CLUSTER,
@@ -45,6 +46,7 @@ class Transitions:
     _dirty_clusters: set[tuple[str, str]]
     _dirty_nodes: dict[tuple[str, str, str], NodeRec]
     _new_failures: list[tuple[str, FailureRec]]
+    active_at: dict[str, float]  # rollout -> last command issued, report received or (re)start (in memory)
 
     # --- marking and emitting ------------------------------------------------------------------------------
 
@@ -57,6 +59,10 @@ class Transitions:
 
     def touch_node(self, rollout: Rollout, cluster: ClusterRec, node: NodeRec) -> None:
         self._dirty_nodes[(rollout.rollout_id, cluster.cluster_id, node.node_id)] = node
+
+    def mark_active(self, rollout: Rollout, now: datetime) -> None:
+        """Something happened in the rollout: the no-progress clock (stall.py) starts again."""
+        self.active_at[rollout.rollout_id] = now.timestamp()
 
     @staticmethod
     def emit(tx: SyncTx, message: Message, **ids: str) -> None:
@@ -75,8 +81,14 @@ class Transitions:
         reason: str = "",
         message: str = "",
         kubelet: str | None = None,
+        retry: bool = False,
     ) -> None:
+        """Move a node (I4): forward, by a retry (`retry`, a new attempt) or in a rollback (its direction)."""
         before = node.state
+        table = machine.NODE_RETRY if retry else machine.NODE
+        if node.direction is Direction.ROLLBACK:
+            table = machine.NODE_ROLLBACK
+        machine.check(table, "node", f"{cluster.cluster_id}/{node.node_id}", before, to)
         node.state = to
         node.updated_at = now.timestamp()
         self.touch_node(rollout, cluster, node)
@@ -114,6 +126,7 @@ class Transitions:
         before = cluster.state
         if before is to:
             return
+        machine.check(machine.CLUSTER, "cluster", f"{rollout.rollout_id}/{cluster.cluster_id}", before, to)
         cluster.state = to
         if to in ACTIVE_CLUSTER and cluster.started_at is None:
             cluster.started_at = now.timestamp()
@@ -142,6 +155,7 @@ class Transitions:
         before = wave.state
         if before is to:
             return
+        machine.check(machine.WAVE, "wave", f"{rollout.rollout_id}/{wave.index}", before, to)
         wave.state = to
         if to is WaveState.RUNNING and wave.started_at is None:
             wave.started_at = now.timestamp()
@@ -168,7 +182,10 @@ class Transitions:
         before = rollout.rec.state
         if before is to:
             return
+        machine.check(machine.ROLLOUT, "rollout", rollout.rollout_id, before, to)
         rollout.rec.state = to
+        if to is RolloutState.RUNNING:
+            self.mark_active(rollout, now)
         if rollout.final:
             rollout.rec.finished_at = now.timestamp()
         else:
@@ -222,7 +239,11 @@ class Transitions:
             self.rollout_to(tx, rollout, RolloutState.FROZEN, now, reason.value, message)
         self.touch(rollout, now)
 
-    def unfreeze(self, tx: SyncTx, rollout: Rollout, reason: str, message: str, now: datetime) -> None:
+    def unfreeze(
+        self, tx: SyncTx, rollout: Rollout, reason: str, message: str, now: datetime, *, resume: bool = True
+    ) -> None:
+        """End the rollout's freeze; a Frozen rollout goes back to what it did unless `resume` is False (the
+        caller moves it on itself, as abort and rollback do: Frozen -> Aborted is one transition)."""
         rec = rollout.rec.freeze
         if rec is None:
             return
@@ -238,7 +259,7 @@ class Transitions:
             ),
             rollout_id=rollout.rollout_id,
         )
-        if rollout.state is RolloutState.FROZEN:
+        if rollout.state is RolloutState.FROZEN and resume:
             self.rollout_to(tx, rollout, rollout.rec.resume_state or RolloutState.RUNNING, now, reason, message)
         self.touch(rollout, now)
 
@@ -258,13 +279,16 @@ class Transitions:
             reason=reason, message=message, cluster_id=cluster.cluster_id, node_id=node_id, since=now.timestamp()
         )
         cluster.freeze = rec
-        cluster.resume_state = cluster.state
         self.emit(
             tx,
             RolloutFrozen(rollout_id=rollout.rollout_id, freeze=views.at_freeze(rec), occurred_at=now),
             rollout_id=rollout.rollout_id,
         )
-        self.cluster_to(tx, rollout, cluster, ClusterRolloutState.FROZEN, now, reason.value, message)
+        if ClusterRolloutState.FROZEN in machine.CLUSTER[cluster.state]:
+            # Only a working cluster becomes Frozen; one already winding down (aborted, skipped, failed)
+            # keeps its state and only records the freeze (nothing new starts there anyway).
+            cluster.resume_state = cluster.state
+            self.cluster_to(tx, rollout, cluster, ClusterRolloutState.FROZEN, now, reason.value, message)
         self.touch_cluster(rollout, cluster)
 
     def unfreeze_cluster(

@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 
@@ -90,9 +91,9 @@ def spec_options(command: F) -> F:
             "--window",
             "windows",
             multiple=True,
-            metavar="SELECTOR@DAYS@HH:MM@DURATION",
-            help="Maintenance window for matching clusters, e.g. 'env=prod@Sat,Sun@02:00@4h' "
-            "(DAYS may be empty for every day).",
+            metavar="SELECTOR@DAYS@HH:MM@DURATION[@ZONE]",
+            help="Maintenance window for matching clusters, e.g. 'env=prod@Sat,Sun@02:00@4h@Europe/Berlin' "
+            "(DAYS may be empty for every day; ZONE is an IANA time zone, UTC when left out).",
         ),
         click.option(
             "--approve-before",
@@ -155,16 +156,26 @@ def build_spec(params: dict[str, Any]) -> up.RolloutSpec:
 
 
 def _window(text: str) -> up.MaintenanceWindow:
+    """SELECTOR@DAYS@HH:MM@DURATION[@ZONE]: ZONE is an IANA time zone (default UTC), checked here."""
+    usage = "use SELECTOR@DAYS@HH:MM@DURATION[@ZONE], e.g. env=prod@Sat,Sun@02:00@4h@Europe/Berlin"
     parts = text.split("@")
-    if len(parts) != 4:
-        raise ValueError(f"--window {text!r}: use SELECTOR@DAYS@HH:MM@DURATION, e.g. env=prod@Sat,Sun@02:00@4h")
-    selector, days, start, duration = parts
+    if len(parts) not in (4, 5):
+        raise ValueError(f"--window {text!r}: {usage}")
+    selector, days, start, duration = parts[:4]
+    zone = parts[4].strip() if len(parts) == 5 else "UTC"
     parse_selector(selector)
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"--window {text!r}: time zone {zone!r} is not an IANA time zone name (e.g. Europe/Berlin, UTC)"
+        ) from None
     return up.MaintenanceWindow(
         selector=selector,
         days=[up.Weekday(d.strip().capitalize()[:3]) for d in days.split(",") if d.strip()],
         start=start,
         duration_s=parse_duration(duration),
+        timezone=zone,
     )
 
 
@@ -240,8 +251,21 @@ def pause(obj: CliContext, rollout_id: str, reason: str) -> None:
 @server_option
 @pass_cli
 def resume(obj: CliContext, rollout_id: str) -> None:
-    """Resume a paused or frozen rollout (a freeze's cause should be fixed first)."""
-    _control("resume", up.ResumeRolloutRequest(rollout_id=rollout_id), "resumed")(obj)
+    """Resume a paused or frozen rollout (a freeze's cause should be fixed first).
+
+    Exits 1 when the rollout froze again at once (its freeze is printed): the cause is still there.
+    """
+    reply = call(obj, UPG, "upgrade.resume", up.ResumeRolloutRequest(rollout_id=rollout_id), st.RolloutReply)
+    freeze = reply.rollout.freeze
+    if reply.rollout.state is st.RolloutState.FROZEN and freeze is not None:
+        raise Failure(
+            f"rollout {rollout_id} froze again at once ({freeze.reason.value}): {freeze.message}; fix the cause, "
+            f"then `{obj.hint('upgrade resume ' + rollout_id)}`"
+        )
+    echo(
+        f"rollout {rollout_id} resumed: now {reply.rollout.state.value}"
+        + (f" ({reply.message})" if reply.message else "")
+    )
 
 
 @upgrade.command("abort")
