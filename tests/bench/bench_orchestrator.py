@@ -5,6 +5,11 @@
 2. Efficiency: 200 clusters x 10 nodes, 1 s steps, under the limits (max_concurrent_clusters 100,
    max_unavailable 3): ideal makespan (what the limits allow with instant decisions) / measured makespan.
    Aim: 0.9 or more.
+3. Failover: the process holding a rollout's lease is SIGKILLed mid-rollout; seconds from the kill to the
+   first NodeStepCommand at the new epoch, (a) by a second process already running on the same state folder
+   (its own instance id: it waits for the lease to expire), (b) by a replacement started after the kill with
+   the same fixed instance id (takes the lease at once), (c) by a replacement with a new instance id. Printed
+   in seconds with the lease settings that bound them (no baseline ratio: the bound is the TTL).
 Sizes scale with FLOTILLA_BENCH_SCALE. Run: pytest -m bench -s tests/bench/bench_orchestrator.py
 """
 
@@ -12,9 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 from bench_support import report, scale
 from integration_support import start_service
@@ -25,7 +34,9 @@ from registration_support import wait_until_serving
 from flotilla_client.client import FlotillaClient
 from flotilla_client.errors import ClientError
 from flotilla_client.natsserver import NatsServer
+from flotilla_contracts.streams import FLEET_AGENT
 from flotilla_contracts.subjects import Service
+from flotilla_contracts.v1.agent import NodeStepCommand
 from flotilla_contracts.v1.upgrade import PlanReply, PlanRequest, RolloutSpec, StartRolloutReply, StartRolloutRequest
 from flotilla_contracts.v1.upgrade_status import RolloutState, RolloutStatusReply, RolloutStatusRequest
 
@@ -136,3 +147,86 @@ async def test_bench_efficiency_under_limits(nats_server: NatsServer, nc: Client
             "efficiency": f"{ideal / elapsed:.2f} (aim: 0.9 or more)",
         },
     )
+
+
+FAILOVER = {"tick_interval_s": "0.2", "lease_ttl_s": "3", "intake_batch": "256"}
+
+
+async def _failover(
+    nats_server: NatsServer, nc: Client, tmp_path: Path, case: str, prefix: str
+) -> tuple[float, int, int]:
+    """One kill of the lease holder; (seconds to the first command at a newer epoch, epoch before, after)."""
+    js = nc.jetstream()
+    fleet = await publish_fleet(js, clusters=4, nodes=5, prefix=prefix)
+    agents = FakeAgents(nc, fleet, max_unavailable=1, step_s=0.3, durable=f"fake-agents-{prefix}")
+    agents.start()
+    seen: list[tuple[float, int]] = []
+
+    async def on_command(msg: object) -> None:
+        command = msgspec.json.decode(msg.data, type=NodeStepCommand)  # type: ignore[attr-defined]
+        if command.cluster_id.startswith(prefix):
+            seen.append((time.monotonic(), command.epoch))
+
+    sub = await nc.subscribe("fleet.v1.agent.*.*.step", cb=on_command)
+    state = tmp_path / case.replace(" ", "-")
+    old = start_service(UO, nats_server.url, state, instance_id=f"{prefix}-old", **FAILOVER)
+    processes: list[subprocess.Popen[bytes]] = [old]
+    try:
+        await wait_until_serving(nats_server.url, UO, within_s=60)
+        if case == "warm survivor":  # started once the first one has made the state file
+            processes.append(start_service(UO, nats_server.url, state, instance_id="warm-b", **FAILOVER))
+        spec = RolloutSpec(target_version="v1.30.4", max_concurrent_clusters=1, max_unavailable=1)
+        async with FlotillaClient(nats_server.url) as client:
+            await _fleet_seen(client, spec, 4)
+            started = await client.request(
+                UO, "upgrade.start", StartRolloutRequest(request_id=prefix, spec=spec), StartRolloutReply, timeout=60
+            )
+        waited = time.monotonic()
+        while len(seen) < 8:
+            assert time.monotonic() - waited < 60, f"{case}: only {len(seen)} commands seen"
+            await asyncio.sleep(0.05)
+        kv = await js.key_value("upgrade_orchestrator_leases")
+        lease = msgspec.json.decode((await kv.get(f"rollout.{started.rollout_id}")).value or b"{}")
+        before = int(lease["epoch"])
+        holder = old if lease["owner"] == f"{prefix}-old" else processes[-1]
+        killed = time.monotonic()
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+        if case == "fixed instance id":
+            processes.append(start_service(UO, nats_server.url, state, instance_id=f"{prefix}-old", **FAILOVER))
+        elif case == "new instance id":
+            processes.append(start_service(UO, nats_server.url, state, instance_id=f"{prefix}-new", **FAILOVER))
+        while not any(at >= killed and epoch > before for at, epoch in seen):
+            assert time.monotonic() - killed < 60, f"{case}: no command at an epoch above {before}"
+            await asyncio.sleep(0.01)
+        at, after = next((at, epoch) for at, epoch in seen if at >= killed and epoch > before)
+        return at - killed, before, after
+    finally:
+        await sub.unsubscribe()
+        await agents.stop()
+        # A work-queue stream takes one consumer per filter: the next case's agents need this one gone.
+        await js.delete_consumer(FLEET_AGENT.name, agents.durable)
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(20)
+                except subprocess.TimeoutExpired:
+                    print(f"  ({case}: pid {process.pid} still stopping after 20 s of SIGTERM; killed)")
+                    process.kill()
+                    process.wait(10)
+
+
+async def test_bench_failover(nats_server: NatsServer, nc: Client, tmp_path: Path) -> None:
+    figures = {}
+    for n, case in enumerate(("warm survivor", "fixed instance id", "new instance id")):
+        took, before, after = await _failover(nats_server, nc, tmp_path, case, prefix=f"f{n}x")
+        figures[f"{case}"] = f"{took:.2f} s (epoch {before} -> {after})"
+        print(f"  {case}: {figures[case]}")
+    ttl, tick = float(FAILOVER["lease_ttl_s"]), float(FAILOVER["tick_interval_s"])
+    figures["lease settings"] = (
+        f"LEASE_TTL_S {ttl:g} (renewed every {ttl / 3:g} s), TICK_INTERVAL_S {tick:g}; bound for a process with "
+        f"another instance id: TTL + TTL/3 = {ttl * 4 / 3:g} s; with the same id: a process start "
+        f"({os.cpu_count()} cpus)"
+    )
+    report("upgrade-orchestrator failover: SIGKILL of the lease holder to the first command at the new epoch", figures)

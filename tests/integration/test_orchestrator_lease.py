@@ -59,3 +59,22 @@ async def test_racing_claims_have_one_winner(nc: Client) -> None:
         await replica.provision(js)
     results = await asyncio.gather(*(replica.claim("r9") for replica in replicas))
     assert sum(1 for r in results if r is not None) == 1
+
+
+async def test_a_twin_with_our_instance_id_wins_once_and_is_not_taken_back(nc: Client) -> None:
+    """Two live processes with one fixed instance id: the newer takes the lease at once (a restart looks the
+    same); the older learns it lost at its next renewal and waits for expiry instead of taking it back."""
+    js = nc.jetstream()
+    clock = Clock()
+    old = KvLeases(bucket="leases_twin", owner="fixed", ttl_s=1.0, wall=clock.wall, monotonic=clock.monotonic)
+    new = KvLeases(bucket="leases_twin", owner="fixed", ttl_s=1.0, wall=clock.wall, monotonic=clock.monotonic)
+    await old.provision(js)
+    await new.provision(js)
+    assert await old.claim("r1") == 1
+    assert await new.claim("r1") == 2  # same instance id, another process: taken at once
+    assert await old.claim("r1") is None  # the renewal sees epoch 2 of another process: lost
+    assert old.epoch("r1") is None
+    assert await old.claim("r1") is None  # and it does not take it straight back (no ping-pong)
+    assert await new.claim("r1") == 2  # the newer keeps renewing
+    clock.elapsed += 1.1  # the newer dies: only expiry gives the lease back
+    assert await old.claim("r1") == 3
