@@ -23,6 +23,7 @@ from flotilla_client.client import FlotillaClient
 from flotilla_client.natsserver import free_port
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1 import heartbeat as hb
+from flotilla_contracts.v1 import registration as reg
 from flotilla_contracts.v1 import upgrade as up
 from flotilla_contracts.v1 import upgrade_status as st
 
@@ -104,6 +105,19 @@ async def test_a_rollout_with_failures_keeps_every_invariant(fleet: tuple[Path, 
             await asyncio.sleep(0.5)
         assert status.rollout.state is st.RolloutState.SUCCEEDED, status.failures
         assert freezes >= 1, "the injected upgrade failures must trip the failure budget (I7)"
+        # Done means the fleet says so: `flotilla clusters list` shows the version the API servers report.
+        deadline = time.monotonic() + 60
+        while True:
+            listed = await client.request(
+                Service.REGISTRATION, "clusters.list", reg.ListClustersRequest(limit=100), reg.ListClustersReply
+            )
+            versions = {c.identity.name: c.identity.kubernetes_version for c in listed.clusters}
+            if len(versions) == CLUSTERS and set(versions.values()) == {"v1.30.4"}:
+                break
+            assert time.monotonic() < deadline, f"cluster versions never followed the fleet: {versions}"
+            await asyncio.sleep(0.5)
+        changed = [d for _, s, d in await all_events(url) if s.startswith("registration.ClusterVersionChanged/")]
+        assert {d["cluster"]["identity"]["kubernetes_version"] for d in changed} == {"v1.30.4"}
     events = await all_events(url)
     verdict = check(events, max_unavailable=MAX_UNAVAILABLE, max_clusters=MAX_CLUSTERS)
     assert not verdict.violations, verdict.violations

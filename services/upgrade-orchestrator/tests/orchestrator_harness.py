@@ -168,7 +168,7 @@ class Sim:
         def fold(tx: SyncTx) -> None:
             reactions.on_cluster_info(self.engine, cluster_info(cluster_id, labels, version))
             for f in infos:
-                reactions.on_node_facts(self.engine, cluster_id, f)
+                reactions.on_node_facts(self.engine, tx, cluster_id, f, self.now)
 
         self.work(fold)
 
@@ -373,7 +373,7 @@ class Commands:
             for i in range(cps + workers):
                 role = NodeRole.CONTROL_PLANE if i < cps else NodeRole.WORKER
                 v = version if role is NodeRole.CONTROL_PLANE else (worker_version or version)
-                reactions.on_node_facts(engine, cluster_id, facts(f"{cluster_id}-n{i}", role, v))
+                reactions.on_node_facts(engine, tx, cluster_id, facts(f"{cluster_id}-n{i}", role, v), T0)
 
         await self.orchestrator.run(fold)
 

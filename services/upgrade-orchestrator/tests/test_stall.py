@@ -19,7 +19,9 @@ def cordon_by_someone(sim: Sim, cluster_id: str, node_id: str) -> None:
     node.unschedulable = True
 
     def fold(tx: SyncTx) -> None:
-        reactions.on_node_facts(sim.engine, cluster_id, facts(node_id, node.role, node.version, unschedulable=True))
+        reactions.on_node_facts(
+            sim.engine, tx, cluster_id, facts(node_id, node.role, node.version, unschedulable=True), sim.now
+        )
 
     sim.work(fold)
 
@@ -75,7 +77,11 @@ def test_a_rollout_that_cannot_move_freezes_with_no_progress_naming_the_nodes(si
     sim.nodes[("c0", "c0-w2")].unschedulable = False
     sim.work(
         lambda tx: reactions.on_node_facts(
-            sim.engine, "c0", facts("c0-w2", sim.nodes[("c0", "c0-w2")].role, sim.nodes[("c0", "c0-w2")].version)
+            sim.engine,
+            tx,
+            "c0",
+            facts("c0-w2", sim.nodes[("c0", "c0-w2")].role, sim.nodes[("c0", "c0-w2")].version),
+            sim.now,
         )
     )
     sim.work(lambda tx: control.resume(sim.engine, tx, ResumeRolloutRequest(rollout_id=rid), sim.now))

@@ -39,6 +39,8 @@ class NodeFacts(msgspec.Struct, frozen=True, kw_only=True):
     kubelet_version: KubeVersion
     kube_proxy_version: KubeVersion | None = None
     kubeadm_version: KubeVersion | None = None
+    # Control-plane nodes: the version of the API server running on the node (its /version), when known.
+    api_server_version: KubeVersion | None = None
     os_image: ShortText = ""
     kernel_version: ShortText = ""
     container_runtime: ShortText = ""

@@ -13,7 +13,7 @@ import msgspec
 from flotilla_contracts.envelope import Message
 from flotilla_contracts.ids import ClusterIdField, NodeNameField
 from flotilla_contracts.v1.agent import NodeFacts
-from flotilla_contracts.v1.common import K8sName, LabelKey, Labels, ShortText, Taint, Text, Timestamp
+from flotilla_contracts.v1.common import K8sName, KubeVersion, LabelKey, Labels, ShortText, Taint, Text, Timestamp
 from flotilla_contracts.v1.registration import ApprovalSource, ClusterInfo, JoinTokenInfo
 
 ChangedFields = Annotated[list[ShortText], msgspec.Meta(max_length=64)]
@@ -105,6 +105,17 @@ class ClusterDeregistered(Message, frozen=True, kw_only=True):
 
     cluster: ClusterInfo
     reason: Text = ""
+    occurred_at: Timestamp
+
+
+class ClusterVersionChanged(Message, frozen=True, kw_only=True):
+    """The cluster's Kubernetes version (its oldest API server, as its agents report) changed;
+    `cluster.identity.kubernetes_version` is the new one."""
+
+    SCHEMA = "registration.ClusterVersionChanged"
+
+    cluster: ClusterInfo
+    previous: KubeVersion
     occurred_at: Timestamp
 
 

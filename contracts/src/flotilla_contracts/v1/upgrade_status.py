@@ -100,6 +100,8 @@ class FreezeReason(StrEnum):
     LOST_CONTACT = "LostContact"
     # Running, yet nothing issued and nothing received for the no-progress time; the message names the wait.
     NO_PROGRESS = "NoProgress"
+    # A node of a cluster the rollout had upgraded reports an older kubelet or API server than the target.
+    VERSION_DRIFT = "VersionDrift"
 
 
 class Freeze(msgspec.Struct, frozen=True, kw_only=True):
@@ -197,6 +199,8 @@ class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
     nodes_unavailable: Count = 0
     freeze: Freeze | None = None
     failure: Text = ""
+    # What a cluster whose nodes all finished waits for before it counts as upgraded (its inventory at the target).
+    waiting: Text = ""
     window_opens_at: Timestamp | None = None
     started_at: Timestamp | None = None
     finished_at: Timestamp | None = None
@@ -335,6 +339,22 @@ class RolloutFrozen(Message, frozen=True, kw_only=True):
 
     rollout_id: RolloutIdField
     freeze: Freeze
+    occurred_at: Timestamp
+
+
+class VersionDriftDetected(Message, frozen=True, kw_only=True):
+    """A node of a cluster this rollout upgraded reports an older version than the rollout's target."""
+
+    SCHEMA = "upgrade.VersionDriftDetected"
+
+    rollout_id: RolloutIdField
+    cluster_id: ClusterIdField
+    node_id: NodeNameField
+    node_name: K8sName
+    component: ShortText  # "kubelet" or "kube-apiserver"
+    reported_version: KubeVersion
+    target_version: KubeVersion
+    message: Text = ""
     occurred_at: Timestamp
 
 

@@ -23,12 +23,13 @@ from flotilla_contracts.v1.registration_events import (
     ClusterApproved,
     ClusterJoinRequested,
     ClusterRejoined,
+    ClusterVersionChanged,
     NodeAdded,
     NodeChanged,
     NodeRemoved,
 )
 from flotilla_kube.selectors import Selector
-from flotilla_registration import domain, inventory
+from flotilla_registration import domain, inventory, versions
 from flotilla_registration import store as repo
 from flotilla_runtime.errors import RequestError
 from flotilla_runtime.store import SyncTx
@@ -165,11 +166,14 @@ def _rejoin(tx: SyncTx, request: JoinRequest, credential: str, ctx: JoinContext)
         node_count=len(known) + len(diff.added) - len(diff.removed),
         updated_at=now,
     )
+    previous = cluster.identity.kubernetes_version
+    cluster = _versioned(cluster, known, diff, now)  # the version the nodes report, not the one the agent joined with
     repo.save_cluster(tx, cluster)
     _apply_node_diff(tx, cluster.cluster_id, known, diff, now)
     tx.emit(
         subject_for(ClusterRejoined, cluster_id=cluster.cluster_id), ClusterRejoined(cluster=cluster, occurred_at=now)
     )
+    _version_changed(tx, cluster, previous, now)
     return _reply(cluster, ctx.credential_key, rejoined=True)
 
 
@@ -210,9 +214,33 @@ def report_nodes(
     count = len(known) + len(diff.added) - len(diff.removed)
     inventory.check_node_quota(cluster.cluster_id, count, max_nodes)
     _apply_node_diff(tx, cluster.cluster_id, known, diff, now)
-    if count != cluster.node_count:
-        repo.save_cluster(tx, msgspec.structs.replace(cluster, node_count=count, updated_at=now))
+    previous = cluster.identity.kubernetes_version
+    updated = _versioned(msgspec.structs.replace(cluster, node_count=count), known, diff, now)
+    if updated != cluster:
+        repo.save_cluster(tx, msgspec.structs.replace(updated, updated_at=now))
+        _version_changed(tx, updated, previous, now)
     return ReportNodesReply(added=len(diff.added), changed=len(diff.changed), removed=len(diff.removed))
+
+
+def _versioned(cluster: ClusterInfo, known: dict[str, NodeInfo], diff: domain.NodeDiff, now: datetime) -> ClusterInfo:
+    """The cluster with the version its inventory reports after `diff` (the oldest API server), if any."""
+    facts = repo.node_facts(known)
+    facts.update((f.node_id, f) for f in [*diff.added, *(f for f, _ in diff.changed), *diff.unchanged])
+    for gone in diff.removed:
+        facts.pop(gone.node_id, None)
+    reported = versions.reported_version(facts.values())
+    if reported is None or reported == cluster.identity.kubernetes_version:
+        return cluster
+    identity = msgspec.structs.replace(cluster.identity, kubernetes_version=reported)
+    return msgspec.structs.replace(cluster, identity=identity, updated_at=now)
+
+
+def _version_changed(tx: SyncTx, cluster: ClusterInfo, previous: str, now: datetime) -> None:
+    if cluster.identity.kubernetes_version != previous:
+        tx.emit(
+            subject_for(ClusterVersionChanged, cluster_id=cluster.cluster_id),
+            ClusterVersionChanged(cluster=cluster, previous=previous, occurred_at=now),
+        )
 
 
 def _apply_node_diff(

@@ -19,6 +19,7 @@ from flotilla_contracts.v1.registration_events import (
     ClusterRejected,
     ClusterRejoined,
     ClusterTaintsChanged,
+    ClusterVersionChanged,
     NodeAdded,
     NodeChanged,
     NodeRemoved,
@@ -47,6 +48,7 @@ class Settings(ServiceSettings, kw_only=True, frozen=True):
     uncordon_timeout_s: float = 120.0
     step_grace_s: float = 60.0  # past a command's deadline before the node fails with StepTimeout
     no_progress_s: float = 600.0  # Running with nothing issued or received this long, no wait that ends: NoProgress
+    inventory_timeout_s: float = 300.0  # a cluster whose nodes all finished waits this long for its inventory
     extra_versions: str = ""  # comma-separated Kubernetes versions newer than the built-in release table
     intake_batch: int = 512  # events applied per transaction
     intake_max_deliveries: int = 10  # an event still failing at this delivery is dead-lettered, the rest go on
@@ -83,6 +85,7 @@ async def setup(app: ServiceApp[Settings]) -> None:
             uncordon_s=settings.uncordon_timeout_s,
             grace_s=settings.step_grace_s,
             no_progress_s=settings.no_progress_s,
+            inventory_s=settings.inventory_timeout_s,
         ),
         epoch_of=leases.epoch,
     )
@@ -113,10 +116,13 @@ async def setup(app: ServiceApp[Settings]) -> None:
             ClusterLabelsChanged,
             ClusterTaintsChanged,
             ClusterDeregistered,
+            ClusterVersionChanged,
         )
     }
-    inventory[NodeAdded] = lambda e, subject, tx, now: reactions.on_node_facts(engine, e.cluster_id, e.node)
-    inventory[NodeChanged] = lambda e, subject, tx, now: reactions.on_node_facts(engine, e.cluster_id, e.node)
+    inventory[NodeAdded] = lambda e, subject, tx, now: reactions.on_node_facts(engine, tx, e.cluster_id, e.node, now)
+    inventory[NodeChanged] = lambda e, subject, tx, now: reactions.on_node_facts(
+        engine, tx, e.cluster_id, e.node, now, e.changed_fields
+    )
     inventory[NodeRemoved] = lambda e, subject, tx, now: reactions.on_node_removed(engine, e)
     inventory[NodeHealthChanged] = lambda e, subject, tx, now: reactions.on_node_health(engine, tx, e, now)
     inventory[ClusterHealthChanged] = lambda e, subject, tx, now: reactions.on_cluster_health(engine, tx, e, now)

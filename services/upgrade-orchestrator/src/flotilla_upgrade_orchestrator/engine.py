@@ -46,6 +46,7 @@ class Timeouts:
     upgrade_s: float = 1800.0
     uncordon_s: float = 120.0
     grace_s: float = 60.0
+    inventory_s: float = 300.0  # a cluster whose nodes all finished waits this long for its inventory at the target
     no_progress_s: float = 600.0  # Running with nothing issued or received this long: freeze NoProgress
 
     def for_step(self, step: StepKind, rollout: Rollout) -> float:

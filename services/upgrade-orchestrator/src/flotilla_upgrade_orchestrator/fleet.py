@@ -6,6 +6,8 @@ plain values (`apply_*`); nothing here does I/O. The store keeps them so a resta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import msgspec
 
 from flotilla_contracts.v1.agent import NodeFacts
@@ -22,6 +24,7 @@ class FleetNode(msgspec.Struct, kw_only=True):
     role: NodeRole
     kubelet_version: str
     kube_proxy_version: str | None = None  # when the inventory reports it
+    api_server_version: str | None = None  # control-plane nodes, when the inventory reports it
     unschedulable: bool = False
     health: NodeHealth = NodeHealth.READY
 
@@ -49,8 +52,14 @@ class FleetCluster(msgspec.Struct, kw_only=True):
         return self.state is ClusterState.APPROVED
 
 
-def node_from_facts(facts: NodeFacts, previous: FleetNode | None = None) -> FleetNode:
-    """Inventory facts to a fleet node; health from heartbeat (if known) wins over the reported condition."""
+def node_from_facts(
+    facts: NodeFacts, previous: FleetNode | None = None, changed: Sequence[str] | None = None
+) -> FleetNode:
+    """Inventory facts to a fleet node; health from heartbeat (if known) wins over the reported condition.
+
+    `changed` (a NodeChanged's fields, None for all): a version the event did not change keeps what we know,
+    which may be newer (a verify report) than an inventory report still on its way.
+    """
     ready = next((c.status for c in facts.conditions if c.type is NodeConditionType.READY), None)
     health = previous.health if previous is not None else NodeHealth.READY
     if previous is None and ready is ConditionStatus.FALSE:
@@ -59,11 +68,18 @@ def node_from_facts(facts: NodeFacts, previous: FleetNode | None = None) -> Flee
         node_id=facts.node_id,
         node_name=facts.node_name,
         role=facts.role,
-        kubelet_version=facts.kubelet_version,
+        kubelet_version=_kept(facts.kubelet_version, previous, changed, "kubelet_version"),
         kube_proxy_version=facts.kube_proxy_version,
+        api_server_version=facts.api_server_version,
         unschedulable=facts.unschedulable,
         health=health,
     )
+
+
+def _kept(reported: str, previous: FleetNode | None, changed: Sequence[str] | None, name: str) -> str:
+    if previous is None or changed is None or name in changed:
+        return reported
+    return str(getattr(previous, name))
 
 
 def apply_cluster_info(fleet: dict[str, FleetCluster], info: ClusterInfo) -> FleetCluster:
@@ -80,9 +96,11 @@ def apply_cluster_info(fleet: dict[str, FleetCluster], info: ClusterInfo) -> Fle
     return cluster
 
 
-def apply_node(fleet: dict[str, FleetCluster], cluster_id: str, facts: NodeFacts) -> FleetCluster:
+def apply_node(
+    fleet: dict[str, FleetCluster], cluster_id: str, facts: NodeFacts, changed: Sequence[str] | None = None
+) -> FleetCluster:
     cluster = fleet.get(cluster_id)
     if cluster is None:
         cluster = fleet[cluster_id] = FleetCluster(cluster_id=cluster_id)
-    cluster.nodes[facts.node_id] = node_from_facts(facts, cluster.nodes.get(facts.node_id))
+    cluster.nodes[facts.node_id] = node_from_facts(facts, cluster.nodes.get(facts.node_id), changed)
     return cluster

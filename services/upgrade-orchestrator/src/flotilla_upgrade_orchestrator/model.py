@@ -133,6 +133,8 @@ class ClusterRec(msgspec.Struct, kw_only=True):
     started_at: float | None = None
     finished_at: float | None = None
     window_opens_at: float | None = None
+    waiting: str = ""  # every node finished, the inventory is not at the target yet (inventory.py)
+    waiting_since: float | None = None
     nodes: list[NodeRec] = []
 
 

@@ -18,7 +18,7 @@ from flotilla_contracts.v1.upgrade_status import (
 )
 from flotilla_runtime.logs import get_logger
 from flotilla_runtime.store import SyncTx
-from flotilla_upgrade_orchestrator import retries, scheduling, stall
+from flotilla_upgrade_orchestrator import inventory, retries, scheduling, stall
 from flotilla_upgrade_orchestrator.engine import Engine
 from flotilla_upgrade_orchestrator.model import (
     ACTIVE_CLUSTER,
@@ -85,6 +85,10 @@ def settle_cluster(engine: Engine, tx: SyncTx, rollout: Rollout, cluster: Cluste
             cluster.failure = f"{failed[0].node_name}: {failed[0].failure}"
             engine.cluster_to(tx, rollout, cluster, ClusterRolloutState.FAILED, now, "NodeFailed", cluster.failure)
             run_queued_retry(engine, tx, rollout, cluster, now)
+        elif inventory.hold_until_reported(engine, tx, rollout, cluster, now):
+            return False  # done means the fleet says so: the wait and its reason are in status
+        elif cluster.state is ClusterRolloutState.FAILED:
+            return True  # its inventory never reached the target (the reason names the nodes)
         elif rollout.spec.soak_s > 0:
             engine.cluster_to(tx, rollout, cluster, ClusterRolloutState.SOAKING, now, "Upgraded")
         else:

@@ -15,7 +15,7 @@ from flotilla_contracts.v1.registration_events import NodeRemoved
 from flotilla_contracts.v1.upgrade_status import ClusterRolloutState, Direction, FreezeReason, NodeStepState
 from flotilla_runtime.store import SyncTx
 from flotilla_upgrade_orchestrator import fleet as fleet_model
-from flotilla_upgrade_orchestrator import progress, skew
+from flotilla_upgrade_orchestrator import inventory, progress, skew
 from flotilla_upgrade_orchestrator.engine import Engine, log
 from flotilla_upgrade_orchestrator.model import (
     ACTIVE_CLUSTER,
@@ -108,6 +108,7 @@ def _succeeded(
         node.verified = True
         kubelet = report.kubelet_version or rollout.spec.target_version
         node.current_version = kubelet
+        inventory.note_verified(engine, cluster.cluster_id, node.node_id, kubelet)
     elif step is StepKind.UNCORDON:
         node.cordoned_by_us = False
         node.drained = False
@@ -247,9 +248,13 @@ def on_cluster_info(engine: Engine, info: ClusterInfo) -> None:
     engine.dirty_fleet.add(info.cluster_id)
 
 
-def on_node_facts(engine: Engine, cluster_id: str, facts: NodeFacts) -> None:
-    fleet_model.apply_node(engine.fleet, cluster_id, facts)
-    engine.dirty_fleet.add(cluster_id)
+def on_node_facts(
+    engine: Engine, tx: SyncTx, cluster_id: str, facts: NodeFacts, now: datetime, changed: list[str] | None = None
+) -> None:
+    """A node's inventory: flags a version drift (inventory.py) and moves clusters waiting for their inventory."""
+    for rollout in inventory.on_node_facts(engine, tx, cluster_id, facts, changed, now):
+        if not rollout.final:
+            progress.advance(engine, tx, rollout, now)
 
 
 def on_node_removed(engine: Engine, event: NodeRemoved) -> None:

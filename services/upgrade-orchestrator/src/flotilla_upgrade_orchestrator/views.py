@@ -166,6 +166,7 @@ def cluster_status(cluster: ClusterRec, unavailable: int, with_nodes: bool) -> C
         nodes_unavailable=unavailable,
         freeze=freeze(cluster.freeze),
         failure=cluster.failure,
+        waiting=cluster.waiting,
         window_opens_at=ts(cluster.window_opens_at),
         started_at=ts(cluster.started_at),
         finished_at=ts(cluster.finished_at),

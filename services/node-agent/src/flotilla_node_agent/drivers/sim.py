@@ -209,6 +209,8 @@ class SimDriver:
             role=self.spec.role,
             kubelet_version=self.state.kubelet_version,
             kube_proxy_version=self.state.kubelet_version,
+            # The simulated API server runs at its node's version (as kubeadm moves both together).
+            api_server_version=self.state.kubelet_version if self.spec.role is NodeRole.CONTROL_PLANE else None,
             os_image="Simulated Linux",
             container_runtime="sim://1.0",
             architecture="amd64",
