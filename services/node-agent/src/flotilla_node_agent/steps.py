@@ -105,7 +105,9 @@ class StepRunner:
                 if recorded is None:
                     return Result(Ack.ACK)
                 replay = msgspec.structs.replace(recorded, replayed=True, occurred_at=_now())
-                await tx.emit(self.subject(replay), replay, msg_id=f"{command.command_id}-replay-{delivery}")
+                # The epoch too: a step re-sent by each new lease holder (failover) gets each its own replay.
+                msg_id = f"{command.command_id}-replay-e{command.epoch}-{delivery}"
+                await tx.emit(self.subject(replay), replay, msg_id=msg_id)
                 return Result(Ack.ACK, replay)
             await self.journal.obey_epoch(tx, command)
             await self.journal.begin(tx, command)
