@@ -38,9 +38,8 @@ from flotilla_contracts.v1.heartbeat import ProbeResult
 from flotilla_node_agent.drivers.base import CORDONED_BY_ANNOTATION, StepFailed
 from flotilla_node_agent.drivers.kube_drain import RECORDONED
 from flotilla_node_agent.drivers.kube_lease import LEASE_NAME, KubeLeaderElection
-from flotilla_node_agent.drivers.kubernetes import KubernetesDriver, api_client, list_node_facts
+from flotilla_node_agent.drivers.kubernetes import KubernetesDriver, api_client
 from flotilla_node_agent.heartbeats import HeartbeatSender, Interval
-from flotilla_node_agent.kube_role import node_lister
 from flotilla_runtime.logs import get_logger
 
 pytestmark = pytest.mark.kube
@@ -368,21 +367,6 @@ async def test_a_renewal_keeps_the_acquire_time_and_writes_whole_seconds_the_ser
 
 
 # --- inventory and heartbeat reports --------------------------------------------------------------------------
-
-
-async def test_inventory_facts_come_from_the_real_nodes(cp: ControlPlane, api: Any) -> None:
-    [name] = await add_nodes(cp, "inventory", 1)
-    await kubectl(cp, "cordon", name)
-    facts = {f.node_name: f for f in await list_node_facts(api)}
-    assert facts == {f.node_name: f for f in await node_lister(api)()}  # what the cluster agent reports
-    control, worker, cordoned = facts["kwok-cp-0"], facts["kwok-worker-1"], facts[name]
-    assert control.role is NodeRole.CONTROL_PLANE and worker.role is NodeRole.WORKER
-    assert {f.kubelet_version for f in (control, worker, cordoned)} == {"v1.36.0"}
-    assert worker.capacity.cpu_millis == 32000 and worker.capacity.memory_bytes == 256 << 30
-    assert worker.capacity.pods == 110 and worker.allocatable == worker.capacity
-    assert cordoned.unschedulable and not worker.unschedulable
-    ready = [c for c in worker.conditions if c.type.value == "Ready"]
-    assert ready and ready[0].status.value == "True"
 
 
 async def test_heartbeat_of_the_control_plane_node_probes_its_api_server(cp: ControlPlane, api: Any) -> None:

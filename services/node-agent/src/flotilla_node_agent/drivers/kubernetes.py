@@ -9,6 +9,7 @@ StepFailed (the step failed, with the reason).
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,14 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from flotilla_contracts.ids import node_token
 from flotilla_contracts.v1.agent import DrainOptions, KubeadmAction, NodeFacts, TargetVersions
-from flotilla_contracts.v1.common import ConditionStatus, NodeCondition, NodeConditionType, NodeRole, Resources
+from flotilla_contracts.v1.common import (
+    KUBE_VERSION_PATTERN,
+    ConditionStatus,
+    NodeCondition,
+    NodeConditionType,
+    NodeRole,
+    Resources,
+)
 from flotilla_contracts.v1.heartbeat import ApiServerHealth, ProbeResult
 from flotilla_node_agent.drivers.base import (
     CORDONED_BY_ANNOTATION,
@@ -87,8 +95,38 @@ def _ready(node: Any) -> bool:
     return False
 
 
-def node_facts(node: Any) -> NodeFacts:
-    """NodeFacts from a V1Node."""
+# kubeadm's static pods carry `component: kube-apiserver`; the image tag is the API server version on that node.
+API_SERVER_SELECTOR = "component=kube-apiserver"
+_VERSION_TAG = re.compile(KUBE_VERSION_PATTERN)
+
+
+def api_server_versions(pods: list[Any]) -> dict[str, str]:
+    """Node name -> the version of the kube-apiserver static pod on it (its image tag), for kubeadm clusters.
+
+    Nodes without such a pod (another distribution, or kwok) are absent: their API server version is unknown,
+    and registration falls back to the control plane's kubelet."""
+    versions: dict[str, str] = {}
+    for pod in pods:
+        node = pod.spec.node_name if pod.spec else None
+        containers = (pod.spec.containers or []) if pod.spec else []
+        image = next((c.image for c in containers if c.name == "kube-apiserver"), None)
+        tag = image.rpartition(":")[2].split("@")[0] if image and ":" in image else ""
+        if node and _VERSION_TAG.match(tag):
+            versions[node] = tag if tag.startswith("v") else f"v{tag}"
+    return versions
+
+
+async def read_api_server_versions(core: Any) -> dict[str, str]:
+    """`api_server_versions` of kube-system's API server pods; empty when they cannot be read."""
+    try:
+        pods = await core.list_namespaced_pod("kube-system", label_selector=API_SERVER_SELECTOR)
+    except (ApiException, aiohttp.ClientError, TimeoutError):
+        return {}
+    return api_server_versions(list(pods.items))
+
+
+def node_facts(node: Any, api_server_version: str | None = None) -> NodeFacts:
+    """NodeFacts from a V1Node (and, for a control-plane node, the version of its API server when known)."""
     name = node.metadata.name
     labels = dict(node.metadata.labels or {})
     info = node.status.node_info if node.status else None
@@ -117,6 +155,7 @@ def node_facts(node: Any) -> NodeFacts:
         capacity=_resources(node.status.capacity if node.status else None),
         allocatable=_resources(node.status.allocatable if node.status else None),
         conditions=conditions,
+        api_server_version=api_server_version if _role(labels) is NodeRole.CONTROL_PLANE else None,
     )
 
 
@@ -128,7 +167,8 @@ async def list_node_facts(api: Any) -> list[NodeFacts]:
         raise DriverUnavailable(f"listing nodes: {exc.status} {exc.reason}") from exc
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise DriverUnavailable(f"listing nodes: {exc}") from exc
-    return [node_facts(node) for node in nodes.items]
+    versions = await read_api_server_versions(client.CoreV1Api(api))
+    return [node_facts(node, versions.get(node.metadata.name)) for node in nodes.items]
 
 
 @dataclass
@@ -176,7 +216,10 @@ class KubernetesDriver:
         return True
 
     async def facts(self) -> NodeFacts:
-        return node_facts(await self._node())
+        node = await self._node()
+        if _role(dict(node.metadata.labels or {})) is not NodeRole.CONTROL_PLANE:
+            return node_facts(node)
+        return node_facts(node, (await read_api_server_versions(self.core)).get(self.name))
 
     async def cordon(self, owner: str) -> CordonResult:
         for _ in range(PATCH_ATTEMPTS):
