@@ -93,6 +93,7 @@ class Sim:
     events: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # (subject, schema, body)
     executed: dict[str, NodeStepReported] = field(default_factory=dict)  # agent journal: command id -> outcome
     issued_ids: list[str] = field(default_factory=list)
+    issued: list[NodeStepCommand] = field(default_factory=list)  # every command published, in order
     highest_epoch: dict[tuple[str, str, str], int] = field(default_factory=dict)
     epoch: int = 1
     lease_held: bool = True
@@ -141,6 +142,7 @@ class Sim:
                 if command.step is StepKind.CORDON:
                     self._check_budget(command)
                 self.issued_ids.append(command.command_id)
+                self.issued.append(command)
                 self.queue.append(command)
             else:
                 self.events.append((row["subject"], schema, msgspec.json.decode(row["payload"])))

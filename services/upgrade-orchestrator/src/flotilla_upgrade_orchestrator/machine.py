@@ -91,7 +91,8 @@ NODE_ROLLBACK: dict[NodeStepState, frozenset[NodeStepState]] = {
     N.UNCORDONED: frozenset({N.CORDONED, N.FAILED}),
     N.CORDONED: frozenset({N.DRAINED, N.FAILED}),
     N.DRAINED: frozenset({N.UPGRADED, N.FAILED}),
-    N.FAILED: frozenset(),
+    # An upgraded node that failed later (verify, uncordon) is returned from where it failed.
+    N.FAILED: frozenset({N.UPGRADED, N.VERIFIED, N.UNCORDONED}),
 }
 
 

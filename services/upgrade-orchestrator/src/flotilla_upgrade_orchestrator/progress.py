@@ -95,7 +95,9 @@ def settle_cluster(engine: Engine, tx: SyncTx, rollout: Rollout, cluster: Cluste
             engine.cluster_to(tx, rollout, cluster, ClusterRolloutState.SUCCEEDED, now, "Upgraded")
         return True
     if state is ClusterRolloutState.ROLLING_BACK and scheduling.cluster_finished(cluster):
-        failed = [n for n in cluster.nodes if n.state is NodeStepState.FAILED]
+        # Only a node we tried to return can fail its rollback; one that failed forward and never moved
+        # (no rollback step) is given back as it is and is not a rollback failure.
+        failed = [n for n in cluster.nodes if n.rollback and n.state is NodeStepState.FAILED]
         if failed:
             cluster.failure = f"rollback of {failed[0].node_name}: {failed[0].failure}"
             engine.cluster_to(tx, rollout, cluster, ClusterRolloutState.FAILED, now, "RollbackFailed", cluster.failure)

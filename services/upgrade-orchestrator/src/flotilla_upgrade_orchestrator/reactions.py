@@ -159,7 +159,9 @@ def fail_node(
     engine.node_to(tx, rollout, cluster, node, NodeStepState.FAILED, now, step=step, reason=reason, message=message)
     for other in cluster.nodes:
         busy = other is node or other.state is NodeStepState.FAILED or other.succeeded
-        if not busy and not other.wind_down and not other.rollback:
+        # A rollback under way on another node finishes; one not started stops (scheduling.next_step).
+        returning = other.rollback and (other.rolled_back or other.cordoned_by_us or other.in_flight is not None)
+        if not busy and not other.wind_down and not returning:
             other.wind_down = True
             engine.touch_node(rollout, cluster, other)
     log.bind(rollout=rollout.rollout_id, cluster=cluster.cluster_id, node=node.node_id).warning(

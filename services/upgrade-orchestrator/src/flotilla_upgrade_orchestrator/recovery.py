@@ -10,6 +10,7 @@ from flotilla_contracts.v1.upgrade import RetryRequest, RollbackRequest, SkipClu
 from flotilla_contracts.v1.upgrade_status import (
     ClusterRolloutState,
     Direction,
+    NodeStepState,
     RolloutReply,
     RolloutState,
     WaveState,
@@ -20,7 +21,7 @@ from flotilla_upgrade_orchestrator import progress, retries
 from flotilla_upgrade_orchestrator import rollback as rollback_rules
 from flotilla_upgrade_orchestrator.control import DONE_CLUSTER, cluster_of, conflict, get, reply, wind_down
 from flotilla_upgrade_orchestrator.engine import Engine
-from flotilla_upgrade_orchestrator.model import FINAL_WAVE, Rollout
+from flotilla_upgrade_orchestrator.model import FINAL_WAVE, ClusterRec, NodeRec, Rollout
 
 
 def retry(engine: Engine, tx: SyncTx, request: RetryRequest, now: datetime) -> RolloutReply:
@@ -124,6 +125,7 @@ def rollback(engine: Engine, tx: SyncTx, request: RollbackRequest, now: datetime
                 node.rollback, node.direction, node.wind_down = True, Direction.ROLLBACK, False
                 node.attempt += 1
                 engine.touch_node(rollout, cluster, node)
+                _reopen_failed_for_rollback(engine, tx, rollout, cluster, node, now)
             elif not node.succeeded:
                 node.wind_down = True
                 engine.touch_node(rollout, cluster, node)
@@ -140,3 +142,19 @@ def rollback(engine: Engine, tx: SyncTx, request: RollbackRequest, now: datetime
     engine.rollout_to(tx, rollout, RolloutState.ROLLING_BACK, now, "Rollback", message)
     progress.advance(engine, tx, rollout, now)
     return reply(rollout, message)
+
+
+def _reopen_failed_for_rollback(
+    engine: Engine, tx: SyncTx, rollout: Rollout, cluster: ClusterRec, node: NodeRec, now: datetime
+) -> None:
+    """A node that failed after its version moved (verify, uncordon) is returned from where it failed.
+
+    Left Failed it would get no rollback step and, still cordoned, hold the cluster's budget: the rollback
+    would wait forever. Its forward failure stays in the rollout's failures; a rollback failure is new.
+    """
+    if node.state is not NodeStepState.FAILED or node.resume_state is None:
+        return
+    to = node.resume_state
+    why = f"rollback returns it from {to.value} (it had failed: {node.failure})"
+    node.failed_step, node.failure, node.resume_state = None, "", None
+    engine.node_to(tx, rollout, cluster, node, to, now, reason="RollingBack", message=why)

@@ -53,7 +53,8 @@ def next_step(node: NodeRec) -> StepKind | None:
         if node.rolled_back:
             return StepKind.UNCORDON if node.cordoned_by_us else None
         if not (node.cordoned_by_us or node.pre_cordoned):
-            return StepKind.CORDON
+            # A rollback that failed next to it stops the cluster's returns: not started, left as it is.
+            return None if node.wind_down else StepKind.CORDON
         if not node.drained:
             return StepKind.DRAIN
         return StepKind.ROLLBACK

@@ -79,7 +79,10 @@ def node_outcome(cluster: ClusterRec, node: NodeRec) -> str:
     if node.state is NodeStepState.FAILED:
         return "failed"
     if node.rollback:
-        return "succeeded" if node.rolled_back and not node.cordoned_by_us else "in_progress"
+        if node.rolled_back and not node.cordoned_by_us:
+            return "succeeded"
+        stopped = node.wind_down and node.in_flight is None and not node.cordoned_by_us
+        return "skipped" if stopped else "in_progress"
     if node.succeeded:
         return "succeeded"
     busy = node.in_flight is not None or node.cordoned_by_us
