@@ -59,6 +59,13 @@ def lagging(fleet: fleet_model.FleetCluster | None, target: str) -> list[str]:
     ]
 
 
+def nodes_behind(fleet: fleet_model.FleetCluster | None, target: str) -> set[str]:
+    """Ids of the cluster's nodes reporting any version below the target (a retry upgrades them again)."""
+    if fleet is None:
+        return set()
+    return {n.node_id for n in fleet.nodes.values() if any(older(v, target) for _, v in versions_of(n))}
+
+
 def hold_until_reported(engine: Engine, tx: SyncTx, rollout: Rollout, cluster: ClusterRec, now: datetime) -> bool:
     """True while a cluster whose nodes all finished must wait for its inventory to reach the target.
 

@@ -63,8 +63,21 @@ def decide(rollout: Rollout, cluster_id: str | None = None) -> RetryDecision:
     now = tuple(c for c in rollout.clusters.values() if _retryable_now(c))
     queued = tuple(c for c in rollout.clusters.values() if _queueable(c))
     if not now and not queued:
-        return RetryDecision(refusal=f"rollout {rollout.rollout_id} has no failed cluster to retry")
+        return RetryDecision(refusal=f"rollout {rollout.rollout_id} has no failed cluster to retry" + _instead(rollout))
     return RetryDecision(now=now, queued=queued)
+
+
+def _instead(rollout: Rollout) -> str:
+    """What to do instead of a retry that has nothing to retry, for a rollout that waits on a person."""
+    freeze = rollout.rec.freeze
+    if freeze is not None:
+        return (
+            f"; it is Frozen ({freeze.reason.value}: {freeze.message}): fix the cause, then `resume`, "
+            "or `rollback` / `abort`"
+        )
+    if rollout.state is RolloutState.PAUSED:
+        return "; it is Paused: `resume` it"
+    return ""
 
 
 def due(rollout: Rollout, cluster: ClusterRec) -> bool:

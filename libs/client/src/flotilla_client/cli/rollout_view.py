@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from flotilla_client.cli.output import Column, render_table
 from flotilla_client.durations import format_duration
@@ -10,6 +10,7 @@ from flotilla_contracts.v1.upgrade import UpgradePlan
 from flotilla_contracts.v1.upgrade_status import (
     ClusterStatus,
     Counts,
+    FreezeReason,
     RolloutState,
     RolloutStatusReply,
     RolloutSummary,
@@ -85,6 +86,31 @@ def _counts(counts: Counts) -> str:
     return ", ".join(parts)
 
 
+_BUDGET_FREEZES = frozenset({FreezeReason.NODE_FAILURE_BUDGET_EXCEEDED, FreezeReason.CLUSTER_FAILURE_BUDGET_EXCEEDED})
+
+
+def _flotilla(command: str) -> str:
+    return f"flotilla {command}"
+
+
+def next_steps(rollout: RolloutSummary, hint: Callable[[str], str] = _flotilla) -> str:
+    """What a person can do about a rollout that waits on one (frozen, or finished with failures); else ""."""
+    rid = rollout.rollout_id
+    if rollout.state is RolloutState.COMPLETED_WITH_FAILURES:
+        return (
+            f"`{hint('upgrade retry ' + rid)}` tries the failed clusters again, or `{hint('upgrade rollback ' + rid)}`"
+        )
+    freeze = rollout.freeze
+    if freeze is None:
+        return ""
+    if freeze.reason in _BUDGET_FREEZES:
+        return (
+            f"look at the failed nodes, then `{hint('upgrade retry ' + rid)}` (failed clusters again), "
+            f"`{hint('upgrade skip ' + rid + ' --cluster CLUSTER')}` or `{hint('upgrade rollback ' + rid)}`"
+        )
+    return f"fix the cause, then `{hint('upgrade resume ' + rid)}` (or `{hint('upgrade rollback ' + rid)}`)"
+
+
 def summary_line(rollout: RolloutSummary) -> str:
     wave = f"wave {rollout.current_wave}/{rollout.waves_total}" if rollout.current_wave is not None else ""
     line = (
@@ -94,6 +120,8 @@ def summary_line(rollout: RolloutSummary) -> str:
     )
     if rollout.freeze:
         line += f"\n  FROZEN ({rollout.freeze.reason.value}): {rollout.freeze.message}"
+    if hint := next_steps(rollout):
+        line += f"\n  next: {hint}"
     return line
 
 

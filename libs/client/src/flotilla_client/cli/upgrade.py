@@ -11,9 +11,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 
-from flotilla_client.cli.common import CliContext, Failure, call, echo, server_option
+from flotilla_client.cli.common import BadUsage, CliContext, Failure, call, echo, server_option
 from flotilla_client.cli.output import Column, output_option, render, render_json, render_yaml
-from flotilla_client.cli.rollout_view import FINISHED, changes, final_summary, plan_text, status_text
+from flotilla_client.cli.rollout_view import FINISHED, changes, final_summary, next_steps, plan_text, status_text
 from flotilla_client.durations import parse_duration
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1 import upgrade as up
@@ -167,8 +167,9 @@ def _window(text: str) -> up.MaintenanceWindow:
     try:
         ZoneInfo(zone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(
-            f"--window {text!r}: time zone {zone!r} is not an IANA time zone name (e.g. Europe/Berlin, UTC)"
+        raise BadUsage(
+            f"--window {text!r}: time zone {zone!r} is not an IANA time zone name (e.g. Europe/Berlin, UTC); "
+            "nothing was sent"
         ) from None
     return up.MaintenanceWindow(
         selector=selector,
@@ -259,8 +260,8 @@ def resume(obj: CliContext, rollout_id: str) -> None:
     freeze = reply.rollout.freeze
     if reply.rollout.state is st.RolloutState.FROZEN and freeze is not None:
         raise Failure(
-            f"rollout {rollout_id} froze again at once ({freeze.reason.value}): {freeze.message}; fix the cause, "
-            f"then `{obj.hint('upgrade resume ' + rollout_id)}`"
+            f"rollout {rollout_id} froze again at once ({freeze.reason.value}): {freeze.message}; "
+            + next_steps(reply.rollout, obj.hint)
         )
     echo(
         f"rollout {rollout_id} resumed: now {reply.rollout.state.value}"
