@@ -138,3 +138,16 @@ def test_status_says_what_to_do_about_a_rollout_that_waits_on_a_person() -> None
     line = summary_line(summary(st.RolloutState.FROZEN, drift))
     assert "next: fix the cause, then `flotilla upgrade resume r-1`" in line and "retry" not in line
     assert "next:" not in summary_line(summary(st.RolloutState.RUNNING))
+
+
+def test_status_shows_who_writes_the_rollout_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = st.Writer(
+        epoch=3, answered_by="uo-a", message="this replica (uo-a) does not hold the lease and saw no live holder"
+    )
+    reply = st.RolloutStatusReply(
+        rollout=summary(st.RolloutState.RUNNING), spec=up.RolloutSpec(target_version="v1.30.4"), writer=writer
+    )
+    result = run(tmp_path, monkeypatch, Recorder({"upgrade.status": reply}), "status", "r-1")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("  writer: ")]
+    assert lines == ["  writer: this replica (uo-a) does not hold the lease and saw no live holder"]

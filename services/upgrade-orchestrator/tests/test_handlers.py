@@ -160,6 +160,8 @@ async def test_start_then_status_and_list_render_a_live_view(commands: Commands)
     assert status.clusters[0].nodes[0].step_in_flight is not None
     assert status.clusters[0].nodes_unavailable == 1
     assert status.next_cursor == "2"
+    assert status.writer is not None and status.writer.held_here and status.writer.epoch == 1
+    assert status.writer.message == "written by this process (the replica that answered) at epoch 1"
     listed = await commands.ok("upgrade.list", ListRolloutsRequest(), ListRolloutsReply)
     assert [r.rollout_id for r in listed.rollouts] == [started.rollout_id]
     assert (

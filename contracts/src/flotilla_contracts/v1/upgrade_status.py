@@ -247,8 +247,25 @@ class RolloutStatusRequest(Message, frozen=True, kw_only=True):
     cursor: Cursor = ""
 
 
+class Writer(msgspec.Struct, frozen=True, kw_only=True):
+    """Who writes the rollout (I6: one writer, a lease with an epoch), as the replica that answered last saw it.
+
+    `held_here`: the replica that answered holds the lease and acts on the rollout. `fenced`: it holds a lease
+    whose epoch is below the one a newer writer stored on the rollout, so it does not act. `instance_id` and
+    `epoch` are the holder's ("" and the rollout's stored epoch when no live holder was seen: nobody writes
+    the rollout until a replica takes the lease). `message` says it in one line.
+    """
+
+    instance_id: ShortText = ""
+    epoch: Count = 0
+    held_here: bool = False
+    fenced: bool = False
+    answered_by: ShortText = ""
+    message: Text = ""
+
+
 class RolloutStatusReply(Message, frozen=True, kw_only=True):
-    """Waves, clusters (and nodes), failures with reasons, and the freeze reason if frozen."""
+    """Waves, clusters (and nodes), failures with reasons, the freeze reason if frozen, and who writes it."""
 
     SCHEMA = "upgrade.RolloutStatusReply"
 
@@ -258,6 +275,7 @@ class RolloutStatusReply(Message, frozen=True, kw_only=True):
     clusters: list[ClusterStatus] = []
     failures: list[Failure] = []
     next_cursor: Cursor = ""
+    writer: Writer | None = None
 
 
 class RolloutStarted(Message, frozen=True, kw_only=True):

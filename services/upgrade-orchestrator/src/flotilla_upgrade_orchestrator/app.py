@@ -35,6 +35,7 @@ from flotilla_upgrade_orchestrator.intake import Intake, SyncHandler
 from flotilla_upgrade_orchestrator.lease import KvLeases
 from flotilla_upgrade_orchestrator.plan import Estimates
 from flotilla_upgrade_orchestrator.releases import Releases
+from flotilla_upgrade_orchestrator.writer import LeaseView
 
 
 class Settings(ServiceSettings, kw_only=True, frozen=True):
@@ -98,6 +99,12 @@ async def setup(app: ServiceApp[Settings]) -> None:
         estimates=Estimates(drain_s=settings.estimate_drain_s, upgrade_s=settings.estimate_upgrade_s),
         fleet_ready=lambda: all(i.caught_up.is_set() for i in intakes),
         on_started=lambda _rollout_id: wake.set(),
+        lease_view=lambda rollout_id: LeaseView(
+            instance_id=settings.instance_id,
+            held=leases.epoch(rollout_id),
+            seen=leases.seen.get(rollout_id),
+            now=time.time(),
+        ),
     )
     orchestrator.register(app.router)
     await orchestrator.run(lambda tx: None)  # load the state once before serving

@@ -38,6 +38,7 @@ from flotilla_upgrade_orchestrator.failover import Fence, SharedFile, guarded
 from flotilla_upgrade_orchestrator.plan import Estimates
 from flotilla_upgrade_orchestrator.releases import Releases
 from flotilla_upgrade_orchestrator.spec import CheckedSpec, SpecError, check_spec
+from flotilla_upgrade_orchestrator.writer import LeaseView
 
 T = TypeVar("T")
 
@@ -54,12 +55,17 @@ class Orchestrator:
     fleet_ready: Callable[[], bool] = lambda: True
     on_started: Callable[[str], None] = lambda _rollout_id: None
     shared: SharedFile = field(default_factory=SharedFile)
+    # This replica's view of a rollout's lease, for status (writer.py); by default: one process, its own lease.
+    lease_view: Callable[[str], LeaseView] | None = None
 
     def __post_init__(self) -> None:
         # Another process may share the state file (failover.py): act only on fresh rows, never below the
         # epoch a newer writer stored.
         if not isinstance(self.engine.epoch_of, Fence):
             self.engine.epoch_of = Fence(self.engine, self.engine.epoch_of)
+        if self.lease_view is None:
+            held = self.engine.epoch_of.held
+            self.lease_view = lambda rollout_id: LeaseView(instance_id="this process", held=held(rollout_id))
 
     def register(self, router: CommandRouter) -> None:
         router.add("upgrade.plan", PlanRequest, PlanReply, self.plan)
@@ -138,4 +144,6 @@ class Orchestrator:
         return await self.run(lambda tx: queries.list_rollouts(self.engine, request))
 
     async def status(self, request: RolloutStatusRequest, ctx: CommandContext) -> RolloutStatusReply:
-        return await self.run(lambda tx: queries.status(self.engine, request))
+        assert self.lease_view is not None
+        lease = self.lease_view(request.rollout_id)
+        return await self.run(lambda tx: queries.status(self.engine, request, lease))

@@ -11,10 +11,11 @@ from flotilla_contracts.v1.upgrade_status import (
     RolloutStatusRequest,
 )
 from flotilla_runtime.errors import RequestError
-from flotilla_upgrade_orchestrator import control, scheduling, views
+from flotilla_upgrade_orchestrator import control, scheduling, views, writer
 from flotilla_upgrade_orchestrator.engine import Engine
 from flotilla_upgrade_orchestrator.plan import Estimates, build_plan
 from flotilla_upgrade_orchestrator.spec import CheckedSpec
+from flotilla_upgrade_orchestrator.writer import LeaseView
 
 MAX_FAILURES = 500
 
@@ -31,7 +32,8 @@ def _position(cursor: str) -> int:
     return int(cursor)
 
 
-def status(engine: Engine, request: RolloutStatusRequest) -> RolloutStatusReply:
+def status(engine: Engine, request: RolloutStatusRequest, lease: LeaseView | None = None) -> RolloutStatusReply:
+    """The rollout's status; `lease` (this replica's view of the rollout's lease) fills in who writes it."""
     rollout = control.get(engine, request.rollout_id)
     clusters = list(rollout.clusters.values())
     if request.cluster_id is not None:
@@ -57,6 +59,7 @@ def status(engine: Engine, request: RolloutStatusRequest) -> RolloutStatusReply:
         clusters=shown,
         failures=[views.failure(f) for f in rollout.failures[-MAX_FAILURES:]],
         next_cursor=str(start + request.limit) if more else "",
+        writer=writer.describe(rollout, lease) if lease is not None else None,
     )
 
 

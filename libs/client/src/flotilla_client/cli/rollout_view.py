@@ -139,6 +139,8 @@ def _cluster_line(cluster: ClusterStatus) -> str:
 def status_text(status: RolloutStatusReply, *, active_only: bool = False) -> str:
     """The rollout, each wave with its clusters' progress bars, then failures with reasons."""
     lines = [summary_line(status.rollout)]
+    if status.writer is not None and status.writer.message:
+        lines.append(f"  writer: {status.writer.message}")  # who writes it (I6), or that nobody does
     by_wave: dict[int, list[ClusterStatus]] = {}
     for cluster in status.clusters:
         by_wave.setdefault(cluster.wave, []).append(cluster)
