@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from flotilla_contracts.v1.agent import NodeFacts
+from flotilla_contracts.v1.agent import NodeFacts, StepKind
 from flotilla_contracts.v1.common import NodeRole
 from flotilla_contracts.v1.upgrade_status import (
     ClusterRolloutState,
@@ -96,6 +96,7 @@ def hold_until_reported(engine: Engine, tx: SyncTx, rollout: Rollout, cluster: C
                 at=now.timestamp(),
             ),
         )
+        _fail_lagging_nodes(engine, tx, rollout, cluster, now)
         engine.cluster_to(
             tx, rollout, cluster, ClusterRolloutState.FAILED, now, "InventoryNotAtTarget", cluster.failure
         )
@@ -105,6 +106,22 @@ def hold_until_reported(engine: Engine, tx: SyncTx, rollout: Rollout, cluster: C
         cluster.waiting, cluster.waiting_since = waiting, since
         engine.touch_cluster(rollout, cluster)
     return True
+
+
+def _fail_lagging_nodes(engine: Engine, tx: SyncTx, rollout: Rollout, cluster: ClusterRec, now: datetime) -> None:
+    """The nodes still reporting an older version are failed (not upgraded as far as the fleet says), so a
+    `retry` gives them a new attempt: upgraded again, from Pending."""
+    behind = nodes_behind(engine.fleet.get(cluster.cluster_id), cluster.target_version)
+    for node in cluster.nodes:
+        if node.node_id not in behind or node.state is NodeStepState.FAILED or node.in_flight is not None:
+            continue
+        message = f"the fleet reports it below {cluster.target_version} after its steps finished"
+        node.verified, node.failed_step, node.resume_state = False, StepKind.VERIFY, node.state
+        node.failure = f"verify InventoryNotAtTarget: {message}"
+        engine.node_to(
+            tx, rollout, cluster, node, NodeStepState.FAILED, now, step=StepKind.VERIFY,
+            reason="InventoryNotAtTarget", message=message,
+        )  # fmt: skip
 
 
 def note_verified(engine: Engine, cluster_id: str, node_id: str, kubelet: str) -> None:

@@ -116,20 +116,13 @@ def settle_cluster(engine: Engine, tx: SyncTx, rollout: Rollout, cluster: Cluste
 def reopen(engine: Engine, tx: SyncTx, rollout: Rollout, cluster: ClusterRec, now: datetime, why: str = "") -> int:
     """A settled Failed cluster starts again (Pending) against the pinned target; the nodes that get a new attempt."""
     count = 0
-    # A node that finished its steps but whose reported versions never reached the target (InventoryNotAtTarget)
-    # is upgraded again too.
-    behind = inventory.nodes_behind(engine.fleet.get(cluster.cluster_id), cluster.target_version)
     for node in cluster.nodes:
-        if (node.succeeded and node.node_id not in behind) or node.in_flight is not None:
+        if node.succeeded or node.in_flight is not None:
             continue
         count += 1
         node.attempt += 1
         node.wind_down = False
         resume_at = node.resume_state if node.cordoned_by_us and node.resume_state is not None else None
-        if node.node_id in behind:
-            node.verified = False  # its upgrade step runs again, from the drain it still has if it is ours
-            if resume_at in (NodeStepState.UPGRADED, NodeStepState.VERIFIED) and node.drained:
-                resume_at = NodeStepState.DRAINED
         node.failed_step, node.failure, node.resume_state = None, "", None
         again = resume_at or NodeStepState.PENDING
         if node.state is not again:
