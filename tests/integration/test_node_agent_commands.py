@@ -21,12 +21,12 @@ from flotilla_client.natsserver import NatsServer
 from flotilla_contracts import subjects
 from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.v1.agent import RefusalReason, StepKind, StepOutcome
-from flotilla_node_agent.agent import AgentContext, NodeAgent
 from flotilla_node_agent.cluster_agent import ClusterHandle
 from flotilla_node_agent.drivers.sim import SimDriver, SimNodeSpec
+from flotilla_node_agent.fleet_sim import drain_outbox
 from flotilla_node_agent.heartbeats import Interval
 from flotilla_node_agent.journal import Journal
-from flotilla_node_agent.sim import drain_outbox
+from flotilla_node_agent.node_agent import AgentContext, NodeAgent
 from flotilla_runtime.bus import ensure_streams
 from flotilla_runtime.migrations import load_migrations
 from flotilla_runtime.outbox import OutboxRelay

@@ -1,4 +1,4 @@
-"""`flotilla_node_agent.sim` against a real nats-server: clusters join with a token through a tiny
+"""`flotilla_node_agent.fleet_sim` against a real nats-server: clusters join with a token through a tiny
 registration responder (Pending first, Approved on a re-join with the credential), report their nodes,
 heartbeat on each node's subject, and obey commands sent to the cluster id registration assigned."""
 
@@ -26,7 +26,7 @@ from flotilla_contracts.v1.registration import (
     ReportNodesReply,
     ReportNodesRequest,
 )
-from flotilla_node_agent.sim import FleetSpec, start_fleet
+from flotilla_node_agent.fleet_sim import FleetSpec, start_fleet
 from flotilla_runtime.bus import ensure_streams
 
 from .node_agent_support import Watch, send, step_command
@@ -121,7 +121,7 @@ async def test_a_simulated_fleet_joins_reports_heartbeats_and_obeys(nats_server:
 
 def test_the_sim_module_explains_itself() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "flotilla_node_agent.sim", "--help"],
+        [sys.executable, "-m", "flotilla_node_agent.fleet_sim", "--help"],
         capture_output=True,
         text=True,
         timeout=60,

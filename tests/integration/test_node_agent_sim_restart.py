@@ -1,4 +1,4 @@
-"""A restarted `flotilla_node_agent.sim` (same state folder and prefix) on a real nats-server: its nodes come
+"""A restarted `flotilla_node_agent.fleet_sim` (same state folder and prefix) on a real nats-server: its nodes come
 back at the versions they were upgraded to, still cordoned when they were, and its step journal answers
 a redelivered command with the recorded outcome."""
 
@@ -16,7 +16,7 @@ from flotilla_client.natsserver import NatsServer
 from flotilla_contracts import catalogue
 from flotilla_contracts.v1.agent import NodeFacts, StepKind, StepOutcome
 from flotilla_contracts.v1.registration import ReportNodesRequest
-from flotilla_node_agent.sim import Fleet, FleetSpec, start_fleet
+from flotilla_node_agent.fleet_sim import Fleet, FleetSpec, start_fleet
 from flotilla_runtime.bus import ensure_streams
 
 from .node_agent_support import STEPS, Watch, send, step_command

@@ -12,7 +12,7 @@ from kube_support import ControlPlane
 
 from flotilla_contracts.v1.common import NodeRole
 from flotilla_node_agent.drivers.kubernetes import KubernetesDriver, api_client, list_node_facts
-from flotilla_node_agent.kube_role import node_lister
+from flotilla_node_agent.run_kubernetes import node_lister
 
 pytestmark = pytest.mark.kube
 

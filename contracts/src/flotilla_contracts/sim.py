@@ -1,6 +1,6 @@
 """The simulated fleet's vocabulary (fault names, node names), checked alike by the sim and `flotilla sim`.
 
-`python -m flotilla_node_agent.sim` names its clusters `<prefix>-<cluster index, 4 digits>` and their nodes
+`python -m flotilla_node_agent.fleet_sim` names its clusters `<prefix>-<cluster index, 4 digits>` and their nodes
 `<cluster>-n<node index, 2 digits>` (from 0; node 0 is the control plane). `--fault NODE=FAULT` places a
 fault on one of them. The sim (a service) and the CLI (a library) both refuse a bad `--fault` with the same
 words, so the rule lives here, in the one package both import.

@@ -19,9 +19,10 @@ from kubernetes_asyncio import client
 
 from flotilla_contracts.v1.registration import ClusterIdentity
 from flotilla_node_agent import bus_login
-from flotilla_node_agent.bus_login import SecretCredentials, login_with
+from flotilla_node_agent.bus_login import login_with
 from flotilla_node_agent.drivers.kube_lease import CREDENTIAL_SECRET, KubeLeaderElection
 from flotilla_node_agent.nodekey import node_seed
+from flotilla_node_agent.run_kubernetes import SecretCredentials
 from flotilla_runtime.migrations import load_migrations
 from flotilla_runtime.store import Store
 

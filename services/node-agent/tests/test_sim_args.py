@@ -1,10 +1,10 @@
-"""`python -m flotilla_node_agent.sim --fault NODE=FAULT`: a bad one is refused at once, in one line, exit 2."""
+"""`python -m flotilla_node_agent.fleet_sim --fault NODE=FAULT`: a bad one is refused at once, in one line, exit 2."""
 
 from __future__ import annotations
 
 import pytest
 
-from flotilla_node_agent.sim import parse
+from flotilla_node_agent.fleet_sim import parse
 
 SIZE = ["--clusters", "3", "--nodes", "3"]
 
@@ -28,5 +28,5 @@ def test_a_bad_fault_is_refused_in_one_line_naming_the_choices(
         parse([*SIZE, "--fault", fault])
     assert refused.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("python -m flotilla_node_agent.sim: error: --fault"), err
+    assert err.count("\n") == 1 and err.startswith("python -m flotilla_node_agent.fleet_sim: error: --fault"), err
     assert says in err

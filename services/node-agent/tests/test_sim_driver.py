@@ -9,7 +9,7 @@ import pytest
 from flotilla_contracts.v1.agent import DrainOptions, StepProgress, TargetVersions
 from flotilla_node_agent.drivers.base import AgentCrashed, StepFailed
 from flotilla_node_agent.drivers.sim import CRASH_POINTS, SimDriver, SimNodeSpec
-from flotilla_node_agent.sim import node_specs, parse
+from flotilla_node_agent.fleet_sim import node_specs, parse
 
 TARGET = TargetVersions(kubernetes_version="v1.30.2")
 
@@ -94,7 +94,7 @@ async def test_a_transient_upgrade_failure_passes_on_retry_even_after_a_restart(
 
 
 def specs(*faults: str, seed: int = 1) -> list[SimNodeSpec]:
-    """The nodes of cluster sim-0003 as `python -m flotilla_node_agent.sim --fault ...` builds them."""
+    """The nodes of cluster sim-0003 as `python -m flotilla_node_agent.fleet_sim --fault ...` builds them."""
     spec, _ = parse(["--clusters", "4", "--nodes", "3", "--seed", str(seed), *(f"--fault={f}" for f in faults)])
     return node_specs(spec, 3)
 

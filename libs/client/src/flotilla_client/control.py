@@ -27,7 +27,7 @@ class Op(StrEnum):
 
 
 class SimSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """A simulated fleet to run: `python -m flotilla_node_agent.sim` with these arguments."""
+    """A simulated fleet to run: `python -m flotilla_node_agent.fleet_sim` with these arguments."""
 
     prefix: str
     args: list[str]

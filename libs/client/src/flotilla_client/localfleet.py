@@ -48,8 +48,8 @@ def tail(path: Path, lines: int) -> list[str]:
     return text.splitlines()[-lines:] if lines > 0 else []
 
 
-SIM_MODULE = "flotilla_node_agent.sim"
-SIM_URL_ENV = "FLOTILLA_SIM_NATS_URL"  # the sim's NATS URL with credentials (see flotilla_node_agent.sim)
+SIM_MODULE = "flotilla_node_agent.fleet_sim"
+SIM_URL_ENV = "FLOTILLA_SIM_NATS_URL"  # the sim's NATS URL with credentials (see flotilla_node_agent.fleet_sim)
 
 
 def tracked(info: RunInfo) -> tuple[list[procs.Tracked], list[procs.Tracked]]:

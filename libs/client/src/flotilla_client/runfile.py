@@ -74,7 +74,7 @@ class ServiceEntry(msgspec.Struct, kw_only=True):
 
 
 class SimEntry(msgspec.Struct, kw_only=True):
-    """A simulated fleet started by `flotilla sim` (python -m flotilla_node_agent.sim)."""
+    """A simulated fleet started by `flotilla sim` (python -m flotilla_node_agent.fleet_sim)."""
 
     prefix: str
     pid: int

@@ -4,9 +4,10 @@ it signs the server's nonce), never a service user. That login speaks for the no
 (no `$SRV` discovery, no `info`); the cluster agent role, wherever it runs, opens its own `c.<cluster>`
 connection, and applied reports leave over it (`MemberRoutes`).
 
-The credential comes from a `Credentials` source: the journal (the sim driver: each process is a one-node
-cluster) or the `flotilla-cluster-credential` Secret (the kubernetes driver: the Lease holder joins and
-writes it; every agent of the cluster reads it). Until there is one, the agent that may join (sim: itself;
+What every mode shares: each mode's login (run_sim.login, run_kubernetes.login) calls `login_with` with its
+`Credentials` source: the journal (the sim driver: each process is a one-node cluster) or the
+`flotilla-cluster-credential` Secret (the kubernetes driver: the Lease holder joins and writes it; every agent
+of the cluster reads it). Until there is one, the agent that may join (sim: itself;
 kubernetes: the Lease holder) joins with the join token as `join.<nonce>` and waits for approval, and the
 others wait for the Secret. The bus grants `join.<nonce>` the join command only; see
 flotilla_contracts.permissions.
@@ -16,8 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import nats
 import nats.errors
@@ -27,18 +27,15 @@ from nats.js import JetStreamContext
 from flotilla_contracts import permissions
 from flotilla_contracts.ids import node_token
 from flotilla_contracts.subjects import EVT_PREFIX, Entity
-from flotilla_contracts.v1.agent import NodeFacts
-from flotilla_contracts.v1.registration import ClusterIdentity, ClusterState
-from flotilla_node_agent.cluster_agent import ClusterAgent, ClusterHandle, Connector, NodesSource
+from flotilla_contracts.v1.registration import ClusterIdentity
+from flotilla_node_agent.cluster_agent import ClusterHandle, Connector, NodesSource
+from flotilla_node_agent.cluster_setup import build_cluster_agent
 from flotilla_node_agent.journal import Journal
 from flotilla_node_agent.nodekey import node_seed
+from flotilla_node_agent.settings import Settings
 from flotilla_runtime.lifeline import Lifeline
 from flotilla_runtime.natsconn import connect_options, with_user, without_user
 from flotilla_runtime.service import BusLogin, ServiceApp
-
-if TYPE_CHECKING:
-    from flotilla_node_agent.app import Settings
-    from flotilla_node_agent.drivers.kube_lease import KubeLeaderElection
 
 WAIT_S = 5.0
 
@@ -156,41 +153,6 @@ class Credentials(Protocol):
     async def may_join(self) -> bool: ...
 
 
-class JournalCredentials:
-    """The sim driver: the process is its cluster's only agent; the journal keeps the membership."""
-
-    def __init__(self, app: ServiceApp[Settings], journal: Journal, uid: str) -> None:
-        self.app, self.journal, self.uid = app, journal, uid
-
-    async def read(self) -> tuple[str, str] | None:
-        saved = await self.journal.membership(self.app.store, self.uid)
-        if saved is None or not saved.credential or saved.state != ClusterState.APPROVED.value:
-            return None
-        return saved.cluster_id, saved.credential
-
-    async def write(self, cluster_id: str, credential: str) -> None:
-        """Nothing to do: the join saved the membership in the journal."""
-
-    async def may_join(self) -> bool:
-        return True
-
-
-class SecretCredentials:
-    """The kubernetes driver: the `flotilla-cluster-credential` Secret, written by the Lease holder."""
-
-    def __init__(self, election: KubeLeaderElection) -> None:
-        self.election = election
-
-    async def read(self) -> tuple[str, str] | None:
-        return await self.election.read_credential()
-
-    async def write(self, cluster_id: str, credential: str) -> None:
-        await self.election.publish_credential(cluster_id, credential)
-
-    async def may_join(self) -> bool:
-        return await self.election.try_acquire()
-
-
 async def join(app: ServiceApp[Settings], identity: ClusterIdentity, nodes: NodesSource) -> tuple[str, str]:
     """Join with the token until the cluster is approved; (cluster id, credential). Raises JoinRefused."""
     settings = app.settings
@@ -198,8 +160,8 @@ async def join(app: ServiceApp[Settings], identity: ClusterIdentity, nodes: Node
     async def connector(user: str, password: str) -> Client:
         return await connect_as(settings.nats_url, user, password, f"flotilla-node-agent-{settings.instance_id}")
 
-    agent = ClusterAgent(
-        None, app.store, Journal(), identity, settings.join_token, nodes, ClusterHandle(), app.log, connector=connector
+    agent = build_cluster_agent(
+        identity, settings.join_token, nodes, app.log, store=app.store, journal=Journal(), connector=connector
     )
     try:
         cluster_id = await agent.join()
@@ -242,42 +204,3 @@ async def login_with(
             app.log.info("waiting for the cluster agent to join the fleet and share the cluster credential")
             waiting_logged = True
         await asyncio.sleep(WAIT_S)
-
-
-def sim_identity(settings: Settings) -> ClusterIdentity:
-    """The one-node cluster a sim-driver agent process is (the same identity on every start)."""
-    return ClusterIdentity(
-        uid=hashlib.sha256(settings.node_name.encode()).hexdigest()[:32],
-        name=settings.cluster_name or settings.node_name.split(".")[0][:63],
-        kubernetes_version=settings.sim_version,
-        provider="sim",
-    )
-
-
-async def login(app: ServiceApp[Settings]) -> BusLogin:
-    """The node-agent's `ServiceSpec.login` when `FLOTILLA_NODE_AGENT_BUS_LOGIN=cluster`."""
-    settings = app.settings
-    if settings.driver == "sim":
-        from flotilla_node_agent.wiring import sim_driver
-
-        identity = sim_identity(settings)
-        driver = sim_driver(settings, None)
-
-        async def own_node() -> list[NodeFacts]:
-            return [await driver.facts()]
-
-        try:
-            return await login_with(app, JournalCredentials(app, Journal(), identity.uid), identity, own_node)
-        finally:
-            await driver.close()
-    from flotilla_node_agent.drivers.kube_lease import KubeLeaderElection
-    from flotilla_node_agent.drivers.kubernetes import KubernetesDriver, api_client
-    from flotilla_node_agent.kube_role import cluster_identity, node_lister
-
-    api = await api_client(settings.kubeconfig)
-    try:
-        election = KubeLeaderElection(api, settings.namespace, settings.node_name)
-        identity = await cluster_identity(settings, election, KubernetesDriver(api, settings.node_name, None))
-        return await login_with(app, SecretCredentials(election), identity, node_lister(api))
-    finally:
-        await api.close()

@@ -14,9 +14,9 @@ import nats.errors
 from nats.aio.client import Client
 
 from flotilla_contracts.subjects import Entity
-from flotilla_node_agent.agent import NodeAgent, NodeConnector
 from flotilla_node_agent.bus_login import connect_node
 from flotilla_node_agent.cluster_agent import ClusterAgent, ClusterHandle
+from flotilla_node_agent.node_agent import NodeAgent, NodeConnector
 from flotilla_node_agent.nodekey import node_seed
 from flotilla_runtime.lifeline import Lifeline
 from flotilla_runtime.logs import BoundLogger

@@ -1,26 +1,28 @@
-"""The cluster agent role in Kubernetes: elected by a Lease, it joins and shares the cluster id."""
+"""The agent with the kubernetes driver (`FLOTILLA_NODE_AGENT_DRIVER=kubernetes`): one agent per node (a
+DaemonSet); the holder of a Lease is the cluster agent, joins and shares the cluster id and credential. Its login
+(`BUS_LOGIN=cluster`) reads that credential from a Secret; its run drives the node through the API server.
+Only this mode loads kubernetes_asyncio (app.py imports it when the settings choose it)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from typing import Any
 
 from flotilla_contracts.v1.agent import NodeFacts
 from flotilla_contracts.v1.registration import ClusterIdentity
-from flotilla_node_agent.agent import AgentContext
-from flotilla_node_agent.applier import ManifestApplier
 from flotilla_node_agent.apply_backends import KubernetesApplyBackend
-from flotilla_node_agent.bus_login import cluster_connector, cluster_role
-from flotilla_node_agent.cluster_agent import ClusterAgent, ClusterHandle, NodesSource
+from flotilla_node_agent.bus_login import cluster_connector, cluster_role, login_with
+from flotilla_node_agent.cluster_agent import ClusterHandle, NodesSource
+from flotilla_node_agent.cluster_setup import build_cluster_agent
 from flotilla_node_agent.drivers.base import DriverUnavailable
 from flotilla_node_agent.drivers.kube_lease import KubeLeaderElection
-from flotilla_node_agent.drivers.kubernetes import KubernetesDriver, list_node_facts
-from flotilla_node_agent.executors.base import Executor
-from flotilla_runtime.service import ServiceApp
-
-if TYPE_CHECKING:
-    from flotilla_node_agent.app import Settings
+from flotilla_node_agent.drivers.kubernetes import KubernetesDriver, api_client, list_node_facts
+from flotilla_node_agent.node_agent import AgentContext
+from flotilla_node_agent.node_process import agent_context, cluster_handle, make_executor, run_node
+from flotilla_node_agent.settings import Settings
+from flotilla_runtime.service import BusLogin, ServiceApp
 
 
 async def cluster_identity(
@@ -46,11 +48,11 @@ def node_lister(api: Any) -> NodesSource:
     return nodes
 
 
-async def run_kubernetes_roles(
-    app: ServiceApp[Settings], api: Any, ctx: AgentContext, handle: ClusterHandle, executor: Executor | None
-) -> tuple[KubernetesDriver, list[asyncio.Task[Any]]]:
+def kubernetes_roles(
+    app: ServiceApp[Settings], api: Any, ctx: AgentContext, handle: ClusterHandle, driver: KubernetesDriver
+) -> list[Coroutine[Any, Any, None]]:
+    """Every agent follows the cluster id the cluster agent publishes; the Lease holder is that cluster agent."""
     settings = app.settings
-    driver = KubernetesDriver(api, settings.node_name, executor)
     election = KubeLeaderElection(api, settings.namespace, settings.node_name)
 
     async def follow() -> None:
@@ -74,25 +76,24 @@ async def run_kubernetes_roles(
             # Logged in as a node, the role opens its own `c.<cluster>` connection (the node's may not join,
             # report nodes or apply workloads); its applied reports leave over it (MemberRoutes).
             routes = cluster_role(app)
-            agent = ClusterAgent(
-                None if routes else ctx.nc,
-                ctx.store,
-                ctx.journal,
+            # The elected cluster agent applies placed workloads with server-side apply.
+            agent = build_cluster_agent(
                 identity,
                 settings.join_token,
                 node_lister(api),
-                ClusterHandle(),
                 app.log,
+                store=ctx.store,
+                journal=ctx.journal,
+                nc=None if routes else ctx.nc,
                 connector=cluster_connector(app) if routes else None,
+                workloads=KubernetesApplyBackend(api),
+                js=ctx.js,
+                instance_id=settings.instance_id,
             )
             if routes is not None:
                 routes.cluster = agent.handle
             if app.login is not None and app.login.credential:
                 agent.credential = app.login.credential  # connected as the cluster: re-join with it
-            # The elected cluster agent applies placed workloads with server-side apply.
-            agent.workloads = ManifestApplier(
-                ctx.js, ctx.store, KubernetesApplyBackend(api), app.log, instance_id=settings.instance_id
-            )
             role = asyncio.create_task(agent.run())
             published = asyncio.create_task(_publish_when_approved(agent.handle, election))
             await election.keep_leadership()
@@ -102,7 +103,46 @@ async def run_kubernetes_roles(
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
-    return driver, [asyncio.create_task(follow()), asyncio.create_task(lead())]
+    return [follow(), lead()]
+
+
+class SecretCredentials:
+    """The `flotilla-cluster-credential` Secret, written by the Lease holder, read by every agent."""
+
+    def __init__(self, election: KubeLeaderElection) -> None:
+        self.election = election
+
+    async def read(self) -> tuple[str, str] | None:
+        return await self.election.read_credential()
+
+    async def write(self, cluster_id: str, credential: str) -> None:
+        await self.election.publish_credential(cluster_id, credential)
+
+    async def may_join(self) -> bool:
+        return await self.election.try_acquire()
+
+
+async def login(app: ServiceApp[Settings]) -> BusLogin:
+    """Wait for the cluster credential the Lease holder shares (joining when this agent holds the Lease), then
+    log in as the node."""
+    settings = app.settings
+    api = await api_client(settings.kubeconfig)
+    try:
+        election = KubeLeaderElection(api, settings.namespace, settings.node_name)
+        identity = await cluster_identity(settings, election, KubernetesDriver(api, settings.node_name, None))
+        return await login_with(app, SecretCredentials(election), identity, node_lister(api))
+    finally:
+        await api.close()
+
+
+async def run(app: ServiceApp[Settings]) -> None:
+    """Drive this Kubernetes node; follow (or, holding the Lease, be) the cluster agent."""
+    settings = app.settings
+    ctx = agent_context(app)
+    handle = cluster_handle(app)
+    api = await api_client(settings.kubeconfig)
+    driver = KubernetesDriver(api, settings.node_name, make_executor(settings))
+    await run_node(app, ctx, handle, driver, kubernetes_roles(app, api, ctx, handle, driver))
 
 
 async def _publish_when_approved(handle: ClusterHandle, election: KubeLeaderElection) -> None:

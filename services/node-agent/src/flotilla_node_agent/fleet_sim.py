@@ -1,4 +1,4 @@
-"""`python -m flotilla_node_agent.sim`: a simulated fleet of N clusters x M nodes against any Flotilla bus.
+"""`python -m flotilla_node_agent.fleet_sim`: a simulated fleet of N clusters x M nodes against any Flotilla bus.
 
 Every node runs the real agent code (journal, durable command consumer, heartbeats) over the simulated
 driver; all agents share one NATS connection, one SQLite journal and one outbox relay. The first node of
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -40,16 +39,15 @@ from flotilla_contracts import sim as names
 from flotilla_contracts.ids import node_token
 from flotilla_contracts.v1.agent import NodeFacts
 from flotilla_contracts.v1.common import NodeRole
-from flotilla_contracts.v1.registration import ClusterIdentity
 from flotilla_node_agent import __version__
-from flotilla_node_agent.agent import AgentContext, NodeAgent, NodeConnector
-from flotilla_node_agent.applier import ManifestApplier
 from flotilla_node_agent.apply_backends import SimApplyBackend
 from flotilla_node_agent.bus_login import connect_as
 from flotilla_node_agent.cluster_agent import ClusterAgent, ClusterHandle
+from flotilla_node_agent.cluster_setup import build_cluster_agent, fleet_cluster_identity
 from flotilla_node_agent.drivers.sim import SimDriver, SimNodeSpec
 from flotilla_node_agent.heartbeats import Interval
 from flotilla_node_agent.journal import Journal
+from flotilla_node_agent.node_agent import AgentContext, NodeAgent, NodeConnector
 from flotilla_node_agent.sim_links import FleetRoutes, node_connector
 from flotilla_node_agent.sim_states import SimNodeStates
 from flotilla_runtime import telemetry
@@ -230,10 +228,7 @@ async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:
         handle = ClusterHandle("" if spec.token else name)
         fleet.handles.append(handle)
         if spec.token:
-            uid = hashlib.sha256(f"{spec.seed}/{name}".encode()).hexdigest()[:32]
-            identity = ClusterIdentity(
-                uid=uid, name=name, kubernetes_version=version, provider="sim", labels={"flotilla.dev/sim": "true"}
-            )
+            identity = fleet_cluster_identity(spec.seed, name, version)
 
             async def facts(drivers: Sequence[SimDriver] = drivers) -> list[NodeFacts]:
                 return [await d.facts() for d in drivers]
@@ -243,20 +238,20 @@ async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:
             async def connector(user: str, password: str, name: str = name, link: Lifeline = link) -> Client:
                 return await connect_as(nats_url, user, password, f"flotilla-sim-{name}", link)
 
-            agent = ClusterAgent(
-                nc,
-                store,
-                ctx.journal,
+            agent = build_cluster_agent(
                 identity,
                 spec.token,
                 facts,
-                handle,
                 log.bind(cluster=name),
-                report_every_s=spec.heartbeat_interval_s,
+                store=store,
+                journal=ctx.journal,
+                nc=nc,
+                handle=handle,
                 connector=connector,
-            )
-            agent.workloads = ManifestApplier(
-                js, store, SimApplyBackend(), log.bind(cluster=name), instance_id=spec.prefix
+                workloads=SimApplyBackend(),
+                js=js,
+                instance_id=spec.prefix,
+                report_every_s=spec.heartbeat_interval_s,
             )
             fleet.cluster_agents.append(agent)
             fleet.tasks.append(asyncio.create_task(agent.run()))
@@ -285,7 +280,8 @@ def usage() -> dict[str, float]:
 
 
 def parse(argv: Sequence[str] | None = None) -> tuple[FleetSpec, argparse.Namespace]:
-    parser = argparse.ArgumentParser(prog="python -m flotilla_node_agent.sim", description=__doc__.splitlines()[0])
+    prog = "python -m flotilla_node_agent.fleet_sim"  # what `flotilla sim` runs
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument(
         "--server",
         default=os.environ.get("FLOTILLA_SIM_NATS_URL") or os.environ.get("FLOTILLA_NATS_URL", "nats://127.0.0.1:4222"),
