@@ -32,8 +32,10 @@ from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, schema_id
 from flotilla_contracts.v1.heartbeat import Heartbeat, NodeHealth
 from flotilla_contracts.v1.registration import ApprovalSource, ClusterIdentity, ClusterInfo, ClusterState
 from flotilla_contracts.v1.registration_events import ClusterApproved
-from flotilla_heartbeat.app import SPEC, Settings
-from flotilla_heartbeat.domain import HealthModel, Policy
+from flotilla_heartbeat.app import SPEC
+from flotilla_heartbeat.domain import HealthModel
+from flotilla_heartbeat.health_state import Policy
+from flotilla_heartbeat.settings import Settings
 from flotilla_runtime import service
 from flotilla_runtime.bus import ensure_streams
 

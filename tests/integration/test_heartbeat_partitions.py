@@ -28,8 +28,9 @@ from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, Message, schema_id
 from flotilla_contracts.subjects import Service, command
 from flotilla_contracts.v1.registration import ApprovalSource, ClusterIdentity, ClusterInfo, ClusterState
 from flotilla_contracts.v1.registration_events import ClusterApproved, ClusterDeregistered, ClusterJoinRequested
-from flotilla_heartbeat.app import SPEC, Settings
+from flotilla_heartbeat.app import SPEC
 from flotilla_heartbeat.partitions import mapping_config
+from flotilla_heartbeat.settings import Settings
 from flotilla_runtime import service
 from flotilla_runtime.bus import ensure_streams
 

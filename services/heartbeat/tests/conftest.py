@@ -9,7 +9,8 @@ import pytest
 
 from flotilla_contracts.v1.common import ConditionStatus, NodeCondition, NodeConditionType
 from flotilla_contracts.v1.heartbeat import ApiServerHealth, Heartbeat, NodeHealthChanged, ProbeResult
-from flotilla_heartbeat.domain import HealthModel, Policy, Transition
+from flotilla_heartbeat.domain import HealthModel
+from flotilla_heartbeat.health_state import Policy, Transition
 
 WALL0 = 1_700_000_000.0
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from flotilla_contracts.v1.heartbeat import NodeHealth
 from flotilla_heartbeat.deafness import Deafness
-from flotilla_heartbeat.domain import Policy
+from flotilla_heartbeat.health_state import Policy
 
 if TYPE_CHECKING:
     from conftest import Fleet

@@ -13,7 +13,8 @@ from nats.aio.msg import Msg
 
 from flotilla_client.loadgen import template
 from flotilla_contracts.v1.heartbeat import NodeHealth
-from flotilla_heartbeat.domain import SEVERITY, HealthModel, Policy
+from flotilla_heartbeat.domain import HealthModel
+from flotilla_heartbeat.health_state import SEVERITY, Policy
 from flotilla_heartbeat.ingest import Ingest
 from flotilla_heartbeat.noise import NoiseWindow
 

@@ -14,7 +14,8 @@ from flotilla_contracts.v1.common import NodeRole
 from flotilla_contracts.v1.registration import ClusterState
 from flotilla_contracts.v1.registration_events import NodeAdded
 from flotilla_contracts.v1.security import MemberRefused, RefusalReason
-from flotilla_heartbeat.domain import HealthModel, Policy
+from flotilla_heartbeat.domain import HealthModel
+from flotilla_heartbeat.health_state import Policy
 from flotilla_heartbeat.ingest import Ingest
 from flotilla_heartbeat.membership import Membership
 from flotilla_heartbeat.noise import NoiseWindow

@@ -23,70 +23,26 @@ from flotilla_contracts.v1.heartbeat import (
     NodeHealthChanged,
 )
 from flotilla_heartbeat.health_state import (
-    _INDEX as _INDEX,
-)
-from flotilla_heartbeat.health_state import (
-    API_NONE as API_NONE,
-)
-from flotilla_heartbeat.health_state import (
-    API_NOT_READY as API_NOT_READY,
-)
-from flotilla_heartbeat.health_state import (
-    API_READY as API_READY,
-)
-from flotilla_heartbeat.health_state import (
-    CLUSTER_SEVERITY as CLUSTER_SEVERITY,
-)
-from flotilla_heartbeat.health_state import (
-    LOST as LOST,
-)
-from flotilla_heartbeat.health_state import (
-    NOT_READY as NOT_READY,
-)
-from flotilla_heartbeat.health_state import (
-    READY as READY,
-)
-from flotilla_heartbeat.health_state import (
-    SEVERITY as SEVERITY,
-)
-from flotilla_heartbeat.health_state import (
-    UNREACHABLE as UNREACHABLE,
-)
-from flotilla_heartbeat.health_state import (
-    Cluster as Cluster,
-)
-from flotilla_heartbeat.health_state import (
-    Facts as Facts,
-)
-from flotilla_heartbeat.health_state import (
-    Node as Node,
-)
-from flotilla_heartbeat.health_state import (
-    Policy as Policy,
-)
-from flotilla_heartbeat.health_state import (
-    Transition as Transition,
-)
-from flotilla_heartbeat.health_state import (
-    _move_api as _move_api,
-)
-from flotilla_heartbeat.health_state import (
-    _node_reason as _node_reason,
-)
-from flotilla_heartbeat.health_state import (
-    api_state as api_state,
-)
-from flotilla_heartbeat.health_state import (
-    cluster_verdict as cluster_verdict,
-)
-from flotilla_heartbeat.health_state import (
-    counts_of as counts_of,
-)
-from flotilla_heartbeat.health_state import (
-    node_name_of as node_name_of,
-)
-from flotilla_heartbeat.health_state import (
-    reported_ready as reported_ready,
+    API_NONE,
+    CLUSTER_SEVERITY,
+    COUNT_INDEX,
+    LOST,
+    NOT_READY,
+    READY,
+    SEVERITY,
+    UNREACHABLE,
+    Cluster,
+    Facts,
+    Node,
+    Policy,
+    Transition,
+    api_state,
+    cluster_verdict,
+    counts_of,
+    move_api,
+    node_name_of,
+    node_reason,
+    reported_ready,
 )
 
 
@@ -152,8 +108,8 @@ class HealthModel:
         if cluster is not None and node is not None:
             node.removed = True
             cluster.listed -= node.listed
-            cluster.counts[_INDEX[node.state]] -= 1
-            _move_api(cluster, node.api, API_NONE)
+            cluster.counts[COUNT_INDEX[node.state]] -= 1
+            move_api(cluster, node.api, API_NONE)
             self._queue_cluster(cluster)
 
     def _new_node(self, cluster: Cluster, node_id: str, node_name: str, now: float) -> Node:
@@ -200,7 +156,7 @@ class HealthModel:
             node.ready = reported_ready(hb.conditions)
             api = api_state(hb.api_server)
             if api != node.api:
-                _move_api(cluster, node.api, api)
+                move_api(cluster, node.api, api)
                 node.api = api
                 self._queue_cluster(cluster)
             self.checkpoint.add((hb.cluster_id, hb.node_id))
@@ -312,9 +268,9 @@ class HealthModel:
 
     def _transition(self, node: Node, to: NodeHealth, now: float, out: list[Transition]) -> None:
         cluster = self.clusters[node.cluster_id]
-        cluster.counts[_INDEX[node.state]] -= 1
-        cluster.counts[_INDEX[to]] += 1
-        reason, message = _node_reason(node, to, now, self.policy)
+        cluster.counts[COUNT_INDEX[node.state]] -= 1
+        cluster.counts[COUNT_INDEX[to]] += 1
+        reason, message = node_reason(node, to, now, self.policy)
         facts = node.facts
         out.append(
             NodeHealthChanged(

@@ -16,7 +16,8 @@ from flotilla_contracts.v1.heartbeat import (
     NodesHealthReply,
     NodesHealthRequest,
 )
-from flotilla_heartbeat.domain import CLUSTER_SEVERITY, Cluster, HealthModel, Node, counts_of, node_name_of
+from flotilla_heartbeat.domain import HealthModel
+from flotilla_heartbeat.health_state import CLUSTER_SEVERITY, Cluster, Node, counts_of, node_name_of
 
 _SEP = " "  # below every token character, so keys sort as (cluster, node)
 

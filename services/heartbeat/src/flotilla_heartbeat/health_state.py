@@ -105,11 +105,13 @@ class Cluster(msgspec.Struct, gc=False):
     refilled: float = 0.0  # service clock of the bucket's last refill
 
 
-_INDEX: dict[NodeHealth | None, int] = {None: 0, READY: 1, NOT_READY: 2, UNREACHABLE: 3, LOST: 4}
+# Where a node state is counted in `Cluster.counts` (None: tracked, not yet judged).
+COUNT_INDEX: dict[NodeHealth | None, int] = {None: 0, READY: 1, NOT_READY: 2, UNREACHABLE: 3, LOST: 4}
 Transition = NodeHealthChanged | ClusterHealthChanged
 
 
 def node_name_of(node: Node) -> str:
+    """The node's Kubernetes name (stored only when it differs from the token with '_' read as '.')."""
     return node.node_name if node.node_name is not None else node.node_id.replace("_", ".")
 
 
@@ -122,17 +124,20 @@ def reported_ready(conditions: list[NodeCondition]) -> bool:
 
 
 def api_state(api: ApiServerHealth | None) -> int:
+    """API_NONE (no API server on the node), API_READY (readyz and livez OK) or API_NOT_READY."""
     if api is None:
         return API_NONE
     return API_READY if api.readyz is ProbeResult.OK and api.livez is ProbeResult.OK else API_NOT_READY
 
 
-def _move_api(cluster: Cluster, old: int, new: int) -> None:
+def move_api(cluster: Cluster, old: int, new: int) -> None:
+    """Keep the cluster's API server counts right when one node's API state goes from `old` to `new`."""
     cluster.api_total += (new != API_NONE) - (old != API_NONE)
     cluster.api_ready += (new == API_READY) - (old == API_READY)
 
 
 def counts_of(cluster: Cluster) -> NodeCounts:
+    """The cluster's node counts by state, as events and replies carry them."""
     c = cluster.counts
     return NodeCounts(ready=c[1], not_ready=c[2], unreachable=c[3], lost=c[4])
 
@@ -157,7 +162,8 @@ def cluster_verdict(cluster: Cluster) -> tuple[ClusterHealth, str, str]:
     return ClusterHealth.READY, "AllNodesReady", f"{ready} nodes Ready"
 
 
-def _node_reason(node: Node, to: NodeHealth, now: float, policy: Policy) -> tuple[str, str]:
+def node_reason(node: Node, to: NodeHealth, now: float, policy: Policy) -> tuple[str, str]:
+    """The reason and message of a node's transition to `to`, as its event carries them."""
     if to is UNREACHABLE:
         silent = now - (node.heard if node.heard >= 0 else node.created)
         return "HeartbeatsMissed", f"no heartbeat for {silent:.1f}s ({policy.missed_intervals} intervals missed)"

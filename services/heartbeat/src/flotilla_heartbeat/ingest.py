@@ -58,7 +58,7 @@ class Ingest:
         self.membership_reason = membership_reason
         self.quota = quota or Quota()
         self.ledger = ledger or RefusalLedger(Service.HEARTBEAT.value)
-        self.refusals: list[tuple[str, MemberRefused]] = []  # security events for the outbox (Pump takes them)
+        self.refusals: list[tuple[str, MemberRefused]] = []  # security events for the outbox (the tick loop takes them)
         self.max_bytes = max_bytes
         self.batch = batch
         self.now = now

@@ -5,7 +5,8 @@ from __future__ import annotations
 from flotilla_contracts.v1.heartbeat import ClusterHealth, NodeHealth
 from flotilla_contracts.v1.registration import ClusterState
 from flotilla_heartbeat import store as tables
-from flotilla_heartbeat.domain import _INDEX, API_NONE, SEVERITY, HealthModel, api_state, reported_ready
+from flotilla_heartbeat.domain import HealthModel
+from flotilla_heartbeat.health_state import API_NONE, COUNT_INDEX, SEVERITY, api_state, move_api, reported_ready
 from flotilla_heartbeat.membership import Membership
 from flotilla_runtime.store import Store
 
@@ -31,11 +32,10 @@ async def restore(store: Store, model: HealthModel, membership: Membership) -> d
         if node.facts is not None:
             node.ready = reported_ready(node.facts.conditions)
             node.api = api_state(node.facts.api_server)
-            cluster.api_total += node.api != API_NONE
-            cluster.api_ready += node.api == 1
+            move_api(cluster, API_NONE, node.api)
         health = NodeHealth(row["state"]) if row["state"] else None
-        cluster.counts[_INDEX[node.state]] -= 1
-        cluster.counts[_INDEX[health]] += 1
+        cluster.counts[COUNT_INDEX[node.state]] -= 1
+        cluster.counts[COUNT_INDEX[health]] += 1
         node.state, node.reason = health, str(row["reason"])
         node.since = float(row["since"]) - offset
         last_seen = row["last_seen"]

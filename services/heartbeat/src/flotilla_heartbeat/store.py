@@ -7,7 +7,8 @@ from collections.abc import Iterable
 
 import msgspec
 
-from flotilla_heartbeat.domain import Cluster, Facts, HealthModel, Node
+from flotilla_heartbeat.domain import HealthModel
+from flotilla_heartbeat.health_state import Cluster, Facts, Node
 from flotilla_runtime.store import Row, Store, Tx
 
 _facts_encoder = msgspec.msgpack.Encoder()

@@ -1,9 +1,11 @@
-"""The service loop: flush heartbeats, tick the model, publish transitions through the outbox, checkpoint."""
+"""The service loop every `TICK_S`: flush heartbeats, tick the model, record transitions in the outbox, checkpoint.
+
+Ticks never wait for the database: a writer task records what the ticks produced, in one transaction each time.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -11,29 +13,26 @@ from flotilla_contracts.catalogue import subject_for
 from flotilla_contracts.envelope import Message
 from flotilla_contracts.v1.heartbeat import ClusterHealthChanged, HeartbeatNoiseReported, NodeHealthChanged
 from flotilla_heartbeat import store as tables
+from flotilla_heartbeat.clock import Clock
 from flotilla_heartbeat.deafness import Deafness
-from flotilla_heartbeat.domain import Cluster, HealthModel
+from flotilla_heartbeat.domain import HealthModel
+from flotilla_heartbeat.health_state import Cluster
 from flotilla_heartbeat.ingest import Ingest
 from flotilla_heartbeat.noise import NoiseWindow
 from flotilla_runtime.logs import BoundLogger
 from flotilla_runtime.store import Store
 
 
-class SystemClock:
-    """The service's clock: monotonic for liveness, wall time for what people read."""
-
-    def __call__(self) -> tuple[float, float]:
-        return time.monotonic(), time.time()
-
-
 @dataclass
-class Pump:
+class TickLoop:
+    """Turns what ingest buffered into health events and checkpoints; `run` until the service stops."""
+
     store: Store
     model: HealthModel
     ingest: Ingest
     noise: NoiseWindow
     log: BoundLogger
-    clock: SystemClock
+    clock: Clock
     tick_s: float = 0.1
     checkpoint_s: float = 5.0
     seen_refresh_s: float = 60.0
