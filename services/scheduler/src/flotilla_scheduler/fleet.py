@@ -15,11 +15,17 @@ from flotilla_contracts.v1.common import Resources, Taint, TaintEffect
 from flotilla_contracts.v1.heartbeat import ClusterHealth
 from flotilla_contracts.v1.scheduler import CapacityResource
 from flotilla_kube.selectors import Op, Selector
+from flotilla_scheduler.ranking import RankKey, rank_key
 
 # Health as taints: the scheduler treats a cluster nobody hears (or whose nodes are all Lost) as tainted,
 # so a subscription may tolerate it for a while (`tolerationSeconds`) before its share moves.
 UNREACHABLE_TAINT = "flotilla.dev/unreachable"
 LOST_TAINT = "flotilla.dev/lost"
+
+# `least_loaded` walks the load buckets in ascending order (one set intersection per distinct load) instead of
+# sorting the whole candidate set. The walk pays off only for a large set spread over few distinct loads:
+SORT_AT_MOST = 32  # candidates up to this many: one sort of the set costs less than intersecting every bucket
+WALK_AT_MOST_LOADS = 64  # more distinct loads than this: the intersections cost more than one sort of the set
 
 
 @dataclass(frozen=True)
@@ -123,12 +129,17 @@ class Fleet:
                 del self._by_load[load]
                 self._loads = sorted(self._by_load)
 
+    def rank_key(self, cluster_id: str, *, penalty: int = 0, spread: int = 0) -> RankKey:
+        """`ranking.rank_key` with this fleet's load for the cluster."""
+        return rank_key(cluster_id, self.load.get(cluster_id, 0), penalty=penalty, spread=spread)
+
     def least_loaded(self, among: set[str], limit: int) -> list[str]:
-        """Up to `limit` of `among`, less loaded first, then by id; set algebra over the load buckets."""
-        if len(among) <= 32 or len(self._loads) > 64:
-            return sorted(among, key=lambda c: (self.load.get(c, 0), c))[:limit]
+        """The best `limit` of `among` by `rank_key` with no penalty and no spread: less loaded first, then by id."""
+        if len(among) <= SORT_AT_MOST or len(self._loads) > WALK_AT_MOST_LOADS:
+            load_of = self.load.get
+            return sorted(among, key=lambda c: rank_key(c, load_of(c, 0)))[:limit]
         out: list[str] = []
-        for load in self._loads:
+        for load in self._loads:  # ascending: the key's load term; within one bucket only the id is left to order
             inside = among & self._by_load[load]
             if inside:
                 out += sorted(inside)[: limit - len(out)]

@@ -8,8 +8,8 @@ Pure: a compiled policy, the fleet, the current placement and `now` in; a `Decis
   placement stay until the taint's time plus those seconds (then it is evicted; `next_check` says when),
   and takes no new placement. Unreachable or Lost clusters carry such taints (see `fleet.py`);
 - steady: a cluster keeps its placement while it stays feasible; scores only fill free slots;
-- `maxClusters` slots are filled best first: spread over the topology label, then fewer
-  PreferNoSchedule taints, then less loaded, then cluster id;
+- `maxClusters` slots are filled best first by `ranking.rank_key`: fewer PreferNoSchedule taints, then
+  spread over the topology label, then less loaded, then cluster id;
 - `Divide` splits replicas by static weights or capacity within min/max; see `divide.py`.
 """
 
@@ -26,6 +26,7 @@ from flotilla_kube.selectors import Selector, parse_selector
 from flotilla_kube.taints import Toleration
 from flotilla_scheduler.divide import fitting, ideal_split, steady_split
 from flotilla_scheduler.fleet import ClusterView, Fleet
+from flotilla_scheduler.ranking import RankKey, rank_key
 
 
 @dataclass(frozen=True)
@@ -123,42 +124,48 @@ class Decision:
         return bool(self.added or self.removed or self.resized)
 
 
-def _ranked(fleet: Fleet, clusters: set[str], penalty: dict[str, int], limit: int | None = None) -> list[str]:
-    """Best first: fewer PreferNoSchedule taints, then less loaded, then cluster id."""
+def ranked(fleet: Fleet, clusters: set[str], penalty: dict[str, int], limit: int | None = None) -> list[str]:
+    """Best first by `rank_key` (no spread term); without penalties the fleet's load index does it."""
     if not penalty:
         return fleet.least_loaded(clusters, len(clusters) if limit is None else limit)
-    load = fleet.load.get
-    ranked = [c for _, _, c in sorted([(penalty.get(c, 0), load(c, 0), c) for c in clusters])]
-    return ranked if limit is None else ranked[:limit]
+    load, penalty_of = fleet.load.get, penalty.get
+    best = sorted(clusters, key=lambda c: rank_key(c, load(c, 0), penalty=penalty_of(c, 0)))
+    return best if limit is None else best[:limit]
 
 
-def _pick(
+def pick(
     fleet: Fleet, candidates: set[str], slots: int, key: str | None, taken: Iterable[str], penalty: dict[str, int]
 ) -> list[str]:
-    """The best `slots` candidates, greedily spread over the topology key given the clusters `taken`."""
+    """The best `slots` candidates by `rank_key`, whose spread term counts the domain's clusters chosen so far.
+
+    Greedy: each slot goes to the best-keyed candidate given the clusters `taken` and those picked before it.
+    """
     if slots <= 0 or not candidates:
         return []
     if not key:
-        return _ranked(fleet, candidates, penalty, slots)
+        return ranked(fleet, candidates, penalty, slots)
     counts: dict[str, int] = {}
     for c in taken:
         domain = fleet.clusters[c].labels.get(key, "")
         counts[domain] = counts.get(domain, 0) + 1
-    # Each domain's members by the label index (set algebra), only its best `slots` ranked.
-    groups = {domain: _ranked(fleet, members, penalty, slots) for domain, members in fleet.domains(key, candidates)}
-    heap: list[tuple[int, int, int, str, str, int]] = []
+    # Within a domain the spread term is the same for all, so each domain's members are ranked once (by the label
+    # index, only its best `slots`) and the heap holds each domain's next member keyed with the domain's count.
+    groups = {domain: ranked(fleet, members, penalty, slots) for domain, members in fleet.domains(key, candidates)}
+    heap: list[tuple[RankKey, str, int]] = []  # (key, domain, index in the domain); ids are unique: keys never tie
     for domain, members in groups.items():
         first = members[0]
-        heap.append((penalty.get(first, 0), counts.get(domain, 0), fleet.load.get(first, 0), first, domain, 0))
+        heap.append((fleet.rank_key(first, penalty=penalty.get(first, 0), spread=counts.get(domain, 0)), domain, 0))
     heapq.heapify(heap)
     chosen: list[str] = []
     while heap and len(chosen) < slots:
-        _, count, _, c, domain, index = heapq.heappop(heap)
+        (_, count, _, c), domain, index = heapq.heappop(heap)
         chosen.append(c)
         members = groups[domain]
         if index + 1 < len(members):
             nxt = members[index + 1]
-            heapq.heappush(heap, (penalty.get(nxt, 0), count + 1, fleet.load.get(nxt, 0), nxt, domain, index + 1))
+            heapq.heappush(
+                heap, (fleet.rank_key(nxt, penalty=penalty.get(nxt, 0), spread=count + 1), domain, index + 1)
+            )
     return chosen
 
 
@@ -192,10 +199,10 @@ def place(
     if policy.max_clusters is not None:
         limit = policy.max_clusters
         if len(chosen_kept) > limit:
-            chosen_kept = _pick(fleet, kept, limit, policy.spread_topology_key, (), penalty)
-        chosen_new = _pick(fleet, new, limit - len(chosen_kept), policy.spread_topology_key, chosen_kept, penalty)
+            chosen_kept = pick(fleet, kept, limit, policy.spread_topology_key, (), penalty)
+        chosen_new = pick(fleet, new, limit - len(chosen_kept), policy.spread_topology_key, chosen_kept, penalty)
     elif policy.strategy is Strategy.DIVIDE:
-        chosen_new = _ranked(fleet, new, penalty)
+        chosen_new = ranked(fleet, new, penalty)
     else:
         chosen_new = list(new)
     if policy.strategy is Strategy.REPLICATE:
