@@ -10,8 +10,9 @@ from click.testing import CliRunner
 
 from flotilla_client.cli.common import Failure
 from flotilla_client.cli.main import cli
+from flotilla_client.cli.rollout_spec import build_spec
 from flotilla_client.cli.rollout_view import plan_text
-from flotilla_client.cli.upgrade import build_spec, upgrade
+from flotilla_client.cli.upgrade import upgrade
 from flotilla_contracts.v1.upgrade import UpgradePlan
 
 
