@@ -13,9 +13,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 from orchestrator_harness import Sim
 
 from flotilla_contracts.v1.agent import NodeStepReported
@@ -219,7 +227,16 @@ class RolloutModel(RuleBasedStateMachine):
             assert rollout.state is RolloutState.SUCCEEDED, (rollout.state, rollout.rec.message)
 
 
-TestRolloutModel = RolloutModel.TestCase
-TestRolloutModel.settings = settings(
-    max_examples=150, stateful_step_count=80, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+# The default run: a quick pass over short interleavings (about a second). The long form, in `make test-slow`,
+# explores many more and longer ones (and is the run to repeat after changing the engine).
+QUICK = settings(max_examples=30, stateful_step_count=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+LONG = settings(max_examples=600, stateful_step_count=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_the_rollout_model_holds() -> None:
+    run_state_machine_as_test(RolloutModel, settings=QUICK)
+
+
+@pytest.mark.slow
+def test_the_rollout_model_holds_over_long_runs() -> None:
+    run_state_machine_as_test(RolloutModel, settings=LONG)
