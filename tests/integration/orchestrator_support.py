@@ -38,6 +38,7 @@ from flotilla_contracts.v1.agent import (
     RefusalReason,
     StepKind,
     StepOutcome,
+    step_report,
 )
 from flotilla_contracts.v1.common import NodeRole
 from flotilla_contracts.v1.heartbeat import ClusterHealth, ClusterHealthChanged
@@ -253,18 +254,7 @@ class FakeAgents:
                 self.violations.append(f"I3: {node.node_id} skips a minor")
 
     def _report(self, command: NodeStepCommand, outcome: StepOutcome, **extra: Any) -> NodeStepReported:
-        return NodeStepReported(
-            command_id=command.command_id,
-            rollout_id=command.rollout_id,
-            epoch=command.epoch,
-            cluster_id=command.cluster_id,
-            node_id=command.node_id,
-            node_name=command.node_name,
-            step=command.step,
-            outcome=outcome,
-            occurred_at=now(),
-            **extra,
-        )
+        return step_report(command, outcome, now(), **extra)
 
 
 @dataclass

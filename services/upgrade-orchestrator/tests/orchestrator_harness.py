@@ -25,6 +25,7 @@ from flotilla_contracts.v1.agent import (
     RefusalReason,
     StepKind,
     StepOutcome,
+    step_report,
 )
 from flotilla_contracts.v1.common import NodeRole
 from flotilla_contracts.v1.heartbeat import ClusterHealth, ClusterHealthChanged, NodeHealth, NodeHealthChanged
@@ -294,18 +295,7 @@ class Sim:
                     raise InvariantBroken(f"I3: kubelet {peer.version} falls {lag} minors behind")
 
     def _report(self, command: NodeStepCommand, outcome: StepOutcome, **extra: Any) -> NodeStepReported:
-        return NodeStepReported(
-            command_id=command.command_id,
-            rollout_id=command.rollout_id,
-            epoch=command.epoch,
-            cluster_id=command.cluster_id,
-            node_id=command.node_id,
-            node_name=command.node_name,
-            step=command.step,
-            outcome=outcome,
-            occurred_at=self.now,
-            **extra,
-        )
+        return step_report(command, outcome, self.now, **extra)
 
     def deliver(self, report: NodeStepReported, subject: str = "") -> None:
         """A report as the intake hands it over, on its own node's subject unless `subject` says otherwise."""

@@ -17,7 +17,7 @@ from orchestrator_harness import Commands
 
 from flotilla_contracts import catalogue
 from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, schema_id
-from flotilla_contracts.v1.agent import NodeStepCommand, NodeStepReported, StepKind, StepOutcome
+from flotilla_contracts.v1.agent import NodeStepCommand, NodeStepReported, StepKind, StepOutcome, step_report
 from flotilla_contracts.v1.upgrade import RolloutSpec, StartRolloutRequest
 from flotilla_contracts.v1.upgrade_status import RolloutState, RolloutStatusRequest
 from flotilla_runtime.bus import ensure_streams
@@ -51,18 +51,8 @@ async def publish_report(js: JetStreamContext, report: NodeStepReported, msg_id:
 
 
 def reported(command: NodeStepCommand, outcome: StepOutcome) -> NodeStepReported:
-    return NodeStepReported(
-        command_id=command.command_id,
-        rollout_id=command.rollout_id,
-        epoch=command.epoch,
-        cluster_id=command.cluster_id,
-        node_id=command.node_id,
-        node_name=command.node_name,
-        step=command.step,
-        outcome=outcome,
-        occurred_at=datetime.now(UTC),
-        kubelet_version=command.target.kubernetes_version if command.step is StepKind.VERIFY else None,
-    )
+    kubelet = command.target.kubernetes_version if command.step is StepKind.VERIFY else None
+    return step_report(command, outcome, datetime.now(UTC), kubelet_version=kubelet)
 
 
 async def outbox(store: Store, kind: str) -> list[dict[str, Any]]:

@@ -7,8 +7,9 @@ original name is always carried in the body as `node_name`.
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -169,6 +170,25 @@ class NodeStepReported(Message, frozen=True, kw_only=True):
     replayed: bool = False
     duration_s: Seconds = 0.0
     occurred_at: Timestamp
+
+
+def step_report(
+    command: NodeStepCommand, outcome: StepOutcome, occurred_at: datetime, **fields: Any
+) -> NodeStepReported:
+    """The report of `command` with `outcome`: the command's identity copied, the rest from `fields`. The node-agent
+    and every test agent build their reports here, so they cannot disagree on what a report names."""
+    return NodeStepReported(
+        command_id=command.command_id,
+        rollout_id=command.rollout_id,
+        epoch=command.epoch,
+        cluster_id=command.cluster_id,
+        node_id=command.node_id,
+        node_name=command.node_name,
+        step=command.step,
+        outcome=outcome,
+        occurred_at=occurred_at,
+        **fields,
+    )
 
 
 class HostKey(msgspec.Struct, frozen=True, kw_only=True):

@@ -22,6 +22,7 @@ from flotilla_contracts.v1.agent import (
     StepKind,
     StepOutcome,
     StepProgress,
+    step_report,
 )
 from flotilla_node_agent.domain import Action, decide
 from flotilla_node_agent.drivers.base import AgentCrashed, DriverUnavailable, NodeDriver, StepFailed
@@ -62,18 +63,7 @@ class StepRunner:
         self.verify_timeout_s = verify_timeout_s
 
     def _report(self, command: NodeStepCommand, outcome: StepOutcome, **fields: object) -> NodeStepReported:
-        return NodeStepReported(
-            command_id=command.command_id,
-            rollout_id=command.rollout_id,
-            epoch=command.epoch,
-            cluster_id=command.cluster_id,
-            node_id=command.node_id,
-            node_name=command.node_name,
-            step=command.step,
-            outcome=outcome,
-            occurred_at=_now(),
-            **fields,  # type: ignore[arg-type]
-        )
+        return step_report(command, outcome, _now(), **fields)
 
     @staticmethod
     def subject(report: NodeStepReported) -> str:
