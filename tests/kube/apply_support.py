@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kube_support import ControlPlane
+from kube_support import ControlPlane, eventually
 
 from flotilla_contracts.v1.scheduler_events import AppliedStatusReported, ApplyManifests
 from flotilla_node_agent.applier import ManifestApplier
@@ -100,14 +100,3 @@ def served_kind(cp: ControlPlane, path: str, kind: str) -> bool:
 
 def get(cp: ControlPlane, path: str) -> tuple[int, Any]:
     return cp.request("GET", path)
-
-
-async def eventually(what: str, check: Callable[[], Any], within_s: float = 60.0) -> Any:
-    """Poll `check` until truthy; fail naming `what` at the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while not (value := await asyncio.to_thread(check)):
-        if loop.time() > deadline:
-            raise AssertionError(f"{what}: not true within {within_s:.0f} s")
-        await asyncio.sleep(0.2)
-    return value

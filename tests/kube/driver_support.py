@@ -3,28 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from kube_support import KWOK_ANNOTATION, ControlPlane, node_object
+from kube_support import KWOK_ANNOTATION, ControlPlane, eventually, node_object
 
 GROUP = "flotilla.test/group"  # each test's own nodes, so tests share one control plane without meeting
-
-
-async def eventually(what: str, check: Callable[[], Any], within_s: float = 60.0, every_s: float = 0.2) -> Any:
-    """Poll `check` (sync or async) until it returns something truthy; fail naming `what` at the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while True:
-        value = check()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"{what}: not true within {within_s:.0f} s")
-        await asyncio.sleep(every_s)
 
 
 async def add_nodes(cp: ControlPlane, group: str, count: int, version: str = "v1.36.0") -> list[str]:

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apply_support import apply, eventually, get, install_crds, kube_applier, stub_crd
-from kube_support import ControlPlane, control_plane
+from apply_support import apply, get, install_crds, kube_applier, stub_crd
+from kube_support import ControlPlane, control_plane, eventually
 
 from flotilla_contracts.v1.scheduler import AppliedState
 from flotilla_contracts.v1.scheduler_events import ApplyResult

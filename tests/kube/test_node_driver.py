@@ -22,7 +22,6 @@ from driver_support import (
     add_nodes,
     daemonset,
     deployment,
-    eventually,
     mirror_pod,
     namespace,
     node,
@@ -30,7 +29,7 @@ from driver_support import (
     pods,
     running_on,
 )
-from kube_support import ControlPlane, control_plane
+from kube_support import ControlPlane, control_plane, eventually
 
 from flotilla_contracts.v1.agent import DrainOptions, TargetVersions
 from flotilla_contracts.v1.common import NodeRole

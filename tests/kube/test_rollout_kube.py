@@ -7,14 +7,13 @@ the API servers themselves recorded (their audit logs and their final state)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
-import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import msgspec
 import nats
 import pytest
 from integration_support import fleet_events
+from kube_support import eventually
 from rollout_invariants import check, final_states
 
 from flotilla_client import runfile
@@ -87,16 +87,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[
     assert not launch.running(state), "flotilla down left the Kubernetes world running"
 
 
-async def until(what: str, within_s: float, check_now: Any) -> Any:
-    deadline = time.monotonic() + within_s
-    while True:
-        value = await check_now()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"not within {within_s:.0f}s: {what}"
-        await asyncio.sleep(1.0)
-
-
 async def all_events(url: str) -> list[tuple[str, str, dict[str, Any]]]:
     nc = await nats.connect(url)
     try:
@@ -145,10 +135,14 @@ async def test_a_rollout_on_real_api_servers_drains_by_eviction_and_keeps_the_in
             )
             return health.clusters.get(hb.ClusterHealth.READY, 0) >= CLUSTERS and health.nodes.ready >= CLUSTERS * 4
 
-        await until("both clusters Ready by their heartbeats", 120, fleet_ready)
+        await eventually("both clusters Ready by their heartbeats", fleet_ready, 120, every_s=1.0)
         for cluster in clusters:
-            await until(f"the placed workload running on {cluster.name}", 180,
-                        lambda c=cluster: asyncio.to_thread(web_settled, c.kubeconfig))  # fmt: skip
+            await eventually(
+                f"the placed workload running on {cluster.name}",
+                partial(web_settled, cluster.kubeconfig),
+                180,
+                every_s=1.0,
+            )
         before = {c.name: {p["metadata"]["uid"] for p in c.get("pods", "-n", "web")["items"]} for c in clusters}
         spec = up.RolloutSpec(
             target_version=TARGET,
@@ -172,7 +166,7 @@ async def test_a_rollout_on_real_api_servers_drains_by_eviction_and_keeps_the_in
             assert status.rollout.state is not st.RolloutState.FROZEN, (status.rollout.freeze, status.failures)
             return status if status.rollout.state in FINISHED else None
 
-        status = await until(f"rollout {rollout_id} finished", 600, finished)
+        status = await eventually(f"rollout {rollout_id} finished", finished, 600, every_s=1.0)
         assert status.rollout.state is st.RolloutState.SUCCEEDED, status.failures
 
     # The fleet's own record: every node went the whole way, one at a time per cluster, control plane first.

@@ -41,9 +41,13 @@ MIGRATIONS = [Migration("t", 1, "rows", "CREATE TABLE rows (body TEXT NOT NULL)"
 STREAM = "PULLTEST"
 
 
-async def until(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 30.0) -> None:
+async def until(check: Callable[[], Awaitable[bool] | bool], what: str, timeout_s: float = 30.0) -> None:
+    """Until `check` (plain or async) is true; 0.05 s is only the polling interval."""
     deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await check():
+    while True:
+        value = check()
+        if value if isinstance(value, bool) else await value:
+            return
         assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.05)
 
@@ -247,9 +251,9 @@ async def test_the_loop_survives_a_nats_server_restart(nats_server: NatsServer, 
         loop = loop_of(store, one_at_a_time(handle, log), pause_s=0.1)
         task = asyncio.create_task(loop.run(js))
         await publish(js, "before")
-        await until(lambda: asyncio.sleep(0, seen == ["before"]), "the first message")
+        await until(lambda: seen == ["before"], "the first message")
         nats_server.stop()
-        await until(lambda: asyncio.sleep(0, not client.is_connected), "the client to notice the restart")
+        await until(lambda: not client.is_connected, "the client to notice the restart")
         nats_server.start()
 
         async def published_after() -> bool:
@@ -260,7 +264,7 @@ async def test_the_loop_survives_a_nats_server_restart(nats_server: NatsServer, 
                 return False
 
         await until(published_after, "JetStream back after the restart")
-        await until(lambda: asyncio.sleep(0, "after" in seen), "the message published after the restart")
+        await until(lambda: "after" in seen, "the message published after the restart")
         assert not task.done(), "the loop ended on the restart"
         loop.stop()
         await asyncio.wait_for(task, 10)
