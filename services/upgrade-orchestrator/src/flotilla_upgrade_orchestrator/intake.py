@@ -28,7 +28,8 @@ from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, Message, SchemaIdErr
 from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.streams import event_stream_of, service_consumer
 from flotilla_contracts.subjects import Service
-from flotilla_runtime.pullloop import ACK, DeadLetters, LoopStats, Outcome, PullLoop, in_one_transaction
+from flotilla_runtime.consumers import ConsumerStats
+from flotilla_runtime.pullloop import ACK, DeadLetters, Outcome, PullLoop, in_one_transaction
 from flotilla_runtime.store import Store, SyncTx
 from flotilla_upgrade_orchestrator.engine import Engine
 
@@ -36,22 +37,6 @@ log = logging.getLogger(__name__)
 SyncHandler = Callable[[Any, str, SyncTx, datetime], None]  # (event, its subject, tx, now)
 Runner = Callable[[Callable[[SyncTx], Any]], Awaitable[Any]]
 _SERVICE = Service.UPGRADE_ORCHESTRATOR
-
-
-@dataclass
-class IntakeStats:
-    handled: int = 0
-    duplicates: int = 0
-    ignored: int = 0
-    loop: LoopStats = field(default_factory=LoopStats)
-
-    @property
-    def retried(self) -> int:
-        return self.loop.retried
-
-    @property
-    def dead_lettered(self) -> int:
-        return self.loop.dead_lettered
 
 
 @dataclass
@@ -70,7 +55,7 @@ class Intake:
     max_deliveries: int = 10  # an event still failing at this delivery is dead-lettered
     fetch_timeout_s: float = 0.5
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-    stats: IntakeStats = field(default_factory=IntakeStats)
+    stats: ConsumerStats = field(default_factory=ConsumerStats)  # the runtime consumers' counters
     caught_up: asyncio.Event = field(default_factory=asyncio.Event)
     _loop: PullLoop | None = None
 
