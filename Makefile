@@ -8,7 +8,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 BIN := $(VENV)/bin
 PACKAGES := flotilla_contracts flotilla_runtime flotilla_client flotilla_kube flotilla_registration flotilla_heartbeat \
-            flotilla_scheduler flotilla_upgrade_orchestrator flotilla_node_agent
+            flotilla_scheduler flotilla_upgrade_orchestrator flotilla_node_agent flotilla_testkit
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
