@@ -24,6 +24,7 @@ from flotilla_runtime.metrics import Family, Registry, Sample, render
 from flotilla_runtime.service import ServiceApp, ServiceSpec, run
 from flotilla_runtime.settings import ServiceSettings
 from flotilla_runtime.store import Tx
+from flotilla_testkit import eventually
 
 # --- the exposition format -------------------------------------------------------------------------------------
 
@@ -147,14 +148,9 @@ async def service(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Runn
 
 
 async def http_get(port: int, path: str) -> tuple[int, dict[str, str], str]:
-    for _ in range(50):
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            break
-        except OSError:
-            await asyncio.sleep(0.1)
-    else:
-        raise AssertionError(f"nothing listens on {port}")
+    reader, writer = await eventually(
+        lambda: asyncio.open_connection("127.0.0.1", port), f"a listener on {port}", timeout_s=5, retrying=(OSError,)
+    )
     writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     raw = await reader.read()
     writer.close()
@@ -165,26 +161,23 @@ async def http_get(port: int, path: str) -> tuple[int, dict[str, str], str]:
 
 
 async def command(nc: Client, verb: str, body: bytes) -> dict[str, object]:
-    for _ in range(50):
-        try:
-            reply = await nc.request(subjects.command(Service.SCHEDULER, verb), body, timeout=1)
-            decoded: dict[str, object] = msgspec.json.decode(reply.data)
-            return decoded
-        except Exception:  # not subscribed yet
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"no reply to {verb}")
+    async def answered() -> dict[str, object]:
+        reply = await nc.request(subjects.command(Service.SCHEDULER, verb), body, timeout=1)
+        decoded: dict[str, object] = msgspec.json.decode(reply.data)
+        return decoded
+
+    # Exception: no responders or a timeout while the service is not subscribed yet.
+    return await eventually(answered, f"a reply to {verb}", timeout_s=30, every_s=0.1, retrying=(Exception,))
 
 
 async def scrape_until(port: int, series: str, at_least: float) -> dict[str, float]:
-    samples: dict[str, float] = {}
-    for _ in range(100):
+    async def reached() -> dict[str, float] | None:
         status, _, body = await http_get(port, "/metrics")
         assert status == 200
         samples = parse(body)
-        if samples.get(series, 0) >= at_least:
-            return samples
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{series} stayed at {samples.get(series)} (< {at_least})")
+        return samples if samples.get(series, 0) >= at_least else None
+
+    return await eventually(reached, f"{series} >= {at_least}", timeout_s=10)
 
 
 async def test_metrics_move_with_commands_events_and_the_outbox(service: Running, nc: Client) -> None:
