@@ -35,6 +35,17 @@ async def test_a_condition_that_never_holds_fails_with_what_and_the_last_value()
     assert failed.value.last == []
 
 
+async def test_until_judges_the_observation_and_the_failure_shows_the_last_one() -> None:
+    states = iter(["Pending", "Running", "Succeeded"])
+    assert await eventually(lambda: next(states), "done", timeout_s=5, every_s=0, until=lambda s: s == "Succeeded") == (
+        "Succeeded"
+    )
+    with pytest.raises(ConditionNotMet, match=r"^frozen: not true within 0.1 s; last seen: 'Running'$"):
+        await eventually(lambda: "Running", "frozen", timeout_s=0.1, every_s=0.01, until=lambda s: s == "Frozen")
+    with pytest.raises(ConditionNotMet, match=r"last seen: 'Running'$"):
+        eventually_sync(lambda: "Running", "frozen", timeout_s=0.1, every_s=0.01, until=lambda s: s == "Frozen")
+
+
 async def test_retried_exceptions_mean_not_yet_and_show_as_the_last_value() -> None:
     attempts = itertools.count()
 

@@ -46,6 +46,7 @@ async def eventually(
     timeout_s: float = ...,
     every_s: float = ...,
     retrying: tuple[type[Exception], ...] = ...,
+    until: Callable[[T], object] | None = ...,
 ) -> T: ...
 
 
@@ -57,6 +58,7 @@ async def eventually(
     timeout_s: float = ...,
     every_s: float = ...,
     retrying: tuple[type[Exception], ...] = ...,
+    until: Callable[[T], object] | None = ...,
 ) -> T: ...
 
 
@@ -67,11 +69,15 @@ async def eventually(
     timeout_s: float = TIMEOUT_S,
     every_s: float = EVERY_S,
     retrying: tuple[type[Exception], ...] = (),
+    until: Callable[[T], object] | None = None,
 ) -> T:
-    """Call `check` until it returns something truthy and return that; a coroutine check is awaited on the running
-    loop, a plain check runs as-is (it must not block: wrap a blocking one in `asyncio.to_thread`). An exception of
-    a type in `retrying` counts as "not yet" (a service still starting); any other exception fails at once. After
-    `timeout_s` raise `ConditionNotMet` naming `what` and the last value (or exception) seen."""
+    """Call `check` until it returns something truthy (or that `until` accepts) and return that value.
+
+    A coroutine check is awaited on the running loop; a plain check runs as-is (it must not block: wrap a blocking
+    one in `asyncio.to_thread`). An exception of a type in `retrying` counts as "not yet" (a service still
+    starting); any other exception fails at once. After `timeout_s`, raise `ConditionNotMet` naming `what` and the
+    last value (or exception) seen: with `until`, the check returns the whole observation (a status) and a
+    failure shows it."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     last: object = _NOTHING
@@ -83,7 +89,7 @@ async def eventually(
         except retrying as error:
             last = error
         else:
-            if value:
+            if until(value) if until else value:  # type: ignore[arg-type,unused-ignore]
                 return value  # type: ignore[return-value,unused-ignore]
             last = value
         remaining = deadline - loop.time()
@@ -99,6 +105,7 @@ def eventually_sync(
     timeout_s: float = TIMEOUT_S,
     every_s: float = EVERY_S,
     retrying: tuple[type[Exception], ...] = (),
+    until: Callable[[T], object] | None = None,
 ) -> T:
     """The same wait for code without an event loop (subprocess and CLI tests): `check` is a plain function."""
     deadline = time.monotonic() + timeout_s
@@ -113,7 +120,7 @@ def eventually_sync(
                 if inspect.iscoroutine(value):
                     value.close()  # never awaited: close it so it does not warn
                 raise TypeError(f"{what}: eventually_sync got an awaitable; use `await eventually(...)`")
-            if value:
+            if until(value) if until else value:
                 return value
             last = value
         remaining = deadline - time.monotonic()
