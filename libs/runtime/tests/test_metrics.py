@@ -13,7 +13,7 @@ from nats.aio.client import Client
 
 from flotilla_client.natsserver import NatsServer, free_port
 from flotilla_contracts import catalogue, subjects
-from flotilla_contracts.envelope import Message
+from flotilla_contracts.envelope import H_SCHEMA, Message, schema_id
 from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1.registration_events import NodeRemoved
@@ -119,7 +119,8 @@ async def setup(app: ServiceApp[ServiceSettings]) -> None:
     async def on_removed(event: NodeRemoved, _tx: Tx, _meta: EventMeta) -> None:
         handled.append(event.node_id)
 
-    app.consume("removals", ["fleet.v1.evt.node.>"], {NodeRemoved: on_removed})
+    # A read model rebuilt per state file takes a new durable (the epoch); its metrics keep the stable name.
+    app.consume("removals", ["fleet.v1.evt.node.>"], {NodeRemoved: on_removed}, epoch="e5f3a")
 
 
 SPEC = ServiceSpec(
@@ -214,3 +215,17 @@ async def test_metrics_content_type_and_probes_unchanged(service: Running, nc: C
     assert (await http_get(service.port, "/readyz"))[:1] == (200,)
     status, _, body = await http_get(service.port, "/nope")
     assert status == 404 and "/metrics" in body
+
+
+async def test_dead_letters_by_reason_under_the_stable_consumer_name(service: Running, nc: Client) -> None:
+    await command(nc, "info", b"{}")  # serving: the stream exists
+    js = nc.jetstream()
+    headers = {H_SCHEMA: schema_id(NodeRemoved)}
+    await js.publish("fleet.v1.evt.node.c1.n9.removed", b'{"cluster_id": 7}', headers=headers)  # wrong type
+    await js.publish("fleet.v1.evt.node.c1.n8.removed", b"[1, 2]", headers=headers)  # not an object
+
+    stable = 'consumer="scheduler-removals"'
+    samples = await scrape_until(service.port, f'flotilla_events_total{{{stable},outcome="dead_lettered"}}', 2)
+    assert samples[f'flotilla_dead_letters_total{{{stable},reason="invalid_field"}}'] == 2
+    assert not [series for series in samples if "e5f3a" in series]  # the epoch never reaches a label
+    assert (await js.consumer_info("FLEET_EVENTS", "scheduler-removals-e5f3a")).config.durable_name
