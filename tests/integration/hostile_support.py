@@ -4,9 +4,8 @@ refusal counters, and the table of attempts printed at the end."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import sqlite3
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from flotilla_client import runfile
 from flotilla_contracts import permissions
 from flotilla_contracts.subjects import Service
 from flotilla_runtime.bus import with_user
+from flotilla_testkit import ConditionNotMet, eventually
 
 MEMBER_FACING = (Service.REGISTRATION, Service.HEARTBEAT, Service.SCHEDULER, Service.UPGRADE_ORCHESTRATOR)
 
@@ -74,11 +74,8 @@ async def all_denied(connection: WatchedConnection, what: str, sent: int, within
 
 async def settle(done: Callable[[], bool], within_s: float) -> None:
     """Wait until `done()` or `within_s` passed; the caller asserts what it needs (a shortfall is a finding)."""
-    deadline = time.monotonic() + within_s
-    while not done():
-        if time.monotonic() > deadline:
-            return
-        await asyncio.sleep(0.05)
+    with contextlib.suppress(ConditionNotMet):
+        await eventually(done, "what the caller asserts next", timeout_s=within_s)
 
 
 class Refusals:
@@ -120,12 +117,15 @@ class Table:
         before = await self.refusals.totals()
         await run(row)
         expected = row.sent - row.by_server
-        deadline = time.monotonic() + within_s
-        while service is not None:
-            row.by_service = int((await self.refusals.totals())[service] - before[service])
-            if row.by_service >= expected or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.1)
+        if service is not None:
+            refusing = service
+
+            async def counted() -> bool:
+                row.by_service = int((await self.refusals.totals())[refusing] - before[refusing])
+                return row.by_service >= expected
+
+            with contextlib.suppress(ConditionNotMet):  # a shortfall is a finding: the table shows it
+                await eventually(counted, f"{refusing} to refuse {expected}", timeout_s=within_s, every_s=0.1)
         self.rows.append(row)
         return row
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from flotilla_client import localfleet
 from flotilla_contracts.streams import EVENT_STREAMS
 from flotilla_contracts.subjects import Service
 from flotilla_runtime.natsconn import connect_options
+from flotilla_testkit import ConditionNotMet, eventually
 
 
 def start_service(service: Service, nats_url: str, state: Path, **settings: str) -> subprocess.Popen[bytes]:
@@ -52,13 +51,22 @@ class WatchedConnection:
     errors: list[str] = field(default_factory=list)
 
     async def denied(self, what: str, within_s: float = 3.0) -> bool:
-        """True once the server reported a permissions violation naming `what`."""
-        deadline = time.monotonic() + within_s
-        while time.monotonic() < deadline:
-            if any("permissions violation" in e.lower() and what.lower() in e.lower() for e in self.errors):
-                return True
-            await asyncio.sleep(0.02)
-        return False
+        """True once the server reported a permissions violation naming `what`; False when none came within
+        `within_s` (a caller that expects none asserts on False, after that long)."""
+        try:
+            await eventually(
+                lambda: self.reported(what),
+                f"a permissions violation naming {what!r}",
+                timeout_s=within_s,
+                every_s=0.02,
+            )
+        except ConditionNotMet:
+            return False
+        return True
+
+    def reported(self, what: str) -> bool:
+        """Whether the server has reported a permissions violation naming `what` so far."""
+        return any("permissions violation" in e.lower() and what.lower() in e.lower() for e in self.errors)
 
 
 async def connect_watched(url: str, connect_timeout: float = 10) -> WatchedConnection:

@@ -180,7 +180,7 @@ class FakeAgents:
                     await self._handle(js, msg, command)
 
     async def _slow(self, js: JetStreamContext, msg: Msg, command: NodeStepCommand) -> None:
-        await asyncio.sleep(self.step_s)
+        await asyncio.sleep(self.step_s)  # sleep: the fake agent's simulated step duration
         await self._handle(js, msg, command)
 
     async def _handle(self, js: JetStreamContext, msg: Msg, command: NodeStepCommand) -> None:

@@ -6,11 +6,9 @@ The server's monitoring endpoint (`/connz?auth=true`) shows which user each conn
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +33,7 @@ from flotilla_contracts.v1.registration import (
     ListClustersRequest,
 )
 from flotilla_runtime.bus import connect_options
+from flotilla_testkit import eventually
 
 from .node_agent_support import Watch, send, step_command
 
@@ -100,15 +99,6 @@ class Agent:
         return (self.home / "logs" / "node-agent.log").read_text()
 
 
-async def until(predicate: object, within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if await predicate():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out after {within_s}s waiting for {what}")
-
-
 async def test_a_node_agent_joins_then_speaks_only_as_its_cluster(fleet: tuple[Path, str, int], tmp_path: Path) -> None:
     state, url, monitor = fleet
     admin_url = runfile.server_url(state)
@@ -131,7 +121,7 @@ async def test_a_node_agent_joins_then_speaks_only_as_its_cluster(fleet: tuple[P
                 cluster_id = found[0].cluster_id if found else ""
                 return bool(found)
 
-            await until(pending, 30, "the agent's join (cluster Pending)")
+            await eventually(pending, "the agent's join (cluster Pending)", timeout_s=30, every_s=0.2)
             # Pending: it holds only a join connection (or none between retries), never a service user.
             assert all(u.startswith(permissions.JOIN_USER_PREFIX + ".") for u in agent.users()), agent.users()
 
@@ -152,7 +142,7 @@ async def test_a_node_agent_joins_then_speaks_only_as_its_cluster(fleet: tuple[P
             async def logged_in() -> bool:
                 return sorted(agent.users()) == logins
 
-            await until(logged_in, 10, f"a connection as {login}")
+            await eventually(logged_in, f"a connection as {login}", timeout_s=10, every_s=0.2)
 
             # Its command consumer and outbox work under the cluster's grant: a step runs and is reported.
             await send(nc, step_command(StepKind.CORDON, cluster=cluster_id, node=node))
@@ -166,7 +156,7 @@ async def test_a_node_agent_joins_then_speaks_only_as_its_cluster(fleet: tuple[P
             # Restarted, it logs in with the credential it kept: no join connection, heartbeats at once.
             agent.stop()
             agent.start()
-            await until(logged_in, 20, f"{login} again after a restart")
+            await eventually(logged_in, f"{login} again after a restart", timeout_s=20, every_s=0.2)
             assert agent.log().count(f"connecting to the bus as {login}") == 2
             await beats.next_msg(timeout=10)
             await nc.close()

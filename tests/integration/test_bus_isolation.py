@@ -51,6 +51,7 @@ from flotilla_contracts.v1.registration import (
 )
 from flotilla_runtime import codec
 from flotilla_runtime.bus import connect_options, with_user
+from flotilla_testkit import eventually
 
 pytestmark = pytest.mark.integration
 FLOTILLA = str(Path(sys.executable).parent / "flotilla")
@@ -360,10 +361,11 @@ async def test_deregistering_kicks_the_clusters_open_connections_and_refuses_its
                 DeregisterClusterRequest(cluster_id=gone),
                 ClusterReply,
             )
-        deadline = asyncio.get_running_loop().time() + 10
-        while not (first.nc.is_closed and node.nc.is_closed):
-            assert asyncio.get_running_loop().time() < deadline, "the deregistered cluster's connections stayed open"
-            await asyncio.sleep(0.05)
+        await eventually(
+            lambda: first.nc.is_closed and node.nc.is_closed,
+            "the deregistered cluster's connections to close",
+            timeout_s=10,
+        )
         await bystander.nc.flush(timeout=5)
         assert bystander.nc.is_connected, "another cluster's connection must stay open"
     finally:

@@ -18,6 +18,7 @@ from nats.aio.client import Client
 
 from flotilla_client import runfile
 from flotilla_client.natsserver import free_port
+from flotilla_testkit import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -182,13 +183,12 @@ async def test_events_since_leaves_out_older_events(fleet: tuple[Path, str], old
 
 async def caught_up(nc: Client, subject: str, within_s: float = 60) -> None:
     """Until a reader of `subject` (the CLI's consumer) exists on FLEET_EVENTS with nothing left to deliver."""
-    deadline = time.monotonic() + within_s
-    while True:
+
+    async def reader_caught_up() -> bool:
         consumers = await nc.jetstream().consumers_info("FLEET_EVENTS")
-        if any(c.config.filter_subject == subject and c.num_pending == 0 for c in consumers):
-            return
-        assert time.monotonic() < deadline, f"no reader of {subject} caught up within {within_s} s"
-        await asyncio.sleep(0.05)
+        return any(c.config.filter_subject == subject and c.num_pending == 0 for c in consumers)
+
+    await eventually(reader_caught_up, f"a reader of {subject} caught up", timeout_s=within_s)
 
 
 async def test_events_follow_prints_new_events(fleet: tuple[Path, str], old_events: float, nc: Client) -> None:

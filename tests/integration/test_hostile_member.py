@@ -45,7 +45,7 @@ from hostile_support import Refusals, Row, Stolen, Table, login_agent, login_nod
 from nats.js import JetStreamContext
 from rollout_invariants import check, final_states
 from soak_support import unhealthy_transitions
-from test_member_flood import Hub, node_states, until
+from test_member_flood import Hub, node_states
 
 from flotilla_client import runfile
 from flotilla_client.client import FlotillaClient
@@ -61,6 +61,7 @@ from flotilla_contracts.v1.agent import NodeStepReported
 from flotilla_contracts.v1.heartbeat import NodeHealth
 from flotilla_contracts.v1.scheduler_events import AppliedStatusReported
 from flotilla_contracts.v1.security import MemberRefused
+from flotilla_testkit import eventually
 
 pytestmark = pytest.mark.integration
 UPG, SCHED, HB, REG = Service.UPGRADE_ORCHESTRATOR, Service.SCHEDULER, Service.HEARTBEAT, Service.REGISTRATION
@@ -168,7 +169,7 @@ async def attack(state: Path, started: float) -> None:
             nodes = await node_states(admin)
             return len(nodes) == 5 and set(nodes.values()) == {NodeHealth.READY}
 
-        await until(five_ready, "A's 2 and B's 3 nodes Ready")
+        await eventually(five_ready, "A's 2 and B's 3 nodes Ready", timeout_s=60, every_s=0.2)
         stolen, victim = Stolen.from_sim(state, "hostile"), Stolen.from_sim(state, "victim")
         b_id, b_nodes = victim.cluster_id, sorted(victim.seeds)
         assert len(b_nodes) == 3 and len(stolen.seeds) == 2
@@ -185,7 +186,7 @@ async def attack(state: Path, started: float) -> None:
         async def b_has_it() -> bool:
             return b_applied(await subscription(admin), b_id) is sched.AppliedState.APPLIED
 
-        await until(b_has_it, "B applied the subscription")
+        await eventually(b_has_it, "B applied the subscription", timeout_s=60, every_s=0.2)
         placed = (await subscription(admin)).placements
         # The command id B's agent echoed (the intruder knows more than it could: the strongest forgery).
         b_report = catalogue.subject_for(AppliedStatusReported, cluster_id=b_id, subscription="web")
@@ -239,7 +240,7 @@ async def attack(state: Path, started: float) -> None:
         async def finished() -> bool:
             return (await rollout_status(admin, rollout_id)).rollout.state is not st.RolloutState.RUNNING
 
-        await until(finished, "B's rollout to finish", within_s=120)
+        await eventually(finished, "B's rollout to finish", timeout_s=120, every_s=0.2)
         for sub in watching:
             await sub.unsubscribe()
         steps.by_server = violations(hostile.as_node, f"fleet.v1.evt.node-step.{b_id}.")
@@ -250,7 +251,9 @@ async def attack(state: Path, started: float) -> None:
             return steps.by_service >= expected
 
         with contextlib.suppress(AssertionError):  # a shortfall is asserted below, after what B saw
-            await until(steps_counted, "the orchestrator to refuse every forged step report", within_s=30)
+            await eventually(
+                steps_counted, "the orchestrator to refuse every forged step report", timeout_s=30, every_s=0.2
+            )
         table.rows.insert(0, steps)
         status = await rollout_status(admin, rollout_id)
         info_after = await subscription(admin)

@@ -51,6 +51,7 @@ from flotilla_contracts.v1.registration import (
 )
 from flotilla_runtime import codec
 from flotilla_runtime.bus import with_user
+from flotilla_testkit import eventually
 
 pytestmark = pytest.mark.integration
 FLOTILLA = str(Path(sys.executable).parent / "flotilla")
@@ -130,13 +131,6 @@ async def node_states(admin: FlotillaClient) -> dict[str, NodeHealth]:
         cursor = page.next_cursor
 
 
-async def until(check: object, what: str, within_s: float = 60.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not await check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"not reached within {within_s:.0f}s: {what}"
-        await asyncio.sleep(0.2)
-
-
 def heartbeat_body(cluster: str, node: str, seq: int) -> bytes:
     head, middle, tail = template(cluster, node)
     return b"".join((head, str(seq).encode(), middle, datetime.now(UTC).isoformat().encode(), tail))
@@ -186,7 +180,7 @@ async def test_a_member_flood_stays_bounded_and_real_clusters_stay_ready(state: 
                 body = heartbeat_body(a_id, node, seq)
                 await any_node.nc.publish(subjects.heartbeat(a_id, node), body, headers=_hb_headers)
             seq += 1
-            await asyncio.sleep(INTERVAL_S)
+            await asyncio.sleep(INTERVAL_S)  # sleep: a real node's heartbeat pace
 
     async with FlotillaClient(admin_url) as admin:
         facts = [NodeFacts(node_id=n, node_name=n, role=NodeRole.WORKER, kubelet_version="v1.30.4") for n in A_NODES]
@@ -208,7 +202,7 @@ async def test_a_member_flood_stays_bounded_and_real_clusters_stay_ready(state: 
             return len(seen) == 6 and set(seen.values()) == {NodeHealth.READY}
 
         try:
-            await until(six_ready, "A's 3 nodes and the bystander's 3 Ready")
+            await eventually(six_ready, "A's 3 nodes and the bystander's 3 Ready", timeout_s=60, every_s=0.2)
         except AssertionError:
             raise AssertionError(f"nodes: {seen}; A's connection errors: {a.errors[:3]}") from None
         before = {
@@ -233,7 +227,7 @@ async def test_a_member_flood_stays_bounded_and_real_clusters_stay_ready(state: 
         async def all_received() -> bool:
             return hub.metric("flotilla_heartbeats_received_total") - before["received"] >= INVENTED
 
-        await until(all_received, "heartbeat received the flood")
+        await eventually(all_received, "heartbeat received the flood", timeout_s=60, every_s=0.2)
 
         # 3. Publishes the server denies to A's credential (another cluster's heartbeats).
         for i in range(DENIED):
@@ -246,7 +240,7 @@ async def test_a_member_flood_stays_bounded_and_real_clusters_stay_ready(state: 
         while time.monotonic() < deadline:
             states = await node_states(admin)
             worst |= {k: v for k, v in states.items() if v is not NodeHealth.READY}
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # sleep: proves a negative (no node leaves Ready for 4 s), sampled
         after = {
             "tracked": hub.metric("flotilla_heartbeat_tracked_nodes"),
             "refused": hub.metric("flotilla_member_refused_total"),
@@ -301,7 +295,7 @@ async def test_the_server_cuts_a_subscription_flood_at_the_member_limit(state: P
         return subs.nc.is_closed or any("maximum subscriptions exceeded" in e.lower() for e in subs.errors)
 
     with contextlib.suppress(AssertionError):  # judged below, after the figures are printed
-        await until(cut, "the server to cut the connection past its subscription bound", 30)
+        await eventually(cut, "the server to cut the connection past its subscription bound", timeout_s=30, every_s=0.2)
     was_cut = await cut()
     print(f"\nsubscription flood: {made:,} sent (server bound {permissions.MAX_SUBSCRIPTIONS_PER_CONNECTION}); "
           f"errors: {subs.errors[:1]}, closed: {subs.nc.is_closed}")  # fmt: skip

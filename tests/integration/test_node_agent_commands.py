@@ -106,7 +106,7 @@ async def test_every_step_succeeds_in_order_and_the_node_is_upgraded_and_uncordo
 
 async def test_commands_published_while_the_agent_is_down_wait_in_its_durable_consumer(agents: Agents) -> None:
     await send(agents.nc, step_command(StepKind.CORDON))
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # sleep: proves a negative (no report for 0.3 s while no agent runs)
     assert agents.watch.reports == []
     await agents.start()  # type: ignore[operator]
     await agents.watch.until(lambda: agents.watch.final(StepKind.CORDON))

@@ -9,7 +9,6 @@ once each (the node file remembers which already fired).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -22,8 +21,9 @@ import pytest
 
 from flotilla_client.natsserver import NatsServer
 from flotilla_contracts.subjects import Service
-from flotilla_contracts.v1.agent import KubeadmAction, StepOutcome
+from flotilla_contracts.v1.agent import KubeadmAction, StepKind, StepOutcome
 from flotilla_runtime.bus import ensure_streams
+from flotilla_testkit import ConditionNotMet, eventually
 
 from .conftest import start_service
 from .node_agent_support import STEPS, Watch, send, step_command
@@ -87,17 +87,22 @@ async def test_sigkill_at_every_step_boundary_converges_with_one_uncordon(
     try:
         for step in STEPS:
             await send(nc, step_command(step, kubeadm_action=KubeadmAction.NODE))
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 30
-            while not watch.final(step):
-                assert loop.time() < deadline, (
-                    f"{step} did not finish; log: {(tmp_path / 'node-agent.log').read_text()[-3000:]}"
-                )
+
+            def finished(done_step: StepKind = step) -> bool:
+                """Whether the step has a final report; restarts the agent each time its crash point killed it."""
+                nonlocal proc, kills
+                if watch.final(done_step):
+                    return True
                 if proc.poll() is not None:
                     assert proc.returncode == -signal.SIGKILL, f"agent exited with {proc.returncode}"
                     kills += 1
                     proc = launch()
-                await asyncio.sleep(0.05)
+                return False
+
+            try:
+                await eventually(finished, f"{step} to finish", timeout_s=30)
+            except ConditionNotMet as late:
+                raise AssertionError(f"{late}; log: {(tmp_path / 'node-agent.log').read_text()[-3000:]}") from late
     finally:
         if proc.poll() is None:
             proc.terminate()

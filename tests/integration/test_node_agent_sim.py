@@ -4,7 +4,6 @@ heartbeat on each node's subject, and obey commands sent to the cluster id regis
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ from flotilla_contracts.v1.registration import (
 )
 from flotilla_node_agent.fleet_sim import FleetSpec, start_fleet
 from flotilla_runtime.bus import ensure_streams
+from flotilla_testkit import eventually
 
 from .node_agent_support import Watch, send, step_command
 
@@ -88,14 +88,15 @@ async def test_a_simulated_fleet_joins_reports_heartbeats_and_obeys(nats_server:
     fleet = await start_fleet(spec, nats_server.url)
     try:
 
-        def settled() -> bool:
-            return fleet.counts()["agents_ready"] == 6 and len(registration.reports) >= 3 and len(beats) >= 12
+        def observed() -> tuple[dict[str, int], int, int]:
+            return fleet.counts(), len(registration.reports), len(beats)
 
-        for _ in range(300):
-            if settled():
-                break
-            await asyncio.sleep(0.05)
-        assert settled(), (fleet.counts(), len(registration.reports), len(beats))
+        await eventually(
+            observed,
+            "6 agents ready, 3 inventory reports and 12 heartbeats (counts, reports, heartbeats)",
+            timeout_s=15,
+            until=lambda seen: seen[0]["agents_ready"] == 6 and seen[1] >= 3 and seen[2] >= 12,
+        )
         assert fleet.counts()["clusters_approved"] == 3
         assert sorted({j.token for j in registration.joins if j.token}) == ["tok-1"]
         assert all(j.credential is not None for j in registration.joins if j.token is None)

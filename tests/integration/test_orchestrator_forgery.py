@@ -32,6 +32,7 @@ from flotilla_contracts.v1.agent import NodeStepCommand, NodeStepReported, StepO
 from flotilla_contracts.v1.security import MemberRefused
 from flotilla_contracts.v1.upgrade import RolloutSpec, StartRolloutReply, StartRolloutRequest, WavesSpec
 from flotilla_contracts.v1.upgrade_status import NodeStepState, RolloutState
+from flotilla_testkit import eventually
 
 pytestmark = pytest.mark.integration
 UO = Service.UPGRADE_ORCHESTRATOR
@@ -41,14 +42,14 @@ V, X = "c0000", "c0001"  # the victim and the forger
 async def first_command(js: JetStreamContext, cluster: str, node: str, within_s: float = 20.0) -> NodeStepCommand:
     """The command sent to `node` (waiting on FLEET_AGENT until the orchestrator has issued it)."""
     subject = catalogue.subject_for(NodeStepCommand, cluster_id=cluster, node_id=node)
-    deadline = asyncio.get_running_loop().time() + within_s
-    while True:
-        try:
-            msg = await js.get_last_msg(FLEET_AGENT.name, subject)
-            return msgspec.json.decode(msg.data, type=NodeStepCommand)
-        except nats.js.errors.NotFoundError:
-            assert asyncio.get_running_loop().time() < deadline, f"no command was sent to {cluster}/{node}"
-            await asyncio.sleep(0.1)
+    msg = await eventually(
+        lambda: js.get_last_msg(FLEET_AGENT.name, subject),
+        f"a command sent to {cluster}/{node}",
+        timeout_s=within_s,
+        every_s=0.1,
+        retrying=(nats.js.errors.NotFoundError,),
+    )
+    return msgspec.json.decode(msg.data, type=NodeStepCommand)
 
 
 async def forge(js: JetStreamContext, command: NodeStepCommand, outcome: StepOutcome, cluster: str, node: str) -> None:
@@ -84,14 +85,14 @@ async def refused_total(port: int) -> dict[str, float]:
 
 
 async def counted(port: int, expected: dict[str, float], within_s: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within_s
-    while True:
-        seen = await refused_total(port)
-        if all(seen.get(reason, 0) >= count for reason, count in expected.items()):
-            assert seen == expected, seen
-            return
-        assert asyncio.get_running_loop().time() < deadline, f"refusals counted: {seen}, expected {expected}"
-        await asyncio.sleep(0.1)
+    seen = await eventually(
+        lambda: refused_total(port),
+        f"refusals counted up to {expected}",
+        timeout_s=within_s,
+        every_s=0.1,
+        until=lambda seen: all(seen.get(reason, 0) >= count for reason, count in expected.items()),
+    )
+    assert seen == expected, seen
 
 
 async def refusal_events(nc: Client) -> list[MemberRefused]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import shutil
@@ -17,13 +16,16 @@ from nats.aio.client import Client
 from flotilla_client.natsserver import NatsServer, free_port
 from flotilla_contracts import catalogue
 from flotilla_contracts.subjects import Service, command
+from flotilla_testkit import ConditionNotMet, eventually
 
 pytestmark = pytest.mark.integration
 
 
 async def wait_for_services(nc: Client, count: int, within_s: float = 20.0) -> list[dict[str, object]]:
-    deadline = asyncio.get_running_loop().time() + within_s
-    while True:
+    """The services answering a `$SRV.PING` once `count` answer, or the last answers seen after `within_s` (the
+    caller asserts on them)."""
+
+    async def pinged() -> list[dict[str, object]]:
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
         await nc.publish("$SRV.PING", b"", reply=inbox)
@@ -36,9 +38,14 @@ async def wait_for_services(nc: Client, count: int, within_s: float = 20.0) -> l
         except TimeoutError:
             pass
         await sub.unsubscribe()
-        if len(replies) >= count or asyncio.get_running_loop().time() > deadline:
-            return replies
-        await asyncio.sleep(0.2)
+        return replies
+
+    try:
+        return await eventually(
+            pinged, f"{count} services answering", timeout_s=within_s, every_s=0.2, until=lambda r: len(r) >= count
+        )
+    except ConditionNotMet as short:
+        return list(short.last) if isinstance(short.last, list) else []
 
 
 BAD_INPUTS = [
