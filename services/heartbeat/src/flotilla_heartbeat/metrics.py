@@ -59,10 +59,7 @@ def register_metrics(metrics: Registry, ingest: Ingest, model: HealthModel, owne
 def health_families(model: HealthModel) -> list[Family]:
     """Nodes and clusters of this replica's partitions by health, from the counts each cluster keeps."""
     clusters = list(model.clusters.values())
-    nodes = [0] * len(COUNT_INDEX)
-    for cluster in clusters:
-        for index, n in enumerate(cluster.counts):
-            nodes[index] += n
+    nodes = [sum(column) for column in zip(*(c.counts for c in clusters), strict=True)] or [0] * len(COUNT_INDEX)
     by_health = Counter(cluster.state.value if cluster.state else UNKNOWN for cluster in clusters)
     node_labels = {index: (state.value if state else UNKNOWN) for state, index in COUNT_INDEX.items()}
     return [
