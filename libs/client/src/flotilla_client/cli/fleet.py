@@ -9,6 +9,7 @@ from typing import Any
 import click
 import msgspec
 
+from flotilla_client.cli.cluster_refs import get_cluster, list_all_clusters, resolve_cluster, resolve_optional
 from flotilla_client.cli.common import CliContext, Failure, call, echo, server_option
 from flotilla_client.cli.output import Column, Listing, output_option, render, render_json, render_yaml, show_list
 from flotilla_client.errors import FlotillaClientError
@@ -121,24 +122,6 @@ def health_of_clusters(obj: CliContext, cluster_ids: list[str]) -> dict[str, hb.
     return found
 
 
-def list_all_clusters(obj: CliContext, selector: str, states: list[reg.ClusterState]) -> list[reg.ClusterInfo]:
-    """Every page of `clusters.list`."""
-    found: list[reg.ClusterInfo] = []
-    cursor = ""
-    while True:
-        page = call(
-            obj,
-            REG,
-            "clusters.list",
-            reg.ListClustersRequest(selector=selector, states=states, cursor=cursor),
-            reg.ListClustersReply,
-        )
-        found += page.clusters
-        if not page.next_cursor:
-            return found
-        cursor = page.next_cursor
-
-
 @click.group()
 def clusters() -> None:
     """Clusters of the fleet: list, inspect, approve, reject, label, taint, deregister."""
@@ -157,7 +140,14 @@ def clusters() -> None:
 @server_option
 @pass_cli
 def clusters_list(obj: CliContext, selector: str, states: tuple[str, ...], output: str) -> None:
-    """List clusters, optionally by label selector (Kubernetes syntax: =, ==, !=, in, notin, key, !key)."""
+    """List clusters, optionally by label selector (Kubernetes syntax: =, ==, !=, in, notin, key, !key).
+
+    \b
+    Examples:
+      flotilla clusters list
+      flotilla clusters list -l 'env=prod,region in (eu,us)' -o wide
+      flotilla clusters list --state Pending -o name
+    """
     try:
         parse_selector(selector)
     except SelectorError as exc:
@@ -238,7 +228,7 @@ def clusters_get(obj: CliContext, cluster_id: str, output: str) -> None:
       flotilla clusters get sim-0001-1a2b3c
       flotilla clusters get sim-0001-1a2b3c -o wide
     """
-    reply = call(obj, REG, "clusters.get", reg.GetClusterRequest(cluster_id=cluster_id), reg.ClusterReply)
+    reply = get_cluster(obj, cluster_id)
     if output in ("table", "wide"):
         clusters, nodes = render([reply.cluster], output, CLUSTER_COLUMNS), render(reply.nodes, output, NODE_COLUMNS)
         echo(clusters + "\n\n" + nodes)
@@ -257,7 +247,13 @@ def _changed(reply: reg.ClusterReply, what: str) -> None:
 @server_option
 @pass_cli
 def clusters_approve(obj: CliContext, cluster_id: str) -> None:
-    """Approve a Pending cluster; its agents learn it at once."""
+    """Approve a Pending cluster; its agents learn it at once.
+
+    \b
+    Example:
+      flotilla clusters approve sim-0001           # by name or ID
+    """
+    cluster_id = resolve_cluster(obj, cluster_id)
     _changed(
         call(obj, REG, "clusters.approve", reg.ApproveClusterRequest(cluster_id=cluster_id), reg.ClusterReply),
         "approved",
@@ -270,7 +266,13 @@ def clusters_approve(obj: CliContext, cluster_id: str) -> None:
 @server_option
 @pass_cli
 def clusters_reject(obj: CliContext, cluster_id: str, reason: str) -> None:
-    """Reject a Pending cluster with a reason."""
+    """Reject a Pending cluster with a reason.
+
+    \b
+    Example:
+      flotilla clusters reject sim-0001 --reason "unknown owner"
+    """
+    cluster_id = resolve_cluster(obj, cluster_id)
     request = reg.RejectClusterRequest(cluster_id=cluster_id, reason=reason)
     _changed(call(obj, REG, "clusters.reject", request, reg.ClusterReply), "rejected")
 
@@ -291,6 +293,7 @@ def clusters_label(obj: CliContext, cluster_id: str, edits: tuple[str, ...]) -> 
         edit = parse_label_edits(edits)
     except ValueError as exc:
         raise Failure(str(exc)) from None
+    cluster_id = resolve_cluster(obj, cluster_id)  # after the local checks: bad input sends nothing
     request = reg.LabelClusterRequest(cluster_id=cluster_id, set_labels=dict(edit.set), remove_keys=sorted(edit.remove))
     reply = call(obj, REG, "clusters.label", request, reg.ClusterReply)
     echo(f"cluster {cluster_id} labels: {labels_text(reply.cluster.labels)}")
@@ -312,6 +315,7 @@ def clusters_taint(obj: CliContext, cluster_id: str, edits: tuple[str, ...]) -> 
         edit = parse_taint_edits(edits)
     except ValueError as exc:
         raise Failure(str(exc)) from None
+    cluster_id = resolve_cluster(obj, cluster_id)  # after the local checks: bad input sends nothing
     request = reg.TaintClusterRequest(
         cluster_id=cluster_id,
         add=list(edit.add),
@@ -346,6 +350,7 @@ def clusters_deregister(obj: CliContext, cluster_id: str, reason: str) -> None:
     Example:
       flotilla clusters deregister sim-0003-1a2b3c --reason "decommissioned"
     """
+    cluster_id = resolve_cluster(obj, cluster_id)
     request = reg.DeregisterClusterRequest(cluster_id=cluster_id, reason=reason)
     _changed(call(obj, REG, "clusters.deregister", request, reg.ClusterReply), "deregistered")
 
@@ -364,7 +369,14 @@ def nodes() -> None:
 @server_option
 @pass_cli
 def nodes_list(obj: CliContext, cluster_id: str | None, output: str) -> None:
-    """List nodes with role, health, versions and when each was last heard."""
+    """List nodes with role, health, versions and when each was last heard.
+
+    \b
+    Examples:
+      flotilla nodes list --cluster sim-0001
+      flotilla nodes list -o wide
+    """
+    cluster_id = resolve_optional(obj, cluster_id)
     found: list[Any] = []
     cursor = ""
     while True:

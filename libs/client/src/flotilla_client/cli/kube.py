@@ -52,6 +52,11 @@ def up(
     """Start the control planes and their node-agents, and wait until every cluster joined the fleet.
 
     Needs a running local fleet (`flotilla up`). Stopped by `flotilla kube down` or `flotilla down`.
+
+    \b
+    Examples:
+      flotilla kube up
+      flotilla kube up --clusters 1 --workers 2 --version v1.36.3
     """
     request = reg.CreateTokenRequest(
         ttl_s=3600.0, max_uses=clusters, auto_approve=True, labels={"env": "kube"},
@@ -78,7 +83,12 @@ def up(
 @kube.command("status")
 @pass_cli
 def status(obj: CliContext) -> None:
-    """The running control planes: servers, kubeconfigs, nodes and the agents' identity."""
+    """The running control planes: servers, kubeconfigs, nodes and the agents' identity.
+
+    \b
+    Example:
+      flotilla kube status
+    """
     world = launch.load_world(obj.state_dir)
     if world is None or not launch.running(obj.state_dir):
         raise Failure("no Kubernetes world runs for this state folder; start one with `flotilla kube up`")
@@ -91,6 +101,11 @@ def status(obj: CliContext) -> None:
 @kube.command("down")
 @pass_cli
 def down(obj: CliContext) -> None:
-    """Stop the node-agents, then the control planes (the local fleet keeps running)."""
+    """Stop the node-agents, then the control planes (the local fleet keeps running).
+
+    \b
+    Example:
+      flotilla kube down
+    """
     if not launch.stop(obj.state_dir, 60.0, echo):
         echo("no Kubernetes world was running")

@@ -10,7 +10,9 @@ from flotilla_contracts.v1.upgrade import UpgradePlan
 from flotilla_contracts.v1.upgrade_status import (
     ClusterStatus,
     Counts,
+    Direction,
     FreezeReason,
+    NodeStatus,
     RolloutState,
     RolloutStatusReply,
     RolloutSummary,
@@ -139,7 +141,8 @@ def _cluster_line(cluster: ClusterStatus) -> str:
 
 
 def status_text(status: RolloutStatusReply, *, active_only: bool = False, wide: bool = False) -> str:
-    """The rollout, each wave with its clusters' progress bars, then failures with reasons."""
+    """The rollout, each wave with its clusters' progress bars, failures with reasons, then (when the reply has
+    them: `--nodes`) a row per node; `wide` adds columns to that table."""
     lines = [summary_line(status.rollout)]
     if status.writer is not None and status.writer.message:
         lines.append(f"  writer: {status.writer.message}")  # who writes it (I6), or that nobody does
@@ -167,7 +170,32 @@ def status_text(status: RolloutStatusReply, *, active_only: bool = False, wide: 
             f"{f.reason}: {f.message}"
             for f in status.failures
         ]
+    rows = [(cluster, node) for cluster in status.clusters for node in cluster.nodes]
+    if rows:
+        lines.append("  nodes:")
+        lines.append(_indent(_indent(render_table(rows, NODE_COLUMNS, wide=wide))))
     return "\n".join(lines)
+
+
+def _version(node: NodeStatus) -> str:
+    """`v1.29.6 -> v1.30.4` while a node moves (the version it came from, then the one it reports now)."""
+    now = node.current_version or "-"
+    return f"{node.from_version} -> {now}" if node.from_version and node.from_version != now else now
+
+
+NODE_COLUMNS = (
+    Column("CLUSTER", lambda r: r[0].cluster_id),
+    Column("NODE", lambda r: r[1].node_name),
+    Column("ROLE", lambda r: r[1].role.value),
+    Column("STATE", lambda r: r[1].state.value + (" (rollback)" if r[1].direction is Direction.ROLLBACK else "")),
+    Column("STEP", lambda r: r[1].step_in_flight.value if r[1].step_in_flight else "-"),
+    Column("ATTEMPT", lambda r: r[1].attempts),
+    Column("VERSION", lambda r: _version(r[1])),
+    Column("FAILURE", lambda r: r[1].failure, max_width=60),
+    Column("WAVE", lambda r: r[0].wave, wide=True),
+    Column("CORDONED BY US", lambda r: r[1].cordoned_by_us, wide=True),
+    Column("UPDATED", lambda r: r[1].updated_at, wide=True),
+)
 
 
 def final_summary(status: RolloutStatusReply) -> str:

@@ -7,8 +7,8 @@ import time
 import click
 
 from flotilla_client import localfleet
+from flotilla_client.cli.cluster_refs import list_all_clusters
 from flotilla_client.cli.common import BadUsage, CliContext, Failure, call, echo
-from flotilla_client.cli.fleet import list_all_clusters
 from flotilla_client.natsserver import free_port
 from flotilla_contracts import sim as names
 from flotilla_contracts.subjects import Service

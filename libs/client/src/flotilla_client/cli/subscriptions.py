@@ -15,6 +15,7 @@ import click
 import msgspec
 import yaml
 
+from flotilla_client.cli.cluster_refs import resolve_cluster
 from flotilla_client.cli.common import CliContext, Failure, call, echo, server_option
 from flotilla_client.cli.output import Column, Listing, output_option, render, render_json, render_yaml, show_list
 from flotilla_contracts.subjects import Service
@@ -119,6 +120,11 @@ def subscriptions_apply(obj: CliContext, path: Path) -> None:
       manifests:
         - {apiVersion: apps/v1, kind: Deployment, metadata: {name: web}, spec: {...}}
       policy: {selector: "env=prod", strategy: Divide, replicas: 6, max_clusters: 3}
+
+    \b
+    Examples:
+      flotilla subscriptions apply -f docs/examples/workload.yaml
+      cat web.yaml | flotilla subscriptions apply -f -
     """
     source = "stdin" if str(path) == "-" else str(path)
     try:
@@ -138,7 +144,13 @@ def subscriptions_apply(obj: CliContext, path: Path) -> None:
 @server_option
 @pass_cli
 def subscriptions_list(obj: CliContext, output: str) -> None:
-    """List subscriptions with how many clusters have them and how many applied them."""
+    """List subscriptions with how many clusters have them and how many applied them.
+
+    \b
+    Examples:
+      flotilla subscriptions list
+      flotilla subscriptions list -o name
+    """
     reply = call(obj, SCHED, "subscriptions.list", sched.ListSubscriptionsRequest(), sched.ListSubscriptionsReply)
     show_list(reply.subscriptions, output, SUBSCRIPTION_LISTING)
 
@@ -158,6 +170,7 @@ def subscriptions_get(obj: CliContext, name: str, cluster_id: str | None, output
       flotilla subscriptions get web --cluster sim-0001-1a2b3c -o yaml
     """
     if cluster_id:
+        cluster_id = resolve_cluster(obj, cluster_id)
         request = sched.GetRenderedRequest(name=name, cluster_id=cluster_id)
         rendered = call(obj, SCHED, "subscriptions.rendered", request, sched.GetRenderedReply)
         if output in ("json", "yaml", "name"):
@@ -203,7 +216,12 @@ def _print_one(value: Any, output: str, name: str) -> None:
 @server_option
 @pass_cli
 def subscriptions_delete(obj: CliContext, name: str) -> None:
-    """Delete a subscription; its workloads are removed from every cluster."""
+    """Delete a subscription; its workloads are removed from every cluster.
+
+    \b
+    Example:
+      flotilla subscriptions delete web
+    """
     reply = call(
         obj, SCHED, "subscriptions.delete", sched.DeleteSubscriptionRequest(name=name), sched.DeleteSubscriptionReply
     )

@@ -86,7 +86,13 @@ def token_create(
 @server_option
 @pass_cli
 def token_list(obj: CliContext, include_inactive: bool, output: str) -> None:
-    """List join tokens (never their secrets)."""
+    """List join tokens (never their secrets).
+
+    \b
+    Examples:
+      flotilla token list
+      flotilla token list --all -o wide
+    """
     reply = call(obj, REG, "tokens.list", reg.ListTokensRequest(include_inactive=include_inactive), reg.ListTokensReply)
     show_list(reply.tokens, output, TOKEN_LISTING)
 
@@ -96,6 +102,11 @@ def token_list(obj: CliContext, include_inactive: bool, output: str) -> None:
 @server_option
 @pass_cli
 def token_revoke(obj: CliContext, token_id: str) -> None:
-    """Revoke a join token; clusters that joined with it stay members."""
+    """Revoke a join token; clusters that joined with it stay members.
+
+    \b
+    Example:
+      flotilla token revoke t-7c1d0e
+    """
     reply = call(obj, REG, "tokens.revoke", reg.RevokeTokenRequest(token_id=token_id), reg.RevokeTokenReply)
     echo(f"token {reply.info.token_id} revoked")

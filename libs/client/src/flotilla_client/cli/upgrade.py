@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
+from flotilla_client.cli.cluster_refs import resolve_cluster, resolve_optional
 from flotilla_client.cli.common import CliContext, Failure, call, echo, server_option
 from flotilla_client.cli.output import Column, Listing, output_option, render_json, render_yaml, show_list
 from flotilla_client.cli.rollout_spec import build_spec, spec_options
@@ -87,7 +88,12 @@ def _control(verb: str, message: Any, done: str) -> Callable[[CliContext], None]
 @server_option
 @pass_cli
 def pause(obj: CliContext, rollout_id: str, reason: str) -> None:
-    """Start no new disruption; steps already running finish."""
+    """Start no new disruption; steps already running finish.
+
+    \b
+    Example:
+      flotilla upgrade pause r-4f2a9c1e7b3d --reason "checking a dashboard"
+    """
     _control("pause", up.PauseRolloutRequest(rollout_id=rollout_id, reason=reason), "paused")(obj)
 
 
@@ -99,6 +105,10 @@ def resume(obj: CliContext, rollout_id: str) -> None:
     """Resume a paused or frozen rollout (a freeze's cause should be fixed first).
 
     Exits 1 when the rollout froze again at once (its freeze is printed): the cause is still there.
+
+    \b
+    Example:
+      flotilla upgrade resume r-4f2a9c1e7b3d
     """
     reply = call(obj, UPG, "upgrade.resume", up.ResumeRolloutRequest(rollout_id=rollout_id), st.RolloutReply)
     freeze = reply.rollout.freeze
@@ -119,7 +129,12 @@ def resume(obj: CliContext, rollout_id: str) -> None:
 @server_option
 @pass_cli
 def abort(obj: CliContext, rollout_id: str, reason: str) -> None:
-    """Stop the rollout for good; nodes in the middle of a step are finished and uncordoned."""
+    """Stop the rollout for good; nodes in the middle of a step are finished and uncordoned.
+
+    \b
+    Example:
+      flotilla upgrade abort r-4f2a9c1e7b3d --reason "wrong target"
+    """
     _control("abort", up.AbortRolloutRequest(rollout_id=rollout_id, reason=reason), "aborted")(obj)
 
 
@@ -129,7 +144,12 @@ def abort(obj: CliContext, rollout_id: str, reason: str) -> None:
 @server_option
 @pass_cli
 def approve(obj: CliContext, rollout_id: str, wave: int) -> None:
-    """Let a wave that waits for approval start."""
+    """Let a wave that waits for approval start.
+
+    \b
+    Example:
+      flotilla upgrade approve r-4f2a9c1e7b3d --wave 1
+    """
     _control("approve", up.ApproveWaveRequest(rollout_id=rollout_id, wave=wave), f"wave {wave} approved")(obj)
 
 
@@ -139,8 +159,15 @@ def approve(obj: CliContext, rollout_id: str, wave: int) -> None:
 @server_option
 @pass_cli
 def retry(obj: CliContext, rollout_id: str, cluster_id: str | None) -> None:
-    """Try failed clusters again, against the rollout's pinned target."""
-    _control("retry", up.RetryRequest(rollout_id=rollout_id, cluster_id=cluster_id), "retrying")(obj)
+    """Try failed clusters again, against the rollout's pinned target.
+
+    \b
+    Examples:
+      flotilla upgrade retry r-4f2a9c1e7b3d
+      flotilla upgrade retry r-4f2a9c1e7b3d --cluster sim-0001
+    """
+    request = up.RetryRequest(rollout_id=rollout_id, cluster_id=resolve_optional(obj, cluster_id))
+    _control("retry", request, "retrying")(obj)
 
 
 @upgrade.command("skip")
@@ -150,7 +177,13 @@ def retry(obj: CliContext, rollout_id: str, cluster_id: str | None) -> None:
 @server_option
 @pass_cli
 def skip(obj: CliContext, rollout_id: str, cluster_id: str, reason: str) -> None:
-    """Leave one cluster out of the rollout."""
+    """Leave one cluster out of the rollout.
+
+    \b
+    Example:
+      flotilla upgrade skip r-4f2a9c1e7b3d --cluster sim-0001 --reason "frozen for an audit"
+    """
+    cluster_id = resolve_cluster(obj, cluster_id)
     message = up.SkipClusterRequest(rollout_id=rollout_id, cluster_id=cluster_id, reason=reason)
     _control("skip", message, f"skipping {cluster_id}")(obj)
 
@@ -166,6 +199,10 @@ def rollback(obj: CliContext, rollout_id: str, reason: str) -> None:
     A patch-level rollout returns every upgraded node. After a minor upgrade the control plane
     cannot be downgraded (kubeadm does not support it): the rollout stops and the workers it can
     return are returned; the reply says which.
+
+    \b
+    Example:
+      flotilla upgrade rollback r-4f2a9c1e7b3d --reason "ingress errors after v1.30.4"
     """
     _control("rollback", up.RollbackRequest(rollout_id=rollout_id, reason=reason), "rolling back")(obj)
 
@@ -195,7 +232,13 @@ ROLLOUT_LISTING = Listing("rollout", "rollouts", LIST_COLUMNS, lambda r: r.rollo
 @server_option
 @pass_cli
 def list_rollouts(obj: CliContext, output: str) -> None:
-    """List rollouts, newest first."""
+    """List rollouts, newest first.
+
+    \b
+    Examples:
+      flotilla upgrade list
+      flotilla upgrade list -o wide
+    """
     reply = call(obj, UPG, "upgrade.list", st.ListRolloutsRequest(), st.ListRolloutsReply)
     show_list(reply.rollouts, output, ROLLOUT_LISTING)
 
@@ -207,13 +250,20 @@ def fetch_status(obj: CliContext, rollout_id: str, nodes: bool = False) -> st.Ro
 
 @upgrade.command("status")
 @click.argument("rollout_id")
-@click.option("--nodes", is_flag=True, help="Include every node's step state.")
+@click.option("--nodes", is_flag=True, help="A row per node: role, state, step in flight, attempt, version, failure.")
 @output_option()
 @server_option
 @pass_cli
 def status(obj: CliContext, rollout_id: str, nodes: bool, output: str) -> None:
-    """Waves, clusters, failures with reasons, and the freeze reason if frozen."""
-    reply = fetch_status(obj, rollout_id, nodes)
+    """Waves, clusters, failures with reasons, and the freeze reason if frozen; --nodes (and -o wide) a node table.
+
+    \b
+    Examples:
+      flotilla upgrade status r-4f2a9c1e7b3d --nodes
+      flotilla upgrade status r-4f2a9c1e7b3d -o wide     # the node table with wave, cordoned-by-us and update time
+      flotilla upgrade status r-4f2a9c1e7b3d -o yaml
+    """
+    reply = fetch_status(obj, rollout_id, nodes or output == "wide")
     _print(reply, output, status_text, [f"rollout/{reply.rollout.rollout_id}"])
 
 
@@ -226,6 +276,10 @@ def watch(obj: CliContext, rollout_id: str, interval: float) -> None:
     """Live progress per wave and cluster, the current freeze reason, then a summary.
 
     Exits 0 when the rollout succeeds, 1 when it ends otherwise.
+
+    \b
+    Example:
+      flotilla upgrade watch r-4f2a9c1e7b3d
     """
     raise SystemExit(watch_rollout(obj, rollout_id, interval))
 
