@@ -17,7 +17,10 @@ GLOBAL_WITH_VALUE = {"--server", "--state-dir"}
 
 def leaves(command: click.Command, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
     if isinstance(command, click.Group):
-        for name, sub in sorted(command.commands.items()):
+        ctx = click.Context(command)
+        for name in command.list_commands(ctx):
+            sub = command.get_command(ctx, name)
+            assert sub is not None and sub.name == name, f"{name!r} loads {sub!r}"
             yield from leaves(sub, (*path, name))
     else:
         yield path

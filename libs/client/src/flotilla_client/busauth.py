@@ -22,7 +22,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import msgspec
-import nkeys
 
 from flotilla_contracts import permissions
 from flotilla_contracts.permissions import ADMIN_USER, FLEET_ACCOUNT, REVOKER_USER, SYSTEM_ACCOUNT, Grant
@@ -65,6 +64,8 @@ class BusAuth(msgspec.Struct, kw_only=True):
 
     @property
     def callout_issuer(self) -> str:
+        import nkeys  # nacl: a tenth of a second, which a CLI command that only reads does without
+
         return str(nkeys.from_seed(self.callout_seed.encode()).public_key.decode())
 
 
@@ -73,6 +74,8 @@ def auth_path(state_dir: Path) -> Path:
 
 
 def new_account_seed() -> str:
+    import nkeys
+
     return str(nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_ACCOUNT).decode())
 
 

@@ -1,33 +1,62 @@
-"""The `flotilla` root command: global options, error handling, and the command modules it gathers."""
+"""The `flotilla` root command: global options, error handling, and the command modules it gathers.
+
+A command's module is imported only when that command runs (or `--help` lists them all): `flotilla --version`
+imports click and nothing of NATS, and a listing no more than it needs (docs/cli.md, start-up time).
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from flotilla_client.cli import (
-    bus,
-    busconfig,
-    demo,
-    fleet,
-    health,
-    kube,
-    local,
-    sim,
-    subscriptions,
-    supervision,
-    tokens,
-    upgrade,
-)
-from flotilla_client.cli.common import DEFAULT_STATE_DIR, CliContext, Failure, cli_version
+from flotilla_client.cli.common import DEFAULT_STATE_DIR, CliContext, Failure
 from flotilla_client.errors import FlotillaClientError
+
+# Every top-level command: its name, then the module of flotilla_client.cli and the attribute that hold it.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("demo", "demo"),
+    "up": ("local", "up"),
+    "down": ("local", "down"),
+    "status": ("local", "status"),
+    "logs": ("local", "logs"),
+    "restart": ("supervision", "restart"),
+    "events": ("bus", "events"),
+    "publish": ("bus", "publish"),
+    "bus-config": ("busconfig", "bus_config"),
+    "token": ("tokens", "token"),
+    "clusters": ("fleet", "clusters"),
+    "nodes": ("fleet", "nodes"),
+    "health": ("health", "health"),
+    "kube": ("kube", "kube"),
+    "sim": ("sim", "sim"),
+    "subscriptions": ("subscriptions", "subscriptions"),
+    "upgrade": ("upgrade", "upgrade"),
+}
+
+
+def load_command(name: str) -> click.Command:
+    """The command `name` (a key of COMMANDS), importing its module now."""
+    module, attribute = COMMANDS[name]
+    command = getattr(importlib.import_module(f"flotilla_client.cli.{module}"), attribute)
+    assert isinstance(command, click.Command)
+    return command
 
 
 class FlotillaGroup(click.Group):
-    """Turns the library's errors into one line on stderr and Ctrl-C into a quiet exit."""
+    """Loads a command's module when it is used; turns the library's errors into one line on stderr and Ctrl-C
+    into a quiet exit."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return load_command(cmd_name) if cmd_name in COMMANDS else None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -62,7 +91,7 @@ class FlotillaGroup(click.Group):
     help="Print the trace id of each command on stderr (with a Jaeger link when FLOTILLA_JAEGER_URL is set); "
     "spans are exported when OTEL_EXPORTER_OTLP_ENDPOINT is set.",
 )
-@click.version_option(cli_version(), prog_name="flotilla")
+@click.version_option(package_name="flotilla-client", prog_name="flotilla")
 @click.pass_context
 def cli(ctx: click.Context, server: str | None, state_dir: Path, verbose: bool, trace: bool) -> None:
     """Flotilla: a fleet manager for Kubernetes clusters, driven over NATS.
@@ -79,28 +108,16 @@ def cli(ctx: click.Context, server: str | None, state_dir: Path, verbose: bool, 
     ctx.obj = CliContext(state_dir=state_dir, server_flag=server or None, state_dir_given=given, trace=trace)
 
 
-for command in (
-    demo.demo,
-    local.up,
-    local.down,
-    local.status,
-    local.logs,
-    supervision.restart,
-    bus.events,
-    bus.publish,
-    busconfig.bus_config,
-    tokens.token,
-    fleet.clusters,
-    fleet.nodes,
-    health.health,
-    kube.kube,
-    sim.sim,
-    subscriptions.subscriptions,
-    upgrade.upgrade,
-):
-    cli.add_command(command)
+def without_websockets(argv: list[str], environ: dict[str, str] | os._Environ[str]) -> bool:
+    """Keep nats-py from importing aiohttp (half a second, for its websocket transport only) unless a websocket
+    URL is in sight (an argument or FLOTILLA_NATS_URL with ws:// or wss://); True when it was kept out."""
+    if "aiohttp" in sys.modules or any("ws://" in a or "wss://" in a for a in [*argv, *environ.values()]):
+        return False
+    sys.modules["aiohttp"] = None  # type: ignore[assignment]  # `import aiohttp` raises ImportError: nats-py copes
+    return True
 
 
 def main() -> None:
     """Console-script entry point."""
+    without_websockets(sys.argv, os.environ)
     cli(prog_name="flotilla")

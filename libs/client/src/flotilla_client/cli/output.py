@@ -10,7 +10,6 @@ from typing import Any, TypeVar
 
 import click
 import msgspec
-import yaml
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -79,6 +78,8 @@ def render_json_line(value: Any) -> str:
 
 
 def render_yaml(value: Any) -> str:
+    import yaml  # a tenth of a second at start-up, for -o yaml only
+
     return yaml.safe_dump(to_plain(value), sort_keys=False, allow_unicode=True).rstrip("\n")
 
 
