@@ -8,8 +8,10 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
+from click.core import ParameterSource
 
 from flotilla_client.cli.common import BadUsage, Failure
+from flotilla_client.cli.rollout_file import filename_option, parse_rollout, read_text
 from flotilla_client.durations import parse_duration
 from flotilla_contracts.v1 import upgrade as up
 from flotilla_contracts.v1.agent import DrainOptions
@@ -23,7 +25,7 @@ def spec_options(command: F) -> F:
     """The options that describe a rollout, shared by `plan` and `start`."""
     options = [
         click.option(
-            "--to", "target", required=True, metavar="VERSION", help="Target Kubernetes version, e.g. v1.30.4."
+            "--to", "target", metavar="VERSION", help="Target Kubernetes version, e.g. v1.30.4 (required without -f)."
         ),
         click.option(
             "--allow-pre-release",
@@ -98,7 +100,25 @@ def spec_options(command: F) -> F:
     ]
     for option in reversed(options):
         command = option(command)
-    return command
+    return filename_option(command)
+
+
+def spec_from(params: dict[str, Any]) -> up.RolloutSpec:
+    """The rollout spec of `plan`/`start`: from -f FILE, or from the options; not both (BadUsage, nothing sent)."""
+    path = params.pop("path", None)
+    if path is None:
+        if not params["target"]:
+            raise BadUsage("--to VERSION is required (or the whole rollout as -f FILE); nothing was sent")
+        return build_spec(params)
+    ctx = click.get_current_context()
+    given = [
+        param.opts[0]
+        for param in ctx.command.params
+        if param.name in params and ctx.get_parameter_source(param.name) is not ParameterSource.DEFAULT
+    ]
+    if given:
+        raise BadUsage(f"-f {path} and {', '.join(given)}: give the rollout as a file or as options; nothing was sent")
+    return parse_rollout(*read_text(path))
 
 
 def build_spec(params: dict[str, Any]) -> up.RolloutSpec:

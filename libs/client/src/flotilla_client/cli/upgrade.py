@@ -13,7 +13,7 @@ import click
 from flotilla_client.cli.cluster_refs import resolve_cluster, resolve_optional
 from flotilla_client.cli.common import CliContext, Failure, call, echo, server_option
 from flotilla_client.cli.output import Column, Listing, output_option, render_json, render_yaml, show_list
-from flotilla_client.cli.rollout_spec import build_spec, spec_options
+from flotilla_client.cli.rollout_spec import spec_from, spec_options
 from flotilla_client.cli.rollout_view import FINISHED, changes, final_summary, next_steps, plan_text, status_text
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1 import upgrade as up
@@ -38,10 +38,11 @@ def plan(obj: CliContext, /, output: str, **params: Any) -> None:
     """Show what a rollout would do, and refuse what it must not; nothing moves.
 
     \b
-    Example:
+    Examples:
       flotilla upgrade plan --to v1.30.4 -l env=prod --canary 1 --waves 50,100
+      flotilla upgrade plan -f rollout.yaml          # the same fields, kept in a file (docs/cli.md)
     """
-    reply = call(obj, UPG, "upgrade.plan", up.PlanRequest(spec=build_spec(params)), up.PlanReply, timeout_s=30)
+    reply = call(obj, UPG, "upgrade.plan", up.PlanRequest(spec=spec_from(params)), up.PlanReply, timeout_s=30)
     names = [f"cluster/{c.cluster_id}" for wave in reply.plan.waves for c in wave.clusters]  # what would move
     _print(reply.plan, output, plan_text, names)
     if not reply.plan.feasible:
@@ -57,10 +58,12 @@ def start(obj: CliContext, /, watch_after: bool, **params: Any) -> None:
     """Start a rollout; the plan is pinned (a retry later uses the same target).
 
     \b
-    Example:
+    Examples:
       flotilla upgrade start --to v1.30.4 --canary 1 --waves 50,100 --max-unavailable 1 --watch
+      flotilla upgrade status r-4f2a9c1e7b3d -o yaml > rollout.yaml   # an earlier rollout's spec, to edit
+      flotilla upgrade start -f rollout.yaml
     """
-    request = up.StartRolloutRequest(request_id=uuid.uuid4().hex, spec=build_spec(params))
+    request = up.StartRolloutRequest(request_id=uuid.uuid4().hex, spec=spec_from(params))
     reply = call(obj, UPG, "upgrade.start", request, up.StartRolloutReply, timeout_s=30)
     echo(
         f"rollout {reply.rollout_id} started: {reply.plan.clusters_total} clusters, {reply.plan.nodes_total} nodes "
