@@ -15,8 +15,9 @@ from typing import Any
 
 import click
 
-from flotilla_client.cli.common import DEFAULT_STATE_DIR, CliContext, Failure
 from flotilla_client.errors import FlotillaClientError
+
+DEFAULT_STATE_DIR = ".flotilla"
 
 # Every top-level command: its name, then the module of flotilla_client.cli and the attribute that hold it.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -62,6 +63,8 @@ class FlotillaGroup(click.Group):
         try:
             return super().invoke(ctx)
         except FlotillaClientError as exc:
+            from flotilla_client.cli.common import Failure
+
             raise Failure(str(exc)) from None
         except KeyboardInterrupt:
             raise SystemExit(130) from None
@@ -103,6 +106,8 @@ def cli(ctx: click.Context, server: str | None, state_dir: Path, verbose: bool, 
       flotilla events --follow
       flotilla down
     """
+    from flotilla_client.cli.common import CliContext  # not before: `--version` ends before this runs
+
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="flotilla: %(message)s")
     given = ctx.get_parameter_source("state_dir") is not click.core.ParameterSource.DEFAULT
     ctx.obj = CliContext(state_dir=state_dir, server_flag=server or None, state_dir_given=given, trace=trace)
