@@ -8,13 +8,11 @@ journal and saved credentials), nats-server from the same configuration (its Jet
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from flotilla_client.client import FlotillaClient
 from flotilla_client.natsserver import free_port, port_open
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1 import heartbeat as hb
+from flotilla_testkit import eventually, eventually_sync
 
 FLOTILLA = str(Path(sys.executable).parent / "flotilla")
 Event = tuple[str, str, dict[str, Any]]
@@ -40,13 +39,6 @@ def flotilla(state: Path, *args: str, timeout: float = 120) -> str:
     done = subprocess.run([FLOTILLA, "--state-dir", str(state), *args], capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, (args, done.stdout, done.stderr)
     return done.stdout
-
-
-def _until(check: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 @dataclass
@@ -85,14 +77,14 @@ class ChaosFleet:
         old = pid_of(info)
         assert old, f"{name} is not running"
         os.kill(old, signal.SIGKILL)
-        _until(lambda: not procs.alive(old), f"{name} (pid {old}) to die")
+        eventually_sync(lambda: not procs.alive(old), f"{name} (pid {old}) to die", timeout_s=30, every_s=0.02)
 
         def back() -> bool:
             now = runfile.load(self.state)
             pid = pid_of(now) if now else None
             return bool(pid) and pid != old and procs.alive(pid or 0)
 
-        _until(back, f"the supervisor to start {name} again")
+        eventually_sync(back, f"the supervisor to start {name} again", timeout_s=30, every_s=0.02)
         self.kills[name] += 1
 
     def kill_service(self, service: Service) -> None:
@@ -106,7 +98,9 @@ class ChaosFleet:
     def restart_nats(self) -> None:
         """SIGKILL nats-server; the supervisor starts it again from its config file (JetStream data kept)."""
         self._kill("nats-server", lambda info: info.nats.pid)
-        _until(lambda: port_open("127.0.0.1", self.port), "nats-server to listen again", 15)
+        eventually_sync(
+            lambda: port_open("127.0.0.1", self.port), "nats-server to listen again", timeout_s=15, every_s=0.02
+        )
 
     def journal(self) -> Path:
         return self.state / f"sim-{self.prefix}" / f"{self.prefix}-journal.db"
@@ -134,18 +128,14 @@ async def request(url: str, service: Service, verb: str, body: Any, reply: type[
 
 
 async def wait_ready(url: str, clusters: int, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            health = await request(
-                url, Service.HEARTBEAT, "health.summary", hb.FleetHealthRequest(), hb.FleetHealthReply
-            )
-            if health.clusters.get(hb.ClusterHealth.READY, 0) >= clusters:
-                return
-        except Exception:  # a service restarting: ask again
-            pass
-        assert time.monotonic() < deadline, "the simulated fleet never became Ready"
-        await asyncio.sleep(0.5)
+    await eventually(
+        lambda: request(url, Service.HEARTBEAT, "health.summary", hb.FleetHealthRequest(), hb.FleetHealthReply),
+        f"the simulated fleet's {clusters} clusters Ready",
+        timeout_s=timeout_s,
+        every_s=0.5,
+        retrying=(Exception,),  # a service restarting: ask again
+        until=lambda health: health.clusters.get(hb.ClusterHealth.READY, 0) >= clusters,
+    )
 
 
 COPY_HEADER = "Chaos-Copy"  # marks a copy a test injected on purpose, left out of the log it checks

@@ -25,6 +25,7 @@ from rollout_invariants import FORWARD, check, final_states
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1 import upgrade as up
 from flotilla_contracts.v1 import upgrade_status as st
+from flotilla_testkit import ConditionNotMet, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 UPG = Service.UPGRADE_ORCHESTRATOR
@@ -46,7 +47,7 @@ async def chaos(
 ) -> None:
     rng = random.Random(seed)
     for victim in victims:
-        await asyncio.sleep(rng.uniform(*gap_s))
+        await asyncio.sleep(rng.uniform(*gap_s))  # sleep: kills at random moments are the test
         if done.is_set():
             return
         if victim == "sim":
@@ -92,16 +93,17 @@ async def drive_rollout(url: str, done: asyncio.Event, timeout_s: float) -> tupl
             raise
         except Exception:  # the orchestrator or nats-server is down right now: ask again
             lost += 1
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # sleep: the operator's pace between looks (each look may act: start, retry)
 
 
 async def wait_outboxes_empty(fleet: ChaosFleet, timeout_s: float = 20) -> dict[str, int]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        sizes = fleet.outboxes()
-        if not any(sizes.values()) or time.monotonic() > deadline:
-            return sizes
-        await asyncio.sleep(0.5)
+    """The outbox sizes once every outbox is empty, or the last ones seen after `timeout_s` (the caller asserts)."""
+    try:
+        return await eventually(
+            fleet.outboxes, "every outbox empty", timeout_s=timeout_s, every_s=0.5, until=lambda s: not any(s.values())
+        )
+    except ConditionNotMet as short:
+        return dict(short.last) if isinstance(short.last, dict) else {}
 
 
 def verify(fleet: ChaosFleet, events: list[tuple[str, str, dict[str, Any]]], rollout_id: str) -> dict[str, int]:

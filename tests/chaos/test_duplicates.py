@@ -30,6 +30,7 @@ from flotilla_contracts.streams import FLEET_EVENTS, FLEET_REPORTS
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1 import upgrade as up
 from flotilla_contracts.v1 import upgrade_status as st
+from flotilla_testkit import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 UPG = Service.UPGRADE_ORCHESTRATOR
@@ -98,15 +99,22 @@ async def drive(url: str) -> tuple[str, int]:
     ids = {(await request(url, UPG, "upgrade.start", start, up.StartRolloutReply)).rollout_id for _ in range(3)}
     assert len(ids) == 1, f"the same request id started {len(ids)} rollouts"
     rollout_id = ids.pop()
-    for _ in range(240):
-        status = await request(
+
+    async def status() -> st.RolloutStatusReply:
+        reply = await request(
             url, UPG, "upgrade.status", st.RolloutStatusRequest(rollout_id=rollout_id), st.RolloutStatusReply
         )
-        if status.rollout.state is st.RolloutState.SUCCEEDED:
-            return rollout_id, 3
-        assert status.rollout.state is not st.RolloutState.FROZEN, status.rollout.freeze
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"rollout {rollout_id} did not finish: {status.rollout}")
+        assert reply.rollout.state is not st.RolloutState.FROZEN, reply.rollout.freeze
+        return reply
+
+    await eventually(
+        status,
+        f"rollout {rollout_id} to succeed",
+        timeout_s=120,
+        every_s=0.5,
+        until=lambda reply: reply.rollout.state is st.RolloutState.SUCCEEDED,
+    )
+    return rollout_id, 3
 
 
 def no_duplicate_effects(events: list[tuple[str, str, dict[str, Any]]], fleet: ChaosFleet, rollout_id: str) -> int:

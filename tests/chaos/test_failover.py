@@ -37,6 +37,7 @@ from flotilla_contracts.v1 import upgrade as up
 from flotilla_contracts.v1 import upgrade_status as st
 from flotilla_contracts.v1.agent import NodeStepCommand
 from flotilla_runtime.settings import env_prefix
+from flotilla_testkit import ConditionNotMet, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 UPG = Service.UPGRADE_ORCHESTRATOR
@@ -170,41 +171,48 @@ async def run_failovers(
             failure_budget=up.FailureBudget(max_failed_nodes=0),
         )
         start = up.StartRolloutRequest(request_id=f"failover-{seed}", spec=spec)
-        rollout_id = ""
-        deadline = time.monotonic() + 60
-        while not rollout_id:
-            assert time.monotonic() < deadline, "the rollout never started"
-            try:
-                rollout_id = (await request(fleet.url, UPG, "upgrade.start", start, up.StartRolloutReply)).rollout_id
-            except Exception:  # a process still reading the fleet: ask again
-                await asyncio.sleep(0.5)
+        started = await eventually(
+            lambda: request(fleet.url, UPG, "upgrade.start", start, up.StartRolloutReply),
+            "the rollout to start",
+            timeout_s=60,
+            every_s=0.5,
+            retrying=(Exception,),  # a process still reading the fleet: ask again
+        )
+        rollout_id = started.rollout_id
         total = clusters * nodes * 5
         takeovers: list[str] = []
         for n in range(rounds):
             # A random point: after a seeded share of the steps (5 per node) has been issued.
             mark = int(total * (n + rng.uniform(0.2, 0.9)) / (rounds + 1))
-            waited = time.monotonic()
-            while len(commands.seen) < mark:
-                assert time.monotonic() - waited < 30, (
-                    f"round {n} (seed {seed}): stalled at {len(commands.seen)} commands; "
-                    f"status {await status_agrees_with_log(fleet.url, rollout_id)}"
+            try:
+                await eventually(
+                    lambda mark=mark: len(commands.seen) >= mark,
+                    f"round {n} (seed {seed}): {mark} commands",
+                    timeout_s=30,
                 )
-                await asyncio.sleep(0.05)
+            except ConditionNotMet as stalled:
+                wrong = await status_agrees_with_log(fleet.url, rollout_id)
+                raise AssertionError(f"{stalled}: stalled at {len(commands.seen)}; status {wrong}") from stalled
             lease = await lease_of(js, rollout_id)
             assert lease is not None and lease.expires_at > time.time(), f"round {n}: nobody holds the lease: {lease}"
             killed_at = time.monotonic()
             which = await asyncio.to_thread(pair.kill_holder, lease.owner)
-            took: float | None = None
-            while took is None:
-                took = commands.first_at_epoch_above(lease.epoch, killed_at)
-                status = await status_of(fleet.url, rollout_id)
-                if status is not None and status.rollout.state is st.RolloutState.SUCCEEDED:
-                    break
-                assert time.monotonic() - killed_at < 30, (
-                    f"round {n} (seed {seed}): no command at an epoch above {lease.epoch} 30 s after killing the "
-                    f"{which} holder; status {status and status.rollout}"
-                )
-                await asyncio.sleep(0.1)
+
+            async def taken_over(
+                epoch: int = lease.epoch, since: float = killed_at
+            ) -> tuple[float | None, st.RolloutStatusReply | None]:
+                """(when the first command at a higher epoch came, the status): the new holder's first command."""
+                return commands.first_at_epoch_above(epoch, since), await status_of(fleet.url, rollout_id)
+
+            took, _ = await eventually(
+                taken_over,
+                f"round {n} (seed {seed}): a command at an epoch above {lease.epoch} after killing the {which} holder",
+                timeout_s=30,
+                every_s=0.1,
+                until=lambda seen: (
+                    seen[0] is not None or (seen[1] is not None and seen[1].rollout.state is st.RolloutState.SUCCEEDED)
+                ),
+            )
             after = await lease_of(js, rollout_id)
             wrong = await status_agrees_with_log(fleet.url, rollout_id)
             assert not wrong, f"round {n} (seed {seed}): status behind the event log: {wrong}"
@@ -213,11 +221,13 @@ async def run_failovers(
             line += "" if took is None else f" {took - killed_at:.1f}s later"
             takeovers.append(line)
             print("  " + line)
-        status = None
-        while status is None or status.rollout.state not in (st.RolloutState.SUCCEEDED, st.RolloutState.FROZEN):
-            assert time.monotonic() - killed_at < 90, f"seed {seed}: rollout still {status and status.rollout}"
-            await asyncio.sleep(0.3)
-            status = await status_of(fleet.url, rollout_id)
+        status = await eventually(
+            lambda: status_of(fleet.url, rollout_id),
+            f"seed {seed}: the rollout to end",
+            timeout_s=90,
+            every_s=0.3,
+            until=lambda s: s is not None and s.rollout.state in (st.RolloutState.SUCCEEDED, st.RolloutState.FROZEN),
+        )
         assert status.rollout.state is st.RolloutState.SUCCEEDED, (seed, status.rollout, status.failures)
         assert sum(1 for t in takeovers if "first command" in t) >= min(rounds, 3), takeovers
         events = await all_events(fleet.url)

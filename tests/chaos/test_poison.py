@@ -33,6 +33,7 @@ from flotilla_runtime.errors import TemporaryError
 from flotilla_runtime.migrations import Migration
 from flotilla_runtime.outbox import OutboxRelay
 from flotilla_runtime.store import Store, Tx
+from flotilla_testkit import ConditionNotMet, eventually
 
 pytestmark = pytest.mark.integration
 GOOD = 1000
@@ -87,10 +88,10 @@ async def consume(
     started = time.perf_counter()
     consumer.task = asyncio.create_task(consumer.run(js))  # type: ignore[attr-defined]
     consumers.append(consumer)
-    deadline = time.monotonic() + 10
-    while await count(store, cluster) < GOOD:
-        assert time.monotonic() < deadline, f"{cluster}: only {await count(store, cluster)}/{GOOD} arrived"
-        await asyncio.sleep(0.01)
+    await eventually(
+        lambda: count(store, cluster), f"{cluster}: {GOOD} events handled", timeout_s=10, every_s=0.01,
+        until=lambda n: n >= GOOD,
+    )  # fmt: skip
     return time.perf_counter() - started
 
 
@@ -129,11 +130,9 @@ async def _run(
         f"{clean_s / poisoned_s:.2f}; messages checked {2 * GOOD + 1}"
     )
     assert await count(store, "clean") == GOOD and await count(store, "poisoned") == GOOD
-    deadline = time.monotonic() + 5
     found: list[dict[str, Any]] = []
-    while not found and time.monotonic() < deadline:
-        found = await dead_letters(url)
-        await asyncio.sleep(0.2)
+    with contextlib.suppress(ConditionNotMet):  # none is a finding the caller asserts on
+        found = await eventually(lambda: dead_letters(url), "a dead letter", timeout_s=5, every_s=0.2)
     if mode != "undecodable" and mode != "invalid-utf8":
         assert handler.poison_attempts >= MAX_DELIVER - 1
     return found

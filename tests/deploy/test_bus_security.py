@@ -9,6 +9,7 @@ connect with the URLs the rendered pods get (their `$(VAR)` expanded as Kubernet
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -34,6 +35,7 @@ from flotilla_client.natsserver import NatsServer, find_nats_server, free_port
 from flotilla_contracts import permissions, subjects
 from flotilla_contracts.subjects import Service
 from flotilla_runtime.natsconn import CA_ENV, nats_user
+from flotilla_testkit import ConditionNotMet, eventually_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH_CONF = ROOT / "deploy" / "components" / "bus-security" / "auth.conf"
@@ -297,16 +299,18 @@ def start(conf: Path, environ: dict[str, str], port: int, monitor_port: int, clu
     with log.open("wb") as out:
         process = subprocess.Popen([find_nats_server(), "-c", str(conf)], env=environ, stdout=out, stderr=out)
     server = Server(port, monitor_port, cluster_port, process, log)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def monitoring() -> bool:
         assert process.poll() is None, f"nats-server refused the overlay's configuration:\n{log.read_text()[-2000:]}"
-        try:
-            server.monitor("/varz")
-            return server
-        except OSError:
-            time.sleep(0.05)
-    stop(server)
-    raise AssertionError(f"nats-server did not start:\n{log.read_text()[-2000:]}")
+        server.monitor("/varz")
+        return True
+
+    try:
+        eventually_sync(monitoring, "nats-server's monitoring port", timeout_s=10, retrying=(OSError,))
+    except ConditionNotMet as late:
+        stop(server)
+        raise AssertionError(f"nats-server did not start:\n{log.read_text()[-2000:]}") from late
+    return server
 
 
 def stop(server: Server) -> None:
@@ -489,9 +493,10 @@ def test_routes_between_servers_use_mutual_tls(
                 routes=cluster_ports,
             )
             servers.append(start(conf, {"POD_NAME": f"nats-{i}", **bus_secret}, port, monitor_port, cluster_port))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not all(s.monitor("/routez")["num_routes"] for s in servers):
-            time.sleep(0.1)
+        with contextlib.suppress(ConditionNotMet):  # the assert below shows the log
+            eventually_sync(
+                lambda: all(s.monitor("/routez")["num_routes"] for s in servers), "routes", timeout_s=10, every_s=0.1
+            )
         assert all(s.monitor("/routez")["num_routes"] for s in servers), servers[0].log.read_text()[-2000:]
         # A route port with TLS greets in TLS (no plaintext INFO): plaintext words get no plaintext answer.
         _, answer = speak_plaintext(servers[0].cluster_port, b'CONNECT {"verbose":false}\r\nPING\r\n', greeted=False)

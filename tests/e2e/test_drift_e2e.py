@@ -4,11 +4,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +21,7 @@ from flotilla_client.natsserver import free_port
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1 import upgrade as up
 from flotilla_contracts.v1 import upgrade_status as st
+from flotilla_testkit import eventually
 
 pytestmark = pytest.mark.integration
 FLOTILLA = str(Path(sys.executable).parent / "flotilla")
@@ -53,28 +52,28 @@ def set_kubelet(journal: Path, node: str, version: str) -> None:
 
 
 async def wait_status(client: FlotillaClient, rollout_id: str, done: object, within_s: float) -> st.RolloutStatusReply:
-    deadline = time.monotonic() + within_s
-    while True:
-        status = await client.request(
+    return await eventually(
+        lambda: client.request(
             UPG, "upgrade.status", st.RolloutStatusRequest(rollout_id=rollout_id), st.RolloutStatusReply
-        )
-        if done(status):  # type: ignore[operator]
-            return status
-        assert time.monotonic() < deadline, f"waited {within_s} s: {status.rollout} {status.failures}"
-        await asyncio.sleep(0.5)
+        ),
+        f"rollout {rollout_id} to reach the state the test waits for",
+        timeout_s=within_s,
+        every_s=0.5,
+        until=done,  # type: ignore[arg-type]
+    )
 
 
 async def test_a_node_back_at_an_old_version_after_a_sim_restart_is_a_drift(fleet: tuple[Path, str]) -> None:
     state, url = fleet
     async with FlotillaClient(url) as client:
         spec = up.RolloutSpec(target_version=TARGET, max_unavailable=1)
-        deadline = time.monotonic() + 60
-        while True:  # the sim's nodes joined and the orchestrator knows them
-            plan = await client.request(UPG, "upgrade.plan", up.PlanRequest(spec=spec), up.PlanReply)
-            if plan.plan.clusters_total == 1 and plan.plan.nodes_total == 3:
-                break
-            assert time.monotonic() < deadline, plan.plan
-            await asyncio.sleep(0.5)
+        await eventually(  # the sim's nodes joined and the orchestrator knows them
+            lambda: client.request(UPG, "upgrade.plan", up.PlanRequest(spec=spec), up.PlanReply),
+            "a plan over the sim's 1 cluster and 3 nodes",
+            timeout_s=60,
+            every_s=0.5,
+            until=lambda plan: plan.plan.clusters_total == 1 and plan.plan.nodes_total == 3,
+        )
         request = up.StartRolloutRequest(request_id=uuid.uuid4().hex, spec=spec)
         rollout_id = (await client.request(UPG, "upgrade.start", request, up.StartRolloutReply)).rollout_id
         await wait_status(client, rollout_id, lambda s: s.rollout.state is st.RolloutState.SUCCEEDED, 120)

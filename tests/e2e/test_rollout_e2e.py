@@ -26,6 +26,7 @@ from flotilla_contracts.v1 import heartbeat as hb
 from flotilla_contracts.v1 import registration as reg
 from flotilla_contracts.v1 import upgrade as up
 from flotilla_contracts.v1 import upgrade_status as st
+from flotilla_testkit import eventually
 
 pytestmark = pytest.mark.integration
 FLOTILLA = str(Path(sys.executable).parent / "flotilla")
@@ -68,15 +69,13 @@ async def all_events(url: str) -> list[tuple[str, str, dict[str, Any]]]:
 async def test_a_rollout_with_failures_keeps_every_invariant(fleet: tuple[Path, str]) -> None:
     _, url = fleet
     async with FlotillaClient(url) as client:
-        deadline = time.monotonic() + 60
-        while True:
-            health = await client.request(
-                Service.HEARTBEAT, "health.summary", hb.FleetHealthRequest(), hb.FleetHealthReply
-            )
-            if health.clusters.get(hb.ClusterHealth.READY, 0) >= CLUSTERS:
-                break
-            assert time.monotonic() < deadline, "the simulated fleet never became Ready"
-            await asyncio.sleep(1)
+        await eventually(
+            lambda: client.request(Service.HEARTBEAT, "health.summary", hb.FleetHealthRequest(), hb.FleetHealthReply),
+            f"the simulated fleet's {CLUSTERS} clusters Ready",
+            timeout_s=60,
+            every_s=0.5,
+            until=lambda health: health.clusters.get(hb.ClusterHealth.READY, 0) >= CLUSTERS,
+        )
         spec = up.RolloutSpec(
             target_version="v1.30.4",
             waves=up.WavesSpec(canary_clusters=1, percentages=[50, 100]),
@@ -102,20 +101,24 @@ async def test_a_rollout_with_failures_keeps_every_invariant(fleet: tuple[Path, 
                 await client.request(UPG, "upgrade.retry", up.RetryRequest(rollout_id=rollout_id), st.RolloutReply)
                 retries += 1
             assert time.monotonic() < deadline, f"rollout stuck in {state}: {status.rollout}"
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # sleep: the operator's pace between looks (each look may act: retry a freeze)
         assert status.rollout.state is st.RolloutState.SUCCEEDED, status.failures
         assert freezes >= 1, "the injected upgrade failures must trip the failure budget (I7)"
+
         # Done means the fleet says so: `flotilla clusters list` shows the version the API servers report.
-        deadline = time.monotonic() + 60
-        while True:
+        async def versions() -> dict[str, str]:
             listed = await client.request(
                 Service.REGISTRATION, "clusters.list", reg.ListClustersRequest(limit=100), reg.ListClustersReply
             )
-            versions = {c.identity.name: c.identity.kubernetes_version for c in listed.clusters}
-            if len(versions) == CLUSTERS and set(versions.values()) == {"v1.30.4"}:
-                break
-            assert time.monotonic() < deadline, f"cluster versions never followed the fleet: {versions}"
-            await asyncio.sleep(0.5)
+            return {c.identity.name: c.identity.kubernetes_version for c in listed.clusters}
+
+        await eventually(
+            versions,
+            "every cluster's version to follow the fleet (v1.30.4)",
+            timeout_s=60,
+            every_s=0.5,
+            until=lambda seen: len(seen) == CLUSTERS and set(seen.values()) == {"v1.30.4"},
+        )
         changed = [d for _, s, d in await all_events(url) if s.startswith("registration.ClusterVersionChanged/")]
         assert {d["cluster"]["identity"]["kubernetes_version"] for d in changed} == {"v1.30.4"}
     events = await all_events(url)

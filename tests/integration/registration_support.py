@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -17,6 +17,7 @@ from flotilla_contracts.v1.agent import NodeFacts
 from flotilla_contracts.v1.common import NodeRole
 from flotilla_contracts.v1.registration import ClusterIdentity, JoinRequest
 from flotilla_contracts.v1.service import InfoReply, InfoRequest
+from flotilla_testkit import eventually
 
 
 def join_request(token: str, name: str, nodes: int = 5, request_id: str | None = None) -> JoinRequest:
@@ -38,16 +39,14 @@ def join_request(token: str, name: str, nodes: int = 5, request_id: str | None =
 
 async def wait_until_serving(url: str, service: Service, within_s: float = 20.0) -> None:
     """Until the service answers its `info` command."""
-    deadline = asyncio.get_running_loop().time() + within_s
     async with FlotillaClient(url) as client:
-        while True:
-            try:
-                await client.request(service, "info", InfoRequest(), InfoReply, timeout=0.5)
-                return
-            except Exception:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
+        await eventually(
+            lambda: client.request(service, "info", InfoRequest(), InfoReply, timeout=0.5),
+            f"{service.value} to answer info",
+            timeout_s=within_s,
+            every_s=0.1,
+            retrying=(Exception,),  # no responders or a timeout while it starts
+        )
 
 
 @dataclass
@@ -56,6 +55,9 @@ class StreamView:
 
     subjects: list[str]
     msg_ids: list[str]
+
+    def __repr__(self) -> str:  # what a failed wait shows: counts, not 10,000 subjects
+        return f"StreamView({len(self.subjects)} events, {len(self.duplicated_ids())} duplicated ids)"
 
     def duplicated_ids(self) -> list[str]:
         return [msg_id for msg_id, n in Counter(self.msg_ids).items() if n > 1]
@@ -67,10 +69,19 @@ class StreamView:
         )
 
 
-async def read_stream(nc: Client, settle_s: float = 0.0) -> StreamView:
-    await asyncio.sleep(settle_s)
-    messages = await fleet_events(nc)
-    return StreamView([m.subject for m in messages], [(m.headers or {}).get("Nats-Msg-Id", "") for m in messages])
+async def read_stream(
+    nc: Client, until: Callable[[StreamView], bool] | None = None, what: str = "", within_s: float = 30.0
+) -> StreamView:
+    """FLEET_EVENTS as it is now, or, with `until`, once it holds what `until` expects (the outbox relay publishes
+    after the reply, so a test waits for the events it needs, then asserts on all of them)."""
+
+    async def view() -> StreamView:
+        messages = await fleet_events(nc)
+        return StreamView([m.subject for m in messages], [(m.headers or {}).get("Nats-Msg-Id", "") for m in messages])
+
+    if until is None:
+        return await view()
+    return await eventually(view, what or "FLEET_EVENTS to hold the expected events", timeout_s=within_s, until=until)
 
 
 def decode(data: bytes) -> dict[str, object]:

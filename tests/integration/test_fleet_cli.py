@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,11 @@ import pytest
 
 from flotilla_client import runfile
 from flotilla_client.natsserver import free_port
+from flotilla_testkit import eventually_sync
 
 pytestmark = pytest.mark.integration
 FLOTILLA = str(Path(sys.executable).parent / "flotilla")
+CLI = {"timeout_s": 30.0, "every_s": 0.5}  # each look runs the CLI (a process): look twice a second
 
 
 class Fleet:
@@ -41,16 +42,6 @@ class Fleet:
 
     def json(self, *args: str) -> Any:
         return json.loads(self.ok(*args, "-o", "json"))
-
-
-def eventually(check: Callable[[], Any], within_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + within_s
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +68,7 @@ def sim(fleet: Fleet) -> Iterator[str]:
 
 
 def test_joined_clusters_are_listed_pending_then_approved_labelled_and_tainted(fleet: Fleet, sim: str) -> None:
-    clusters = eventually(lambda: len(found := fleet.json("clusters", "list")) == 2 and found)
+    clusters = eventually_sync(lambda: len(found := fleet.json("clusters", "list")) == 2 and found, "2 clusters", **CLI)
     assert {c["state"] for c in clusters} == {"Pending"}
     assert all(c["labels"]["env"] == "lab" for c in clusters)
     first = clusters[0]["cluster_id"]
@@ -89,11 +80,15 @@ def test_joined_clusters_are_listed_pending_then_approved_labelled_and_tainted(f
     assert [c["cluster_id"] for c in fleet.json("clusters", "list", "-l", "tier=gold")] == [first]
     assert "maint=yes:NoSchedule" in fleet.ok("clusters", "taint", first, "maint=yes:NoSchedule")
     # Once approved, the heartbeat service tracks the cluster: health shows beside the inventory.
-    ready = eventually(
-        lambda: [c for c in fleet.json("clusters", "list") if (c["health"] or {}).get("state") == "Ready"]
+    ready = eventually_sync(
+        lambda: [c for c in fleet.json("clusters", "list") if (c["health"] or {}).get("state") == "Ready"],
+        "a Ready cluster",
+        **CLI,
     )
     assert [c["cluster_id"] for c in ready] == [first]
-    nodes = eventually(lambda: [n for n in fleet.json("nodes", "list", "--cluster", first) if n["health"]])
+    nodes = eventually_sync(
+        lambda: [n for n in fleet.json("nodes", "list", "--cluster", first) if n["health"]], "nodes with health", **CLI
+    )
     assert {n["health"]["state"] for n in nodes} == {"Ready"}
     assert "2/5" in fleet.ok("token", "list")
 

@@ -9,8 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import pytest
 from flotilla_client import runfile
 from flotilla_client.natsserver import free_port
 from flotilla_contracts.subjects import Service
+from flotilla_testkit import eventually_sync
 
 pytestmark = pytest.mark.integration
 
@@ -89,17 +89,6 @@ def entry(state: Path, name: str) -> dict[str, Any]:
     return next(s for s in run["services"] if s["name"] == name)
 
 
-def eventually(check: Callable[[], Any], what: str, within_s: float = 30.0) -> Any:
-    """Poll `check` until it returns something true (a condition, not a fixed sleep)."""
-    deadline = time.monotonic() + within_s
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out after {within_s}s waiting for {what}"
-        time.sleep(0.1)
-
-
 def restarted(state: Path, name: str, old_pid: int) -> dict[str, Any] | None:
     """The entry once the supervisor has recorded a new, live, running process in place of `old_pid`."""
     found = entry(state, name)
@@ -110,7 +99,7 @@ def restarted(state: Path, name: str, old_pid: int) -> dict[str, Any] | None:
 
 def kill9(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
-    eventually(lambda: gone(pid), f"pid {pid} to die")
+    eventually_sync(lambda: gone(pid), f"pid {pid} to die")
 
 
 @dataclass
@@ -230,14 +219,14 @@ def test_a_service_killed_with_sigkill_comes_back(fleet: Fleet) -> None:
     old = entry(fleet.state, "heartbeat")
     assert old["supervision"]["restarts"] == 0
     kill9(old["pid"])
-    new = eventually(lambda: restarted(fleet.state, "heartbeat", old["pid"]), "heartbeat to be restarted")
+    new = eventually_sync(lambda: restarted(fleet.state, "heartbeat", old["pid"]), "heartbeat to be restarted")
     supervision = new["supervision"]
     assert supervision["restarts"] == 1 and supervision["requested_restarts"] == 0
     assert supervision["last_exit"]["status"] == "signal SIGKILL" and supervision["last_exit"]["pid"] == old["pid"]
     assert not supervision["last_exit"]["requested"]
     assert new["instance_id"] != old["instance_id"]
     # It answers its info command again, as the new instance.
-    info = eventually(
+    info = eventually_sync(
         lambda: (
             (done := flotilla(fleet.state, "publish", "fleet.v1.cmd.heartbeat.info", "{}", "--request"))
             and done.returncode == 0
@@ -269,17 +258,17 @@ def test_nats_server_killed_comes_back_on_its_port_with_its_jetstream_data(fleet
         done = flotilla(fleet.state, "events", "--subject", "token.>", "-o", "json")
         return sum("survives a nats-server kill" in line for line in done.stdout.splitlines())
 
-    eventually(token_events, "the TokenCreated event in FLEET_EVENTS")
+    eventually_sync(token_events, "the TokenCreated event in FLEET_EVENTS")
     old = entry(fleet.state, "nats-server")
     kill9(old["pid"])
-    new = eventually(lambda: restarted(fleet.state, "nats-server", old["pid"]), "nats-server to be restarted")
+    new = eventually_sync(lambda: restarted(fleet.state, "nats-server", old["pid"]), "nats-server to be restarted")
     assert new["port"] == fleet.port and new["config"] == old["config"]
     assert new["supervision"]["restarts"] == 1
     assert new["supervision"]["last_exit"]["status"] == "signal SIGKILL"
     assert str(fleet.state / "nats" / "nats-server.conf") in " ".join(psutil.Process(new["pid"]).cmdline())
     assert token_events() == 1  # the stream, and the event in it, from the same JetStream folder
     # Every service reconnects to it.
-    eventually(
+    eventually_sync(
         lambda: (
             sorted(s["name"] for s in json.loads(flotilla(fleet.state, "status", "-o", "json").stdout)["services"])
             == FIVE
@@ -318,10 +307,10 @@ def test_restart_refuses_unknown_names_and_explains_itself(fleet: Fleet) -> None
 def test_a_sim_started_after_up_is_supervised_too(fleet: Fleet) -> None:
     started = flotilla(fleet.state, "sim", "--clusters", "1", "--nodes", "1", "--prefix", "sup", "--no-wait")
     assert started.returncode == 0, started.stderr
-    old = eventually(lambda: restarted(fleet.state, "sim:sup", 0), "the sim to run")
+    old = eventually_sync(lambda: restarted(fleet.state, "sim:sup", 0), "the sim to run")
     assert f"(pid {old['pid']}," in started.stdout
     kill9(old["pid"])
-    new = eventually(lambda: restarted(fleet.state, "sim:sup", old["pid"]), "the sim to be restarted")
+    new = eventually_sync(lambda: restarted(fleet.state, "sim:sup", old["pid"]), "the sim to be restarted")
     assert new["supervision"]["restarts"] == 1
     again = flotilla(fleet.state, "sim", "--clusters", "1", "--prefix", "sup", "--no-wait")
     assert again.returncode == 1 and "already runs" in again.stderr
@@ -336,7 +325,7 @@ def test_state_files_are_private(fleet: Fleet) -> None:
         "upgrade-orchestrator/upgrade-orchestrator.db", "heartbeat/heartbeat.db", "nats/jetstream",
     ]  # fmt: skip
     journal = fleet.state / "sim-sup" / "sup-journal.db"
-    eventually(journal.exists, f"the sim's journal {journal} (log: {fleet.state / 'logs' / 'sim-sup.log'})")
+    eventually_sync(journal.exists, f"the sim's journal {journal} (log: {fleet.state / 'logs' / 'sim-sup.log'})")
     for name in expected:
         assert (fleet.state / name).exists(), f"{name} is not where this test looks"
     readable = []

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from integration_support import start_service
 from nats.aio.client import Client
-from registration_support import join_request, read_stream, wait_until_serving
+from registration_support import StreamView, join_request, read_stream, wait_until_serving
 
 from flotilla_client.client import FlotillaClient
 from flotilla_client.errors import ClientError
@@ -52,7 +52,11 @@ async def test_join_approve_and_replay_the_lifecycle_from_the_stream(
                 )
             assert bad.value.code == "invalid_selector"
         # A service that starts late rebuilds its read model from the stream alone.
-        view = await read_stream(nc, settle_s=0.5)
+        view = await read_stream(
+            nc,
+            until=lambda v: sum(v.count("approved").values()) >= 1 and _node_events(v) >= 3,
+            what="the approval and the three node events in FLEET_EVENTS",
+        )
         lifecycle = [s.rsplit(".", 1)[1] for s in view.subjects if s.startswith("fleet.v1.evt.cluster.")]
         assert lifecycle == ["join-requested", "approved"]
         assert sum(1 for s in view.subjects if s.startswith("fleet.v1.evt.node.")) == 3
@@ -108,7 +112,13 @@ async def _burst_kill_and_restart(
                 reply = await client.request(REG, "join", request, reg.JoinReply, timeout=5)
                 if request.request_id in answered:
                     assert reply.cluster_id == answered[request.request_id]
-            view = await read_stream(nc, settle_s=1.5)
+            view = await read_stream(
+                nc,
+                until=lambda v: (
+                    len(v.count("join-requested")) >= len(requests) and _node_events(v) >= 5 * len(requests)
+                ),
+                what=f"{len(requests)} join-requested events and their node events in FLEET_EVENTS",
+            )
         finally:
             restarted.terminate()
             assert restarted.wait(15) == 0
@@ -118,3 +128,7 @@ async def _burst_kill_and_restart(
     assert all(n == 1 for n in requested.values()), "one join-requested event per cluster"
     assert set(answered.values()) <= set(requested), "a join that was answered was lost"
     assert sum(1 for s in view.subjects if s.startswith("fleet.v1.evt.node.")) == 5 * len(requests)
+
+
+def _node_events(view: StreamView) -> int:
+    return sum(1 for s in view.subjects if s.startswith("fleet.v1.evt.node."))

@@ -131,7 +131,7 @@ async def roll_out(
                     url, UPG, "upgrade.retry", up.RetryRequest(rollout_id=started.rollout_id), st.RolloutReply
                 )
         assert time.monotonic() < deadline, f"rollout to {target} did not finish: {status and status.rollout}"
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # sleep: the operator's pace between looks (each look may act: retry a freeze)
 
 
 def rss_mib(pid: int) -> float:

@@ -8,8 +8,6 @@ The long form (60 minutes, default settings, random kills) is `make soak` (tests
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -25,6 +23,7 @@ from soak_support import (
 )
 
 from flotilla_contracts.v1 import upgrade_status as st
+from flotilla_testkit import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 CLUSTERS, NODES, LIFETIMES = 5, 3, 5
@@ -49,13 +48,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosFleet]:
             fleet.down()
 
 
-async def until(check: object, what: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f}s waiting for {what}"
-        await asyncio.sleep(0.5)
-
-
 async def test_grants_expire_and_the_bus_restarts_and_the_fleet_never_notices(fleet: ChaosFleet) -> None:
     await wait_ready(fleet.url, CLUSTERS, timeout_s=90)
     watch = HeartbeatWatch()
@@ -69,16 +61,26 @@ async def test_grants_expire_and_the_bus_restarts_and_the_fleet_never_notices(fl
             expired = await expiries_by_cluster(nc)
             return all(expired[c] >= times for c in clusters)
 
-        await until(
-            lambda: every_cluster_renewed(LIFETIMES), f"{LIFETIMES} grant renewals per cluster", 30 * GRANT_TTL_S
+        await eventually(
+            lambda: every_cluster_renewed(LIFETIMES),
+            f"{LIFETIMES} grant renewals per cluster",
+            timeout_s=30 * GRANT_TTL_S,
+            every_s=0.5,
         )
         renewed_before_restart = sum((await expiries_by_cluster(nc)).values())
         node, gap = watch.worst()
         assert gap < MISSED * HEARTBEAT_S, f"{node} was silent {gap:.1f}s across its grant renewals"
 
         flotilla(fleet.state, "restart", "nats-server", "--timeout", "60")
-        await until(lambda: _all_back(nc, clusters), "every cluster to reconnect after the restart", 60)
-        await until(lambda: every_cluster_renewed(1), "a grant renewal per cluster after the restart", 10 * GRANT_TTL_S)
+        await eventually(
+            lambda: _all_back(nc, clusters), "every cluster to reconnect after the restart", timeout_s=60, every_s=0.5
+        )
+        await eventually(
+            lambda: every_cluster_renewed(1),
+            "a grant renewal per cluster after the restart",
+            timeout_s=10 * GRANT_TTL_S,
+            every_s=0.5,
+        )
 
         status = await roll_out(fleet.url, "v1.30.4", max_clusters=CLUSTERS, max_unavailable=1, timeout_s=180)
         assert status.rollout.state is st.RolloutState.SUCCEEDED, status.failures

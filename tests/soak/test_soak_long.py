@@ -45,7 +45,7 @@ async def chaos(fleet: ChaosFleet, seed: int, until: float, renewals: Counter[st
     """Kill a seeded random victim every few minutes; before nats-server dies, keep its expiry records."""
     rng = random.Random(seed)
     while (pause := rng.uniform(*KILL_EVERY_S)) < until - time.monotonic():
-        await asyncio.sleep(pause)
+        await asyncio.sleep(pause)  # sleep: a kill every few (seeded random) minutes is the soak's schedule
         victim = rng.choice(VICTIMS)
         if victim == "nats-server":
             renewals.update(await _expiries(fleet.url))
@@ -64,7 +64,7 @@ async def _expiries(url: str) -> Counter[str]:
 async def memory(fleet: ChaosFleet, peaks: dict[str, float], done: asyncio.Event) -> None:
     while not done.is_set():
         sample_memory(fleet.state, peaks)
-        await asyncio.sleep(15)
+        await asyncio.sleep(15)  # sleep: the memory sampler's period
 
 
 async def test_an_hour_of_rollouts_and_kills_ends_with_the_fleet_ready_and_every_invariant_held(
@@ -92,6 +92,7 @@ async def test_an_hour_of_rollouts_and_kills_ends_with_the_fleet_ready_and_every
             results.append(f"v1.30.{patch}: {status.rollout.state.value} in {time.monotonic() - began:.0f}s")
             assert status.rollout.state is st.RolloutState.SUCCEEDED, (results, status.failures)
             patch += 1
+            # sleep: one rollout every ROLLOUT_EVERY_S is the soak's schedule
             await asyncio.sleep(max(0.0, min(began + ROLLOUT_EVERY_S, until - 60) - time.monotonic()))
         await killer
         await wait_ready(fleet.url, CLUSTERS, timeout_s=300)
