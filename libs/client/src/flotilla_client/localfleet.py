@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from flotilla_client import busauth, control, procs, runfile
+from flotilla_client import busauth, control, procs, runfile, tracingenv
 from flotilla_client.errors import LocalFleetError
 from flotilla_client.natsserver import free_port
 from flotilla_client.runfile import RunInfo, ServiceEntry, SimEntry
@@ -21,6 +21,7 @@ Progress = Callable[[str], None]
 SERVICES: tuple[Service, ...] = tuple(Service)
 NATS_SERVER = "nats-server"
 SUPERVISOR = "supervisor"
+JAEGER = "jaeger"
 SUPERVISOR_MODULE = "flotilla_client.supervisor"
 TAIL_BYTES = 1024 * 1024
 LOG_NAMES: tuple[str, ...] = (*(s.value for s in SERVICES), NATS_SERVER, SUPERVISOR)
@@ -53,10 +54,13 @@ SIM_URL_ENV = "FLOTILLA_SIM_NATS_URL"  # the sim's NATS URL with credentials (se
 
 
 def tracked(info: RunInfo) -> tuple[list[procs.Tracked], list[procs.Tracked]]:
-    """(simulated fleets and services, nats-server) recorded in a run file, nats-server only when we started it."""
+    """(simulated fleets and services, nats-server and Jaeger) recorded in a run file, nats-server only when we
+    started it, Jaeger only with `up --jaeger`."""
     sims = [procs.Tracked(f"sim {s.prefix}", s.pid, SIM_MODULE) for s in info.sims]
     services = [procs.Tracked(s.name, s.pid, s.module) for s in info.services]
     nats = [procs.Tracked(NATS_SERVER, info.nats.pid, info.nats.config)] if info.nats.pid else []
+    if info.jaeger is not None:  # last: the services flush their spans into it as they stop
+        nats.append(procs.Tracked(JAEGER, info.jaeger.pid, info.jaeger.config))
     return sims + services, nats
 
 
@@ -90,7 +94,9 @@ def start_sim(state_dir: Path, args: list[str], *, prefix: str, clusters: int, n
     if runfile.load(state_dir) is None:
         raise LocalFleetError(f"no local fleet runs from {state_dir}; start one with `flotilla up` first")
     # The sim runs with the environment of the `flotilla sim` that asked for it, as if it started it itself.
-    spec = control.SimSpec(prefix=prefix, args=args, clusters=clusters, nodes=nodes, env=dict(os.environ))
+    # With the tracing settings `up` recorded, unless this environment names an exporter of its own.
+    env = tracingenv.with_recorded(os.environ, tracingenv.recorded(state_dir))
+    spec = control.SimSpec(prefix=prefix, args=args, clusters=clusters, nodes=nodes, env=env)
     reply = control.ask(state_dir, control.Request(op=control.Op.START_SIM, sim=spec))
     info = runfile.load(state_dir)
     entry = next((s for s in info.sims if s.prefix == prefix), None) if info else None
@@ -121,6 +127,7 @@ def restart(state_dir: Path, name: str, timeout_s: float) -> control.Reply:
 def leftover_markers(state_dir: Path) -> list[str]:
     """Strings only our own processes carry: the supervisor's command, the nats-server config path, state variables."""
     markers = [str(state_dir / "nats" / "nats-server.conf"), f"--state-dir {state_dir / 'sim-'}"]
+    markers.append(f"--config {state_dir / 'jaeger' / 'jaeger.yaml'}")  # `up --jaeger`
     markers += [f"{env_prefix(s.value)}STATE_DIR={state_dir / s.value}" for s in SERVICES]
     return [supervisor_marker(state_dir), *markers]
 

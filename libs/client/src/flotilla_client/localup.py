@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from flotilla_client import busauth, procs, runfile
+from flotilla_client import busauth, jaeger, procs, runfile, tracingenv
 from flotilla_client.client import FlotillaClient
 from flotilla_client.errors import LocalFleetError
 from flotilla_client.localfleet import (
@@ -40,6 +40,7 @@ class UpOptions:
     timeout_s: float = 30.0
     host: str = "127.0.0.1"
     tls: bool = False  # TLS on the client port, with a local CA (clients get FLOTILLA_NATS_CA)
+    jaeger: bool = False  # start a local Jaeger and trace everything into it
 
 
 def _prepare_nats(opts: UpOptions, progress: Progress) -> NatsEntry:
@@ -171,6 +172,12 @@ def up(opts: UpOptions, progress: Progress) -> RunInfo:
     info = RunInfo(state_dir=str(state_dir), started_at=started_at, nats=_prepare_nats(opts, progress))
     deadline = time.monotonic() + opts.timeout_s + 10.0  # nats-server has had 10 s to listen
     try:
+        if opts.jaeger:
+            info.jaeger = jaeger.start(state_dir / "jaeger", log_path(state_dir, "jaeger").parent, host=opts.host)
+            os.environ.update(jaeger.tracing_env(info.jaeger))  # the supervisor, services and sims inherit it
+            progress(f"started Jaeger: UI {info.jaeger.ui_url}, OTLP/HTTP {info.jaeger.otlp_url}")
+        # What everything started here traces with, kept for `flotilla sim` and later commands.
+        info.tracing = tracingenv.settings_of(os.environ)
         runfile.save(state_dir, info)
         supervisor = _start_supervisor(state_dir)
         progress(f"starting {len(SERVICES)} services under a supervisor (logs in {state_dir / 'logs'}):")

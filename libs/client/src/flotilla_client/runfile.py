@@ -94,6 +94,16 @@ class SupervisorEntry(msgspec.Struct, kw_only=True):
     started_at: str
 
 
+class JaegerEntry(msgspec.Struct, kw_only=True):
+    """The local Jaeger `flotilla up --jaeger` started (flotilla_client.jaeger); `down` stops it last."""
+
+    pid: int
+    ui_url: str  # UI and query API (/api/traces/{id}, /api/services)
+    otlp_url: str  # OTLP/HTTP receiver
+    log: str
+    config: str
+
+
 class RunInfo(msgspec.Struct, kw_only=True):
     state_dir: str
     started_at: str
@@ -102,6 +112,9 @@ class RunInfo(msgspec.Struct, kw_only=True):
     sims: list[SimEntry] = []
     ready: bool = False
     supervisor: SupervisorEntry | None = None
+    # The tracing settings (OTEL_*, FLOTILLA_JAEGER_URL) `up` ran with: later commands and sims use them too.
+    tracing: dict[str, str] = {}
+    jaeger: JaegerEntry | None = None
 
 
 def run_file(state_dir: Path) -> Path:

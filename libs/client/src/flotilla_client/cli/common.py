@@ -90,11 +90,14 @@ def server_option(command: F) -> F:
 
 def run(coro_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run one async command body with tracing set up (spans leave only when OTEL_EXPORTER_OTLP_ENDPOINT is set)."""
+    from flotilla_client import tracingenv
     from flotilla_runtime import telemetry
 
-    telemetry.setup_tracing("flotilla-cli", cli_version(), uuid.uuid4().hex[:12])
     click_ctx = click.get_current_context(silent=True)
     obj = click_ctx.find_object(CliContext) if click_ctx else None
+    if obj is not None:  # trace where the local fleet traces (`flotilla up` recorded it), unless told otherwise
+        tracingenv.adopt(obj.state_dir)
+    telemetry.setup_tracing("flotilla-cli", cli_version(), uuid.uuid4().hex[:12])
     name = f"flotilla {click_ctx.command_path.partition(' ')[2]}" if click_ctx else "flotilla"
     # One trace per CLI command: every request it sends, and all the work they cause, hang below this span.
     with telemetry.tracer("flotilla-cli").start_as_current_span(name):

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from flotilla_client import busauth, localfleet, localup, runfile
+from flotilla_client import busauth, localfleet, localup, runfile, tracingenv
 from flotilla_client.cli import supervision
 from flotilla_client.cli.common import CliContext, Failure, echo, run, server_option
 from flotilla_client.cli.output import Column, output_option, render, render_json
@@ -35,9 +35,15 @@ pass_cli = click.make_pass_decorator(CliContext)
 @click.option(
     "--tls", is_flag=True, help="TLS on the NATS client port, with a local CA made in <state>/auth/tls (needs openssl)."
 )
+@click.option(
+    "--jaeger",
+    is_flag=True,
+    help="Start a local Jaeger (built by `make peer-bins`) and trace every service, sim and later command into it; "
+    "prints the UI address.",
+)
 @server_option
 @pass_cli
-def up(obj: CliContext, port: int, monitor_port: int, timeout: float, tls: bool) -> None:
+def up(obj: CliContext, port: int, monitor_port: int, timeout: float, tls: bool, jaeger: bool) -> None:
     """Start a local fleet: nats-server and the five services, kept running by a supervisor.
 
     A detached supervisor process starts nats-server with JetStream, then each service as its own
@@ -48,6 +54,11 @@ def up(obj: CliContext, port: int, monitor_port: int, timeout: float, tls: bool)
     database, logs/<service>.log (and logs/supervisor.log) and run.json, which names the current
     pids with their restarts and last exits. With --server, an existing NATS is used instead.
 
+    Tracing: the OTEL_* variables `up` runs with (e.g. OTEL_EXPORTER_OTLP_ENDPOINT) reach every service
+    and are kept in run.json, so `flotilla sim` and later commands trace to the same place. --jaeger
+    starts Jaeger all-in-one on free ports, points all of it there and prints the UI address; `down`
+    stops it (the supervisor does not restart it).
+
     The bus has authentication on: each service connects as its own user with only its own subjects,
     the CLI as `admin` (passwords in <state>/auth/bus.json, mode 0600), and cluster agents with their
     cluster credential, checked by the registration service (NATS auth callout).
@@ -57,6 +68,7 @@ def up(obj: CliContext, port: int, monitor_port: int, timeout: float, tls: bool)
       flotilla up
       flotilla --state-dir /tmp/fleet up --port 4300 --monitor-port 0
       flotilla --server nats://127.0.0.1:4222 up
+      flotilla up --jaeger
     """
     started = time.monotonic()
     options = localup.UpOptions(
@@ -66,6 +78,7 @@ def up(obj: CliContext, port: int, monitor_port: int, timeout: float, tls: bool)
         server=obj.server_flag,
         timeout_s=timeout,
         tls=tls,
+        jaeger=jaeger,
     )
     info = localup.up(options, echo)
     _print_summary(obj, info, time.monotonic() - started)
@@ -82,6 +95,10 @@ def _print_summary(obj: CliContext, info: RunInfo, elapsed: float) -> None:
         echo(f"  credentials   {busauth.auth_path(state)} (users per service; the CLI is admin)")
     if info.nats.monitor_url:
         echo(f"  monitoring    {info.nats.monitor_url}")
+    if info.jaeger is not None:
+        echo(f"  Jaeger UI     {info.jaeger.ui_url} (traces of every command: flotilla --trace ...)")
+    elif endpoint := next((info.tracing[k] for k in tracingenv.ENDPOINTS if info.tracing.get(k)), ""):
+        echo(f"  traces        OTLP to {endpoint}")
     echo(f"  state folder  {state}")
     echo(f"  run file      {runfile.run_file(state)}")
     echo(f"  logs          {state / 'logs'}/<service>.log")
