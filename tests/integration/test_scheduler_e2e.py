@@ -9,21 +9,31 @@ line. The heartbeat service runs with a short interval here so Unreachable comes
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
+import nats
+import nats.js.errors
 import pytest
 
+from flotilla_client import runfile
 from flotilla_client.natsserver import free_port
+from flotilla_contracts import catalogue
+from flotilla_contracts.streams import FLEET_EVENTS
+from flotilla_contracts.v1.heartbeat import ClusterHealthChanged
+from flotilla_runtime.bus import connect_options
+from flotilla_testkit import eventually_sync
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+SLOW = {"timeout_s": 45.0, "every_s": 0.5}  # each look runs the CLI (a process): look twice a second
 FLOTILLA = str(Path(sys.executable).parent / "flotilla")
 FAST_HEARTBEATS = {
     "FLOTILLA_HEARTBEAT_INTERVAL_S": "0.5",
@@ -91,14 +101,29 @@ class Fleet:
         return {p["cluster_id"]: p for p in self.json("subscriptions", "get", "web")["placements"]}
 
 
-def eventually(check: Callable[[], Any], within_s: float = 45.0) -> Any:
-    deadline = time.monotonic() + within_s
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.5)
+def scheduler_handled_health(state: Path, cluster_id: str, health: str) -> bool:
+    """Whether `cluster_id`'s latest health event in FLEET_EVENTS says `health` and every scheduler consumer has
+    handled all it reads (so that event too: a consumer acks after its effects are committed)."""
+
+    async def check() -> bool:
+        url = runfile.server_url(state)
+        assert url, "flotilla up records the server's URL"
+        nc = await nats.connect(url, **connect_options(url))
+        try:
+            js = nc.jetstream()
+            subject = catalogue.subject_for(ClusterHealthChanged, cluster_id=cluster_id)
+            try:
+                latest = await js.get_last_msg(FLEET_EVENTS.name, subject)
+            except nats.js.errors.NotFoundError:
+                return False
+            if msgspec.json.decode(latest.data)["to"] != health:
+                return False
+            consumers = [c for c in await js.consumers_info(FLEET_EVENTS.name) if c.name.startswith("scheduler-")]
+            return bool(consumers) and all(c.num_pending == 0 and c.num_ack_pending == 0 for c in consumers)
+        finally:
+            await nc.close()
+
+    return asyncio.run(check())
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +147,7 @@ def test_placed_applied_moved_on_loss_and_steady_on_return(fleet: Fleet, tmp_pat
         listed = fleet.json("clusters", "list")
         return len(listed) == 3 and all((c["health"] or {}).get("state") == "Ready" for c in listed) and listed
 
-    clusters = {c["identity"]["name"]: c["cluster_id"] for c in eventually(all_ready)}
+    clusters = {c["identity"]["name"]: c["cluster_id"] for c in eventually_sync(all_ready, "3 clusters Ready", **SLOW)}
     gone = clusters["gone-0000"]
     path = tmp_path / "web.yaml"
     path.write_text(SUBSCRIPTION)
@@ -135,7 +160,7 @@ def test_placed_applied_moved_on_loss_and_steady_on_return(fleet: Fleet, tmp_pat
         states = {a["cluster_id"]: a["state"] for a in info["applied"]}
         return len(states) == 3 and set(states.values()) == {"Applied"} and info
 
-    info = eventually(all_applied)
+    info = eventually_sync(all_applied, "web Applied on the 3 clusters", **SLOW)
     assert {p["cluster_id"]: p["replicas"] for p in info["placements"]} == dict.fromkeys(clusters.values(), 2)
     rendered = fleet.ok("subscriptions", "get", "web", "--cluster", gone)
     assert "replicas: 2" in rendered and "placed-by: flotilla" in rendered and "overrides: lab-label" in rendered
@@ -144,25 +169,32 @@ def test_placed_applied_moved_on_loss_and_steady_on_return(fleet: Fleet, tmp_pat
     # The `gone` fleet goes silent: Unreachable, then past the 2 s toleration its share moves to the others.
     before = fleet.placements()
     os.kill(gone_pid, signal.SIGSTOP)
-    moved = eventually(lambda: gone not in (now := fleet.placements()) and now)
+    moved = eventually_sync(lambda: gone not in (now := fleet.placements()) and now, "web off the gone cluster", **SLOW)
     assert {c: p["replicas"] for c, p in moved.items()} == {c: 3 for c in clusters.values() if c != gone}
     assert all(moved[c]["since"] == before[c]["since"] for c in moved)  # the survivors were not re-placed
 
     # It comes back (same identity, same credential): Ready again, and nothing moves back.
     os.kill(gone_pid, signal.SIGCONT)
-    eventually(
+    eventually_sync(
         lambda: any(
             c["cluster_id"] == gone and (c["health"] or {}).get("state") == "Ready"
             for c in fleet.json("clusters", "list")
-        )
+        ),
+        "the gone cluster Ready again",
+        **SLOW,
     )
-    time.sleep(3)
+    # Steady: once the scheduler has handled the cluster's return (not after a fixed pause), nothing has moved back.
+    eventually_sync(
+        lambda: scheduler_handled_health(fleet.state, gone, "Ready"), "the scheduler to see it Ready", **SLOW
+    )
     assert fleet.placements() == moved
-    removed = eventually(
+    removed = eventually_sync(
         lambda: (
             {a["cluster_id"]: a["state"] for a in fleet.json("subscriptions", "get", "web")["applied"]}.get(gone)
             == "Removed"
-        )
+        ),
+        "web Removed from the returned cluster",
+        **SLOW,
     )
     assert removed
 

@@ -21,25 +21,21 @@ from flotilla_client.kubeworld.controlplane import (
 )
 from flotilla_client.kubeworld.processes import BINARIES, Component, HarnessError, bin_dir, stop, wait_until
 from flotilla_client.natsserver import free_port
+from flotilla_testkit import eventually as shared_eventually
 
 BIN = bin_dir()
 
 
 async def eventually(what: str, check: Callable[[], Any], within_s: float = 60.0, every_s: float = 0.2) -> Any:
-    """Poll `check` until it returns something truthy and return it; fail naming `what` at the deadline. A plain
-    function runs in a thread (kubectl and raw API calls block), a coroutine function on the loop. `every_s` is
-    only the polling interval: the wait ends on the condition, never on time."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while True:
-        value = await check() if inspect.iscoroutinefunction(check) else await asyncio.to_thread(check)
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"{what}: not true within {within_s:.0f} s")
-        await asyncio.sleep(every_s)
+    """flotilla_testkit.eventually for the Kubernetes tests: a plain function runs in a thread (kubectl and raw API
+    calls block), a coroutine function on the loop; `every_s` is only the polling interval."""
+
+    async def in_thread() -> Any:
+        value = await asyncio.to_thread(check)
+        return await value if inspect.isawaitable(value) else value  # a lambda that returns a coroutine
+
+    looked = check if inspect.iscoroutinefunction(check) else in_thread
+    return await shared_eventually(looked, what, timeout_s=within_s, every_s=every_s)
 
 
 REPO = BIN.parents[2]
