@@ -132,6 +132,7 @@ READ_COMMANDS = [
     ("upgrade", "status", "r-1"),
     ("upgrade", "plan", "--to", "v1.30.4"),
     ("health",),
+    ("status",),
 ]
 FULL = Replies(
     clusters=[cluster("c-1")],

@@ -1,5 +1,6 @@
-"""What the CLI imports before it does anything (start-up time, docs/cli.md): nats-py runs without aiohttp (its
-websocket transport) unless a ws:// URL is given. Each case runs in a fresh interpreter, as `flotilla` starts."""
+"""What the CLI imports before it does anything (start-up time, docs/cli.md): `--version` loads no NATS, msgspec
+or YAML, a command loads its own module only, and nats-py runs without aiohttp (its websocket transport) unless a
+ws:// URL is given. Each case runs in a fresh interpreter, as `flotilla` starts."""
 
 from __future__ import annotations
 
@@ -28,6 +29,17 @@ try:
 except SystemExit:
     pass
 """
+
+
+def test_version_loads_nothing_heavy() -> None:
+    loaded = loaded_after(RUN_CLI, "--version")
+    assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+
+
+def test_a_command_loads_its_module_only() -> None:
+    code = "from flotilla_client.cli.main import load_command\nload_command('token')"
+    loaded = loaded_after(code + "\nimport sys\nassert 'flotilla_client.cli.upgrade' not in sys.modules")
+    assert "nats" not in loaded and "aiohttp" not in loaded
 
 
 def test_nats_runs_without_aiohttp_unless_a_websocket_url_is_given() -> None:

@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from flotilla_client import busauth, runfile
-from flotilla_client.client import DEFAULT_URL
-from flotilla_contracts.envelope import Message
-from flotilla_contracts.subjects import Service
-from flotilla_runtime.natsconn import CA_ENV
+if TYPE_CHECKING:  # imported where used: `flotilla --version` and --help need none of them (start-up time)
+    from flotilla_contracts.envelope import Message
+    from flotilla_contracts.subjects import Service
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
-DEFAULT_STATE_DIR = ".flotilla"
-
 
 def cli_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("flotilla-client")
     except PackageNotFoundError:
@@ -57,6 +53,10 @@ class CliContext:
 
     def server_url(self) -> str:
         """--server / FLOTILLA_NATS_URL, else the URL `flotilla up` recorded in the state folder, else the default."""
+        from flotilla_client import busauth, runfile
+        from flotilla_client.client import DEFAULT_URL
+        from flotilla_runtime.natsconn import CA_ENV
+
         recorded = runfile.server_url(self.state_dir)
         url = self.server_flag or recorded or DEFAULT_URL
         ca = busauth.tls_ca(self.state_dir)
@@ -90,6 +90,8 @@ def server_option(command: F) -> F:
 
 def run(coro_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run one async command body with tracing set up (spans leave only when OTEL_EXPORTER_OTLP_ENDPOINT is set)."""
+    import asyncio
+
     from flotilla_client import tracingenv
     from flotilla_runtime import telemetry
 

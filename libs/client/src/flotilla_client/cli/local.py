@@ -11,7 +11,7 @@ import click
 from flotilla_client import busauth, localfleet, localup, runfile, tracingenv
 from flotilla_client.cli import supervision
 from flotilla_client.cli.common import CliContext, Failure, echo, run, server_option
-from flotilla_client.cli.output import Column, output_option, render, render_json
+from flotilla_client.cli.output import Column, Listing, output_option, render_json, render_list, render_yaml
 from flotilla_client.client import FlotillaClient
 from flotilla_client.discovery import ServiceRecord
 from flotilla_client.durations import format_duration
@@ -150,11 +150,14 @@ STATUS_COLUMNS = (
     Column("REQUESTS", "requests"),
     Column("ERRORS", "errors"),
     Column("HEALTH", "health"),
+    Column("STARTED", "started", wide=True),
+    Column("ENDPOINTS", lambda r: len(r["endpoints"]), wide=True),
 )
+SERVICE_LISTING = Listing("service", "services", STATUS_COLUMNS, lambda r: f"{r['name']}/{r['id']}")
 
 
 @click.command()
-@output_option("table", "json")
+@output_option()
 @click.option("--timeout", type=float, default=1.0, show_default=True, help="Seconds to wait for replies.")
 @server_option
 @pass_cli
@@ -164,8 +167,8 @@ def status(obj: CliContext, output: str, timeout: float) -> None:
     Services are found by NATS service discovery ($SRV.PING and $SRV.STATS), so this works
     against any Flotilla NATS, local or not. When a local fleet runs from --state-dir, a second
     table shows each of its processes as its supervisor keeps them: pid, state, restarts after
-    crashes, restarts asked for (`flotilla restart`) and the last exit. JSON output is
-    {"services": [...], "local": {...} or null}.
+    crashes, restarts asked for (`flotilla restart`) and the last exit. JSON and YAML output are
+    {"services": [...], "local": {...} or null}; -o name prints service/NAME/ID, one instance a line.
 
     \b
     Examples:
@@ -184,15 +187,18 @@ def status(obj: CliContext, output: str, timeout: float) -> None:
     try:
         rows = [_status_row(r) for r in run(discover)]
     except FlotillaClientError:
-        if local is not None and output == "table":
+        if local is not None and output in ("table", "wide"):
             supervision.print_local(local)  # what runs locally, and how it last ended, helps most now
         raise
-    if output == "json":
-        echo(render_json({"services": rows, "local": local}))
-    if output == "table" and rows:
+    if output in ("json", "yaml"):
+        both = {"services": rows, "local": local}
+        echo(render_json(both) if output == "json" else render_yaml(both))
+    if output == "name" and rows:
+        echo(render_list(rows, output, SERVICE_LISTING))
+    if output in ("table", "wide") and rows:
         echo(f"{len(rows)} service instance(s) on {redact(url)}")
-        echo(render(rows, output, STATUS_COLUMNS))
-    if output == "table" and local is not None:
+        echo(render_list(rows, output, SERVICE_LISTING))
+    if output in ("table", "wide") and local is not None:
         supervision.print_local(local)
     if not rows:
         raise Failure(f"no service answered $SRV.PING on {redact(url)}; start the fleet with `{obj.hint('up')}`")
