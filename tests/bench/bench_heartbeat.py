@@ -38,6 +38,7 @@ from flotilla_heartbeat.health_state import Policy
 from flotilla_heartbeat.settings import Settings
 from flotilla_runtime import service
 from flotilla_runtime.bus import ensure_streams
+from flotilla_testkit import eventually
 
 pytestmark = pytest.mark.bench
 
@@ -59,7 +60,7 @@ async def sustained_rate(proc: subprocess.Popen[bytes], counter: Any) -> tuple[f
     """Messages/s counted over the middle half of the publisher's run."""
     marks: list[tuple[float, int]] = []
     while proc.poll() is None:
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(0.25)  # sleep: the rate sampler's period
         marks.append((time.monotonic(), counter()))
     assert proc.stdout is not None
     result: dict[str, Any] = msgspec.json.decode(proc.stdout.read())
@@ -139,8 +140,12 @@ async def service_run(url: str, state: Path) -> dict[str, Any]:
 
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(service.ServiceSpec(**{**SPEC.__dict__, "setup": capture}), settings, stop))
-    while not (apps and apps[0].ready and len(apps[0].heartbeats.model.clusters) == CLUSTERS):  # noqa: ASYNC110
-        await asyncio.sleep(0.1)
+    await eventually(
+        lambda: apps and apps[0].ready and len(apps[0].heartbeats.model.clusters) == CLUSTERS,
+        f"the replica ready with {CLUSTERS} clusters",
+        timeout_s=60,
+        every_s=0.1,
+    )
     hb = apps[0].heartbeats
     transitions: list[tuple[str, Any]] = []
     original = hb.model.tick

@@ -15,7 +15,6 @@ Sizes scale with FLOTILLA_BENCH_SCALE. Run: pytest -m bench -s tests/bench/bench
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import signal
@@ -39,6 +38,7 @@ from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1.agent import NodeStepCommand
 from flotilla_contracts.v1.upgrade import PlanReply, PlanRequest, RolloutSpec, StartRolloutReply, StartRolloutRequest
 from flotilla_contracts.v1.upgrade_status import RolloutState, RolloutStatusReply, RolloutStatusRequest
+from flotilla_testkit import eventually
 
 pytestmark = pytest.mark.bench
 UO = Service.UPGRADE_ORCHESTRATOR
@@ -47,15 +47,20 @@ STEPS = 5
 
 async def _fleet_seen(client: FlotillaClient, spec: RolloutSpec, clusters: int) -> None:
     """Until the orchestrator has read the whole inventory from FLEET_EVENTS."""
-    while True:
+
+    async def planned() -> int:
         try:
-            plan = (await client.request(UO, "upgrade.plan", PlanRequest(spec=spec), PlanReply, timeout=30)).plan
-            if plan.clusters_total >= clusters:
-                return
+            return (
+                await client.request(UO, "upgrade.plan", PlanRequest(spec=spec), PlanReply, timeout=30)
+            ).plan.clusters_total
         except ClientError as exc:
             if exc.code != "unavailable":
                 raise
-        await asyncio.sleep(0.5)
+            return 0
+
+    await eventually(
+        planned, f"a plan over {clusters} clusters", timeout_s=300, every_s=0.5, until=lambda n: n >= clusters
+    )
 
 
 async def _run(
@@ -80,18 +85,25 @@ async def _run(
             started = await client.request(
                 UO, "upgrade.start", StartRolloutRequest(request_id="bench", spec=spec), StartRolloutReply, timeout=60
             )
-            while True:
-                status = await client.request(
+
+            async def running() -> RolloutStatusReply:
+                reply = await client.request(
                     UO,
                     "upgrade.status",
                     RolloutStatusRequest(rollout_id=started.rollout_id, limit=1),
                     RolloutStatusReply,
                     timeout=30,
                 )
-                if status.rollout.state is RolloutState.SUCCEEDED:
-                    break
-                assert status.rollout.state is RolloutState.RUNNING, status.rollout
-                await asyncio.sleep(0.25)
+                assert reply.rollout.state in (RolloutState.RUNNING, RolloutState.SUCCEEDED), reply.rollout
+                return reply
+
+            status = await eventually(
+                running,
+                "the benchmark rollout to succeed",
+                timeout_s=3600,
+                every_s=0.25,
+                until=lambda reply: reply.rollout.state is RolloutState.SUCCEEDED,
+            )
             assert status.rollout.finished_at is not None and status.rollout.started_at is not None
             elapsed = (status.rollout.finished_at - status.rollout.started_at).total_seconds()
             wall = time.perf_counter() - started_at
@@ -181,10 +193,7 @@ async def _failover(
             started = await client.request(
                 UO, "upgrade.start", StartRolloutRequest(request_id=prefix, spec=spec), StartRolloutReply, timeout=60
             )
-        waited = time.monotonic()
-        while len(seen) < 8:
-            assert time.monotonic() - waited < 60, f"{case}: only {len(seen)} commands seen"
-            await asyncio.sleep(0.05)
+        await eventually(lambda: len(seen) >= 8, f"{case}: 8 commands", timeout_s=60)
         kv = await js.key_value("upgrade_orchestrator_leases")
         lease = msgspec.json.decode((await kv.get(f"rollout.{started.rollout_id}")).value or b"{}")
         before = int(lease["epoch"])
@@ -196,9 +205,12 @@ async def _failover(
             processes.append(start_service(UO, nats_server.url, state, instance_id=f"{prefix}-old", **FAILOVER))
         elif case == "new instance id":
             processes.append(start_service(UO, nats_server.url, state, instance_id=f"{prefix}-new", **FAILOVER))
-        while not any(at >= killed and epoch > before for at, epoch in seen):
-            assert time.monotonic() - killed < 60, f"{case}: no command at an epoch above {before}"
-            await asyncio.sleep(0.01)
+        await eventually(
+            lambda: any(at >= killed and epoch > before for at, epoch in seen),
+            f"{case}: a command at an epoch above {before}",
+            timeout_s=60,
+            every_s=0.01,  # the takeover time is the figure: look often
+        )
         at, after = next((at, epoch) for at, epoch in seen if at >= killed and epoch > before)
         return at - killed, before, after
     finally:

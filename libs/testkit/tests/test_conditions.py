@@ -21,7 +21,7 @@ async def test_a_coroutine_check_is_awaited_on_the_loop() -> None:
 
     async def check() -> list[int] | None:
         seen.append(1)
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # sleep: a real suspension point, so the check is a true coroutine
         return seen if len(seen) == 2 else None
 
     assert await eventually(check, "two looks", timeout_s=5, every_s=0) == [1, 1]

@@ -209,9 +209,8 @@ async def test_an_ack_after_the_resp_ttl_is_denied(callout: Callout) -> None:
     try:
         deliveries = await alice.subscribe(DELIVER)
         msg = await deliveries.next_msg(timeout=TIMEOUT_S)
-        # sleep: outlive the 200 ms response ttl, which nats-server reads from its own clock (ack_wait is 2 s, so
-        # no redelivery yet): elapsed time is what this test is about
-        await asyncio.sleep(0.5)
+        # Elapsed time is what this test is about (ack_wait is 2 s, so no redelivery yet).
+        await asyncio.sleep(0.5)  # sleep: outlive the 200 ms response ttl that nats-server times on its own clock
         await msg.ack()
         await eventually(lambda: denied(errors, "Publish", msg.reply), "the late ack's denial", timeout_s=TIMEOUT_S)
         assert await stream_messages(callout.auth) == 1
