@@ -9,16 +9,18 @@ from dataclasses import dataclass
 
 from flotilla_contracts.subjects import Service
 from flotilla_node_agent import __version__, run_sim
+from flotilla_node_agent.agent_metrics import COMMANDS, AgentMetrics
 from flotilla_node_agent.settings import Settings, validate
 from flotilla_runtime.service import BusLogin, ServiceApp, ServiceSpec
 
 
 @dataclass(frozen=True)
 class Mode:
-    """One way the agent runs: how it logs in as its cluster (`BUS_LOGIN=cluster`) and how it runs."""
+    """One way the agent runs: how it logs in as its cluster (`BUS_LOGIN=cluster`) and how it runs (counting
+    into the process's figures)."""
 
     login: Callable[[ServiceApp[Settings]], Awaitable[BusLogin]]
-    run: Callable[[ServiceApp[Settings]], Awaitable[None]]
+    run: Callable[[ServiceApp[Settings], AgentMetrics], Awaitable[None]]
 
 
 def mode(settings: Settings) -> Mode:
@@ -34,6 +36,10 @@ def mode(settings: Settings) -> Mode:
 async def setup(app: ServiceApp[Settings]) -> None:
     """Validate, then run the agent (and the cluster agent role) once the runtime is connected."""
     validate(app.settings)
+    # Once per process: every agent loop the runtime (re)starts counts into these (no metric registered twice).
+    metrics = AgentMetrics()
+    metrics.register(app.metrics)
+    app.count(COMMANDS, metrics.commands)
     if not app.settings.node_name:
         # `flotilla up` starts every service; without a node there is nothing to drive but `info`.
         app.log.warning("no node configured (FLOTILLA_NODE_AGENT_NODE_NAME); serving info only")
@@ -41,7 +47,7 @@ async def setup(app: ServiceApp[Settings]) -> None:
 
     async def agent() -> None:
         try:
-            await mode(app.settings).run(app)
+            await mode(app.settings).run(app, metrics)
         except asyncio.CancelledError:
             raise
         except Exception:

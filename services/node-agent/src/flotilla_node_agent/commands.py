@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass, field
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -23,32 +22,18 @@ from flotilla_contracts import subjects
 from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.streams import FLEET_AGENT, agent_consumer
 from flotilla_contracts.subjects import Service
-from flotilla_contracts.v1.agent import NodeStepCommand
+from flotilla_contracts.v1.agent import NodeStepCommand, RefusalReason
+from flotilla_node_agent.agent_metrics import AgentMetrics, CommandStats
 from flotilla_node_agent.domain import wrong_target
 from flotilla_node_agent.steps import Ack, StepRunner
 from flotilla_runtime import codec, telemetry
 from flotilla_runtime.errors import RequestError
 from flotilla_runtime.logs import BoundLogger
-from flotilla_runtime.pullloop import ACK, DeadLetters, LoopStats, Outcome, PullLoop, one_at_a_time
+from flotilla_runtime.pullloop import ACK, DeadLetters, Outcome, PullLoop, one_at_a_time
 from flotilla_runtime.store import Store
 
 STEP_VERB = "step"
 SIM_RESTART_S = 2.0
-
-
-@dataclass
-class ConsumerStats:
-    executed: int = 0
-    dropped: int = 0
-    loop: LoopStats = field(default_factory=LoopStats)
-
-    @property
-    def retried(self) -> int:
-        return self.loop.retried + self.loop.waited
-
-    @property
-    def dead_lettered(self) -> int:
-        return self.loop.dead_lettered
 
 
 class CommandConsumer:
@@ -69,6 +54,7 @@ class CommandConsumer:
         max_message_bytes: int = 256 * 1024,
         max_deliveries: int = 10,
         gate: asyncio.Semaphore | None = None,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.js, self.store, self.runner, self.log = js, store, runner, log
         self.cluster_id, self.node_id = cluster_id, node_id
@@ -80,7 +66,9 @@ class CommandConsumer:
         self.durable = agent_consumer(cluster_id, node_id)
         self.filter = subjects.agent_commands_for(cluster_id, node_id)
         self.step_subject = subjects.agent_command(cluster_id, node_id, STEP_VERB)
-        self.stats = ConsumerStats()
+        # The process's shared counters when it has them (one set on /metrics, whatever the agent rebuilds).
+        self.metrics = metrics
+        self.stats = metrics.commands if metrics is not None else CommandStats()
         self.loop = PullLoop(
             stream=FLEET_AGENT.name,
             config=self.config(),
@@ -125,6 +113,8 @@ class CommandConsumer:
             return Outcome.dead_letter(exc.code, exc.message)
         mismatch = wrong_target(command, self.cluster_id, self.node_id)
         if mismatch:
+            if self.metrics is not None:
+                self.metrics.refusal(command.step, RefusalReason.WRONG_NODE)
             return Outcome.dead_letter(ErrorCode.SUBJECT_MISMATCH, mismatch)
         keepalive = asyncio.create_task(self._keep_alive(msg))
         # Continue the rollout's trace: the step's reports (outbox events) carry this span's context.
@@ -138,7 +128,7 @@ class CommandConsumer:
                 with contextlib.suppress(asyncio.CancelledError):
                     await keepalive
         if result.ack is Ack.ACK:
-            self.stats.executed += 1
+            self.stats.handled += 1
             return ACK
         if result.ack is Ack.RETRY:
             return Outcome.wait(result.retry_in_s, "the node cannot be reached; the journal says the step is running")

@@ -14,6 +14,7 @@ from flotilla_contracts import catalogue, subjects
 from flotilla_contracts.envelope import H_SCHEMA, schema_id
 from flotilla_contracts.v1.heartbeat import Heartbeat, HeartbeatConfig, HeartbeatConfigRequest
 from flotilla_node_agent import __version__
+from flotilla_node_agent.agent_metrics import AgentMetrics
 from flotilla_node_agent.drivers.base import DriverUnavailable, NodeDriver, StepFailed
 from flotilla_runtime import codec
 from flotilla_runtime.logs import BoundLogger
@@ -56,9 +57,17 @@ class HeartbeatSender:
     """One node's heartbeats: `seq` +1 each, facts read from the driver each time."""
 
     def __init__(
-        self, nc: Client, driver: NodeDriver, cluster_id: str, node_id: str, interval: Interval, log: BoundLogger
+        self,
+        nc: Client,
+        driver: NodeDriver,
+        cluster_id: str,
+        node_id: str,
+        interval: Interval,
+        log: BoundLogger,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.nc, self.driver, self.interval, self.log = nc, driver, interval, log
+        self.metrics = metrics  # the process's figures (sent, failed), shared by every sender it builds
         self.cluster_id, self.node_id = cluster_id, node_id
         self.subject = subjects.heartbeat(cluster_id, node_id)
         self.seq = 0
@@ -86,15 +95,22 @@ class HeartbeatSender:
         try:
             heartbeat = await self.build()
         except (DriverUnavailable, StepFailed) as exc:
-            self.failures += 1
+            self._failed()
             self.log.warning("no heartbeat: cannot read the node (%s)", exc)
             return
         try:
             await self.nc.publish(self.subject, _encoder.encode(heartbeat), headers=_HEADERS)
             self.seq += 1
+            if self.metrics is not None:
+                self.metrics.heartbeats.inc()
         except nats.errors.Error as exc:
-            self.failures += 1
+            self._failed()
             self.log.warning("heartbeat not sent: %s", exc)
+
+    def _failed(self) -> None:
+        self.failures += 1
+        if self.metrics is not None:
+            self.metrics.heartbeat_failures.inc()
 
     async def run(self) -> None:
         # Spread the first beat over one interval so a packed fleet does not send in lock step.

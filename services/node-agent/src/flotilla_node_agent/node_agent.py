@@ -15,6 +15,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from flotilla_contracts.ids import node_token
+from flotilla_node_agent.agent_metrics import AgentMetrics
 from flotilla_node_agent.cluster_agent import ClusterHandle
 from flotilla_node_agent.commands import CommandConsumer
 from flotilla_node_agent.drivers.base import NodeDriver
@@ -41,6 +42,7 @@ class AgentContext:
     verify_timeout_s: float = 300.0
     heartbeats: bool = True
     subscribe_gate: asyncio.Semaphore | None = None
+    metrics: AgentMetrics | None = None  # the process's /metrics figures (a packed sim fleet has its own)
 
 
 # Opens a node's own connection once its cluster is approved (the cluster id is the argument): on an
@@ -72,7 +74,7 @@ class NodeAgent:
             raise RuntimeError(f"no NATS connection for cluster {cluster_id}")
         shared = self.connector is None and self.cluster.nc is None and ctx.js is not None
         js = ctx.js if shared and ctx.js is not None else nc.jetstream()
-        runner = StepRunner(ctx.store, ctx.journal, self.driver, self.log, ctx.verify_timeout_s)
+        runner = StepRunner(ctx.store, ctx.journal, self.driver, self.log, ctx.verify_timeout_s, ctx.metrics)
         self.consumer = CommandConsumer(
             js,
             ctx.store,
@@ -84,8 +86,9 @@ class NodeAgent:
             ack_wait_s=ctx.ack_wait_s,
             fetch_timeout_s=ctx.fetch_timeout_s,
             gate=ctx.subscribe_gate,
+            metrics=ctx.metrics,
         )
-        self.heartbeat = HeartbeatSender(nc, self.driver, cluster_id, self.node_id, ctx.interval, self.log)
+        self.heartbeat = HeartbeatSender(nc, self.driver, cluster_id, self.node_id, ctx.interval, self.log, ctx.metrics)
         self._tasks = [asyncio.create_task(self.consumer.run(), name=f"commands-{self.node_id}")]
         if ctx.heartbeats:
             self._tasks.append(asyncio.create_task(self.heartbeat.run(), name=f"heartbeats-{self.node_id}"))

@@ -9,6 +9,7 @@ import contextlib
 from collections.abc import Coroutine
 from typing import Any
 
+from flotilla_node_agent.agent_metrics import AgentMetrics
 from flotilla_node_agent.cluster_agent import ClusterHandle
 from flotilla_node_agent.drivers.base import NodeDriver
 from flotilla_node_agent.executors.base import CommandRunner, Executor
@@ -40,8 +41,8 @@ def make_executor(settings: Settings) -> Executor | None:
     return None
 
 
-def agent_context(app: ServiceApp[Settings]) -> AgentContext:
-    """The process's shared pieces: its connection, store, journal and heartbeat interval."""
+def agent_context(app: ServiceApp[Settings], metrics: AgentMetrics | None = None) -> AgentContext:
+    """The process's shared pieces: its connection, store, journal, heartbeat interval and /metrics figures."""
     settings = app.settings
     return AgentContext(
         nc=app.broker.connection,
@@ -53,6 +54,7 @@ def agent_context(app: ServiceApp[Settings]) -> AgentContext:
         ack_wait_s=settings.ack_wait_s,
         fetch_timeout_s=settings.fetch_timeout_s,
         verify_timeout_s=settings.verify_timeout_s,
+        metrics=metrics,
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from flotilla_contracts.v1.agent import NodeFacts
 from flotilla_contracts.v1.registration import ClusterIdentity
+from flotilla_node_agent.agent_metrics import AgentMetrics
 from flotilla_node_agent.apply_backends import KubernetesApplyBackend
 from flotilla_node_agent.bus_login import cluster_connector, cluster_role, login_with
 from flotilla_node_agent.cluster_agent import ClusterHandle, NodesSource
@@ -135,10 +136,10 @@ async def login(app: ServiceApp[Settings]) -> BusLogin:
         await api.close()
 
 
-async def run(app: ServiceApp[Settings]) -> None:
+async def run(app: ServiceApp[Settings], metrics: AgentMetrics) -> None:
     """Drive this Kubernetes node; follow (or, holding the Lease, be) the cluster agent."""
     settings = app.settings
-    ctx = agent_context(app)
+    ctx = agent_context(app, metrics)
     handle = cluster_handle(app)
     api = await api_client(settings.kubeconfig)
     driver = KubernetesDriver(api, settings.node_name, make_executor(settings))

@@ -11,6 +11,7 @@ from typing import Any
 from flotilla_contracts.v1.agent import NodeFacts
 from flotilla_contracts.v1.common import NodeRole
 from flotilla_contracts.v1.registration import ClusterState
+from flotilla_node_agent.agent_metrics import AgentMetrics
 from flotilla_node_agent.apply_backends import SimApplyBackend
 from flotilla_node_agent.bus_login import cluster_connector, cluster_role, login_with
 from flotilla_node_agent.cluster_setup import build_cluster_agent, node_process_identity
@@ -71,10 +72,10 @@ async def login(app: ServiceApp[Settings]) -> BusLogin:
         await driver.close()
 
 
-async def run(app: ServiceApp[Settings]) -> None:
+async def run(app: ServiceApp[Settings], metrics: AgentMetrics) -> None:
     """Drive the simulated node; without a configured cluster id the process is also its cluster agent."""
     settings = app.settings
-    ctx = agent_context(app)
+    ctx = agent_context(app, metrics)
     handle = cluster_handle(app)
     driver = sim_driver(settings, make_executor(settings))
     roles: list[Coroutine[Any, Any, None]] = []

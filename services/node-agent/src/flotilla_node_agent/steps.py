@@ -24,11 +24,12 @@ from flotilla_contracts.v1.agent import (
     StepProgress,
     step_report,
 )
-from flotilla_node_agent.domain import Action, decide
+from flotilla_node_agent.agent_metrics import AgentMetrics, StepResult
+from flotilla_node_agent.domain import Action, Decision, decide
 from flotilla_node_agent.drivers.base import AgentCrashed, DriverUnavailable, NodeDriver, StepFailed
 from flotilla_node_agent.journal import Journal
 from flotilla_runtime.logs import BoundLogger
-from flotilla_runtime.store import Store
+from flotilla_runtime.store import Store, Tx
 
 PROGRESS_EVERY_S = 1.0
 
@@ -54,13 +55,20 @@ class StepRunner:
     """Runs step commands for one node against its driver, journalled in the shared store."""
 
     def __init__(
-        self, store: Store, journal: Journal, driver: NodeDriver, log: BoundLogger, verify_timeout_s: float = 300.0
+        self,
+        store: Store,
+        journal: Journal,
+        driver: NodeDriver,
+        log: BoundLogger,
+        verify_timeout_s: float = 300.0,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.store = store
         self.journal = journal
         self.driver = driver
         self.log = log
         self.verify_timeout_s = verify_timeout_s
+        self.metrics = metrics  # the process's figures, counted once the report is committed
 
     def _report(self, command: NodeStepCommand, outcome: StepOutcome, **fields: object) -> NodeStepReported:
         return step_report(command, outcome, _now(), **fields)
@@ -70,42 +78,57 @@ class StepRunner:
         return catalogue.subject_for(NodeStepReported, cluster_id=report.cluster_id, node_id=report.node_id)
 
     async def execute(self, command: NodeStepCommand, delivery: int) -> Result:
+        refused: Result | None = None
         async with self.store.transaction() as tx:
             entries = await self.journal.entries(tx, command.cluster_id, command.node_id, command.rollout_id)
             highest = await self.journal.highest_epoch(tx, command.cluster_id, command.node_id, command.rollout_id)
             decision = decide(command, entries, highest, _now())
             if decision.action is Action.REFUSE:
-                report = self._report(
-                    command,
-                    StepOutcome.REFUSED,
-                    refusal=decision.refusal,
-                    reason=str(decision.refusal),
-                    message=decision.reason,
+                refused = await self._refuse(tx, command, decision)
+            elif decision.action is Action.REPLAY:
+                return await self._replay(tx, command, delivery)
+            else:
+                await self.journal.obey_epoch(tx, command)
+                await self.journal.begin(tx, command)
+                accepted = self._report(
+                    command, StepOutcome.ACCEPTED, reason=decision.action.value, message=decision.reason
                 )
-                await tx.emit(self.subject(report), report, msg_id=f"{command.command_id}-refused")
-                self.log.warning(
-                    "refused %s: %s",
-                    command.step.value,
-                    decision.reason,
-                    extra={"rollout": command.rollout_id, "epoch": command.epoch},
-                )
-                return Result(Ack.ACK, report)
-            if decision.action is Action.REPLAY:
-                recorded = await self.journal.recorded(tx, command)
-                if recorded is None:
-                    return Result(Ack.ACK)
-                replay = msgspec.structs.replace(recorded, replayed=True, occurred_at=_now())
-                # The epoch too: a step re-sent by each new lease holder (failover) gets each its own replay.
-                msg_id = f"{command.command_id}-replay-e{command.epoch}-{delivery}"
-                await tx.emit(self.subject(replay), replay, msg_id=msg_id)
-                return Result(Ack.ACK, replay)
-            await self.journal.obey_epoch(tx, command)
-            await self.journal.begin(tx, command)
-            accepted = self._report(
-                command, StepOutcome.ACCEPTED, reason=decision.action.value, message=decision.reason
-            )
-            await tx.emit(self.subject(accepted), accepted, msg_id=f"{command.command_id}-accepted")
-        return await self._perform(command)
+                await tx.emit(self.subject(accepted), accepted, msg_id=f"{command.command_id}-accepted")
+        if refused is None:
+            return await self._perform(command)
+        # Committed: now it is a refusal the orchestrator will read.
+        self.log.warning(
+            "refused %s: %s",
+            command.step.value,
+            decision.reason,
+            extra={"rollout": command.rollout_id, "epoch": command.epoch},
+        )
+        if self.metrics is not None and decision.refusal is not None:
+            self.metrics.refusal(command.step, decision.refusal)
+        return refused
+
+    async def _refuse(self, tx: Tx, command: NodeStepCommand, decision: Decision) -> Result:
+        """Report the refusal (the node is not touched)."""
+        report = self._report(
+            command,
+            StepOutcome.REFUSED,
+            refusal=decision.refusal,
+            reason=str(decision.refusal),
+            message=decision.reason,
+        )
+        await tx.emit(self.subject(report), report, msg_id=f"{command.command_id}-refused")
+        return Result(Ack.ACK, report)
+
+    async def _replay(self, tx: Tx, command: NodeStepCommand, delivery: int) -> Result:
+        """Report the journal's recorded outcome again (a duplicate or a redelivery): nothing is executed."""
+        recorded = await self.journal.recorded(tx, command)
+        if recorded is None:
+            return Result(Ack.ACK)
+        replay = msgspec.structs.replace(recorded, replayed=True, occurred_at=_now())
+        # The epoch too: a step re-sent by each new lease holder (failover) gets each its own replay.
+        msg_id = f"{command.command_id}-replay-e{command.epoch}-{delivery}"
+        await tx.emit(self.subject(replay), replay, msg_id=msg_id)
+        return Result(Ack.ACK, replay)
 
     async def _perform(self, command: NodeStepCommand) -> Result:
         started = time.monotonic()
@@ -129,6 +152,9 @@ class StepRunner:
         async with self.store.transaction() as tx:
             await self.journal.finish(tx, command, report)
             await tx.emit(self.subject(report), report, msg_id=f"{command.command_id}-{outcome.value}")
+        if self.metrics is not None:
+            result = StepResult.SUCCEEDED if outcome is StepOutcome.SUCCEEDED else StepResult.FAILED
+            self.metrics.finished(command.step, result, report.duration_s)
         level = self.log.info if outcome is StepOutcome.SUCCEEDED else self.log.warning
         level(
             "%s %s: %s",
