@@ -13,7 +13,6 @@ import asyncio
 import re
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from flotilla_contracts.v1 import scheduler as sch
 from flotilla_contracts.v1 import upgrade as up
 from flotilla_contracts.v1 import upgrade_status as st
 from flotilla_contracts.v1.registration_events import ClusterApproved
+from flotilla_testkit import ConditionNotMet, eventually
 
 pytestmark = pytest.mark.integration
 FLOTILLA = str(Path(sys.executable).parent / "flotilla")
@@ -92,15 +92,22 @@ def scrape(port: int) -> tuple[Samples, set[str]]:
 
 async def until(fleet: Fleet, process: str, wanted: dict[str, float], within_s: float = 90) -> Samples:
     """Scrape `process` until every series in `wanted` has its value; fails with the last scrape's domain lines."""
-    deadline = time.monotonic() + within_s
-    while True:
-        samples, _ = await asyncio.to_thread(scrape, fleet.ports[process])
-        if all(samples.get(series, 0.0) == value for series, value in wanted.items()):
-            return samples
-        if time.monotonic() > deadline:
-            shown = {k: v for k, v in samples.items() if not k.startswith(("flotilla_command", "flotilla_event_"))}
-            raise AssertionError(f"{process}: not reached within {within_s:.0f}s: {wanted}\n{shown}")
-        await asyncio.sleep(0.3)
+
+    async def scraped() -> Samples:
+        return (await asyncio.to_thread(scrape, fleet.ports[process]))[0]
+
+    try:
+        return await eventually(
+            scraped,
+            f"{process}: {wanted}",
+            timeout_s=within_s,
+            every_s=0.3,
+            until=lambda samples: all(samples.get(series, 0.0) == value for series, value in wanted.items()),
+        )
+    except ConditionNotMet as late:
+        samples: Samples = late.last if isinstance(late.last, dict) else {}
+        shown = {k: v for k, v in samples.items() if not k.startswith(("flotilla_command", "flotilla_event_"))}
+        raise AssertionError(f"{process}: not reached within {within_s:.0f}s: {wanted}\n{shown}") from late
 
 
 def at(samples: Samples, series: str) -> float:

@@ -18,7 +18,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -33,6 +32,7 @@ from integration_support import fleet_events
 
 from flotilla_client import runfile
 from flotilla_client.natsserver import free_port
+from flotilla_testkit import eventually_sync
 
 pytestmark = pytest.mark.integration
 FLOTILLA = str(Path(sys.executable).parent / "flotilla")
@@ -89,14 +89,8 @@ def spans_of(jaeger: str, trace_id: str) -> list[Span]:
 
 
 def eventually(what: str, check: Callable[[], T | None], within_s: float = 60.0) -> T:
-    """Until `check` returns something truthy; fails naming `what` with the last value it saw."""
-    deadline = time.monotonic() + within_s
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} within {within_s:g}s"
-        time.sleep(0.3)
+    """flotilla_testkit.eventually_sync, `what` first as this test reads: fails naming `what` and the last value."""
+    return eventually_sync(check, what, timeout_s=within_s, every_s=0.3)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +20,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from flotilla_client.natsserver import free_port
+from flotilla_testkit import ConditionNotMet, eventually_sync
 
 pytestmark = pytest.mark.integration
 FLOTILLA = str(Path(sys.executable).parent / "flotilla")
@@ -86,10 +86,17 @@ def trace_of(done: subprocess.CompletedProcess[str]) -> str:
 
 
 def eventually_services(receiver: Receiver, trace_id: str, wanted: set[str], within_s: float = 30) -> set[str]:
-    deadline = time.monotonic() + within_s
-    while not wanted <= (seen := receiver.services_in(trace_id)) and time.monotonic() < deadline:
-        time.sleep(0.3)
-    return seen
+    """The services with spans in the trace once `wanted` are all there, else the last seen (the caller asserts)."""
+    try:
+        return eventually_sync(
+            lambda: receiver.services_in(trace_id),
+            f"spans of {sorted(wanted)} in trace {trace_id}",
+            timeout_s=within_s,
+            every_s=0.3,
+            until=lambda seen: wanted <= seen,
+        )
+    except ConditionNotMet as short:
+        return set(short.last) if isinstance(short.last, set) else set()
 
 
 def test_a_later_command_traces_where_up_was_told_to(traced: tuple[Receiver, Path, dict[str, str]]) -> None:
