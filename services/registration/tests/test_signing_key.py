@@ -11,7 +11,6 @@ import os
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from flotilla_runtime.integrity import EXIT_REFUSED, StateRefused
 from flotilla_runtime.logs import get_logger
 from flotilla_runtime.migrations import load_migrations
 from flotilla_runtime.store import Store
+from flotilla_testkit import eventually
 
 KEY, OTHER = b"k" * 32, b"o" * 32
 PATH, DB = Path("/state/signing.key"), "/state/registration.db"
@@ -151,19 +151,20 @@ async def test_registration_starts_on_a_new_fleet_with_a_private_key_file(
 ) -> None:
     process = start_registration(tmp_path / "registration", nats_server)
     try:
-        deadline = time.monotonic() + 60
-        while True:  # the condition: it answers its `info` command
+
+        async def answers() -> bool:  # the condition: it answers its `info` command
             assert process.poll() is None, process.communicate()[0]
             try:
                 reply = await nc.request(command(Service.REGISTRATION, "info"), b"{}", timeout=1)
-                if b'"name":"registration"' in reply.data:
-                    break
             except TimeoutError:
-                pass
+                return False
             except Exception as exc:  # no responders yet
                 if "no responders" not in str(exc).lower():
                     raise
-            assert time.monotonic() < deadline, "registration did not answer within 60 s"
+                return False
+            return b'"name":"registration"' in reply.data
+
+        await eventually(answers, "registration to answer its info command", timeout_s=60)
     finally:
         process.terminate()
         output, _ = process.communicate(timeout=30)
