@@ -8,11 +8,11 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 BIN := $(VENV)/bin
 PACKAGES := flotilla_contracts flotilla_runtime flotilla_client flotilla_kube flotilla_registration flotilla_heartbeat \
-            flotilla_scheduler flotilla_upgrade_orchestrator flotilla_node_agent
+            flotilla_scheduler flotilla_upgrade_orchestrator flotilla_node_agent flotilla_testkit
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
-.PHONY: demo demo-kube test sync lint types imports schemas schemas-check pytest test-slow soak bench k8s-bins test-kube down clean help
+.PHONY: demo demo-kube test sync lint types imports schemas schemas-check pytest test-slow soak bench k8s-bins prom-bins test-kube down clean help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -55,7 +55,7 @@ schemas: sync ## regenerate JSON Schemas, the AsyncAPI document and docs/contrac
 schemas-check: sync ## fail when the committed schemas are stale or a v1 change is breaking
 	$(BIN)/python -m flotilla_contracts.schemagen --check
 
-pytest: sync k8s-bins ## unit, handler, contract, integration and Kubernetes tests (real nats-server, real API servers), not the slow, bench or soak ones
+pytest: sync k8s-bins prom-bins ## unit, handler, contract, integration and Kubernetes tests (real nats-server, real API servers), not the slow, bench or soak ones
 	$(BIN)/pytest
 
 test-slow: sync ## the long suites (chaos long form, big fleets)
@@ -72,6 +72,9 @@ test-kube: sync k8s-bins ## only the tests against real control planes with kwok
 
 k8s-bins: ## build etcd, kube-apiserver, -controller-manager, -scheduler, kubectl, kwok from tools/k8s/go.mod into .tools/k8s/bin (cached)
 	tools/k8s/build.sh
+
+prom-bins: ## build promtool from tools/prom/go.mod into .tools/prom/bin (cached): checks deploy/components/monitoring
+	tools/prom/build.sh
 
 clean: ## remove the environment and local state
 	-$(BIN)/flotilla down 2>/dev/null

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from flotilla_heartbeat.partitions import mapping_config
 from flotilla_heartbeat.settings import Settings
 from flotilla_runtime import service
 from flotilla_runtime.bus import ensure_streams
+from flotilla_testkit import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -78,13 +79,6 @@ async def request(nc: Client, verb: str, body: dict[str, Any] | None = None) -> 
     return decoded["data"]
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within_s
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.1)
-
-
 @contextlib.asynccontextmanager
 async def replica(url: str, state: Path, **overrides: Any) -> AsyncIterator[service.ServiceApp[Settings]]:
     """One heartbeat replica in this process; yields its app once it serves."""
@@ -99,7 +93,7 @@ async def replica(url: str, state: Path, **overrides: Any) -> AsyncIterator[serv
     settings = Settings(nats_url=url, state_dir=str(state), instance_id=state.name, **{**FAST, **overrides})
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(spec, settings, stop))
-    await eventually(lambda: asyncio.sleep(0, bool(apps and apps[0].ready)))
+    await eventually(lambda: apps and apps[0].ready, "the replica to be ready", timeout_s=10)
     try:
         yield apps[0]
     finally:
@@ -147,7 +141,7 @@ async def test_two_replicas_split_the_fleet_detect_a_stopped_node_and_answer_for
             data = await request(nc, "health.summary")
             return bool(data["nodes"]["ready"] == 18 and data["clusters"].get("Ready") == 6)
 
-        await eventually(all_ready)
+        await eventually(all_ready, "18 nodes and 6 clusters Ready", timeout_s=10)
         summary = await request(nc, "health.summary")
         assert summary["partitions"] == [0, 1] and summary["partition_count"] == 2
         cli = CliContext(state_dir=tmp_path, server_flag=mapped_server.url)
@@ -176,7 +170,7 @@ async def test_two_replicas_split_the_fleet_detect_a_stopped_node_and_answer_for
                 for e in health_events
             )
 
-        await eventually(unreachable, within_s=5.0)
+        await eventually(unreachable, "n0001 of the stopped cluster Unreachable", timeout_s=5)
         config = await request(nc, "config.get")
         assert config["interval_s"] == 0.5 and config["partition_count"] == 2
 
@@ -188,7 +182,7 @@ async def test_two_replicas_split_the_fleet_detect_a_stopped_node_and_answer_for
             }
             return reasons.get("it-stranger") == "unknown_cluster" and reasons.get("it-pending") == "pending_cluster"
 
-        await eventually(noise_reported, within_s=5.0)
+        await eventually(noise_reported, "noise reports for it-stranger and it-pending", timeout_s=5)
         seen_under_load = list(health_events)
         gen.stop()
         await load
@@ -214,8 +208,9 @@ async def test_a_restart_keeps_health_and_marks_nothing_down_during_the_grace(
     gen = LoadGenerator(nc, clusters, 2, interval_s=0.5, slices=2)
     load = asyncio.create_task(gen.run())
     async with replica(nats_server.url, state):
-        await eventually(lambda: _ready_count(nc, 4))
-        await eventually(lambda: asyncio.sleep(0, _checkpointed_ready(state) == 4))  # what a restart reads back
+        await eventually(lambda: _ready_count(nc, 4), "4 nodes Ready", timeout_s=10)
+        # What a restart reads back:
+        await eventually(lambda: _checkpointed_ready(state) == 4, "4 Ready nodes checkpointed", timeout_s=10)
     gen.stop()
     await load
     events: list[dict[str, Any]] = []
@@ -231,8 +226,9 @@ async def test_a_restart_keeps_health_and_marks_nothing_down_during_the_grace(
         data = await request(nc, "health.summary")
         assert data["nodes"]["ready"] == 4, "health comes back from the checkpoint"
         await eventually(
-            lambda: asyncio.sleep(0, len([e for e in events if e.get("to") == "Unreachable" and "node_id" in e]) == 4),
-            within_s=30.0,
+            lambda: len([e for e in events if e.get("to") == "Unreachable" and "node_id" in e]) == 4,
+            "4 nodes Unreachable after the grace",
+            timeout_s=30,
         )
     await nc.close()
     # Judged by when each event happened, not by when the test looked: a slow start cannot hide or fake one.

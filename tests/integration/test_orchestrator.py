@@ -35,6 +35,7 @@ from flotilla_contracts.v1.upgrade_status import (
     RolloutStatusReply,
     RolloutStatusRequest,
 )
+from flotilla_testkit import eventually
 
 pytestmark = pytest.mark.integration
 UO = Service.UPGRADE_ORCHESTRATOR
@@ -43,36 +44,37 @@ FAST = {"tick_interval_s": "0.2", "lease_ttl_s": "2", "intake_batch": "256"}
 
 async def plan_sees(client: FlotillaClient, spec: RolloutSpec, clusters: int, within_s: float = 20.0) -> None:
     """Until the orchestrator's read model holds the fleet we published (it reads FLEET_EVENTS)."""
-    deadline = asyncio.get_running_loop().time() + within_s
-    while True:
-        try:
-            reply = await client.request(UO, "upgrade.plan", PlanRequest(spec=spec), PlanReply)
-            if reply.plan.clusters_total == clusters:
-                return
-        except Exception:
-            pass
-        assert asyncio.get_running_loop().time() < deadline, "the orchestrator never saw the fleet"
-        await asyncio.sleep(0.2)
+
+    async def planned() -> int:
+        return (await client.request(UO, "upgrade.plan", PlanRequest(spec=spec), PlanReply)).plan.clusters_total
+
+    # Exception: the orchestrator is still starting (no responders, a timeout).
+    await eventually(
+        planned,
+        f"a plan over {clusters} clusters",
+        timeout_s=within_s,
+        every_s=0.2,
+        retrying=(Exception,),
+        until=lambda total: total == clusters,
+    )
 
 
 async def wait_for(
     client: FlotillaClient, rollout_id: str, states: set[RolloutState], within_s: float = 60.0
 ) -> RolloutStatusReply:
-    deadline = asyncio.get_running_loop().time() + within_s
-    while True:
-        try:
-            status = await client.request(
-                UO,
-                "upgrade.status",
-                RolloutStatusRequest(rollout_id=rollout_id, include_nodes=True),
-                RolloutStatusReply,
-            )
-            if status.rollout.state in states:
-                return status
-        except Exception:
-            status = None  # restarting
-        assert asyncio.get_running_loop().time() < deadline, f"rollout still {status and status.rollout.state}"
-        await asyncio.sleep(0.2)
+    async def status() -> RolloutStatusReply:
+        request = RolloutStatusRequest(rollout_id=rollout_id, include_nodes=True)
+        return await client.request(UO, "upgrade.status", request, RolloutStatusReply)
+
+    # Exception: the orchestrator is restarting (no responders, a timeout).
+    return await eventually(
+        status,
+        f"rollout {rollout_id} in {sorted(s.value for s in states)}",
+        timeout_s=within_s,
+        every_s=0.2,
+        retrying=(Exception,),
+        until=lambda reply: reply.rollout.state in states,
+    )
 
 
 async def test_a_rollout_freezes_on_a_failing_node_then_retry_completes_it(
@@ -155,7 +157,7 @@ async def test_sigkill_at_random_points_repeats_no_step_and_the_rollout_complete
                 UO, "upgrade.start", StartRolloutRequest(request_id="k1", spec=spec), StartRolloutReply
             )
             for _ in range(4):
-                await asyncio.sleep(rng.uniform(0.3, 1.5))
+                await asyncio.sleep(rng.uniform(0.3, 1.5))  # sleep: a kill at a random moment is the test
                 os.kill(process.pid, signal.SIGKILL)
                 process.wait(10)
                 kills.append(agents.executed)

@@ -4,10 +4,8 @@ state survives a restart."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 import pytest
@@ -24,20 +22,10 @@ from flotilla_contracts.streams import FLEET_AGENT, agent_consumer
 from flotilla_contracts.subjects import Service, agent_commands_for
 from flotilla_contracts.v1 import scheduler as sched
 from flotilla_contracts.v1.scheduler_events import AppliedStatusReported
+from flotilla_testkit import eventually
 
 pytestmark = pytest.mark.integration
 SCHED = Service.SCHEDULER
-T = TypeVar("T")
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], within_s: float = 15.0) -> T:
-    deadline = asyncio.get_running_loop().time() + within_s
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.1)
 
 
 async def agent_commands(nc: Client, cluster_id: str) -> list[dict[str, Any]]:
@@ -82,7 +70,7 @@ async def test_events_place_agent_commands_flow_and_state_survives_restart(
                 ids = [p.cluster_id for p in info.subscription.placements]
                 return ids if len(ids) == 2 else None
 
-            assert await eventually(placed) == ["c1", "c2"]
+            assert await eventually(placed, "web placed on two clusters", timeout_s=15) == ["c1", "c2"]
             commands = await agent_commands(nc, "c1")
             assert [(c["subscription"], c["placed"]) for c in commands] == [("web", True)]
             assert await agent_commands(nc, "c3") == []
@@ -100,7 +88,7 @@ async def test_events_place_agent_commands_flow_and_state_survives_restart(
                     a.cluster_id == "c1" and a.state is sched.AppliedState.APPLIED for a in info.subscription.applied
                 )
 
-            assert await eventually(applied)
+            assert await eventually(applied, "web applied on c1", timeout_s=15)
             with pytest.raises(ClientError) as bad:
                 bad_spec = msgspec.convert(deployment_spec("bad", "env in (prod"), sched.SubscriptionSpec)
                 await client.request(

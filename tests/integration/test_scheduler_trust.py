@@ -8,10 +8,7 @@ proven by test_bus_isolation. What this test adds is that the scheduler believes
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
 
 import msgspec
 import pytest
@@ -27,20 +24,10 @@ from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1 import scheduler as sched
 from flotilla_contracts.v1.scheduler_events import AppliedStatusReported
 from flotilla_contracts.v1.security import MemberRefused, RefusalReason
+from flotilla_testkit import eventually
 
 pytestmark = pytest.mark.integration
 SCHED = Service.SCHEDULER
-T = TypeVar("T")
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], within_s: float = 20.0) -> T:
-    deadline = asyncio.get_running_loop().time() + within_s
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.1)
 
 
 def report(cluster_id: str, state: sched.AppliedState, message: str) -> AppliedStatusReported:
@@ -75,7 +62,10 @@ async def test_an_applied_report_from_x_naming_v_changes_nothing_and_is_reported
                 return found if len(found) == 2 else None
 
             pending = (sched.AppliedState.PENDING, "")
-            assert await eventually(applied) == {"v": pending, "x": pending}
+            assert await eventually(applied, "web applied state on v and x", timeout_s=20) == {
+                "v": pending,
+                "x": pending,
+            }
             # X forges V's failure on its own subject, then reports truly on itself; the consumer handles them
             # in order, so once X's own report shows, the forgery has been handled too.
             forged = report("v", sched.AppliedState.FAILED, "FORGED BY X")
@@ -86,7 +76,10 @@ async def test_an_applied_report_from_x_naming_v_changes_nothing_and_is_reported
                 found = await applied()
                 return found if found and found["x"][0] is sched.AppliedState.APPLIED else None
 
-            assert await eventually(x_applied) == {"v": pending, "x": (sched.AppliedState.APPLIED, "")}
+            assert await eventually(x_applied, "x's own report applied", timeout_s=20) == {
+                "v": pending,
+                "x": (sched.AppliedState.APPLIED, ""),
+            }
             event = msgspec.json.decode((await refusals.next_msg(timeout=20)).data, type=MemberRefused)
             assert (event.service, event.cluster_id, event.reason) == (
                 "scheduler",

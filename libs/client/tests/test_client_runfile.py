@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from flotilla_client import control, localfleet, localup, procs, runfile
 from flotilla_client.errors import LocalFleetError
 from flotilla_client.runfile import NatsEntry, RunInfo, ServiceEntry
+from flotilla_testkit import eventually_sync
 
 
 def sleeper() -> subprocess.Popen[bytes]:
@@ -23,11 +23,14 @@ def sleeper() -> subprocess.Popen[bytes]:
     Until the child has exec'd, /proc shows the parent's command line; under load that window is long enough
     for procs.alive(pid, "time.sleep") to say no, so the tests wait for the exec (a condition, not a sleep).
     """
+    # sleep: the child is only a long-lived process to find by its command line
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    deadline = time.monotonic() + 30
-    while "time.sleep" not in (procs.cmdline(child.pid) or "time.sleep"):
-        assert time.monotonic() < deadline, "the sleeper never exec'd"
-        time.sleep(0.01)
+    eventually_sync(
+        lambda: "time.sleep" in (procs.cmdline(child.pid) or "time.sleep"),
+        "the sleeper to exec",
+        timeout_s=30,
+        every_s=0.01,
+    )
     return child
 
 

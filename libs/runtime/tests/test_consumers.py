@@ -20,6 +20,7 @@ from flotilla_runtime.errors import TemporaryError
 from flotilla_runtime.migrations import Migration
 from flotilla_runtime.outbox import OutboxRelay
 from flotilla_runtime.store import Store, Tx
+from flotilla_testkit import eventually
 
 MIGRATIONS = [Migration("t", 1, "seen", "CREATE TABLE removed (node_id TEXT NOT NULL, seq INTEGER NOT NULL)")]
 
@@ -58,12 +59,17 @@ async def consumer_for(store: Store, recorder: Recorder, nodes: str = "node") ->
     )
 
 
-async def run_until_caught_up(consumer: EventConsumer, js: JetStreamContext, settle_s: float = 0.3) -> None:
+async def run_until_caught_up(consumer: EventConsumer, js: JetStreamContext) -> None:
+    """Run the consumer until every message is settled: none pending, none awaiting an ack (retries come back as
+    pending or ack-pending, so a nak with a delay keeps the wait going until the retry passes)."""
     task = asyncio.create_task(consumer.run(js))
     await asyncio.wait_for(consumer.caught_up.wait(), 10)
-    await asyncio.sleep(settle_s)  # let retries (nak with delay) come back
-    consumer.caught_up.clear()
-    await asyncio.wait_for(consumer.caught_up.wait(), 10)
+
+    async def settled() -> bool:
+        info = await js.consumer_info(FLEET_EVENTS.name, consumer.durable)
+        return info.num_pending == 0 and info.num_ack_pending == 0
+
+    await eventually(settled, f"consumer {consumer.durable}: every message acked or terminated", timeout_s=10)
     consumer.stop()
     await asyncio.wait_for(task, 5)
 
@@ -114,7 +120,7 @@ async def test_temporary_errors_are_retried_until_they_pass(nc: Client, tmp_path
     await publish(js, removed("flaky"), "id-flaky")
     await publish(js, removed("steady"), "id-steady")
     consumer = await consumer_for(store, recorder)
-    await run_until_caught_up(consumer, js, settle_s=0.6)
+    await run_until_caught_up(consumer, js)
     assert sorted(await handled(store)) == ["flaky", "steady"]
     assert consumer.stats.retried == 2
     await store.close()

@@ -13,7 +13,7 @@ from nats.aio.client import Client
 
 from flotilla_client.natsserver import NatsServer, free_port
 from flotilla_contracts import catalogue, subjects
-from flotilla_contracts.envelope import Message
+from flotilla_contracts.envelope import H_SCHEMA, Message, schema_id
 from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1.registration_events import NodeRemoved
@@ -24,6 +24,7 @@ from flotilla_runtime.metrics import Family, Registry, Sample, render
 from flotilla_runtime.service import ServiceApp, ServiceSpec, run
 from flotilla_runtime.settings import ServiceSettings
 from flotilla_runtime.store import Tx
+from flotilla_testkit import eventually
 
 # --- the exposition format -------------------------------------------------------------------------------------
 
@@ -118,7 +119,8 @@ async def setup(app: ServiceApp[ServiceSettings]) -> None:
     async def on_removed(event: NodeRemoved, _tx: Tx, _meta: EventMeta) -> None:
         handled.append(event.node_id)
 
-    app.consume("removals", ["fleet.v1.evt.node.>"], {NodeRemoved: on_removed})
+    # A read model rebuilt per state file takes a new durable (the epoch); its metrics keep the stable name.
+    app.consume("removals", ["fleet.v1.evt.node.>"], {NodeRemoved: on_removed}, epoch="e5f3a")
 
 
 SPEC = ServiceSpec(
@@ -147,14 +149,9 @@ async def service(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Runn
 
 
 async def http_get(port: int, path: str) -> tuple[int, dict[str, str], str]:
-    for _ in range(50):
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            break
-        except OSError:
-            await asyncio.sleep(0.1)
-    else:
-        raise AssertionError(f"nothing listens on {port}")
+    reader, writer = await eventually(
+        lambda: asyncio.open_connection("127.0.0.1", port), f"a listener on {port}", timeout_s=5, retrying=(OSError,)
+    )
     writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     raw = await reader.read()
     writer.close()
@@ -165,26 +162,23 @@ async def http_get(port: int, path: str) -> tuple[int, dict[str, str], str]:
 
 
 async def command(nc: Client, verb: str, body: bytes) -> dict[str, object]:
-    for _ in range(50):
-        try:
-            reply = await nc.request(subjects.command(Service.SCHEDULER, verb), body, timeout=1)
-            decoded: dict[str, object] = msgspec.json.decode(reply.data)
-            return decoded
-        except Exception:  # not subscribed yet
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"no reply to {verb}")
+    async def answered() -> dict[str, object]:
+        reply = await nc.request(subjects.command(Service.SCHEDULER, verb), body, timeout=1)
+        decoded: dict[str, object] = msgspec.json.decode(reply.data)
+        return decoded
+
+    # Exception: no responders or a timeout while the service is not subscribed yet.
+    return await eventually(answered, f"a reply to {verb}", timeout_s=30, every_s=0.1, retrying=(Exception,))
 
 
 async def scrape_until(port: int, series: str, at_least: float) -> dict[str, float]:
-    samples: dict[str, float] = {}
-    for _ in range(100):
+    async def reached() -> dict[str, float] | None:
         status, _, body = await http_get(port, "/metrics")
         assert status == 200
         samples = parse(body)
-        if samples.get(series, 0) >= at_least:
-            return samples
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{series} stayed at {samples.get(series)} (< {at_least})")
+        return samples if samples.get(series, 0) >= at_least else None
+
+    return await eventually(reached, f"{series} >= {at_least}", timeout_s=10)
 
 
 async def test_metrics_move_with_commands_events_and_the_outbox(service: Running, nc: Client) -> None:
@@ -221,3 +215,17 @@ async def test_metrics_content_type_and_probes_unchanged(service: Running, nc: C
     assert (await http_get(service.port, "/readyz"))[:1] == (200,)
     status, _, body = await http_get(service.port, "/nope")
     assert status == 404 and "/metrics" in body
+
+
+async def test_dead_letters_by_reason_under_the_stable_consumer_name(service: Running, nc: Client) -> None:
+    await command(nc, "info", b"{}")  # serving: the stream exists
+    js = nc.jetstream()
+    headers = {H_SCHEMA: schema_id(NodeRemoved)}
+    await js.publish("fleet.v1.evt.node.c1.n9.removed", b'{"cluster_id": 7}', headers=headers)  # wrong type
+    await js.publish("fleet.v1.evt.node.c1.n8.removed", b"[1, 2]", headers=headers)  # not an object
+
+    stable = 'consumer="scheduler-removals"'
+    samples = await scrape_until(service.port, f'flotilla_events_total{{{stable},outcome="dead_lettered"}}', 2)
+    assert samples[f'flotilla_dead_letters_total{{{stable},reason="invalid_field"}}'] == 2
+    assert not [series for series in samples if "e5f3a" in series]  # the epoch never reaches a label
+    assert (await js.consumer_info("FLEET_EVENTS", "scheduler-removals-e5f3a")).config.durable_name

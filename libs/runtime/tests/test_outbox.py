@@ -1,6 +1,5 @@
 """The relay publishes committed events to JetStream exactly once per event id, in commit order."""
 
-import asyncio
 from pathlib import Path
 
 import msgspec
@@ -11,6 +10,7 @@ from flotilla_contracts.streams import FLEET_EVENTS
 from flotilla_runtime.bus import ensure_streams
 from flotilla_runtime.outbox import OutboxRelay
 from flotilla_runtime.store import Store
+from flotilla_testkit import eventually
 
 
 class Happened(Message, frozen=True, kw_only=True):
@@ -37,10 +37,11 @@ async def test_events_reach_the_stream_in_commit_order(nc: Client, tmp_path: Pat
     for n in range(20):
         async with store.transaction() as tx:
             await tx.emit(f"fleet.v1.evt.cluster.c{n}.approved", Happened(n=n))
-    for _ in range(100):
-        if await store.outbox_size() == 0:
-            break
-        await asyncio.sleep(0.05)
+
+    async def drained() -> bool:
+        return await store.outbox_size() == 0
+
+    await eventually(drained, "the relay to publish every outbox row", timeout_s=10)
     await relay.stop()
     messages = await stream_messages(nc)
     assert [n for _, _, n in messages] == list(range(20))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
@@ -35,21 +35,11 @@ from flotilla_runtime.pullloop import (
     outcome_of,
 )
 from flotilla_runtime.store import Store, SyncTx
+from flotilla_testkit import eventually
 
 log = logging.getLogger("test-pullloop")
 MIGRATIONS = [Migration("t", 1, "rows", "CREATE TABLE rows (body TEXT NOT NULL)")]
 STREAM = "PULLTEST"
-
-
-async def until(check: Callable[[], Awaitable[bool] | bool], what: str, timeout_s: float = 30.0) -> None:
-    """Until `check` (plain or async) is true; 0.05 s is only the polling interval."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        value = check()
-        if value if isinstance(value, bool) else await value:
-            return
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -144,7 +134,7 @@ async def test_handled_messages_are_acked_once(js: JetStreamContext, store: Stor
     task = asyncio.create_task(loop.run(js))
     try:
         await publish(js, "a", "b", "c")
-        await until(lambda: consumer_settled(js), "every message acked")
+        await eventually(lambda: consumer_settled(js), "every message acked")
         assert seen == ["a", "b", "c"] and loop.stats.acked == 3
     finally:
         loop.stop()
@@ -164,7 +154,7 @@ async def test_a_retry_comes_back_after_its_delay(js: JetStreamContext, store: S
     task = asyncio.create_task(loop.run(js))
     try:
         await publish(js, "a")
-        await until(lambda: consumer_settled(js), "the retried message acked")
+        await eventually(lambda: consumer_settled(js), "the retried message acked")
         assert [body for body, _ in deliveries] == ["a", "a"]
         assert deliveries[1][1] - deliveries[0][1] >= 0.45, "redelivered before its delay"
         assert loop.stats.retried == 1 and loop.stats.acked == 1 and await dead_letters(store) == []
@@ -190,7 +180,7 @@ async def test_a_poison_message_is_dead_lettered_after_max_deliveries_and_the_re
     task = asyncio.create_task(loop.run(js))
     try:
         await publish(js, "a", "poison", "b", "c")
-        await until(lambda: consumer_settled(js), "the poison message settled")
+        await eventually(lambda: consumer_settled(js), "the poison message settled")
         assert await rows(store) == ["a", "b", "c"]
         assert attempts["poison"] == 3
         [dead] = await dead_letters(store)
@@ -226,7 +216,7 @@ async def test_a_failure_in_one_savepoint_leaves_the_others_writes_committed(
     loop = loop_of(store, process, batch=16)
     task = asyncio.create_task(loop.run(js))
     try:
-        await until(lambda: consumer_settled(js), "the batch settled")
+        await eventually(lambda: consumer_settled(js), "the batch settled")
         assert fetched == [["a", "bad", "b"]], "the three messages were meant to come in one fetch"
         assert await rows(store) == ["a", "b"], "only the failing message's write is rolled back"
         assert rolled_back == ["x"]
@@ -251,9 +241,9 @@ async def test_the_loop_survives_a_nats_server_restart(nats_server: NatsServer, 
         loop = loop_of(store, one_at_a_time(handle, log), pause_s=0.1)
         task = asyncio.create_task(loop.run(js))
         await publish(js, "before")
-        await until(lambda: seen == ["before"], "the first message")
+        await eventually(lambda: seen == ["before"], "the first message")
         nats_server.stop()
-        await until(lambda: not client.is_connected, "the client to notice the restart")
+        await eventually(lambda: not client.is_connected, "the client to notice the restart")
         nats_server.start()
 
         async def published_after() -> bool:
@@ -263,8 +253,8 @@ async def test_the_loop_survives_a_nats_server_restart(nats_server: NatsServer, 
             except Exception:  # JetStream of the restarted server still loading: publish again
                 return False
 
-        await until(published_after, "JetStream back after the restart")
-        await until(lambda: "after" in seen, "the message published after the restart")
+        await eventually(published_after, "JetStream back after the restart")
+        await eventually(lambda: "after" in seen, "the message published after the restart")
         assert not task.done(), "the loop ended on the restart"
         loop.stop()
         await asyncio.wait_for(task, 10)

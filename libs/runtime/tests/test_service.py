@@ -1,7 +1,7 @@
 """A whole service in-process against a real nats-server: discovery, info, bad input, graceful stop."""
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from flotilla_contracts.subjects import Service
 from flotilla_runtime.commands import CommandContext
 from flotilla_runtime.service import BusLogin, ServiceApp, ServiceSpec, run
 from flotilla_runtime.settings import ServiceSettings
+from flotilla_testkit import eventually
 
 
 class Emit(Message, frozen=True, kw_only=True):
@@ -68,15 +69,14 @@ async def service(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Runn
     await asyncio.wait_for(task, 15)
 
 
-async def request(nc: Client, subject: str, body: bytes = b"{}", retries: int = 50) -> dict[str, object]:
-    for _ in range(retries):
-        try:
-            reply = await nc.request(subject, body, timeout=1)
-            decoded: dict[str, object] = msgspec.json.decode(reply.data)
-            return decoded
-        except Exception:  # not subscribed yet
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"no reply on {subject}")
+async def request(nc: Client, subject: str, body: bytes = b"{}") -> dict[str, object]:
+    async def answered() -> dict[str, object]:
+        reply = await nc.request(subject, body, timeout=1)
+        decoded: dict[str, object] = msgspec.json.decode(reply.data)
+        return decoded
+
+    # Exception: no responders or a timeout while the service is not subscribed yet.
+    return await eventually(answered, f"a reply on {subject}", timeout_s=30, every_s=0.1, retrying=(Exception,))
 
 
 async def test_discovery_ping_info_stats(service: Running, nc: Client) -> None:
@@ -185,13 +185,6 @@ async def probe(health_url: str, path: str) -> tuple[int, str]:
     return int(response.split()[1]), response.split("\r\n\r\n", 1)[1].strip()
 
 
-async def until(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 async def test_readyz_says_why_while_the_bus_is_down_and_recovers_when_it_returns(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
@@ -212,7 +205,7 @@ async def test_readyz_says_why_while_the_bus_is_down_and_recovers_when_it_return
             status, body = await probe(health_url, "/readyz")
             return status == 503 and body.startswith("not ready: bus reconnecting for")
 
-        await until(down_and_said, "/readyz to report the lost bus")
+        await eventually(down_and_said, "/readyz to report the lost bus")
         assert (await probe(health_url, "/livez"))[0] == 200, "a reconnecting link is alive: no restart needed"
 
         nats_server.start()
@@ -220,7 +213,7 @@ async def test_readyz_says_why_while_the_bus_is_down_and_recovers_when_it_return
         async def ready_again() -> bool:
             return (await probe(health_url, "/readyz"))[0] == 200
 
-        await until(ready_again, "/readyz to recover once nats-server is back")
+        await eventually(ready_again, "/readyz to recover once nats-server is back")
     finally:
         stop.set()
         await asyncio.wait_for(task, 15)

@@ -11,6 +11,7 @@ import pytest
 from flotilla_contracts.envelope import Message
 from flotilla_runtime.migrations import Migration
 from flotilla_runtime.store import Store, SyncTx
+from flotilla_testkit import eventually
 
 
 class Happened(Message, frozen=True, kw_only=True):
@@ -119,8 +120,7 @@ async def test_a_failing_migration_closes_the_database(tmp_path: Path) -> None:
     broken = [Migration("svc", 1, "broken", "CREATE TABLE oops (")]
     with pytest.raises(sqlite3.OperationalError):
         await Store.open(tmp_path / "s.db", broken)
-    await asyncio.sleep(0.05)
-    assert workers() <= before, "the failed store left its database thread running"
+    await eventually(lambda: workers() <= before, "the failed store's database thread to end", timeout_s=5)
 
 
 async def test_concurrent_runs_group_commit_and_a_failure_stays_alone(tmp_path: Path) -> None:
@@ -154,11 +154,11 @@ async def test_a_cancelled_transaction_leaves_no_transaction_open(tmp_path: Path
         async with store.transaction() as tx:
             await tx.execute("INSERT INTO things VALUES ('cancelled', 1)")
             entered.set()
-            await asyncio.sleep(10)
+            await asyncio.sleep(10)  # sleep: a writer that holds its transaction open until the test cancels it
 
     for _ in range(20):  # cancel at many different points, including during BEGIN
         task = asyncio.create_task(slow_writer())
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # sleep: one yield to the loop, so each cancel lands at a different point
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(task, 5)

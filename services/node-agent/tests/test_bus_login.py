@@ -69,7 +69,7 @@ async def test_an_agent_without_the_lease_waits_for_the_secret_and_logs_in_as_it
     waiting = asyncio.create_task(
         login_with(app, Follower(KubeLeaderElection(api, NAMESPACE, "worker-2")), identity, no_nodes)
     )
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # sleep: proves a negative (it does not log in for 0.3 s without the Secret)
     assert not waiting.done(), "it must wait for the Secret, not join or connect as anyone"
     await KubeLeaderElection(api, NAMESPACE, "worker-1").publish_credential("edge-7f3a", "fc1.edge-7f3a.x")
     login = await asyncio.wait_for(waiting, 5)

@@ -3,16 +3,13 @@ the harness of test_natsjwt_server.py and test_callout_lifeline.py (the `callout
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 import nats
-import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from natsjwt_support import ALICE
@@ -135,14 +132,3 @@ async def running_callout(tmp_path: Path) -> AsyncIterator[Callout]:
             await auth.close()
     finally:
         server.stop()
-
-
-async def eventually(check: Callable[[], Awaitable[bool] | bool], what: str, timeout_s: float = TIMEOUT_S) -> None:
-    """Poll `check` until it is true; fail naming `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = check()
-        if await result if isinstance(result, Awaitable) else result:
-            return
-        await asyncio.sleep(0.02)
-    pytest.fail(f"timed out after {timeout_s}s waiting for {what}")

@@ -10,11 +10,12 @@ from typing import Any
 
 import nats
 import pytest
-from callout_support import TIMEOUT_S, Callout, eventually
+from callout_support import TIMEOUT_S, Callout
 from nats.aio.client import Client
 
 from flotilla_registration.callout import grant_lifetime
 from flotilla_runtime.lifeline import Backoff, Lifeline, LinkState
+from flotilla_testkit import eventually
 
 pytestmark = pytest.mark.integration
 FAST = Backoff(first_s=0.1, max_s=0.5, refused_max_s=0.5)
@@ -61,7 +62,7 @@ async def test_plain_nats_py_is_closed_for_good_when_its_grant_expires(callout: 
         connect_timeout=TIMEOUT_S,
     )
     try:
-        await eventually(lambda: client.is_closed, "the expiry to close the plain client")
+        await eventually(lambda: client.is_closed, "the expiry to close the plain client", timeout_s=TIMEOUT_S)
         assert "expired" in str(client.last_error).lower()
     finally:
         await client.close()
@@ -72,11 +73,13 @@ async def test_a_lifeline_renews_every_expired_grant_and_keeps_its_subscription(
     client, sub = await alice_with_lifeline(callout, lifeline)
     try:
         await eventually(lambda: lifeline.stats.grants_expired >= 3, "three grant expiries", timeout_s=30)
-        await eventually(lambda: lifeline.state is LinkState.CONNECTED, "the third renewal")
+        await eventually(lambda: lifeline.state is LinkState.CONNECTED, "the third renewal", timeout_s=TIMEOUT_S)
         assert not client.is_closed
         assert lifeline.stats.reconnects >= 3
         assert len(callout.responder.requests) >= 4, "each renewal must ask the callout again"
-        await eventually(lambda: delivered(callout, sub, b"after renewals"), "a delivery after the renewals")
+        await eventually(
+            lambda: delivered(callout, sub, b"after renewals"), "a delivery after the renewals", timeout_s=TIMEOUT_S
+        )
         assert lifeline.health(grace_s=30).ready
     finally:
         lifeline.stop()
@@ -102,8 +105,10 @@ async def test_a_refused_reconnect_says_why_backs_off_and_recovers(
         assert not client.is_closed, "a refusal must never close the connection for good"
 
         setattr(callout.responder, fault, False)
-        await eventually(lambda: lifeline.state is LinkState.CONNECTED, "recovery once the callout grants again", 30)
-        await eventually(lambda: delivered(callout, sub, b"back"), "a delivery after recovery")
+        await eventually(
+            lambda: lifeline.state is LinkState.CONNECTED, "recovery once the callout grants again", timeout_s=30
+        )
+        await eventually(lambda: delivered(callout, sub, b"back"), "a delivery after recovery", timeout_s=TIMEOUT_S)
     finally:
         lifeline.stop()
         await client.close()

@@ -13,7 +13,7 @@ from typing import Any
 import nats
 import nats.errors
 import pytest
-from callout_support import TIMEOUT_S, Callout, eventually
+from callout_support import TIMEOUT_S, Callout
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
@@ -21,6 +21,7 @@ from natsjwt_support import unb64
 
 from flotilla_registration import natsjwt, natskeys
 from flotilla_registration.natsjwt import ResponsePermission
+from flotilla_testkit import eventually
 
 STREAM, CONSUMER, DELIVER = "S", "C", "deliver.alice"
 
@@ -51,12 +52,14 @@ async def test_alice_gets_her_permissions_through_the_callout(callout: Callout) 
         assert (await own.next_msg(timeout=TIMEOUT_S)).data == b"mine"
 
         await alice.publish("demo.bob.x", b"not mine")
-        await eventually(lambda: denied(errors, "Publish", "demo.bob.x"), "the publish denial")
+        await eventually(lambda: denied(errors, "Publish", "demo.bob.x"), "the publish denial", timeout_s=TIMEOUT_S)
         await callout.auth.flush()
         assert await nothing_on(spy), "a denied publish reached a subscriber"
 
         await alice.subscribe("demo.bob.>")
-        await eventually(lambda: denied(errors, "Subscription", "demo.bob.>"), "the subscription denial")
+        await eventually(
+            lambda: denied(errors, "Subscription", "demo.bob.>"), "the subscription denial", timeout_s=TIMEOUT_S
+        )
         assert alice.is_connected, "permission denials must not close the connection"
     finally:
         await alice.close()
@@ -103,7 +106,9 @@ async def test_alice_replies_to_requests_through_the_response_permission(callout
         assert errors == []
 
         await alice.publish(replies[0], b"second answer")  # resp max 1: one reply per request
-        await eventually(lambda: denied(errors, "Publish", replies[0]), "the second reply's denial")
+        await eventually(
+            lambda: denied(errors, "Publish", replies[0]), "the second reply's denial", timeout_s=TIMEOUT_S
+        )
     finally:
         await alice.close()
 
@@ -137,7 +142,7 @@ async def assert_acked(auth: Client) -> None:
     async def empty() -> bool:
         return await stream_messages(auth) == 0
 
-    await eventually(empty, "the acked message to leave the work queue")
+    await eventually(empty, "the acked message to leave the work queue", timeout_s=TIMEOUT_S)
     info = await auth.jetstream().consumer_info(STREAM, CONSUMER)
     assert (info.num_ack_pending, info.num_redelivered) == (0, 0)
 
@@ -188,7 +193,7 @@ async def test_with_resp_max_1_the_ack_after_an_in_progress_is_denied(callout: C
         msg = await deliveries.next_msg(timeout=TIMEOUT_S)
         await msg.in_progress()  # the one publish resp max 1 allows on this reply subject
         await msg.ack()
-        await eventually(lambda: denied(errors, "Publish", msg.reply), "the ack's denial")
+        await eventually(lambda: denied(errors, "Publish", msg.reply), "the ack's denial", timeout_s=TIMEOUT_S)
         again = await deliveries.next_msg(timeout=TIMEOUT_S)  # ack_wait 2s, then JetStream redelivers
         assert again.data == b"job" and again.metadata.num_delivered == 2
         assert await stream_messages(callout.auth) == 1
@@ -204,9 +209,11 @@ async def test_an_ack_after_the_resp_ttl_is_denied(callout: Callout) -> None:
     try:
         deliveries = await alice.subscribe(DELIVER)
         msg = await deliveries.next_msg(timeout=TIMEOUT_S)
-        await asyncio.sleep(0.5)  # outlive the ttl (ack_wait is 2 s, so no redelivery yet)
+        # sleep: outlive the 200 ms response ttl, which nats-server reads from its own clock (ack_wait is 2 s, so
+        # no redelivery yet): elapsed time is what this test is about
+        await asyncio.sleep(0.5)
         await msg.ack()
-        await eventually(lambda: denied(errors, "Publish", msg.reply), "the late ack's denial")
+        await eventually(lambda: denied(errors, "Publish", msg.reply), "the late ack's denial", timeout_s=TIMEOUT_S)
         assert await stream_messages(callout.auth) == 1
     finally:
         await alice.close()
@@ -222,7 +229,7 @@ async def test_without_resp_the_ack_is_denied(callout: Callout) -> None:
         deliveries = await alice.subscribe(DELIVER)
         msg = await deliveries.next_msg(timeout=TIMEOUT_S)
         await msg.ack()
-        await eventually(lambda: denied(errors, "Publish", msg.reply), "the ack's denial")
+        await eventually(lambda: denied(errors, "Publish", msg.reply), "the ack's denial", timeout_s=TIMEOUT_S)
         assert await stream_messages(callout.auth) == 1
     finally:
         await alice.close()

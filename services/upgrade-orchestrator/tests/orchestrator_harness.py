@@ -4,6 +4,8 @@
 outbox, and lets fake agents execute NodeStepCommands against simulated nodes while checking the safety
 invariants on every command: I1 (disruption budget), I2 (control plane first), I3 (skew), I4 (each
 command id executed once, node states forward only), I6 (stale epochs refused), I9 (uncordon only ours).
+Tests see the rollout as a user does: `Sim.status` and `Sim.rollouts` (the status and list replies) and
+`Sim.command` (a later command's reply), each decoded off the wire as the CLI gets it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from flotilla_contracts import catalogue
+from flotilla_contracts.v1 import upgrade_status as st
 from flotilla_contracts.v1.agent import (
     NodeFacts,
     NodeStepCommand,
@@ -36,7 +39,7 @@ from flotilla_kube.versions import parse_version
 from flotilla_runtime.migrations import RUNTIME_MIGRATIONS, load_migrations
 from flotilla_runtime.store import SyncTx
 from flotilla_runtime.trust import RefusalLedger
-from flotilla_upgrade_orchestrator import control, reactions, reports
+from flotilla_upgrade_orchestrator import control, queries, reactions, recovery, reports
 from flotilla_upgrade_orchestrator.engine import Engine
 from flotilla_upgrade_orchestrator.model import ORDER
 from flotilla_upgrade_orchestrator.plan import Estimates
@@ -58,6 +61,16 @@ def cluster_info(cluster_id: str, labels: dict[str, str] | None = None, version:
         joined_at=T0,
         updated_at=T0,
     )
+
+
+def cluster_in(status: st.RolloutStatusReply, cluster_id: str) -> st.ClusterStatus:
+    """The cluster's entry in a status reply."""
+    return next(c for c in status.clusters if c.cluster_id == cluster_id)
+
+
+def node_in(cluster: st.ClusterStatus, node_id: str) -> st.NodeStatus:
+    """The node's entry in a cluster's status (a status asked with its nodes)."""
+    return next(n for n in cluster.nodes if n.node_id == node_id)
 
 
 def facts(node_id: str, role: NodeRole, version: str, unschedulable: bool = False) -> NodeFacts:
@@ -200,6 +213,25 @@ class Sim:
         self.now += timedelta(seconds=seconds)
         self.work(lambda tx: reactions.tick(self.engine, tx, self.now))
 
+    # --- what a user sees: the replies, as the CLI decodes them -------------------------------------------
+
+    def status(self, rollout_id: str) -> st.RolloutStatusReply:
+        """`flotilla upgrade status --nodes`: the status query's reply (clusters with their nodes, one page)."""
+        request = st.RolloutStatusRequest(rollout_id=rollout_id, include_nodes=True, limit=1000)
+        reply = _wire(self.work(lambda tx: queries.status(self.engine, request)), st.RolloutStatusReply)
+        assert not reply.next_cursor, "more clusters than one status page: page through them"
+        return reply
+
+    def rollouts(self) -> list[st.RolloutSummary]:
+        """`flotilla upgrade list`: the rollouts the list query shows, newest first."""
+        request = st.ListRolloutsRequest(limit=1000)
+        return _wire(self.work(lambda tx: queries.list_rollouts(self.engine, request)), st.ListRolloutsReply).rollouts
+
+    def command(self, verb: str, request: Any) -> st.RolloutReply:
+        """A later command on a rollout (pause, resume, abort, approve, retry, skip, rollback) and its reply."""
+        fn = getattr(recovery if verb in ("retry", "skip", "rollback") else control, verb)
+        return _wire(self.work(lambda tx: fn(self.engine, tx, request, self.now)), st.RolloutReply)
+
     # --- the fake agents --------------------------------------------------------------------------------
 
     def _check_budget(self, command: NodeStepCommand) -> None:
@@ -339,6 +371,11 @@ class Sim:
 
     def schemas(self) -> list[str]:
         return [schema for _, schema, _ in self.events]
+
+
+def _wire(reply: Any, reply_type: type[T]) -> T:
+    """A reply as it arrives: encoded, then decoded as its contract type (nothing but what the wire carries)."""
+    return msgspec.json.decode(msgspec.json.encode(reply), type=reply_type)
 
 
 @dataclass

@@ -63,7 +63,6 @@ class DecideModel(RolloutModel):
         super().__init__()
         self.log: list[tuple[str, str, dict[str, Any]]] = []
         self.decisions = 0
-        self.ended_early = False
         self.spec: RolloutSpec | None = None
         self._patch = mock.patch.object(applier, "decide", self.checked_decide)
         self._patch.start()
@@ -168,7 +167,6 @@ class DecideModel(RolloutModel):
         except Exception as exc:  # refusals are fine; nothing else is
             assert getattr(exc, "code", None) is not None, exc
             return
-        self.ended_early |= verb in ("abort", "rollback", "skip")
         self.aborted |= verb in ("abort", "rollback", "skip")
 
     @rule(pick=st.integers(0, 10))
@@ -233,12 +231,18 @@ class DecideModel(RolloutModel):
         rollout = self.sim.engine.rollouts[self.rid]
         assert rollout.final, (rollout.state, rollout.rec.message)
         assert not any(n.cordoned_by == self.rid for n in self.sim.nodes.values()), "I9/I10: a node left cordoned"
-        if not self.ended_early:
+        if not self.aborted:  # abort, rollback or skip end it early
             assert rollout.state is RolloutState.SUCCEEDED, (rollout.state, rollout.rec.message)
             assert all(n.version == TARGET for n in self.sim.nodes.values())
         assert self.spec is not None
+        # Agents here run a command any time after it was issued (held in the queue while ticks pass), so the
+        # oracle's timing slack for "a command issued just before a freeze" is unbounded; I1 and I7 at the
+        # moment of deciding are checked on every decision above.
         verdict = check(
-            self.log, max_unavailable=self.spec.max_unavailable, max_clusters=self.spec.max_concurrent_clusters
+            self.log,
+            max_unavailable=self.spec.max_unavailable,
+            max_clusters=self.spec.max_concurrent_clusters,
+            slack_s=float("inf"),
         )
         assert not verdict.violations, verdict.violations
         assert self.decisions > 0

@@ -118,7 +118,7 @@ async def test_an_event_that_always_raises_is_dead_lettered_and_the_rollout_goes
                     poisoned = True
                 for outcome in (StepOutcome.ACCEPTED, StepOutcome.SUCCEEDED):
                     await publish_report(js, reported(command, outcome), f"{command.command_id}-{outcome.value}")
-            await asyncio.sleep(0.05)  # polling the status, as `flotilla upgrade status --watch` does
+            await asyncio.sleep(0.05)  # sleep: the fake agents' pace: poll the status, answer new commands
     finally:
         intake.stop()
         await asyncio.wait_for(task, 10)

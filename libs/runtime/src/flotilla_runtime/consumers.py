@@ -75,11 +75,13 @@ class EventConsumer:
     max_deliver: int = 10  # a message still failing at this delivery is dead-lettered
     ack_wait_s: float = 30.0
     fetch_timeout_s: float = 0.5
+    name: str = ""  # stable across restarts (metric labels): the durable without its epoch; default the durable
     stats: ConsumerStats = field(default_factory=ConsumerStats)
     caught_up: asyncio.Event = field(default_factory=asyncio.Event)
     _decoders: dict[str, tuple[type[Message], msgspec.json.Decoder[Any]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.name = self.name or self.durable
         self.stream = event_stream_of(self.filter_subjects).name
         known = catalogue.by_schema()
         for message_type in self.handlers:

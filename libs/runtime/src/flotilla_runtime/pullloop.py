@@ -210,6 +210,7 @@ class LoopStats:
     retried: int = 0
     waited: int = 0
     dead_lettered: int = 0
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)  # by ErrorCode value (a stable label)
 
 
 @dataclass
@@ -294,6 +295,8 @@ class PullLoop:
             await msg.ack()
         elif outcome.verdict is Verdict.DEAD_LETTER:
             self.stats.dead_lettered += 1
+            reasons = self.stats.dead_letter_reasons
+            reasons[outcome.code.value] = reasons.get(outcome.code.value, 0) + 1
             self.log.error("dead-lettering %s: %s", msg.subject, outcome.reason, extra={"code": str(outcome.code)})
             sink = self.dead_letters
             await dead_letter_message(

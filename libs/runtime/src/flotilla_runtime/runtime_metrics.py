@@ -13,7 +13,7 @@ from flotilla_runtime.metrics import Family, Histogram, Registry, Sample
 if TYPE_CHECKING:
     from flotilla_runtime.bus import BusErrors
     from flotilla_runtime.commands import CommandRouter
-    from flotilla_runtime.consumers import EventConsumer
+    from flotilla_runtime.consumers import ConsumerStats, EventConsumer
     from flotilla_runtime.outbox import OutboxRelay
     from flotilla_runtime.store import Store
 
@@ -42,7 +42,7 @@ def instrument_consumers(consumers: Sequence[EventConsumer], registry: Registry)
     )
     for consumer in consumers:
         for message_type, handler in list(consumer.handlers.items()):
-            labels = {"consumer": consumer.durable, "schema": f"{message_type.SCHEMA}/v{message_type.VERSION}"}
+            labels = {"consumer": consumer.name, "schema": f"{message_type.SCHEMA}/v{message_type.VERSION}"}
             consumer.handlers[message_type] = _timed(handler, histogram, labels)
 
 
@@ -58,6 +58,14 @@ def _timed(handler: Callable[..., Awaitable[Any]], histogram: Histogram, labels:
     return timed
 
 
+@dataclass(frozen=True)
+class Counted:
+    """A pull loop on /metrics: its stable name (the `consumer` label: no epoch, no ids) and its counters."""
+
+    name: str
+    stats: ConsumerStats
+
+
 @dataclass
 class RuntimeSources:
     """Where the runtime's figures live; `relay` is read at scrape time because it exists only once connected."""
@@ -66,7 +74,7 @@ class RuntimeSources:
     version: str
     instance_id: str
     router: CommandRouter
-    consumers: Sequence[EventConsumer]
+    consumers: Sequence[Counted]
     store: Store
     bus_errors: BusErrors
     ready: Callable[[], bool]
@@ -83,6 +91,7 @@ RUNTIME_METRICS = (
     "flotilla_command_errors_total",
     "flotilla_command_processing_seconds_total",
     "flotilla_events_total",
+    "flotilla_dead_letters_total",
     "flotilla_outbox_pending_events",
     "flotilla_outbox_oldest_pending_age_seconds",
     "flotilla_outbox_published_total",
@@ -139,7 +148,7 @@ def register_runtime(registry: Registry, sources: RuntimeSources) -> None:
                 "Events taken from JetStream by durable consumer and outcome "
                 "(handled, duplicate, retried, dead_lettered, ignored).",
                 [
-                    Sample({"consumer": c.durable, "outcome": outcome}, value)
+                    Sample({"consumer": c.name, "outcome": outcome}, value)
                     for c in s.consumers
                     for outcome, value in (
                         ("handled", c.stats.handled),
@@ -148,6 +157,17 @@ def register_runtime(registry: Registry, sources: RuntimeSources) -> None:
                         ("dead_lettered", c.stats.dead_lettered),
                         ("ignored", c.stats.ignored),
                     )
+                ],
+            ),
+            Family(
+                "flotilla_dead_letters_total",
+                "counter",
+                "Messages given up (a DeadLettered event recorded, the message terminated), by consumer and reason "
+                "(the error code: malformed, invalid_field, wrong_schema, internal, ...).",
+                [
+                    Sample({"consumer": c.name, "reason": reason}, n)
+                    for c in s.consumers
+                    for reason, n in sorted(c.stats.loop.dead_letter_reasons.items())
                 ],
             ),
             *(await _outbox_families(s)),

@@ -25,7 +25,7 @@ from flotilla_contracts.v1.service import InfoReply, InfoRequest
 from flotilla_runtime import telemetry
 from flotilla_runtime.bus import BusErrors, ensure_streams, make_broker, redact
 from flotilla_runtime.commands import CommandContext, CommandRouter
-from flotilla_runtime.consumers import EventConsumer, EventHandler
+from flotilla_runtime.consumers import ConsumerStats, EventConsumer, EventHandler
 from flotilla_runtime.discovery import Discovery, ServiceIdentity
 from flotilla_runtime.errors import SettingsError, TemporaryError
 from flotilla_runtime.health import HealthServer, Verdict
@@ -37,6 +37,7 @@ from flotilla_runtime.migrations import load_migrations
 from flotilla_runtime.outbox import OutboxRelay, Publisher
 from flotilla_runtime.restartpolicy import Backoff, decide
 from flotilla_runtime.runtime_metrics import (
+    Counted,
     RuntimeSources,
     instrument_commands,
     instrument_consumers,
@@ -113,6 +114,9 @@ class ServiceApp(Generic[S]):
         self._js: JetStreamContext | None = None
         self.login: BusLogin | None = None  # set when the spec's `login` decided the identity
         self.consumers: list[EventConsumer] = []
+        # Every pull loop's counters on /metrics by stable name: `consume` adds its consumers, a service with
+        # loops of its own (batched intakes) adds them with `count`.
+        self.counted: list[Counted] = []
         # Prometheus metrics served at /metrics; a service adds its own in `setup` (see flotilla_runtime.metrics).
         self.metrics = Registry()
         self.router.add("info", InfoRequest, InfoReply, self._info)
@@ -165,24 +169,37 @@ class ServiceApp(Generic[S]):
                 await asyncio.sleep(decision.delay_s)
 
     def consume(
-        self, purpose: str, filter_subjects: list[str], handlers: dict[type[Message], EventHandler], batch: int = 256
+        self,
+        purpose: str,
+        filter_subjects: list[str],
+        handlers: dict[type[Message], EventHandler],
+        batch: int = 256,
+        epoch: str = "",
     ) -> EventConsumer:
-        """A durable FLEET_EVENTS consumer named `<service>-<purpose>`, started once connected.
+        """A durable FLEET_EVENTS consumer named `<service>-<purpose>[-<epoch>]`, started once connected.
 
-        Replicas of a service share the durable, so each event is handled by one of them.
+        Replicas of a service share the durable, so each event is handled by one of them. `epoch`: a read model
+        rebuilt from scratch takes a new durable; its metrics keep the stable name `<service>-<purpose>`.
         """
+        name = service_consumer(self.spec.service, purpose)
         consumer = EventConsumer(
             service=self.spec.service,
             instance_id=self.settings.instance_id,
-            durable=service_consumer(self.spec.service, purpose),
+            durable=service_consumer(self.spec.service, f"{purpose}-{epoch}") if epoch else name,
             filter_subjects=filter_subjects,
             handlers=handlers,
             store=self.store,
             batch=batch,
+            name=name,
         )
         self.consumers.append(consumer)
+        self.count(name, consumer.stats)
         self.background(lambda: consumer.run(self.js))
         return consumer
+
+    def count(self, name: str, stats: ConsumerStats) -> None:
+        """Show a pull loop's counters on /metrics as consumer `name` (stable: no epoch, no ids)."""
+        self.counted.append(Counted(name, stats))
 
     async def _info(self, _request: InfoRequest, _ctx: CommandContext) -> InfoReply:
         return InfoReply(
@@ -229,7 +246,7 @@ async def run(spec: ServiceSpec[S], settings: S, stop: asyncio.Event | None = No
                 version=spec.version,
                 instance_id=settings.instance_id,
                 router=app.router,
-                consumers=app.consumers,
+                consumers=app.counted,
                 store=store,
                 bus_errors=errors,
                 ready=lambda: app.ready,

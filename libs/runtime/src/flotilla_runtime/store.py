@@ -6,8 +6,8 @@ import asyncio
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -66,6 +66,18 @@ class SyncTx:
     def trace_headers(self) -> dict[str, str]:
         """The trace context of the caller of `Store.run` (W3C headers), e.g. to keep with a long-lived record."""
         return dict(self._trace_headers)
+
+    @contextmanager
+    def in_current_trace(self) -> Iterator[None]:
+        """Emit (and give `trace_headers`) in the trace current in this thread for the block, then the caller's
+        again: a batched consumer opens a span per event in the database thread and what that event causes
+        joins the event's trace."""
+        saved = self._trace_headers
+        self._trace_headers = dict(telemetry.inject({}))
+        try:
+            yield
+        finally:
+            self._trace_headers = saved
 
     def emit(
         self, subject: str, message: Message, *, msg_id: str = "", trace_headers: dict[str, str] | None = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 
 from opentelemetry import context as otel_context
@@ -12,7 +12,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import Link, Span, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _propagator = TraceContextTextMapPropagator()
@@ -66,9 +66,30 @@ def current_trace_id() -> str:
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
 
 
+def current_span() -> Span:
+    """The span current in this thread (a non-recording one when there is none)."""
+    return trace.get_current_span()
+
+
+def link(span: Span, headers: Mapping[str, str] | None, why: str) -> bool:
+    """Link `span` to the trace carried in W3C `headers` (e.g. the trace a rollout was started in), saying why.
+
+    False when the headers carry no trace (nothing is linked)."""
+    linked = trace.get_current_span(_propagator.extract(dict(headers or {}))).get_span_context()
+    if not linked.is_valid:
+        return False
+    span.add_link(linked, {"flotilla.link": why})
+    return True
+
+
 @contextmanager
-def consumer_span(name: str, headers: Mapping[str, str] | None, subject: str) -> Iterator[Span]:
-    """A span continuing the trace carried in a message's headers (or a new trace when there is none)."""
+def consumer_span(
+    name: str, headers: Mapping[str, str] | None, subject: str, links: Sequence[Link] = ()
+) -> Iterator[Span]:
+    """A span continuing the trace carried in a message's headers (or a new trace when there is none).
+
+    Usable in any thread (the database thread of a batched consumer): the context is attached to the calling
+    thread for the span's life and detached after."""
     parent = _propagator.extract(dict(headers or {}))
     token = otel_context.attach(parent)
     try:
@@ -76,6 +97,7 @@ def consumer_span(name: str, headers: Mapping[str, str] | None, subject: str) ->
             name,
             kind=SpanKind.SERVER,
             attributes={"messaging.system": "nats", "messaging.destination.name": subject},
+            links=links,
         ) as span:
             yield span
     finally:

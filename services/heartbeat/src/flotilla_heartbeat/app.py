@@ -144,7 +144,7 @@ async def setup(app: ServiceApp[Settings]) -> None:
     app.heartbeats = hb  # type: ignore[attr-defined]  # for in-process tests and the benchmark
     members = await restore(app.store, hb.model, hb.membership)
     epoch = await tables.membership_epoch(app.store)
-    app.consume(f"members-{epoch}", hb.membership.filters(), hb.membership.handlers())
+    app.consume("members", hb.membership.filters(), hb.membership.handlers(), epoch=epoch)
     app.background(hb.run)
     register_metrics(app.metrics, hb.ingest, hb.model, hb.owned)
     count = app.settings.partition_count

@@ -211,6 +211,11 @@ class HealthModel:
                 self._evaluate_cluster(cluster, now, out)
         return out
 
+    @property
+    def lag(self) -> float:
+        """Seconds the last tick judged silence behind `now`: how far behind the heartbeat stream we read."""
+        return self._lag
+
     def requeue(self, node: Node) -> None:
         """Evaluate this node at the next tick (after a restore)."""
         self._schedule(node, self._now)

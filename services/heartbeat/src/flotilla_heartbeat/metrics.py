@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
+from flotilla_contracts.v1.heartbeat import ClusterHealth
 from flotilla_heartbeat.domain import HealthModel
+from flotilla_heartbeat.health_state import COUNT_INDEX
 from flotilla_heartbeat.ingest import Ingest
 from flotilla_runtime.metrics import Family, Registry, Sample
 
+UNKNOWN = "Unknown"  # tracked, not judged yet (no heartbeat since the replica started)
+
 
 def register_metrics(metrics: Registry, ingest: Ingest, model: HealthModel, owned: list[int]) -> None:
-    """Ingest counters, drops by reason, and what this replica tracks."""
+    """Ingest counters, drops by reason, lag, and what this replica tracks by health."""
+    metrics.collector(lambda: health_families(model), ["flotilla_heartbeat_nodes", "flotilla_heartbeat_clusters"])
+    metrics.gauge_fn(
+        "flotilla_heartbeat_lag_seconds",
+        "How far behind the heartbeat stream this replica reads (silence is judged that much later; 5 s at most).",
+        lambda: model.lag,
+    )
+    metrics.gauge_fn(
+        "flotilla_heartbeat_backlog_messages",
+        "Heartbeats received by the client and not yet applied (a sign the replica is behind).",
+        lambda: ingest.backlog,
+    )
     metrics.counter_fn(
         "flotilla_heartbeats_received_total",
         "Heartbeats received by this replica, valid or not (rate() of it is the ingest rate).",
@@ -37,3 +54,28 @@ def register_metrics(metrics: Registry, ingest: Ingest, model: HealthModel, owne
         "flotilla_heartbeat_tracked_clusters", "Clusters this replica tracks.", lambda: len(model.clusters)
     )
     metrics.gauge_fn("flotilla_heartbeat_partitions_owned", "Partitions this replica owns.", lambda: len(owned))
+
+
+def health_families(model: HealthModel) -> list[Family]:
+    """Nodes and clusters of this replica's partitions by health, from the counts each cluster keeps."""
+    clusters = list(model.clusters.values())
+    nodes = [0] * len(COUNT_INDEX)
+    for cluster in clusters:
+        for index, n in enumerate(cluster.counts):
+            nodes[index] += n
+    by_health = Counter(cluster.state.value if cluster.state else UNKNOWN for cluster in clusters)
+    node_labels = {index: (state.value if state else UNKNOWN) for state, index in COUNT_INDEX.items()}
+    return [
+        Family(
+            "flotilla_heartbeat_nodes",
+            "gauge",
+            f"Nodes this replica tracks, by health ({UNKNOWN}: not judged yet). Sum over replicas for the fleet.",
+            [Sample({"health": node_labels[index]}, n) for index, n in enumerate(nodes)],
+        ),
+        Family(
+            "flotilla_heartbeat_clusters",
+            "gauge",
+            "Clusters this replica tracks, by health. Sum over replicas for the fleet.",
+            [Sample({"health": health.value}, by_health.get(health.value, 0)) for health in ClusterHealth],
+        ),
+    ]

@@ -19,6 +19,7 @@ from flotilla_heartbeat.domain import HealthModel
 from flotilla_heartbeat.health_state import Cluster
 from flotilla_heartbeat.ingest import Ingest
 from flotilla_heartbeat.noise import NoiseWindow
+from flotilla_runtime import telemetry
 from flotilla_runtime.logs import BoundLogger
 from flotilla_runtime.store import Store
 
@@ -116,10 +117,16 @@ class TickLoop:
         if not self.pending:
             return
         batch, self.pending = self.pending, []
+        # Heartbeats are not traced (DESIGN: speed); the health changes they add up to start a trace of their
+        # own, so the reactions of the orchestrator and the scheduler to them are one trace with them.
+        span = telemetry.tracer("flotilla").start_as_current_span(
+            "heartbeat health changes", attributes={"flotilla.events": len(batch)}
+        )
         try:
-            async with self.store.transaction() as tx:
-                for subject, event in batch:
-                    await tx.emit(subject, event)
+            with span:
+                async with self.store.transaction() as tx:
+                    for subject, event in batch:
+                        await tx.emit(subject, event)
         except Exception:
             self.pending = batch + self.pending
             self.log.exception("cannot record %d health events; retrying", len(batch))

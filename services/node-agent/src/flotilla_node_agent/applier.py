@@ -39,7 +39,7 @@ from flotilla_contracts.v1.scheduler_events import (
 )
 from flotilla_node_agent.apply_backends import ApplyBackend, ApplyFailed
 from flotilla_node_agent.restmap import ObjectRef
-from flotilla_runtime import codec
+from flotilla_runtime import codec, telemetry
 from flotilla_runtime.errors import RequestError
 from flotilla_runtime.logs import BoundLogger
 from flotilla_runtime.pullloop import ACK, DeadLetters, LoopStats, Outcome, PullLoop, one_at_a_time
@@ -289,7 +289,8 @@ class ManifestApplier:
             return Outcome.dead_letter(ErrorCode.SUBJECT_MISMATCH, reason)
         log = self.log.bind(cluster=self.cluster_id, subscription=command.subscription)
         try:
-            report = await self.apply(command)
+            with telemetry.consumer_span("node-agent apply manifests", msg.headers, msg.subject):
+                report = await self.apply(command)  # the report it publishes joins the scheduler's trace
         except RetryLater as exc:
             log.warning("cannot apply now (%s); retrying in %.1fs", exc, self.retry_s)
             return Outcome.wait(self.retry_s, f"cannot apply now ({exc})")

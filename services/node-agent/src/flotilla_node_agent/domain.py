@@ -7,16 +7,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from flotilla_contracts.v1 import step_order
 from flotilla_contracts.v1.agent import NodeStepCommand, RefusalReason, StepKind
 
-# The order the orchestrator issues steps in; rollback stands outside it (an explicit move backward).
-STEP_ORDER: tuple[StepKind, ...] = (
-    StepKind.CORDON,
-    StepKind.DRAIN,
-    StepKind.UPGRADE,
-    StepKind.VERIFY,
-    StepKind.UNCORDON,
-)
+# The order the orchestrator issues steps in (from contracts); rollback stands outside it (an explicit move back).
+STEP_ORDER = step_order.FORWARD_STEPS
 
 # A step needs its predecessor to have succeeded in the same rollout: no upgrade of an undrained node.
 # Uncordon needs only the cordon (after a failed drain the orchestrator gives the node back).

@@ -39,7 +39,7 @@ from flotilla_contracts import sim as names
 from flotilla_contracts.ids import node_token
 from flotilla_contracts.v1.agent import NodeFacts
 from flotilla_contracts.v1.common import NodeRole
-from flotilla_node_agent import __version__
+from flotilla_node_agent import __version__, sim_metrics
 from flotilla_node_agent.apply_backends import SimApplyBackend
 from flotilla_node_agent.bus_login import connect_as
 from flotilla_node_agent.cluster_agent import ClusterAgent, ClusterHandle
@@ -314,6 +314,9 @@ def parse(argv: Sequence[str] | None = None) -> tuple[FleetSpec, argparse.Namesp
         "--duration", type=float, default=0.0, help="stop after this many seconds (0: run until signalled)"
     )
     parser.add_argument("--stats-every", type=float, default=10.0, help="print a JSON status line this often")
+    parser.add_argument(
+        "--metrics-port", type=int, default=-1, help="serve /metrics on 127.0.0.1 at this port (0: any; -1: none)"
+    )
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     if args.clusters < 1 or args.nodes < 1:
@@ -354,6 +357,10 @@ async def amain(argv: Sequence[str] | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     started = time.monotonic()
     fleet = await start_fleet(spec, args.server)
+    served = None
+    if args.metrics_port >= 0:
+        served = await sim_metrics.serve(args.metrics_port, spec.clusters, spec.nodes, fleet.counts)
+        logging.getLogger("flotilla.sim").warning("metrics on %s/metrics", served.url)
     try:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -363,6 +370,8 @@ async def amain(argv: Sequence[str] | None = None) -> None:
             if args.duration and time.monotonic() - started >= args.duration:
                 break
     finally:
+        if served is not None:
+            await served.stop()
         await fleet.stop()
         telemetry.shutdown_tracing()
     logging.getLogger("flotilla.sim").info("stopped")

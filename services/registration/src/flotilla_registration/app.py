@@ -6,7 +6,7 @@ import asyncio
 
 from flotilla_contracts.subjects import Service
 from flotilla_kube.selectors import SelectorError, parse_selector
-from flotilla_registration import __version__, callout, signingkey
+from flotilla_registration import __version__, callout, metrics, signingkey
 from flotilla_registration.callout import AuthCallout
 from flotilla_registration.handlers import Registration
 from flotilla_registration.natsjwt import UserLimits
@@ -72,6 +72,7 @@ async def setup(app: ServiceApp[Settings]) -> None:
         ledger=RefusalLedger(Service.REGISTRATION.value, app.metrics),
         max_nodes_per_cluster=app.settings.max_nodes_per_cluster,
     ).register(app.router)
+    metrics.register(app.metrics, app.store)
     if revoker is not None:
 
         async def close_revoker_on_stop() -> None:

@@ -9,7 +9,7 @@ from flotilla_runtime.errors import TemporaryError
 from flotilla_runtime.service import ServiceApp, ServiceSpec
 from flotilla_runtime.settings import ServiceSettings
 from flotilla_runtime.trust import RefusalLedger
-from flotilla_scheduler import __version__
+from flotilla_scheduler import __version__, metrics
 from flotilla_scheduler import store as tables
 from flotilla_scheduler.handlers import Scheduler
 from flotilla_scheduler.readmodel import ReadModel
@@ -27,10 +27,11 @@ async def setup(app: ServiceApp[Settings]) -> None:
     scheduler = Scheduler.create(app.store)
     await scheduler.load()
     scheduler.register(app.router)
+    metrics.register(app.metrics, scheduler.engine)
     read_model = ReadModel(scheduler.engine, RefusalLedger(Service.SCHEDULER.value, app.metrics))
     epoch = await tables.epoch(app.store)
-    app.consume(f"fleet-{epoch}", read_model.filters(), read_model.handlers())
-    app.consume(f"applied-{epoch}", read_model.report_filters(), read_model.handlers())
+    app.consume("fleet", read_model.filters(), read_model.handlers(), epoch=epoch)
+    app.consume("applied", read_model.report_filters(), read_model.handlers(), epoch=epoch)
     tick = app.settings.timer_tick_s
 
     async def timer() -> None:

@@ -28,7 +28,7 @@ from flotilla_runtime.errors import SettingsError
 from flotilla_runtime.service import ServiceApp, ServiceSpec
 from flotilla_runtime.settings import ServiceSettings, env_prefix
 from flotilla_runtime.trust import RefusalLedger
-from flotilla_upgrade_orchestrator import __version__, reactions, reports
+from flotilla_upgrade_orchestrator import __version__, metrics, reactions, reports
 from flotilla_upgrade_orchestrator.engine import Engine
 from flotilla_upgrade_orchestrator.handlers import Orchestrator
 from flotilla_upgrade_orchestrator.intake import Intake, SyncHandler
@@ -111,8 +111,11 @@ async def setup(app: ServiceApp[Settings]) -> None:
     await orchestrator.run(lambda tx: None)  # load the state once before serving
 
     ledger = RefusalLedger(Service.UPGRADE_ORCHESTRATOR.value, app.metrics)
+    step_times = metrics.register(app.metrics, engine)
     steps: dict[type, SyncHandler] = {
-        NodeStepReported: lambda e, subject, tx, now: reports.receive_report(engine, ledger, tx, subject, e, now),
+        NodeStepReported: step_times.wrap(
+            lambda e, subject, tx, now: reports.receive_report(engine, ledger, tx, subject, e, now)
+        ),
     }
     inventory: dict[type, SyncHandler] = {
         kind: (lambda e, subject, tx, now: reactions.on_cluster_info(engine, e.cluster))
@@ -149,6 +152,7 @@ async def setup(app: ServiceApp[Settings]) -> None:
             max_deliveries=settings.intake_max_deliveries,
         )
         intakes.append(intake)
+        app.count(intake.durable, intake.stats)
         app.background(lambda intake=intake: intake.run(app.js))  # type: ignore[misc]
 
     async def keep_leases() -> None:

@@ -29,6 +29,7 @@ from flotilla_contracts.v1.upgrade_status import (
     RolloutStatusReply,
     RolloutStatusRequest,
 )
+from flotilla_runtime import telemetry
 from flotilla_runtime.commands import CommandContext, CommandRouter
 from flotilla_runtime.errors import RequestError, TemporaryError
 from flotilla_runtime.store import Store, SyncTx
@@ -88,6 +89,19 @@ class Orchestrator:
             self.engine.stale = True
             raise RequestError(ErrorCode.UNAVAILABLE, str(exc), retry_after_s=exc.delay_s) from None
 
+    async def on_rollout(self, rollout_id: str, fn: Callable[[SyncTx], T]) -> T:
+        """`run` for a later command on a rollout (pause, resume, retry, ...): its span links to the trace the
+        rollout was started in, so the command's own trace and the rollout's are one click apart."""
+        span = telemetry.current_span()
+
+        def linked(tx: SyncTx) -> T:
+            rollout = self.engine.rollouts.get(rollout_id)
+            if rollout is not None:
+                telemetry.link(span, rollout.rec.trace, "rollout start")
+            return fn(tx)
+
+        return await self.run(linked)
+
     def _checked(self, spec: RolloutSpec) -> CheckedSpec:
         if not self.fleet_ready():
             raise RequestError(
@@ -114,31 +128,31 @@ class Orchestrator:
 
     async def pause(self, request: PauseRolloutRequest, ctx: CommandContext) -> RolloutReply:
         now = self.clock()
-        return await self.run(lambda tx: control.pause(self.engine, tx, request, now))
+        return await self.on_rollout(request.rollout_id, lambda tx: control.pause(self.engine, tx, request, now))
 
     async def resume(self, request: ResumeRolloutRequest, ctx: CommandContext) -> RolloutReply:
         now = self.clock()
-        return await self.run(lambda tx: control.resume(self.engine, tx, request, now))
+        return await self.on_rollout(request.rollout_id, lambda tx: control.resume(self.engine, tx, request, now))
 
     async def abort(self, request: AbortRolloutRequest, ctx: CommandContext) -> RolloutReply:
         now = self.clock()
-        return await self.run(lambda tx: control.abort(self.engine, tx, request, now))
+        return await self.on_rollout(request.rollout_id, lambda tx: control.abort(self.engine, tx, request, now))
 
     async def approve(self, request: ApproveWaveRequest, ctx: CommandContext) -> RolloutReply:
         now = self.clock()
-        return await self.run(lambda tx: control.approve(self.engine, tx, request, now))
+        return await self.on_rollout(request.rollout_id, lambda tx: control.approve(self.engine, tx, request, now))
 
     async def retry(self, request: RetryRequest, ctx: CommandContext) -> RolloutReply:
         now = self.clock()
-        return await self.run(lambda tx: recovery.retry(self.engine, tx, request, now))
+        return await self.on_rollout(request.rollout_id, lambda tx: recovery.retry(self.engine, tx, request, now))
 
     async def skip(self, request: SkipClusterRequest, ctx: CommandContext) -> RolloutReply:
         now = self.clock()
-        return await self.run(lambda tx: recovery.skip(self.engine, tx, request, now))
+        return await self.on_rollout(request.rollout_id, lambda tx: recovery.skip(self.engine, tx, request, now))
 
     async def rollback(self, request: RollbackRequest, ctx: CommandContext) -> RolloutReply:
         now = self.clock()
-        return await self.run(lambda tx: recovery.rollback(self.engine, tx, request, now))
+        return await self.on_rollout(request.rollout_id, lambda tx: recovery.rollback(self.engine, tx, request, now))
 
     async def list_rollouts(self, request: ListRolloutsRequest, ctx: CommandContext) -> ListRolloutsReply:
         return await self.run(lambda tx: queries.list_rollouts(self.engine, request))

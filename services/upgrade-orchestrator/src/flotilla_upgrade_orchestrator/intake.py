@@ -6,6 +6,8 @@ flushed, so an event that fails is rolled back alone, the engine reloads from th
 events before and after it commit together (commit before ack, I8). Each event id is applied once; what
 cannot be decoded is dead-lettered at once, and an event that still fails at its `max_deliveries`-th
 delivery is dead-lettered with its last error, so one poison event never holds up the ones behind it.
+Each event is handled in a span of its own, a child of the trace it carries, so the state changes it causes
+carry that trace too.
 This is what carries hundreds of node steps a second. Step reports come from FLEET_REPORTS (what members
 publish), the rest from FLEET_EVENTS: a consumer reads one stream.
 """
@@ -28,6 +30,7 @@ from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, Message, SchemaIdErr
 from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.streams import event_stream_of, service_consumer
 from flotilla_contracts.subjects import Service
+from flotilla_runtime import telemetry
 from flotilla_runtime.consumers import ConsumerStats
 from flotilla_runtime.pullloop import ACK, DeadLetters, Outcome, PullLoop, in_one_transaction
 from flotilla_runtime.store import Store, SyncTx
@@ -120,12 +123,16 @@ class Intake:
         kind, event = decoded
         if kind is None:
             return Outcome.dead_letter(self._failure_code(msg), str(event))
-        msg_id = (msg.headers or {}).get(H_MSG_ID, "")
+        headers = msg.headers or {}
+        msg_id = headers.get(H_MSG_ID, "")
         if msg_id and tx.seen(msg_id):
             self.stats.duplicates += 1
             return ACK
-        self.handlers[kind](event, msg.subject, tx, now)
-        self.engine.flush(tx)
+        # A span per event, a child of the event's trace: what handling it emits (state changes) joins that trace.
+        span_name = f"{_SERVICE.value} handle {kind.SCHEMA}"
+        with telemetry.consumer_span(span_name, headers, msg.subject), tx.in_current_trace():
+            self.handlers[kind](event, msg.subject, tx, now)
+            self.engine.flush(tx)
         if msg_id:
             tx.mark_processed(msg_id)
         self.stats.handled += 1

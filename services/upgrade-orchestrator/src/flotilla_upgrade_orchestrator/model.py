@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from flotilla_contracts.v1 import step_order
 from flotilla_contracts.v1.agent import KubeadmAction, StepKind
 from flotilla_contracts.v1.common import NodeRole
 from flotilla_contracts.v1.upgrade import RolloutSpec, UpgradePlan
@@ -23,23 +24,9 @@ from flotilla_contracts.v1.upgrade_status import (
     WaveState,
 )
 
-# Forward order of node states (I4); FAILED stands outside it.
-ORDER: dict[NodeStepState, int] = {
-    NodeStepState.PENDING: 0,
-    NodeStepState.CORDONED: 1,
-    NodeStepState.DRAINED: 2,
-    NodeStepState.UPGRADED: 3,
-    NodeStepState.VERIFIED: 4,
-    NodeStepState.UNCORDONED: 5,
-}
-STATE_AFTER: dict[StepKind, NodeStepState] = {
-    StepKind.CORDON: NodeStepState.CORDONED,
-    StepKind.DRAIN: NodeStepState.DRAINED,
-    StepKind.UPGRADE: NodeStepState.UPGRADED,
-    StepKind.VERIFY: NodeStepState.VERIFIED,
-    StepKind.UNCORDON: NodeStepState.UNCORDONED,
-    StepKind.ROLLBACK: NodeStepState.UPGRADED,
-}
+# Forward order of node states (I4; FAILED stands outside it) and the state each step leads to: from contracts.
+ORDER = step_order.STATE_RANK
+STATE_AFTER = step_order.STATE_AFTER
 FINAL_ROLLOUT = frozenset(
     {RolloutState.SUCCEEDED, RolloutState.COMPLETED_WITH_FAILURES, RolloutState.ABORTED, RolloutState.ROLLED_BACK}
 )

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from flotilla_contracts.v1 import step_order
 from flotilla_contracts.v1.agent import StepKind
 from flotilla_contracts.v1.heartbeat import ClusterHealth
 from flotilla_contracts.v1.upgrade_status import ClusterRolloutState, FreezeReason, NodeStepState
@@ -30,12 +31,8 @@ from flotilla_upgrade_orchestrator.model import (
 )
 
 DISRUPTIVE = frozenset({StepKind.CORDON, StepKind.DRAIN, StepKind.UPGRADE, StepKind.ROLLBACK})
-_FORWARD_NEXT: dict[NodeStepState, StepKind] = {
-    NodeStepState.PENDING: StepKind.CORDON,
-    NodeStepState.CORDONED: StepKind.DRAIN,
-    NodeStepState.DRAINED: StepKind.UPGRADE,
-    NodeStepState.UPGRADED: StepKind.VERIFY,
-}
+# The forward step after each state (from contracts); next_step handles Verified (uncordon only ours) before it.
+_FORWARD_NEXT = step_order.NEXT_STEP
 
 
 def next_step(node: NodeRec) -> StepKind | None:

@@ -10,7 +10,7 @@ import click
 import msgspec
 
 from flotilla_client.cli.common import CliContext, Failure, call, echo, server_option
-from flotilla_client.cli.output import Column, output_option, render, render_json, render_yaml
+from flotilla_client.cli.output import Column, Listing, output_option, render, render_json, render_yaml, show_list
 from flotilla_client.errors import FlotillaClientError
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1 import heartbeat as hb
@@ -38,6 +38,20 @@ def labels_text(labels: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"
 
 
+REGION_LABELS = ("region", "topology.kubernetes.io/region")
+ZONE_LABELS = ("zone", "topology.kubernetes.io/zone")
+
+
+def _labelled(cluster: reg.ClusterInfo, keys: tuple[str, ...], reported: str) -> str:
+    """The first of these labels the cluster has (the fleet's word), else what its agent reported."""
+    return next((cluster.labels[k] for k in keys if cluster.labels.get(k)), reported)
+
+
+def region_of(cluster: reg.ClusterInfo) -> str:
+    """`region` label, else `topology.kubernetes.io/region`, else the region the cluster's agent reported."""
+    return _labelled(cluster, REGION_LABELS, cluster.identity.region)
+
+
 # --- clusters ------------------------------------------------------------------------------------------------
 
 CLUSTER_COLUMNS = (
@@ -46,10 +60,14 @@ CLUSTER_COLUMNS = (
     Column("STATE", lambda c: c.state.value),
     Column("VERSION", lambda c: c.identity.kubernetes_version),
     Column("NODES", "node_count"),
-    Column("REGION", lambda c: c.identity.region),
+    Column("REGION", region_of),
     Column("LABELS", lambda c: labels_text(c.labels), max_width=48),
     Column("TAINTS", lambda c: ",".join(f"{t.key}:{t.effect.value}" for t in c.taints) or "-", max_width=32),
     Column("AGE", lambda c: _age(c.joined_at)),
+    Column("ZONE", lambda c: _labelled(c, ZONE_LABELS, c.identity.zone), wide=True),
+    Column("PROVIDER", lambda c: c.identity.provider, wide=True),
+    Column("AGENT", "agent_version", wide=True),
+    Column("APPROVED BY", lambda c: c.approved_by.value if c.approved_by else "-", wide=True),
 )
 
 
@@ -70,7 +88,7 @@ def _versions(versions: list[str]) -> str:
 
 def _of_cluster(column: Column) -> Column:
     """A cluster column read from a ClusterRow."""
-    return Column(column.header, lambda row: column.value(row.cluster), column.max_width)
+    return Column(column.header, lambda row: column.value(row.cluster), column.max_width, column.wide)
 
 
 CLUSTER_ROW_COLUMNS = (
@@ -81,6 +99,7 @@ CLUSTER_ROW_COLUMNS = (
     Column("LAST SEEN", lambda r: _age(r.health.last_heartbeat_at) if r.health else "-"),
     *(_of_cluster(c) for c in CLUSTER_COLUMNS[5:]),
 )
+CLUSTER_LISTING = Listing("cluster", "clusters", CLUSTER_ROW_COLUMNS, lambda r: r.cluster.cluster_id, ClusterRow.plain)
 
 
 def health_of_clusters(obj: CliContext, cluster_ids: list[str]) -> dict[str, hb.ClusterHealthInfo]:
@@ -145,11 +164,7 @@ def clusters_list(obj: CliContext, selector: str, states: tuple[str, ...], outpu
         raise Failure(str(exc)) from None
     found = list_all_clusters(obj, selector, [reg.ClusterState(s) for s in states])
     health = health_of_clusters(obj, [c.cluster_id for c in found]) if found else {}
-    rows = [ClusterRow(c, health.get(c.cluster_id)) for c in found]
-    if output == "table":
-        echo(render(rows, output, CLUSTER_ROW_COLUMNS))
-    else:
-        echo(render([row.plain() for row in rows], output, CLUSTER_ROW_COLUMNS))
+    show_list([ClusterRow(c, health.get(c.cluster_id)) for c in found], output, CLUSTER_LISTING)
 
 
 NODE_COLUMNS = (
@@ -159,6 +174,8 @@ NODE_COLUMNS = (
     Column("KUBELET", lambda n: n.facts.kubelet_version),
     Column("UNSCHEDULABLE", lambda n: n.facts.unschedulable),
     Column("UPDATED", lambda n: _age(n.updated_at)),
+    Column("OS", lambda n: n.facts.os_image, wide=True),
+    Column("RUNTIME", lambda n: n.facts.container_runtime, wide=True),
 )
 
 
@@ -180,6 +197,15 @@ NODE_ROW_COLUMNS = (
     Column("KUBE-PROXY", lambda r: r.health.kube_proxy_version if r.health else "-"),
     Column("LAST SEEN", lambda r: _age(r.health.last_heartbeat_at) if r.health else "-"),
     Column("REASON", lambda r: r.health.reason if r.health else "-", max_width=40),
+    Column("UNSCHEDULABLE", lambda r: r.node.facts.unschedulable, wide=True),
+    Column("OS", lambda r: r.node.facts.os_image, wide=True),
+    Column("KERNEL", lambda r: r.node.facts.kernel_version, wide=True),
+    Column("RUNTIME", lambda r: r.node.facts.container_runtime, wide=True),
+    Column("ARCH", lambda r: r.node.facts.architecture, wide=True),
+    Column("PODS", lambda r: r.node.facts.pod_count, wide=True),
+)
+NODE_LISTING = Listing(
+    "node", "nodes", NODE_ROW_COLUMNS, lambda r: f"{r.node.cluster_id}/{r.node.facts.node_id}", NodeRow.plain
 )
 
 
@@ -201,14 +227,23 @@ def health_of_nodes(obj: CliContext, cluster_id: str | None) -> dict[tuple[str, 
 
 @clusters.command("get")
 @click.argument("cluster_id")
-@output_option("yaml", "json", "table", default="yaml")
+@output_option("yaml", "json", "table", "wide", "name", default="yaml")
 @server_option
 @pass_cli
 def clusters_get(obj: CliContext, cluster_id: str, output: str) -> None:
-    """Show one cluster with its nodes."""
+    """Show one cluster with its nodes.
+
+    \b
+    Examples:
+      flotilla clusters get sim-0001-1a2b3c
+      flotilla clusters get sim-0001-1a2b3c -o wide
+    """
     reply = call(obj, REG, "clusters.get", reg.GetClusterRequest(cluster_id=cluster_id), reg.ClusterReply)
-    if output == "table":
-        echo(render([reply.cluster], "table", CLUSTER_COLUMNS) + "\n\n" + render(reply.nodes, "table", NODE_COLUMNS))
+    if output in ("table", "wide"):
+        clusters, nodes = render([reply.cluster], output, CLUSTER_COLUMNS), render(reply.nodes, output, NODE_COLUMNS)
+        echo(clusters + "\n\n" + nodes)
+    elif output == "name":
+        echo(f"cluster/{reply.cluster.cluster_id}")
     else:
         echo(render_json(reply) if output == "json" else render_yaml(reply))
 
@@ -341,5 +376,4 @@ def nodes_list(obj: CliContext, cluster_id: str | None, output: str) -> None:
             break
         cursor = page.next_cursor
     health = health_of_nodes(obj, cluster_id) if found else {}
-    rows = [NodeRow(n, health.get((n.cluster_id, n.facts.node_id))) for n in found]
-    echo(render(rows if output == "table" else [r.plain() for r in rows], output, NODE_ROW_COLUMNS))
+    show_list([NodeRow(n, health.get((n.cluster_id, n.facts.node_id))) for n in found], output, NODE_LISTING)

@@ -1,4 +1,4 @@
-"""Rendering of command results as a table, JSON or YAML; shared by every command that lists things."""
+"""Rendering of command results as kubectl does (`-o table|wide|json|yaml|name`); shared by every read command."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import yaml
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-FORMATS = ("table", "json", "yaml")
+FORMATS = ("table", "wide", "json", "yaml", "name")
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,8 @@ class Column:
 
     header: str
     get: str | Callable[[Any], Any]
-    max_width: int = 0  # 0: no limit; longer cells are cut with an ellipsis
+    max_width: int = 0  # 0: no limit; longer cells are cut with an ellipsis (not in -o wide)
+    wide: bool = False  # shown only with -o wide
 
     def value(self, item: Any) -> Any:
         if callable(self.get):
@@ -59,10 +60,11 @@ def _fit(text: str, width: int) -> str:
     return text if not width or len(text) <= width else text[: max(width - 1, 1)] + "…"
 
 
-def render_table(items: Iterable[Any], columns: Sequence[Column]) -> str:
-    """Aligned columns with a header row; no trailing spaces."""
+def render_table(items: Iterable[Any], columns: Sequence[Column], wide: bool = False) -> str:
+    """Aligned columns with a header row; no trailing spaces. `wide`: the wide columns too, and no cell cut."""
+    columns = [col for col in columns if wide or not col.wide]
     rows = [[col.header for col in columns]]
-    rows += [[_fit(cell(col.value(item)), col.max_width) for col in columns] for item in items]
+    rows += [[_fit(cell(col.value(item)), 0 if wide else col.max_width) for col in columns] for item in items]
     widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
@@ -81,14 +83,46 @@ def render_yaml(value: Any) -> str:
 
 
 def render(items: Sequence[Any], fmt: str, columns: Sequence[Column]) -> str:
-    """A list of items in the chosen format: the table shows `columns`, JSON and YAML show everything."""
+    """A list of items in the chosen format: the table shows `columns` (wide: the wide ones too), JSON and YAML
+    show everything."""
     if fmt == "json":
         return render_json(list(items))
     if fmt == "yaml":
         return render_yaml(list(items))
-    if fmt == "table":
-        return render_table(items, columns)
+    if fmt in ("table", "wide"):
+        return render_table(items, columns, wide=fmt == "wide")
     raise click.BadParameter(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+@dataclass(frozen=True)
+class Listing:
+    """How one kind of thing is listed: `kind/id` lines for -o name, what an empty list says, the columns, and the
+    plain form JSON and YAML show (every field, not only the columns)."""
+
+    kind: str  # cluster: `-o name` prints cluster/<id>
+    plural: str  # clusters: an empty list says "No clusters found."
+    columns: Sequence[Column]
+    name: Callable[[Any], str]
+    plain: Callable[[Any], Any] = to_plain
+
+
+def render_list(items: Sequence[Any], fmt: str, listing: Listing) -> str:
+    """Items in any of FORMATS; an empty table or name list is "" (show_list says so on stderr)."""
+    if fmt == "name":
+        return "\n".join(f"{listing.kind}/{listing.name(item)}" for item in items)
+    if fmt in ("json", "yaml"):
+        return render([listing.plain(item) for item in items], fmt, listing.columns)
+    if not items:
+        return ""
+    return render(items, fmt, listing.columns)
+
+
+def show_list(items: Sequence[Any], fmt: str, listing: Listing) -> None:
+    """Print a list as kubectl does: an empty one says `No <plural> found.` on stderr (exit 0), no bare header."""
+    if not items and fmt not in ("json", "yaml"):
+        click.echo(f"No {listing.plural} found.", err=True)
+        return
+    click.echo(render_list(items, fmt, listing))
 
 
 class TableStream:
@@ -115,7 +149,7 @@ class TableStream:
 
 
 def output_option(*formats: str, default: str = "table") -> Callable[[F], F]:
-    """The `-o/--output` option every listing command shares."""
+    """The `-o/--output` option every read command shares: table, wide (more columns), json, yaml, name (kind/id)."""
     choices = formats or FORMATS
     return click.option(
         "-o",

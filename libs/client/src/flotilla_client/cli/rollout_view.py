@@ -27,7 +27,8 @@ def bar(done: int, total: int, width: int = 20) -> str:
     return f"[{'#' * filled}{'-' * (width - filled)}] {done:>3}/{total:<3}"
 
 
-def plan_text(plan: UpgradePlan) -> str:
+def plan_text(plan: UpgradePlan, wide: bool = False) -> str:
+    """The plan per wave, a row per cluster (`wide`: every control-plane node in full, and the workers by name)."""
     lines = [
         f"Plan to {plan.target_version}: {plan.clusters_total} clusters, {plan.nodes_total} nodes in "
         f"{len(plan.waves)} waves, about {format_duration(plan.estimated_duration_s)}"
@@ -45,7 +46,7 @@ def plan_text(plan: UpgradePlan) -> str:
                 "control plane": " -> ".join(
                     f"{n.node_name}({n.kubeadm_action.value if n.kubeadm_action else '-'})" for n in c.control_plane
                 ),
-                "workers": len(c.workers),
+                "workers": ",".join(n.node_name for n in c.workers) if wide else len(c.workers),
                 "checks": "ok" if all(s.ok for s in c.skew_checks) else "FAIL",
                 "estimate": format_duration(c.estimated_duration_s),
             }
@@ -54,6 +55,7 @@ def plan_text(plan: UpgradePlan) -> str:
         table = render_table(
             rows,
             [Column(h.upper(), h, max_width=60 if h == "control plane" else 0) for h in rows[0]] if rows else [],
+            wide=wide,
         )
         lines.append(_indent(table))
     failed_checks = [s for w in plan.waves for c in w.clusters for s in c.skew_checks if not s.ok]
@@ -136,7 +138,7 @@ def _cluster_line(cluster: ClusterStatus) -> str:
     return line
 
 
-def status_text(status: RolloutStatusReply, *, active_only: bool = False) -> str:
+def status_text(status: RolloutStatusReply, *, active_only: bool = False, wide: bool = False) -> str:
     """The rollout, each wave with its clusters' progress bars, then failures with reasons."""
     lines = [summary_line(status.rollout)]
     if status.writer is not None and status.writer.message:

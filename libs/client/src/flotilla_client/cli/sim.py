@@ -9,6 +9,7 @@ import click
 from flotilla_client import localfleet
 from flotilla_client.cli.common import BadUsage, CliContext, Failure, call, echo
 from flotilla_client.cli.fleet import list_all_clusters
+from flotilla_client.natsserver import free_port
 from flotilla_contracts import sim as names
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1 import registration as reg
@@ -54,10 +55,16 @@ pass_cli = click.make_pass_decorator(CliContext)
 @click.option("--token", default="", help="Join token [default: a new auto-approving one for these clusters].")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until every cluster has joined.")
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for the joins.")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="Serve the fleet's /metrics (size, steps executed) on 127.0.0.1 at this port [default: a free one].",
+)
 @pass_cli
 def sim(
     obj: CliContext, clusters: int, nodes: int, versions: str, fail_rate: float, faults: tuple[str, ...],
-    seed: int, step_seconds: float, prefix: str, token: str, wait: bool, timeout: float,
+    seed: int, step_seconds: float, prefix: str, token: str, wait: bool, timeout: float, metrics_port: int,
 ) -> None:  # fmt: skip
     """Start a simulated fleet that joins the local fleet: every node runs the real node-agent code
     with the simulated driver (deterministic for a seed), heartbeats and obeys upgrade steps.
@@ -82,6 +89,7 @@ def sim(
             description=f"flotilla sim {prefix}",
         )  # fmt: skip
         token = call(obj, Service.REGISTRATION, "tokens.create", request, reg.CreateTokenReply).token
+    metrics_port = metrics_port or free_port()  # chosen now: a restart by the supervisor keeps it
     args = [
         "--clusters",
         str(clusters),
@@ -99,11 +107,14 @@ def sim(
         token,
         "--stats-every",
         "30",
+        "--metrics-port",
+        str(metrics_port),
     ]
     for fault in faults:
         args += ["--fault", fault]
     entry = localfleet.start_sim(obj.state_dir, args, prefix=prefix, clusters=clusters, nodes=nodes)
     echo(f"simulated fleet {prefix!r}: {clusters} clusters x {nodes} nodes (pid {entry.pid}, log {entry.log})")
+    echo(f"  metrics: http://127.0.0.1:{metrics_port}/metrics")
     if wait:
         joined = wait_for_clusters(obj, prefix, clusters, timeout)
         echo(f"all {joined} clusters joined and approved")

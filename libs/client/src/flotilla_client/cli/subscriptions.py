@@ -16,7 +16,7 @@ import msgspec
 import yaml
 
 from flotilla_client.cli.common import CliContext, Failure, call, echo, server_option
-from flotilla_client.cli.output import Column, output_option, render, render_json, render_yaml
+from flotilla_client.cli.output import Column, Listing, output_option, render, render_json, render_yaml, show_list
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1 import scheduler as sched
 
@@ -57,7 +57,9 @@ SUMMARY_COLUMNS = (
     Column("APPLIED", "applied"),
     Column("FAILED", "failed"),
     Column("UPDATED", "updated_at"),
+    Column("PENDING", lambda s: s.clusters - s.applied - s.failed, wide=True),
 )
+SUBSCRIPTION_LISTING = Listing("subscription", "subscriptions", SUMMARY_COLUMNS, lambda s: s.name)
 
 
 def placement_rows(info: sched.SubscriptionInfo) -> list[dict[str, Any]]:
@@ -138,7 +140,7 @@ def subscriptions_apply(obj: CliContext, path: Path) -> None:
 def subscriptions_list(obj: CliContext, output: str) -> None:
     """List subscriptions with how many clusters have them and how many applied them."""
     reply = call(obj, SCHED, "subscriptions.list", sched.ListSubscriptionsRequest(), sched.ListSubscriptionsReply)
-    echo(render(reply.subscriptions, output, SUMMARY_COLUMNS))
+    show_list(reply.subscriptions, output, SUBSCRIPTION_LISTING)
 
 
 @subscriptions.command("get")
@@ -148,35 +150,31 @@ def subscriptions_list(obj: CliContext, output: str) -> None:
 @server_option
 @pass_cli
 def subscriptions_get(obj: CliContext, name: str, cluster_id: str | None, output: str) -> None:
-    """A subscription's placements and per-cluster applied status, or (--cluster) its rendered manifests."""
+    """A subscription's placements and per-cluster applied status, or (--cluster) its rendered manifests.
+
+    \b
+    Examples:
+      flotilla subscriptions get web
+      flotilla subscriptions get web --cluster sim-0001-1a2b3c -o yaml
+    """
     if cluster_id:
-        rendered = call(
-            obj,
-            SCHED,
-            "subscriptions.rendered",
-            sched.GetRenderedRequest(name=name, cluster_id=cluster_id),
-            sched.GetRenderedReply,
+        request = sched.GetRenderedRequest(name=name, cluster_id=cluster_id)
+        rendered = call(obj, SCHED, "subscriptions.rendered", request, sched.GetRenderedReply)
+        if output in ("json", "yaml", "name"):
+            _print_one(rendered, output, f"subscription/{rendered.name}")
+            return
+        placed = f"placed, {rendered.replicas} replicas" if rendered.replicas is not None else "placed"
+        overrides = ", ".join(rendered.overrides_applied) or "none"
+        echo(
+            f"# {name} on {cluster_id}: {placed if rendered.placed else 'not placed'}; "
+            f"generation {rendered.generation}; overrides: {overrides}"
         )
-        if output == "json":
-            echo(render_json(rendered))
-        elif output == "yaml":
-            echo(render_yaml(rendered))
-        else:
-            placed = f"placed, {rendered.replicas} replicas" if rendered.replicas is not None else "placed"
-            overrides = ", ".join(rendered.overrides_applied) or "none"
-            echo(
-                f"# {name} on {cluster_id}: {placed if rendered.placed else 'not placed'}; "
-                f"generation {rendered.generation}; overrides: {overrides}"
-            )
-            echo(yaml.safe_dump_all(rendered.manifests, sort_keys=False).rstrip("\n"))
+        echo(yaml.safe_dump_all(rendered.manifests, sort_keys=False).rstrip("\n"))
         return
     reply = call(obj, SCHED, "subscriptions.get", sched.GetSubscriptionRequest(name=name), sched.GetSubscriptionReply)
     info = reply.subscription
-    if output == "json":
-        echo(render_json(info))
-        return
-    if output == "yaml":
-        echo(render_yaml(info))
+    if output in ("json", "yaml", "name"):
+        _print_one(info, output, f"subscription/{info.spec.name}")
         return
     policy = info.spec.policy
     echo(f"Name:        {info.spec.name} (generation {info.generation})")
@@ -185,12 +183,19 @@ def subscriptions_get(obj: CliContext, name: str, cluster_id: str | None, output
         + (f", {policy.replicas} replicas" if policy.strategy is sched.Strategy.DIVIDE else "")
     )
     echo(f"Selector:    {policy.selector or '(every cluster)'}")
+    if output == "wide":
+        echo(f"Description: {info.spec.description or '-'}")
+        echo(f"Manifests:   {len(info.spec.manifests)}; overrides: {len(info.spec.overrides)}")
     if info.unplaced_replicas:
         echo(f"Unplaced:    {info.unplaced_replicas} replicas")
     if info.message:
         echo(f"Message:     {info.message}")
     echo()
-    echo(render(placement_rows(info), "table", PLACEMENT_COLUMNS))
+    echo(render(placement_rows(info), output, PLACEMENT_COLUMNS))
+
+
+def _print_one(value: Any, output: str, name: str) -> None:
+    echo(name if output == "name" else render_json(value) if output == "json" else render_yaml(value))
 
 
 @subscriptions.command("delete")

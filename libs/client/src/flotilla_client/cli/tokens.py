@@ -6,7 +6,7 @@ import click
 
 from flotilla_client.cli.common import CliContext, Failure, call, echo, server_option
 from flotilla_client.cli.fleet import labels_text
-from flotilla_client.cli.output import Column, output_option, render, render_json
+from flotilla_client.cli.output import Column, Listing, output_option, render_json, show_list
 from flotilla_client.durations import parse_duration
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1 import registration as reg
@@ -25,7 +25,10 @@ TOKEN_COLUMNS = (
     Column("AUTO-APPROVE", "auto_approve"),
     Column("LABELS", lambda t: labels_text(t.labels), max_width=40),
     Column("DESCRIPTION", "description", max_width=40),
+    Column("CREATED", "created_at", wide=True),
+    Column("REVOKED", "revoked_at", wide=True),
 )
+TOKEN_LISTING = Listing("token", "tokens", TOKEN_COLUMNS, lambda t: t.token_id)
 
 
 @click.group()
@@ -85,7 +88,7 @@ def token_create(
 def token_list(obj: CliContext, include_inactive: bool, output: str) -> None:
     """List join tokens (never their secrets)."""
     reply = call(obj, REG, "tokens.list", reg.ListTokensRequest(include_inactive=include_inactive), reg.ListTokensReply)
-    echo(render(reply.tokens, output, TOKEN_COLUMNS))
+    show_list(reply.tokens, output, TOKEN_LISTING)
 
 
 @token.command("revoke")

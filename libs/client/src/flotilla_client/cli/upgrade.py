@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from flotilla_client.cli.common import CliContext, Failure, call, echo, server_option
-from flotilla_client.cli.output import Column, output_option, render, render_json, render_yaml
+from flotilla_client.cli.output import Column, Listing, output_option, render_json, render_yaml, show_list
 from flotilla_client.cli.rollout_spec import build_spec, spec_options
 from flotilla_client.cli.rollout_view import FINISHED, changes, final_summary, next_steps, plan_text, status_text
 from flotilla_contracts.subjects import Service
@@ -30,7 +30,7 @@ def upgrade() -> None:
 
 @upgrade.command("plan")
 @spec_options
-@output_option("table", "json", "yaml")
+@output_option()
 @server_option
 @pass_cli
 def plan(obj: CliContext, /, output: str, **params: Any) -> None:
@@ -41,7 +41,8 @@ def plan(obj: CliContext, /, output: str, **params: Any) -> None:
       flotilla upgrade plan --to v1.30.4 -l env=prod --canary 1 --waves 50,100
     """
     reply = call(obj, UPG, "upgrade.plan", up.PlanRequest(spec=build_spec(params)), up.PlanReply, timeout_s=30)
-    _print(reply.plan, output, plan_text)
+    names = [f"cluster/{c.cluster_id}" for wave in reply.plan.waves for c in wave.clusters]  # what would move
+    _print(reply.plan, output, plan_text, names)
     if not reply.plan.feasible:
         raise SystemExit(1)
 
@@ -180,7 +181,13 @@ LIST_COLUMNS = (
     Column("FAILED", lambda r: r.nodes.failed),
     Column("FREEZE", lambda r: r.freeze.reason.value if r.freeze else "-"),
     Column("CREATED", "created_at"),
+    Column("STARTED", "started_at", wide=True),
+    Column("FINISHED", "finished_at", wide=True),
+    Column("CLUSTERS FAILED", lambda r: r.clusters.failed, wide=True),
+    Column("SKIPPED", lambda r: r.clusters.skipped, wide=True),
+    Column("FREEZE MESSAGE", lambda r: r.freeze.message if r.freeze else "-", max_width=60, wide=True),
 )
+ROLLOUT_LISTING = Listing("rollout", "rollouts", LIST_COLUMNS, lambda r: r.rollout_id)
 
 
 @upgrade.command("list")
@@ -190,7 +197,7 @@ LIST_COLUMNS = (
 def list_rollouts(obj: CliContext, output: str) -> None:
     """List rollouts, newest first."""
     reply = call(obj, UPG, "upgrade.list", st.ListRolloutsRequest(), st.ListRolloutsReply)
-    echo(render(reply.rollouts, output, LIST_COLUMNS))
+    show_list(reply.rollouts, output, ROLLOUT_LISTING)
 
 
 def fetch_status(obj: CliContext, rollout_id: str, nodes: bool = False) -> st.RolloutStatusReply:
@@ -201,13 +208,13 @@ def fetch_status(obj: CliContext, rollout_id: str, nodes: bool = False) -> st.Ro
 @upgrade.command("status")
 @click.argument("rollout_id")
 @click.option("--nodes", is_flag=True, help="Include every node's step state.")
-@output_option("table", "json", "yaml")
+@output_option()
 @server_option
 @pass_cli
 def status(obj: CliContext, rollout_id: str, nodes: bool, output: str) -> None:
     """Waves, clusters, failures with reasons, and the freeze reason if frozen."""
     reply = fetch_status(obj, rollout_id, nodes)
-    _print(reply, output, status_text)
+    _print(reply, output, status_text, [f"rollout/{reply.rollout.rollout_id}"])
 
 
 @upgrade.command("watch")
@@ -249,10 +256,13 @@ def watch_rollout(
         time.sleep(interval)
 
 
-def _print(value: Any, output: str, text: Callable[[Any], str]) -> None:
+def _print(value: Any, output: str, text: Callable[..., str], names: list[str]) -> None:
+    """One reply in any output format; `names` are its kind/id lines for -o name."""
     if output == "json":
         echo(render_json(value))
     elif output == "yaml":
         echo(render_yaml(value))
+    elif output == "name":
+        echo("\n".join(names)) if names else echo("No clusters found.", err=True)
     else:
-        echo(text(value))
+        echo(text(value, wide=output == "wide"))
