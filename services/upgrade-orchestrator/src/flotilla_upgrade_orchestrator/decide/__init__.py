@@ -49,8 +49,8 @@ __all__ = ["Decision", "View", "decide"]
 def decide(view: View, fact: Fact, now: datetime) -> Decision:
     """What to do about `fact` in the rollout `view` shows, at `now`."""
     match fact:
-        case Advance(only):
-            return progress.advance(view, only, now)
+        case Advance():
+            return progress.advance(view, fact, now)
         case Gates():
             return Decision(progress.gates(view, now))
         case LiftBudgetFreeze(reason):

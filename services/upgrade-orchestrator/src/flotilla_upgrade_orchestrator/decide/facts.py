@@ -24,9 +24,13 @@ from flotilla_upgrade_orchestrator.fleet import FleetNode
 
 @dataclass(frozen=True, slots=True)
 class Advance:
-    """Move the rollout as far as it can go; `only`: one cluster's work, unless that cluster settles."""
+    """Move the rollout as far as it can go; `only`: one cluster's work, unless that cluster settles
+    (`settled`: it left its working state in an earlier pass); `stage`: the rollout-wide stage to go on
+    from (progress.STAGES; 0 settles every cluster first)."""
 
     only: str | None = None
+    settled: bool = False
+    stage: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,36 +46,46 @@ _UPGRADING = (C.UPGRADING_CONTROL_PLANE, C.UPGRADING_WORKERS)
 _GATE_BAD = (ClusterHealth.DEGRADED, ClusterHealth.UNREACHABLE)
 
 
-def advance(v: View, only: str | None, now: datetime) -> Decision:
+def advance(v: View, fact: Advance, now: datetime) -> Decision:
     """One pass: settle clusters, then (when one settled, or for the whole rollout) gates, waves, the end of
-    a rollback, windows and starts; then the steps to issue (I1, I2, I7, I9)."""
+    a rollback, windows and starts (STAGES, each repeated until it has nothing more, then the next); then
+    the steps to issue (I1, I2, I7, I9)."""
     rollout = v.rollout
     if v.epoch is None:
         return Decision()  # not our lease (I6): somebody else writes this rollout, or nobody until we get it back
-    again = (Advance(only),)
     if rollout.rec.epoch != v.epoch:
-        return Decision([SetRollout({"epoch": v.epoch})], again)
-    clusters = [rollout.clusters[only]] if only is not None else list(rollout.clusters.values())
-    for cluster in clusters:
+        return Decision([SetRollout({"epoch": v.epoch})], (fact,))
+    if fact.only is not None:
+        cluster = rollout.clusters[fact.only]
         if cluster.state in WINDING_DOWN and retries.due(rollout, cluster):
-            why = ", asked for while the cluster was still giving nodes back"
-            note = Note("info", "queued retry started: its unfinished nodes begin a new attempt", cluster.cluster_id)
-            return Decision([*reopen(v, cluster, now, why), note], (LiftBudgetFreeze("Retried"), *again))
-    moves: list[Intent] = []
-    settled = False
-    for cluster in clusters:
-        found, left = settle_cluster(v, cluster, now)
-        moves += found
-        settled |= left
-    if moves:
-        return Decision(moves, (Advance(None if settled else only),))
-    if only is not None and not settled:
-        return Decision(issue_steps(v, [rollout.clusters[only]], now))
-    for stage in (gates, waves, finish_rollback, windows, starts):
+            return _queued_retry(v, cluster, fact, now)
+        moves, left = settle_cluster(v, cluster, now)
+        settled = fact.settled or left
+        if moves:
+            return Decision(moves, (Advance(fact.only, settled),))
+        if not settled:
+            return Decision(issue_steps(v, [cluster], now))
+        fact = Advance(stage=1)  # it settled: the rollout-wide stages, as after any cluster's move
+    if fact.stage == 0:
+        moves = []
+        for cluster in rollout.clusters.values():
+            if cluster.state in WINDING_DOWN and retries.due(rollout, cluster):
+                return _queued_retry(v, cluster, fact, now)
+            moves += settle_cluster(v, cluster, now)[0]
+        if moves:
+            return Decision(moves, (fact,))
+    for index, stage in enumerate(STAGES[max(fact.stage, 1) - 1 :], start=max(fact.stage, 1)):
         moves = stage(v, now)
         if moves:
-            return Decision(moves, (Advance(None),))
+            return Decision(moves, (Advance(stage=index),))  # the same stage again, then on
     return Decision(issue_steps(v, [c for c in rollout.clusters.values() if _may_have_work(c)], now))
+
+
+def _queued_retry(v: View, cluster: ClusterRec, fact: Advance, now: datetime) -> Decision:
+    """A retry asked for while the cluster still settled takes effect once it has (retries.py)."""
+    why = ", asked for while the cluster was still giving nodes back"
+    note = Note("info", "queued retry started: its unfinished nodes begin a new attempt", cluster.cluster_id)
+    return Decision([*reopen(v, cluster, now, why), note], (LiftBudgetFreeze("Retried"), fact))
 
 
 def _may_have_work(cluster: ClusterRec) -> bool:
@@ -223,6 +233,10 @@ def starts(v: View, now: datetime) -> list[Intent]:
             ClusterTo(cluster.cluster_id, C.UPGRADING_CONTROL_PLANE if has_cp else C.UPGRADING_WORKERS, "Started")
         )
     return out
+
+
+# The rollout-wide stages after settling, in order (Advance.stage counts from 1).
+STAGES = (gates, waves, finish_rollback, windows, starts)
 
 
 def _rollback_turn(v: View, cluster: ClusterRec) -> bool:
