@@ -145,7 +145,7 @@ class DecideModel(RolloutModel):
         concurrent=st.integers(1, 2),
         approval=st.booleans(),
     )
-    def start(  # type: ignore[override]
+    def start(
         self, clusters: int, cps: int, workers: int, max_unavailable: int, concurrent: int, approval: bool
     ) -> None:
         for i in range(clusters):
