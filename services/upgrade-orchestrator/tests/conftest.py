@@ -17,7 +17,8 @@ def sim(tmp_path: Path) -> Sim:
 async def commands(tmp_path: Path):  # type: ignore[no-untyped-def]
     """The upgrade commands under TestNatsBroker, with a real SQLite file, an injected clock, one lease."""
     from faststream.nats import TestNatsBroker
-    from orchestrator_harness import T0, Commands
+    from orchestrator_commands import Commands
+    from orchestrator_harness import T0
 
     from flotilla_contracts.subjects import Service
     from flotilla_runtime.bus import make_broker

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from orchestrator_harness import Commands
+from orchestrator_commands import Commands
 
 from flotilla_contracts.v1.heartbeat import ClusterHealth, ClusterHealthChanged
 from flotilla_contracts.v1.upgrade import (

@@ -13,7 +13,7 @@ import msgspec
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from orchestrator_harness import Commands
+from orchestrator_commands import Commands
 
 from flotilla_contracts import catalogue
 from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, schema_id

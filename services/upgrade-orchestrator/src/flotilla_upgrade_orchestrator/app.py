@@ -28,13 +28,14 @@ from flotilla_runtime.errors import SettingsError
 from flotilla_runtime.service import ServiceApp, ServiceSpec
 from flotilla_runtime.settings import ServiceSettings, env_prefix
 from flotilla_runtime.trust import RefusalLedger
-from flotilla_upgrade_orchestrator import __version__, metrics, progress, reactions, reports
-from flotilla_upgrade_orchestrator.engine import Engine, Timeouts
+from flotilla_upgrade_orchestrator import __version__, metrics, reactions, reports
+from flotilla_upgrade_orchestrator.engine import Engine
 from flotilla_upgrade_orchestrator.handlers import Orchestrator
 from flotilla_upgrade_orchestrator.intake import Intake, SyncHandler
 from flotilla_upgrade_orchestrator.lease import KvLeases
 from flotilla_upgrade_orchestrator.plan import Estimates
 from flotilla_upgrade_orchestrator.releases import Releases
+from flotilla_upgrade_orchestrator.timeouts import Timeouts
 from flotilla_upgrade_orchestrator.writer import LeaseView
 
 
@@ -165,7 +166,7 @@ async def setup(app: ServiceApp[Settings]) -> None:
                 if epoch is not None and epoch != before:
                     app.log.bind(rollout=rollout_id).info("lease taken", extra={"epoch": epoch})
                     await orchestrator.run(
-                        lambda tx, r=rollout_id: progress.advance(engine, tx, engine.rollouts[r], datetime.now(UTC))  # type: ignore[misc]
+                        lambda tx, r=rollout_id: reactions.advance(engine, tx, engine.rollouts[r], datetime.now(UTC))  # type: ignore[misc]
                     )
             for rollout_id in [r for r in leases.held if r not in wanted]:
                 await leases.release(rollout_id)

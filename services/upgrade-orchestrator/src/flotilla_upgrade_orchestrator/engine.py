@@ -15,7 +15,6 @@ from typing import TypeVar
 
 from flotilla_contracts import catalogue
 from flotilla_contracts.v1.agent import NodeStepCommand, StepKind, TargetVersions
-from flotilla_contracts.v1.heartbeat import ClusterHealth
 from flotilla_contracts.v1.upgrade_status import (
     Direction,
 )
@@ -31,32 +30,12 @@ from flotilla_upgrade_orchestrator.model import (
     Rollout,
     command_id,
 )
+from flotilla_upgrade_orchestrator.timeouts import Timeouts
 from flotilla_upgrade_orchestrator.transitions import Transitions
-from flotilla_upgrade_orchestrator.windows import Openness, Window, openness, parse_windows
+from flotilla_upgrade_orchestrator.windows import Window, parse_windows
 
 T = TypeVar("T")
 log = get_logger("flotilla.upgrade-orchestrator.engine")
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """How long a step may stay unanswered before the node fails with StepTimeout (beyond its deadline)."""
-
-    cordon_s: float = 120.0
-    upgrade_s: float = 1800.0
-    uncordon_s: float = 120.0
-    grace_s: float = 60.0
-    inventory_s: float = 300.0  # a cluster whose nodes all finished waits this long for its inventory at the target
-    no_progress_s: float = 600.0  # Running with nothing issued or received this long: freeze NoProgress
-
-    def for_step(self, step: StepKind, rollout: Rollout) -> float:
-        if step is StepKind.DRAIN:
-            return rollout.spec.drain.timeout_s + self.cordon_s
-        if step is StepKind.VERIFY:
-            return rollout.spec.health_gates.verify_timeout_s + self.cordon_s
-        if step in (StepKind.UPGRADE, StepKind.ROLLBACK):
-            return self.upgrade_s
-        return self.uncordon_s if step is StepKind.UNCORDON else self.cordon_s
 
 
 @dataclass
@@ -148,31 +127,13 @@ class Engine(Transitions):
         self._new_failures.clear()
         self.dirty_fleet.clear()
 
-    # --- windows and health ------------------------------------------------------------------------------------
+    # --- windows ------------------------------------------------------------------------------------
 
     def windows(self, rollout: Rollout) -> tuple[Window, ...]:
         found = self._windows.get(rollout.rollout_id)
         if found is None:
             found = self._windows[rollout.rollout_id] = tuple(parse_windows(rollout.spec.maintenance_windows))
         return found
-
-    def health(self, cluster_id: str) -> ClusterHealth:
-        cluster = self.fleet.get(cluster_id)
-        return ClusterHealth.UNKNOWN if cluster is None else cluster.health
-
-    def labels(self, cluster_id: str) -> dict[str, str]:
-        cluster = self.fleet.get(cluster_id)
-        return {} if cluster is None else cluster.labels
-
-    def window(self, rollout: Rollout, cluster: ClusterRec, now: datetime) -> Openness:
-        """Is the cluster inside a maintenance window now, and if not, when does one open (a query, no write)."""
-        windows = self.windows(rollout)
-        if not windows:
-            return Openness(open=True)
-        return openness(windows, self.labels(cluster.cluster_id), now)
-
-    def window_open(self, rollout: Rollout, cluster: ClusterRec, now: datetime) -> bool:
-        return self.window(rollout, cluster, now).open
 
     # --- issuing -----------------------------------------------------------------------------------------------
 
@@ -209,9 +170,45 @@ class Engine(Transitions):
                 self.inflight[sent] = (rollout.rollout_id, cluster.cluster_id, node.node_id)
             log.error("command %s was already issued; not sending it again (I4)", sent)
             return
-        target = TargetVersions(kubernetes_version=rollout.spec.target_version)
-        previous = TargetVersions(kubernetes_version=node.from_version)
-        command = NodeStepCommand(
+        command = self._command(rollout, cluster, node, step, cid, epoch, deadline, now)
+        subject = catalogue.subject_for(NodeStepCommand, cluster_id=cluster.cluster_id, node_id=node.node_id)
+        # The command (and so the agent's work and reports) joins the trace the rollout was started in.
+        tx.emit(subject, command, msg_id=cid, trace_headers=rollout.rec.trace or None)
+        self.issued += 1
+
+    def resend(
+        self, tx: SyncTx, rollout: Rollout, cluster: ClusterRec, node: NodeRec, epoch: int, now: datetime
+    ) -> bool:
+        """Send the node's command in flight again at `epoch` (same id and attempt, new deadline) after a
+        takeover (failover.py); False if it already went out at that epoch or was never recorded (then the
+        normal path issues it)."""
+        step = node.in_flight
+        sent_at = repo.command_epoch(tx, node.command_id)
+        if step is None or sent_at is None or sent_at >= epoch:
+            return False
+        deadline = now + timedelta(seconds=self.timeouts.for_step(step, rollout))
+        node.issued_at, node.deadline = now.timestamp(), deadline.timestamp()
+        self.touch_node(rollout, cluster, node)
+        repo.resent_command(tx, node.command_id, epoch, now)
+        self.inflight[node.command_id] = (rollout.rollout_id, cluster.cluster_id, node.node_id)
+        command = self._command(rollout, cluster, node, step, node.command_id, epoch, deadline, now)
+        subject = catalogue.subject_for(NodeStepCommand, cluster_id=cluster.cluster_id, node_id=node.node_id)
+        # A new message id: the stream would drop the same id as a duplicate; the agent keys on the command id.
+        tx.emit(subject, command, msg_id=f"{node.command_id}-e{epoch}", trace_headers=rollout.rec.trace or None)
+        return True
+
+    @staticmethod
+    def _command(
+        rollout: Rollout,
+        cluster: ClusterRec,
+        node: NodeRec,
+        step: StepKind,
+        cid: str,
+        epoch: int,
+        deadline: datetime,
+        now: datetime,
+    ) -> NodeStepCommand:
+        return NodeStepCommand(
             command_id=cid,
             rollout_id=rollout.rollout_id,
             epoch=epoch,
@@ -219,18 +216,14 @@ class Engine(Transitions):
             node_id=node.node_id,
             node_name=node.node_name,
             step=step,
-            target=target,
-            previous=previous,
+            target=TargetVersions(kubernetes_version=rollout.spec.target_version),
+            previous=TargetVersions(kubernetes_version=node.from_version),
             kubeadm_action=node.kubeadm_action if step is StepKind.UPGRADE else None,
             drain=rollout.spec.drain,
             deadline=deadline,
             attempt=node.attempt,
             issued_at=now,
         )
-        subject = catalogue.subject_for(NodeStepCommand, cluster_id=cluster.cluster_id, node_id=node.node_id)
-        # The command (and so the agent's work and reports) joins the trace the rollout was started in.
-        tx.emit(subject, command, msg_id=cid, trace_headers=rollout.rec.trace or None)
-        self.issued += 1
 
     def command_rollout(self, tx: SyncTx, command_id: str, cluster_id: str, node_id: str) -> str | None:
         """The rollout of the command `command_id` if it was sent to exactly this cluster and node, else None."""

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TypeVar
 
-from flotilla_contracts import catalogue
-from flotilla_contracts.v1.agent import NodeStepCommand, StepKind, TargetVersions
 from flotilla_runtime.logs import get_logger
 from flotilla_runtime.store import SyncTx
+from flotilla_upgrade_orchestrator import applier
 from flotilla_upgrade_orchestrator import store as repo
+from flotilla_upgrade_orchestrator.decide import facts
 from flotilla_upgrade_orchestrator.engine import Engine
-from flotilla_upgrade_orchestrator.model import ClusterRec, NodeRec, Rollout
 
 T = TypeVar("T")
 log = get_logger("flotilla.upgrade-orchestrator.failover")
@@ -91,60 +90,8 @@ def guarded(
 
 
 def take_over(engine: Engine, tx: SyncTx, now: datetime) -> None:
-    """Rollouts whose lease we hold at a newer epoch than their row: re-send their steps in flight at it."""
+    """Rollouts whose lease we hold at a newer epoch than their row: `decide` re-sends their steps in flight."""
     for rollout in engine.rollouts.values():
         epoch = engine.epoch_of(rollout.rollout_id)
-        if epoch is None or epoch <= rollout.rec.epoch:
-            continue
-        before = rollout.rec.epoch
-        resent = [
-            resend(engine, tx, rollout, cluster, node, epoch, now)
-            for cluster in rollout.clusters.values()
-            for node in cluster.nodes
-            if node.in_flight is not None
-        ]
-        rollout.rec.epoch = epoch
-        engine.touch(rollout, now)
-        if before:
-            log.bind(rollout=rollout.rollout_id).info(
-                "took the rollout over at epoch %d (was %d); re-sent %d step(s) in flight",
-                epoch,
-                before,
-                sum(resent),
-            )
-
-
-def resend(
-    engine: Engine, tx: SyncTx, rollout: Rollout, cluster: ClusterRec, node: NodeRec, epoch: int, now: datetime
-) -> bool:
-    """Send the node's command in flight again at `epoch` (same id and attempt, new deadline); False if it
-    already went out at that epoch or was never recorded (then the normal path issues it)."""
-    step = node.in_flight
-    sent_at = repo.command_epoch(tx, node.command_id)
-    if step is None or sent_at is None or sent_at >= epoch:
-        return False
-    deadline = now + timedelta(seconds=engine.timeouts.for_step(step, rollout))
-    node.issued_at, node.deadline = now.timestamp(), deadline.timestamp()
-    engine.touch_node(rollout, cluster, node)
-    repo.resent_command(tx, node.command_id, epoch, now)
-    engine.inflight[node.command_id] = (rollout.rollout_id, cluster.cluster_id, node.node_id)
-    command = NodeStepCommand(
-        command_id=node.command_id,
-        rollout_id=rollout.rollout_id,
-        epoch=epoch,
-        cluster_id=cluster.cluster_id,
-        node_id=node.node_id,
-        node_name=node.node_name,
-        step=step,
-        target=TargetVersions(kubernetes_version=rollout.spec.target_version),
-        previous=TargetVersions(kubernetes_version=node.from_version),
-        kubeadm_action=node.kubeadm_action if step is StepKind.UPGRADE else None,
-        drain=rollout.spec.drain,
-        deadline=deadline,
-        attempt=node.attempt,
-        issued_at=now,
-    )
-    subject = catalogue.subject_for(NodeStepCommand, cluster_id=cluster.cluster_id, node_id=node.node_id)
-    # A new message id: the stream would drop the same id as a duplicate; the agent keys on the command id.
-    tx.emit(subject, command, msg_id=f"{node.command_id}-e{epoch}", trace_headers=rollout.rec.trace or None)
-    return True
+        if epoch is not None and epoch > rollout.rec.epoch:
+            applier.run(engine, tx, rollout, facts.TakeOver(epoch), now)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flotilla_contracts.v1.upgrade_status import ClusterRolloutState, NodeStepState, RolloutState
-from flotilla_upgrade_orchestrator.model import ClusterRec, Rollout
+from flotilla_upgrade_orchestrator.model import ClusterRec, NodeRec, Rollout
 from flotilla_upgrade_orchestrator.scheduling import cluster_outstanding, settled
 
 # A rollout in one of these takes no retry (nor runs one that was queued).
@@ -41,6 +41,11 @@ def failing(cluster: ClusterRec) -> bool:
 def unsettled(cluster: ClusterRec) -> int:
     """Nodes of the cluster with a step in flight or something left to do before it settles."""
     return sum(1 for n in cluster.nodes if not settled(n))
+
+
+def reopened(cluster: ClusterRec) -> list[NodeRec]:
+    """The nodes a retry gives a new attempt: every one not upgraded and given back, with nothing in flight."""
+    return [n for n in cluster.nodes if not n.succeeded and n.in_flight is None]
 
 
 def _retryable_now(cluster: ClusterRec) -> bool:
