@@ -144,6 +144,8 @@ async def test_steps_refusals_dead_letters_and_heartbeats_move_on_the_agents_met
             assert steps(step, outcome) in start.samples, steps(step, outcome)
     for reason in ("stale_epoch", "deadline_passed", "wrong_node", "precondition_failed"):
         assert f'flotilla_node_agent_commands_refused_total{{reason="{reason}"}}' in start.samples, reason
+    assert start.at('flotilla_node_agent_evictions_total{result="blocked"}') == 0  # the sim driver evicts nothing
+    assert 'flotilla_node_agent_evictions_total{result="evicted"}' in start.samples
 
     assert await run(agent, StepKind.CORDON, epoch=5) is StepOutcome.SUCCEEDED
     assert await run(agent, StepKind.DRAIN, epoch=4) is StepOutcome.REFUSED  # stale epoch (I6)

@@ -34,6 +34,7 @@ from kube_support import ControlPlane, control_plane, eventually
 from flotilla_contracts.v1.agent import DrainOptions, TargetVersions
 from flotilla_contracts.v1.common import NodeRole
 from flotilla_contracts.v1.heartbeat import ProbeResult
+from flotilla_node_agent.agent_metrics import AgentMetrics
 from flotilla_node_agent.drivers.base import CORDONED_BY_ANNOTATION, StepFailed
 from flotilla_node_agent.drivers.kube_drain import RECORDONED
 from flotilla_node_agent.drivers.kube_lease import LEASE_NAME, KubeLeaderElection
@@ -149,7 +150,8 @@ async def test_a_drain_blocked_by_a_pdb_times_out_naming_the_pods_and_deletes_no
     await pdb_allows(cp, ns, allowed=0, healthy=2)
     uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods(cp, ns, "app=web")}
 
-    driver = KubernetesDriver(api, a)
+    metrics = AgentMetrics()
+    driver = KubernetesDriver(api, a, metrics=metrics)
     await driver.cordon(ROLLOUT)
     with pytest.raises(StepFailed) as failed:
         await driver.drain(ROLLOUT, DrainOptions(timeout_s=3, eviction_retry_s=0.5), Phases())
@@ -161,6 +163,8 @@ async def test_a_drain_blocked_by_a_pdb_times_out_naming_the_pods_and_deletes_no
     still = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods(cp, ns, "app=web")}
     assert still == uids, "a timed-out drain deletes nothing"
     assert running_on(cp, ns, "app=web") == placed
+    # The agent's /metrics: every attempt blocked by the budget (two pods, retried), none evicted.
+    assert metrics.evictions.value(result="blocked") >= 2 and metrics.evictions.value(result="evicted") == 0
 
 
 async def test_a_drain_evicts_replicaset_pods_which_the_scheduler_places_on_another_node(

@@ -20,6 +20,7 @@ import kmock as km
 from kubernetes_asyncio import client
 
 from flotilla_contracts.v1.agent import DrainOptions, StepProgress, TargetVersions
+from flotilla_node_agent.agent_metrics import AgentMetrics
 from flotilla_node_agent.drivers.base import CORDONED_BY_ANNOTATION, StepFailed
 from flotilla_node_agent.drivers.kubernetes import KubernetesDriver
 
@@ -150,9 +151,13 @@ async def test_drain_evicts_with_200_and_skips_daemonset_and_mirror_pods(
 async def test_drain_retries_a_429_until_the_budget_allows(kmock: km.KubernetesEmulator, api: Any) -> None:
     kmock.objects["v1/pods", "default", "web-1"] = pod("web-1")
     log = evictions(kmock, lambda name, n: 429 if n < 3 else 200)
-    result = await KubernetesDriver(api, "n1").drain("r1", DrainOptions(eviction_retry_s=0.01), no_progress)
+    metrics = AgentMetrics()
+    driver = KubernetesDriver(api, "n1", metrics=metrics)
+    result = await driver.drain("r1", DrainOptions(eviction_retry_s=0.01), no_progress)
     assert log == ["web-1:429", "web-1:429", "web-1:200"]
     assert [p.name for p in result.evicted] == ["web-1"]
+    # On the agent's /metrics: two evictions blocked by the budget, one accepted.
+    assert metrics.evictions.value(result="blocked") == 2 and metrics.evictions.value(result="evicted") == 1
 
 
 async def test_drain_that_stays_refused_times_out_naming_the_blocking_pods(

@@ -22,6 +22,8 @@ from flotilla_runtime.metrics import Counter, Family, Histogram, Registry
 # The command consumers' label on the runtime's consumer metrics (the durables are per node: agent-2-<c>-<n>).
 COMMANDS = service_consumer(Service.NODE_AGENT, "commands")
 # Seconds: a simulated cordon (a few ms) to a slow kubeadm upgrade or a drain held by budgets (30 min).
+EVICTED, BLOCKED = "evicted", "blocked"
+EVICTION_RESULTS = (EVICTED, BLOCKED)
 STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 
 
@@ -84,6 +86,14 @@ class AgentMetrics:
             "Heartbeats not sent: the node could not be read or the publish failed.",
         )
     )
+    evictions: Counter = field(
+        default_factory=lambda: Counter(
+            "flotilla_node_agent_evictions_total",
+            "Pod evictions the Kubernetes driver asked for while draining, by result: evicted (accepted) or blocked "
+            "(refused by a PodDisruptionBudget; retried with back-off until the drain's timeout).",
+            ["result"],
+        )
+    )
     commands: CommandStats = field(default_factory=CommandStats)
 
     def __post_init__(self) -> None:
@@ -92,6 +102,8 @@ class AgentMetrics:
                 self.steps.inc(0, step=step.value, outcome=result.value)
         for reason in RefusalReason:
             self.refused.inc(0, reason=reason.value)
+        for evicted in EVICTION_RESULTS:
+            self.evictions.inc(0, result=evicted)
 
     def finished(self, step: StepKind, result: StepResult, seconds: float | None = None) -> None:
         """A step command ended; `seconds` when it was executed (not for a refusal)."""
@@ -105,9 +117,13 @@ class AgentMetrics:
         if step is not None:
             self.steps.inc(step=step.value, outcome=StepResult.REFUSED.value)
 
+    def eviction(self, blocked: bool) -> None:
+        """One eviction asked for: accepted, or blocked by a disruption budget."""
+        self.evictions.inc(result=BLOCKED if blocked else EVICTED)
+
     def register(self, registry: Registry) -> None:
         """Expose the figures on `registry` (once per process: a second call raises)."""
-        metrics = (self.steps, self.durations, self.refused, self.heartbeats, self.heartbeat_failures)
+        metrics = (self.steps, self.durations, self.refused, self.heartbeats, self.heartbeat_failures, self.evictions)
 
         def collect() -> list[Family]:
             return [metric.family() for metric in metrics]

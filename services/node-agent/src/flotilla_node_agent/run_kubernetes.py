@@ -142,7 +142,7 @@ async def run(app: ServiceApp[Settings], metrics: AgentMetrics) -> None:
     ctx = agent_context(app, metrics)
     handle = cluster_handle(app)
     api = await api_client(settings.kubeconfig)
-    driver = KubernetesDriver(api, settings.node_name, make_executor(settings))
+    driver = KubernetesDriver(api, settings.node_name, make_executor(settings), metrics=metrics)
     await run_node(app, ctx, handle, driver, kubernetes_roles(app, api, ctx, handle, driver))
 
 

@@ -23,6 +23,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from flotilla_contracts.v1.agent import DrainOptions, StepProgress
 from flotilla_contracts.v1.common import PodRef
+from flotilla_node_agent.agent_metrics import AgentMetrics
 from flotilla_node_agent.drivers.base import CordonResult, DrainResult, DriverUnavailable, ProgressCallback, StepFailed
 
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
@@ -51,6 +52,7 @@ def _has_empty_dir(pod: Any) -> bool:
 class Drainer:
     core: Any  # CoreV1Api
     node: str
+    metrics: AgentMetrics | None = None  # evictions evicted or blocked, on the process's /metrics
 
     async def _pods(self) -> list[Any]:
         try:
@@ -133,6 +135,8 @@ class Drainer:
         while pending or evicting:
             for key, pod in list(pending.items()):
                 refusal = await self._evict(pod, options)
+                if self.metrics is not None:
+                    self.metrics.eviction(blocked=bool(refusal))
                 if refusal:
                     refusals[key] = refusal
                 else:

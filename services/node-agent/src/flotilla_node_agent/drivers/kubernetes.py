@@ -28,6 +28,7 @@ from flotilla_contracts.v1.common import (
     Resources,
 )
 from flotilla_contracts.v1.heartbeat import ApiServerHealth, ProbeResult
+from flotilla_node_agent.agent_metrics import AgentMetrics
 from flotilla_node_agent.drivers.base import (
     CORDONED_BY_ANNOTATION,
     CordonResult,
@@ -179,10 +180,11 @@ class KubernetesDriver:
     name: str
     executor: Executor | None = None
     poll_s: float = 2.0
+    metrics: AgentMetrics | None = None  # the process's figures (evictions)
 
     def __post_init__(self) -> None:
         self.core = client.CoreV1Api(self.api)
-        self.drainer = Drainer(self.core, self.name)
+        self.drainer = Drainer(self.core, self.name, self.metrics)
 
     @property
     def node_name(self) -> str:
