@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
+from rollout_invariants import kubelet_skew
 
 from flotilla_contracts import catalogue
 from flotilla_contracts.v1 import upgrade_status as st
@@ -318,13 +319,14 @@ class Sim:
                 raise InvariantBroken(f"I2: control-plane nodes upgraded together in {node.cluster_id}")
             if new.minor - parse_version(node.version).minor > 1:
                 raise InvariantBroken(f"I3: control plane {node.version} -> {target} skips a minor")
+        # The kubelets left behind, against the API servers as they will be (the oracle's skew rule: three
+        # minors, two below v1.25).
+        api_after = target if node.role is NodeRole.CONTROL_PLANE else str(min(apis))
         for peer in peers:
             if peer.role is NodeRole.WORKER and peer is not node:
-                lag = (new.minor if node.role is NodeRole.CONTROL_PLANE else min(a.minor for a in apis)) - (
-                    parse_version(peer.version).minor
-                )
-                if lag > 3:
-                    raise InvariantBroken(f"I3: kubelet {peer.version} falls {lag} minors behind")
+                why = kubelet_skew(peer.version, api_after)
+                if why is not None:
+                    raise InvariantBroken(f"I3: {why}")
 
     def _report(self, command: NodeStepCommand, outcome: StepOutcome, **extra: Any) -> NodeStepReported:
         return step_report(command, outcome, self.now, **extra)
