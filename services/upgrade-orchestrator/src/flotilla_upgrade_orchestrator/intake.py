@@ -6,8 +6,8 @@ flushed, so an event that fails is rolled back alone, the engine reloads from th
 events before and after it commit together (commit before ack, I8). Each event id is applied once; what
 cannot be decoded is dead-lettered at once, and an event that still fails at its `max_deliveries`-th
 delivery is dead-lettered with its last error, so one poison event never holds up the ones behind it.
-Each event is handled in a span of its own, a child of the trace it carries, so the state changes it causes
-carry that trace too.
+Each event that carries a trace is handled in a span of its own, a child of that trace, so the state changes it
+causes carry that trace too.
 This is what carries hundreds of node steps a second. Step reports come from FLEET_REPORTS (what members
 publish), the rest from FLEET_EVENTS: a consumer reads one stream.
 """
@@ -128,15 +128,21 @@ class Intake:
         if msg_id and tx.seen(msg_id):
             self.stats.duplicates += 1
             return ACK
-        # A span per event, a child of the event's trace: what handling it emits (state changes) joins that trace.
-        span_name = f"{_SERVICE.value} handle {kind.SCHEMA}"
-        with telemetry.consumer_span(span_name, headers, msg.subject), tx.in_current_trace():
-            self.handlers[kind](event, msg.subject, tx, now)
-            self.engine.flush(tx)
+        if "traceparent" in headers:
+            # A span per traced event, a child of its trace: what handling it emits (state changes) joins that trace.
+            span_name = f"{_SERVICE.value} handle {kind.SCHEMA}"
+            with telemetry.consumer_span(span_name, headers, msg.subject), tx.in_current_trace():
+                self._apply(kind, event, msg.subject, tx, now)
+        else:  # no trace to continue: no span (a root trace of one span per report would only be noise)
+            self._apply(kind, event, msg.subject, tx, now)
         if msg_id:
             tx.mark_processed(msg_id)
         self.stats.handled += 1
         return ACK
+
+    def _apply(self, kind: type[Message], event: Any, subject: str, tx: SyncTx, now: datetime) -> None:
+        self.handlers[kind](event, subject, tx, now)
+        self.engine.flush(tx)
 
     def _reload(self, tx: SyncTx) -> None:
         """An event was rolled back: forget what it changed in memory and read the state as it now stands."""
