@@ -16,8 +16,9 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from flotilla_client import runfile
+from flotilla_client import jaeger, runfile
 from flotilla_client.natsserver import free_port
+from flotilla_contracts.subjects import Service
 from flotilla_testkit import eventually
 
 pytestmark = pytest.mark.integration
@@ -90,6 +91,25 @@ def test_request_prints_the_reply_with_the_service_name(fleet: tuple[Path, str])
     assert result.returncode == 0, result.stderr
     reply = json.loads(result.stdout)
     assert reply["ok"] is True and reply["data"]["name"] == "registration"
+
+
+def nats_cli(url: str, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real `nats` CLI (natscli, built by `make peer-bins`), with no context of the user's."""
+    exe = jaeger.bin_dir() / "nats"
+    env = {**clean_env(), "XDG_CONFIG_HOME": str(home), "HOME": str(home)}
+    return subprocess.run([str(exe), "--server", url, *args], capture_output=True, text=True, timeout=30, env=env)
+
+
+def test_the_nats_cli_sends_commands_and_finds_the_five_services(fleet: tuple[Path, str], tmp_path: Path) -> None:
+    """Plain NATS tools work against the fleet: a command without Flotilla headers, and service discovery."""
+    asked = nats_cli(fleet[1], tmp_path, "request", "fleet.v1.cmd.registration.info", "{}", "--raw")
+    assert asked.returncode == 0, asked.stderr
+    reply = json.loads(asked.stdout)
+    assert reply["ok"] is True and reply["data"]["name"] == "registration"
+    listed = nats_cli(fleet[1], tmp_path, "micro", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    names = {service["name"] for service in json.loads(listed.stdout)}
+    assert names == {service.value for service in Service}, "every service `up` started answers $SRV discovery"
 
 
 def test_request_with_an_error_reply_exits_non_zero(fleet: tuple[Path, str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +14,14 @@ from nats.aio.subscription import Subscription
 
 from flotilla_contracts import subjects
 from flotilla_runtime.commands import CommandRouter
+
+_NOT_IN_A_NAME = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def endpoint_name(verb: str) -> str:
+    """ADR-32 allows only A-Z a-z 0-9 _ - in an endpoint's name: `tokens.create` -> `tokens_create` (its subject
+    keeps the dot). The nats CLI drops an INFO reply whose names break that rule (`nats micro list`)."""
+    return _NOT_IN_A_NAME.sub("_", verb)
 
 
 class ServiceIdentity(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,7 +64,7 @@ class Discovery:
         doc["description"] = self.identity.description
         doc["endpoints"] = [
             {
-                "name": ep.verb,
+                "name": endpoint_name(ep.verb),
                 "subject": ep.subject,
                 "queue_group": ep.queue_group,
                 "metadata": {"request": ep.request.SCHEMA, "reply": ep.reply.SCHEMA},
@@ -72,7 +81,7 @@ class Discovery:
             s = ep.stats
             endpoints.append(
                 {
-                    "name": ep.verb,
+                    "name": endpoint_name(ep.verb),
                     "subject": ep.subject,
                     "queue_group": ep.queue_group,
                     "num_requests": s.num_requests,
