@@ -146,7 +146,8 @@ class FakeAgents:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # nats-py turns a fetch cancelled while its connection closes into ConnectionClosedError.
+            with contextlib.suppress(asyncio.CancelledError, nats.errors.ConnectionClosedError):
                 await self._task
         for task in list(self._pending):
             task.cancel()
