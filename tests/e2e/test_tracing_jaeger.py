@@ -7,7 +7,8 @@ where to trace (--jaeger); `flotilla sim` and every later command find it in run
 - one trace of `upgrade start` holds spans of the CLI, the orchestrator, every node-agent step of every node (both
   waves, the second started by an approval) and, below each step, the orchestrator's consumer of its report;
 - the approval (a later command) is a trace of its own with a link to the rollout's start trace;
-- every rollout event carries a trace context (but the lease loop's first advance); heartbeats stay untraced.
+- every rollout event carries a trace context (but the lease loop's first advance), every health change too;
+  heartbeats stay untraced.
 """
 
 from __future__ import annotations
@@ -129,16 +130,15 @@ def rollout_state(fleet: Fleet) -> str:
     return str(rollouts[0]["state"]) if rollouts else ""
 
 
-async def rollout_messages(url: str, rollout_id: str) -> list[tuple[str, dict[str, Any], dict[str, str]]]:
-    """(schema, body, headers) of every event that names the rollout, in FLEET_EVENTS and FLEET_REPORTS."""
+async def all_events(url: str) -> list[tuple[str, dict[str, Any], dict[str, str]]]:
+    """(schema, body, headers) of every event in FLEET_EVENTS and FLEET_REPORTS."""
     nc = await nats.connect(url)
     try:
         found = []
         for msg in await fleet_events(nc):
             body = msgspec.json.decode(msg.data)
-            if isinstance(body, dict) and body.get("rollout_id") == rollout_id:
-                headers = dict(msg.headers or {})
-                found.append((headers.get("Flotilla-Schema", "").split("/")[0], body, headers))
+            headers = dict(msg.headers or {})
+            found.append((headers.get("Flotilla-Schema", "").split("/")[0], body, headers))
         return found
     finally:
         await nc.close()
@@ -174,7 +174,12 @@ def test_a_join_and_a_rollout_are_each_one_whole_trace_in_jaeger(fleet: Fleet) -
     approve_trace = trace_of(flotilla(fleet, "upgrade", "approve", rollout_id, "--wave", "1"))
     eventually("the rollout succeeded", lambda: rollout_state(fleet) == "Succeeded", 120)
 
-    messages = asyncio.run(rollout_messages(fleet.url, rollout_id))
+    events = asyncio.run(all_events(fleet.url))
+    messages = [(schema, b, h) for schema, b, h in events if isinstance(b, dict) and b.get("rollout_id") == rollout_id]
+    health = [
+        h for schema, _, h in events if schema in ("heartbeat.ClusterHealthChanged", "heartbeat.NodeHealthChanged")
+    ]
+    assert health and all("traceparent" in h for h in health), "health changes start a trace of their own"
     reported = {(b["node_id"], b["step"]) for schema, b, _ in messages if schema == "agent.NodeStepReported"}
     assert len({node for node, _ in reported}) == 4, reported
 
