@@ -31,7 +31,7 @@ import nats
 import pytest
 from integration_support import fleet_events
 
-from flotilla_client import runfile
+from flotilla_client import procs, runfile
 from flotilla_client.natsserver import free_port
 from flotilla_testkit import eventually_sync
 
@@ -223,3 +223,15 @@ def test_a_join_and_a_rollout_are_each_one_whole_trace_in_jaeger(fleet: Fleet) -
     operations = get_json(f"{fleet.jaeger}/api/services/heartbeat/operations")["data"]
     assert not [name for name in operations if "fleet.v1.hb" in name or "ingest" in name], operations
     assert set(get_json(f"{fleet.jaeger}/api/services")["data"]) >= wanted | {"upgrade-orchestrator", "node-agent"}
+
+
+def test_down_stops_jaeger_last(fleet: Fleet) -> None:
+    """`down` stops the Jaeger `up --jaeger` started, after the services (their last spans go to it)."""
+    info = runfile.load(fleet.state)
+    assert info is not None and info.jaeger is not None
+    down = subprocess.run([FLOTILLA, "--state-dir", str(fleet.state), "down"],
+                          capture_output=True, text=True, env=fleet.env, timeout=60)  # fmt: skip
+    assert down.returncode == 0, down.stderr
+    stopped = [line.split()[0] for line in down.stdout.splitlines() if " pid " in line]
+    assert stopped[-1] == "jaeger" and "upgrade-orchestrator" in stopped, down.stdout
+    assert not procs.alive(info.jaeger.pid, info.jaeger.config)
