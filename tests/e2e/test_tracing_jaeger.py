@@ -204,19 +204,11 @@ def test_a_join_and_a_rollout_are_each_one_whole_trace_in_jaeger(fleet: Fleet) -
 
     eventually("the approval's trace links to the rollout's start trace", approve_links)
 
-    # Every rollout event carries a trace context but those of the first advance after the lease is taken: the
-    # orchestrator's lease loop (app.py keep_leases) runs it outside any span (the engine is being rewritten, issue
-    # 17). Those two are named here exactly, so a new untraced event fails.
+    # Every rollout event carries a trace context, those of the first advance after the lease is taken included.
     untraced = sorted(
         (schema, b.get("from", ""), b.get("to", "")) for schema, b, h in messages if "traceparent" not in h
     )
-    assert untraced in (
-        [],
-        [
-            ("upgrade.ClusterRolloutStateChanged", "Pending", "UpgradingControlPlane"),
-            ("upgrade.WaveStateChanged", "Pending", "Running"),
-        ],
-    ), untraced
+    assert untraced == [], untraced
     in_start = sum(1 for _, _, h in messages if h.get("traceparent", "").split("-")[1:2] == [start_trace])
     assert in_start >= len(messages) // 2, f"{in_start} of {len(messages)} rollout events in the start trace"
 

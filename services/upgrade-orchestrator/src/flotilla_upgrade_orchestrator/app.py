@@ -24,9 +24,11 @@ from flotilla_contracts.v1.registration_events import (
     NodeChanged,
     NodeRemoved,
 )
+from flotilla_runtime import telemetry
 from flotilla_runtime.errors import SettingsError
 from flotilla_runtime.service import ServiceApp, ServiceSpec
 from flotilla_runtime.settings import ServiceSettings, env_prefix
+from flotilla_runtime.store import SyncTx
 from flotilla_runtime.trust import RefusalLedger
 from flotilla_upgrade_orchestrator import __version__, metrics, reactions, reports
 from flotilla_upgrade_orchestrator.engine import Engine
@@ -165,9 +167,7 @@ async def setup(app: ServiceApp[Settings]) -> None:
                 epoch = await leases.claim(rollout_id, engine.rollouts[rollout_id].rec.epoch)
                 if epoch is not None and epoch != before:
                     app.log.bind(rollout=rollout_id).info("lease taken", extra={"epoch": epoch})
-                    await orchestrator.run(
-                        lambda tx, r=rollout_id: reactions.advance(engine, tx, engine.rollouts[r], datetime.now(UTC))  # type: ignore[misc]
-                    )
+                    await orchestrator.run(lambda tx, r=rollout_id: _advance_in_its_trace(engine, tx, r))  # type: ignore[misc]
             for rollout_id in [r for r in leases.held if r not in wanted]:
                 await leases.release(rollout_id)
             wake.clear()
@@ -205,3 +205,10 @@ SPEC = ServiceSpec(
     setup=setup,
     migrations_package="flotilla_upgrade_orchestrator",
 )
+
+
+def _advance_in_its_trace(engine: Engine, tx: SyncTx, rollout_id: str) -> None:
+    """A rollout whose lease we just took moves on inside a span of its start trace: what it emits joins it."""
+    rollout = engine.rollouts[rollout_id]
+    with telemetry.consumer_span("upgrade-orchestrator advance", rollout.rec.trace, "lease"), tx.in_current_trace():
+        reactions.advance(engine, tx, rollout, datetime.now(UTC))
