@@ -6,6 +6,7 @@ Three kinds of identity connect:
   its own command subjects, the events it emits, the JetStream API of the Flotilla streams and its own
   inbox (`_INBOX.<service>.>`);
 - `admin`: the operator's CLI, allowed everything;
+- a person (`flotilla user add`): a static user with a `Role`'s grant (viewer, operator or admin);
 - a cluster agent: `c.<cluster>`, authenticated by the registration service's auth callout with the
   per-cluster credential. It speaks for the cluster, not for its nodes: the agent-facing commands (join,
   nodes.report, heartbeat config), applied reports, dead letters, the cluster's host keys, the `_cluster`
@@ -27,6 +28,7 @@ their permissions from this module, so the policy is written once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from flotilla_contracts import subjects
 from flotilla_contracts.ids import CLUSTER_AGENT_NODE, check_token
@@ -191,6 +193,70 @@ def service_grant(service: Service) -> Grant:
 
 def admin_grant() -> Grant:
     return Grant(publish=(">",), subscribe=(">",))
+
+
+# --- people: roles ---------------------------------------------------------------------------------------
+
+
+class Role(StrEnum):
+    """What a person's bus user may do (Kubernetes RBAC's view, edit and admin, for a fleet)."""
+
+    VIEWER = "viewer"  # read anything: list, get, status, health, plan; events read-only; service discovery
+    OPERATOR = "operator"  # a viewer who may also steer running rollouts (OPERATOR_COMMANDS)
+    ADMIN = "admin"  # everything: tokens, approval and deregistration of clusters, rollout start, ...
+
+
+# Every command a viewer may send: they read a service's state and change nothing (`upgrade.plan` computes
+# a plan and stores none). tokens.list is not among them: join tokens are an admin's.
+VIEWER_COMMANDS: tuple[tuple[Service, str], ...] = (
+    (Service.REGISTRATION, "clusters.list"),
+    (Service.REGISTRATION, "clusters.get"),
+    (Service.REGISTRATION, "nodes.list"),
+    (Service.HEARTBEAT, "health.summary"),
+    (Service.HEARTBEAT, "health.clusters"),
+    (Service.HEARTBEAT, "health.nodes"),
+    (Service.SCHEDULER, "subscriptions.list"),
+    (Service.SCHEDULER, "subscriptions.get"),
+    (Service.SCHEDULER, "subscriptions.rendered"),
+    (Service.UPGRADE_ORCHESTRATOR, "upgrade.plan"),
+    (Service.UPGRADE_ORCHESTRATOR, "upgrade.list"),
+    (Service.UPGRADE_ORCHESTRATOR, "upgrade.status"),
+)
+# What an operator may send besides: steer a running rollout, never start one or roll it back.
+_STEER = ("pause", "resume", "approve", "retry", "skip", "abort")
+OPERATOR_COMMANDS = tuple((Service.UPGRADE_ORCHESTRATOR, f"upgrade.{v}") for v in _STEER)
+# The event streams a viewer reads, through ephemeral ordered consumers only.
+VIEWER_STREAMS: tuple[str, ...] = (FLEET_EVENTS.name, FLEET_REPORTS.name)
+
+
+def _read_streams(streams: tuple[str, ...]) -> tuple[str, ...]:
+    """Read a stream with an ephemeral ordered consumer (create it, its info, flow control), get a message by
+    sequence or subject. No stream or consumer deletion, no durable consumer (`DURABLE.CREATE`), no ack."""
+    api = "$JS.API"
+    allowed = [f"{api}.INFO"]
+    for stream in streams:
+        allowed += [
+            f"{api}.STREAM.INFO.{stream}",
+            f"{api}.STREAM.MSG.GET.{stream}",
+            f"{api}.DIRECT.GET.{stream}",
+            f"{api}.DIRECT.GET.{stream}.>",
+            f"{api}.CONSUMER.CREATE.{stream}",
+            f"{api}.CONSUMER.CREATE.{stream}.>",
+            f"{api}.CONSUMER.INFO.{stream}.>",
+            f"$JS.FC.{stream}.>",
+        ]
+    return tuple(allowed)
+
+
+def role_grant(role: Role, user: str) -> Grant:
+    """A person's bus user `user` with `role`: the requests it may send, answers in its own inbox only."""
+    if role is Role.ADMIN:
+        return admin_grant()
+    commands = VIEWER_COMMANDS + (OPERATOR_COMMANDS if role is Role.OPERATOR else ())
+    publish = [f"{subjects.CMD_PREFIX}.*.info", *(subjects.command(s, verb) for s, verb in commands)]
+    publish += [*subjects.SRV_VERBS, *(f"{verb}.>" for verb in subjects.SRV_VERBS)]  # service discovery
+    publish += _read_streams(VIEWER_STREAMS)
+    return Grant(publish=tuple(publish), subscribe=(f"{inbox_prefix(user)}.>",), responses=False)
 
 
 def kick_subject(server_id: str) -> str:
