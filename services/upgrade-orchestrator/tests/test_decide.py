@@ -9,7 +9,7 @@ engine asks for checked as it is made (`decide` is patched with a checking wrapp
   cluster frozen (I7);
 - a cordon never takes the nodes really down (the simulated fleet's truth plus cordons on the way) beyond
   max_unavailable (I1), and a forward worker's never before every control plane runs the target (I2).
-After every step a Running rollout with nothing in flight is moving or says what it waits for (stall.waits);
+After every step a Running or RollingBack rollout with nothing in flight moves or says what it waits for (stall.waits);
 at the end, faults removed, it finishes, and the independent oracle (tests/e2e/rollout_invariants.py, which
 shares no code with the orchestrator) finds no violation of I1-I10 in the event log.
 """
@@ -198,13 +198,19 @@ class DecideModel(RolloutModel):
     @invariant()
     def a_running_rollout_moves_or_says_why(self) -> None:
         rollout = self.sim.engine.rollouts.get(self.rid)
-        if rollout is None or self.sim.engine.stale or rollout.state is not RolloutState.RUNNING:
+        if (
+            rollout is None
+            or self.sim.engine.stale
+            or rollout.state not in (RolloutState.RUNNING, RolloutState.ROLLING_BACK)
+        ):
             return
         if self.sim.queue or self.held or any(n.in_flight for c in rollout.clusters.values() for n in c.nodes):
             return
         view = applier.view(self.sim.engine, rollout)
         moving = decide(view, Advance(), self.sim.now).intents
-        assert moving or stall.waits(rollout, self.sim.engine.fleet), "Running, nothing in flight, nothing said"
+        assert moving or stall.waits(rollout, self.sim.engine.fleet), (
+            f"{rollout.state}, nothing in flight, nothing said"
+        )
 
     # --- the end ----------------------------------------------------------------------------------------------
 

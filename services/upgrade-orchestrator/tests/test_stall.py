@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 from orchestrator_harness import Sim, facts
 
+from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.v1.agent import StepKind
-from flotilla_contracts.v1.upgrade import ResumeRolloutRequest, RolloutSpec
+from flotilla_contracts.v1.heartbeat import NodeHealth
+from flotilla_contracts.v1.upgrade import (
+    AbortRolloutRequest,
+    ResumeRolloutRequest,
+    RetryRequest,
+    RollbackRequest,
+    RolloutSpec,
+)
 from flotilla_contracts.v1.upgrade_status import ClusterRolloutState, FreezeReason, RolloutState
 from flotilla_runtime.errors import RequestError
 from flotilla_runtime.store import SyncTx
@@ -99,3 +107,36 @@ def test_waits_that_end_by_themselves_are_no_stall(sim: Sim) -> None:
     assert rollout.state is RolloutState.RUNNING and rollout.rec.freeze is None
     sim.tick(3 * 3600)
     assert rollout.state is RolloutState.SUCCEEDED
+
+
+def test_a_rollback_that_cannot_move_freezes_with_no_progress_and_resumes(sim: Sim) -> None:
+    """A rollback is watched too: stalled by a node it does not return, it freezes with the reason; abort,
+    retry and another rollback are refused while it is on its way back; a resume sends it back to rolling back."""
+    sim.add_cluster("c0", cps=1, workers=2)
+    rid = sim.start(RolloutSpec(target_version="v1.30.4", max_unavailable=1))
+    sim.run()
+    assert sim.status(rid).rollout.state is RolloutState.SUCCEEDED
+    sim.node_health("c0", "c0-cp0", NodeHealth.NOT_READY)  # holds the budget; a minor rollback keeps the control plane
+    reply = sim.command("rollback", RollbackRequest(rollout_id=rid))
+    assert reply.rollout.state is RolloutState.ROLLING_BACK
+    issued = len(sim.issued_ids)
+    sim.run()
+    assert len(sim.issued_ids) == issued  # nothing can be taken out
+    sim.tick(sim.engine.timeouts.no_progress_s)
+    status = sim.status(rid)
+    assert status.rollout.state is RolloutState.FROZEN
+    assert status.rollout.freeze is not None and status.rollout.freeze.reason is FreezeReason.NO_PROGRESS
+    assert "c0-cp0 (NotReady)" in status.rollout.freeze.message and "max_unavailable=1" in status.rollout.freeze.message
+    for verb, request in (
+        ("abort", AbortRolloutRequest(rollout_id=rid)),
+        ("retry", RetryRequest(rollout_id=rid)),
+        ("rollback", RollbackRequest(rollout_id=rid)),
+    ):
+        with pytest.raises(RequestError) as refused:
+            sim.command(verb, request)
+        assert refused.value.code is ErrorCode.CONFLICT, verb
+    sim.node_health("c0", "c0-cp0", NodeHealth.READY)
+    assert sim.command("resume", ResumeRolloutRequest(rollout_id=rid)).rollout.state is RolloutState.ROLLING_BACK
+    sim.run()
+    assert sim.status(rid).rollout.state is RolloutState.ROLLED_BACK
+    assert [n.version for (_, nid), n in sorted(sim.nodes.items()) if "-w" in nid] == ["v1.29.6", "v1.29.6"]

@@ -33,7 +33,8 @@ ROLLOUT: dict[RolloutState, frozenset[RolloutState]] = {
     R.COMPLETED_WITH_FAILURES: frozenset({R.RUNNING, R.ROLLING_BACK}),
     R.SUCCEEDED: frozenset({R.ROLLING_BACK}),
     R.ABORTED: frozenset({R.ROLLING_BACK}),
-    R.ROLLING_BACK: frozenset({R.ROLLED_BACK}),
+    # A rollback that stalls freezes (NoProgress) and a resume sends it back to rolling back.
+    R.ROLLING_BACK: frozenset({R.ROLLED_BACK, R.FROZEN}),
     R.ROLLED_BACK: frozenset(),
 }
 

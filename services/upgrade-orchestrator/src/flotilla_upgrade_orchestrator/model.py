@@ -195,6 +195,15 @@ class Rollout:
     def final(self) -> bool:
         return self.rec.state in FINAL_ROLLOUT
 
+    @property
+    def rolling_back(self) -> bool:
+        """Rolling back, or frozen or paused on the way back (a resume returns it to rolling back)."""
+        state = self.rec.state
+        held = (
+            state in (RolloutState.FROZEN, RolloutState.PAUSED) and self.rec.resume_state is RolloutState.ROLLING_BACK
+        )
+        return state is RolloutState.ROLLING_BACK or held
+
 
 def command_id(
     key: bytes, rollout_id: str, cluster_id: str, node_id: str, step: StepKind, attempt: int, direction: str

@@ -23,7 +23,7 @@ def retry(engine: Engine, tx: SyncTx, request: RetryRequest, now: datetime) -> R
     """Reopen failed clusters now; queue the retry of one still settling after a node failed (retries.py)."""
     rollout = get(engine, request.rollout_id)
     known = request.cluster_id is None or request.cluster_id in rollout.clusters
-    decision = retries.decide(rollout, request.cluster_id) if known and rollout.state not in retries.CLOSED else None
+    decision = retries.decide(rollout, request.cluster_id) if known and not retries.closed(rollout) else None
     nodes = 0 if decision is None else sum(len(retries.reopened(c)) for c in decision.now)
     applier.run(engine, tx, rollout, facts.Retry(request), now)  # refuses what `decision` refused
     assert decision is not None

@@ -43,6 +43,11 @@ def unsettled(cluster: ClusterRec) -> int:
     return sum(1 for n in cluster.nodes if not settled(n))
 
 
+def closed(rollout: Rollout) -> bool:
+    """A retry is refused (and a queued one waits) when the rollout ended or is on its way back."""
+    return rollout.state in CLOSED or rollout.rolling_back
+
+
 def reopened(cluster: ClusterRec) -> list[NodeRec]:
     """The nodes a retry gives a new attempt: every one not upgraded and given back, with nothing in flight."""
     return [n for n in cluster.nodes if not n.succeeded and n.in_flight is None]
@@ -87,4 +92,4 @@ def _instead(rollout: Rollout) -> str:
 
 def due(rollout: Rollout, cluster: ClusterRec) -> bool:
     """A queued retry takes effect now: the cluster settled as Failed and the rollout still takes retries."""
-    return cluster.retry_queued and _retryable_now(cluster) and rollout.state not in CLOSED
+    return cluster.retry_queued and _retryable_now(cluster) and not closed(rollout)

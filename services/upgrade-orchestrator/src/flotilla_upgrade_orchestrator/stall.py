@@ -61,7 +61,7 @@ def _cluster_wait(rollout: Rollout, cluster: ClusterRec, fleet: Mapping[str, Fle
         return Wait(f"cluster {cid}: soaking", True)
     if cluster.state is ClusterRolloutState.FROZEN and cluster.freeze is not None:
         return Wait(f"cluster {cid}: frozen ({cluster.freeze.reason.value}): {cluster.freeze.message}", True)
-    if cluster.state in _UPGRADING:
+    if cluster.state in _UPGRADING or cluster.state is ClusterRolloutState.ROLLING_BACK:
         fleet_cluster = fleet.get(cid)
         fleet_nodes = fleet_cluster.nodes if fleet_cluster is not None else {}
         waiting = [n.node_name for n in cluster.nodes if next_step(n) is not None]

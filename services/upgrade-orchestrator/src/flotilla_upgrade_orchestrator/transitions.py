@@ -184,7 +184,7 @@ class Transitions:
             return
         machine.check(machine.ROLLOUT, "rollout", rollout.rollout_id, before, to)
         rollout.rec.state = to
-        if to is RolloutState.RUNNING:
+        if to in (RolloutState.RUNNING, RolloutState.ROLLING_BACK):
             self.mark_active(rollout, now)
         if rollout.final:
             rollout.rec.finished_at = now.timestamp()
@@ -225,8 +225,9 @@ class Transitions:
         node_id: str | None = None,
     ) -> None:
         """Stop all new disruption in the rollout, with the reason in status and in an event."""
-        if rollout.rec.freeze is not None or rollout.final or rollout.state is RolloutState.ROLLING_BACK:
-            return
+        rolling_back = rollout.state is RolloutState.ROLLING_BACK and reason is not FreezeReason.NO_PROGRESS
+        if rollout.rec.freeze is not None or rollout.final or rolling_back:
+            return  # a rollback freezes only when it stalls: nothing else it meets stops it
         rec = FreezeRec(reason=reason, message=message, cluster_id=cluster_id, node_id=node_id, since=now.timestamp())
         rollout.rec.freeze = rec
         self.emit(

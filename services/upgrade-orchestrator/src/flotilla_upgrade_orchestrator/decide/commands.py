@@ -116,7 +116,7 @@ def resume(v: View, fact: Resume) -> Decision:
 
 def abort(v: View, fact: Abort) -> Decision:
     rollout, reason = v.rollout, fact.request.reason
-    if rollout.final or rollout.state is R.ROLLING_BACK:
+    if rollout.final or rollout.rolling_back:
         return conflict(rollout, "abort")
     out: list[Intent] = [Unfreeze("Aborted", "the rollout was aborted", resume=False)]  # Frozen -> Aborted
     out += [WaveTo(w.index, WaveState.ABORTED, "Aborted") for w in rollout.waves if w.state not in FINAL_WAVE]
@@ -140,7 +140,7 @@ def approve(v: View, fact: Approve, now: datetime) -> Decision:
     if index >= len(rollout.waves):
         why = f"rollout {rollout.rollout_id} has {len(rollout.waves)} wave(s), numbered from 0"
         return Decision([Refuse(ErrorCode.NOT_FOUND, why, {"field": "wave"})])
-    if rollout.final or rollout.state is R.ROLLING_BACK:
+    if rollout.final or rollout.rolling_back:
         return conflict(rollout, "approve a wave of")
     wave = rollout.waves[index]
     if wave.state in FINAL_WAVE:
@@ -155,7 +155,7 @@ def approve(v: View, fact: Approve, now: datetime) -> Decision:
 def retry(v: View, fact: Retry, now: datetime) -> Decision:
     """Reopen failed clusters now; queue the retry of one still settling after a node failed (retries.py)."""
     rollout, cluster_id = v.rollout, fact.request.cluster_id
-    if rollout.state in retries.CLOSED:
+    if retries.closed(rollout):
         return conflict(rollout, "retry")
     if cluster_id is not None and cluster_id not in rollout.clusters:
         return missing_cluster(rollout, cluster_id)
@@ -177,7 +177,7 @@ def skip(v: View, fact: Skip) -> Decision:
     cluster = rollout.clusters.get(request.cluster_id)
     if cluster is None:
         return missing_cluster(rollout, request.cluster_id)
-    if rollout.state in (R.ABORTED, R.ROLLED_BACK, R.ROLLING_BACK):
+    if rollout.state in (R.ABORTED, R.ROLLED_BACK) or rollout.rolling_back:
         return conflict(rollout, "skip a cluster of")
     if cluster.state in DONE_CLUSTER or cluster.state is C.SOAKING:
         why = f"cluster {cluster.cluster_id} is {cluster.state.value}: nothing to skip"
@@ -195,7 +195,7 @@ def skip(v: View, fact: Skip) -> Decision:
 def rollback(v: View, fact: Rollback) -> Decision:
     """Patch-level: every upgraded node goes back; minor: workers only, the control plane stays (rollback.py)."""
     rollout = v.rollout
-    if rollout.state in (R.ROLLING_BACK, R.ROLLED_BACK):
+    if rollout.state is R.ROLLED_BACK or rollout.rolling_back:
         return conflict(rollout, "roll back")
     decision = rollback_rules.decide(rollout)
     message = decision.message + (f" ({fact.request.reason})" if fact.request.reason else "")

@@ -276,10 +276,10 @@ def issue_steps(v: View, clusters: list[ClusterRec], now: datetime) -> list[Inte
 
 
 def check_stall(v: View, now: datetime) -> list[Intent]:
-    """A Running rollout idle for the no-progress time, waiting on nothing that ends by itself, freezes with
-    NoProgress and what it waits for (stall.py)."""
+    """A Running (or RollingBack) rollout idle for the no-progress time, waiting on nothing that ends by itself,
+    freezes with NoProgress and what it waits for (stall.py)."""
     rollout = v.rollout
-    if rollout.state is not RolloutState.RUNNING or rollout.rec.freeze is not None:
+    if rollout.state not in (RolloutState.RUNNING, RolloutState.ROLLING_BACK) or rollout.rec.freeze is not None:
         return []
     if v.active_at is None:
         return [MarkActive()]  # a restart starts the clock again
