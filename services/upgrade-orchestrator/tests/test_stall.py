@@ -135,6 +135,7 @@ def test_a_rollback_that_cannot_move_freezes_with_no_progress_and_resumes(sim: S
         with pytest.raises(RequestError) as refused:
             sim.command(verb, request)
         assert refused.value.code is ErrorCode.CONFLICT, verb
+        assert "resume` continues the rollback" in str(refused.value), verb
     sim.node_health("c0", "c0-cp0", NodeHealth.READY)
     assert sim.command("resume", ResumeRolloutRequest(rollout_id=rid)).rollout.state is RolloutState.ROLLING_BACK
     sim.run()

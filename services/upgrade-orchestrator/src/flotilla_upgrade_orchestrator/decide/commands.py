@@ -53,6 +53,8 @@ _ADVANCE = (Advance(),)
 
 def conflict(rollout: Rollout, what: str) -> Decision:
     why = f"cannot {what} rollout {rollout.rollout_id}: it is {rollout.state.value}"
+    if rollout.rolling_back and rollout.state is not R.ROLLING_BACK:
+        why += " on its way back (a rollback); `resume` continues the rollback"
     return Decision([Refuse(ErrorCode.CONFLICT, why, {"state": rollout.state.value})])
 
 
