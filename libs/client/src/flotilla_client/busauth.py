@@ -18,19 +18,20 @@ import secrets
 import shutil
 import string
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import msgspec
 
 from flotilla_contracts import permissions
-from flotilla_contracts.permissions import ADMIN_USER, FLEET_ACCOUNT, REVOKER_USER, SYSTEM_ACCOUNT, Grant
+from flotilla_contracts.permissions import ADMIN_USER, FLEET_ACCOUNT, REVOKER_USER, SYSTEM_ACCOUNT, Grant, Role
 from flotilla_contracts.subjects import Service
 from flotilla_runtime.natsconn import with_user, without_user
 from flotilla_runtime.settings import env_prefix
 
 __all__ = [
     "BusAuth",
+    "Person",
     "admin_url",
     "create",
     "load",
@@ -54,6 +55,14 @@ PASSWORD_VARIABLE_PREFIX = "FLOTILLA_BUS_PASSWORD_"
 ISSUER_VARIABLE = "FLOTILLA_CALLOUT_ISSUER"  # the callout issuer's public key, read by nats-server
 ISSUER_SEED_VARIABLE = f"{env_prefix(Service.REGISTRATION.value)}CALLOUT_ISSUER_SEED"  # its seed, registration's
 _PASSWORD_ALPHABET = string.ascii_letters + string.digits
+
+
+class Person(msgspec.Struct, kw_only=True, frozen=True):
+    """A person's bus user (`flotilla user add`): its name, role and password (`<state>/users/<name>.json`)."""
+
+    name: str
+    role: Role
+    password: str
 
 
 class BusAuth(msgspec.Struct, kw_only=True):
@@ -161,11 +170,13 @@ def _user_block(user: str, password: str, grant: Grant) -> str:
     )
 
 
-def _authorization(passwords: Mapping[str, str], issuer: str) -> str:
-    """The accounts and authorization blocks, with each password and the issuer as configuration text."""
+def _authorization(passwords: Mapping[str, str], issuer: str, people: Sequence[Person] = ()) -> str:
+    """The accounts and authorization blocks, with each password and the issuer as configuration text; a
+    person's user (`flotilla user add`) gets the grant of its role."""
     users = [_user_block(ADMIN_USER, passwords[ADMIN_USER], permissions.admin_grant())]
     users += [_user_block(s.value, passwords[s.value], permissions.service_grant(s)) for s in Service]
-    static = ", ".join(_q(u) for u in passwords)
+    users += [_user_block(p.name, _q(p.password), permissions.role_grant(p.role, p.name)) for p in people]
+    static = ", ".join(_q(u) for u in [*passwords, *(p.name for p in people)])
     return "\n".join(
         [
             "accounts {",
@@ -197,9 +208,10 @@ def _authorization(passwords: Mapping[str, str], issuer: str) -> str:
     )
 
 
-def server_config(auth: BusAuth) -> str:
+def server_config(auth: BusAuth, people: Sequence[Person] = ()) -> str:
     """The accounts and authorization blocks of nats-server's configuration, with these credentials in it."""
-    return _authorization({user: _q(password) for user, password in auth.passwords.items()}, auth.callout_issuer)
+    passwords = {user: _q(password) for user, password in auth.passwords.items()}
+    return _authorization(passwords, auth.callout_issuer, people)
 
 
 def password_variable(user: str) -> str:

@@ -10,12 +10,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import nats
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
 
 from flotilla_client.discovery import ServiceRecord, collect_services
@@ -38,11 +39,25 @@ class BusErrorLog:
     """Errors the server sends asynchronously: nats-py reports a denied publish only to `error_cb`."""
 
     errors: list[str] = field(default_factory=list)
+    _watches: list[tuple[str, asyncio.Future[str]]] = field(default_factory=list)
 
     async def callback(self, error: Exception) -> None:
         text = str(error) or type(error).__name__
         self.errors.append(text)
         log.debug("NATS error: %s", text)
+        if "permissions violation" in text.lower():
+            for subject, denial in self._watches:  # the server quotes the subject (nats-py lower-cases it)
+                if f'"{subject.lower()}"' in text.lower() and not denial.done():
+                    denial.set_result(text)
+
+    def watch(self, subject: str) -> asyncio.Future[str]:
+        """Resolves with the server's error when it denies a publish to `subject` (until `unwatch`)."""
+        denial: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._watches.append((subject, denial))
+        return denial
+
+    def unwatch(self, denial: asyncio.Future[str]) -> None:
+        self._watches = [(s, d) for s, d in self._watches if d is not denial]
 
     def denied(self) -> list[str]:
         return [text for text in self.errors if "permissions violation" in text.lower()]
@@ -188,7 +203,7 @@ class FlotillaClient:
         try:
             with _span(span_name or f"request {subject}", SpanKind.CLIENT, subject):
                 sent = message_headers(schema, headers)
-                msg = await self.nc.request(subject, payload, timeout=timeout, headers=sent)
+                msg = await self._request_unless_denied(subject, payload, timeout, sent)
         except nats.errors.NoRespondersError:
             raise ClientError(
                 ErrorCode.UNAVAILABLE,
@@ -205,6 +220,32 @@ class FlotillaClient:
                 {"subject": subject, "timeout_s": timeout},
             ) from None
         return RawReply(msg.subject, dict(msg.headers or {}), msg.data)
+
+    async def _request_unless_denied(
+        self,
+        subject: str,
+        payload: bytes,
+        timeout: float,  # noqa: ASYNC109 - the NATS request's own deadline
+        headers: dict[str, str],
+    ) -> Msg:
+        """The reply, or a FORBIDDEN error as soon as the server says this user may not publish to `subject`
+        (nats-server drops a denied request: without this the caller would wait for the timeout)."""
+        denial = self.bus_errors.watch(subject)
+        request = asyncio.ensure_future(self.nc.request(subject, payload, timeout=timeout, headers=headers))
+        try:
+            either: set[asyncio.Future[Any]] = {request, denial}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.bus_errors.unwatch(denial)
+            if not request.done():
+                request.cancel()
+        if not request.done() or request.cancelled():
+            raise ClientError(
+                ErrorCode.FORBIDDEN,
+                f"the server refused the request to {subject}: {denial.result()}",
+                {"subject": subject},
+            )
+        return request.result()
 
     async def publish(
         self, subject: str, payload: bytes, schema: str | None = None, *, headers: Mapping[str, str] | None = None

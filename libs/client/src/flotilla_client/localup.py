@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from flotilla_client import busauth, jaeger, procs, runfile, tracingenv
+from flotilla_client import busauth, jaeger, procs, runfile, tracingenv, users
 from flotilla_client.client import FlotillaClient
 from flotilla_client.errors import LocalFleetError
 from flotilla_client.localfleet import (
@@ -58,9 +58,10 @@ def _prepare_nats(opts: UpOptions, progress: Progress) -> NatsEntry:
             f"monitoring port {opts.monitor_port} on {opts.host} is already in use; "
             "choose another with --monitor-port (0 disables monitoring)"
         )
-    # Authentication on: a user per service and for the CLI, cluster agents through the callout.
+    # Authentication on: a user per service, for the CLI and per person (`flotilla user add`), cluster agents
+    # through the callout; in a file of its own, rewritten and reloaded when people are added or removed.
     auth = busauth.load_or_create(opts.state_dir)
-    config = busauth.server_config(auth)
+    config = f'include "{users.write_auth_config(opts.state_dir, auth).name}"'
     if opts.tls:
         try:
             ca, cert, key = busauth.make_tls(opts.state_dir, opts.host)

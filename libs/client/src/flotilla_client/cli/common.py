@@ -50,10 +50,12 @@ class CliContext:
     state_dir_given: bool = False
     trace: bool = False  # print the trace id of every command sent (and a Jaeger link)
     traces: list[str] = field(default_factory=list)
+    user: str | None = None  # --user / FLOTILLA_USER: a person's bus user instead of the built-in admin
 
     def server_url(self) -> str:
-        """--server / FLOTILLA_NATS_URL, else the URL `flotilla up` recorded in the state folder, else the default."""
-        from flotilla_client import busauth, runfile
+        """--server / FLOTILLA_NATS_URL, else the URL `flotilla up` recorded in the state folder, else the default;
+        with --user, logged in as that person."""
+        from flotilla_client import busauth, runfile, users
         from flotilla_client.client import DEFAULT_URL
         from flotilla_runtime.natsconn import CA_ENV
 
@@ -62,6 +64,9 @@ class CliContext:
         ca = busauth.tls_ca(self.state_dir)
         if ca is not None and url.startswith("tls://") and CA_ENV not in os.environ:
             os.environ[CA_ENV] = str(ca)  # the local CA `flotilla up --tls` made
+        if self.user:
+            person = users.load(self.state_dir, self.user)
+            url = busauth.with_user(url, person.name, person.password)
         return url
 
     def hint(self, command: str) -> str:
@@ -69,6 +74,25 @@ class CliContext:
         if self.state_dir_given:
             return f"flotilla --state-dir {self.state_dir} {command}"
         return f"flotilla {command}"
+
+
+def explain_refusal(ctx: click.Context, error: Exception) -> str:
+    """The error's line; a request the bus refused a person's user says whose role it was and what to do."""
+    from flotilla_client import users
+    from flotilla_client.errors import ClientError, FlotillaClientError
+    from flotilla_contracts.errors import ErrorCode
+
+    obj = ctx.find_object(CliContext)
+    if not (isinstance(error, ClientError) and error.code == ErrorCode.FORBIDDEN and obj and obj.user):
+        return str(error)
+    try:
+        role = users.load(obj.state_dir, obj.user).role.value
+    except FlotillaClientError:
+        role = "unknown"
+    return (
+        f"user {obj.user} (role {role}) is not allowed to do this: {error}; an admin can give a role that allows "
+        f"it (`flotilla user add {obj.user} --role operator|admin`) or run it"
+    )
 
 
 def _remember_server(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:

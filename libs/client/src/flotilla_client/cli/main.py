@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("sim", "sim"),
     "subscriptions": ("subscriptions", "subscriptions"),
     "upgrade": ("upgrade", "upgrade"),
+    "user": ("users", "user"),
 }
 
 
@@ -63,9 +64,9 @@ class FlotillaGroup(click.Group):
         try:
             return super().invoke(ctx)
         except FlotillaClientError as exc:
-            from flotilla_client.cli.common import Failure
+            from flotilla_client.cli.common import Failure, explain_refusal
 
-            raise Failure(str(exc)) from None
+            raise Failure(explain_refusal(ctx, exc)) from None
         except KeyboardInterrupt:
             raise SystemExit(130) from None
 
@@ -86,6 +87,13 @@ class FlotillaGroup(click.Group):
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder of the local fleet: NATS data, service state, logs, run.json [env FLOTILLA_STATE_DIR].",
 )
+@click.option(
+    "--user",
+    envvar="FLOTILLA_USER",
+    metavar="NAME",
+    help="Act as this person's bus user (`flotilla user add`; its credentials are in <state-dir>/users/NAME.json) "
+    "instead of the built-in admin [env FLOTILLA_USER].",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log what the client does (debug) on stderr.")
 @click.option(
     "--trace",
@@ -96,7 +104,7 @@ class FlotillaGroup(click.Group):
 )
 @click.version_option(package_name="flotilla-client", prog_name="flotilla")
 @click.pass_context
-def cli(ctx: click.Context, server: str | None, state_dir: Path, verbose: bool, trace: bool) -> None:
+def cli(ctx: click.Context, server: str | None, state_dir: Path, user: str | None, verbose: bool, trace: bool) -> None:
     """Flotilla: a fleet manager for Kubernetes clusters, driven over NATS.
 
     \b
@@ -110,7 +118,9 @@ def cli(ctx: click.Context, server: str | None, state_dir: Path, verbose: bool, 
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="flotilla: %(message)s")
     given = ctx.get_parameter_source("state_dir") is not click.core.ParameterSource.DEFAULT
-    ctx.obj = CliContext(state_dir=state_dir, server_flag=server or None, state_dir_given=given, trace=trace)
+    ctx.obj = CliContext(
+        state_dir=state_dir, server_flag=server or None, state_dir_given=given, trace=trace, user=user or None
+    )
 
 
 def without_websockets(argv: list[str], environ: dict[str, str] | os._Environ[str]) -> bool:

@@ -133,17 +133,17 @@ def restart(obj: CliContext, name: str, timeout: float) -> None:
     echo(f"{reply.name}: pid {reply.old_pid or '-'} stopped, pid {reply.pid} started (not counted as a crash)")
     if reply.instance_id:
         left = timeout - (time.monotonic() - started)
-        run(lambda: _until_answering(obj.server_url(), {reply.name: reply.instance_id}, left))
+        run(lambda: until_answering(obj.server_url(), {reply.name: reply.instance_id}, left))
         echo(f"{reply.name} answers $SRV.PING as instance {reply.instance_id}")
     elif reply.name == localfleet.NATS_SERVER:
         info = runfile.load(obj.state_dir.resolve())
         expected = {s.name: s.instance_id for s in info.services} if info else {}
-        run(lambda: _until_answering(obj.server_url(), expected, timeout - (time.monotonic() - started)))
+        run(lambda: until_answering(obj.server_url(), expected, timeout - (time.monotonic() - started)))
         echo(f"nats-server accepts connections again; {len(expected)} services answer $SRV.PING through it")
     echo(f"done in {time.monotonic() - started:.1f}s")
 
 
-async def _until_answering(url: str, expected: dict[str, str], timeout_s: float) -> None:
+async def until_answering(url: str, expected: dict[str, str], timeout_s: float) -> None:
     """Until each named service answers $SRV.PING with the given instance id (connecting again after an error)."""
     deadline = time.monotonic() + timeout_s
     last_error = ""
