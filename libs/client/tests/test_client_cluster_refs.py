@@ -11,7 +11,7 @@ import msgspec
 import pytest
 from click.testing import CliRunner, Result
 
-from flotilla_client.cli import cluster_refs, fleet, subscriptions, upgrade
+from flotilla_client.cli import cluster_refs, fleet, nodes, subscriptions, upgrade
 from flotilla_client.cli.cluster_refs import AmbiguousName, match_cluster
 from flotilla_client.cli.main import cli
 from flotilla_client.errors import ClientError
@@ -76,7 +76,7 @@ class Registration:
 
 
 def invoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recorder: Registration, *args: str) -> Result:
-    for module in (cluster_refs, fleet, subscriptions, upgrade):
+    for module in (cluster_refs, fleet, nodes, subscriptions, upgrade):
         monkeypatch.setattr(module, "call", recorder)
     return CliRunner().invoke(cli, ["--state-dir", str(tmp_path), "--server", "nats://127.0.0.1:1", *args])
 

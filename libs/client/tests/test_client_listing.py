@@ -13,7 +13,7 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
-from flotilla_client.cli import cluster_refs, fleet, health, local, subscriptions, tokens, upgrade
+from flotilla_client.cli import cluster_refs, fleet, health, local, nodes, subscriptions, tokens, upgrade
 from flotilla_client.cli.main import cli
 from flotilla_client.discovery import ServiceRecord
 from flotilla_contracts.v1 import heartbeat as hb
@@ -113,7 +113,7 @@ class Replies:
 
 
 def invoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replies: Replies, *args: str) -> Result:
-    for module in (cluster_refs, fleet, health, subscriptions, tokens, upgrade):
+    for module in (cluster_refs, fleet, health, nodes, subscriptions, tokens, upgrade):
         monkeypatch.setattr(module, "call", replies)
     records = [ServiceRecord(name="registration", id="abc123", version="0.1.0", uptime_s=5.0)]
     monkeypatch.setattr(local, "run", lambda _factory: records)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +16,9 @@ import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
 
 from flotilla_client.errors import ClientError, UsageError
 from flotilla_contracts import subjects
@@ -133,6 +135,34 @@ async def _read_stream(
             await sub.unsubscribe()
         except nats.errors.Error:
             pass
+
+
+async def subscribe_new(
+    nc: Client, subject: str, callback: Callable[[Msg], Awaitable[None]]
+) -> list[JetStreamContext.PushSubscription]:
+    """Call `callback` with every event on `subject` from now on (ordered ephemeral consumers into this client's
+    inbox, one per stream the subject falls in: what a viewer's grant allows, unlike a plain subscription)."""
+    config = ConsumerConfig(
+        description="flotilla watch (CLI, ephemeral)", deliver_policy=DeliverPolicy.NEW, inactive_threshold=30.0
+    )
+    js = nc.jetstream()
+    subscriptions = []
+    for name in [spec.name for spec in event_streams_for(subject)] or [FLEET_EVENTS.name]:
+        try:
+            subscriptions.append(
+                await js.subscribe(subject, stream=name, config=config, ordered_consumer=True, cb=callback)
+            )
+        except nats.js.errors.NotFoundError:
+            raise ClientError(
+                ErrorCode.NOT_FOUND,
+                f"stream {name} does not exist on this server yet: the services create it when they start "
+                "(`flotilla up`)",
+            ) from None
+        except nats.js.errors.APIError as exc:
+            raise ClientError(ErrorCode.INVALID_FIELD, f"cannot follow {subject} in {name}: {exc}") from None
+        except nats.errors.NoRespondersError:
+            raise ClientError(ErrorCode.UNAVAILABLE, "JetStream is not enabled on this NATS server") from None
+    return subscriptions
 
 
 _END = object()

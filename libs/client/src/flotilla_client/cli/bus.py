@@ -10,7 +10,14 @@ import click
 import msgspec
 
 from flotilla_client.cli.common import CliContext, Failure, echo, run, server_option
-from flotilla_client.cli.output import Column, TableStream, output_option, render_json, render_json_line
+from flotilla_client.cli.output import (
+    Column,
+    TableStream,
+    output_option,
+    render_json,
+    render_json_line,
+    render_yaml,
+)
 from flotilla_client.client import FlotillaClient, RawReply
 from flotilla_client.durations import parse_since
 from flotilla_client.errors import UsageError
@@ -45,7 +52,7 @@ EVENT_WIDTHS = (6, 24, 52, 32, 0)
     metavar="DURATION|TIME",
     help="Only events newer than this: a duration (30s, 10m, 2h, 1d) or a time (2026-12-03T21:00:00Z).",
 )
-@output_option("table", "json")
+@output_option("table", "json", "yaml")
 @server_option
 @pass_cli
 def events(obj: CliContext, follow: bool, pattern: str | None, since: str | None, output: str) -> None:
@@ -55,7 +62,8 @@ def events(obj: CliContext, follow: bool, pattern: str | None, since: str | None
     is in the FLEET_EVENTS stream, what members report (node-step, applied, node-agent dead letters) in the
     bounded FLEET_REPORTS; a pattern within one reads that stream, a wider one both, merged by time.
 
-    JSON output is one event per line: subject, seq, time, schema, msg_id, data and stream (seq counts in it).
+    JSON output is one event per line: subject, seq, time, schema, msg_id, data and stream (seq counts in it);
+    YAML output one YAML document per event (each after `---`), with the same fields.
     Reading uses an ephemeral ordered consumer: nothing is left on the server.
 
     \b
@@ -63,6 +71,7 @@ def events(obj: CliContext, follow: bool, pattern: str | None, since: str | None
       flotilla events
       flotilla events --follow --subject 'cluster.>'
       flotilla events --since 10m -o json
+      flotilla events --subject 'rollout.>' -o yaml
       flotilla events --since 2026-12-03T21:00:00Z
     """
     subject = event_filter(pattern)
@@ -72,7 +81,10 @@ def events(obj: CliContext, follow: bool, pattern: str | None, since: str | None
     table = TableStream(EVENT_COLUMNS, EVENT_WIDTHS)
 
     def show(event: EventRecord) -> None:
-        echo(render_json_line(event) if output == "json" else table.row(event))
+        if output == "yaml":
+            echo("---\n" + render_yaml(event))
+        else:
+            echo(render_json_line(event) if output == "json" else table.row(event))
 
     async def read() -> int:
         count = 0

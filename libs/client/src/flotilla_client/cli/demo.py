@@ -124,7 +124,7 @@ def demo(ctx: click.Context, kubernetes: bool) -> None:
     request = up.StartRolloutRequest(request_id=uuid.uuid4().hex, spec=_spec())
     rollout_id = call(obj, Service.UPGRADE_ORCHESTRATOR, "upgrade.start", request, up.StartRolloutReply).rollout_id
     echo(f"rollout {rollout_id} started")
-    upgrade.watch_rollout(obj, rollout_id, interval=1.0, until=lambda s: s.rollout.state is st.RolloutState.FROZEN)
+    upgrade.watch_rollout(obj, rollout_id, until=lambda s: s.rollout.state is st.RolloutState.FROZEN)
     status = upgrade.fetch_status(obj, rollout_id)
     if status.rollout.state is st.RolloutState.FROZEN and status.rollout.freeze is not None:
         freeze = status.rollout.freeze
@@ -135,11 +135,11 @@ def demo(ctx: click.Context, kubernetes: bool) -> None:
         echo(f"  -> `flotilla upgrade retry {rollout_id}`: failed clusters again, against the pinned target {TARGET}")
         ctx.invoke(upgrade.retry, rollout_id=rollout_id, cluster_id=None)
         _banner("6/6 after the retry: the rollout finishes")
-        code = upgrade.watch_rollout(obj, rollout_id, interval=1.0)
+        code = upgrade.watch_rollout(obj, rollout_id)
     else:
         code = 0 if status.rollout.state is st.RolloutState.SUCCEEDED else 1
         if status.rollout.state not in FINISHED:
-            code = upgrade.watch_rollout(obj, rollout_id, interval=1.0)
+            code = upgrade.watch_rollout(obj, rollout_id)
     echo(f"\nThe demo took {time.monotonic() - started:.0f}s. Where to look next:")
     for command, why in (
         (f"upgrade status {rollout_id} --nodes", "every node's steps"),

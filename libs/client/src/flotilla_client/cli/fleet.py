@@ -9,11 +9,13 @@ from typing import Any
 import click
 import msgspec
 
-from flotilla_client.cli.cluster_refs import get_cluster, list_all_clusters, resolve_cluster, resolve_optional
+from flotilla_client.cli import completion
+from flotilla_client.cli.cluster_refs import get_cluster, list_all_clusters, resolve_cluster
 from flotilla_client.cli.common import CliContext, Failure, call, echo, server_option
 from flotilla_client.cli.output import Column, Listing, output_option, render, render_json, render_yaml, show_list
+from flotilla_client.cli.watching import entity_subjects, watch_list, watch_option
 from flotilla_client.errors import FlotillaClientError
-from flotilla_contracts.subjects import Service
+from flotilla_contracts.subjects import Entity, Service
 from flotilla_contracts.v1 import heartbeat as hb
 from flotilla_contracts.v1 import registration as reg
 from flotilla_kube.labels import parse_label_edits
@@ -25,7 +27,7 @@ REG = Service.REGISTRATION
 HB = Service.HEARTBEAT
 
 
-def _age(when: datetime | None) -> str:
+def age(when: datetime | None) -> str:
     if when is None:
         return "-"
     seconds = (datetime.now(UTC) - when).total_seconds()
@@ -64,7 +66,7 @@ CLUSTER_COLUMNS = (
     Column("REGION", region_of),
     Column("LABELS", lambda c: labels_text(c.labels), max_width=48),
     Column("TAINTS", lambda c: ",".join(f"{t.key}:{t.effect.value}" for t in c.taints) or "-", max_width=32),
-    Column("AGE", lambda c: _age(c.joined_at)),
+    Column("AGE", lambda c: age(c.joined_at)),
     Column("ZONE", lambda c: _labelled(c, ZONE_LABELS, c.identity.zone), wide=True),
     Column("PROVIDER", lambda c: c.identity.provider, wide=True),
     Column("AGENT", "agent_version", wide=True),
@@ -97,7 +99,7 @@ CLUSTER_ROW_COLUMNS = (
     Column("HEALTH", lambda r: r.health.state.value if r.health else "-"),
     Column("KUBELETS", lambda r: _versions(r.health.kubelet_versions) if r.health else "-", max_width=24),
     Column("NODES", lambda r: f"{r.health.nodes.ready}/{r.cluster.node_count}" if r.health else r.cluster.node_count),
-    Column("LAST SEEN", lambda r: _age(r.health.last_heartbeat_at) if r.health else "-"),
+    Column("LAST SEEN", lambda r: age(r.health.last_heartbeat_at) if r.health else "-"),
     *(_of_cluster(c) for c in CLUSTER_COLUMNS[5:]),
 )
 CLUSTER_LISTING = Listing("cluster", "clusters", CLUSTER_ROW_COLUMNS, lambda r: r.cluster.cluster_id, ClusterRow.plain)
@@ -137,24 +139,37 @@ def clusters() -> None:
     help="Only clusters in these states [default: all but Deregistered].",
 )
 @output_option()
+@watch_option
 @server_option
 @pass_cli
-def clusters_list(obj: CliContext, selector: str, states: tuple[str, ...], output: str) -> None:
+def clusters_list(obj: CliContext, selector: str, states: tuple[str, ...], output: str, watch: bool) -> None:
     """List clusters, optionally by label selector (Kubernetes syntax: =, ==, !=, in, notin, key, !key).
+
+    With --watch the list is printed again whenever a cluster or its health changes (joins, approvals,
+    labels, health transitions).
 
     \b
     Examples:
       flotilla clusters list
       flotilla clusters list -l 'env=prod,region in (eu,us)' -o wide
       flotilla clusters list --state Pending -o name
+      flotilla clusters list -w
     """
     try:
         parse_selector(selector)
     except SelectorError as exc:
         raise Failure(str(exc)) from None
-    found = list_all_clusters(obj, selector, [reg.ClusterState(s) for s in states])
-    health = health_of_clusters(obj, [c.cluster_id for c in found]) if found else {}
-    show_list([ClusterRow(c, health.get(c.cluster_id)) for c in found], output, CLUSTER_LISTING)
+
+    def fetch() -> list[ClusterRow]:
+        found = list_all_clusters(obj, selector, [reg.ClusterState(s) for s in states])
+        health = health_of_clusters(obj, [c.cluster_id for c in found]) if found else {}
+        return [ClusterRow(c, health.get(c.cluster_id)) for c in found]
+
+    if watch:
+        subjects = entity_subjects((Entity.CLUSTER, Entity.CLUSTER_HEALTH))
+        watch_list(obj, subjects, fetch, output, CLUSTER_LISTING)
+    else:
+        show_list(fetch(), output, CLUSTER_LISTING)
 
 
 NODE_COLUMNS = (
@@ -163,60 +178,14 @@ NODE_COLUMNS = (
     Column("ROLE", lambda n: n.facts.role.value),
     Column("KUBELET", lambda n: n.facts.kubelet_version),
     Column("UNSCHEDULABLE", lambda n: n.facts.unschedulable),
-    Column("UPDATED", lambda n: _age(n.updated_at)),
+    Column("UPDATED", lambda n: age(n.updated_at)),
     Column("OS", lambda n: n.facts.os_image, wide=True),
     Column("RUNTIME", lambda n: n.facts.container_runtime, wide=True),
 )
 
 
-@dataclass(frozen=True)
-class NodeRow:
-    node: reg.NodeInfo
-    health: hb.NodeHealthInfo | None
-
-    def plain(self) -> dict[str, Any]:
-        return {**msgspec.to_builtins(self.node), "health": msgspec.to_builtins(self.health)}
-
-
-NODE_ROW_COLUMNS = (
-    Column("CLUSTER", lambda r: r.node.cluster_id),
-    Column("NODE", lambda r: r.node.facts.node_name),
-    Column("ROLE", lambda r: r.node.facts.role.value),
-    Column("HEALTH", lambda r: r.health.state.value if r.health else "-"),
-    Column("KUBELET", lambda r: (r.health.kubelet_version if r.health else None) or r.node.facts.kubelet_version),
-    Column("KUBE-PROXY", lambda r: r.health.kube_proxy_version if r.health else "-"),
-    Column("LAST SEEN", lambda r: _age(r.health.last_heartbeat_at) if r.health else "-"),
-    Column("REASON", lambda r: r.health.reason if r.health else "-", max_width=40),
-    Column("UNSCHEDULABLE", lambda r: r.node.facts.unschedulable, wide=True),
-    Column("OS", lambda r: r.node.facts.os_image, wide=True),
-    Column("KERNEL", lambda r: r.node.facts.kernel_version, wide=True),
-    Column("RUNTIME", lambda r: r.node.facts.container_runtime, wide=True),
-    Column("ARCH", lambda r: r.node.facts.architecture, wide=True),
-    Column("PODS", lambda r: r.node.facts.pod_count, wide=True),
-)
-NODE_LISTING = Listing(
-    "node", "nodes", NODE_ROW_COLUMNS, lambda r: f"{r.node.cluster_id}/{r.node.facts.node_id}", NodeRow.plain
-)
-
-
-def health_of_nodes(obj: CliContext, cluster_id: str | None) -> dict[tuple[str, str], hb.NodeHealthInfo]:
-    found: dict[tuple[str, str], hb.NodeHealthInfo] = {}
-    cursor = ""
-    try:
-        while True:
-            request = hb.NodesHealthRequest(cluster_id=cluster_id, cursor=cursor, limit=1000)
-            reply = call(obj, HB, "health.nodes", request, hb.NodesHealthReply)
-            found.update(((n.cluster_id, n.node_id), n) for n in reply.nodes)
-            if not reply.next_cursor:
-                return found
-            cursor = reply.next_cursor
-    except FlotillaClientError as exc:
-        echo(f"flotilla: warning: no health shown: {exc}", err=True)
-    return found
-
-
 @clusters.command("get")
-@click.argument("cluster_id")
+@click.argument("cluster_id", shell_complete=completion.clusters)
 @output_option("yaml", "json", "table", "wide", "name", default="yaml")
 @server_option
 @pass_cli
@@ -243,7 +212,7 @@ def _changed(reply: reg.ClusterReply, what: str) -> None:
 
 
 @clusters.command("approve")
-@click.argument("cluster_id")
+@click.argument("cluster_id", shell_complete=completion.clusters)
 @server_option
 @pass_cli
 def clusters_approve(obj: CliContext, cluster_id: str) -> None:
@@ -261,7 +230,7 @@ def clusters_approve(obj: CliContext, cluster_id: str) -> None:
 
 
 @clusters.command("reject")
-@click.argument("cluster_id")
+@click.argument("cluster_id", shell_complete=completion.clusters)
 @click.option("--reason", required=True, help="Why; the cluster's agent shows it.")
 @server_option
 @pass_cli
@@ -278,7 +247,7 @@ def clusters_reject(obj: CliContext, cluster_id: str, reason: str) -> None:
 
 
 @clusters.command("label")
-@click.argument("cluster_id")
+@click.argument("cluster_id", shell_complete=completion.clusters)
 @click.argument("edits", nargs=-1, required=True)
 @server_option
 @pass_cli
@@ -300,7 +269,7 @@ def clusters_label(obj: CliContext, cluster_id: str, edits: tuple[str, ...]) -> 
 
 
 @clusters.command("taint")
-@click.argument("cluster_id")
+@click.argument("cluster_id", shell_complete=completion.clusters)
 @click.argument("edits", nargs=-1, required=True)
 @server_option
 @pass_cli
@@ -329,7 +298,7 @@ def clusters_taint(obj: CliContext, cluster_id: str, edits: tuple[str, ...]) -> 
 
 
 @clusters.command("deregister")
-@click.argument("cluster_id")
+@click.argument("cluster_id", shell_complete=completion.clusters)
 @click.option("--reason", default="", help="Why, for the record.")
 @server_option
 @pass_cli
@@ -353,39 +322,3 @@ def clusters_deregister(obj: CliContext, cluster_id: str, reason: str) -> None:
     cluster_id = resolve_cluster(obj, cluster_id)
     request = reg.DeregisterClusterRequest(cluster_id=cluster_id, reason=reason)
     _changed(call(obj, REG, "clusters.deregister", request, reg.ClusterReply), "deregistered")
-
-
-# --- nodes ---------------------------------------------------------------------------------------------------
-
-
-@click.group()
-def nodes() -> None:
-    """The node inventory reported by each cluster's agents."""
-
-
-@nodes.command("list")
-@click.option("--cluster", "cluster_id", help="Only this cluster's nodes.")
-@output_option()
-@server_option
-@pass_cli
-def nodes_list(obj: CliContext, cluster_id: str | None, output: str) -> None:
-    """List nodes with role, health, versions and when each was last heard.
-
-    \b
-    Examples:
-      flotilla nodes list --cluster sim-0001
-      flotilla nodes list -o wide
-    """
-    cluster_id = resolve_optional(obj, cluster_id)
-    found: list[Any] = []
-    cursor = ""
-    while True:
-        page = call(
-            obj, REG, "nodes.list", reg.ListNodesRequest(cluster_id=cluster_id, cursor=cursor), reg.ListNodesReply
-        )
-        found += page.nodes
-        if not page.next_cursor:
-            break
-        cursor = page.next_cursor
-    health = health_of_nodes(obj, cluster_id) if found else {}
-    show_list([NodeRow(n, health.get((n.cluster_id, n.facts.node_id))) for n in found], output, NODE_LISTING)

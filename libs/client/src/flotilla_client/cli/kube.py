@@ -6,6 +6,7 @@ import click
 
 from flotilla_client.busauth import without_user
 from flotilla_client.cli.common import CliContext, Failure, call, echo
+from flotilla_client.cli.output import output_option, render_json, render_yaml
 from flotilla_client.cli.sim import wait_for_clusters
 from flotilla_client.errors import LocalFleetError
 from flotilla_client.kubeworld import launch
@@ -81,17 +82,24 @@ def up(
 
 
 @kube.command("status")
+@output_option("table", "json", "yaml")
 @pass_cli
-def status(obj: CliContext) -> None:
+def status(obj: CliContext, output: str) -> None:
     """The running control planes: servers, kubeconfigs, nodes and the agents' identity.
 
+    json and yaml: the list of control planes with every field recorded for each (name, server, kubeconfigs, nodes).
+
     \b
-    Example:
+    Examples:
       flotilla kube status
+      flotilla kube status -o json
     """
     world = launch.load_world(obj.state_dir)
     if world is None or not launch.running(obj.state_dir):
         raise Failure("no Kubernetes world runs for this state folder; start one with `flotilla kube up`")
+    if output in ("json", "yaml"):
+        echo(render_json(world["clusters"]) if output == "json" else render_yaml(world["clusters"]))
+        return
     for cluster in world["clusters"]:
         echo(f"{cluster['name']}: {cluster['server']}")
         echo(f"  admin kubeconfig: {cluster['admin_kubeconfig']}")

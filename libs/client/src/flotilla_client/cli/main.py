@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bus-config": ("busconfig", "bus_config"),
     "token": ("tokens", "token"),
     "clusters": ("fleet", "clusters"),
-    "nodes": ("fleet", "nodes"),
+    "nodes": ("nodes", "nodes"),
     "health": ("health", "health"),
     "kube": ("kube", "kube"),
     "sim": ("sim", "sim"),

@@ -15,10 +15,12 @@ import click
 import msgspec
 import yaml
 
+from flotilla_client.cli import completion
 from flotilla_client.cli.cluster_refs import resolve_cluster
 from flotilla_client.cli.common import CliContext, Failure, call, echo, server_option
 from flotilla_client.cli.output import Column, Listing, output_option, render, render_json, render_yaml, show_list
-from flotilla_contracts.subjects import Service
+from flotilla_client.cli.watching import entity_subjects, watch_list, watch_option
+from flotilla_contracts.subjects import Entity, Service
 from flotilla_contracts.v1 import scheduler as sched
 
 pass_cli = click.make_pass_decorator(CliContext)
@@ -141,23 +143,41 @@ def subscriptions_apply(obj: CliContext, path: Path) -> None:
 
 @subscriptions.command("list")
 @output_option()
+@watch_option
 @server_option
 @pass_cli
-def subscriptions_list(obj: CliContext, output: str) -> None:
+def subscriptions_list(obj: CliContext, output: str, watch: bool) -> None:
     """List subscriptions with how many clusters have them and how many applied them.
+
+    With --watch the list is printed again whenever a subscription, a placement or an applied status changes.
 
     \b
     Examples:
       flotilla subscriptions list
       flotilla subscriptions list -o name
+      flotilla subscriptions list -w
     """
-    reply = call(obj, SCHED, "subscriptions.list", sched.ListSubscriptionsRequest(), sched.ListSubscriptionsReply)
-    show_list(reply.subscriptions, output, SUBSCRIPTION_LISTING)
+
+    def fetch() -> list[sched.SubscriptionSummary]:
+        request = sched.ListSubscriptionsRequest()
+        return call(obj, SCHED, "subscriptions.list", request, sched.ListSubscriptionsReply).subscriptions
+
+    if watch:
+        subjects = entity_subjects((Entity.SUBSCRIPTION, Entity.PLACEMENT, Entity.APPLIED))
+        watch_list(obj, subjects, fetch, output, SUBSCRIPTION_LISTING)
+    else:
+        show_list(fetch(), output, SUBSCRIPTION_LISTING)
 
 
 @subscriptions.command("get")
-@click.argument("name")
-@click.option("--cluster", "cluster_id", metavar="CLUSTER", help="Show the manifests as rendered for this cluster.")
+@click.argument("name", shell_complete=completion.subscriptions)
+@click.option(
+    "--cluster",
+    "cluster_id",
+    metavar="CLUSTER",
+    shell_complete=completion.clusters,
+    help="Show the manifests as rendered for this cluster.",
+)
 @output_option()
 @server_option
 @pass_cli
@@ -212,7 +232,7 @@ def _print_one(value: Any, output: str, name: str) -> None:
 
 
 @subscriptions.command("delete")
-@click.argument("name")
+@click.argument("name", shell_complete=completion.subscriptions)
 @server_option
 @pass_cli
 def subscriptions_delete(obj: CliContext, name: str) -> None:

@@ -6,7 +6,7 @@ import click
 
 from flotilla_client.cli.common import CliContext, Failure, call, echo, server_option
 from flotilla_client.cli.fleet import labels_text
-from flotilla_client.cli.output import Column, Listing, output_option, render_json, show_list
+from flotilla_client.cli.output import Column, Listing, output_option, render_json, render_yaml, show_list
 from flotilla_client.durations import parse_duration
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1 import registration as reg
@@ -42,7 +42,7 @@ def token() -> None:
 @click.option("--auto-approve", is_flag=True, help="Clusters joining with it are approved at once.")
 @click.option("--label", "labels", multiple=True, metavar="K=V", help="Label given to clusters joining with it.")
 @click.option("--description", default="", help="What the token is for.")
-@output_option("table", "json")
+@output_option("table", "json", "yaml")
 @server_option
 @pass_cli
 def token_create(
@@ -56,10 +56,14 @@ def token_create(
 ) -> None:
     """Create a join token; the secret is printed once and stored only as a hash.
 
+    The table output is the secret alone on stdout (for scripts: TOKEN=$(flotilla token create)); json and yaml
+    give the secret with the token's record (id, expiry, uses, labels).
+
     \b
     Examples:
       flotilla token create --ttl 2h --max-uses 10 --label env=prod
       flotilla token create --auto-approve --description "lab clusters"
+      flotilla token create --ttl 1h -o yaml
     """
     try:
         ttl_s = None if ttl == "never" else parse_duration(ttl)
@@ -73,8 +77,8 @@ def token_create(
     except ValueError as exc:
         raise Failure(str(exc)) from None
     reply = call(obj, REG, "tokens.create", request, reg.CreateTokenReply)
-    if output == "json":
-        echo(render_json(reply))
+    if output in ("json", "yaml"):
+        echo(render_json(reply) if output == "json" else render_yaml(reply))
         return
     echo(reply.token)
     echo(f"token {reply.info.token_id} created; it is not shown again, keep it now", err=True)

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import sys
-import time
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from flotilla_client.cli import completion
 from flotilla_client.cli.cluster_refs import resolve_cluster, resolve_optional
-from flotilla_client.cli.common import CliContext, Failure, call, echo, server_option
+from flotilla_client.cli.common import BadUsage, CliContext, Failure, call, echo, run, server_option
 from flotilla_client.cli.output import Column, Listing, output_option, render_json, render_yaml, show_list
 from flotilla_client.cli.rollout_spec import spec_from, spec_options
 from flotilla_client.cli.rollout_view import FINISHED, changes, final_summary, next_steps, plan_text, status_text
-from flotilla_contracts.subjects import Service
+from flotilla_client.cli.watching import FALLBACK_S, entity_subjects, follow, watch_list, watch_option
+from flotilla_contracts.ids import InvalidIdError
+from flotilla_contracts.subjects import Entity, Service
 from flotilla_contracts.v1 import upgrade as up
 from flotilla_contracts.v1 import upgrade_status as st
+
+if TYPE_CHECKING:
+    from flotilla_client.client import FlotillaClient
 
 pass_cli = click.make_pass_decorator(CliContext)
 UPG = Service.UPGRADE_ORCHESTRATOR
@@ -64,14 +69,27 @@ def start(obj: CliContext, /, watch_after: bool, **params: Any) -> None:
       flotilla upgrade start -f rollout.yaml
     """
     request = up.StartRolloutRequest(request_id=uuid.uuid4().hex, spec=spec_from(params))
+    if watch_after:  # one command, one trace: the start and the watch that follows it
+        raise SystemExit(run(lambda: _start_and_follow(obj, request)))
     reply = call(obj, UPG, "upgrade.start", request, up.StartRolloutReply, timeout_s=30)
+    _started(reply)
+    echo(f"watch it with `{obj.hint('upgrade watch ' + reply.rollout_id)}`")
+
+
+def _started(reply: up.StartRolloutReply) -> None:
     echo(
         f"rollout {reply.rollout_id} started: {reply.plan.clusters_total} clusters, {reply.plan.nodes_total} nodes "
         f"in {len(reply.plan.waves)} waves"
     )
-    if watch_after:
-        raise SystemExit(watch_rollout(obj, reply.rollout_id))
-    echo(f"watch it with `{obj.hint('upgrade watch ' + reply.rollout_id)}`")
+
+
+async def _start_and_follow(obj: CliContext, request: up.StartRolloutRequest) -> int:
+    from flotilla_client.client import FlotillaClient
+
+    async with FlotillaClient(obj.server_url()) as client:
+        reply = await client.request(UPG, "upgrade.start", request, up.StartRolloutReply, timeout=30)
+        _started(reply)
+        return await follow_rollout(client, reply.rollout_id)
 
 
 def _control(verb: str, message: Any, done: str) -> Callable[[CliContext], None]:
@@ -86,7 +104,7 @@ def _control(verb: str, message: Any, done: str) -> Callable[[CliContext], None]
 
 
 @upgrade.command("pause")
-@click.argument("rollout_id")
+@click.argument("rollout_id", shell_complete=completion.rollouts)
 @click.option("--reason", default="", help="Shown in status and events.")
 @server_option
 @pass_cli
@@ -101,7 +119,7 @@ def pause(obj: CliContext, rollout_id: str, reason: str) -> None:
 
 
 @upgrade.command("resume")
-@click.argument("rollout_id")
+@click.argument("rollout_id", shell_complete=completion.rollouts)
 @server_option
 @pass_cli
 def resume(obj: CliContext, rollout_id: str) -> None:
@@ -127,7 +145,7 @@ def resume(obj: CliContext, rollout_id: str) -> None:
 
 
 @upgrade.command("abort")
-@click.argument("rollout_id")
+@click.argument("rollout_id", shell_complete=completion.rollouts)
 @click.option("--reason", default="")
 @server_option
 @pass_cli
@@ -142,7 +160,7 @@ def abort(obj: CliContext, rollout_id: str, reason: str) -> None:
 
 
 @upgrade.command("approve")
-@click.argument("rollout_id")
+@click.argument("rollout_id", shell_complete=completion.rollouts)
 @click.option("--wave", type=click.IntRange(0), required=True)
 @server_option
 @pass_cli
@@ -157,8 +175,13 @@ def approve(obj: CliContext, rollout_id: str, wave: int) -> None:
 
 
 @upgrade.command("retry")
-@click.argument("rollout_id")
-@click.option("--cluster", "cluster_id", help="Only this cluster [default: every failed cluster].")
+@click.argument("rollout_id", shell_complete=completion.rollouts)
+@click.option(
+    "--cluster",
+    "cluster_id",
+    shell_complete=completion.clusters,
+    help="Only this cluster [default: every failed cluster].",
+)
 @server_option
 @pass_cli
 def retry(obj: CliContext, rollout_id: str, cluster_id: str | None) -> None:
@@ -174,8 +197,8 @@ def retry(obj: CliContext, rollout_id: str, cluster_id: str | None) -> None:
 
 
 @upgrade.command("skip")
-@click.argument("rollout_id")
-@click.option("--cluster", "cluster_id", required=True)
+@click.argument("rollout_id", shell_complete=completion.rollouts)
+@click.option("--cluster", "cluster_id", required=True, shell_complete=completion.clusters)
 @click.option("--reason", default="")
 @server_option
 @pass_cli
@@ -192,7 +215,7 @@ def skip(obj: CliContext, rollout_id: str, cluster_id: str, reason: str) -> None
 
 
 @upgrade.command("rollback")
-@click.argument("rollout_id")
+@click.argument("rollout_id", shell_complete=completion.rollouts)
 @click.option("--reason", default="")
 @server_option
 @pass_cli
@@ -232,18 +255,26 @@ ROLLOUT_LISTING = Listing("rollout", "rollouts", LIST_COLUMNS, lambda r: r.rollo
 
 @upgrade.command("list")
 @output_option()
+@watch_option
 @server_option
 @pass_cli
-def list_rollouts(obj: CliContext, output: str) -> None:
-    """List rollouts, newest first.
+def list_rollouts(obj: CliContext, output: str, watch: bool) -> None:
+    """List rollouts, newest first; with --watch, again whenever a rollout, wave, cluster or node of one moves.
 
     \b
     Examples:
       flotilla upgrade list
       flotilla upgrade list -o wide
+      flotilla upgrade list -w
     """
-    reply = call(obj, UPG, "upgrade.list", st.ListRolloutsRequest(), st.ListRolloutsReply)
-    show_list(reply.rollouts, output, ROLLOUT_LISTING)
+
+    def fetch() -> list[st.RolloutSummary]:
+        return call(obj, UPG, "upgrade.list", st.ListRolloutsRequest(), st.ListRolloutsReply).rollouts
+
+    if watch:
+        watch_list(obj, entity_subjects(ROLLOUT_ENTITIES), fetch, output, ROLLOUT_LISTING)
+    else:
+        show_list(fetch(), output, ROLLOUT_LISTING)
 
 
 def fetch_status(obj: CliContext, rollout_id: str, nodes: bool = False) -> st.RolloutStatusReply:
@@ -252,7 +283,7 @@ def fetch_status(obj: CliContext, rollout_id: str, nodes: bool = False) -> st.Ro
 
 
 @upgrade.command("status")
-@click.argument("rollout_id")
+@click.argument("rollout_id", shell_complete=completion.rollouts)
 @click.option("--nodes", is_flag=True, help="A row per node: role, state, step in flight, attempt, version, failure.")
 @output_option()
 @server_option
@@ -271,14 +302,20 @@ def status(obj: CliContext, rollout_id: str, nodes: bool, output: str) -> None:
 
 
 @upgrade.command("watch")
-@click.argument("rollout_id")
-@click.option("--interval", default=1.0, show_default=True, help="Seconds between refreshes.")
+@click.argument("rollout_id", shell_complete=completion.rollouts)
+@click.option(
+    "--interval",
+    default=FALLBACK_S,
+    show_default=True,
+    help="Seconds between looks when no event comes (every event of the rollout redraws at once).",
+)
 @server_option
 @pass_cli
 def watch(obj: CliContext, rollout_id: str, interval: float) -> None:
     """Live progress per wave and cluster, the current freeze reason, then a summary.
 
-    Exits 0 when the rollout succeeds, 1 when it ends otherwise.
+    Redraws when an event of the rollout arrives (once per burst of them), and every --interval seconds
+    without one (a soak timer, a missed event). Exits 0 when the rollout succeeds, 1 when it ends otherwise.
 
     \b
     Example:
@@ -287,30 +324,66 @@ def watch(obj: CliContext, rollout_id: str, interval: float) -> None:
     raise SystemExit(watch_rollout(obj, rollout_id, interval))
 
 
+ROLLOUT_ENTITIES = (Entity.ROLLOUT, Entity.ROLLOUT_WAVE, Entity.ROLLOUT_CLUSTER, Entity.ROLLOUT_NODE)
+
+
 def watch_rollout(
     obj: CliContext,
     rollout_id: str,
-    interval: float = 1.0,
+    interval: float = FALLBACK_S,
     until: Callable[[st.RolloutStatusReply], bool] | None = None,
 ) -> int:
     """Print progress until the rollout finishes (or `until(status)` holds); the exit code for the shell."""
+    from flotilla_client.client import FlotillaClient
+
+    _rollout_subjects(rollout_id)  # a bad id is refused before connecting
+
+    async def go() -> int:
+        async with FlotillaClient(obj.server_url()) as client:
+            return await follow_rollout(client, rollout_id, interval, until)
+
+    return run(go)
+
+
+def _rollout_subjects(rollout_id: str) -> list[str]:
+    try:
+        return entity_subjects(ROLLOUT_ENTITIES, rollout_id)
+    except InvalidIdError as exc:
+        raise BadUsage(str(exc)) from None
+
+
+async def follow_rollout(
+    client: FlotillaClient,
+    rollout_id: str,
+    interval: float = FALLBACK_S,
+    until: Callable[[st.RolloutStatusReply], bool] | None = None,
+) -> int:
+    """Draw the rollout's status now and after each burst of its events (or `interval` without one) on one
+    connection, until it finishes or `until(status)` holds; the exit code for the shell."""
+    subjects = _rollout_subjects(rollout_id)
     tty = sys.stdout.isatty()
     shown: list[str] = []
-    while True:
-        current = fetch_status(obj, rollout_id)
+    code: list[int] = []
+
+    async def look() -> bool:
+        request = st.RolloutStatusRequest(rollout_id=rollout_id, include_nodes=False, limit=1000)
+        current = await client.request(UPG, "upgrade.status", request, st.RolloutStatusReply)
         lines = status_text(current, active_only=not tty).splitlines()
         if tty:
             click.echo("\x1b[H\x1b[2J" + "\n".join(lines))
         else:
             for line in changes(shown, lines):
                 echo(line)
-        shown = lines
+        shown[:] = lines
         if current.rollout.state in FINISHED:
             echo("\n" + final_summary(current))
-            return 0 if current.rollout.state is st.RolloutState.SUCCEEDED else 1
-        if until is not None and until(current):
-            return 0
-        time.sleep(interval)
+            code.append(0 if current.rollout.state is st.RolloutState.SUCCEEDED else 1)
+        elif until is not None and until(current):
+            code.append(0)
+        return bool(code)
+
+    await follow(client.nc, subjects, look, interval)
+    return code[0]
 
 
 def _print(value: Any, output: str, text: Callable[..., str], names: list[str]) -> None:
