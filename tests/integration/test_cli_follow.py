@@ -202,3 +202,21 @@ def test_events_and_token_create_print_yaml(fleet: Fleet) -> None:
     assert events and all(e["subject"].startswith("fleet.v1.evt.cluster.") for e in events)
     assert {"seq", "time", "schema", "msg_id", "data", "stream"} <= set(events[0])
     assert any(e["schema"].startswith("registration.ClusterJoinRequested/") for e in events)
+
+
+def test_a_watch_that_loses_nats_says_so_and_exits(fleet: Fleet) -> None:
+    """Last in the file: it kills nats-server (the supervisor brings it back)."""
+    watcher = subprocess.Popen(
+        fleet.argv("upgrade", "list", "-w", "-o", "name"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        first = watcher.stdout.readline() if watcher.stdout else ""
+        assert first.startswith("rollout/"), first
+        nats_pid = json.loads((fleet.state / "run.json").read_text())["nats"]["pid"]
+        os.kill(nats_pid, signal.SIGKILL)
+        _, stderr = watcher.communicate(timeout=30)  # the watch notices within ALIVE_CHECK_S, no event needed
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+    assert watcher.returncode == 1
+    assert "connection to NATS closed" in stderr and "run it again" in stderr and "Traceback" not in stderr

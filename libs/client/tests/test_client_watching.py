@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from flotilla_client.cli import watching
 from flotilla_client.cli.main import cli
+from flotilla_client.errors import ClientError
 from flotilla_client.kubeworld import launch
 from flotilla_contracts.ids import InvalidIdError
 from flotilla_contracts.subjects import Entity
@@ -40,6 +41,12 @@ async def test_a_steady_stream_still_ends_a_burst_after_burst_max() -> None:
         assert await asyncio.wait_for(bursts.next(fallback_s=5.0), 2.0) > 1
     finally:
         feeder.cancel()
+
+
+async def test_a_watch_whose_connection_closed_stops_with_a_clear_error() -> None:
+    bursts = watching.Bursts()
+    with pytest.raises(ClientError, match=r"connection to NATS closed.*run it again"):
+        await asyncio.wait_for(bursts.next(fallback_s=None, alive=lambda: False), 5.0)
 
 
 def test_watches_follow_the_entities_subjects() -> None:

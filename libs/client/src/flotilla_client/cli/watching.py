@@ -14,6 +14,8 @@ import click
 
 from flotilla_client.cli.common import CliContext, echo, run
 from flotilla_client.cli.output import Listing, render_list
+from flotilla_client.errors import ClientError
+from flotilla_contracts.errors import ErrorCode
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 FALLBACK_S = 15.0  # a rollout watch looks again after this long without an event (a missed event, a soak timer)
 QUIET_S = 0.2  # a burst of events ends after this long without one...
 BURST_MAX_S = 2.0  # ...or this long after it began: a steady stream still redraws every 2 s
+ALIVE_CHECK_S = 1.0  # how often a waiting watch checks that its connection still stands (a local check, no I/O)
 
 
 class Bursts:
@@ -41,13 +44,22 @@ class Bursts:
         self.pending += 1
         self._arrived.set()
 
-    async def next(self, fallback_s: float | None) -> int:
-        """Wait for the next burst and return how many events it held; 0 when `fallback_s` passed without one."""
-        try:
-            await asyncio.wait_for(self._arrived.wait(), fallback_s)
-        except TimeoutError:
-            return 0
+    async def next(self, fallback_s: float | None, alive: Callable[[], bool] = lambda: True) -> int:
+        """Wait for the next burst and return how many events it held; 0 when `fallback_s` passed without one.
+        ClientError (unavailable) once `alive()` says the connection is gone: no event can come any more."""
         loop = asyncio.get_running_loop()
+        until = None if fallback_s is None else loop.time() + fallback_s
+        while not self._arrived.is_set():
+            if not alive():
+                raise ClientError(
+                    ErrorCode.UNAVAILABLE,
+                    "the connection to NATS closed, so no event can reach this watch; run it again",
+                )
+            left = ALIVE_CHECK_S if until is None else min(ALIVE_CHECK_S, until - loop.time())
+            if left <= 0:
+                return 0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), left)
         ends = loop.time() + self.burst_max_s
         while (left := ends - loop.time()) > 0:
             self._arrived.clear()
@@ -73,7 +85,7 @@ async def follow(
     subscriptions = [sub for subject in subjects for sub in await subscribe_new(nc, subject, bursts.on_message)]
     try:
         while not await look():
-            events = await bursts.next(fallback_s)
+            events = await bursts.next(fallback_s, alive=lambda: nc.is_connected)
             log.debug("looking again after %d events", events)
     finally:
         for subscription in subscriptions:
