@@ -145,8 +145,8 @@ def clusters() -> None:
 def clusters_list(obj: CliContext, selector: str, states: tuple[str, ...], output: str, watch: bool) -> None:
     """List clusters, optionally by label selector (Kubernetes syntax: =, ==, !=, in, notin, key, !key).
 
-    With --watch the list is printed again whenever a cluster or its health changes (joins, approvals,
-    labels, health transitions).
+    With --watch the list is printed again whenever a cluster, its nodes or their health change (joins,
+    approvals, labels, versions, health transitions).
 
     \b
     Examples:
@@ -166,7 +166,7 @@ def clusters_list(obj: CliContext, selector: str, states: tuple[str, ...], outpu
         return [ClusterRow(c, health.get(c.cluster_id)) for c in found]
 
     if watch:
-        subjects = entity_subjects((Entity.CLUSTER, Entity.CLUSTER_HEALTH))
+        subjects = entity_subjects((Entity.CLUSTER, Entity.CLUSTER_HEALTH, Entity.NODE, Entity.NODE_HEALTH))
         watch_list(obj, subjects, fetch, output, CLUSTER_LISTING)
     else:
         show_list(fetch(), output, CLUSTER_LISTING)
