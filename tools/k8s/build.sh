@@ -7,6 +7,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
+. "$here/../gobuild.sh"
 out="$root/.tools/k8s/bin"
 mkdir -p "$out"
 command -v go >/dev/null || { echo "k8s-bins: no go command: install Go (the version in tools/k8s/go.mod or newer), then re-run" >&2; exit 2; }
@@ -37,23 +38,13 @@ inputs() { cat "$here/go.mod" "$here/go.sum"; go version; echo "$ldk8s $ldkwok";
 hash=$(inputs | sha256sum | cut -d' ' -f1)
 total_start=$(date +%s)
 for name in "${order[@]}"; do
-  p=${pkg[$name]:?unknown binary $name (known: ${!pkg[*]})}
-  stamp="$out/$name.stamp"
-  if [ -x "$out/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$hash" ]; then
-    echo "k8s-bins: $name up to date (stamp ${hash:0:12})"
-    continue
-  fi
   case $name in
     kwok) ld=$ldkwok ;;
     etcd) ld="" ;;
     *) ld=$ldk8s ;;
   esac
-  echo "k8s-bins: building $name from $p ..."
-  start=$(date +%s)
-  (cd "$here" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags="-s -w $ld" -o "$out/$name.tmp" "$p")
-  mv "$out/$name.tmp" "$out/$name"
-  echo "$hash" > "$stamp"
-  echo "k8s-bins: built $name in $(( $(date +%s) - start )) s ($(du -h "$out/$name" | cut -f1))"
+  stamped_build k8s-bins "$here" "$out" "$name" "${pkg[$name]:?unknown binary $name (known: ${!pkg[*]})}" "$hash" \
+    -ldflags="-s -w $ld"
 done
 # kwok's stage files (nodes Ready, pods Running, deleted pods go) next to the binaries, for the harness.
 stages="$root/.tools/k8s/stages"

@@ -9,6 +9,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
+. "$here/../gobuild.sh"
 out="$root/.tools/peers/bin"
 mkdir -p "$out"
 command -v go >/dev/null || { echo "peer-bins: no go command: install Go (the version in tools/peers/go.mod or newer), then re-run" >&2; exit 2; }
@@ -25,17 +26,7 @@ inputs() { cat "$here/go.mod" "$here/go.sum"; go version; echo "$ldflags"; }
 hash=$(inputs | sha256sum | cut -d' ' -f1)
 total_start=$(date +%s)
 for name in "${order[@]}"; do
-  p=${pkg[$name]:?unknown binary $name (known: ${!pkg[*]})}
-  stamp="$out/$name.stamp"
-  if [ -x "$out/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$hash" ]; then
-    echo "peer-bins: $name up to date (stamp ${hash:0:12})"
-    continue
-  fi
-  echo "peer-bins: building $name from $p ..."
-  start=$(date +%s)
-  (cd "$here" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags="$ldflags" -o "$out/$name.tmp" "$p")
-  mv "$out/$name.tmp" "$out/$name"
-  echo "$hash" > "$stamp"
-  echo "peer-bins: built $name in $(( $(date +%s) - start )) s ($(du -h "$out/$name" | cut -f1))"
+  stamped_build peer-bins "$here" "$out" "$name" "${pkg[$name]:?unknown binary $name (known: ${!pkg[*]})}" "$hash" \
+    -ldflags="$ldflags"
 done
 echo "peer-bins: done in $(( $(date +%s) - total_start )) s: $out"

@@ -9,6 +9,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
+. "$here/../gobuild.sh"
 out="$root/.tools/prom/bin"
 mkdir -p "$out"
 command -v go >/dev/null || { echo "prom-bins: no go command: install Go (the version in tools/prom/go.mod or newer), then re-run" >&2; exit 2; }
@@ -18,15 +19,6 @@ tags="remove_all_sd,enable_kubernetes_sd"
 ldflags="-s -w -X github.com/prometheus/common/version.Version=$version"
 inputs() { cat "$here/go.mod" "$here/go.sum"; go version; echo "$tags $ldflags"; }
 hash=$(inputs | sha256sum | cut -d' ' -f1)
-stamp="$out/promtool.stamp"
-if [ -x "$out/promtool" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$hash" ]; then
-  echo "prom-bins: promtool up to date (stamp ${hash:0:12})"
-  exit 0
-fi
-echo "prom-bins: building promtool $version ..."
-start=$(date +%s)
-(cd "$here" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -tags "$tags" -ldflags="$ldflags" \
-  -o "$out/promtool.tmp" github.com/prometheus/prometheus/cmd/promtool)
-mv "$out/promtool.tmp" "$out/promtool"
-echo "$hash" > "$stamp"
-echo "prom-bins: built promtool in $(( $(date +%s) - start )) s ($(du -h "$out/promtool" | cut -f1)): $out"
+stamped_build prom-bins "$here" "$out" promtool github.com/prometheus/prometheus/cmd/promtool "$hash" \
+  -tags "$tags" -ldflags="$ldflags"
+echo "prom-bins: promtool $version in $out"

@@ -34,7 +34,7 @@ async def test_a_steady_stream_still_ends_a_burst_after_burst_max() -> None:
     async def steady() -> None:
         while True:
             await bursts.on_message(None)  # type: ignore[arg-type]
-            await asyncio.sleep(0.01)  # a message every 10 ms: never quiet for 1 s
+            await asyncio.sleep(0.01)  # sleep: the pace of a steady stream (a message every 10 ms: never quiet for 1 s)
 
     feeder = asyncio.create_task(steady())
     try:

@@ -35,8 +35,6 @@ from flotilla_contracts.v1.heartbeat import ClusterHealth, NodeHealth
 from flotilla_contracts.v1.upgrade import (
     ApproveWaveRequest,
     FailureBudget,
-    ResumeRolloutRequest,
-    RetryRequest,
     RollbackRequest,
     RolloutSpec,
     SkipClusterRequest,
@@ -214,26 +212,20 @@ class DecideModel(RolloutModel):
 
     # --- the end ----------------------------------------------------------------------------------------------
 
-    def finish(self) -> None:
-        """Faults gone: the rollout ends; unless ended early, every node at the target; the oracle agrees."""
+    def remove_faults(self) -> None:
         for cluster_id in sorted({c for c, _ in self.sim.nodes}):
             self.sim.cluster_health(cluster_id, ClusterHealth.READY)
-        for node in self.sim.nodes.values():
-            node.fail_steps = set()
-            if not node.ready:
-                self.sim.node_health(node.cluster_id, node.node_id, NodeHealth.READY)
-        for report in self.held:
-            self.sim.deliver(report)
-        self.held = []
-        for _ in range(20):
-            self.sim.run(tick_s=30)
-            rollout = self.sim.engine.rollouts[self.rid]
-            if rollout.final:
-                break
-            for wave in range(len(rollout.waves)):
-                self._command("approve", ApproveWaveRequest(rollout_id=self.rid, wave=wave))
-            self._command("resume", ResumeRolloutRequest(rollout_id=self.rid))
-            self._command("retry", RetryRequest(rollout_id=self.rid))
+        super().remove_faults()
+
+    def unblock(self) -> None:
+        for wave in range(len(self.sim.engine.rollouts[self.rid].waves)):
+            self._command("approve", ApproveWaveRequest(rollout_id=self.rid, wave=wave))
+        super().unblock()
+
+    def finish(self) -> None:
+        """Faults gone: the rollout ends; unless ended early, every node at the target; the oracle agrees."""
+        self.remove_faults()
+        self.drive_to_the_end()
         rollout = self.sim.engine.rollouts[self.rid]
         assert rollout.final, (rollout.state, rollout.rec.message)
         assert not any(n.cordoned_by == self.rid for n in self.sim.nodes.values()), "I9/I10: a node left cordoned"

@@ -192,8 +192,8 @@ class RolloutModel(RuleBasedStateMachine):
         for cid, cluster in mine.clusters.items():
             assert cluster == theirs.clusters[cid], cid
 
-    def finish(self) -> None:
-        """Faults gone, every held report delivered: the rollout ends, and if not aborted, fully (I10)."""
+    def remove_faults(self) -> None:
+        """No more injected failures, every node Ready again, every held report delivered."""
         for node in self.sim.nodes.values():
             node.fail_steps = set()
             if not node.ready:
@@ -201,23 +201,34 @@ class RolloutModel(RuleBasedStateMachine):
         for report in self.held:
             self.sim.deliver(report)
         self.held = []
+
+    def unblock(self) -> None:
+        """What an operator does about a rollout that waits: resume it, retry its failed clusters."""
+        for verb, request in (
+            ("resume", ResumeRolloutRequest(rollout_id=self.rid)),
+            ("retry", RetryRequest(rollout_id=self.rid)),
+        ):
+            try:
+                self.sim.work(
+                    lambda tx, v=verb, r=request: getattr(recovery if v == "retry" else control, v)(
+                        self.sim.engine, tx, r, self.sim.now
+                    )
+                )  # type: ignore[misc]
+            except Exception as exc:  # refusals are fine; nothing else is
+                assert getattr(exc, "code", None) is not None, exc
+
+    def drive_to_the_end(self) -> None:
+        """Agents and ticks until the rollout ends, unblocking it whenever it waits (at most 20 times)."""
         for _ in range(20):
             self.sim.run(tick_s=30)
-            rollout = self.sim.engine.rollouts[self.rid]
-            if rollout.final:
-                break
-            for verb, request in (
-                ("resume", ResumeRolloutRequest(rollout_id=self.rid)),
-                ("retry", RetryRequest(rollout_id=self.rid)),
-            ):
-                try:
-                    self.sim.work(
-                        lambda tx, v=verb, r=request: getattr(recovery if v == "retry" else control, v)(
-                            self.sim.engine, tx, r, self.sim.now
-                        )
-                    )  # type: ignore[misc]
-                except Exception as exc:
-                    assert getattr(exc, "code", None) is not None, exc
+            if self.sim.engine.rollouts[self.rid].final:
+                return
+            self.unblock()
+
+    def finish(self) -> None:
+        """Faults gone, every held report delivered: the rollout ends, and if not aborted, fully (I10)."""
+        self.remove_faults()
+        self.drive_to_the_end()
         rollout = self.sim.engine.rollouts[self.rid]
         assert rollout.final, rollout.state
         assert not any(n.cordoned_by == self.rid for n in self.sim.nodes.values())

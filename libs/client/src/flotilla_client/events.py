@@ -78,6 +78,30 @@ async def iterate_events(
             await reader.aclose()
 
 
+async def _ordered(
+    js: JetStreamContext,
+    subject: str,
+    stream: str,
+    config: ConsumerConfig,
+    callback: Callable[[Msg], Awaitable[None]] | None = None,
+) -> JetStreamContext.PushSubscription:
+    """An ordered ephemeral consumer on `stream` (into `callback` when given), the server's refusals as ClientErrors."""
+    try:
+        if callback is None:
+            return await js.subscribe(subject, stream=stream, config=config, ordered_consumer=True)
+        return await js.subscribe(subject, stream=stream, config=config, ordered_consumer=True, cb=callback)
+    except nats.js.errors.NotFoundError:
+        raise ClientError(
+            ErrorCode.NOT_FOUND,
+            f"stream {stream} does not exist on this server yet: the services create it when they start "
+            "(`flotilla up`)",
+        ) from None
+    except nats.js.errors.APIError as exc:
+        raise ClientError(ErrorCode.INVALID_FIELD, f"cannot read {subject} from {stream}: {exc}") from None
+    except nats.errors.NoRespondersError:
+        raise ClientError(ErrorCode.UNAVAILABLE, "JetStream is not enabled on this NATS server") from None
+
+
 async def _read_stream(
     nc: Client, stream: str, subject: str, since: datetime | None, follow: bool
 ) -> AsyncGenerator[EventRecord | None]:
@@ -89,18 +113,7 @@ async def _read_stream(
         opt_start_time=since,
         inactive_threshold=30.0,
     )
-    try:
-        sub = await js.subscribe(subject, stream=stream, config=config, ordered_consumer=True)
-    except nats.js.errors.NotFoundError:
-        raise ClientError(
-            ErrorCode.NOT_FOUND,
-            f"stream {stream} does not exist on this server yet: the services create it when they start "
-            "(`flotilla up`)",
-        ) from None
-    except nats.js.errors.APIError as exc:
-        raise ClientError(ErrorCode.INVALID_FIELD, f"cannot read {subject} from {stream}: {exc}") from None
-    except nats.errors.NoRespondersError:
-        raise ClientError(ErrorCode.UNAVAILABLE, "JetStream is not enabled on this NATS server") from None
+    sub = await _ordered(js, subject, stream, config)
     try:
         # A push consumer delivers at once: what it already sent counts as well as what it has left.
         info = await sub.consumer_info()
@@ -148,20 +161,7 @@ async def subscribe_new(
     js = nc.jetstream()
     subscriptions = []
     for name in [spec.name for spec in event_streams_for(subject)] or [FLEET_EVENTS.name]:
-        try:
-            subscriptions.append(
-                await js.subscribe(subject, stream=name, config=config, ordered_consumer=True, cb=callback)
-            )
-        except nats.js.errors.NotFoundError:
-            raise ClientError(
-                ErrorCode.NOT_FOUND,
-                f"stream {name} does not exist on this server yet: the services create it when they start "
-                "(`flotilla up`)",
-            ) from None
-        except nats.js.errors.APIError as exc:
-            raise ClientError(ErrorCode.INVALID_FIELD, f"cannot follow {subject} in {name}: {exc}") from None
-        except nats.errors.NoRespondersError:
-            raise ClientError(ErrorCode.UNAVAILABLE, "JetStream is not enabled on this NATS server") from None
+        subscriptions.append(await _ordered(js, subject, name, config, callback))
     return subscriptions
 
 

@@ -1,7 +1,7 @@
 """State at rest: files private to the process (0600, folders 0700) and a damaged SQLite file refused at start.
 
 A service never serves from a file it cannot trust and never replaces a missing or damaged one silently: it
-raises `StateRefused`, whose message names the file, what is wrong and how to restore it, and `service.main`
+raises `StateRefused`, whose message names the file, what is wrong and how to restore it, and `entry.main`
 turns that into one log line and a non-zero exit.
 """
 

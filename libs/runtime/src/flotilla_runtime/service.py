@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
-import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,11 +25,9 @@ from flotilla_runtime.bus import BusErrors, ensure_streams, make_broker, redact
 from flotilla_runtime.commands import CommandContext, CommandRouter
 from flotilla_runtime.consumers import ConsumerStats, EventConsumer, EventHandler
 from flotilla_runtime.discovery import Discovery, ServiceIdentity
-from flotilla_runtime.errors import SettingsError, TemporaryError
 from flotilla_runtime.health import HealthServer, Verdict
-from flotilla_runtime.integrity import EXIT_REFUSED, StateRefused
 from flotilla_runtime.lifeline import Lifeline
-from flotilla_runtime.logs import BoundLogger, get_logger, setup_logging
+from flotilla_runtime.logs import BoundLogger, get_logger
 from flotilla_runtime.metrics import Registry
 from flotilla_runtime.migrations import load_migrations
 from flotilla_runtime.outbox import OutboxRelay, Publisher
@@ -43,7 +39,7 @@ from flotilla_runtime.runtime_metrics import (
     instrument_consumers,
     register_runtime,
 )
-from flotilla_runtime.settings import ServiceSettings, load_settings
+from flotilla_runtime.settings import ServiceSettings
 from flotilla_runtime.store import Store
 
 S = TypeVar("S", bound=ServiceSettings)
@@ -380,24 +376,3 @@ async def _shutdown(
     await health.stop()
     telemetry.shutdown_tracing()
     app.log.info("stopped")
-
-
-def main(spec: ServiceSpec[Any]) -> None:
-    """Console-script entry: read settings (exit 2 naming the bad variable), then run until stopped."""
-    name = spec.service.value
-    try:
-        settings = load_settings(spec.settings_type, name)
-    except SettingsError as exc:
-        print(f"flotilla-{name}: {exc}", file=sys.stderr)  # noqa: T201 - logging is not set up yet
-        raise SystemExit(2) from None
-    setup_logging(name, settings.log_level, settings.log_format)
-    try:
-        asyncio.run(run(spec, settings))
-    except TemporaryError as exc:
-        logging.getLogger(f"flotilla.{name}").error("%s; exiting so the supervisor restarts us", exc)
-        raise SystemExit(1) from None
-    except StateRefused as exc:  # a missing or damaged state file or key: restarting alone will not help
-        logging.getLogger(f"flotilla.{name}").error("%s", exc)
-        raise SystemExit(EXIT_REFUSED) from None
-    except KeyboardInterrupt:
-        pass

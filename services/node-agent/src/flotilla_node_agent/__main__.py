@@ -1,7 +1,7 @@
 """Entry point: `python -m flotilla_node_agent` or `flotilla-node-agent`."""
 
 from flotilla_node_agent.app import SPEC
-from flotilla_runtime.service import main as run_service
+from flotilla_runtime.entry import main as run_service
 
 
 def main() -> None:

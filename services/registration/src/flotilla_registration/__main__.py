@@ -1,7 +1,7 @@
 """Entry point: `python -m flotilla_registration` or `flotilla-registration`."""
 
 from flotilla_registration.app import SPEC
-from flotilla_runtime.service import main as run_service
+from flotilla_runtime.entry import main as run_service
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Entry point: `python -m flotilla_scheduler` or `flotilla-scheduler`."""
 
-from flotilla_runtime.service import main as run_service
+from flotilla_runtime.entry import main as run_service
 from flotilla_scheduler.app import SPEC
 
 

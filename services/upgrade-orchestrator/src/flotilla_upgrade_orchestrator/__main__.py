@@ -1,6 +1,6 @@
 """Entry point: `python -m flotilla_upgrade_orchestrator` or `flotilla-upgrade-orchestrator`."""
 
-from flotilla_runtime.service import main as run_service
+from flotilla_runtime.entry import main as run_service
 from flotilla_upgrade_orchestrator.app import SPEC
 
 
