@@ -6,26 +6,10 @@ import pytest
 
 from flotilla_contracts import catalogue, permissions, subjects
 from flotilla_contracts.catalogue import Kind
-from flotilla_contracts.permissions import OPERATOR_COMMANDS, VIEWER_COMMANDS, Role, role_grant
+from flotilla_contracts.permissions import ADMIN_COMMANDS, OPERATOR_COMMANDS, VIEWER_COMMANDS, Role, role_grant
 from flotilla_contracts.streams import FLEET_AGENT, FLEET_EVENTS, subject_covers
 from flotilla_contracts.subjects import Service
 
-# Commands only an admin sends (the rest are read by a viewer, steered by an operator, or sent by agents).
-ADMIN_ONLY = {
-    "registration.tokens.create",
-    "registration.tokens.list",
-    "registration.tokens.revoke",
-    "registration.clusters.approve",
-    "registration.clusters.reject",
-    "registration.clusters.label",
-    "registration.clusters.taint",
-    "registration.clusters.deregister",
-    "registration.clusters.hostkeys.set",
-    "scheduler.subscriptions.apply",
-    "scheduler.subscriptions.delete",
-    "upgrade-orchestrator.upgrade.start",
-    "upgrade-orchestrator.upgrade.rollback",
-}
 AGENTS_ONLY = {"registration.join", "registration.nodes.report", "heartbeat.config.get"}
 COMMANDS = [op for op in catalogue.OPERATIONS if op.kind is Kind.COMMAND and op.owner is not None]
 
@@ -42,20 +26,36 @@ def test_every_command_is_placed_in_exactly_one_role_or_left_to_admins_or_agents
     viewer = {name(s, v) for s, v in VIEWER_COMMANDS}
     operator = {name(s, v) for s, v in OPERATOR_COMMANDS}
     every = {op.subject.removeprefix(f"{subjects.CMD_PREFIX}.") for op in COMMANDS}
-    groups = [viewer, operator, ADMIN_ONLY, AGENTS_ONLY]
+    admin = {name(s, v) for s, v in ADMIN_COMMANDS}
+    groups = [viewer, operator, admin, AGENTS_ONLY]
     assert sum(len(g) for g in groups) == len(set().union(*groups)), "a command is in two groups"
     assert set().union(*groups) == every, "a new command must be given to a role (permissions.VIEWER_COMMANDS, ...)"
 
 
 @pytest.mark.parametrize("op", COMMANDS, ids=lambda op: op.subject)
-def test_each_role_may_send_its_commands_and_no_other(op: catalogue.Operation) -> None:
+def test_each_role_may_send_its_commands_in_its_own_name_only(op: catalogue.Operation) -> None:
     verb = op.subject.removeprefix(f"{subjects.CMD_PREFIX}.{op.owner}.")
     assert op.owner is not None
     key = (op.owner, verb)
-    subject = op.fill(**{p: "x" for p in op.placeholders})
-    assert allows(role_grant(Role.VIEWER, "alice").publish, subject) == (key in VIEWER_COMMANDS)
-    assert allows(role_grant(Role.OPERATOR, "bob").publish, subject) == (key in VIEWER_COMMANDS + OPERATOR_COMMANDS)
-    assert allows(role_grant(Role.ADMIN, "carol").publish, subject)
+    allowed = {Role.VIEWER: VIEWER_COMMANDS, Role.OPERATOR: VIEWER_COMMANDS + OPERATOR_COMMANDS}
+    for role, user in ((Role.VIEWER, "alice"), (Role.OPERATOR, "bob"), (Role.ADMIN, "carol")):
+        grant = role_grant(role, user)
+        own = subjects.command_by(op.owner, verb, user)
+        assert allows(grant.publish, own) == (
+            key in allowed.get(role, VIEWER_COMMANDS + OPERATOR_COMMANDS + ADMIN_COMMANDS)
+        )
+        # never in another's name, never the plain form (whose events name the built-in admin)
+        assert not allows(grant.publish, subjects.command_by(op.owner, verb, "mallory")), (role, op.subject)
+        assert not allows(grant.publish, op.fill(**{p: "x" for p in op.placeholders})), (role, op.subject)
+
+
+def test_the_subject_names_the_actor() -> None:
+    subject = subjects.command_by(Service.UPGRADE_ORCHESTRATOR, "upgrade.pause", "alice")
+    assert subject == "fleet.v1.cmd.upgrade-orchestrator.upgrade.pause.by.alice"
+    assert subjects.actor_of(subject) == "alice"
+    assert subjects.actor_of(subjects.command(Service.UPGRADE_ORCHESTRATOR, "upgrade.pause")) == ""
+    with pytest.raises(ValueError, match="user"):
+        role_grant(Role.VIEWER, "a.b")
 
 
 @pytest.mark.parametrize("role", [Role.VIEWER, Role.OPERATOR])

@@ -8,17 +8,25 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import nats
 import pytest
 
 from flotilla_client import runfile, users
+from flotilla_client.client import FlotillaClient
+from flotilla_client.errors import ClientError
 from flotilla_client.natsserver import free_port
+from flotilla_contracts import subjects
+from flotilla_contracts.errors import ErrorCode
+from flotilla_contracts.subjects import Service
 from flotilla_runtime.natsconn import connect_options, with_user
 from flotilla_testkit import eventually
 
@@ -114,3 +122,52 @@ async def test_a_new_role_is_reloaded_and_a_removed_user_cannot_connect(fleet: F
     assert "dave" not in fleet.ok("user", "list")
     done = fleet.run("clusters", "list", user="dave")
     assert done.returncode == 1 and "no user 'dave'" in done.stderr, done.stderr
+
+
+async def test_what_a_person_does_names_them_and_nobody_can_act_in_their_name(fleet: Fleet) -> None:
+    fleet.ok("user", "add", "erin", "--role", "operator")
+    fleet.ok("user", "add", "frank", "--role", "admin")
+    start = ("upgrade", "start", "--to", "v1.30.4", "--canary", "1", "--soak", "10m")
+    started = await eventually(  # once an earlier test's aborted rollout has let go of its clusters
+        lambda: (done := fleet.run(*start, user="frank")).returncode == 0 and done.stdout,
+        "frank's rollout to start",
+    )
+    found = re.search(r"\br-[0-9a-f]{12}\b", started)
+    assert found, started
+    rollout = found.group(0)
+    fleet.ok("upgrade", "pause", rollout, user="erin")
+
+    # The events the pause caused name erin (the bus proved it: the subject she may publish on names her).
+    def erins() -> list[dict[str, Any]]:
+        out = fleet.ok("events", "--subject", f"rollout.{rollout}.>", "--actor", "erin", "-o", "json")
+        return [json.loads(line) for line in out.splitlines()]
+
+    paused = await eventually(
+        lambda: [e for e in erins() if e["data"].get("to") == "Paused"], "erin's pause in the event log"
+    )
+    assert paused[0]["actor"] == "erin" and paused[0]["data"]["message"] == "paused by erin", paused
+    assert all(e["actor"] == "erin" for e in erins())
+
+    # The audit trail: frank started it, erin paused it; --actor keeps one person's.
+    trail = json.loads(fleet.ok("audit", "-o", "json", user="erin"))
+    mine = [(e["actor"], e["object"], e["action"]) for e in trail if e["object"] == f"rollout/{rollout}"]
+    assert ("frank", f"rollout/{rollout}", "started") in mine and ("erin", f"rollout/{rollout}", "Paused") in mine
+    assert {e["actor"] for e in json.loads(fleet.ok("audit", "--actor", "erin", "-o", "json"))} == {"erin"}
+    assert "erin" in fleet.ok("audit", "--since", "1h")
+
+    # Erin cannot act in frank's name, nor on the plain form (whose events name the built-in admin).
+    erin = users.load(fleet.state, "erin")
+    url = runfile.server_url(fleet.state)
+    assert url
+    async with FlotillaClient(with_user(url, erin.name, erin.password)) as client:
+        assert client.actor == "erin"
+        body = msgspec.json.encode({"rollout_id": rollout})
+        for subject in (
+            subjects.command_by(Service.UPGRADE_ORCHESTRATOR, "upgrade.resume", "frank"),
+            subjects.command(Service.UPGRADE_ORCHESTRATOR, "upgrade.resume"),
+        ):
+            with pytest.raises(ClientError) as refused:
+                await client.request_raw(subject, body, "upgrade.ResumeRolloutRequest/v1")
+            assert refused.value.code == ErrorCode.FORBIDDEN, refused.value
+    assert "Paused" in fleet.ok("upgrade", "status", rollout, user="erin")
+    fleet.ok("upgrade", "abort", rollout, user="frank")

@@ -14,6 +14,9 @@ H_MSG_ID = "Nats-Msg-Id"  # unique id; JetStream de-duplicates on it
 H_SENT_AT = "Flotilla-Sent-At"  # RFC 3339 UTC timestamp of the publish
 H_TRACEPARENT = "traceparent"  # W3C trace context
 H_TRACESTATE = "tracestate"
+# On an event a person's command caused: who sent it (a named user, or `admin` for the built-in admin and
+# the services), taken from the subject the bus let them publish on (subjects.command_by), never from a body.
+H_ACTOR = "Flotilla-Actor"
 # NATS micro (ADR-32) error headers, so standard NATS tools show our errors too.
 H_SERVICE_ERROR = "Nats-Service-Error"
 H_SERVICE_ERROR_CODE = "Nats-Service-Error-Code"

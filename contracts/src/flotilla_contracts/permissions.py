@@ -5,8 +5,9 @@ Three kinds of identity connect:
 - a service (`registration`, `heartbeat`, ...): a static user in the nats-server configuration, allowed
   its own command subjects, the events it emits, the JetStream API of the Flotilla streams and its own
   inbox (`_INBOX.<service>.>`);
-- `admin`: the operator's CLI, allowed everything;
-- a person (`flotilla user add`): a static user with a `Role`'s grant (viewer, operator or admin);
+- `admin`: the operator's CLI, allowed everything (its commands name the actor `admin`);
+- a person (`flotilla user add`): a static user with a `Role`'s grant (viewer, operator or admin), sending
+  commands only on `<command>.by.<their name>`, so that what they cause names them;
 - a cluster agent: `c.<cluster>`, authenticated by the registration service's auth callout with the
   per-cluster credential. It speaks for the cluster, not for its nodes: the agent-facing commands (join,
   nodes.report, heartbeat config), applied reports, dead letters, the cluster's host keys, the `_cluster`
@@ -225,6 +226,22 @@ VIEWER_COMMANDS: tuple[tuple[Service, str], ...] = (
 # What an operator may send besides: steer a running rollout, never start one or roll it back.
 _STEER = ("pause", "resume", "approve", "retry", "skip", "abort")
 OPERATOR_COMMANDS = tuple((Service.UPGRADE_ORCHESTRATOR, f"upgrade.{v}") for v in _STEER)
+# What only an admin sends: join tokens, the clusters' lifecycle, placements, starting and rolling back rollouts.
+ADMIN_COMMANDS: tuple[tuple[Service, str], ...] = (
+    (Service.REGISTRATION, "tokens.create"),
+    (Service.REGISTRATION, "tokens.list"),
+    (Service.REGISTRATION, "tokens.revoke"),
+    (Service.REGISTRATION, "clusters.approve"),
+    (Service.REGISTRATION, "clusters.reject"),
+    (Service.REGISTRATION, "clusters.label"),
+    (Service.REGISTRATION, "clusters.taint"),
+    (Service.REGISTRATION, "clusters.deregister"),
+    (Service.REGISTRATION, "clusters.hostkeys.set"),
+    (Service.SCHEDULER, "subscriptions.apply"),
+    (Service.SCHEDULER, "subscriptions.delete"),
+    (Service.UPGRADE_ORCHESTRATOR, "upgrade.start"),
+    (Service.UPGRADE_ORCHESTRATOR, "upgrade.rollback"),
+)
 # The event streams a viewer reads, through ephemeral ordered consumers only.
 VIEWER_STREAMS: tuple[str, ...] = (FLEET_EVENTS.name, FLEET_REPORTS.name)
 
@@ -248,12 +265,23 @@ def _read_streams(streams: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(allowed)
 
 
+ROLE_COMMANDS: dict[Role, tuple[tuple[Service, str], ...]] = {
+    Role.VIEWER: VIEWER_COMMANDS,
+    Role.OPERATOR: VIEWER_COMMANDS + OPERATOR_COMMANDS,
+    Role.ADMIN: VIEWER_COMMANDS + OPERATOR_COMMANDS + ADMIN_COMMANDS,
+}
+
+
 def role_grant(role: Role, user: str) -> Grant:
-    """A person's bus user `user` with `role`: the requests it may send, answers in its own inbox only."""
-    if role is Role.ADMIN:
-        return admin_grant()
-    commands = VIEWER_COMMANDS + (OPERATOR_COMMANDS if role is Role.OPERATOR else ())
-    publish = [f"{subjects.CMD_PREFIX}.*.info", *(subjects.command(s, verb) for s, verb in commands)]
+    """A person's bus user `user` with `role`: the requests it may send, answers in its own inbox only.
+
+    Every command only in the person's own form (`<command>.by.<user>`, subjects.command_by): the subject the
+    bus let them publish on names them, so the events their command causes carry `actor: <user>` and nobody
+    can act in another's name. A named admin may send every person's command but is no bus superuser (that
+    is the built-in `admin`, whose commands are the plain form and name `admin`)."""
+    check_token("user", user)
+    commands = ROLE_COMMANDS[role]
+    publish = [f"{subjects.CMD_PREFIX}.*.info", *(subjects.command_by(s, verb, user) for s, verb in commands)]
     publish += [*subjects.SRV_VERBS, *(f"{verb}.>" for verb in subjects.SRV_VERBS)]  # service discovery
     publish += _read_streams(VIEWER_STREAMS)
     return Grant(publish=tuple(publish), subscribe=(f"{inbox_prefix(user)}.>",), responses=False)

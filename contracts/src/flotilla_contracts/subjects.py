@@ -66,6 +66,23 @@ def command(service: Service, verb: str) -> str:
     return f"{CMD_PREFIX}.{service.value}.{verb}"
 
 
+# A person's command: `fleet.v1.cmd.<service>.<verb>.by.<user>`. A named user's bus grant allows only the
+# `.by.<their own name>` form, so the subject proves who sent it (the bus authenticated them) and a service
+# takes the actor from it, never from the body. The plain form is the built-in admin's and the services'.
+BY = "by"
+
+
+def command_by(service: Service, verb: str, user: str) -> str:
+    """`fleet.v1.cmd.<service>.<verb>.by.<user>`: the command as the named user `user` sends it."""
+    return f"{command(service, verb)}.{BY}.{user}"
+
+
+def actor_of(subject: str) -> str:
+    """The user a command subject names (`....by.<user>`), or "" for the plain form."""
+    head, sep, user = subject.rpartition(".")
+    return user if sep and head.endswith(f".{BY}") and user else ""
+
+
 def service_commands(service: Service) -> str:
     """Wildcard over every command of one service."""
     return f"{CMD_PREFIX}.{service.value}.>"

@@ -28,7 +28,7 @@ def test_a_person_is_a_private_file_and_a_static_user_with_the_role_grant(tmp_pa
     config = busauth.server_config(busauth.new_auth(), users.people(tmp_path))
     assert f'{{ user: "alice", password: "{alice.password}"' in config
     assert '"alice" ]' in config  # in auth_users: the callout does not see a person
-    assert '"fleet.v1.cmd.upgrade-orchestrator.upgrade.pause"' in config
+    assert '"fleet.v1.cmd.upgrade-orchestrator.upgrade.pause.by.alice"' in config  # in her own name only
     assert users.remove(tmp_path, "alice") and not users.people(tmp_path)
     with pytest.raises(LocalFleetError, match="flotilla user add alice"):
         users.load(tmp_path, "alice")

@@ -19,6 +19,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
 
+from flotilla_client import users
 from flotilla_client.discovery import ServiceRecord, collect_services
 from flotilla_client.errors import ClientError
 from flotilla_client.events import EventRecord, iterate_events
@@ -106,6 +107,9 @@ class FlotillaClient:
     def __init__(self, url: str = DEFAULT_URL, *, name: str = "flotilla-cli", connect_timeout: float = 3.0) -> None:
         self.url = url
         self.name = name
+        # A person (the URL logs in as a named user) sends every command in their own name: their grant allows
+        # only that form, and the events it causes carry `actor: <them>`.
+        self.actor = users.person_in_url(url)
         self.connect_timeout = connect_timeout
         self.bus_errors = BusErrorLog()
         self._nc: Client | None = None
@@ -171,7 +175,7 @@ class FlotillaClient:
     ) -> M:
         """Send a command to `fleet.v1.cmd.<service>.<verb>` and return the typed data of its reply."""
         name = service.value if isinstance(service, subjects.Service) else service
-        subject = f"{subjects.CMD_PREFIX}.{name}.{verb}"
+        subject = self.command_subject(name, verb)
         raw = await self.request_raw(
             subject, codec.encode(message), schema_id(type(message)), timeout=timeout, span_name=f"{name} {verb}"
         )
@@ -186,6 +190,11 @@ class FlotillaClient:
                 raise ClientError(ErrorCode.INTERNAL, f"{name} answered {subject} with neither data nor an error")
             raise ClientError(reply.error.code, reply.error.message, dict(reply.error.details))
         return reply.data
+
+    def command_subject(self, service: str, verb: str) -> str:
+        """`fleet.v1.cmd.<service>.<verb>`, in the person's own name when one is logged in."""
+        subject = f"{subjects.CMD_PREFIX}.{service}.{verb}"
+        return f"{subject}.{subjects.BY}.{self.actor}" if self.actor else subject
 
     async def request_raw(
         self,

@@ -22,7 +22,7 @@ from nats.js.client import JetStreamContext
 
 from flotilla_client.errors import ClientError, UsageError
 from flotilla_contracts import subjects
-from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA
+from flotilla_contracts.envelope import H_ACTOR, H_MSG_ID, H_SCHEMA, H_TRACEPARENT
 from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.streams import FLEET_EVENTS, event_streams_for
 
@@ -39,6 +39,8 @@ class EventRecord(msgspec.Struct, frozen=True, kw_only=True):
     msg_id: str = ""
     data: Any = None
     stream: str = ""  # `seq` counts within it
+    actor: str = ""  # the person whose command caused it (`admin`: the built-in admin), "" for no command's
+    trace_id: str = ""  # the trace it belongs to: every event one command caused shares it
 
 
 def event_filter(pattern: str | None) -> str:
@@ -53,6 +55,12 @@ def event_filter(pattern: str | None) -> str:
     if value.startswith("fleet."):
         raise UsageError(f"{value!r} is not an event subject: events are {subjects.ALL_EVENTS}")
     return f"{subjects.EVT_PREFIX}.{value}"
+
+
+def trace_id_of(traceparent: str) -> str:
+    """The trace id of a W3C traceparent (`00-<trace id>-<span id>-<flags>`), "" when there is none."""
+    parts = traceparent.split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else ""
 
 
 def decode_body(data: bytes) -> Any:
@@ -137,6 +145,8 @@ async def _read_stream(
                 msg_id=headers.get(H_MSG_ID, ""),
                 data=decode_body(msg.data),
                 stream=stream,
+                actor=headers.get(H_ACTOR, ""),
+                trace_id=trace_id_of(headers.get(H_TRACEPARENT, "")),
             )
             if meta.num_pending == 0 and not caught_up:
                 if not follow:

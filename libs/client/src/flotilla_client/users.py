@@ -48,6 +48,20 @@ def check_name(name: str) -> str:
     return name
 
 
+def is_person(name: str) -> bool:
+    """Whether a bus user name is a person's (not a service, the built-in admin or an agent)."""
+    return bool(_NAME.fullmatch(name)) and name not in RESERVED
+
+
+def person_in_url(url: str) -> str:
+    """The person a NATS URL logs in as (`nats://alice:...@host`), or "" for the built-in admin, a service or
+    no user: a person sends commands in their own name (subjects.command_by)."""
+    from urllib.parse import unquote, urlsplit
+
+    name = unquote(urlsplit(url).username or "")
+    return name if is_person(name) else ""
+
+
 def _path(state_dir: Path, name: str) -> Path:
     return users_dir(state_dir) / f"{check_name(name)}.json"
 

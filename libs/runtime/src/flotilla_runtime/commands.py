@@ -14,8 +14,9 @@ from nats.aio.msg import Msg
 from flotilla_contracts import subjects
 from flotilla_contracts.envelope import H_MSG_ID, ErrorBody, Message, schema_id
 from flotilla_contracts.errors import ErrorCode
+from flotilla_contracts.permissions import ADMIN_USER, AGENT_COMMANDS
 from flotilla_contracts.subjects import Service
-from flotilla_runtime import codec, telemetry
+from flotilla_runtime import actor, codec, telemetry
 from flotilla_runtime.errors import RequestError, TemporaryError, storage_error
 from flotilla_runtime.logs import BoundLogger, get_logger
 
@@ -33,6 +34,7 @@ class CommandContext:
     headers: Mapping[str, str]
     msg_id: str
     log: BoundLogger
+    actor: str = ""  # who sent it (subjects.command_by), `admin` for the plain form, "" for a member's command
 
 
 Handler = Callable[[Req, CommandContext], Awaitable[Rep]]
@@ -93,19 +95,27 @@ class CommandRouter:
         return sorted(found)
 
     async def dispatch(
-        self, endpoint: Endpoint[Any, Any], data: bytes, headers: Mapping[str, str]
+        self, endpoint: Endpoint[Any, Any], data: bytes, headers: Mapping[str, str], subject: str = ""
     ) -> tuple[bytes, dict[str, str]]:
-        """Decode, call, encode: every failure becomes an error reply; nothing escapes to the subscriber."""
+        """Decode, call, encode: every failure becomes an error reply; nothing escapes to the subscriber.
+
+        `subject` is the one the request arrived on: a named user's form (`<command>.by.<user>`) makes them
+        the actor of whatever the command causes."""
         started = time.perf_counter_ns()
         stats = endpoint.stats
         stats.num_requests += 1
         msg_id = headers.get(H_MSG_ID, "")
-        with telemetry.consumer_span(f"{self.service.value} {endpoint.verb}", headers, endpoint.subject) as span:
+        who = actor_of_request(endpoint.subject, subject or endpoint.subject)
+        span_name = f"{self.service.value} {endpoint.verb}"
+        with telemetry.consumer_span(span_name, headers, endpoint.subject) as span, actor.acting_as(who):
+            if who:
+                span.set_attribute("flotilla.actor", who)
             ctx = CommandContext(
                 subject=endpoint.subject,
                 headers=headers,
                 msg_id=msg_id,
-                log=get_logger(f"flotilla.{self.service.value}", command=endpoint.verb),
+                log=get_logger(f"flotilla.{self.service.value}", command=endpoint.verb, actor=who),
+                actor=who,
             )
             try:
                 request = codec.decode(data, endpoint.request, headers=headers, max_bytes=self.max_message_bytes)
@@ -141,22 +151,35 @@ class CommandRouter:
         return body, reply_headers
 
     def install(self, broker: NatsBroker) -> None:
-        """Subscribe every endpoint on the broker (before `broker.start()`)."""
+        """Subscribe every endpoint on the broker (before `broker.start()`): its plain subject and the named
+        users' form (`<subject>.by.*`)."""
         for endpoint in self.endpoints:
-            self._subscribe(broker, endpoint)
+            self._subscribe(broker, endpoint, endpoint.subject)
+            if endpoint.subject not in AGENT_COMMANDS:  # members' commands: no person sends them
+                self._subscribe(broker, endpoint, f"{endpoint.subject}.{subjects.BY}.*")
 
-    def _subscribe(self, broker: NatsBroker, endpoint: Endpoint[Any, Any]) -> None:
+    def _subscribe(self, broker: NatsBroker, endpoint: Endpoint[Any, Any], subject: str) -> None:
         async def on_message(raw: Msg) -> NatsResponse:
-            body, headers = await self.dispatch(endpoint, raw.data, raw.headers or {})
+            body, headers = await self.dispatch(endpoint, raw.data, raw.headers or {}, raw.subject)
             return NatsResponse(body, headers=headers)
 
         broker.subscriber(
-            endpoint.subject,
+            subject,
             queue=endpoint.queue_group,
-            title=endpoint.subject,
+            title=subject,
             max_workers=self.max_in_flight,
             decoder=_raw_message,
         )(on_message)
+
+
+def actor_of_request(endpoint_subject: str, subject: str) -> str:
+    """Who a command came from, by the subject the bus let them publish on: a named user's form names them,
+    the plain form is the built-in admin's (services send people's commands only for them), and a member's
+    command (join, inventory, heartbeat config) is no person's."""
+    named = subjects.actor_of(subject) if subject != endpoint_subject else ""
+    if named:
+        return named
+    return "" if endpoint_subject in AGENT_COMMANDS else ADMIN_USER
 
 
 def _request_error(exc: Exception) -> RequestError | None:

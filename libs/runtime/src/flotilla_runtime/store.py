@@ -15,8 +15,9 @@ from typing import Any, TypeVar
 import aiosqlite
 import msgspec
 
-from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, H_SENT_AT, Message, schema_id
-from flotilla_runtime import integrity, telemetry
+from flotilla_contracts.envelope import H_ACTOR, H_MSG_ID, H_SCHEMA, H_SENT_AT, Message, schema_id
+from flotilla_runtime import actor, integrity, telemetry
+from flotilla_runtime.actor import headers as actor_headers
 from flotilla_runtime.errors import TemporaryError, storage_error
 from flotilla_runtime.migrations import RUNTIME_MIGRATIONS, Migration
 
@@ -33,11 +34,12 @@ def utc_now_iso() -> str:
 
 
 def _outbox_row(
-    subject: str, message: Message, msg_id: str, trace_headers: dict[str, str]
+    subject: str, message: Message, msg_id: str, trace_headers: dict[str, str], actor: str = ""
 ) -> tuple[str, tuple[str, str, bytes, bytes, float]]:
-    """The event id and outbox row of one event: schema, id, time and trace context in its headers."""
+    """The event id and outbox row of one event: schema, id, time, trace context and actor in its headers."""
     event_id = msg_id or uuid.uuid4().hex
     headers = {H_SCHEMA: schema_id(type(message)), H_MSG_ID: event_id, H_SENT_AT: utc_now_iso(), **trace_headers}
+    headers.update(actor_headers(actor))
     return event_id, (event_id, subject, _json.encode(headers), _json.encode(message), time.time())
 
 
@@ -46,7 +48,10 @@ class SyncTx:
 
     def __init__(self, conn: sqlite3.Connection, trace_headers: dict[str, str]) -> None:
         self._conn = conn
-        self._trace_headers = trace_headers
+        # The caller's context arrives as one header dict (see `Store.run`); its actor names every event this
+        # transaction emits, in whatever trace, and is no part of the trace context kept for later.
+        self._trace_headers = {k: v for k, v in trace_headers.items() if k != H_ACTOR}
+        self._actor = trace_headers.get(H_ACTOR, "")
         self.emitted = 0
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
@@ -67,6 +72,11 @@ class SyncTx:
         """The trace context of the caller of `Store.run` (W3C headers), e.g. to keep with a long-lived record."""
         return dict(self._trace_headers)
 
+    @property
+    def actor(self) -> str:
+        """Who the command this work serves came from (`CommandContext.actor`), "" when no command caused it."""
+        return self._actor
+
     @contextmanager
     def in_current_trace(self) -> Iterator[None]:
         """Emit (and give `trace_headers`) in the trace current in this thread for the block, then the caller's
@@ -84,7 +94,7 @@ class SyncTx:
     ) -> str:
         """Queue an event; `trace_headers` puts it in another trace than the caller's (a rollout's own)."""
         headers = self._trace_headers if trace_headers is None else trace_headers
-        event_id, row = _outbox_row(subject, message, msg_id, headers)
+        event_id, row = _outbox_row(subject, message, msg_id, headers, self._actor)
         self._conn.execute(_INSERT_OUTBOX, row)
         self.emitted += 1
         return event_id
@@ -124,6 +134,7 @@ class Tx:
         """Queue an event in the outbox; it is published only if this transaction commits. Returns its id."""
         event_id = msg_id or uuid.uuid4().hex
         headers = telemetry.inject({H_SCHEMA: schema_id(type(message)), H_MSG_ID: event_id, H_SENT_AT: utc_now_iso()})
+        headers.update(actor_headers(actor.current()))
         await self._db.execute(
             "INSERT OR IGNORE INTO outbox (msg_id, subject, headers, payload, created_at) VALUES (?, ?, ?, ?, ?)",
             (event_id, subject, _json.encode(dict(headers)), _json.encode(message), time.time()),
@@ -254,7 +265,7 @@ class Store:
         synchronous and must not block on anything but the database.
         """
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append((work, dict(telemetry.inject({})), future))
+        self._queue.append((work, {**telemetry.inject({}), **actor_headers(actor.current())}, future))
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain(), name="store-group-commit")
         return await future
@@ -326,15 +337,17 @@ class Store:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
 
-    async def pending_outbox(self, limit: int) -> list[Row]:
+    async def pending_outbox(self, limit: int, *, after: int = 0) -> list[Row]:
+        """The oldest `limit` events after seq `after`, in commit order (seqs only grow: AUTOINCREMENT)."""
         return await self.fetchall(
-            "SELECT seq, msg_id, subject, headers, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)
+            "SELECT seq, msg_id, subject, headers, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit),
         )
 
-    async def delete_outbox(self, seqs: Sequence[int]) -> None:
-        """Forget published events; runs to completion in the database thread even if the caller is cancelled."""
-        if seqs:
-            await self.run(lambda tx: tx.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in seqs]))
+    async def forget_outbox(self, first: int, last: int) -> None:
+        """Forget the published events `first`..`last` (a run read by `pending_outbox`) in one statement; runs
+        to completion in the database thread even if the caller is cancelled."""
+        await self.run(lambda tx: tx.execute("DELETE FROM outbox WHERE seq BETWEEN ? AND ?", (first, last)))
 
     async def outbox_size(self) -> int:
         row = await self.fetchone("SELECT COUNT(*) FROM outbox")

@@ -148,12 +148,12 @@ def start(
 
 def pause(engine: Engine, tx: SyncTx, request: PauseRolloutRequest, now: datetime) -> RolloutReply:
     rollout = get(engine, request.rollout_id)
-    return reply(rollout, applier.run(engine, tx, rollout, facts.Pause(request), now))
+    return reply(rollout, applier.run(engine, tx, rollout, facts.Pause(request, tx.actor), now))
 
 
 def resume(engine: Engine, tx: SyncTx, request: ResumeRolloutRequest, now: datetime) -> RolloutReply:
     rollout = get(engine, request.rollout_id)
-    message = applier.run(engine, tx, rollout, facts.Resume(request), now)
+    message = applier.run(engine, tx, rollout, facts.Resume(request, tx.actor), now)
     if rollout.state is RolloutState.FROZEN and rollout.rec.freeze is not None:
         message = f"resumed, but it froze again at once: {rollout.rec.freeze.message}"
     return reply(rollout, message)

@@ -54,7 +54,7 @@ def _retry_message(rollout: Rollout, decision: retries.RetryDecision, nodes: int
 def skip(engine: Engine, tx: SyncTx, request: SkipClusterRequest, now: datetime) -> RolloutReply:
     rollout = get(engine, request.rollout_id)
     frozen = rollout.rec.freeze
-    applier.run(engine, tx, rollout, facts.Skip(request), now)
+    applier.run(engine, tx, rollout, facts.Skip(request, tx.actor), now)
     cluster = rollout.clusters[request.cluster_id]
     busy = sum(1 for n in cluster.nodes if n.in_flight or n.cordoned_by_us)
     lifted = frozen is not None and rollout.rec.freeze is None

@@ -32,9 +32,10 @@ EVENT_COLUMNS = (
     Column("TIME", lambda e: e.time.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")),
     Column("SUBJECT", "subject"),
     Column("SCHEMA", "schema"),
+    Column("ACTOR", lambda e: e.actor or None),
     Column("DATA", lambda e: render_json_line(e.data) if e.data is not None else None),
 )
-EVENT_WIDTHS = (6, 24, 52, 32, 0)
+EVENT_WIDTHS = (6, 24, 52, 32, 10, 0)
 
 
 @click.command()
@@ -52,18 +53,26 @@ EVENT_WIDTHS = (6, 24, 52, 32, 0)
     metavar="DURATION|TIME",
     help="Only events newer than this: a duration (30s, 10m, 2h, 1d) or a time (2026-12-03T21:00:00Z).",
 )
+@click.option(
+    "--actor",
+    metavar="USER",
+    help="Only events a command of this person caused (`admin`: the built-in admin's); see `flotilla audit`.",
+)
 @output_option("table", "json", "yaml")
 @server_option
 @pass_cli
-def events(obj: CliContext, follow: bool, pattern: str | None, since: str | None, output: str) -> None:
+def events(
+    obj: CliContext, follow: bool, pattern: str | None, since: str | None, actor: str | None, output: str
+) -> None:
     """Replay (and follow) the fleet's events.
 
     Events come oldest first; without --follow the command exits once it has caught up. What the services emit
     is in the FLEET_EVENTS stream, what members report (node-step, applied, node-agent dead letters) in the
     bounded FLEET_REPORTS; a pattern within one reads that stream, a wider one both, merged by time.
 
-    JSON output is one event per line: subject, seq, time, schema, msg_id, data and stream (seq counts in it);
-    YAML output one YAML document per event (each after `---`), with the same fields.
+    JSON output is one event per line: subject, seq, time, schema, msg_id, data, stream (seq counts in it),
+    actor (who caused it: a person's command names them) and trace_id; YAML output one YAML document per event
+    (each after `---`), with the same fields.
     Reading uses an ephemeral ordered consumer: nothing is left on the server.
 
     \b
@@ -73,6 +82,7 @@ def events(obj: CliContext, follow: bool, pattern: str | None, since: str | None
       flotilla events --since 10m -o json
       flotilla events --subject 'rollout.>' -o yaml
       flotilla events --since 2026-12-03T21:00:00Z
+      flotilla events --actor alice --since 1d
     """
     subject = event_filter(pattern)
     window = parse_since(since, datetime.now(UTC)) if since else None
@@ -90,6 +100,8 @@ def events(obj: CliContext, follow: bool, pattern: str | None, since: str | None
         count = 0
         async with FlotillaClient(url) as client:
             async for event in client.events(subject, since=start, follow=follow):
+                if actor and event.actor != actor:
+                    continue
                 show(event)
                 count += 1
         return count
@@ -100,7 +112,8 @@ def events(obj: CliContext, follow: bool, pattern: str | None, since: str | None
         return
     if not count:
         when = f" {window.words}" if window else ""
-        echo(f"no events matching {subject}{when}", err=True)
+        by = f" caused by {actor}" if actor else ""
+        echo(f"no events matching {subject}{by}{when}", err=True)
 
 
 def check_subject(subject: str) -> str:

@@ -80,6 +80,11 @@ def started(v: View, fact: Started) -> Decision:
     return Decision([RolloutTo(R.RUNNING, "Started", fact.message)], _ADVANCE)
 
 
+def by(actor: str) -> str:
+    """Who, in a reason people read: the person's name, else "a user"."""
+    return actor or "a user"
+
+
 def pause(v: View, fact: Pause) -> Decision:
     rollout = v.rollout
     if rollout.state is R.PAUSED:
@@ -87,7 +92,7 @@ def pause(v: View, fact: Pause) -> Decision:
     if rollout.state not in (R.RUNNING, R.AWAITING_APPROVAL, R.FROZEN):
         return conflict(rollout, "pause")
     out: list[Intent] = [] if rollout.state is R.FROZEN else [SetRollout({"resume_state": rollout.state})]
-    out.append(RolloutTo(R.PAUSED, "Paused", fact.request.reason or "paused by a user"))
+    out.append(RolloutTo(R.PAUSED, "Paused", fact.request.reason or f"paused by {by(fact.actor)}"))
     out.append(Reply(f"paused: no new disruption; {in_flight(rollout)} step(s) in flight finish"))
     return Decision(out)
 
@@ -98,7 +103,8 @@ def resume(v: View, fact: Resume) -> Decision:
         return Decision([Reply(f"already {rollout.state.value}: nothing to resume")])  # e.g. a skip lifted the freeze
     if rollout.state not in (R.PAUSED, R.FROZEN):
         return conflict(rollout, "resume")
-    out: list[Intent] = [Unfreeze("Resumed", "resumed by a user")]
+    resumed = f"resumed by {by(fact.actor)}"
+    out: list[Intent] = [Unfreeze("Resumed", resumed)]
     recovered = 0
     for cluster in rollout.clusters.values():
         fleet = v.fleet.get(cluster.cluster_id)
@@ -108,9 +114,9 @@ def resume(v: View, fact: Resume) -> Decision:
             out.append(SetCluster(cluster.cluster_id, {"not_ready": still}))  # a resume acknowledges Ready nodes
     for cluster in rollout.clusters.values():
         if cluster.freeze is not None and v.health(cluster.cluster_id) is not ClusterHealth.UNREACHABLE:
-            out.append(UnfreezeCluster(cluster.cluster_id, "Resumed", "resumed by a user"))
+            out.append(UnfreezeCluster(cluster.cluster_id, "Resumed", resumed))
     back = rollout.rec.resume_state or R.RUNNING
-    out.append(RolloutTo(R.RUNNING if back in (R.FROZEN, R.PAUSED) else back, "Resumed", "resumed by a user"))
+    out.append(RolloutTo(R.RUNNING if back in (R.FROZEN, R.PAUSED) else back, "Resumed", resumed))
     note = f"; {recovered} node(s) Ready again no longer count against the budget" if recovered else ""
     out.append(Reply("resumed" + note))
     return Decision(out, _ADVANCE)
@@ -185,7 +191,7 @@ def skip(v: View, fact: Skip) -> Decision:
         why = f"cluster {cluster.cluster_id} is {cluster.state.value}: nothing to skip"
         return Decision([Refuse(ErrorCode.CONFLICT, why, {"field": "cluster_id"})])
     out = wind_down(cluster)
-    out.append(ClusterTo(cluster.cluster_id, C.SKIPPED, "Skipped", request.reason or "skipped by a user"))
+    out.append(ClusterTo(cluster.cluster_id, C.SKIPPED, "Skipped", request.reason or f"skipped by {by(fact.actor)}"))
     if rollout.state is R.COMPLETED_WITH_FAILURES:
         out.append(RolloutTo(R.RUNNING, "Skip"))
         wave = rollout.waves[cluster.wave]

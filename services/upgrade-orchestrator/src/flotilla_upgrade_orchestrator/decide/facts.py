@@ -104,11 +104,13 @@ class Started:
 @dataclass(frozen=True, slots=True)
 class Pause:
     request: PauseRolloutRequest
+    actor: str = ""  # who sent it (a person's name, `admin`), for the reason people read
 
 
 @dataclass(frozen=True, slots=True)
 class Resume:
     request: ResumeRolloutRequest
+    actor: str = ""  # who sent it (a person's name, `admin`), for the reason people read
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +131,7 @@ class Retry:
 @dataclass(frozen=True, slots=True)
 class Skip:
     request: SkipClusterRequest
+    actor: str = ""  # who sent it (a person's name, `admin`), for the reason people read
 
 
 @dataclass(frozen=True, slots=True)
