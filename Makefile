@@ -12,7 +12,7 @@ PACKAGES := flotilla_contracts flotilla_runtime flotilla_client flotilla_kube fl
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
-.PHONY: demo demo-kube test sync lint types imports schemas schemas-check pytest test-slow soak bench k8s-bins peer-bins prom-bins test-kube down clean help
+.PHONY: demo demo-kube test sync lint types imports schemas schemas-check pytest test-slow soak bench k8s-bins peer-bins prom-bins test-kube down clean help dashboard chromium
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -28,7 +28,7 @@ $(BIN)/flotilla: $(if $(filter .tools/bin/uv,$(UV)),.tools/bin/uv) pyproject.tom
 
 sync: $(BIN)/flotilla ## install the workspace into .venv (one lock file: uv.lock)
 
-demo: sync ## the main job: a local fleet (nats-server + five services) you can watch
+demo: sync dashboard ## the main job: a local fleet (nats-server + five services) you can watch
 	$(BIN)/flotilla demo
 
 demo-kube: sync k8s-bins ## the main job on real API servers: 2 control planes with kwok nodes, a workload with a PDB, a rollout
@@ -55,7 +55,7 @@ schemas: sync ## regenerate JSON Schemas, the AsyncAPI document and docs/contrac
 schemas-check: sync ## fail when the committed schemas are stale or a v1 change is breaking
 	$(BIN)/python -m flotilla_contracts.schemagen --check
 
-pytest: sync k8s-bins peer-bins prom-bins ## unit, handler, contract, integration and Kubernetes tests (real nats-server, real API servers, real Jaeger), not the slow, bench or soak ones
+pytest: sync k8s-bins peer-bins prom-bins dashboard chromium ## unit, handler, contract, integration and Kubernetes tests (real nats-server, real API servers, real Jaeger), not the slow, bench or soak ones
 	$(BIN)/pytest
 
 test-slow: sync ## the long suites (chaos long form, big fleets)
@@ -79,6 +79,22 @@ prom-bins: ## build promtool from tools/prom/go.mod into .tools/prom/bin (cached
 peer-bins: ## build Jaeger all-in-one and the nats CLI from tools/peers/go.mod into .tools/peers/bin (cached)
 	tools/peers/build.sh
 
+# The browser page (dashboard/, an npm project): `npm ci` when the lock changes, the bundle when a source does.
+DASHBOARD_SOURCES := $(wildcard dashboard/src/*) dashboard/build.mjs dashboard/node_modules/.package-lock.json
+
+dashboard/node_modules/.package-lock.json: dashboard/package.json dashboard/package-lock.json
+	cd dashboard && npm ci --no-audit --no-fund
+	@touch $@
+
+dashboard/dist/index.html: $(DASHBOARD_SOURCES)
+	cd dashboard && npm run build
+
+dashboard: dashboard/dist/index.html ## build the live fleet page into dashboard/dist (npm ci + esbuild; cached on its sources)
+
+chromium: ## install Debian's chromium when missing (the dashboard's browser test drives it with playwright-core)
+	@command -v chromium >/dev/null || { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+		$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq chromium; }
+
 clean: ## remove the environment and local state
 	-$(BIN)/flotilla down 2>/dev/null
-	rm -rf $(VENV) .tools .flotilla .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .tools .flotilla .mypy_cache .ruff_cache .pytest_cache dashboard/node_modules dashboard/dist .flotilla-test-artifacts

@@ -25,7 +25,7 @@ from flotilla_client.localfleet import (
     stop_everything,
     tail,
 )
-from flotilla_client.natsserver import NatsServer, NatsServerError, find_nats_server, port_open
+from flotilla_client.natsserver import NatsServer, NatsServerError, find_nats_server, free_port, port_open
 from flotilla_client.runfile import NatsEntry, RunInfo
 from flotilla_runtime.integrity import private_tree
 from flotilla_runtime.natsconn import CA_ENV
@@ -62,12 +62,14 @@ def _prepare_nats(opts: UpOptions, progress: Progress) -> NatsEntry:
     # through the callout; in a file of its own, rewritten and reloaded when people are added or removed.
     auth = busauth.load_or_create(opts.state_dir)
     config = f'include "{users.write_auth_config(opts.state_dir, auth).name}"'
+    websocket_tls = ""
     if opts.tls:
         try:
             ca, cert, key = busauth.make_tls(opts.state_dir, opts.host)
         except busauth.TlsError as exc:
             raise LocalFleetError(str(exc)) from None
         config += "\n" + busauth.tls_config(cert, key)
+        websocket_tls = busauth.tls_config(cert, key)
         os.environ[CA_ENV] = str(ca)  # for this process's own clients, and inherited by the services
     server = NatsServer(
         state_dir=opts.state_dir / "nats",
@@ -76,6 +78,8 @@ def _prepare_nats(opts: UpOptions, progress: Progress) -> NatsEntry:
         monitor_port=opts.monitor_port,
         log_file=log_path(opts.state_dir, NATS_SERVER),
         extra_config=config,
+        websocket_port=free_port(opts.host),  # the dashboard's (`flotilla dashboard`), same users as the port
+        websocket_tls=websocket_tls,
     )
     try:
         find_nats_server()
@@ -90,6 +94,7 @@ def _prepare_nats(opts: UpOptions, progress: Progress) -> NatsEntry:
         pid=0,
         port=opts.port,
         monitor_url=monitor,
+        websocket_url=server.websocket_url,
         log=str(server.log_file),
         config=str(server.config_path),
     )

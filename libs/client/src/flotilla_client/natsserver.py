@@ -75,11 +75,22 @@ class NatsServer:
     monitor_port: int = 0  # 0: no HTTP monitoring
     log_file: Path | None = None
     extra_config: str = ""
+    # nats-server's WebSocket listener (0: none), for the dashboard in the browser; same users and accounts as
+    # the TCP port. `websocket_tls`: a `tls {...}` block for it (wss), else plain ws on `host` only.
+    websocket_port: int = 0
+    websocket_tls: str = ""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
+
+    @property
+    def websocket_url(self) -> str:
+        """`ws://host:port` (`wss://` with TLS), or "" without a WebSocket listener."""
+        if not self.websocket_port:
+            return ""
+        return f"{'wss' if self.websocket_tls else 'ws'}://{self.host}:{self.websocket_port}"
 
     @property
     def config_path(self) -> Path:
@@ -102,6 +113,9 @@ class NatsServer:
         ]
         if self.monitor_port:
             lines.insert(2, f"http_port: {self.monitor_port}")
+        if self.websocket_port:
+            tls = self.websocket_tls or "no_tls: true"
+            lines += ["websocket {", f"  host: {self.host}", f"  port: {self.websocket_port}", f"  {tls}", "}"]
         if self.extra_config:
             lines.append(self.extra_config)
         fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -50,6 +50,7 @@ class NatsEntry(msgspec.Struct, kw_only=True):
     pid: int | None = None  # None: an existing server (`--server`), not ours to stop
     port: int = 0
     monitor_url: str = ""
+    websocket_url: str = ""  # nats-server's WebSocket listener (the dashboard's), no credentials in it
     log: str = ""
     config: str = ""
     version: str = ""
