@@ -44,6 +44,7 @@ PLACEHOLDERS: dict[str, str] = {
     "subscription": "Subscription name",
     "rollout_id": "Rollout id",
     "wave": "Wave number, 0 first",
+    "scope": "What a fleet-wide scheduler event covers: `_fleet` (scheduler_events.FLEET_SCOPE), no subscription",
 }
 _PLACEHOLDER_RE = re.compile(r"\{([a-z_]+)\}")
 
@@ -221,6 +222,10 @@ OPERATIONS: list[Operation] = [
            "A subscription was deleted."),
     _event(_SCHED, Entity.PLACEMENT, "{subscription}", "decided", v1_sched_evt.PlacementDecided,
            "A subscription was (re-)placed, with the reason and what moved."),
+    _event(_SCHED, Entity.PLACEMENT, "{scope}", "disrupted", v1_sched_evt.FleetDisrupted,
+           "Much of the fleet went Unreachable at once: re-placement away from Unreachable clusters is held."),
+    _event(_SCHED, Entity.PLACEMENT, "{scope}", "recovered", v1_sched_evt.FleetRecovered,
+           "A fleet disruption ended: re-placement resumes."),
     Operation(Kind.AGENT_COMMAND, f"{subjects.AGENT_PREFIX}.{_CLUSTER}.{CLUSTER_AGENT_NODE}.apply",
               v1_sched_evt.ApplyManifests, _AGENT,
               "The cluster agent applies (or removes) one subscription's manifests.", sender=_SCHED),

@@ -50,6 +50,9 @@ class PlacementReason(StrEnum):
     HEALTH_CHANGED = "HealthChanged"
     TOLERATION_EXPIRED = "TolerationExpired"
     CAPACITY_CHANGED = "CapacityChanged"
+    # A fleet disruption ended: placements held on clusters still Unreachable may move again (their tolerations
+    # count from the recovery).
+    FLEET_RECOVERED = "FleetRecovered"
 
 
 class PlacementDecided(Message, frozen=True, kw_only=True):
@@ -68,6 +71,44 @@ class PlacementDecided(Message, frozen=True, kw_only=True):
     removed_clusters: list[ClusterIdField] = []
     moved_replicas: Count = 0
     unplaced_replicas: Count = 0
+    occurred_at: Timestamp
+
+
+# The subject id of the fleet disruption events (`fleet.v1.evt.placement._fleet.disrupted`): not a subscription.
+FLEET_SCOPE = "_fleet"
+
+
+class DisruptedGroup(msgspec.Struct, frozen=True, kw_only=True):
+    """A group judged disrupted: the whole fleet (`label` "") or the clusters with `label`=`value`."""
+
+    label: ShortText = ""
+    value: ShortText = ""
+    unreachable: Annotated[int, msgspec.Meta(ge=0, description="Unreachable members when it was judged")]
+    total: Annotated[int, msgspec.Meta(ge=0, description="Member clusters when it was judged")]
+    since: Timestamp
+
+
+class FleetDisrupted(Message, frozen=True, kw_only=True):
+    """Much of the fleet (or of a label group) went Unreachable at once, likely on the hub's side: the scheduler
+    holds every placement on an Unreachable cluster of `disrupted` (no re-placement) until it recovers."""
+
+    SCHEMA = "scheduler.FleetDisrupted"
+
+    began: list[DisruptedGroup] = []
+    disrupted: list[DisruptedGroup] = []
+    message: Text = ""
+    occurred_at: Timestamp
+
+
+class FleetRecovered(Message, frozen=True, kw_only=True):
+    """A disrupted group's Unreachable share fell below the recovery share: re-placement resumes there, and the
+    tolerations of clusters still Unreachable count from now."""
+
+    SCHEMA = "scheduler.FleetRecovered"
+
+    ended: list[DisruptedGroup] = []
+    disrupted: list[DisruptedGroup] = []  # the groups still disrupted
+    message: Text = ""
     occurred_at: Timestamp
 
 

@@ -102,6 +102,9 @@ class FreezeReason(StrEnum):
     NO_PROGRESS = "NoProgress"
     # A node of a cluster the rollout had upgraded reports an older kubelet or API server than the target.
     VERSION_DRIFT = "VersionDrift"
+    # Much of the fleet went Unreachable at once (likely the hub's side): every Running rollout freezes until it
+    # recovers (flotilla_runtime.disruption).
+    FLEET_DISRUPTION = "FleetDisruption"
 
 
 class Freeze(msgspec.Struct, frozen=True, kw_only=True):

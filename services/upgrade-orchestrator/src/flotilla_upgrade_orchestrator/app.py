@@ -25,9 +25,10 @@ from flotilla_contracts.v1.registration_events import (
     NodeRemoved,
 )
 from flotilla_runtime import telemetry
+from flotilla_runtime.disruption import DisruptionSettings, Watch
 from flotilla_runtime.errors import SettingsError
 from flotilla_runtime.service import ServiceApp, ServiceSpec
-from flotilla_runtime.settings import ServiceSettings, env_prefix
+from flotilla_runtime.settings import env_prefix
 from flotilla_runtime.store import SyncTx
 from flotilla_runtime.trust import RefusalLedger
 from flotilla_upgrade_orchestrator import __version__, metrics, reactions, reports
@@ -41,8 +42,9 @@ from flotilla_upgrade_orchestrator.timeouts import Timeouts
 from flotilla_upgrade_orchestrator.writer import LeaseView
 
 
-class Settings(ServiceSettings, kw_only=True, frozen=True):
-    """`FLOTILLA_UPGRADE_ORCHESTRATOR_*` environment variables (see flotilla_runtime.settings for the shared ones)."""
+class Settings(DisruptionSettings, kw_only=True, frozen=True):
+    """`FLOTILLA_UPGRADE_ORCHESTRATOR_*` environment variables (see flotilla_runtime.settings for the shared ones
+    and flotilla_runtime.disruption for DISRUPTION_*)."""
 
     tick_interval_s: float = 1.0  # soak ends, windows, step timeouts are looked at this often
     lease_bucket: str = "upgrade_orchestrator_leases"  # JetStream KV bucket of rollout leases (I6)
@@ -92,6 +94,7 @@ async def setup(app: ServiceApp[Settings]) -> None:
             inventory_s=settings.inventory_timeout_s,
         ),
         epoch_of=leases.epoch,
+        disruption=Watch(settings.disruption_policy(env_prefix(app.name))),
     )
     wake = asyncio.Event()
     intakes: list[Intake] = []

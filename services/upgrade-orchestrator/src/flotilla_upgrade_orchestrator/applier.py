@@ -58,6 +58,7 @@ def view(engine: Engine, rollout: Rollout) -> View:
         epoch=engine.epoch_of(rollout.rollout_id),
         windows=engine.windows(rollout),
         active_at=engine.active_at.get(rollout.rollout_id),
+        disruption=engine.disrupted_for(rollout),
     )
 
 

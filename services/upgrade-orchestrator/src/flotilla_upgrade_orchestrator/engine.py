@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from flotilla_contracts import catalogue
 from flotilla_contracts.v1.agent import NodeStepCommand, StepKind, TargetVersions
+from flotilla_contracts.v1.heartbeat import ClusterHealth
 from flotilla_contracts.v1.upgrade_status import (
     Direction,
 )
+from flotilla_runtime.disruption import Policy, Watch, describe
 from flotilla_runtime.integrity import StateRefused
 from flotilla_runtime.logs import get_logger
 from flotilla_runtime.store import SyncTx
@@ -47,6 +49,8 @@ class Engine(Transitions):
     rollouts: dict[str, Rollout] = field(default_factory=dict)
     fleet: dict[str, FleetCluster] = field(default_factory=dict)
     inflight: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # command id -> rollout, cluster, node
+    disruption: Watch = field(default_factory=lambda: Watch(Policy()))  # the fleet disruption rule's verdict
+    dirty_disruption: bool = False
     command_key: bytes = b""  # keys command ids (model.command_id); loaded from the store, never sent
     stale: bool = True
     issued: int = 0
@@ -87,6 +91,11 @@ class Engine(Transitions):
         self.command_key = key
         self.rollouts = repo.load_rollouts(tx)
         self.fleet = repo.load_fleet(tx)
+        self.disruption = Watch(self.disruption.policy, repo.load_disruption(tx))
+        for member in self.fleet.values():
+            self.watch(member)
+        self.disruption.settle()  # the stored verdict stands until the next health change is judged
+        self.dirty_disruption = False
         self.inflight = {}
         self._windows = {}
         for rollout in self.rollouts.values():
@@ -121,11 +130,35 @@ class Engine(Transitions):
             repo.add_failure(tx, rollout_id, failure)
         for cluster_id in self.dirty_fleet:
             repo.save_fleet_cluster(tx, self.fleet.get(cluster_id), cluster_id)
+        if self.dirty_disruption:
+            repo.save_disruption(tx, self.disruption.disrupted.values())
+            self.dirty_disruption = False
         self._dirty_rollouts.clear()
         self._dirty_clusters.clear()
         self._dirty_nodes.clear()
         self._new_failures.clear()
         self.dirty_fleet.clear()
+
+    # --- fleet disruption ------------------------------------------------------------------------------------
+
+    def watch(self, cluster: FleetCluster) -> None:
+        """Show the disruption rule a member cluster as it is now (or that it is no member)."""
+        if not cluster.member:
+            self.disruption.drop(cluster.cluster_id)
+            return
+        unreachable = cluster.health is ClusterHealth.UNREACHABLE
+        since = (cluster.health_since or datetime.min.replace(tzinfo=UTC)) if unreachable else None
+        self.disruption.put(cluster.cluster_id, cluster.labels, since)
+
+    def disrupted_for(self, rollout: Rollout) -> str:
+        """The disrupted groups that hold one of the rollout's clusters, in words ("" when none does)."""
+        if not self.disruption.disrupted:
+            return ""
+        for cluster_id in rollout.clusters:
+            fleet = self.fleet.get(cluster_id)
+            if fleet is not None and self.disruption.holds(fleet.labels):
+                return describe(self.disruption.disrupted.values())
+        return ""
 
     # --- windows ------------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ plain values (`apply_*`); nothing here does I/O. The store keeps them so a resta
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import msgspec
 
@@ -43,6 +44,7 @@ class FleetCluster(msgspec.Struct, kw_only=True):
     labels: dict[str, str] = {}
     kubernetes_version: str = ""
     health: ClusterHealth = ClusterHealth.UNKNOWN
+    health_since: datetime | None = None  # when it went to `health` (the event's time), for the disruption rule
     api_servers_ready: int = 0
     api_servers_total: int = 0
     nodes: dict[str, FleetNode] = {}

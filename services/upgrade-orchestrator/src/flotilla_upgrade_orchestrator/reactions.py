@@ -13,12 +13,20 @@ from flotilla_contracts.v1.agent import NodeFacts, NodeStepReported, StepOutcome
 from flotilla_contracts.v1.heartbeat import ClusterHealthChanged, NodeHealthChanged
 from flotilla_contracts.v1.registration import ClusterInfo
 from flotilla_contracts.v1.registration_events import NodeRemoved
+from flotilla_runtime.disruption import Change, describe
+from flotilla_runtime.logs import get_logger
 from flotilla_runtime.store import SyncTx
 from flotilla_upgrade_orchestrator import applier, inventory
 from flotilla_upgrade_orchestrator import fleet as fleet_model
 from flotilla_upgrade_orchestrator.decide import facts
 from flotilla_upgrade_orchestrator.engine import Engine
 from flotilla_upgrade_orchestrator.model import Rollout
+
+log = get_logger("flotilla.upgrade-orchestrator.reactions")
+
+
+def describe_change(change: Change) -> str:
+    return describe(change.began or change.ended)
 
 
 def on_report(engine: Engine, tx: SyncTx, report: NodeStepReported, now: datetime) -> None:
@@ -51,16 +59,30 @@ def on_cluster_health(engine: Engine, tx: SyncTx, event: ClusterHealthChanged, n
     cluster = engine.fleet.get(event.cluster_id)
     if cluster is None:
         return
+    if cluster.health is not event.to:
+        cluster.health_since = event.occurred_at
     cluster.health = event.to
     cluster.api_servers_ready = event.api_servers_ready
     cluster.api_servers_total = event.api_servers_total
     engine.dirty_fleet.add(event.cluster_id)
+    engine.watch(cluster)
+    change = engine.disruption.judge(event.occurred_at)  # at the event's time: the same verdict on replay
     for rollout in _rollouts_with(engine, event.cluster_id):
         applier.run(engine, tx, rollout, facts.ClusterHealth(event), now)
+    if change:
+        # Much of the fleet went Unreachable at once, or came back: every rollout's gates freeze it with
+        # FleetDisruption, or lift that freeze (progress.gates).
+        engine.dirty_disruption = True
+        log.bind(cluster=event.cluster_id).warning(
+            "fleet disruption %s", "began" if change.began else "ended", extra={"groups": describe_change(change)}
+        )
+        for rollout in list(engine.rollouts.values()):
+            if not rollout.final:
+                applier.run(engine, tx, rollout, facts.Advance(), now)
 
 
 def on_cluster_info(engine: Engine, info: ClusterInfo) -> None:
-    fleet_model.apply_cluster_info(engine.fleet, info)
+    engine.watch(fleet_model.apply_cluster_info(engine.fleet, info))  # judged at the next health change
     engine.dirty_fleet.add(info.cluster_id)
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 import msgspec
 
 from flotilla_contracts.v1.agent import StepKind
 from flotilla_contracts.v1.upgrade import UpgradePlan
+from flotilla_runtime.disruption import Disruption
 from flotilla_runtime.store import SyncTx
 from flotilla_upgrade_orchestrator.fleet import FleetCluster
 from flotilla_upgrade_orchestrator.model import ClusterRec, FailureRec, NodeRec, Rollout, RolloutRec
@@ -19,6 +21,7 @@ _cluster_dec = msgspec.json.Decoder(ClusterRec)
 _node_dec = msgspec.json.Decoder(NodeRec)
 _failure_dec = msgspec.json.Decoder(FailureRec)
 _fleet_dec = msgspec.json.Decoder(FleetCluster)
+_disruption_dec = msgspec.json.Decoder(Disruption)
 
 
 def insert_rollout(tx: SyncTx, rollout: Rollout) -> None:
@@ -163,6 +166,17 @@ def load_fleet(tx: SyncTx) -> dict[str, FleetCluster]:
         cluster.cluster_id: cluster
         for cluster in (_fleet_dec.decode(row["record"]) for row in tx.fetchall("SELECT record FROM fleet_clusters"))
     }
+
+
+def save_disruption(tx: SyncTx, disrupted: Iterable[Disruption]) -> None:
+    """The groups disrupted now (replacing what was)."""
+    tx.execute("DELETE FROM fleet_disruption")
+    for found in disrupted:
+        tx.execute("INSERT INTO fleet_disruption VALUES (?, ?, ?)", (found.label, found.value, _enc.encode(found)))
+
+
+def load_disruption(tx: SyncTx) -> list[Disruption]:
+    return [_disruption_dec.decode(row["record"]) for row in tx.fetchall("SELECT record FROM fleet_disruption")]
 
 
 def data_version(tx: SyncTx) -> int:

@@ -31,6 +31,7 @@ from flotilla_upgrade_orchestrator.decide.intents import (
     SetCluster,
     SetRollout,
     SetWave,
+    Unfreeze,
     WaveTo,
 )
 from flotilla_upgrade_orchestrator.decide.view import View
@@ -100,8 +101,14 @@ def _may_have_work(cluster: ClusterRec) -> bool:
 def gates(v: View, now: datetime) -> list[Intent]:
     """Failure budgets and health gates (I7): freeze the rollout with the reason when one is broken."""
     rollout = v.rollout
-    if rollout.state not in (RolloutState.RUNNING, RolloutState.AWAITING_APPROVAL) or rollout.rec.freeze:
+    freeze = rollout.rec.freeze
+    if freeze is not None and freeze.reason is FreezeReason.FLEET_DISRUPTION and not v.disruption:
+        return [Unfreeze("FleetRecovered", "the fleet recovered from its disruption")]  # only the freeze it caused
+    if rollout.state not in (RolloutState.RUNNING, RolloutState.AWAITING_APPROVAL) or freeze:
         return []
+    if v.disruption:
+        why = f"much of the fleet went Unreachable at once ({v.disruption}); frozen until it recovers"
+        return [Freeze(FreezeReason.FLEET_DISRUPTION, why)]
     exceeded = scheduling.budget_exceeded(rollout)
     if exceeded is not None:
         return [Freeze(*exceeded)]

@@ -24,6 +24,7 @@ class View:
     epoch: int | None  # our lease epoch on the rollout; None: not ours to write (I6)
     windows: tuple[Window, ...]
     active_at: float | None  # last command issued or report received (in memory: a restart starts it again)
+    disruption: str = ""  # the fleet disruption holding one of its clusters, in words ("" when none)
 
     def cluster(self, cluster_id: str) -> ClusterRec:
         return self.rollout.clusters[cluster_id]
