@@ -170,7 +170,7 @@ def test_events_table_has_a_header_and_a_row_per_event(fleet: tuple[Path, str], 
     result = flotilla(fleet[0], "events", "--subject", "cluster.>")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["SEQ", "TIME", "SUBJECT", "SCHEMA", "DATA"]
+    assert lines[0].split() == ["SEQ", "TIME", "SUBJECT", "SCHEMA", "ACTOR", "DATA"]
     assert "fleet.v1.evt.cluster.c1.approved" in lines[1] and '{"cluster":"c1","n":0}' in lines[1]
 
 
