@@ -44,7 +44,8 @@ class FleetCluster(msgspec.Struct, kw_only=True):
     labels: dict[str, str] = {}
     kubernetes_version: str = ""
     health: ClusterHealth = ClusterHealth.UNKNOWN
-    health_since: datetime | None = None  # when it went to `health` (the event's time), for the disruption rule
+    health_since: datetime | None = None  # its last health event's time (as the scheduler keeps it), for the
+    # disruption rule: an Unreachable cluster whose nodes then go Lost counts from that later event
     api_servers_ready: int = 0
     api_servers_total: int = 0
     nodes: dict[str, FleetNode] = {}

@@ -59,8 +59,7 @@ def on_cluster_health(engine: Engine, tx: SyncTx, event: ClusterHealthChanged, n
     cluster = engine.fleet.get(event.cluster_id)
     if cluster is None:
         return
-    if cluster.health is not event.to:
-        cluster.health_since = event.occurred_at
+    cluster.health_since = event.occurred_at  # as the scheduler's read model keeps it: the same rule, the same verdict
     cluster.health = event.to
     cluster.api_servers_ready = event.api_servers_ready
     cluster.api_servers_total = event.api_servers_total
