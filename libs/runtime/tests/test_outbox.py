@@ -1,8 +1,12 @@
 """The relay publishes committed events to JetStream exactly once per event id, in commit order."""
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import msgspec
+import nats.js.errors
+import pytest
 from nats.aio.client import Client
 
 from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, Message
@@ -95,3 +99,48 @@ async def test_agent_stream_allows_a_consumer_per_node_beyond_the_server_default
     await js.update_stream(config)
     await ensure_streams(js)
     assert (await js.stream_info(FLEET_AGENT.name)).config.max_consumers == 1_000_000
+
+
+class FlakyJetStream:
+    """A publisher whose acks fail for the events listed in `refuse` (by payload `n`), the rest succeed."""
+
+    def __init__(self) -> None:
+        self.refuse: set[int] = set()
+        self.sent: list[int] = []
+
+    async def publish_async(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        wait_stall: float | None = None,
+        stream: str | None = None,
+        headers: dict[str, Any] | None = None,
+        msg_ttl: float | None = None,
+    ) -> asyncio.Future[Any]:
+        n = msgspec.json.decode(payload)["n"]
+        self.sent.append(n)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if n in self.refuse:
+            future.set_exception(nats.js.errors.APIError(description="stream full"))
+        else:
+            asyncio.get_running_loop().call_soon(future.set_result, n)
+        return future
+
+
+async def test_nothing_after_a_failed_event_is_deleted_with_batches_in_flight(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "s.db")
+    for n in range(20):
+        async with store.transaction() as tx:
+            await tx.emit(f"fleet.v1.evt.cluster.c{n}.approved", Happened(n=n))
+    js = FlakyJetStream()
+    js.refuse = {6}
+    relay = OutboxRelay(store, js, batch=4, window=3)  # events 4..7 and 8..11 are in flight when 6 fails
+    with pytest.raises(nats.js.errors.APIError):
+        await relay.flush()
+    left = [msgspec.json.decode(row["payload"])["n"] for row in await store.pending_outbox(100)]
+    assert left == list(range(6, 20)) and relay.published == 6
+    js.refuse, js.sent = set(), []
+    await relay.flush()
+    assert js.sent == list(range(6, 20)), "the failed event and everything behind it are sent again, in order"
+    assert await store.outbox_size() == 0 and relay.published == 20
+    await store.close()
