@@ -8,10 +8,11 @@ const model = M.emptyModel();
 const ui = { view: "fleet", selector: "", cluster: "", rollout: "", subscription: "", role: "viewer", user: "" };
 const config = { websocket_url: "", roles: {} };
 const pending = new Map(); // what an event asked to fetch again -> timer
+const ROLLOUT_PAGE = 200;
 let bus = null;
 let stopFollow = null;
 let renderQueued = false;
-window.flotillaDashboard = { firstRenderMs: null, rendered: 0, errors: [] };
+window.flotillaDashboard = { firstRenderMs: null, rendered: 0, reconnects: 0, errors: [] };
 
 function status(text, kind = "") {
   const el = $("#status");
@@ -76,7 +77,8 @@ async function loadNodes(clusterId) {
 
 async function loadRollout(id) {
   const open = ui.rollout === id;
-  const body = { rollout_id: id, include_nodes: open, limit: open ? 1000 : 1 };
+  // The open rollout's clusters with their nodes, one page (a reply stays well under the bus's 1 MiB payload).
+  const body = { rollout_id: id, include_nodes: open, limit: open ? ROLLOUT_PAGE : 1 };
   const status = await bus.request("upgrade-orchestrator", "upgrade.status", "upgrade.RolloutStatusRequest", body);
   if (open) M.setStatus(model, status);
   else model.rollouts.set(id, status.rollout);
@@ -111,16 +113,33 @@ async function loadAll() {
 
 function onEvent(subject, body, seq) {
   const wants = M.applyEvent(model, subject, body, seq);
-  if (wants.rollout) soon(`rollout ${wants.rollout}`, 300, () => loadRollout(wants.rollout));
+  if (wants.rollout) soon(`rollout ${wants.rollout}`, 500, () => loadRollout(wants.rollout));
   if (wants.clusters) soon("clusters", 1000, loadClusters);
   if (wants.subscriptions) soon("subscriptions", 1000, loadSubscriptions);
   if (wants.nodesOf && wants.nodesOf === ui.cluster) soon(`nodes ${ui.cluster}`, 1000, () => loadNodes(ui.cluster));
   render();
 }
 
+/** After a reconnect the services may not answer yet (they reconnect too): ask again with back-off until they
+ * do, or until a newer reconnect takes over. */
+async function reloadAfterReconnect(which) {
+  for (let wait = 1000; which === window.flotillaDashboard.reconnects; wait = Math.min(wait * 2, 10000)) {
+    try {
+      await loadAll();
+      return;
+    } catch (err) {
+      status(`reconnected; the fleet does not answer yet (${err.message}); asking again in ${wait / 1000}s`, "bad");
+      await new Promise((resolve) => setTimeout(resolve, wait));
+    }
+  }
+}
+
 function onBusStatus(type) {
   if (type === "disconnect" || type === "reconnecting") status("connection lost: reconnecting…", "bad");
-  if (type === "reconnect") loadAll().catch((err) => report(err, "reloading after the reconnect"));
+  if (type === "reconnect") {
+    window.flotillaDashboard.reconnects += 1;
+    reloadAfterReconnect(window.flotillaDashboard.reconnects);
+  }
 }
 
 async function login(event) {

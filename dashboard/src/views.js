@@ -179,7 +179,8 @@ function rolloutDetail(model, ui, status, now) {
     <p>Clusters ${progress(r.clusters, `Clusters upgraded in ${id}`)} Nodes ${progress(r.nodes, `Nodes upgraded in ${id}`)}</p>
     <h3>Waves</h3><table aria-label="Waves"><thead><tr><th>Wave</th><th>State</th><th>Clusters</th><th></th></tr></thead>
     <tbody>${waves}</tbody></table>
-    <h3>Clusters</h3><table aria-label="Clusters of the rollout"><thead><tr><th>Cluster</th><th>Wave</th><th>State</th>
+    <h3>Clusters</h3>${status.next_cursor ? `<p class="muted">The first ${status.clusters.length} of ${r.clusters.total} clusters (\`flotilla upgrade status ${esc(id)} --nodes\` lists them all).</p>` : ""}
+    <table aria-label="Clusters of the rollout"><thead><tr><th>Cluster</th><th>Wave</th><th>State</th>
     <th>Nodes done</th><th>Node steps</th><th></th></tr></thead><tbody>${clusters}</tbody></table></section>`;
 }
 

@@ -1,6 +1,7 @@
 // Drives the dashboard in headless Chromium (Debian's, through playwright-core) for tests/integration/test_dashboard.py.
 // One argument, JSON: {url, user, password, shots, scenario, ...}; prints one JSON line of findings on stdout and
 // exits 1 with the reason on stderr when a check fails. Scenarios: "viewer", "operator", "measure".
+import { execFileSync } from "node:child_process";
 import { chromium } from "playwright-core";
 
 const args = JSON.parse(process.argv[2]);
@@ -88,6 +89,19 @@ async function operator(page) {
   await page.screenshot({ path: `${args.shots}/rollout-paused.png`, fullPage: true });
 }
 
+async function reconnect(page) {
+  // nats-server restarts (the supervisor starts it again, same port); the page reconnects by itself, re-creates
+  // its ordered consumer, and an event sent after that shows up (a label set on a cluster).
+  execFileSync(args.restart[0], args.restart.slice(1), { stdio: "ignore" });
+  await page.waitForFunction(() => window.flotillaDashboard.reconnects >= 1, null, { timeout: TIMEOUT });
+  await page.waitForFunction(() => document.querySelector("#status").textContent.startsWith("connected as"), null, {
+    timeout: TIMEOUT,
+  });
+  execFileSync(args.after[0], args.after.slice(1), { stdio: "ignore" });
+  await page.waitForSelector(`table[aria-label=Clusters] code:text-is("${args.expect_label}")`, { timeout: TIMEOUT });
+  found.reconnects = await page.evaluate(() => window.flotillaDashboard.reconnects);
+}
+
 async function measure(page) {
   const cdp = await page.context().newCDPSession(page);
   await cdp.send("Performance.enable");
@@ -107,10 +121,16 @@ try {
   page.on("console", (m) => m.type() === "error" && found.console_errors.length < 10 && found.console_errors.push(m.text()));
   page.on("pageerror", (e) => found.console_errors.push(String(e)));
   await signIn(page);
-  await { viewer, operator, measure }[args.scenario](page);
+  await { viewer, operator, reconnect, measure }[args.scenario](page);
   found.page_errors = await page.evaluate(() => window.flotillaDashboard.errors);
   console.log(JSON.stringify(found));
 } catch (err) {
+  const page = browser.contexts()[0]?.pages()[0];
+  if (page) {
+    found.page_state = await page.evaluate(() => window.flotillaDashboard).catch(() => null);
+    found.status_line = await page.locator("#status").innerText().catch(() => "");
+    await page.screenshot({ path: `${args.shots}/failed-${args.scenario}.png`, fullPage: true }).catch(() => {});
+  }
   console.log(JSON.stringify(found));
   console.error(`${args.scenario}: ${err.message}`);
   process.exitCode = 1;

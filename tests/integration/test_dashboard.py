@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from flotilla_client.natsserver import free_port
-from flotilla_testkit import eventually_sync
+from flotilla_testkit import ConditionNotMet, eventually_sync
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,10 +42,13 @@ class Fleet:
     url: str = ""  # the dashboard's address
     moving: str = ""  # a rollout that progresses (canary, then a long soak)
     frozen: str = ""  # a rollout frozen by a node that always fails its upgrade
+    bad: str = ""  # the cluster of that node
+
+    def argv(self, *args: str) -> list[str]:
+        return [FLOTILLA, "--state-dir", str(self.state), *args]
 
     def ok(self, *args: str) -> str:
-        argv = [FLOTILLA, "--state-dir", str(self.state), *args]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=_env())
+        done = subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=120, env=_env())
         assert done.returncode == 0, (args, done.stdout, done.stderr)
         return done.stdout
 
@@ -57,12 +60,18 @@ class Fleet:
         state: str = json.loads(self.ok("upgrade", "status", rollout, "-o", "json"))["rollout"]["state"]
         return state
 
-    def browser(self, scenario: str, user: str, **extra: Any) -> dict[str, Any]:
+    def browser(self, scenario: str, user: str, password: str = "", **extra: Any) -> dict[str, Any]:
         """Run one scenario of check.mjs; its findings (it fails the test with its reason when a check fails)."""
-        args = {"url": self.url, "user": user, "password": self.password(user), "shots": str(ARTIFACTS)}
+        password = password or self.password(user)
+        args = {"url": self.url, "user": user, "password": password, "shots": str(ARTIFACTS)}
         args |= {"scenario": scenario, "moving": self.moving, "frozen": self.frozen, "chromium": CHROMIUM, **extra}
         done = subprocess.run(
-            ["node", "test/check.mjs", json.dumps(args)], cwd=DASHBOARD, capture_output=True, text=True, timeout=240
+            ["node", "test/check.mjs", json.dumps(args)],
+            cwd=DASHBOARD,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=_env(),
         )
         assert done.returncode == 0, f"{scenario} in the browser: {done.stderr}\nfound: {done.stdout}"
         found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -96,9 +105,15 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         fleet.ok("sim", "--clusters", "3", "--nodes", "3", "--prefix", "ok", "--step-seconds", "1")
         fleet.ok("sim", "--clusters", "1", "--nodes", "2", "--prefix", "bad", "--fault", "bad-0000-n01=upgrade_fails")
         bad = next(c for c in fleet.ok("clusters", "list", "-o", "name").split() if c.startswith("cluster/bad-"))
-        fleet.ok("clusters", "label", bad.split("/", 1)[1], "group=bad")
-        argv = [FLOTILLA, "--state-dir", str(fleet.state), "dashboard", "--port", "0"]
-        server = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+        fleet.bad = bad.split("/", 1)[1]
+        fleet.ok("clusters", "label", fleet.bad, "group=bad")
+        server = subprocess.Popen(
+            fleet.argv("dashboard", "--port", "0"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=_env(),
+        )
         assert server.stdout is not None
         first = server.stdout.readline()
         assert first.startswith("Flotilla dashboard: http://127.0.0.1:"), first
@@ -138,5 +153,72 @@ def test_an_operator_pauses_a_rollout_from_the_page(fleet: Fleet) -> None:
     found = fleet.browser("operator", "bob", clusters=4)
     print(f"\ndashboard (operator): {found}")
     assert found["confirmation"].startswith(f"Pause rollout {fleet.moving}: no new cluster or node starts")
-    assert fleet.rollout_state(fleet.moving) == "Paused"  # through the CLI, as the brief asks
+    assert fleet.rollout_state(fleet.moving) == "Paused"  # through the CLI
+    audit = json.loads(fleet.ok("audit", "--actor", "bob", "-o", "json"))
+    assert [(a["actor"], a["object"], a["action"]) for a in audit] == [("bob", f"rollout/{fleet.moving}", "Paused")], (
+        audit
+    )
     assert found["console_errors"] == [] and found["page_errors"] == []
+
+
+def test_the_page_reconnects_by_itself_and_follows_events_again(fleet: Fleet) -> None:
+    """Last: nats-server restarts under the open page (same port); the page reconnects, re-creates its ordered
+    consumer, and a label set afterwards shows in the fleet table."""
+    restart = fleet.argv("restart", "nats-server")
+    after = fleet.argv("clusters", "label", fleet.bad, "probe=after-restart")
+    found = fleet.browser(
+        "reconnect", "alice", clusters=4, restart=restart, after=after, expect_label="probe=after-restart"
+    )
+    assert found["reconnects"] >= 1
+    assert found["page_errors"] == []
+
+
+def test_the_page_rules() -> None:
+    """dashboard/test/model.test.mjs (node's test runner): subjects, selectors, offered verbs, events, escaping."""
+    done = subprocess.run(["npm", "test"], cwd=DASHBOARD, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "# fail 0" in done.stdout, done.stdout
+
+
+@pytest.mark.slow
+def test_a_large_fleet_first_render_and_memory(tmp_path: Path) -> None:
+    """Issue 20 item 5: 1,000 clusters x 10 nodes (FLOTILLA_DASHBOARD_CLUSTERS / _NODES to change), measured
+    with whatever joined within FLOTILLA_DASHBOARD_JOIN_S (the sim may not bring them all up on 2 cores; printed).
+    Prints the time to the fleet table and JS heap; asserts only that the page showed what the fleet has."""
+    _prerequisites()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    clusters = int(os.environ.get("FLOTILLA_DASHBOARD_CLUSTERS", "1000"))
+    nodes = int(os.environ.get("FLOTILLA_DASHBOARD_NODES", "10"))
+    join_s = float(os.environ.get("FLOTILLA_DASHBOARD_JOIN_S", "600"))
+    fleet = Fleet(tmp_path / ".flotilla")
+    fleet.ok("up", "--port", str(free_port()), "--monitor-port", "0")
+    server: subprocess.Popen[str] | None = None
+    try:
+        fleet.ok("sim", "--clusters", str(clusters), "--nodes", str(nodes), "--prefix", "big", "--no-wait")
+
+        def joined() -> int:
+            return len(fleet.ok("clusters", "list", "-o", "name").split())
+
+        try:
+            eventually_sync(joined, "the clusters to join", timeout_s=join_s, every_s=5, until=lambda n: n >= clusters)
+        except ConditionNotMet:
+            pass  # measured with what joined: the figure says how many
+        count = joined()
+        server = subprocess.Popen(fleet.argv("dashboard", "--port", "0"), stdout=subprocess.PIPE, text=True, env=_env())
+        assert server.stdout is not None
+        fleet.url = server.stdout.readline().split(": ", 1)[1].strip()
+        admin = json.loads((fleet.state / "auth" / "bus.json").read_text())["passwords"]["admin"]
+        found = fleet.browser("measure", "admin", password=admin, clusters=min(count, 1000), timeout_ms=120000)
+        load = os.getloadavg()
+        print(
+            f"\ndashboard, large fleet: {count} of {clusters} clusters joined ({nodes} nodes each): "
+            f"fleet table shown {found['fleet_shown_ms']} ms after sign-in, first render {found['first_render_ms']} ms "
+            f"after navigation, page loaded {found['load_ms']} ms, JS heap {found['js_heap_used_mb']} MB, "
+            f"selector filter {found['filter_ms']} ms; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+        )
+        assert found["console_errors"] == [] and found["page_errors"] == []
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+        fleet.ok("down")
