@@ -7,6 +7,7 @@ export const ADMIN_USER = "admin";
 export const EVENTS_STREAM = "FLEET_EVENTS";
 export const EVENTS_SUBJECT = "fleet.v1.evt.>";
 const CMD_PREFIX = "fleet.v1.cmd";
+const ACTOR_HEADER = "Flotilla-Actor";
 const REQUEST_TIMEOUT_MS = 10000;
 
 /** The one place a command's subject is built: a named user sends `<command>.by.<user>` (the bus lets them
@@ -82,7 +83,8 @@ export class Bus {
     return items;
   }
 
-  /** Follow new events: `onEvent(subject, body, seq)` for each. Returns a function that stops it. */
+  /** Follow new events: `onEvent(subject, body, seq, actor)` for each (actor: who sent the command that
+   * caused it, as the bus proved it; "" for what no person caused). Returns a function that stops it. */
   async follow(onEvent) {
     const consumer = await this.js.consumers.getPushConsumer(EVENTS_STREAM, {
       filter_subjects: EVENTS_SUBJECT,
@@ -96,7 +98,7 @@ export class Bus {
         } catch {
           return; // not JSON: nothing the page can show; the services dead-letter such messages themselves
         }
-        onEvent(m.subject, body, m.seq);
+        onEvent(m.subject, body, m.seq, m.headers?.get(ACTOR_HEADER) ?? "");
       },
     });
     return () => messages.stop();

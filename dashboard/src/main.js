@@ -111,8 +111,8 @@ async function loadAll() {
   render();
 }
 
-function onEvent(subject, body, seq) {
-  const wants = M.applyEvent(model, subject, body, seq);
+function onEvent(subject, body, seq, actor) {
+  const wants = M.applyEvent(model, subject, body, seq, actor);
   if (wants.rollout) soon(`rollout ${wants.rollout}`, 500, () => loadRollout(wants.rollout));
   if (wants.clusters) soon("clusters", 1000, loadClusters);
   if (wants.subscriptions) soon("subscriptions", 1000, loadSubscriptions);

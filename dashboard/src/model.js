@@ -77,10 +77,10 @@ export function parseSubject(subject) {
 
 /** What an event asks the page to fetch again (a rollout, the clusters, the subscriptions), after applying
  * what the event itself says. Returns {rollout?, clusters?, subscriptions?, nodesOf?}. */
-export function applyEvent(model, subject, body, seq) {
+export function applyEvent(model, subject, body, seq, actor = "") {
   const { entity, ids, verb } = parseSubject(subject);
   const at = body?.occurred_at ?? new Date().toISOString();
-  model.events.unshift({ seq, subject, entity, ids, verb, body, at });
+  model.events.unshift({ seq, subject, entity, ids, verb, body, at, actor });
   if (model.events.length > MAX_EVENTS) model.events.length = MAX_EVENTS;
   switch (entity) {
     case "cluster-health": {

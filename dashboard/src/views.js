@@ -221,7 +221,7 @@ function eventSummary(e) {
   const b = e.body ?? {};
   const parts = [];
   if (b.from !== undefined || b.to !== undefined) parts.push(`${b.from ?? "∅"} → ${b.to ?? ""}`);
-  for (const key of ["state", "reason", "message", "actor"]) if (typeof b[key] === "string" && b[key]) parts.push(b[key]);
+  for (const key of ["state", "reason", "message"]) if (typeof b[key] === "string" && b[key]) parts.push(b[key]);
   if (b.rollout?.state) parts.push(b.rollout.state);
   if (b.freeze?.reason) parts.push(`frozen: ${b.freeze.reason}`);
   return parts.join(" · ");
@@ -231,11 +231,11 @@ export function eventsView(model) {
   const rows = model.events
     .map(
       (e) => `<tr><td>${esc(e.at.replace("T", " ").replace(/\.\d+Z$/, "Z"))}</td><td>${esc(e.entity)}</td>
-      <td>${esc(e.ids.join(" / "))}</td><td>${esc(e.verb)}</td><td>${esc(eventSummary(e))}</td></tr>`,
+      <td>${esc(e.ids.join(" / "))}</td><td>${esc(e.verb)}</td><td>${esc(e.actor)}</td><td>${esc(eventSummary(e))}</td></tr>`,
     )
     .join("");
   return `<p class="muted">The newest ${model.events.length} events since the page connected (at most 300).</p>
-    <table aria-label="Events"><thead><tr><th>When</th><th>Entity</th><th>Ids</th><th>Event</th><th>What</th></tr></thead>
+    <table aria-label="Events"><thead><tr><th>When</th><th>Entity</th><th>Ids</th><th>Event</th><th>By</th><th>What</th></tr></thead>
     <tbody>${rows}</tbody></table>`;
 }
 

@@ -86,6 +86,13 @@ async function operator(page) {
   await dialog.getByRole("button", { name: "Confirm" }).click();
   await page.waitForSelector(`[data-rollout-row="${args.moving}"] .s-Paused`, { timeout: TIMEOUT });
   found.status_line = (await page.locator("#status").innerText()).trim();
+  // the event the pause caused names bob (the bus proved who sent it)
+  await page.getByRole("button", { name: "Events" }).click();
+  await page.waitForSelector(`table[aria-label=Events] tbody tr:has-text("${args.moving}"):has(td:text-is("bob"))`, {
+    timeout: TIMEOUT,
+  });
+  found.event_by_bob = true;
+  await page.screenshot({ path: `${args.shots}/events-actor.png`, fullPage: true });
   await page.screenshot({ path: `${args.shots}/rollout-paused.png`, fullPage: true });
 }
 

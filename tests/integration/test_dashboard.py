@@ -158,6 +158,7 @@ def test_an_operator_pauses_a_rollout_from_the_page(fleet: Fleet) -> None:
     assert [(a["actor"], a["object"], a["action"]) for a in audit] == [("bob", f"rollout/{fleet.moving}", "Paused")], (
         audit
     )
+    assert found["event_by_bob"]  # the page's event stream names him too
     assert found["console_errors"] == [] and found["page_errors"] == []
 
 
