@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 
 from flotilla_contracts.subjects import Service
+from flotilla_runtime.disruption import DisruptionSettings
 from flotilla_runtime.errors import TemporaryError
 from flotilla_runtime.service import ServiceApp, ServiceSpec
-from flotilla_runtime.settings import ServiceSettings
+from flotilla_runtime.settings import env_prefix
 from flotilla_runtime.trust import RefusalLedger
 from flotilla_scheduler import __version__, metrics
 from flotilla_scheduler import store as tables
-from flotilla_scheduler.handlers import Scheduler
+from flotilla_scheduler.engine import Engine
+from flotilla_scheduler.handlers import Scheduler, utc_now
 from flotilla_scheduler.readmodel import ReadModel
 
 
-class Settings(ServiceSettings, kw_only=True, frozen=True):
-    """`FLOTILLA_SCHEDULER_*` environment variables (see flotilla_runtime.settings for the shared ones)."""
+class Settings(DisruptionSettings, kw_only=True, frozen=True):
+    """`FLOTILLA_SCHEDULER_*` environment variables (see flotilla_runtime.settings for the shared ones and
+    flotilla_runtime.disruption for DISRUPTION_*)."""
 
     # How often to look for NoExecute tolerations that ran out (tolerationSeconds).
     timer_tick_s: float = 0.5
@@ -24,7 +27,7 @@ class Settings(ServiceSettings, kw_only=True, frozen=True):
 
 async def setup(app: ServiceApp[Settings]) -> None:
     """Load the state, register the commands, consume cluster and applied-status events, run the timer."""
-    scheduler = Scheduler.create(app.store)
+    scheduler = Scheduler(app.store, Engine(utc_now, app.settings.disruption_policy(env_prefix(app.name))))
     await scheduler.load()
     scheduler.register(app.router)
     metrics.register(app.metrics, scheduler.engine)

@@ -17,13 +17,15 @@ import heapq
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import msgspec
 
 from flotilla_contracts import catalogue
+from flotilla_contracts.v1.heartbeat import ClusterHealth
 from flotilla_contracts.v1.scheduler import AppliedState, ClusterPlacement, SubscriptionSpec
 from flotilla_contracts.v1.scheduler_events import ApplyManifests, PlacementDecided, PlacementReason
+from flotilla_runtime.disruption import Change, Policy, Watch
 from flotilla_runtime.store import Store, Tx
 from flotilla_scheduler import store as tables
 from flotilla_scheduler.fleet import ClusterView, Fleet
@@ -49,15 +51,23 @@ class Subscription:
         return cls(row, compile_policy(row.spec.policy), compile_overrides(row.spec.overrides))
 
 
-def view_of(cluster_id: str, record: ClusterRecord) -> ClusterView:
+def view_of(
+    cluster_id: str, record: ClusterRecord, *, held: bool = False, resumed_at: datetime | None = None
+) -> ClusterView:
+    """The cluster as placement sees it; after a fleet disruption ended (`resumed_at`), an Unreachable cluster's
+    tolerations count from then, as if it had just gone Unreachable."""
+    since = record.health_since
+    if resumed_at is not None and (since is None or since < resumed_at):
+        since = resumed_at
     return ClusterView(
         cluster_id=cluster_id,
         labels=record.labels,
         taints=tuple(record.taints),
         health=record.health,
-        health_since=record.health_since,
+        health_since=since,
         lost=record.lost,
         allocatable=record.allocatable,
+        held=held,
     )
 
 
@@ -72,8 +82,10 @@ def cluster_placements(placements: dict[str, Placement]) -> list[ClusterPlacemen
 class Engine:
     """Subscriptions, the fleet read model and the timers of tolerations that run out."""
 
-    def __init__(self, clock: Callable[[], datetime]) -> None:
+    def __init__(self, clock: Callable[[], datetime], disruption: Policy | None = None) -> None:
         self.clock = clock
+        self.disruption = Watch(disruption or Policy())
+        self.resumed_at: datetime | None = None  # when a fleet disruption last ended
         self.fleet = Fleet()
         self.records: dict[str, ClusterRecord] = {}
         self.subs: dict[str, Subscription] = {}
@@ -88,9 +100,15 @@ class Engine:
         """(Re)build the memory from the tables."""
         self.fleet = Fleet()
         self.records = await tables.load_clusters(tx)
+        verdict = await tables.load_disruption(tx)
+        self.disruption = Watch(self.disruption.policy, verdict.disrupted)
+        self.resumed_at = verdict.resumed_at
+        for cluster_id, record in self.records.items():
+            self._watch(cluster_id, record)
+        self.disruption.settle()  # the stored verdict stands until the next health change is judged
         for cluster_id, record in self.records.items():
             if record.approved:
-                self.fleet.put(view_of(cluster_id, record))
+                self.fleet.put(self.view(cluster_id, record))
         placements = await tables.load_placements(tx)
         self.subs, self.placed_on, self.timers = {}, {}, []
         for name, row in (await tables.load_subscriptions(tx)).items():
@@ -250,6 +268,36 @@ class Engine:
         )
         await tx.emit(catalogue.subject_for(ApplyManifests, cluster_id=cluster_id), command)
 
+    # --- fleet disruption (flotilla_runtime.disruption) -----------------------------------------------------
+
+    def view(self, cluster_id: str, record: ClusterRecord) -> ClusterView:
+        held = record.health is ClusterHealth.UNREACHABLE and self.disruption.holds(record.labels)
+        return view_of(cluster_id, record, held=held, resumed_at=self.resumed_at)
+
+    def _watch(self, cluster_id: str, record: ClusterRecord) -> None:
+        if not record.approved:
+            self.disruption.drop(cluster_id)
+            return
+        unreachable = record.health is ClusterHealth.UNREACHABLE
+        since = (record.health_since or datetime.min.replace(tzinfo=UTC)) if unreachable else None
+        self.disruption.put(cluster_id, record.labels, since)
+
+    async def judge_disruption(self, tx: Tx, cluster_id: str, record: ClusterRecord, at: datetime) -> Change:
+        """A health change, judged by the rule at its time before anything moves; when the verdict changes, the
+        Unreachable clusters' views follow (held, or evictable with tolerations counted from `at`)."""
+        self._watch(cluster_id, record)
+        change = self.disruption.judge(at)
+        if not change:
+            return change
+        if change.ended:
+            self.resumed_at = at
+        row = tables.DisruptionRow(disrupted=list(self.disruption.disrupted.values()), resumed_at=self.resumed_at)
+        await tables.save_disruption(tx, row)
+        for other, kept in self.records.items():
+            if kept.approved and kept.health is ClusterHealth.UNREACHABLE and other != cluster_id:
+                self.fleet.put(self.view(other, kept))
+        return change
+
     # --- what a change affects -----------------------------------------------------------------------------
 
     def affected_by(self, cluster_id: str, labels: Iterable[Mapping[str, str]]) -> list[str]:
@@ -274,8 +322,9 @@ class Engine:
         previous = self.records.get(cluster_id)
         await tables.put_cluster(tx, cluster_id, record)
         self.records[cluster_id] = record
+        self._watch(cluster_id, record)
         if record.approved:
-            self.fleet.put(view_of(cluster_id, record))
+            self.fleet.put(self.view(cluster_id, record))
         else:
             self.fleet.remove(cluster_id)
         return previous

@@ -39,14 +39,17 @@ class ClusterView:
     health_since: datetime | None = None
     lost: bool = False
     allocatable: Resources | None = None
+    held: bool = False  # in a disrupted group (flotilla_runtime.disruption): its health taints only NoSchedule
 
     def effective_taints(self) -> tuple[Taint, ...]:
-        """Its own taints plus those its health implies, stamped with when that health began."""
+        """Its own taints plus those its health implies, stamped with when that health began. While the fleet is
+        disrupted (`held`) they keep new placements off but evict nothing: the likeliest cause is on our side."""
         extra: list[Taint] = []
         if self.health is ClusterHealth.UNREACHABLE:
-            extra.append(Taint(key=UNREACHABLE_TAINT, effect=TaintEffect.NO_EXECUTE, added_at=self.health_since))
+            effect = TaintEffect.NO_SCHEDULE if self.held else TaintEffect.NO_EXECUTE
+            extra.append(Taint(key=UNREACHABLE_TAINT, effect=effect, added_at=self.health_since))
             if self.lost:
-                extra.append(Taint(key=LOST_TAINT, effect=TaintEffect.NO_EXECUTE, added_at=self.health_since))
+                extra.append(Taint(key=LOST_TAINT, effect=effect, added_at=self.health_since))
         return (*self.taints, *extra) if extra else self.taints
 
     def capacity(self, resource: CapacityResource) -> int:

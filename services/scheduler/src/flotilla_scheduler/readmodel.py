@@ -3,18 +3,24 @@
 A cluster counts once registration says it is Approved. Labels and taints come from registration's
 lifecycle events, health and allocatable capacity from the heartbeat service. A change re-places the
 subscriptions placed on the cluster or whose selector matches it (old or new labels), with its reason.
+
+Fleet disruption (flotilla_runtime.disruption): while a group is disrupted its Unreachable clusters keep their
+placements (their health taints keep new placements off but evict nothing: fleet.ClusterView.held); the change
+of verdict is announced (FleetDisrupted / FleetRecovered), and on recovery what is still Unreachable may move
+again, its tolerations counted from the recovery (engine.view_of).
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import msgspec
 
-from flotilla_contracts import subjects
+from flotilla_contracts import catalogue, subjects
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1.common import Taint
-from flotilla_contracts.v1.heartbeat import ClusterCapacityChanged, ClusterHealthChanged
+from flotilla_contracts.v1.heartbeat import ClusterCapacityChanged, ClusterHealth, ClusterHealthChanged
 from flotilla_contracts.v1.registration import ClusterInfo, ClusterState
 from flotilla_contracts.v1.registration_events import (
     ClusterApproved,
@@ -26,8 +32,17 @@ from flotilla_contracts.v1.registration_events import (
     ClusterTaintsChanged,
 )
 from flotilla_contracts.v1.scheduler import Weighting
-from flotilla_contracts.v1.scheduler_events import AppliedStatusReported, PlacementReason
+from flotilla_contracts.v1.scheduler_events import (
+    FLEET_SCOPE,
+    AppliedStatusReported,
+    DisruptedGroup,
+    FleetDisrupted,
+    FleetRecovered,
+    PlacementReason,
+)
 from flotilla_runtime.consumers import EventHandler, EventMeta
+from flotilla_runtime.disruption import Change, Disruption, describe
+from flotilla_runtime.logs import get_logger
 from flotilla_runtime.store import Tx
 from flotilla_runtime.trust import RefusalLedger
 from flotilla_scheduler import reports
@@ -35,6 +50,8 @@ from flotilla_scheduler import store as tables
 from flotilla_scheduler.engine import Engine
 from flotilla_scheduler.reports import Outcome
 from flotilla_scheduler.store import ClusterRecord
+
+log = get_logger("flotilla.scheduler.readmodel")
 
 _REASONS: dict[type[Any], PlacementReason] = {
     ClusterJoinRequested: PlacementReason.CLUSTER_JOINED,
@@ -113,7 +130,11 @@ class ReadModel:
             nodes = event.nodes
             lost = nodes.lost > 0 and nodes.ready + nodes.not_ready + nodes.unreachable == 0
             record = msgspec.structs.replace(previous, health=event.to, health_since=event.occurred_at, lost=lost)
+            # The disruption rule judges first, so the change that tips the fleet over moves nothing either.
+            change = await self.engine.judge_disruption(tx, event.cluster_id, record, event.occurred_at)
             await self._changed(tx, event.cluster_id, previous, record, PlacementReason.HEALTH_CHANGED)
+            if change:
+                await disruption_changed(self.engine, tx, change, event.occurred_at)
 
         await self._guarded(tx, body)
 
@@ -161,3 +182,32 @@ class ReadModel:
                 continue
             # replace() re-renders the trigger cluster too: global overrides follow its labels.
             await engine.replace(tx, name, reason, trigger=cluster_id)
+
+
+def _group(found: Disruption) -> DisruptedGroup:
+    return DisruptedGroup(
+        label=found.label, value=found.value, unreachable=found.unreachable, total=found.total, since=found.since
+    )
+
+
+async def disruption_changed(engine: Engine, tx: Tx, change: Change, at: datetime) -> None:
+    """Emit FleetDisrupted / FleetRecovered; on recovery re-place what runs on clusters no longer held."""
+    now = [_group(d) for d in engine.disruption.disrupted.values()]
+    if change.began:
+        message = f"{describe(change.began)} within {engine.disruption.policy.window_s:g} s: re-placement held"
+        log.warning("fleet disruption: %s", message)
+        event = FleetDisrupted(began=[_group(d) for d in change.began], disrupted=now, message=message, occurred_at=at)
+        await tx.emit(catalogue.subject_for(FleetDisrupted, scope=FLEET_SCOPE), event)
+    if not change.ended:
+        return
+    message = f"recovered: {describe(change.ended)} when it began; re-placement resumes"
+    log.warning("fleet disruption ended: %s", message)
+    recovered = FleetRecovered(ended=[_group(d) for d in change.ended], disrupted=now, message=message, occurred_at=at)
+    await tx.emit(catalogue.subject_for(FleetRecovered, scope=FLEET_SCOPE), recovered)
+    names: set[str] = set()
+    for cluster_id, record in engine.records.items():
+        view = engine.fleet.get(cluster_id)
+        if record.health is ClusterHealth.UNREACHABLE and view is not None and not view.held:
+            names.update(engine.placed_on.get(cluster_id, ()))
+    for name in sorted(names):
+        await engine.replace(tx, name, PlacementReason.FLEET_RECOVERED)

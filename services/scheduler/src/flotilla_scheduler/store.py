@@ -11,6 +11,7 @@ import msgspec
 from flotilla_contracts.v1.common import Resources, Taint
 from flotilla_contracts.v1.heartbeat import ClusterHealth
 from flotilla_contracts.v1.scheduler import AppliedState, ClusterApplied, PlacementPolicy, SubscriptionSpec
+from flotilla_runtime.disruption import Disruption
 from flotilla_runtime.store import Row, Store, Tx
 from flotilla_scheduler.placement import Placement
 from flotilla_scheduler.reports import Sent
@@ -87,6 +88,26 @@ async def swap_stamp(tx: Tx, expected: str, stamp: str) -> bool:
 
 async def set_memory_stamp(tx: Tx, stamp: str) -> None:
     await tx.execute("INSERT OR REPLACE INTO scheduler_meta (key, value) VALUES ('memory', ?)", (stamp,))
+
+
+class DisruptionRow(msgspec.Struct, frozen=True, kw_only=True):
+    """The fleet disruption rule's verdict (the groups disrupted now) and when a disruption last ended."""
+
+    disrupted: list[Disruption] = []
+    resumed_at: datetime | None = None
+
+
+_disruption = msgspec.json.Decoder(DisruptionRow)
+
+
+async def load_disruption(tx: Tx) -> DisruptionRow:
+    row = await tx.fetchone("SELECT value FROM scheduler_meta WHERE key = 'disruption'")
+    return DisruptionRow() if row is None else _disruption.decode(row[0])
+
+
+async def save_disruption(tx: Tx, row: DisruptionRow) -> None:
+    value = _enc.encode(row).decode()
+    await tx.execute("INSERT OR REPLACE INTO scheduler_meta (key, value) VALUES ('disruption', ?)", (value,))
 
 
 def _subscription(row: Row) -> SubscriptionRow:
