@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,13 +28,21 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class BusErrors:
-    """Errors the server sent asynchronously (nats-py does not raise on a denied publish)."""
+    """Errors the server sent asynchronously (nats-py does not raise on a denied publish), and the messages
+    nats-py dropped because a subscription's pending limits were full (a slow consumer on our side)."""
 
     last: str = ""
     count: int = 0
     permission_denied: list[str] = field(default_factory=list)
+    dropped: int = 0  # messages nats-py dropped for a full subscription (one SlowConsumerError each)
+    drop_listeners: list[Callable[[nats.errors.SlowConsumerError], None]] = field(default_factory=list)
+    drop_log_every_s: float = 10.0
+    _drop_logged_at: float = -1e9
 
     async def callback(self, error: Exception) -> None:
+        if isinstance(error, nats.errors.SlowConsumerError):
+            self._dropped(error)  # one per dropped message: counted, told, logged once in a while
+            return
         text = str(error) or type(error).__name__
         self.last = text
         self.count += 1
@@ -42,6 +51,20 @@ class BusErrors:
             log.error("the NATS server denied an operation: %s", text)
         elif not isinstance(error, nats.errors.UnexpectedEOF | ConnectionResetError):
             log.warning("NATS connection error: %s", text)
+
+    def _dropped(self, error: nats.errors.SlowConsumerError) -> None:
+        self.dropped += 1
+        for listener in self.drop_listeners:
+            listener(error)
+        now = time.monotonic()
+        if now - self._drop_logged_at >= self.drop_log_every_s:
+            self._drop_logged_at = now
+            log.warning(
+                "a subscription's pending limits are full: nats-py dropped messages (%d so far, last on %s); "
+                "this process is too slow for its subscriptions",
+                self.dropped,
+                error.subject,
+            )
 
 
 def make_broker(

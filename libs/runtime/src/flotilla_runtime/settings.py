@@ -29,7 +29,7 @@ class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
     trace_sample_ratio: float = 1.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     shutdown_timeout_s: float = 10.0
-    outbox_batch: int = 256
+    outbox_batch: int = 1000  # events per JetStream round; the relay keeps 3 rounds in flight
     stream_replicas: int = 1  # replicas of the JetStream streams a service creates (3 in production)
     bus_down_grace_s: float = 30.0  # /readyz says not ready once the bus connection is down this long
 

@@ -21,7 +21,7 @@ from flotilla_contracts.v1.registration import ClusterState
 from flotilla_heartbeat import __version__, handlers, partitions
 from flotilla_heartbeat import store as tables
 from flotilla_heartbeat.clock import SystemClock
-from flotilla_heartbeat.deafness import Deafness
+from flotilla_heartbeat.deafness import Deafness, SlowConsumerWatch
 from flotilla_heartbeat.domain import HealthModel
 from flotilla_heartbeat.health_state import Policy
 from flotilla_heartbeat.ingest import Ingest
@@ -80,6 +80,8 @@ class Heartbeats:
             quota=quota,
             ledger=self.ledger,
         )
+        self.drops = SlowConsumerWatch()  # heartbeats nats-py dropped for us: verdicts are held (deafness.py)
+        app.bus_errors.drop_listeners.append(self.drops)
         self.ingest = Ingest(
             self.model,
             self.noise,
@@ -99,7 +101,10 @@ class Heartbeats:
             self.clock,
             settings.tick_s,
             settings.checkpoint_interval_s,
-            deafness=Deafness(lambda: (app.lifeline.stats.disconnects, app.lifeline.state is LinkState.CONNECTED)),
+            deafness=Deafness(
+                lambda: (app.lifeline.stats.disconnects, app.lifeline.state is LinkState.CONNECTED),
+                lambda: self.drops.dropped,
+            ),
         )
         self.queries = PartitionQueries(
             self.model,

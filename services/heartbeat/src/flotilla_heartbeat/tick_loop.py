@@ -1,6 +1,7 @@
 """The service loop every `TICK_S`: flush heartbeats, tick the model, record transitions in the outbox, checkpoint.
 
-Ticks never wait for the database: a writer task records what the ticks produced, in one transaction each time.
+Ticks never wait for the database: a writer task records what the ticks produced, up to `write_batch` events a
+transaction, one transaction a tick.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from flotilla_heartbeat.ingest import Ingest
 from flotilla_heartbeat.noise import NoiseWindow
 from flotilla_runtime import telemetry
 from flotilla_runtime.logs import BoundLogger
-from flotilla_runtime.store import Store
+from flotilla_runtime.store import Store, SyncTx
 
 
 @dataclass
@@ -38,6 +39,7 @@ class TickLoop:
     checkpoint_s: float = 5.0
     seen_refresh_s: float = 60.0
     backlog_limit: int = 20_000
+    write_batch: int = 2_000  # events per outbox transaction, one a tick: 20,000/s at TICK_S 0.1
     deafness: Deafness = field(default_factory=Deafness)
     transitions: int = 0
     pending: list[tuple[str, Message]] = field(default_factory=list)
@@ -46,6 +48,7 @@ class TickLoop:
     _rate: float = 0.0
     _received: int = 0
     _judged: float = 0.0
+    _drops_quiet_until: float = 0.0
 
     async def run(self, running: Callable[[], bool]) -> None:
         """Until `running()` turns false. Ticks never wait for the database: a writer task does that.
@@ -61,7 +64,8 @@ class TickLoop:
                 last_tick = self.clock()[0]
         finally:
             await writer
-        await self.publish()
+        while self.pending and await self.publish():
+            pass
 
     async def _write(self, running: Callable[[], bool]) -> None:
         last_checkpoint = self.clock()[0]
@@ -86,13 +90,21 @@ class TickLoop:
         lag = max(lag, stalled if stalled > 0.25 else 0.0)
         if self.ingest.backlog > self.backlog_limit and lag >= 5.0:
             self.model.hold(now + 1.0)  # far behind: blame nobody until we catch up
-        outages = self.deafness.seen
+        outages, dropped = self.deafness.seen, self.deafness.seen_dropped
         deaf_until = self.deafness.hold_until(now, self.model.policy.startup_grace_s)
         if deaf_until is not None:
             self.model.hold(deaf_until)  # we could not hear: nobody was silent to us
             if self.deafness.began(outages):
                 self.log.warning(
                     "heartbeat's own bus link went down: no node is judged Unreachable until %.0fs after it is back",
+                    self.model.policy.startup_grace_s,
+                )
+            if self.deafness.seen_dropped > dropped and now >= self._drops_quiet_until:
+                self._drops_quiet_until = now + self.model.policy.startup_grace_s  # one line a grace at most
+                self.log.warning(
+                    "heartbeats were dropped before this replica read them (%d so far: its subscription's pending "
+                    "limits were full); no node is judged Unreachable until %.0fs after the last drop",
+                    self.deafness.seen_dropped,
                     self.model.policy.startup_grace_s,
                 )
         judged = max(now - lag, self._judged)
@@ -112,11 +124,23 @@ class TickLoop:
             for report in self.noise.close(wall):
                 self.pending.append((subject_for(HeartbeatNoiseReported, cluster_id=report.cluster_id), report))
 
-    async def publish(self) -> None:
-        """Transitions and noise reports in one transaction (the outbox relay publishes them)."""
+    async def publish(self) -> bool:
+        """Transitions and noise reports, oldest first, into the outbox (the relay publishes them); False when
+        the store refused them (they are kept for the next round).
+
+        At most `write_batch` per round (one database-thread hop for them all, `Store.run`): a fleet seen for the
+        first time at once (100,000 first-seen nodes) reaches the outbox at about the relay's pace (tens of
+        thousands a second, tests/bench/bench_outbox.py) instead of one hop per event, and never holds the
+        database thread long enough to starve the heartbeat subscription of the event loop.
+        """
         if not self.pending:
-            return
-        batch, self.pending = self.pending, []
+            return True
+        batch, self.pending = self.pending[: self.write_batch], self.pending[self.write_batch :]
+
+        def write(tx: SyncTx) -> None:
+            for subject, event in batch:
+                tx.emit(subject, event)
+
         # Heartbeats are not traced (DESIGN: speed); the health changes they add up to start a trace of their
         # own, so the reactions of the orchestrator and the scheduler to them are one trace with them.
         span = telemetry.tracer("flotilla").start_as_current_span(
@@ -124,14 +148,13 @@ class TickLoop:
         )
         try:
             with span:
-                async with self.store.transaction() as tx:
-                    for subject, event in batch:
-                        await tx.emit(subject, event)
+                await self.store.run(write)
         except Exception:
             self.pending = batch + self.pending
             self.log.exception("cannot record %d health events; retrying", len(batch))
-            return
+            return False
         self.transitions += len(batch)
+        return True
 
     async def save(self) -> None:
         """Checkpoint changed nodes and clusters, plus a rotating slice of last-seen times."""
