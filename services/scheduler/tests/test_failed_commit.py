@@ -2,7 +2,9 @@
 
 The failure is injected where the disk would refuse it: the store's transaction runs its body and then
 fails at COMMIT (what SQLite does on a full disk when the WAL cannot grow), a failure the code inside the
-transaction never sees. A second case fills a real SQLite file (`max_page_count`) so a statement fails.
+transaction never sees. Commands and the timer run as group-committed `Store.run` works: there the group
+runs its works, then SQLite rolls the whole transaction back itself and says the disk is full, so no work
+of the group is durable. A second case fills a real SQLite file (`max_page_count`) so a statement fails.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pytest
 
 from flotilla_contracts.v1.heartbeat import ClusterHealth
 from flotilla_contracts.v1.scheduler import ApplySubscriptionReply, GetSubscriptionReply, ListSubscriptionsReply
-from flotilla_runtime.store import Tx
+from flotilla_runtime.store import SyncTx, Tx
 
 DISK_FULL = "database or disk is full"
 
@@ -42,6 +44,24 @@ def fail_next_commit(store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store, "transaction", failing)
 
 
+def fail_next_group_commit(store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next `Store.run` work runs, then the whole transaction is rolled back with "disk full" (nothing of
+    its group commits); later ones work."""
+    real: Callable[[Callable[[SyncTx], Any]], Any] = store.run
+
+    async def failing(work: Callable[[SyncTx], Any]) -> Any:
+        monkeypatch.setattr(store, "run", real)
+
+        def then_full(tx: SyncTx) -> Any:
+            work(tx)
+            tx.execute("ROLLBACK")
+            raise sqlite3.OperationalError(DISK_FULL)
+
+        return await real(then_full)
+
+    monkeypatch.setattr(store, "run", failing)
+
+
 async def stored_names(h: Any) -> list[str]:
     return [str(row[0]) for row in await h.store.fetchall("SELECT name FROM subscriptions ORDER BY name")]
 
@@ -54,7 +74,7 @@ async def test_an_apply_whose_commit_fails_is_not_listed_and_a_retry_stores_it(
     harness: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await harness.join("c1")
-    fail_next_commit(harness.store, monkeypatch)
+    fail_next_group_commit(harness.store, monkeypatch)
     await harness.error("subscriptions.apply", spec())
     assert await stored_names(harness) == []
     assert await listed(harness) == []
@@ -111,7 +131,7 @@ async def test_a_toleration_timer_whose_commit_fails_moves_the_workload_on_its_n
     await harness.ok("subscriptions.apply", body, ApplySubscriptionReply)
     await harness.health("c1", ClusterHealth.UNREACHABLE)
     harness.clock.advance(11)
-    fail_next_commit(harness.store, monkeypatch)
+    fail_next_group_commit(harness.store, monkeypatch)
     with pytest.raises(Exception, match=DISK_FULL):
         await harness.scheduler.expire_due()
     info = await harness.ok("subscriptions.get", {"name": "web"}, GetSubscriptionReply)

@@ -2,12 +2,16 @@
 
 Every change (a command, an event, a toleration running out) runs inside one store transaction: the
 decision, the rows, the `PlacementDecided` event and the `ApplyManifests` agent commands commit together.
+Commands and the timer run as `Store.run` works in the database thread (synchronous, group-committed with
+whatever else is queued: one thread hop and one COMMIT for many applies); the read model's events run in
+an async transaction and replay the same writes there (`replace` records them, then flushes).
 The in-memory state (fleet index, subscriptions, placements, timers) mirrors the tables. It is changed
 inside the transaction, so a transaction that does not commit (an error half-way, or the COMMIT itself
 failing on a full disk, which the code inside the transaction never sees) must not leave it behind. Every
-operation therefore begins with `begin`, which writes a fresh stamp both to the tables and to memory: if
-the transaction commits they agree; if it does not, the tables keep the previous stamp, and the next
-operation or query (`begin`, `refresh`) sees the difference and rebuilds memory from the tables first.
+operation therefore begins with `begin` (`begin_in` in a work), which writes a fresh stamp both to the
+tables and to memory: if the transaction commits they agree; if it does not, the tables keep the previous
+stamp, and the next operation or query sees the difference and rebuilds memory from the tables first (a
+work cannot await the rebuild: it raises `Stale`, and its caller reloads and runs it again).
 """
 
 from __future__ import annotations
@@ -23,15 +27,15 @@ import msgspec
 
 from flotilla_contracts import catalogue
 from flotilla_contracts.v1.heartbeat import ClusterHealth
-from flotilla_contracts.v1.scheduler import AppliedState, ClusterPlacement, SubscriptionSpec
+from flotilla_contracts.v1.scheduler import AppliedState, ClusterPlacement
 from flotilla_contracts.v1.scheduler_events import ApplyManifests, PlacementDecided, PlacementReason
 from flotilla_runtime.disruption import Change, Policy, Watch
-from flotilla_runtime.store import Store, Tx
+from flotilla_runtime.store import Store, SyncTx, Tx
 from flotilla_scheduler import store as tables
 from flotilla_scheduler.fleet import ClusterView, Fleet
 from flotilla_scheduler.overrides import CompiledOverride, PatchError, Rendered, compile_overrides, render
 from flotilla_scheduler.placement import CompiledPolicy, Decision, Placement, compile_policy, place
-from flotilla_scheduler.store import ClusterRecord, SubscriptionRow
+from flotilla_scheduler.store import ClusterRecord, Recorder, SubscriptionRow, Writer
 
 _enc = msgspec.json.Encoder(order="deterministic")
 
@@ -49,6 +53,10 @@ class Subscription:
     @classmethod
     def of(cls, row: SubscriptionRow) -> Subscription:
         return cls(row, compile_policy(row.spec.policy), compile_overrides(row.spec.overrides))
+
+
+class Stale(Exception):
+    """Memory is not what the tables hold (an earlier transaction did not commit): reload, then run again."""
 
 
 def view_of(
@@ -135,10 +143,26 @@ class Engine:
             await tables.set_memory_stamp(tx, stamp)
         self.stamp, self._stamped = stamp, tx
 
-    async def refresh(self, store: Store) -> None:
-        """Before a query reads memory: rebuild it if the last operation's transaction did not commit."""
-        if await tables.committed_stamp(store) != self.stamp:
-            async with store.transaction() as tx:
+    def begin_in(self, tx: SyncTx) -> None:
+        """`begin` inside a `Store.run` work; raises `Stale` (having changed nothing) when memory must be rebuilt."""
+        stamp = uuid.uuid4().hex
+        if self.stamp is None:
+            raise Stale
+        if not tables.swap_stamp_in(tx, self.stamp, stamp):
+            if tables.stamp_in(tx) != self.stamp:
+                raise Stale
+            tables.set_stamp_in(tx, stamp)  # a fresh file: no stamp stored yet
+        self.stamp, self._stamped = stamp, None
+
+    def check_in(self, tx: SyncTx) -> None:
+        """Before a query reads memory (inside a work): `Stale` if the last operation did not commit."""
+        if tables.stamp_in(tx) != self.stamp:
+            raise Stale
+
+    async def reload(self, store: Store) -> None:
+        """Rebuild memory from the tables unless another caller already did (many works may find it `Stale`)."""
+        async with store.transaction() as tx:
+            if self.stamp is None or await tables.memory_stamp(tx) != self.stamp:
                 await self.load(tx)
 
     def mark(self, name: str, cluster_id: str, placed: bool) -> None:
@@ -156,35 +180,41 @@ class Engine:
         labels = cluster.labels if cluster else self.records.get(cluster_id, ClusterRecord()).labels
         return render(sub.row.spec.manifests, sub.overrides, cluster_id, labels, replicas)
 
-    def dry_run(self, spec: SubscriptionSpec, previous: Subscription | None) -> Decision:
-        """The decision a new spec would get; raises PatchError when an override cannot render somewhere."""
-        compiled = compile_policy(spec.policy)
-        overrides = compile_overrides(spec.overrides)
-        current = previous.placements if previous else {}
-        rebalance = previous is not None and previous.row.spec.policy != spec.policy
-        decision = place(compiled, self.fleet, current, self.clock(), rebalance=rebalance)
-        for cluster_id, placement in decision.placements.items():
-            cluster = self.fleet.clusters[cluster_id]
-            render(spec.manifests, overrides, cluster_id, cluster.labels, placement.replicas)
-        return decision
+    def decide(self, sub: Subscription, now: datetime) -> Decision:
+        policy_changed = sub.row.placed_policy is not None and sub.row.placed_policy != sub.row.spec.policy
+        return place(sub.compiled, self.fleet, sub.placements, now, rebalance=policy_changed)
+
+    def dry_run(self, sub: Subscription, now: datetime) -> tuple[Decision, dict[str, Rendered]]:
+        """The decision a new spec gets and its renderings; raises PatchError when an override cannot render
+        somewhere. `replace_in` takes both, so an apply places and renders once."""
+        decision = self.decide(sub, now)
+        return decision, {c: self.render_for(sub, c, p.replicas) for c, p in decision.placements.items()}
 
     # --- the use case --------------------------------------------------------------------------------------
 
-    async def replace(
+    async def replace(self, tx: Tx, name: str, reason: PlacementReason, *, trigger: str | None = None) -> Decision:
+        """`replace_in` inside an async transaction (the read model's): its writes are replayed there."""
+        recorder = Recorder()
+        decision = self.replace_in(recorder, name, reason, trigger=trigger)
+        await recorder.flush(tx)
+        return decision
+
+    def replace_in(
         self,
-        tx: Tx,
+        tx: Writer,
         name: str,
         reason: PlacementReason,
         *,
         trigger: str | None = None,
         rerender: bool = False,
         announce: bool = False,
+        dry_run: tuple[Decision, dict[str, Rendered]] | None = None,
     ) -> Decision:
-        """Re-place one subscription; send what changed to the agents; emit PlacementDecided if anything did."""
+        """Re-place one subscription; send what changed to the agents; emit PlacementDecided if anything did.
+        `dry_run`: the decision and renderings already made for this subscription at this time (an apply)."""
         sub = self.subs[name]
         now = self.clock()
-        policy_changed = sub.row.placed_policy is not None and sub.row.placed_policy != sub.row.spec.policy
-        decision = place(sub.compiled, self.fleet, sub.placements, now, rebalance=policy_changed)
+        decision, renderings = dry_run if dry_run is not None else (self.decide(sub, now), {})
         if decision.next_check is not None:
             heapq.heappush(self.timers, (decision.next_check, name))
         send = set(decision.added) | set(decision.resized)
@@ -196,34 +226,36 @@ class Engine:
         for cluster_id in sorted(send):
             placement = decision.placements[cluster_id]
             try:
-                rendered = self.render_for(sub, cluster_id, placement.replicas)
+                rendered = renderings.get(cluster_id)
+                if rendered is None:
+                    rendered = self.render_for(sub, cluster_id, placement.replicas)
             except PatchError as exc:
                 messages.append(f"{cluster_id}: {exc}")
-                await tables.put_placement(tx, name, placement, "")
-                await tables.set_applied(tx, name, cluster_id, sub.row.generation, AppliedState.FAILED, str(exc), now)
+                tables.put_placement(tx, name, placement, "")
+                tables.record_applied(tx, name, cluster_id, sub.row.generation, AppliedState.FAILED, str(exc), now)
                 sub.digests[cluster_id] = ""
                 continue
             new_digest = digest(rendered)
             # A new generation is sent even when its rendering is the same, so applied status follows it.
             if rerender or new_digest != sub.digests.get(cluster_id) or cluster_id in decision.added:
-                await self.send(tx, sub, cluster_id, sub.row.generation, rendered.manifests, placed=True)
-                await tables.set_applied(tx, name, cluster_id, sub.row.generation, AppliedState.PENDING, "", None)
-            await tables.put_placement(tx, name, placement, new_digest)
+                self.send(tx, sub, cluster_id, sub.row.generation, rendered.manifests, placed=True)
+                tables.record_applied(tx, name, cluster_id, sub.row.generation, AppliedState.PENDING, "", None)
+            tables.put_placement(tx, name, placement, new_digest)
             sub.digests[cluster_id] = new_digest
         for cluster_id in decision.resized:
             if cluster_id not in send:
-                await tables.put_placement(tx, name, decision.placements[cluster_id], sub.digests.get(cluster_id, ""))
+                tables.put_placement(tx, name, decision.placements[cluster_id], sub.digests.get(cluster_id, ""))
         for cluster_id in decision.removed:
-            await self.send(tx, sub, cluster_id, sub.row.generation, [], placed=False)
-            await tables.drop_placement(tx, name, cluster_id)
-            await tables.set_applied(tx, name, cluster_id, sub.row.generation, AppliedState.PENDING, "removing", None)
+            self.send(tx, sub, cluster_id, sub.row.generation, [], placed=False)
+            tables.drop_placement(tx, name, cluster_id)
+            tables.record_applied(tx, name, cluster_id, sub.row.generation, AppliedState.PENDING, "removing", None)
             sub.digests.pop(cluster_id, None)
         if decision.changed or announce:
             sub.row.decision += 1
             sub.row.unplaced = decision.unplaced_replicas
             sub.row.placed_policy = sub.row.spec.policy
             sub.row.message = "; ".join(messages)
-            await tables.save_subscription(tx, name, sub.row)
+            tables.save_subscription(tx, name, sub.row)
             event = PlacementDecided(
                 subscription=name,
                 generation=sub.row.generation,
@@ -238,7 +270,7 @@ class Engine:
                 unplaced_replicas=decision.unplaced_replicas,
                 occurred_at=now,
             )
-            await tx.emit(catalogue.subject_for(PlacementDecided, subscription=name), event)
+            tx.emit(catalogue.subject_for(PlacementDecided, subscription=name), event)
         for cluster_id in decision.added:
             self.mark(name, cluster_id, True)
         for cluster_id in decision.removed:
@@ -246,9 +278,9 @@ class Engine:
         sub.placements = decision.placements
         return decision
 
-    async def send(
+    def send(
         self,
-        tx: Tx,
+        tx: Writer,
         sub: Subscription,
         cluster_id: str,
         generation: int,
@@ -266,7 +298,7 @@ class Engine:
             manifests=manifests,
             issued_at=self.clock(),
         )
-        await tx.emit(catalogue.subject_for(ApplyManifests, cluster_id=cluster_id), command)
+        tx.emit(catalogue.subject_for(ApplyManifests, cluster_id=cluster_id), command)
 
     # --- fleet disruption (flotilla_runtime.disruption) -----------------------------------------------------
 

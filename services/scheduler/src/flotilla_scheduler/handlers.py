@@ -1,10 +1,11 @@
-"""The scheduler's command handlers: decode (the router did), run one use case, reply."""
+"""The scheduler's command handlers: decode (the router did), run one use case as a `Store.run` work, reply."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from flotilla_contracts.v1.scheduler import (
     ApplySubscriptionReply,
@@ -19,10 +20,12 @@ from flotilla_contracts.v1.scheduler import (
     ListSubscriptionsRequest,
 )
 from flotilla_runtime.commands import CommandContext, CommandRouter
-from flotilla_runtime.store import Store
+from flotilla_runtime.store import Store, SyncTx
 from flotilla_scheduler import store as tables
 from flotilla_scheduler import subscriptions
-from flotilla_scheduler.engine import Engine
+from flotilla_scheduler.engine import Engine, Stale
+
+T = TypeVar("T")
 
 
 def utc_now() -> datetime:
@@ -51,38 +54,53 @@ class Scheduler:
         router.add("subscriptions.rendered", GetRenderedRequest, GetRenderedReply, self.rendered)
         router.add("subscriptions.delete", DeleteSubscriptionRequest, DeleteSubscriptionReply, self.delete)
 
+    async def run(self, work: Callable[[SyncTx], T]) -> T:
+        """One work in the database thread, group-committed with the others queued; run again on fresh memory
+        when an earlier transaction did not commit (the work raised `Stale` before changing anything)."""
+        for _ in range(2):
+            try:
+                return await self.store.run(work)
+            except Stale:
+                await self.engine.reload(self.store)
+        return await self.store.run(work)
+
     async def apply(self, request: ApplySubscriptionRequest, ctx: CommandContext) -> ApplySubscriptionReply:
-        async with self.store.transaction() as tx:
-            reply = await subscriptions.apply(self.engine, tx, request.spec)
+        spec = subscriptions.checked(request.spec)
+        reply = await self.run(lambda tx: subscriptions.apply(self.engine, tx, spec))
         if reply.changed:
             ctx.log.info("subscription %s applied", reply.name, extra={"generation": reply.generation})
         return reply
 
     async def delete(self, request: DeleteSubscriptionRequest, ctx: CommandContext) -> DeleteSubscriptionReply:
-        async with self.store.transaction() as tx:
-            reply = await subscriptions.delete(self.engine, tx, request.name)
+        reply = await self.run(lambda tx: subscriptions.delete(self.engine, tx, request.name))
         ctx.log.info("subscription %s deleted", request.name, extra={"clusters": reply.clusters})
         return reply
 
     async def list(self, request: ListSubscriptionsRequest, ctx: CommandContext) -> ListSubscriptionsReply:
-        await self.engine.refresh(self.store)
-        counts = await tables.applied_counts(self.store)
-        return ListSubscriptionsReply(subscriptions=subscriptions.summaries(self.engine, counts))
+        def query(tx: SyncTx) -> ListSubscriptionsReply:
+            self.engine.check_in(tx)
+            return ListSubscriptionsReply(subscriptions=subscriptions.summaries(self.engine, tables.applied_counts(tx)))
+
+        return await self.run(query)
 
     async def get(self, request: GetSubscriptionRequest, ctx: CommandContext) -> GetSubscriptionReply:
-        await self.engine.refresh(self.store)
-        sub = subscriptions.found(self.engine, request.name)
-        applied = await tables.applied_of(self.store, request.name)
-        return GetSubscriptionReply(subscription=subscriptions.info(sub, applied))
+        def query(tx: SyncTx) -> GetSubscriptionReply:
+            self.engine.check_in(tx)
+            sub = subscriptions.found(self.engine, request.name)
+            return GetSubscriptionReply(subscription=subscriptions.info(sub, tables.applied_of(tx, request.name)))
+
+        return await self.run(query)
 
     async def rendered(self, request: GetRenderedRequest, ctx: CommandContext) -> GetRenderedReply:
-        await self.engine.refresh(self.store)
-        return subscriptions.rendered(self.engine, request.name, request.cluster_id)
+        def query(tx: SyncTx) -> GetRenderedReply:
+            self.engine.check_in(tx)
+            return subscriptions.rendered(self.engine, request.name, request.cluster_id)
+
+        return await self.run(query)
 
     async def expire_due(self) -> int:
         """Re-place what a running-out toleration moves (called by the timer task)."""
         now = self.engine.clock()
         if not self.engine.timers or self.engine.timers[0][0] > now:
             return 0
-        async with self.store.transaction() as tx:
-            return await subscriptions.expire(self.engine, tx, now)
+        return await self.run(lambda tx: subscriptions.expire(self.engine, tx, now))

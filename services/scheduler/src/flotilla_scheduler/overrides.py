@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from flotilla_contracts.v1.scheduler import (
     JsonPatchOp,
     JsonPatchOpKind,
@@ -73,7 +75,7 @@ def render(
     replicas: int | None,
 ) -> Rendered:
     """The manifests for one cluster; raises PatchError naming the override that does not apply."""
-    out: list[dict[str, Any]] = [copy.deepcopy(dict(m)) for m in manifests]
+    out: list[dict[str, Any]] = _copy(list(manifests))
     if replicas is not None:
         for manifest in out:
             if manifest.get("kind") in SCALABLE_KINDS:
@@ -100,6 +102,15 @@ def render(
         if touched:
             applied.append(override.name)
     return Rendered(out, applied)
+
+
+# A deep copy of JSON values (manifests are): one encode and decode, several times cheaper than copy.deepcopy.
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(list[dict[str, Any]])
+
+
+def _copy(manifests: list[Any]) -> list[dict[str, Any]]:
+    return _decoder.decode(_encoder.encode(manifests))
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

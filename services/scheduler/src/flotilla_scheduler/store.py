@@ -5,14 +5,16 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Protocol
 
 import msgspec
 
+from flotilla_contracts.envelope import Message
 from flotilla_contracts.v1.common import Resources, Taint
 from flotilla_contracts.v1.heartbeat import ClusterHealth
 from flotilla_contracts.v1.scheduler import AppliedState, ClusterApplied, PlacementPolicy, SubscriptionSpec
 from flotilla_runtime.disruption import Disruption
-from flotilla_runtime.store import Row, Store, Tx
+from flotilla_runtime.store import Row, Store, SyncTx, Tx
 from flotilla_scheduler.placement import Placement
 from flotilla_scheduler.reports import Sent
 
@@ -51,6 +53,37 @@ def _iso(when: datetime) -> str:
     return when.isoformat()
 
 
+class Writer(Protocol):
+    """Where a use case writes rows and queues events: a `Store.run` work's SyncTx, or a `Recorder`."""
+
+    def execute(self, sql: str, params: Any = ()) -> object: ...
+
+    def emit(self, subject: str, message: Message) -> object: ...
+
+
+class Recorder:
+    """Writes and events kept in order, then replayed into an open async transaction (the read model's)."""
+
+    def __init__(self) -> None:
+        self._steps: list[tuple[str, Any, Message | None]] = []
+
+    def execute(self, sql: str, params: Any = ()) -> object:
+        self._steps.append((sql, params, None))
+        return None
+
+    def emit(self, subject: str, message: Message) -> object:
+        self._steps.append(("", subject, message))
+        return None
+
+    async def flush(self, tx: Tx) -> None:
+        steps, self._steps = self._steps, []
+        for sql, params, message in steps:
+            if message is None:
+                await tx.execute(sql, params)
+            else:
+                await tx.emit(params, message)
+
+
 async def epoch(store: Store) -> str:
     """A random id made once per state file: the event consumer is named after it, so a fresh file replays."""
     async with store.transaction() as tx:
@@ -72,22 +105,34 @@ async def memory_stamp(tx: Tx) -> str:
     return str(row[0]) if row is not None else ""
 
 
-async def committed_stamp(store: Store) -> str:
-    """The stamp of the last committed transaction (read outside any transaction)."""
-    row = await store.fetchone(_STAMP_SELECT)
+def stamp_in(tx: SyncTx) -> str:
+    """The stamp the tables hold, inside a `Store.run` work."""
+    row = tx.fetchone(_STAMP_SELECT)
     return str(row[0]) if row is not None else ""
+
+
+_STAMP_SWAP = "UPDATE scheduler_meta SET value = ? WHERE key = 'memory' AND value = ?"
 
 
 async def swap_stamp(tx: Tx, expected: str, stamp: str) -> bool:
     """Replace the stamp if it still is `expected`; False (nothing written) when it is not."""
-    changed = await tx.execute(
-        "UPDATE scheduler_meta SET value = ? WHERE key = 'memory' AND value = ?", (stamp, expected)
-    )
-    return changed == 1
+    return await tx.execute(_STAMP_SWAP, (stamp, expected)) == 1
+
+
+def swap_stamp_in(tx: SyncTx, expected: str, stamp: str) -> bool:
+    """`swap_stamp` inside a `Store.run` work."""
+    return tx.execute(_STAMP_SWAP, (stamp, expected)) == 1
+
+
+_STAMP_SET = "INSERT OR REPLACE INTO scheduler_meta (key, value) VALUES ('memory', ?)"
 
 
 async def set_memory_stamp(tx: Tx, stamp: str) -> None:
-    await tx.execute("INSERT OR REPLACE INTO scheduler_meta (key, value) VALUES ('memory', ?)", (stamp,))
+    await tx.execute(_STAMP_SET, (stamp,))
+
+
+def set_stamp_in(tx: SyncTx, stamp: str) -> None:
+    tx.execute(_STAMP_SET, (stamp,))
 
 
 class DisruptionRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -143,8 +188,8 @@ async def load_clusters(tx: Tx) -> dict[str, ClusterRecord]:
     return {str(row[0]): _record.decode(row[1]) for row in await tx.fetchall("SELECT cluster_id, record FROM clusters")}
 
 
-async def save_subscription(tx: Tx, name: str, sub: SubscriptionRow) -> None:
-    await tx.execute(
+def save_subscription(tx: Writer, name: str, sub: SubscriptionRow) -> None:
+    tx.execute(
         f"INSERT OR REPLACE INTO subscriptions ({_SUB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             name,
@@ -160,20 +205,20 @@ async def save_subscription(tx: Tx, name: str, sub: SubscriptionRow) -> None:
     )
 
 
-async def delete_subscription(tx: Tx, name: str) -> None:
+def delete_subscription(tx: Writer, name: str) -> None:
     for table in ("subscriptions", "placements", "applied"):
-        await tx.execute(f"DELETE FROM {table} WHERE name = ?", (name,))
+        tx.execute(f"DELETE FROM {table} WHERE name = ?", (name,))
 
 
-async def put_placement(tx: Tx, name: str, placement: Placement, digest: str) -> None:
-    await tx.execute(
+def put_placement(tx: Writer, name: str, placement: Placement, digest: str) -> None:
+    tx.execute(
         "INSERT OR REPLACE INTO placements (name, cluster_id, replicas, since, digest) VALUES (?, ?, ?, ?, ?)",
         (name, placement.cluster_id, placement.replicas, _iso(placement.since), digest),
     )
 
 
-async def drop_placement(tx: Tx, name: str, cluster_id: str) -> None:
-    await tx.execute("DELETE FROM placements WHERE name = ? AND cluster_id = ?", (name, cluster_id))
+def drop_placement(tx: Writer, name: str, cluster_id: str) -> None:
+    tx.execute("DELETE FROM placements WHERE name = ? AND cluster_id = ?", (name, cluster_id))
 
 
 async def put_cluster(tx: Tx, cluster_id: str, record: ClusterRecord) -> None:
@@ -182,19 +227,27 @@ async def put_cluster(tx: Tx, cluster_id: str, record: ClusterRecord) -> None:
     )
 
 
+# A status is recorded unless a newer generation's is already there (one statement, no read first).
+_UPSERT_APPLIED = (
+    "INSERT INTO applied (name, cluster_id, generation, state, message, reported_at) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (name, cluster_id) DO UPDATE SET generation = excluded.generation, state = excluded.state, "
+    "message = excluded.message, reported_at = excluded.reported_at WHERE excluded.generation >= applied.generation"
+)
+
+
 async def set_applied(
     tx: Tx, name: str, cluster_id: str, generation: int, state: AppliedState, message: str, at: datetime | None
 ) -> bool:
     """Record a status unless a newer generation's is already there; True when recorded."""
-    row = await tx.fetchone("SELECT generation FROM applied WHERE name = ? AND cluster_id = ?", (name, cluster_id))
-    if row is not None and int(row[0]) > generation:
-        return False
-    await tx.execute(
-        "INSERT OR REPLACE INTO applied (name, cluster_id, generation, state, message, reported_at) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (name, cluster_id, generation, state.value, message, _iso(at) if at else None),
-    )
-    return True
+    params = (name, cluster_id, generation, state.value, message, _iso(at) if at else None)
+    return await tx.execute(_UPSERT_APPLIED, params) == 1
+
+
+def record_applied(
+    tx: Writer, name: str, cluster_id: str, generation: int, state: AppliedState, message: str, at: datetime | None
+) -> None:
+    """`set_applied` for a use case's writes."""
+    tx.execute(_UPSERT_APPLIED, (name, cluster_id, generation, state.value, message, _iso(at) if at else None))
 
 
 async def sent_to(tx: Tx, name: str, cluster_id: str) -> Sent:
@@ -209,8 +262,8 @@ async def sent_to(tx: Tx, name: str, cluster_id: str) -> Sent:
     return Sent(subscription_known=True, generation=int(row[1]) if row[1] is not None else None)
 
 
-async def applied_of(store: Store, name: str) -> list[ClusterApplied]:
-    rows = await store.fetchall(
+def applied_of(tx: SyncTx, name: str) -> list[ClusterApplied]:
+    rows = tx.fetchall(
         "SELECT cluster_id, generation, state, message, reported_at FROM applied WHERE name = ? ORDER BY cluster_id",
         (name,),
     )
@@ -226,9 +279,9 @@ async def applied_of(store: Store, name: str) -> list[ClusterApplied]:
     ]
 
 
-async def applied_counts(store: Store) -> dict[str, tuple[int, int]]:
+def applied_counts(tx: SyncTx) -> dict[str, tuple[int, int]]:
     """Per subscription: clusters Applied at its current generation, and clusters Failed."""
-    rows = await store.fetchall(
+    rows = tx.fetchall(
         "SELECT a.name, SUM(a.state = 'Applied' AND a.generation = s.generation), SUM(a.state = 'Failed') "
         "FROM applied a JOIN subscriptions s ON s.name = a.name GROUP BY a.name"
     )

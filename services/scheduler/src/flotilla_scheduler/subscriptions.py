@@ -1,4 +1,8 @@
-"""Subscription commands: apply, delete (one transaction each) and the queries list, get and rendered."""
+"""Subscription commands: apply, delete and the queries list, get and rendered, each a `Store.run` work.
+
+A work runs in the database thread and is group-committed with the others queued with it (one COMMIT for
+many applies); the engine checks its memory is the tables' first (`Engine.begin_in`, `check_in`).
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from flotilla_contracts.v1.scheduler_events import (
     SubscriptionDeleted,
 )
 from flotilla_runtime.errors import RequestError
-from flotilla_runtime.store import Tx
+from flotilla_runtime.store import SyncTx
 from flotilla_scheduler import store as tables
 from flotilla_scheduler.engine import Engine, Subscription, cluster_placements
 from flotilla_scheduler.overrides import PatchError
@@ -34,20 +38,22 @@ def refuse(exc: SpecError) -> RequestError:
     return RequestError(exc.code, f"{exc.field}: {exc.message}", field=exc.field)
 
 
-async def apply(engine: Engine, tx: Tx, spec: SubscriptionSpec) -> ApplySubscriptionReply:
-    """Validate, store, announce and place; an identical spec changes nothing."""
+def checked(spec: SubscriptionSpec) -> SubscriptionSpec:
+    """What a schema cannot say, checked before the work is queued (pure: no state needed)."""
     try:
         validate(spec)
     except SpecError as exc:
         raise refuse(exc) from None
-    await engine.begin(tx)
+    return spec
+
+
+def apply(engine: Engine, tx: SyncTx, spec: SubscriptionSpec) -> ApplySubscriptionReply:
+    """Store, announce and place a `checked` spec; an identical spec changes nothing. Placed and rendered once:
+    the renderings that prove the overrides apply are the ones sent."""
+    engine.check_in(tx)
     previous = engine.subs.get(spec.name)
     if previous is not None and previous.row.spec == spec:
         return ApplySubscriptionReply(name=spec.name, generation=previous.row.generation, created=False, changed=False)
-    try:
-        engine.dry_run(spec, previous)
-    except PatchError as exc:
-        raise RequestError(ErrorCode.INVALID_FIELD, f"overrides: {exc}", field="overrides") from None
     now = engine.clock()
     row = SubscriptionRow(
         spec=spec,
@@ -61,28 +67,35 @@ async def apply(engine: Engine, tx: Tx, spec: SubscriptionSpec) -> ApplySubscrip
     )
     sub = Subscription.of(row)
     if previous is not None:
-        sub.placements, sub.digests = previous.placements, previous.digests
-    await tables.save_subscription(tx, spec.name, row)
-    await tx.emit(
+        sub.placements, sub.digests = dict(previous.placements), dict(previous.digests)
+    try:
+        decided = engine.dry_run(sub, now)
+    except PatchError as exc:
+        raise RequestError(ErrorCode.INVALID_FIELD, f"overrides: {exc}", field="overrides") from None
+    engine.begin_in(tx)  # from here on memory changes with the tables; replace_in stores the row (announce)
+    tx.emit(
         catalogue.subject_for(SubscriptionApplied, subscription=spec.name),
         SubscriptionApplied(spec=spec, generation=row.generation, created=previous is None, occurred_at=now),
     )
     engine.subs[spec.name] = sub
-    await engine.replace(tx, spec.name, PlacementReason.SUBSCRIPTION_APPLIED, rerender=True, announce=True)
+    engine.replace_in(
+        tx, spec.name, PlacementReason.SUBSCRIPTION_APPLIED, rerender=True, announce=True, dry_run=decided
+    )
     return ApplySubscriptionReply(name=spec.name, generation=row.generation, created=previous is None, changed=True)
 
 
-async def delete(engine: Engine, tx: Tx, name: str) -> DeleteSubscriptionReply:
+def delete(engine: Engine, tx: SyncTx, name: str) -> DeleteSubscriptionReply:
     """Remove the workload from every cluster, forget the subscription, announce both."""
-    await engine.begin(tx)
+    engine.check_in(tx)
     sub = engine.subs.get(name)
     if sub is None:
         raise RequestError(ErrorCode.NOT_FOUND, f"no subscription {name}", field="name")
+    engine.begin_in(tx)
     now = engine.clock()
     clusters = sorted(sub.placements)
     for cluster_id in clusters:
-        await engine.send(tx, sub, cluster_id, sub.row.generation, [], placed=False)
-    await tables.delete_subscription(tx, name)
+        engine.send(tx, sub, cluster_id, sub.row.generation, [], placed=False)
+    tables.delete_subscription(tx, name)
     decided = PlacementDecided(
         subscription=name,
         generation=sub.row.generation,
@@ -92,8 +105,8 @@ async def delete(engine: Engine, tx: Tx, name: str) -> DeleteSubscriptionReply:
         moved_replicas=sum(p.replicas or 0 for p in sub.placements.values()),
         occurred_at=now,
     )
-    await tx.emit(catalogue.subject_for(PlacementDecided, subscription=name), decided)
-    await tx.emit(
+    tx.emit(catalogue.subject_for(PlacementDecided, subscription=name), decided)
+    tx.emit(
         catalogue.subject_for(SubscriptionDeleted, subscription=name),
         SubscriptionDeleted(name=name, occurred_at=now),
     )
@@ -160,11 +173,11 @@ def rendered(engine: Engine, name: str, cluster_id: str) -> GetRenderedReply:
     )
 
 
-async def expire(engine: Engine, tx: Tx, now: datetime) -> int:
+def expire(engine: Engine, tx: SyncTx, now: datetime) -> int:
     """Re-place the subscriptions whose toleration ran out; returns how many moved."""
-    await engine.begin(tx)
+    engine.begin_in(tx)
     moved = 0
     for name in engine.due(now):
-        decision = await engine.replace(tx, name, PlacementReason.TOLERATION_EXPIRED)
+        decision = engine.replace_in(tx, name, PlacementReason.TOLERATION_EXPIRED)
         moved += decision.changed
     return moved
