@@ -1,0 +1,232 @@
+"""A big simulated fleet on one machine: join, steady heartbeats, queries, and a fleet-wide rollout (issue 21 item 2).
+
+Run: `.venv/bin/pytest -m bench -s tests/bench/bench_big_fleet.py`. Sizes: BENCH_BIG_CLUSTERS (1000),
+BENCH_BIG_NODES (10), BENCH_BIG_SIMS (sim processes, 1 per 2,500 clusters by default), BENCH_BIG_CONCURRENT
+(clusters upgraded at once, 100), BENCH_BIG_STEADY_S (the steady-heartbeat sample, 20). The full form of the
+issue is BENCH_BIG_CLUSTERS=10000 (100,000 nodes).
+
+What it does, each part on the real local stack (`flotilla up`: nats-server, the five services as processes,
+`flotilla sim` processes with zero-time steps):
+- time to join and approve every cluster (auto-approving token), and to see every node Ready in `health`;
+- CPU (% of one core) and resident memory of every process while the fleet only heartbeats;
+- `clusters list` (first page), a selector query and `health`, each as a person runs it (the CLI);
+- a rollout of the whole fleet, BENCH_BIG_CONCURRENT clusters at a time: node upgrades/s, and the orchestrator's
+  turnaround per step measured on the bus: from a node's step report being published to the next command for
+  that node being published (p50/p99), against a raw nats-py request/reply round trip in the same run.
+It prints figures and the load average; the assertions are about correctness only (everything joined, the
+rollout completed, every node at the target).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from bench_support import ms, percentile, raw_request_rate, report
+
+from flotilla_client import runfile
+from flotilla_client.natsserver import free_port
+from flotilla_contracts import subjects
+from flotilla_testkit import eventually
+
+pytestmark = pytest.mark.bench
+
+CLUSTERS = int(os.environ.get("BENCH_BIG_CLUSTERS", "1000"))
+NODES = int(os.environ.get("BENCH_BIG_NODES", "10"))
+SIMS = int(os.environ.get("BENCH_BIG_SIMS", str(max(1, CLUSTERS // 2500))))
+CONCURRENT = int(os.environ.get("BENCH_BIG_CONCURRENT", "100"))
+STEADY_S = float(os.environ.get("BENCH_BIG_STEADY_S", "20"))
+FLOTILLA = str(Path(sys.executable).parent / "flotilla")
+FROM, TO = "v1.29.6", "v1.30.4"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("FLOTILLA_")}
+
+
+def cli(state: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    argv = [FLOTILLA, "--state-dir", str(state), *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=_env())
+
+
+def ok(state: Path, *args: str, timeout: float = 600) -> str:
+    done = cli(state, *args, timeout=timeout)
+    assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-2000:])
+    return done.stdout
+
+
+async def run(state: Path, *args: str) -> str:
+    """The CLI as a person runs it, without blocking the event loop (the bus subscriptions keep receiving)."""
+    proc = await asyncio.create_subprocess_exec(
+        FLOTILLA,
+        "--state-dir",
+        str(state),
+        *args,
+        env=_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, (args, out.decode()[-2000:], err.decode()[-2000:])
+    return out.decode()
+
+
+async def timed(state: Path, *args: str) -> float:
+    started = time.perf_counter()
+    await run(state, *args)
+    return time.perf_counter() - started
+
+
+def processes(state: Path) -> dict[str, int]:
+    info = runfile.load(state)
+    assert info is not None
+    found = {s.name: s.pid for s in info.services}
+    found |= {f"sim {s.prefix}": s.pid for s in info.sims}
+    if info.nats.pid:
+        found["nats-server"] = info.nats.pid
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def sample(state: Path, seconds: float) -> dict[str, tuple[float, float]]:
+    """{process: (% of one core, RSS MiB)} over `seconds`."""
+    pids = processes(state)
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    started = time.monotonic()
+    await asyncio.sleep(seconds)  # sleep: the sampling window itself, not a wait for a condition
+    elapsed = time.monotonic() - started
+    return {name: (100 * (cpu_seconds(pid) - before[name]) / elapsed, rss_mib(pid)) for name, pid in pids.items()}
+
+
+class StepTurnaround:
+    """From each node's step report on the bus to the next command for that node (core subscriptions see what
+    JetStream stores): the orchestrator's turnaround per step, bus hops included."""
+
+    def __init__(self) -> None:
+        self.reported: dict[tuple[str, str], float] = {}
+        self.gaps: list[float] = []
+        self.commands = 0
+        self.reports = 0
+
+    async def on_report(self, msg: nats.aio.msg.Msg) -> None:
+        tokens = msg.subject.split(".")  # fleet.v1.evt.node-step.<cluster>.<node>.<event>
+        self.reports += 1
+        self.reported[(tokens[4], tokens[5])] = time.perf_counter()
+
+    async def on_command(self, msg: nats.aio.msg.Msg) -> None:
+        tokens = msg.subject.split(".")  # fleet.v1.agent.<cluster>.<node>.step
+        self.commands += 1
+        at = self.reported.pop((tokens[3], tokens[4]), None)
+        if at is not None:
+            self.gaps.append(time.perf_counter() - at)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Path]:
+    state = tmp_path / ".flotilla"
+    ok(state, "up", "--port", str(free_port()), "--monitor-port", "0", timeout=180)
+    try:
+        yield state
+    finally:
+        cli(state, "down", timeout=180)
+
+
+@pytest.mark.timeout(4 * 3600)
+async def test_a_big_fleet_joins_heartbeats_answers_and_upgrades(fleet: Path) -> None:
+    state = fleet
+    figures: dict[str, str] = {"fleet": f"{CLUSTERS} clusters x {NODES} nodes = {CLUSTERS * NODES} nodes, {SIMS} sims"}
+    url = runfile.server_url(state)
+    assert url
+    raw_rtt = 1 / await raw_request_rate(url, b"{}", 64, 2000, 1)
+
+    # Join and approval: every sim process at once, each waiting for its own clusters.
+    started = time.perf_counter()
+    per_sim = -(-CLUSTERS // SIMS)
+    sims = []
+    for i in range(SIMS):
+        count = min(per_sim, CLUSTERS - i * per_sim)
+        argv = ["sim", "--clusters", str(count), "--nodes", str(NODES), "--versions", FROM, "--prefix", f"b{i}"]
+        sims.append(run(state, *argv, "--step-seconds", "0", "--timeout", str(max(120, CLUSTERS * NODES / 100))))
+    await asyncio.gather(*sims)
+    joined = time.perf_counter() - started
+    figures["join + approve, all clusters"] = f"{joined:.1f} s ({CLUSTERS / joined:.0f} clusters/s)"
+
+    async def all_ready() -> bool:
+        summary = json.loads(await run(state, "health", "-o", "json"))
+        nodes = summary.get("nodes", {})
+        return int(nodes.get("ready", 0)) >= CLUSTERS * NODES
+
+    await eventually(all_ready, "every node Ready in `flotilla health`", timeout_s=max(120, CLUSTERS * NODES / 200))
+    figures["... and every node Ready"] = f"{time.perf_counter() - started:.1f} s"
+
+    steady = await sample(state, STEADY_S)
+    for name, (cpu, rss) in sorted(steady.items()):
+        figures[f"steady {name}"] = f"{cpu:5.1f}% CPU, {rss:7.1f} MiB RSS"
+    figures["steady total CPU"] = f"{sum(c for c, _ in steady.values()):.0f}% of one core (2 cores = 200%)"
+
+    figures["clusters list (first page)"] = ms(await timed(state, "clusters", "list"))
+    figures["clusters list -l (selector)"] = ms(await timed(state, "clusters", "list", "-l", "flotilla.dev/sim=true"))
+    figures["health"] = ms(await timed(state, "health"))
+
+    # The fleet-wide rollout, CONCURRENT clusters at a time, zero-time steps.
+    turnaround = StepTurnaround()
+    nc = await nats.connect(url)
+    await nc.subscribe(f"{subjects.EVT_PREFIX}.node-step.>", cb=turnaround.on_report)
+    await nc.subscribe(f"{subjects.AGENT_PREFIX}.*.*.step", cb=turnaround.on_command)
+    started = time.perf_counter()
+    out = await run(
+        state,
+        "upgrade",
+        "start",
+        "--to",
+        TO,
+        "--canary",
+        "0",
+        "--waves",
+        "100",
+        "--max-concurrent-clusters",
+        str(CONCURRENT),
+        "--max-unavailable",
+        "1",
+        "--soak",
+        "0s",
+    )
+    rollout = next(t for t in out.split() if t.startswith("r-"))
+
+    async def finished() -> str:
+        status = json.loads(await run(state, "upgrade", "status", rollout, "-o", "json"))
+        state_now = status["rollout"]["state"]
+        return state_now if state_now in ("Succeeded", "CompletedWithFailures", "Aborted", "RolledBack", "Frozen") else ""
+
+    final = await eventually(finished, "the rollout to finish", timeout_s=max(300, CLUSTERS * NODES / 5), every_s=1)
+    took = time.perf_counter() - started
+    await nc.close()
+    assert final == "Succeeded", final
+    figures["rollout"] = f"{took:.1f} s: {CLUSTERS * NODES / took:.0f} node upgrades/s ({CONCURRENT} clusters at once)"
+    figures["step commands / reports seen"] = f"{turnaround.commands} / {turnaround.reports}"
+    if turnaround.gaps:
+        p50, p99 = percentile(turnaround.gaps, 0.5), percentile(turnaround.gaps, 0.99)
+        figures["turnaround per step p50 / p99"] = f"{ms(p50)} / {ms(p99)}"
+        figures["... vs raw nats-py request RTT"] = f"{ms(raw_rtt)}: p50 {p50 / raw_rtt:.1f}x, p99 {p99 / raw_rtt:.1f}x"
+    figures["load average"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    report("big fleet", figures)
