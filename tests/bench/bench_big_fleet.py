@@ -47,6 +47,7 @@ STEADY_S = float(os.environ.get("BENCH_BIG_STEADY_S", "20"))
 FLOTILLA = str(Path(sys.executable).parent / "flotilla")
 FROM, TO = "v1.29.6", "v1.30.4"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+ENDED = ("Succeeded", "CompletedWithFailures", "Aborted", "RolledBack", "Frozen")  # Frozen: it stopped, a failure
 
 
 def _env() -> dict[str, str]:
@@ -216,7 +217,7 @@ async def test_a_big_fleet_joins_heartbeats_answers_and_upgrades(fleet: Path) ->
     async def finished() -> str:
         status = json.loads(await run(state, "upgrade", "status", rollout, "-o", "json"))
         state_now = status["rollout"]["state"]
-        return state_now if state_now in ("Succeeded", "CompletedWithFailures", "Aborted", "RolledBack", "Frozen") else ""
+        return state_now if state_now in ENDED else ""
 
     final = await eventually(finished, "the rollout to finish", timeout_s=max(300, CLUSTERS * NODES / 5), every_s=1)
     took = time.perf_counter() - started
