@@ -31,6 +31,7 @@ from pathlib import Path
 import nats
 import pytest
 from bench_support import ms, percentile, raw_request_rate, report
+from nats.aio.msg import Msg
 
 from flotilla_client import runfile
 from flotilla_client.natsserver import free_port
@@ -129,12 +130,12 @@ class StepTurnaround:
         self.commands = 0
         self.reports = 0
 
-    async def on_report(self, msg: nats.aio.msg.Msg) -> None:
+    async def on_report(self, msg: Msg) -> None:
         tokens = msg.subject.split(".")  # fleet.v1.evt.node-step.<cluster>.<node>.<event>
         self.reports += 1
         self.reported[(tokens[4], tokens[5])] = time.perf_counter()
 
-    async def on_command(self, msg: nats.aio.msg.Msg) -> None:
+    async def on_command(self, msg: Msg) -> None:
         tokens = msg.subject.split(".")  # fleet.v1.agent.<cluster>.<node>.step
         self.commands += 1
         at = self.reported.pop((tokens[3], tokens[4]), None)
