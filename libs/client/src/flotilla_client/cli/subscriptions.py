@@ -2,11 +2,13 @@
 
 A subscription file is YAML, like kubectl's: the first document holds the subscription (`name`,
 `description`, `manifests`, `policy`, `overrides`, field names as in the contracts); any further
-documents (after `---`) are Kubernetes manifests added to `manifests`.
+documents (after `---`) are Kubernetes manifests added to `manifests`. `apply` takes several files (or
+folders of them) and sends them concurrently, a bounded number at a time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,10 @@ import yaml
 
 from flotilla_client.cli import completion
 from flotilla_client.cli.cluster_refs import resolve_cluster
-from flotilla_client.cli.common import CliContext, Failure, call, echo, server_option
+from flotilla_client.cli.common import CliContext, Failure, call, echo, explain_refusal, run, server_option
 from flotilla_client.cli.output import Column, Listing, output_option, render, render_json, render_yaml, show_list
 from flotilla_client.cli.watching import entity_subjects, watch_list, watch_option
+from flotilla_client.errors import FlotillaClientError
 from flotilla_contracts.subjects import Entity, Service
 from flotilla_contracts.v1 import scheduler as sched
 
@@ -102,19 +105,82 @@ def subscriptions() -> None:
     """Subscriptions: Kubernetes manifests placed on clusters by selector, taints, weights and spread."""
 
 
+# Applies in flight at once from one `apply`: enough to keep the scheduler's group commit full, bounded so that
+# thousands of files neither open thousands of requests nor wait past their timeout in the service's queue.
+APPLY_IN_FLIGHT = 64
+
+
+def subscription_files(paths: tuple[Path, ...]) -> list[Path]:
+    """The files named, a folder standing for its *.yaml and *.yml files (sorted); '-' is stdin, alone."""
+    found: list[Path] = []
+    for path in paths:
+        if str(path) == "-":
+            if len(paths) > 1:
+                raise Failure("-f - (stdin) cannot be combined with other files")
+            found.append(path)
+        elif path.is_dir():
+            inside = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+            if not inside:
+                raise Failure(f"{path}: no .yaml or .yml files in the folder")
+            found += inside
+        else:
+            found.append(path)
+    return found
+
+
+def read_specs(paths: list[Path]) -> list[tuple[str, sched.SubscriptionSpec]]:
+    """Every file read and checked before anything is sent: a bad file stops the command with its name."""
+    specs = []
+    for path in paths:
+        source = "stdin" if str(path) == "-" else str(path)
+        try:
+            text = sys.stdin.read() if source == "stdin" else path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise Failure(f"cannot read {source}: {exc.strerror or exc}") from None
+        specs.append((source, load_spec(text, source)))
+    return specs
+
+
+async def apply_all(
+    obj: CliContext, specs: list[sched.SubscriptionSpec]
+) -> list[sched.ApplySubscriptionReply | FlotillaClientError]:
+    """One reply (or the error) per spec, in order; APPLY_IN_FLIGHT requests at a time on one connection."""
+    from flotilla_client.client import FlotillaClient
+
+    gate = asyncio.Semaphore(APPLY_IN_FLIGHT)
+    async with FlotillaClient(obj.server_url()) as client:
+
+        async def one(spec: sched.SubscriptionSpec) -> sched.ApplySubscriptionReply | FlotillaClientError:
+            async with gate:
+                request = sched.ApplySubscriptionRequest(spec=spec)
+                try:
+                    return await client.request(
+                        SCHED, "subscriptions.apply", request, sched.ApplySubscriptionReply, timeout=10.0
+                    )
+                except FlotillaClientError as exc:
+                    return exc
+
+        return await asyncio.gather(*(one(spec) for spec in specs))
+
+
 @subscriptions.command("apply")
 @click.option(
     "-f",
     "--filename",
-    "path",
+    "paths",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Subscription YAML file ('-' for stdin).",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Subscription YAML file, or a folder of them ('-' for stdin); repeat for more.",
 )
 @server_option
 @pass_cli
-def subscriptions_apply(obj: CliContext, path: Path) -> None:
-    """Create or update a subscription from a YAML file (like `kubectl apply -f`).
+@click.pass_context
+def subscriptions_apply(ctx: click.Context, obj: CliContext, paths: tuple[Path, ...]) -> None:
+    """Create or update subscriptions from YAML files (like `kubectl apply -f`).
+
+    Every file is read and checked first; then they are sent concurrently and each gets one line, in the
+    order given. A refused one is named on stderr and the exit code is 1; the others still apply.
 
     \b
     Example file:
@@ -126,19 +192,24 @@ def subscriptions_apply(obj: CliContext, path: Path) -> None:
     \b
     Examples:
       flotilla subscriptions apply -f docs/examples/workload.yaml
+      flotilla subscriptions apply -f web.yaml -f db.yaml
+      flotilla subscriptions apply -f workloads/          # every *.yaml and *.yml in it
       cat web.yaml | flotilla subscriptions apply -f -
     """
-    source = "stdin" if str(path) == "-" else str(path)
-    try:
-        text = sys.stdin.read() if source == "stdin" else path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise Failure(f"cannot read {source}: {exc.strerror or exc}") from None
-    spec = load_spec(text, source)
-    reply = call(
-        obj, SCHED, "subscriptions.apply", sched.ApplySubscriptionRequest(spec=spec), sched.ApplySubscriptionReply
-    )
-    verb = "created" if reply.created else "configured" if reply.changed else "unchanged"
-    echo(f"subscription {reply.name} {verb} (generation {reply.generation})")
+    specs = read_specs(subscription_files(paths))
+    replies = run(lambda: apply_all(obj, [spec for _, spec in specs]))
+    if len(replies) == 1 and isinstance(replies[0], FlotillaClientError):
+        raise replies[0]  # one file: the error as every command says it
+    refused = 0
+    for (source, _), reply in zip(specs, replies, strict=True):
+        if isinstance(reply, FlotillaClientError):
+            refused += 1
+            echo(f"flotilla: error: {source}: {explain_refusal(ctx, reply)}", err=True)
+            continue
+        verb = "created" if reply.created else "configured" if reply.changed else "unchanged"
+        echo(f"subscription {reply.name} {verb} (generation {reply.generation})")
+    if refused:
+        raise SystemExit(1)
 
 
 @subscriptions.command("list")
