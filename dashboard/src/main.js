@@ -12,6 +12,8 @@ const ROLLOUT_PAGE = 200;
 let bus = null;
 let stopFollow = null;
 let renderQueued = false;
+let renderTimer = null;
+let lastDrawEnd = 0;
 window.flotillaDashboard = { firstRenderMs: null, rendered: 0, reconnects: 0, errors: [] };
 
 function status(text, kind = "") {
@@ -26,22 +28,40 @@ function report(err, what) {
   status(message, "bad");
 }
 
-function render() {
+function draw() {
+  renderQueued = false;
+  renderTimer = null;
+  const now = Date.now();
+  const started = performance.now();
+  const views = { fleet: V.fleetView, rollouts: V.rolloutsView, placements: V.placementsView, events: V.eventsView };
+  $("#content").innerHTML = views[ui.view](model, ui, now);
+  for (const tab of document.querySelectorAll("[data-view]")) {
+    tab.setAttribute("aria-pressed", String(tab.dataset.view === ui.view));
+  }
+  $("#fleet-tools").hidden = ui.view !== "fleet";
+  const d = window.flotillaDashboard;
+  d.rendered += 1;
+  d.lastRenderMs = Math.round(performance.now() - started); // building the view's HTML and the DOM, not layout
+  d.slowestRenderMs = Math.max(d.slowestRenderMs ?? 0, d.lastRenderMs);
+  lastDrawEnd = performance.now();
+  if (d.firstRenderMs === null && model.clusters.size) d.firstRenderMs = Math.round(lastDrawEnd);
+}
+
+/** Draw the view again. What a person did draws at the next frame; what the bus said waits so that drawing
+ * takes at most a fifth of the time (a big fleet's table during an event storm leaves the page responsive). */
+function render(byPerson = false) {
+  if (byPerson) {
+    if (renderTimer) clearTimeout(renderTimer);
+    renderTimer = null;
+    renderQueued = true;
+    requestAnimationFrame(() => renderQueued && draw());
+    return;
+  }
   if (renderQueued) return;
   renderQueued = true;
-  requestAnimationFrame(() => {
-    renderQueued = false;
-    const now = Date.now();
-    const views = { fleet: V.fleetView, rollouts: V.rolloutsView, placements: V.placementsView, events: V.eventsView };
-    $("#content").innerHTML = views[ui.view](model, ui, now);
-    for (const tab of document.querySelectorAll("[data-view]")) {
-      tab.setAttribute("aria-pressed", String(tab.dataset.view === ui.view));
-    }
-    $("#fleet-tools").hidden = ui.view !== "fleet";
-    const d = window.flotillaDashboard;
-    d.rendered += 1;
-    if (d.firstRenderMs === null && model.clusters.size) d.firstRenderMs = Math.round(performance.now());
-  });
+  const gap = Math.max(100, 4 * (window.flotillaDashboard.lastRenderMs ?? 0));
+  const wait = Math.max(0, lastDrawEnd + gap - performance.now());
+  renderTimer = setTimeout(() => requestAnimationFrame(() => renderQueued && draw()), wait);
 }
 
 /** At most one fetch per key every `ms`, however many events ask for it. */
@@ -117,7 +137,7 @@ function onEvent(subject, body, seq, actor) {
   if (wants.clusters) soon("clusters", 1000, loadClusters);
   if (wants.subscriptions) soon("subscriptions", 1000, loadSubscriptions);
   if (wants.nodesOf && wants.nodesOf === ui.cluster) soon(`nodes ${ui.cluster}`, 1000, () => loadNodes(ui.cluster));
-  render();
+  if (ui.view === "events" || ui.view === M.viewOf(subject)) render();
 }
 
 /** After a reconnect the services may not answer yet (they reconnect too): ask again with back-off until they
@@ -229,7 +249,7 @@ function onClick(event) {
   } else if (d.closeSubscription !== undefined) ui.subscription = "";
   else if (d.verb) askToConfirm(el);
   else return;
-  render();
+  render(true);
 }
 
 async function start() {
@@ -251,14 +271,19 @@ async function start() {
   $("#logout").addEventListener("click", logout);
   $("#selector").addEventListener("input", (e) => {
     ui.selector = e.target.value;
-    render();
+    render(true);
   });
   $("#confirm").addEventListener("close", () => {
     if ($("#confirm").returnValue === "yes") runAction();
   });
   document.addEventListener("click", onClick);
+  // Time passing shows without events: a soak's time left (every second, while one is shown), heartbeat ages
+  // (every 5 s: the fleet table is the biggest view).
+  let ticks = 0;
   setInterval(() => {
-    if (bus && (ui.view === "rollouts" || ui.view === "fleet")) render(); // soak timers, heartbeat ages
+    ticks += 1;
+    const soaking = ui.view === "rollouts" && ui.rollout && model.status.get(ui.rollout)?.waves?.some((w) => w.state === "Soaking");
+    if (bus && (soaking || (ui.view === "fleet" && ticks % 5 === 0))) render();
   }, 1000);
 }
 

@@ -114,6 +114,13 @@ export function applyEvent(model, subject, body, seq, actor = "") {
   }
 }
 
+/** The view that shows what an event changes by itself (without asking again): health on the fleet, a rollout's
+ * summary on the rollouts. */
+export function viewOf(subject) {
+  const { entity } = parseSubject(subject);
+  return entity === "cluster-health" ? "fleet" : entity === "rollout" ? "rollouts" : "";
+}
+
 /** A label selector as the CLI takes it: `k=v,k!=v,k,!k` (the page filters what it already holds). */
 export function matchesSelector(labels, selector) {
   const terms = selector.split(",").map((t) => t.trim()).filter(Boolean);

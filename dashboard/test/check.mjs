@@ -114,7 +114,10 @@ async function measure(page) {
   await cdp.send("Performance.enable");
   const metrics = Object.fromEntries((await cdp.send("Performance.getMetrics")).metrics.map((m) => [m.name, m.value]));
   found.js_heap_used_mb = Math.round(metrics.JSHeapUsedSize / 1e5) / 10;
-  found.first_render_ms = await page.evaluate(() => window.flotillaDashboard.firstRenderMs);
+  const state = await page.evaluate(() => window.flotillaDashboard);
+  found.first_render_ms = state.firstRenderMs;
+  found.last_render_ms = state.lastRenderMs;
+  found.slowest_render_ms = state.slowestRenderMs;
   const t0 = Date.now();
   await page.getByLabel("Filter clusters by label selector").fill("env=none");
   await page.waitForFunction(() => document.querySelectorAll("table[aria-label=Clusters] tbody tr").length === 0);
