@@ -16,11 +16,12 @@ from typing import Any, Protocol
 import pytest
 import yaml
 
-from flotilla_client import busauth
+from flotilla_client import busauth, peoplefile
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 BUILT_KUBECTL = ROOT / ".tools" / "k8s" / "bin" / "kubectl"
+PEOPLE_FILE = DEPLOY / "components" / "bus-security" / "people.yaml"
 
 Manifest = list[dict[str, Any]]
 
@@ -61,8 +62,9 @@ def render() -> Callable[[str], Manifest]:
 
 @pytest.fixture(scope="session")
 def bus_secret() -> dict[str, str]:
-    """The values of a Secret flotilla-bus-auth, as `flotilla bus-config secret` makes them."""
-    return busauth.secret_values(busauth.new_auth())
+    """The values of a Secret flotilla-bus-auth, as `flotilla bus-config secret --people` makes them for the people
+    of the overlay's people file."""
+    return busauth.secret_values(busauth.new_auth(), peoplefile.load(PEOPLE_FILE))
 
 
 @pytest.fixture(scope="session")

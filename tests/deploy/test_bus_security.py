@@ -29,7 +29,7 @@ from deploy_support import env_of
 from integration_support import WatchedConnection, connect_watched
 from nats.aio.subscription import Subscription
 
-from flotilla_client import busauth
+from flotilla_client import busauth, peoplefile
 from flotilla_client.cli.main import cli
 from flotilla_client.natsserver import NatsServer, find_nats_server, free_port
 from flotilla_contracts import permissions, subjects
@@ -39,6 +39,7 @@ from flotilla_testkit import ConditionNotMet, eventually_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH_CONF = ROOT / "deploy" / "components" / "bus-security" / "auth.conf"
+PEOPLE = AUTH_CONF.with_name("people.yaml")  # the overlay's people and roles (test_bus_people.py)
 SECRET = "flotilla-bus-auth"
 SERVER_TLS_SECRET = "nats-server-tls"
 IN_CLUSTER = "nats.flotilla.svc:4222"
@@ -122,11 +123,11 @@ def comments_only(text: str) -> bool:
 
 
 def test_committed_auth_conf_is_what_the_policy_renders() -> None:
-    result = CliRunner().invoke(cli, ["bus-config", "nats-auth"])
+    result = CliRunner().invoke(cli, ["bus-config", "nats-auth", "--people", str(PEOPLE)])
     assert result.exit_code == 0, result.output
     assert AUTH_CONF.read_text() == result.stdout, (
-        f"{AUTH_CONF.relative_to(ROOT)} is stale (flotilla_contracts.permissions or busauth changed); regenerate it:\n"
-        f"  .venv/bin/flotilla bus-config nats-auth > {AUTH_CONF.relative_to(ROOT)}"
+        f"{AUTH_CONF.relative_to(ROOT)} is stale (permissions, busauth or {PEOPLE.name} changed); regenerate it:\n"
+        f"  .venv/bin/flotilla bus-config nats-auth --people {PEOPLE.relative_to(ROOT)} > {AUTH_CONF.relative_to(ROOT)}"
     )
 
 
@@ -161,8 +162,9 @@ def test_every_variable_of_auth_conf_comes_from_the_secret_nats_reads(
     # nats-server substitutes unquoted $NAMEs; quoted strings ("$JS.API...") and comments stay as they are.
     unquoted = re.sub(r'"[^"]*"|#[^\n]*', "", nats_files(objects)["auth.conf"])
     referenced = set(re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", unquoted))
-    assert referenced == {busauth.password_variable(u) for u in busauth.STATIC_USERS} | {busauth.ISSUER_VARIABLE}
-    assert referenced <= set(bus_secret), "every $VARIABLE must be a key of `flotilla bus-config secret`"
+    users = [*busauth.STATIC_USERS, *peoplefile.load(PEOPLE)]  # `secret --people` gives each person a password
+    assert referenced == {busauth.password_variable(u) for u in users} | {busauth.ISSUER_VARIABLE}
+    assert referenced <= set(bus_secret), "every $VARIABLE must be a key of `flotilla bus-config secret --people`"
     [nats] = [w for w in workloads(objects, "nats") if w["kind"] == "StatefulSet"]
     assert env_from_secrets(pod_container(nats)) == [SECRET]
     assert not pod_container(nats)["envFrom"][0].get("optional"), "NATS must not start without its users"

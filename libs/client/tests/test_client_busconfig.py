@@ -105,5 +105,6 @@ def test_password_variable_names(user: str) -> None:
 
 
 def test_help_names_the_one_step() -> None:
-    assert "flotilla bus-config secret | kubectl create -f -" in run("secret", "--help").stdout
-    assert "> deploy/components/bus-security/auth.conf" in run("nats-auth", "--help").stdout
+    people = "--people deploy/components/bus-security/people.yaml"
+    assert f"flotilla bus-config secret {people} | kubectl create -f -" in run("secret", "--help").stdout
+    assert "nats-auth --people people.yaml > auth.conf" in run("nats-auth", "--help").stdout

@@ -18,7 +18,7 @@ import secrets
 import shutil
 import string
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import msgspec
@@ -170,13 +170,13 @@ def _user_block(user: str, password: str, grant: Grant) -> str:
     )
 
 
-def _authorization(passwords: Mapping[str, str], issuer: str, people: Sequence[Person] = ()) -> str:
+def _authorization(passwords: Mapping[str, str], issuer: str, people: Sequence[tuple[str, Role, str]] = ()) -> str:
     """The accounts and authorization blocks, with each password and the issuer as configuration text; a
-    person's user (`flotilla user add`) gets the grant of its role."""
+    person's user (name, role, password text: `flotilla user add`, a people file) gets the grant of its role."""
     users = [_user_block(ADMIN_USER, passwords[ADMIN_USER], permissions.admin_grant())]
     users += [_user_block(s.value, passwords[s.value], permissions.service_grant(s)) for s in Service]
-    users += [_user_block(p.name, _q(p.password), permissions.role_grant(p.role, p.name)) for p in people]
-    static = ", ".join(_q(u) for u in [*passwords, *(p.name for p in people)])
+    users += [_user_block(name, password, permissions.role_grant(role, name)) for name, role, password in people]
+    static = ", ".join(_q(u) for u in [*passwords, *(name for name, _, _ in people)])
     return "\n".join(
         [
             "accounts {",
@@ -211,7 +211,7 @@ def _authorization(passwords: Mapping[str, str], issuer: str, people: Sequence[P
 def server_config(auth: BusAuth, people: Sequence[Person] = ()) -> str:
     """The accounts and authorization blocks of nats-server's configuration, with these credentials in it."""
     passwords = {user: _q(password) for user, password in auth.passwords.items()}
-    return _authorization(passwords, auth.callout_issuer, people)
+    return _authorization(passwords, auth.callout_issuer, [(p.name, p.role, _q(p.password)) for p in people])
 
 
 def password_variable(user: str) -> str:
@@ -225,18 +225,22 @@ TEMPLATE_HEADER = """\
 # $VARIABLE from its environment: the Secret flotilla-bus-auth (`flotilla bus-config secret`) provides them."""
 
 
-def server_config_template() -> str:
-    """`server_config` with environment-variable references instead of the secrets, for the Kubernetes overlay.
+def server_config_template(people: Mapping[str, Role] | None = None) -> str:
+    """`server_config` with environment-variable references instead of the secrets, for the Kubernetes overlay;
+    `people` (name -> role, a people file's) get `$FLOTILLA_BUS_PASSWORD_<NAME>` passwords like the static users.
 
     Unquoted `$NAME` values are substituted by nats-server from its environment at start (and reload).
     """
     passwords = {user: f"${password_variable(user)}" for user in STATIC_USERS}
-    return TEMPLATE_HEADER + "\n" + _authorization(passwords, f"${ISSUER_VARIABLE}")
+    named = [(name, role, f"${password_variable(name)}") for name, role in (people or {}).items()]
+    return TEMPLATE_HEADER + "\n" + _authorization(passwords, f"${ISSUER_VARIABLE}", named)
 
 
-def secret_values(auth: BusAuth) -> dict[str, str]:
-    """The variables `server_config_template` and the services read: passwords, the issuer key and its seed."""
+def secret_values(auth: BusAuth, people: Iterable[str] = ()) -> dict[str, str]:
+    """The variables `server_config_template` and the services read: passwords, the issuer key and its seed; a
+    fresh password for each of `people` (the names of a people file)."""
     values = {password_variable(user): password for user, password in auth.passwords.items()}
+    values.update({password_variable(name): new_password() for name in people})
     values[ISSUER_VARIABLE] = auth.callout_issuer
     values[ISSUER_SEED_VARIABLE] = auth.callout_seed
     return values
