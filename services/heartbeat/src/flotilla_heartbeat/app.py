@@ -151,7 +151,7 @@ async def setup(app: ServiceApp[Settings]) -> None:
     epoch = await tables.membership_epoch(app.store)
     app.consume("members", hb.membership.filters(), hb.membership.handlers(), epoch=epoch)
     app.background(hb.run)
-    register_metrics(app.metrics, hb.ingest, hb.model, hb.owned)
+    register_metrics(app.metrics, hb.ingest, hb.model, hb.owned, bus_drops=lambda: hb.drops.dropped)
     count = app.settings.partition_count
 
     @app.router.command("config.get", HeartbeatConfigRequest, HeartbeatConfig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 from flotilla_contracts.v1.heartbeat import ClusterHealth
 from flotilla_heartbeat.domain import HealthModel
@@ -13,7 +14,9 @@ from flotilla_runtime.metrics import Family, Registry, Sample
 UNKNOWN = "Unknown"  # tracked, not judged yet (no heartbeat since the replica started)
 
 
-def register_metrics(metrics: Registry, ingest: Ingest, model: HealthModel, owned: list[int]) -> None:
+def register_metrics(
+    metrics: Registry, ingest: Ingest, model: HealthModel, owned: list[int], *, bus_drops: Callable[[], int] = int
+) -> None:
     """Ingest counters, drops by reason, lag, and what this replica tracks by health."""
     metrics.collector(lambda: health_families(model), ["flotilla_heartbeat_nodes", "flotilla_heartbeat_clusters"])
     metrics.gauge_fn(
@@ -44,6 +47,12 @@ def register_metrics(metrics: Registry, ingest: Ingest, model: HealthModel, owne
             )
         ],
         ["flotilla_heartbeats_dropped_total"],
+    )
+    metrics.counter_fn(
+        "flotilla_heartbeat_slow_consumer_drops_total",
+        "Heartbeats dropped before this replica read them (its subscription's pending limits were full); no node is "
+        "judged Unreachable until the startup grace after the last one.",
+        bus_drops,
     )
     metrics.gauge_fn(
         "flotilla_heartbeat_tracked_nodes",
