@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
@@ -273,7 +274,9 @@ class PullLoop:
                 delay = min(delay * 2, 30.0)
             except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
                 self.log.warning("cannot create consumer %s yet (%s); retrying", self.durable, type(exc).__name__)
-                await asyncio.sleep(delay)
+                # Jittered: thousands of agents refused at once (a bus restart, a fleet joining) must not come back
+                # in step and time the JetStream API out again (seen with a 1,000 x 10 sim: a retry storm).
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, 5.0)
 
     async def settle(self, messages: list[Msg], outcomes: list[Outcome]) -> None:
