@@ -152,7 +152,9 @@ async def burst(server: NatsServer, state: Path, clusters: int, nodes: int, inte
         f"load average {load_avg}"
     )
     assert late_s < interval_s, f"the load generator fell {late_s:.1f}s behind its schedule: nothing to judge"
-    assert link.disconnects == 0, "nats-server cut the heartbeat service off (a slow consumer)"
+    log = server.log_file.read_text() if server.log_file and server.log_file.exists() else ""
+    cut = [line for line in log.splitlines() if "Slow Consumer" in line]
+    assert link.disconnects == 0, f"the heartbeat service lost its connection; nats-server says: {cut[:3]}"
     assert dropped.split()[-1] in ("0", "0.0"), f"heartbeats dropped before the service read them: {dropped}"
     assert len(events) == total, f"{len(events):,} of {total:,} nodes have an event"
     assert nodes_now == {"ready": total, "not_ready": 0, "unreachable": 0, "lost": 0}, nodes_now
