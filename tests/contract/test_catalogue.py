@@ -123,6 +123,8 @@ def test_subject_shape_matches_its_kind(op: catalogue.Operation) -> None:
         assert re.fullmatch(r"[a-z]+(-[a-z]+)*", tokens[-1]), tokens[-1]
         assert filled == subjects.event(entity, tuple(tokens[4:-1]), tokens[-1])
         assert len(op.placeholders) == len(tokens) - 5, "every id of an event is a placeholder"
+    elif op.kind is catalogue.Kind.HEARTBEAT and "node_id" not in ids:
+        assert filled == subjects.heartbeat_batch(ids["cluster_id"])
     elif op.kind is catalogue.Kind.HEARTBEAT:
         assert filled == subjects.heartbeat(ids["cluster_id"], ids["node_id"])
     else:

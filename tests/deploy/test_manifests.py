@@ -307,8 +307,11 @@ def test_nats_is_a_durable_three_node_cluster_with_the_heartbeat_mapping(
     assert re.search(r"^\s*sync_interval:\s*always\s*$", conf, re.M), "JetStream must fsync every write"
     assert "store_dir" in conf and "jetstream" in conf
     count = int(config_maps(objects)["flotilla-config"]["FLOTILLA_HEARTBEAT_PARTITION_COUNT"])
-    source, destination = subjects.heartbeat_partition_mapping(count)
-    assert f'"{source}": "{destination}"' in conf, "the mapping must split heartbeats into the count heartbeat uses"
+    for source, destination in (
+        subjects.heartbeat_partition_mapping(count),
+        subjects.heartbeat_batch_partition_mapping(count),
+    ):
+        assert f'"{source}": "{destination}"' in conf, "the mapping must split heartbeats into the count heartbeat uses"
     # Every file of the ConfigMap (nats.conf includes the others), certificates where the pod mounts them, and the
     # environment the pod has: an included file missing or a $VARIABLE no Secret key fills fails here.
     for name, text in nats_files(objects).items():

@@ -271,6 +271,29 @@ async def test_cluster_a_cannot_reach_cluster_b(fleet: Fleet) -> None:
         await admin.close()
 
 
+async def test_only_the_clusters_own_identity_relays_its_heartbeat_batch(fleet: Fleet) -> None:
+    """A's cluster agent may send A's HeartbeatBatch (docs/heartbeat.md); not B's, and a node of A may not."""
+    agent = await connect(fleet.plain_url, permissions.cluster_user(fleet.ids["iso-a"]), fleet.clusters["iso-a"])
+    node = await connect_as_node(fleet, "iso-a", NODE)
+    admin = await nats.connect(fleet.admin_url, **connect_options(fleet.admin_url))
+    try:
+        spy = await admin.subscribe(subjects.ALL_HEARTBEAT_BATCHES)
+        await admin.flush()
+        own, other = subjects.heartbeat_batch(fleet.ids["iso-a"]), subjects.heartbeat_batch(fleet.ids["iso-b"])
+        await agent.nc.publish(own, b"{}")
+        assert (await spy.next_msg(timeout=5)).subject == own
+        await agent.nc.publish(other, b"{}")
+        assert await agent.denied(other), "A's agent relayed B's heartbeats"
+        await node.nc.publish(own, b"{}")
+        assert await node.denied(own), "a node spoke for its cluster's other nodes"
+        with pytest.raises(nats.errors.TimeoutError):
+            await spy.next_msg(timeout=0.5)
+    finally:
+        await agent.nc.close()
+        await node.nc.close()
+        await admin.close()
+
+
 async def test_cluster_a_can_send_no_command_but_the_agent_ones(fleet: Fleet) -> None:
     a = await connect(fleet.plain_url, permissions.cluster_user(fleet.ids["iso-a"]), fleet.clusters["iso-a"])
     try:

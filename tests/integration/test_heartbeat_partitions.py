@@ -245,3 +245,63 @@ def _checkpointed_ready(state: Path) -> int:
 async def _ready_count(nc: Client, count: int) -> bool:
     data = await request(nc, "health.summary")
     return bool(data["nodes"]["ready"] == count)
+
+
+async def test_a_clusters_batches_land_in_the_partition_of_its_single_heartbeats(mapped_server: NatsServer) -> None:
+    """The server's two mappings hash the same cluster token alike, so one replica owns both forms of a cluster."""
+    nc = await nats.connect(mapped_server.url)
+    landed: dict[str, set[tuple[str, int]]] = {}
+
+    async def on_message(msg: Any) -> None:
+        tokens = msg.subject.split(".")
+        landed.setdefault(tokens[4], set()).add(("batch" if len(tokens) == 5 else "single", int(tokens[3])))
+
+    await nc.subscribe(f"{subjects.HB_PARTITION_PREFIX}.>", cb=on_message)
+    await nc.flush()
+    clusters = cluster_ids(20, "pm")
+    for cluster in clusters:
+        await nc.publish(subjects.heartbeat(cluster, "n1"), b"{}")
+        await nc.publish(subjects.heartbeat_batch(cluster), b"{}")
+    await eventually(lambda: sum(len(v) for v in landed.values()) == 40, "every message mapped", timeout_s=10)
+    assert landed == {
+        c: {("single", subjects.partition_of(c, 2)), ("batch", subjects.partition_of(c, 2))} for c in clusters
+    }
+    assert {p for c in clusters for _, p in landed[c]} == {0, 1}
+    await nc.close()
+
+
+@pytest.mark.parametrize("count", [1, 2])
+async def test_batched_heartbeats_make_their_nodes_ready_and_a_silent_one_unreachable(
+    tmp_path: Path, count: int
+) -> None:
+    """HeartbeatBatch end to end: with one partition (no mapping) and with two (mapped, one replica each)."""
+    extra = mapping_config(2) if count == 2 else ""
+    server = NatsServer(state_dir=tmp_path / "nats", port=free_port(), extra_config=extra)
+    server.start()
+    nc = await nats.connect(server.url)
+    try:
+        await ensure_streams(nc.jetstream())
+        clusters = cluster_ids(4, "bt")
+        for cluster in clusters:
+            await publish_event(nc, cluster_event(ClusterApproved, cluster, ClusterState.APPROVED), cluster_id=cluster)
+        owned = ["0"] if count == 1 else ["0", "1"]
+        async with contextlib.AsyncExitStack() as replicas:
+            for p in owned:
+                await replicas.enter_async_context(
+                    replica(server.url, tmp_path / f"r{p}", partition_count=count, partitions=p)
+                )
+            gen = LoadGenerator(nc, clusters, 5, interval_s=0.5, slices=5, batch=3)
+            load = asyncio.create_task(gen.run())
+
+            async def nodes() -> dict[str, int]:
+                return dict((await request(nc, "health.summary"))["nodes"])
+
+            await eventually(nodes, "20 nodes Ready", timeout_s=15, until=lambda n: n["ready"] == 20)
+            gen.stop_node(clusters[0], "n0001")
+            await eventually(nodes, "the silent node Unreachable", timeout_s=15, until=lambda n: n["unreachable"] == 1)
+            assert (await nodes())["ready"] == 19
+            gen.stop()
+            await load
+    finally:
+        await nc.close()
+        server.stop()

@@ -17,7 +17,7 @@ from flotilla_client.natsserver import NatsServer
 from flotilla_contracts import catalogue, subjects
 from flotilla_contracts.envelope import Reply
 from flotilla_contracts.v1.agent import StepKind, StepOutcome
-from flotilla_contracts.v1.heartbeat import Heartbeat
+from flotilla_contracts.v1.heartbeat import Heartbeat, HeartbeatBatch
 from flotilla_contracts.v1.registration import (
     ClusterState,
     JoinReply,
@@ -130,3 +130,46 @@ def test_the_sim_module_explains_itself() -> None:
     )
     for flag in ("--clusters", "--nodes", "--versions", "--fail-rate", "--seed", "--token", "--server"):
         assert flag in done.stdout
+
+
+async def test_batched_heartbeats_carry_every_node_of_a_cluster_in_one_message(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """`--batch-heartbeats`: one HeartbeatBatch per cluster and round on `fleet.v1.hb.<cluster>`, each node's own
+    facts and sequence in it, and no single heartbeat beside it."""
+    nc = await nats.connect(nats_server.url)
+    batches: list[tuple[str, HeartbeatBatch]] = []
+    singles: list[str] = []
+
+    async def on_batch(msg: Msg) -> None:
+        batches.append((msg.subject, msgspec.json.decode(msg.data, type=HeartbeatBatch)))
+
+    async def on_single(msg: Msg) -> None:
+        singles.append(msg.subject)
+
+    await nc.subscribe(subjects.ALL_HEARTBEAT_BATCHES, cb=on_batch)
+    await nc.subscribe(subjects.ALL_HEARTBEATS, cb=on_single)
+    spec = FleetSpec(
+        clusters=2, nodes=3, heartbeat_interval_s=0.2, batch_heartbeats=True, state_dir=tmp_path / "sim", prefix="bb"
+    )
+    fleet = await start_fleet(spec, nats_server.url)
+    try:
+        await eventually(lambda: len(batches) >= 6, "three rounds of batches from both clusters", timeout_s=15)
+        for subject, batch in batches:
+            assert subject == subjects.heartbeat_batch(batch.cluster_id)
+            assert len(batch.beats) == 3 and {beat.cluster_id for beat in batch.beats} == {batch.cluster_id}
+        nodes = {(beat.cluster_id, beat.node_id) for _, batch in batches for beat in batch.beats}
+        assert len(nodes) == 6
+        first = batches[0][1].beats[0]
+        seqs = [
+            b.seq
+            for _, batch in batches
+            for b in batch.beats
+            if (b.cluster_id, b.node_id) == (first.cluster_id, first.node_id)
+        ]
+        assert len(seqs) >= 2 and seqs == sorted(set(seqs))  # the node's own sequence, +1 every round
+        assert singles == []
+        assert fleet.counts()["heartbeats_sent"] >= 18
+    finally:
+        await fleet.stop()
+        await nc.close()

@@ -189,6 +189,8 @@ OPERATIONS: list[Operation] = [
     # --- heartbeat ---
     Operation(Kind.HEARTBEAT, f"{subjects.HB_PREFIX}.{_NODE}", v1_heartbeat.Heartbeat, _AGENT,
               "A node's periodic heartbeat (core NATS, not stored)."),
+    Operation(Kind.HEARTBEAT, f"{subjects.HB_PREFIX}.{_CLUSTER}", v1_heartbeat.HeartbeatBatch, _AGENT,
+              "Several nodes' heartbeats of one cluster from one speaker for them (core NATS, not stored)."),
     _command(_HB, "config.get", v1_heartbeat.HeartbeatConfigRequest, v1_heartbeat.HeartbeatConfig,
              "The heartbeat interval and detection settings the service announces."),
     _command(_HB, "health.summary", v1_heartbeat.FleetHealthRequest, v1_heartbeat.FleetHealthReply,

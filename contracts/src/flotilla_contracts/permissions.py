@@ -10,7 +10,9 @@ Three kinds of identity connect:
   commands only on `<command>.by.<their name>`, so that what they cause names them;
 - a cluster agent: `c.<cluster>`, authenticated by the registration service's auth callout with the
   per-cluster credential. It speaks for the cluster, not for its nodes: the agent-facing commands (join,
-  nodes.report, heartbeat config), applied reports, dead letters, the cluster's host keys, the `_cluster`
+  nodes.report, heartbeat config), its nodes' heartbeats relayed as one HeartbeatBatch (the one place it
+  vouches for nodes: their liveness, within the inventory it reported), applied reports, dead letters, the
+  cluster's host keys, the `_cluster`
   durable consumer, and its own inbox (`_INBOX.c.<cluster>._cluster.>`: the cluster agent's inbox is not a
   prefix of its nodes' inboxes);
 - a node's agent: `c.<cluster>.<node>`, with the cluster credential *and* the node's own nkey (the server's
@@ -176,7 +178,7 @@ def service_grant(service: Service) -> Grant:
     if service is Service.REGISTRATION:
         subscribe.append(AUTH_CALLOUT_SUBJECT)
     if service is Service.HEARTBEAT:
-        subscribe += [subjects.ALL_HEARTBEATS, f"{subjects.HB_PARTITION_PREFIX}.>"]
+        subscribe += [subjects.ALL_HEARTBEATS, subjects.ALL_HEARTBEAT_BATCHES, f"{subjects.HB_PARTITION_PREFIX}.>"]
     if service is Service.SCHEDULER:
         publish.append(f"{subjects.AGENT_PREFIX}.*.{CLUSTER_AGENT_NODE}.apply")
         streams += [FLEET_AGENT.name, FLEET_REPORTS.name]  # applied reports
@@ -186,7 +188,8 @@ def service_grant(service: Service) -> Grant:
         publish.append(f"$KV.{LEASE_BUCKET}.>")
     if service is Service.NODE_AGENT:
         streams.append(FLEET_AGENT.name)  # a node-agent process without a cluster credential (tests, dev)
-        publish += [f"{subjects.HB_PREFIX}.*.*", subjects.command(Service.REGISTRATION, "join")]
+        publish += [subjects.ALL_HEARTBEATS, subjects.ALL_HEARTBEAT_BATCHES]
+        publish.append(subjects.command(Service.REGISTRATION, "join"))
         publish += [subjects.command(Service.REGISTRATION, "nodes.report"), _heartbeat_config()]
     publish += _jetstream_api(tuple(streams))
     return Grant(publish=tuple(publish), subscribe=tuple(subscribe))
@@ -347,11 +350,15 @@ def _dead_letters(cluster_id: str) -> str:
 
 
 def cluster_grant(cluster_id: str) -> Grant:
-    """An approved cluster's agent (`c.<cluster>`): inventory, applied reports, dead letters, host keys and the
-    `_cluster` consumer. It speaks for no node: no heartbeat, no step event, no node's consumer or inbox."""
+    """An approved cluster's agent (`c.<cluster>`): inventory, applied reports, dead letters, host keys, the
+    `_cluster` consumer, and its cluster's heartbeat batches (`fleet.v1.hb.<cluster>`: a relay of its nodes'
+    liveness, which the heartbeat service admits only for the cluster's own nodes, within its inventory and
+    quota). It speaks for no node otherwise: no single node's heartbeat, no step event, no node's consumer or
+    inbox."""
     check_token("cluster", cluster_id)
     host_keys_get, host_keys = _host_keys_read(cluster_id)
     publish = [
+        subjects.heartbeat_batch(cluster_id),
         f"{subjects.EVT_PREFIX}.{Entity.APPLIED.value}.{cluster_id}.>",
         _dead_letters(cluster_id),
         host_keys_get,

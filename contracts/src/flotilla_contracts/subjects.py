@@ -15,6 +15,7 @@ AGENT_PREFIX = f"{ROOT}.agent"
 ALL_COMMANDS = f"{CMD_PREFIX}.>"
 ALL_EVENTS = f"{EVT_PREFIX}.>"
 ALL_HEARTBEATS = f"{HB_PREFIX}.*.*"
+ALL_HEARTBEAT_BATCHES = f"{HB_PREFIX}.*"
 ALL_AGENT_COMMANDS = f"{AGENT_PREFIX}.>"
 
 # NATS service discovery (ADR-32 "micro" protocol).
@@ -104,6 +105,11 @@ def heartbeat(cluster: str, node: str) -> str:
     return f"{HB_PREFIX}.{check_token('cluster', cluster)}.{check_token('node', node)}"
 
 
+def heartbeat_batch(cluster: str) -> str:
+    """`fleet.v1.hb.<cluster>`: several nodes' heartbeats of one cluster (HeartbeatBatch), core NATS."""
+    return f"{HB_PREFIX}.{check_token('cluster', cluster)}"
+
+
 def agent_command(cluster: str, node: str, verb: str) -> str:
     """`fleet.v1.agent.<cluster>.<node>.<verb>`: JetStream work queue, one durable consumer per node."""
     return f"{AGENT_PREFIX}.{check_token('cluster', cluster)}.{check_token('node', node)}.{verb}"
@@ -129,6 +135,18 @@ HB_PARTITION_PREFIX = f"{ROOT}.hbp"
 def heartbeat_partition(partition: int) -> str:
     """Filter of one partition's heartbeats once the server maps `fleet.v1.hb.*.*` to partitions."""
     return f"{HB_PARTITION_PREFIX}.{int(partition)}.*.*"
+
+
+def heartbeat_batch_partition(partition: int) -> str:
+    """Filter of one partition's heartbeat batches (the same partition as the cluster's single heartbeats)."""
+    return f"{HB_PARTITION_PREFIX}.{int(partition)}.*"
+
+
+def heartbeat_batch_partition_mapping(count: int) -> tuple[str, str]:
+    """The server mapping (source, destination) of heartbeat batches: same hash of the same cluster token."""
+    if count < 1:
+        raise ValueError("partition count must be at least 1")
+    return ALL_HEARTBEAT_BATCHES, f"{HB_PARTITION_PREFIX}.{{{{partition({count},1)}}}}.{{{{wildcard(1)}}}}"
 
 
 def heartbeat_partition_mapping(count: int) -> tuple[str, str]:

@@ -69,6 +69,24 @@ class Heartbeat(Message, frozen=True, kw_only=True):
     agent_version: ShortText = ""
 
 
+MAX_BATCH = 1000  # heartbeats in one HeartbeatBatch: a cluster's nodes fit in a few messages, each under 1 MiB
+
+
+class HeartbeatBatch(Message, frozen=True, kw_only=True):
+    """Several nodes' heartbeats of one cluster in one message on `fleet.v1.hb.<cluster>`.
+
+    Sent by one speaker for several nodes of its cluster (the packed sim, a cluster-level relay): the cluster's
+    identity, not a node's (docs/heartbeat.md says what that trusts). Every entry is checked as a single
+    heartbeat is: its cluster must be the subject's, its node must pass the cluster's inventory, node quota
+    and rate, and a bad entry is refused alone, never the entries beside it.
+    """
+
+    SCHEMA = "heartbeat.HeartbeatBatch"
+
+    cluster_id: ClusterIdField
+    beats: Annotated[list[Heartbeat], msgspec.Meta(max_length=MAX_BATCH)] = []
+
+
 class HeartbeatConfigRequest(Message, frozen=True, kw_only=True):
     """Ask the heartbeat service how often to send and when a node is declared missing."""
 

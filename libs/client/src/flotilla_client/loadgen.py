@@ -2,8 +2,10 @@
 
 Each node's heartbeat is pre-encoded once as a template; a round only splices in the sequence number and
 the send time, so one process can publish well over 100k heartbeats/s. Rounds are spread evenly over the
-interval. Nodes can be stopped, resumed or made NotReady while running, and a share of garbage can be mixed
-in (for the bad-input tests and the benchmark).
+interval. With `batch`, a cluster's nodes go out `batch` at a time as HeartbeatBatch messages on
+`fleet.v1.hb.<cluster>` (as a packed sim or a cluster-level relay sends them). Nodes can be stopped,
+resumed or made NotReady while running, and a share of garbage can be mixed in (for the bad-input tests and
+the benchmark).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import asyncio
 import dataclasses
 import random
+import signal
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,12 +25,14 @@ from nats.aio.client import Client
 from flotilla_contracts import subjects
 from flotilla_contracts.envelope import H_SCHEMA, schema_id
 from flotilla_contracts.v1.common import ConditionStatus, NodeCondition, NodeConditionType, Resources
-from flotilla_contracts.v1.heartbeat import Heartbeat
+from flotilla_contracts.v1.heartbeat import Heartbeat, HeartbeatBatch
 
 _SEQ = 987654321987  # placeholders, found in the encoded template and replaced each round
 _TS = datetime(2000, 1, 1, tzinfo=UTC)
 _TS_TEXT = b"2000-01-01T00:00:00Z"
+_SEQ_TEXT = str(_SEQ).encode()
 HEADERS = {H_SCHEMA: schema_id(Heartbeat)}
+BATCH_HEADERS = {H_SCHEMA: schema_id(HeartbeatBatch)}
 GARBAGE_KINDS = ("malformed", "wrong_field", "bad_id", "subject_mismatch", "wrong_schema")
 
 
@@ -76,6 +81,12 @@ def template(cluster: str, node: str, ready: bool = True, kubelet: str = "v1.30.
     return head, middle, tail
 
 
+def batch_frame(cluster: str) -> tuple[bytes, bytes]:
+    """A HeartbeatBatch's encoding around its entries: (before, after); entries go between, comma-separated."""
+    before, after = msgspec.json.encode(HeartbeatBatch(cluster_id=cluster, beats=[])).split(b"[]", 1)
+    return before + b"[", b"]" + after
+
+
 @dataclass
 class LoadStats:
     sent: int = 0
@@ -96,6 +107,7 @@ class LoadGenerator:
     headers: bool = True
     slices: int = 50  # publishing is spread over this many slices of each interval
     seed: int = 0
+    batch: int = 0  # >0: send a cluster's heartbeats this many to a HeartbeatBatch
     stats: LoadStats = field(default_factory=LoadStats)
     stopped: dict[tuple[str, str], float] = field(default_factory=dict)  # node -> wall time it stopped
     _templates: dict[tuple[str, str], tuple[bytes, bytes, bytes]] = field(default_factory=dict)
@@ -108,6 +120,8 @@ class LoadGenerator:
                 self._templates[cluster, node] = template(cluster, node)
                 self._subjects[cluster, node] = subjects.heartbeat(cluster, node)
         self._rng = random.Random(self.seed)
+        self._frames = {cluster: batch_frame(cluster) for cluster in self.clusters} if self.batch else {}
+        self._bodies: dict[tuple[str, str], bytes] = {}  # a unit's whole batch by its first node (see `_whole`)
 
     @property
     def keys(self) -> list[tuple[str, str]]:
@@ -124,6 +138,7 @@ class LoadGenerator:
 
     def set_ready(self, cluster: str, node: str, ready: bool) -> None:
         self._templates[cluster, node] = template(cluster, node, ready)
+        self._bodies.clear()
 
     def stop(self) -> None:
         self._running = False
@@ -131,9 +146,19 @@ class LoadGenerator:
     def running(self) -> bool:
         return self._running
 
+    def units(self) -> list[list[tuple[str, str]]]:
+        """What one message carries: one node, or up to `batch` nodes of one cluster."""
+        if not self.batch:
+            return [[key] for key in self._templates]
+        found: list[list[tuple[str, str]]] = []
+        for cluster in self.clusters:
+            nodes = [(cluster, node) for node in node_ids(self.nodes_per_cluster)]
+            found += [nodes[i : i + self.batch] for i in range(0, len(nodes), self.batch)]
+        return found
+
     async def run(self, duration_s: float | None = None, rounds: int | None = None) -> LoadStats:
         start = time.monotonic()
-        keys = self.keys
+        keys = self.units()
         per_slice = max(1, -(-len(keys) // self.slices))
         seq = 0
         while self._running:
@@ -156,9 +181,13 @@ class LoadGenerator:
         await self.nc.flush()
         return self.stats
 
-    async def _publish(self, keys: list[tuple[str, str]], seq: int) -> None:
+    async def _publish(self, units: list[list[tuple[str, str]]], seq: int) -> None:
         sent_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z").encode()
         seq_text = str(seq).encode()
+        if self.batch:
+            await self._publish_batches(units, seq_text, sent_at)
+            return
+        keys = [unit[0] for unit in units]
         publish = self.nc.publish
         headers = HEADERS if self.headers else None
         stopped = self.stopped
@@ -172,6 +201,38 @@ class LoadGenerator:
             head, middle, tail = self._templates[key]
             await publish(self._subjects[key], b"".join((head, seq_text, middle, sent_at, tail)), headers=headers)
         self.stats.sent += len(keys)
+
+    def _whole(self, unit: list[tuple[str, str]]) -> bytes:
+        """A unit's batch with every node in it, encoded once: a round only replaces the two placeholders."""
+        key = unit[0][0], unit[0][1]
+        body = self._bodies.get(key)
+        if body is None:
+            before, after = self._frames[unit[0][0]]
+            entries = (b"".join((h, _SEQ_TEXT, m, _TS_TEXT, t)) for h, m, t in map(self._templates.__getitem__, unit))
+            body = self._bodies[key] = before + b",".join(entries) + after
+        return body
+
+    async def _publish_batches(self, units: list[list[tuple[str, str]]], seq_text: bytes, sent_at: bytes) -> None:
+        publish, stopped, templates = self.nc.publish, self.stopped, self._templates
+        headers = BATCH_HEADERS if self.headers else None
+        for unit in units:
+            if not stopped or not any(key in stopped for key in unit):  # the usual case: pre-encoded
+                body = self._whole(unit).replace(_SEQ_TEXT, seq_text).replace(_TS_TEXT, sent_at)
+                await publish(subjects.heartbeat_batch(unit[0][0]), body, headers=headers)
+                self.stats.sent += len(unit)
+                continue
+            entries = []
+            for key in unit:
+                if stopped and key in stopped:
+                    continue
+                head, middle, tail = templates[key]
+                entries.append(b"".join((head, seq_text, middle, sent_at, tail)))
+            if entries:
+                before, after = self._frames[unit[0][0]]
+                await publish(
+                    subjects.heartbeat_batch(unit[0][0]), before + b",".join(entries) + after, headers=headers
+                )
+            self.stats.sent += len(entries)
 
     async def _garbage(self, key: tuple[str, str]) -> None:
         kind = self._rng.choice(GARBAGE_KINDS)
@@ -201,8 +262,15 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=None)
     parser.add_argument("--prefix", default="lg")
     parser.add_argument("--garbage", type=float, default=0.0)
+    parser.add_argument(
+        "--offset", type=int, default=0, help="number of the first cluster (several processes split a fleet)"
+    )
     parser.add_argument("--stop-random", type=int, default=0, help="stop this many random nodes during the run")
+    parser.add_argument(
+        "--stop-window", default="", help="'A,B': stop them between A and B seconds (default: the run's 2nd quarter)"
+    )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=0, help="send heartbeats this many to a HeartbeatBatch")
     parser.add_argument("--no-headers", action="store_true", help="leave out the Flotilla-Schema header")
     args = parser.parse_args()
 
@@ -212,18 +280,22 @@ def main() -> None:
         nc = await nats.connect(args.server, pending_size=64 * 1024 * 1024)
         gen = LoadGenerator(
             nc,
-            cluster_ids(args.clusters, args.prefix),
+            cluster_ids(args.clusters + args.offset, args.prefix)[args.offset :],
             args.nodes,
             args.interval,
             args.garbage,
             headers=not args.no_headers,
             seed=args.seed,
+            batch=args.batch,
         )
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, gen.stop)  # stop, then print the result
         stoppers = []
-        if args.stop_random and args.duration:
+        window = tuple(float(v) for v in args.stop_window.split(",")) if args.stop_window else None
+        if args.stop_random and (args.duration or window):
             rng = random.Random(args.seed)
+            first, last = window or (args.duration / 4, args.duration / 2)
             for cluster, node in rng.sample(gen.keys, args.stop_random):
-                at = rng.uniform(args.duration / 4, args.duration / 2)
+                at = rng.uniform(first, last)
                 stoppers.append(asyncio.get_running_loop().call_later(at, gen.stop_node, cluster, node))
         stats = await gen.run(duration_s=args.duration)
         ended_at = time.time()

@@ -136,11 +136,6 @@ class HealthModel:
         node = cluster.nodes.get(hb.node_id)
         if node is None:
             node = self._new_node(cluster, hb.node_id, hb.node_name, self._now)
-        now = self._now
-        node.heard = now
-        cluster.last_heard = now
-        node.seq = hb.seq
-        node.skew = self._wall - hb.sent_at.timestamp()
         facts = node.facts
         if (
             facts is None
@@ -160,11 +155,20 @@ class HealthModel:
                 node.api = api
                 self._queue_cluster(cluster)
             self.checkpoint.add((hb.cluster_id, hb.node_id))
+        self.pulse(cluster, node, hb.seq, hb.sent_at.timestamp())
+        return True
+
+    def pulse(self, cluster: Cluster, node: Node, seq: int, sent_at: float) -> None:
+        """A heartbeat of a tracked node whose facts are the ones it has (`observe` once they are applied)."""
+        now = self._now
+        node.heard = now
+        cluster.last_heard = now
+        node.seq = seq
+        node.skew = self._wall - sent_at
         if node.state is not (READY if node.ready else NOT_READY) and not node.queued:
             node.queued = True
             self._queued_nodes.append(node)
         self._due.append(node)
-        return True
 
     def _intern(self, hb: Heartbeat) -> Facts:
         facts = Facts(

@@ -5,6 +5,10 @@ it never raises and never delays the good heartbeats behind it. The sender is th
 (the server's grant restricts them): a tracked cluster's heartbeat passes the quota (flotilla_heartbeat.quota)
 before it is even decoded, and a body naming another cluster or node is refused. Refusals are counted and
 reported through the RefusalLedger (one event per cluster, reason and window); nothing refused creates state.
+
+A HeartbeatBatch (`fleet.v1.hb.<cluster>`, several nodes' heartbeats from one speaker for its cluster) is
+taken apart here: its entries are decoded one by one (a bad entry is dropped alone) and each passes the same
+checks as a single heartbeat, in the same order (its cluster is the subject's, its node the quota's).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import nats.errors
@@ -24,15 +28,28 @@ from flotilla_contracts.envelope import H_SCHEMA, SchemaIdError, parse_schema_id
 from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.ids import TOKEN_PATTERN
 from flotilla_contracts.subjects import Service
-from flotilla_contracts.v1.heartbeat import Heartbeat, NoiseReason
+from flotilla_contracts.v1.heartbeat import MAX_BATCH, Heartbeat, HeartbeatBatch, NoiseReason
 from flotilla_contracts.v1.security import MemberRefused, RefusalReason
 from flotilla_heartbeat.domain import HealthModel
+from flotilla_heartbeat.fastpath import NO_KEY, Pulse, body_key, decode_pulse
+from flotilla_heartbeat.health_state import Cluster, Node
 from flotilla_heartbeat.noise import NoiseWindow
 from flotilla_heartbeat.quota import Quota
 from flotilla_runtime.trust import RefusalLedger
 
 HEARTBEAT_SCHEMA = schema_id(Heartbeat)
+BATCH_SCHEMA = schema_id(HeartbeatBatch)
 _decoder = msgspec.json.Decoder(Heartbeat)
+
+
+class _RawBatch(msgspec.Struct):
+    """A HeartbeatBatch with its entries left encoded, so that each is decoded (and refused) on its own."""
+
+    cluster_id: str
+    beats: Annotated[list[msgspec.Raw], msgspec.Meta(max_length=MAX_BATCH)] = []
+
+
+_batch_decoder = msgspec.json.Decoder(_RawBatch)
 
 # Why a heartbeat was dropped: the stable error codes, plus the membership reasons of noise.
 DropReasons = Counter[str]
@@ -64,15 +81,22 @@ class Ingest:
         self.now = now
         self.received = 0
         self.applied = 0
+        self.cheap = 0  # applied the cheap way (flotilla_heartbeat.fastpath)
         self.dropped: DropReasons = Counter()
         self._buffer: list[Msg] = []
+        self._batches: list[Msg] = []
         self._subs: list[Subscription] = []
 
     async def subscribe(self, nc: Client, filters: list[str]) -> None:
+        """Subscribe the filters: single heartbeats end in `<cluster>.<node>`, batches in `<cluster>` alone."""
         for subject in filters:
+            batches = subject.endswith(".*") and not subject.endswith("*.*")
             self._subs.append(
                 await nc.subscribe(
-                    subject, cb=self._on_message, pending_msgs_limit=2_000_000, pending_bytes_limit=2 * 1024**3
+                    subject,
+                    cb=self._on_batch if batches else self._on_message,
+                    pending_msgs_limit=2_000_000,
+                    pending_bytes_limit=2 * 1024**3,
                 )
             )
 
@@ -85,7 +109,7 @@ class Ingest:
     @property
     def backlog(self) -> int:
         """Messages received by the client but not yet handed to us (a sign we are behind)."""
-        return sum(sub.pending_msgs for sub in self._subs) + len(self._buffer)
+        return sum(sub.pending_msgs for sub in self._subs) + len(self._buffer) + len(self._batches)
 
     async def _on_message(self, msg: Msg) -> None:
         buffer = self._buffer
@@ -93,13 +117,25 @@ class Ingest:
         if len(buffer) >= self.batch:
             self.flush()
 
+    async def _on_batch(self, msg: Msg) -> None:
+        self._batches.append(msg)
+        if len(self._batches) * 64 >= self.batch:  # a batch holds tens to hundreds of heartbeats
+            self.flush()
+
     def flush(self) -> None:
-        """Apply every buffered heartbeat as received now."""
+        """Apply every buffered heartbeat and batch as received now."""
         buffer, self._buffer = self._buffer, []
-        if not buffer:
+        batches, self._batches = self._batches, []
+        if not buffer and not batches:
             return
         now, wall = self.now()
         self.model.begin(now, wall)
+        for msg in batches:
+            self._apply_batch(msg, now)
+        if buffer:
+            self._apply_singles(buffer, now)
+
+    def _apply_singles(self, buffer: list[Msg], now: float) -> None:
         observe = self.model.observe
         clusters = self.model.clusters
         admit = self.quota.admit
@@ -127,6 +163,10 @@ class Ingest:
                 if schema and schema != HEARTBEAT_SCHEMA:
                     self.dropped[_schema_problem(schema)] += 1
                     continue
+            key = body_key(data)
+            if cluster is not None and self._pulse(cluster, cluster.nodes.get(node_id), data, key):
+                applied += 1
+                continue
             try:
                 hb = decode(data)
             except msgspec.ValidationError as exc:
@@ -142,12 +182,110 @@ class Ingest:
                 continue
             if observe(hb):
                 applied += 1
+                clusters[cluster_id].nodes[node_id].body_key = key
             else:
                 reason = self.membership_reason(cluster_id)
                 self.dropped[reason] += 1
                 self.noise.count(cluster_id, node_id, reason)
         self.received += len(buffer)
         self.applied += applied
+
+    def _apply_batch(self, msg: Msg, now: float) -> None:
+        """One HeartbeatBatch: the message's checks once, then every entry's as if it came alone."""
+        subject = msg.subject
+        cluster_id = subject.rsplit(".", 1)[1]
+        dropped = self.dropped
+        data = msg.data
+        self.received += 1
+        if len(data) > self.max_bytes:
+            dropped[ErrorCode.TOO_LARGE] += 1
+            return
+        headers = msg.headers
+        schema = headers.get(H_SCHEMA) if headers else None
+        if schema and schema != BATCH_SCHEMA:
+            dropped[_schema_problem(schema, HeartbeatBatch.SCHEMA)] += 1
+            return
+        try:
+            batch = _batch_decoder.decode(data)
+        except msgspec.ValidationError:
+            dropped[ErrorCode.INVALID_FIELD] += 1
+            return
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            dropped[ErrorCode.MALFORMED] += 1
+            return
+        if batch.cluster_id != cluster_id:
+            dropped[ErrorCode.SUBJECT_MISMATCH] += 1
+            detail = f"the batch speaks for cluster {batch.cluster_id}"
+            self.refuse(cluster_id, RefusalReason.SUBJECT_BODY_MISMATCH, "", subject, detail)
+            return
+        self.received += len(batch.beats) - 1
+        cluster = self.model.clusters.get(cluster_id)
+        admit, observe, decode = self.quota.admit, self.model.observe, _decoder.decode
+        applied = 0
+        for raw in batch.beats:
+            entry = bytes(raw)
+            key = body_key(entry)
+            admitted = False
+            if cluster is not None:  # a tracked node: the rate check first, then (usually) the cheap way
+                try:
+                    pulse: Pulse | None = decode_pulse(entry)
+                except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+                    pulse = None  # the full decode says what is wrong
+                node = cluster.nodes.get(pulse.node_id) if pulse is not None else None
+                if pulse is not None and node is not None:
+                    refused = admit(cluster, pulse.node_id, now)
+                    if refused is not None:
+                        dropped[refused] += 1
+                        self.refuse(cluster_id, refused, pulse.node_id, subject)
+                        continue
+                    admitted = True
+                    if self._pulse(cluster, node, entry, key, pulse):
+                        applied += 1
+                        continue
+            try:
+                hb = decode(entry)
+            except msgspec.ValidationError as exc:
+                dropped[ErrorCode.INVALID_ID if TOKEN_PATTERN in str(exc) else ErrorCode.INVALID_FIELD] += 1
+                continue
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+                dropped[ErrorCode.MALFORMED] += 1
+                continue
+            node_id = hb.node_id
+            if hb.cluster_id != cluster_id:
+                dropped[ErrorCode.SUBJECT_MISMATCH] += 1
+                detail = f"an entry speaks for {hb.cluster_id}/{node_id}"
+                self.refuse(cluster_id, RefusalReason.SUBJECT_BODY_MISMATCH, node_id, subject, detail)
+                continue
+            if cluster is not None and not admitted:  # a tracked node's token was taken above
+                refused = admit(cluster, node_id, now)
+                if refused is not None:
+                    dropped[refused] += 1
+                    self.refuse(cluster_id, refused, node_id, subject)
+                    continue
+            if observe(hb):
+                applied += 1
+                if cluster is not None:
+                    cluster.nodes[node_id].body_key = key
+            else:
+                reason = self.membership_reason(cluster_id)
+                dropped[reason] += 1
+                self.noise.count(cluster_id, node_id, reason)
+        self.applied += applied
+
+    def _pulse(self, cluster: Cluster, node: Node | None, data: bytes, key: int, pulse: Pulse | None = None) -> bool:
+        """Apply a heartbeat the cheap way (flotilla_heartbeat.fastpath) when its body has the node's facts."""
+        if node is None or key == NO_KEY or node.body_key != key or node.facts is None:
+            return False
+        if pulse is None:
+            try:
+                pulse = decode_pulse(data)
+            except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+                return False  # the full decode says what is wrong
+        if pulse.sent_at is None:
+            return False
+        self.model.pulse(cluster, node, pulse.seq, pulse.sent_at.timestamp())
+        self.cheap += 1
+        return True
 
     def refuse(self, cluster_id: str, reason: RefusalReason, node_id: str, subject: str, detail: str = "") -> None:
         """Count a refusal; the first of its cluster and reason in a window becomes an event."""
@@ -163,9 +301,9 @@ class Ingest:
         return {"received": self.received, "applied": self.applied, "dropped": dict(self.dropped)}
 
 
-def _schema_problem(schema: str) -> str:
+def _schema_problem(schema: str, expected: str = Heartbeat.SCHEMA) -> str:
     try:
         name, _version = parse_schema_id(schema)
     except SchemaIdError:
         return ErrorCode.WRONG_SCHEMA
-    return ErrorCode.UNSUPPORTED_VERSION if name == Heartbeat.SCHEMA else ErrorCode.WRONG_SCHEMA
+    return ErrorCode.UNSUPPORTED_VERSION if name == expected else ErrorCode.WRONG_SCHEMA

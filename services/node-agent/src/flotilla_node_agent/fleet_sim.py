@@ -39,7 +39,7 @@ from flotilla_contracts import sim as names
 from flotilla_contracts.ids import node_token
 from flotilla_contracts.v1.agent import NodeFacts
 from flotilla_contracts.v1.common import NodeRole
-from flotilla_node_agent import __version__, sim_metrics
+from flotilla_node_agent import __version__, sim_beats, sim_metrics
 from flotilla_node_agent.apply_backends import SimApplyBackend
 from flotilla_node_agent.bus_login import connect_as
 from flotilla_node_agent.cluster_agent import ClusterAgent, ClusterHandle
@@ -73,6 +73,7 @@ class FleetSpec:
     heartbeat_interval_s: float = 10.0
     state_dir: Path = Path(".flotilla/sim")
     faults: tuple[tuple[str, str], ...] = ()  # (node name, fault) placed by name, on top of --fail-rate
+    batch_heartbeats: bool = False  # a cluster's heartbeats as one HeartbeatBatch a round, as the cluster
 
 
 def node_specs(spec: FleetSpec, index: int) -> list[SimNodeSpec]:
@@ -217,6 +218,7 @@ async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:
         instance_id=spec.prefix,
         verify_timeout_s=30.0,
         subscribe_gate=asyncio.Semaphore(32),
+        heartbeats=not spec.batch_heartbeats,
     )
     fleet = Fleet(spec, store, relay, nc, handles=handles, links=links)
     fleet.tasks.append(asyncio.create_task(keep_interval_fresh(interval, nc, handles)))
@@ -265,6 +267,9 @@ async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:
             routes.nodes[node_agent.node_id] = node_agent
             fleet.agents.append(node_agent)
             fleet.tasks.append(asyncio.create_task(node_agent.run()))
+        if spec.batch_heartbeats:  # over the cluster's own connection (its identity), else the shared one
+            members = fleet.agents[-len(drivers) :]
+            fleet.tasks.append(asyncio.create_task(sim_beats.run(handle, members, interval, log, ctx.metrics, nc)))
     return fleet
 
 
@@ -309,6 +314,11 @@ def parse(argv: Sequence[str] | None = None) -> tuple[FleetSpec, argparse.Namesp
     parser.add_argument("--prefix", default="sim", help="cluster name prefix (one per sim process)")
     parser.add_argument("--step-seconds", type=float, default=0.0, help="simulated duration of each step")
     parser.add_argument("--heartbeat-interval", type=float, default=10.0, help="until the service announces one")
+    parser.add_argument(
+        "--batch-heartbeats",
+        action="store_true",
+        help="send each cluster's heartbeats as one HeartbeatBatch a round, as the cluster (docs/heartbeat.md)",
+    )
     parser.add_argument("--state-dir", default=".flotilla/sim")
     parser.add_argument(
         "--duration", type=float, default=0.0, help="stop after this many seconds (0: run until signalled)"
@@ -342,6 +352,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[FleetSpec, argparse.Namesp
         heartbeat_interval_s=args.heartbeat_interval,
         state_dir=Path(args.state_dir),
         faults=tuple(faults),
+        batch_heartbeats=args.batch_heartbeats,
     )
     return spec, args
 

@@ -1,9 +1,16 @@
-"""Heartbeats at the interval the heartbeat service announces, on core NATS (volatile, high rate)."""
+"""Heartbeats at the interval the heartbeat service announces, on core NATS (volatile, high rate).
+
+One node's agent sends its own (`HeartbeatSender`, on `fleet.v1.hb.<cluster>.<node>`, as the node's identity).
+A process that speaks for several nodes of a cluster (the packed sim with `--batch-heartbeats`) sends them
+together (`ClusterBeats`, one HeartbeatBatch on `fleet.v1.hb.<cluster>` a round, as the cluster's identity):
+one message instead of one per node, which is what makes a heartbeat cheap at the hub (docs/heartbeat.md).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import msgspec
@@ -12,7 +19,7 @@ from nats.aio.client import Client
 
 from flotilla_contracts import catalogue, subjects
 from flotilla_contracts.envelope import H_SCHEMA, schema_id
-from flotilla_contracts.v1.heartbeat import Heartbeat, HeartbeatConfig, HeartbeatConfigRequest
+from flotilla_contracts.v1.heartbeat import Heartbeat, HeartbeatBatch, HeartbeatConfig, HeartbeatConfigRequest
 from flotilla_node_agent import __version__
 from flotilla_node_agent.agent_metrics import AgentMetrics
 from flotilla_node_agent.drivers.base import DriverUnavailable, NodeDriver, StepFailed
@@ -21,6 +28,8 @@ from flotilla_runtime.logs import BoundLogger
 
 _encoder = msgspec.json.Encoder()
 _HEADERS = {H_SCHEMA: schema_id(Heartbeat)}
+_BATCH_HEADERS = {H_SCHEMA: schema_id(HeartbeatBatch)}
+PER_BATCH = 200  # heartbeats per HeartbeatBatch: about 130 kB, well under the service's 256 KiB message bound
 
 
 class Interval:
@@ -95,7 +104,7 @@ class HeartbeatSender:
         try:
             heartbeat = await self.build()
         except (DriverUnavailable, StepFailed) as exc:
-            self._failed()
+            self.count_failure()
             self.log.warning("no heartbeat: cannot read the node (%s)", exc)
             return
         try:
@@ -104,10 +113,10 @@ class HeartbeatSender:
             if self.metrics is not None:
                 self.metrics.heartbeats.inc()
         except nats.errors.Error as exc:
-            self._failed()
+            self.count_failure()
             self.log.warning("heartbeat not sent: %s", exc)
 
-    def _failed(self) -> None:
+    def count_failure(self) -> None:
         self.failures += 1
         if self.metrics is not None:
             self.metrics.heartbeat_failures.inc()
@@ -118,3 +127,75 @@ class HeartbeatSender:
         while True:
             await self.send_one()
             await asyncio.sleep(self.interval.seconds)
+
+
+class ClusterBeats:
+    """Several nodes' heartbeats of one cluster, one HeartbeatBatch a round, from one speaker for them.
+
+    Each node's facts and `seq` are its own `HeartbeatSender`'s (read from its driver), so the service sees
+    what it would see from the nodes one by one; a node whose driver cannot be read is left out of the round.
+    """
+
+    def __init__(
+        self,
+        cluster_id: str,
+        senders: Callable[[], Sequence[HeartbeatSender]],
+        interval: Interval,
+        log: BoundLogger,
+        metrics: AgentMetrics | None = None,
+        per_batch: int = PER_BATCH,
+    ) -> None:
+        self.cluster_id, self.senders, self.interval, self.log = cluster_id, senders, interval, log
+        self.metrics, self.per_batch = metrics, per_batch
+        self.subject = subjects.heartbeat_batch(cluster_id)
+        self.rounds = 0
+
+    async def send_once(self, nc: Client) -> int:
+        """One round: every node's heartbeat, `per_batch` to a message; returns how many were sent."""
+        built: list[tuple[HeartbeatSender, Heartbeat]] = []
+        for sender in self.senders():
+            try:
+                built.append((sender, await sender.build()))
+            except (DriverUnavailable, StepFailed) as exc:
+                sender.count_failure()
+                self.log.warning("no heartbeat for %s: cannot read the node (%s)", sender.node_id, exc)
+        sent = 0
+        for start in range(0, len(built), self.per_batch):
+            chunk = built[start : start + self.per_batch]
+            batch = HeartbeatBatch(cluster_id=self.cluster_id, beats=[beat for _, beat in chunk])
+            try:
+                await nc.publish(self.subject, _encoder.encode(batch), headers=_BATCH_HEADERS)
+            except nats.errors.Error as exc:
+                for sender, _ in chunk:
+                    sender.count_failure()
+                self.log.warning("heartbeat batch not sent: %s", exc)
+                continue
+            for sender, _ in chunk:
+                sender.seq += 1
+            sent += len(chunk)
+        if self.metrics is not None and sent:
+            self.metrics.heartbeats.inc(sent)
+        self.rounds += 1
+        return sent
+
+    async def run(self, connection: Callable[[], Client | None]) -> None:
+        """Send a round every interval over the connection the cluster speaks on (its own, or the shared one)."""
+        await asyncio.sleep(random.uniform(0, self.interval.seconds))  # clusters out of lock step
+        while True:
+            nc = connection()
+            if nc is not None:
+                await self.send_once(nc)
+            await asyncio.sleep(self.interval.seconds)
+
+
+async def send_batches(
+    cluster: Awaitable[str],
+    senders: Callable[[], Sequence[HeartbeatSender]],
+    interval: Interval,
+    log: BoundLogger,
+    metrics: AgentMetrics | None,
+    connection: Callable[[], Client | None],
+) -> None:
+    """Once the cluster is known (approved), send its nodes' heartbeats as batches until cancelled."""
+    cluster_id = await cluster
+    await ClusterBeats(cluster_id, senders, interval, log.bind(cluster=cluster_id), metrics).run(connection)
