@@ -3,7 +3,8 @@
 Each first-seen node is an event through the heartbeat service's outbox while the heartbeats keep coming. The
 service must not be cut off by nats-server as a slow consumer nor drop heartbeats, every node that kept its
 schedule is Ready with exactly one event (its first-seen one: any wrong verdict would add a second), and all of
-them reach FLEET_EVENTS. Small by default (3,000 nodes at 1 s); `slow`: 100,000 nodes at 10 s.
+them reach FLEET_EVENTS. Small by default (3,000 nodes at 1 s); `slow`: 100,000 nodes at 10 s. And when nats-server
+does cut a stalled service off, nobody is blamed for the silence that caused.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -26,7 +28,7 @@ from nats.aio.client import Client
 from nats.js.api import ConsumerConfig
 
 from flotilla_client.loadgen import LoadGenerator, cluster_ids
-from flotilla_client.natsserver import NatsServer
+from flotilla_client.natsserver import NatsServer, free_port
 from flotilla_contracts.catalogue import subject_for
 from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, schema_id
 from flotilla_contracts.streams import FLEET_EVENTS
@@ -37,6 +39,7 @@ from flotilla_heartbeat.app import SPEC
 from flotilla_heartbeat.settings import Settings
 from flotilla_runtime import service
 from flotilla_runtime.bus import ensure_streams
+from flotilla_runtime.lifeline import LinkState
 from flotilla_testkit import eventually
 
 pytestmark = pytest.mark.integration
@@ -169,3 +172,52 @@ async def test_a_fleet_first_seen_at_once_is_ready_with_one_event_each(nats_serv
 @pytest.mark.slow
 async def test_a_hundred_thousand_nodes_first_seen_at_once(nats_server: NatsServer, tmp_path: Path) -> None:
     await burst(nats_server, tmp_path / "hb", clusters=10_000, nodes=10, interval_s=10.0)
+
+
+async def test_cut_off_as_a_slow_consumer_the_service_holds_its_verdicts(tmp_path: Path) -> None:
+    """nats-server closes the connection of a client that does not read (past `max_pending` or its write deadline:
+    it never drops single messages for a client). The service, stalled, is cut off; it reconnects, and the
+    silence it was cut off for is its own: no node is judged Unreachable for it (deafness.py)."""
+    server = NatsServer(
+        state_dir=tmp_path / "nats",
+        port=free_port(),
+        log_file=tmp_path / "nats-server.log",
+        extra_config='max_pending: 1048576\nwrite_deadline: "1s"\n',  # the least nats-server takes: max_payload
+    )
+    server.start()
+    try:
+        nc = await nats.connect(server.url)
+        await ensure_streams(nc.jetstream())
+        clusters, nodes, interval_s = 200, 10, 0.5
+        await approve(nc, cluster_ids(clusters, "cut"))
+        timing = {"interval_s": interval_s, "missed_intervals": 3, "flap_window_s": 1.5, "tick_s": 0.1}
+        async with replica(server.url, tmp_path / "hb", startup_grace_s=5.0, **timing) as app:
+            args = ["--server", server.url, "--clusters", str(clusters), "--nodes", str(nodes), "--prefix", "cut"]
+            sender = await asyncio.create_subprocess_exec(  # its own process: it keeps sending while this one stalls
+                sys.executable,
+                "-m",
+                "flotilla_client.loadgen",
+                *args,
+                "--interval",
+                str(interval_s),
+                stdout=asyncio.subprocess.DEVNULL,
+            )
+            try:
+                total = clusters * nodes
+                await eventually(lambda: node_event_count(nc), "every node first seen", until=lambda n: n >= total)
+                time.sleep(3.0)  # noqa: ASYNC251 - the stall under test (a starved process), not a wait
+                await eventually(lambda: app.lifeline.stats.disconnects, "nats-server to cut the service off")
+                await eventually(lambda: app.lifeline.state is LinkState.CONNECTED, "the service back on the bus")
+                # Three intervals after the grace would have run out without the hold: every node was judged again.
+                await asyncio.sleep(5.0 + 3 * interval_s)  # a period to wait out, not a condition
+                events = await node_events(nc)
+            finally:
+                sender.terminate()
+                await sender.wait()
+        await nc.close()
+        log = server.log_file.read_text() if server.log_file else ""
+    finally:
+        server.stop()
+    assert "Slow Consumer" in log, "nats-server did not cut the service off: nothing was tested"
+    twice = {subject: count for subject, count in events.items() if count != 1}
+    assert len(events) == total and twice == {}, f"judged for the service's own deafness: {list(twice.items())[:5]}"
