@@ -40,7 +40,7 @@ from flotilla_contracts.v1.registration_events import ClusterApproved
 from flotilla_contracts.v1.scheduler_events import SubscriptionApplied
 from flotilla_testkit import eventually
 
-pytestmark = pytest.mark.bench
+pytestmark = [pytest.mark.bench, pytest.mark.timeout(1200)]  # the old path took minutes on a loaded machine
 SCHED = Service.SCHEDULER
 IN_FLIGHT = int(os.environ.get("BENCH_SCHED_IN_FLIGHT", "200"))
 
