@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from flotilla_client import busauth, peoplefile
+from flotilla_client.natsserver import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -103,6 +104,9 @@ def _drop_block(text: str, name: str) -> str:
     raise AssertionError(f"unbalanced {name} block")
 
 
+WEBSOCKET_LISTEN = "listen: 0.0.0.0:8443"  # deploy/components/dashboard/websocket.conf
+
+
 def localize_nats_config(
     files: dict[str, str],
     folder: Path,
@@ -115,8 +119,13 @@ def localize_nats_config(
 ) -> Path:
     """Write the rendered configuration into `folder` as a local server runs it: the pod's addresses, pid file,
     store and certificate paths replaced by local ones. With no `cluster_port` the cluster block is left out
-    (a single server); else it listens there and routes to `routes` (ports on localhost). Returns nats.conf."""
+    (a single server); else it listens there and routes to `routes` (ports on localhost). The WebSocket listener
+    of envs/prod (components/dashboard), when there is one, listens on a free port of localhost. Returns nats.conf."""
     folder.mkdir(parents=True, exist_ok=True)
+    files = dict(files)
+    if WEBSOCKET_LISTEN in files.get("websocket.conf", ""):
+        local = f"listen: 127.0.0.1:{free_port()}"
+        files["websocket.conf"] = files["websocket.conf"].replace(WEBSOCKET_LISTEN, local)
     conf = files["nats.conf"]
     conf = _replace(conf, "listen: 0.0.0.0:4222", f"listen: 127.0.0.1:{port}")
     conf = _replace(conf, "http: 0.0.0.0:8222", f"http: 127.0.0.1:{monitor_port}")
