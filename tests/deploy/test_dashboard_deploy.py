@@ -11,35 +11,32 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import nats.errors
 import pytest
+import test_bus_people
 from integration_support import connect_watched
-from test_bus_security import (
-    Localize,
-    Server,
-    live_subscription,
-    mounted_file,
-    only,
-    pod_container,
-    speak_plaintext,
-    start,
-    stop,
-)
+from test_bus_security import Server, live_subscription, mounted_file, only, pod_container, speak_plaintext
 from test_dockerfiles import dockerignore_includes, parse
 
 from flotilla_client import busauth, peoplefile
-from flotilla_client.natsserver import free_port
-from flotilla_contracts import permissions
+from flotilla_contracts import permissions, subjects
 from flotilla_runtime.natsconn import CA_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "dashboard" / "Dockerfile"
 PEOPLE = ROOT / "deploy" / "components" / "bus-security" / "people.yaml"
 CERTIFICATE_SECRET = "nats-server-tls"
+ADMIN_PASSWORD = busauth.password_variable(permissions.ADMIN_USER)
+ORCHESTRATOR = test_bus_people.ORCHESTRATOR
+# test_bus_people's server of the prod configuration with its people (alice operator, vera viewer), and what it needs.
+people_file = test_bus_people.people_file
+people_conf = test_bus_people.people_conf
+secret_values = test_bus_people.secret_values
+people_server = test_bus_people.people_server
 Manifest = list[dict[str, Any]]
 Render = Callable[[str], Manifest]
 NatsFiles = Callable[[Manifest], dict[str, str]]
@@ -214,48 +211,46 @@ def test_dockerignore_sends_the_dashboard_sources_and_lock_but_not_its_build_out
 # --- a real nats-server with the overlay's configuration ---------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def websocket_server(
-    render: Render,
-    nats_files: NatsFiles,
-    localize: Localize,
-    test_tls: Path,
-    bus_secret: dict[str, str],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[Server, int]]:
-    """One server of the prod configuration (cluster block left out) and the port of its WebSocket listener."""
-    port, monitor_port = free_port(), free_port()
-    files = nats_files(render("envs/prod"))
-    conf = localize(files, tmp_path_factory.mktemp("nats-ws"), test_tls, port=port, monitor_port=monitor_port)
-    listen = re.search(r"listen: 127\.0\.0\.1:(\d+)", conf.with_name("websocket.conf").read_text())
+def websocket_port(server: Server) -> int:
+    """The port the localized WebSocket listener of `server` listens on (conftest's localize picks a free one)."""
+    listen = re.search(r"listen: 127\.0\.0\.1:(\d+)", (server.log.parent / "websocket.conf").read_text())
     assert listen, "the localized WebSocket listener"
-    running = start(conf, {"POD_NAME": "nats-0", **bus_secret}, port, monitor_port)
-    yield running, int(listen.group(1))
-    stop(running)
+    return int(listen.group(1))
 
 
 @pytest.mark.integration
-async def test_a_browser_client_speaks_nats_over_wss_as_a_bus_user(
-    websocket_server: tuple[Server, int], bus_secret: dict[str, str], test_tls: Path, monkeypatch: pytest.MonkeyPatch
+async def test_a_person_speaks_nats_over_wss_with_their_own_password_and_role(
+    people_server: Server, secret_values: dict[str, str], test_tls: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """As the page connects (wss://, a user and password, the server's CA trusted): a message goes through, the
-    listener requires TLS; a wrong password and plain ws:// are refused."""
-    server, port = websocket_server
+    """As the page connects (wss://, the person's user and password, the bus's CA trusted), on the prod
+    configuration with test_bus_people's people (alice operator, vera viewer): alice pauses in her own name, vera
+    may not; a wrong password and a plain ws:// upgrade are refused."""
     monkeypatch.setenv(CA_ENV, str(test_tls / "ca.crt"))
-    admin = permissions.ADMIN_USER
-    password = bus_secret[busauth.password_variable(admin)]
-    websocket = server.monitor("/varz")["websocket"]
-    assert websocket["port"] == port and "tls_cert_not_after" in websocket, "the listener has the test certificate"
-    peer = await connect_watched(f"wss://{admin}:{password}@localhost:{port}")
+    port = websocket_port(people_server)
+    assert people_server.monitor("/varz")["websocket"]["port"] == port
+    assert "tls_cert_not_after" in people_server.monitor("/varz")["websocket"], "the listener has a certificate"
+
+    def wss(user: str, password: str | None = None) -> str:
+        return f"wss://{user}:{password or secret_values[busauth.password_variable(user)]}@localhost:{port}"
+
+    admin = await connect_watched(people_server.url(permissions.ADMIN_USER, secret_values[ADMIN_PASSWORD]))
+    alice, vera = await connect_watched(wss("alice")), await connect_watched(wss("vera"))
     try:
-        sub = await live_subscription(peer, "dashboard.check.>")
-        await peer.nc.publish("dashboard.check.one", b"hello")
-        assert (await sub.next_msg(timeout=3)).data == b"hello"
-        assert not peer.errors
+        assert alice.nc.connected_url is not None and alice.nc.connected_url.scheme == "wss"
+        seen = await live_subscription(admin, subjects.service_commands(ORCHESTRATOR))
+        pause_as_alice = subjects.command_by(ORCHESTRATOR, "upgrade.pause", "alice")
+        await alice.nc.publish(pause_as_alice, b"{}")
+        assert (await seen.next_msg(timeout=3)).subject == pause_as_alice
+        pause_as_vera = subjects.command_by(ORCHESTRATOR, "upgrade.pause", "vera")
+        await vera.nc.publish(pause_as_vera, b"{}")
+        assert await vera.denied(f'publish to "{pause_as_vera}"'), vera.errors
+        connz = people_server.monitor("/connz?auth=true")
+        assert {"alice", "vera"} <= {c.get("authorized_user") for c in connz["connections"]}
     finally:
-        await peer.nc.close()
+        for connection in (admin, alice, vera):
+            await connection.nc.close()
     with pytest.raises(nats.errors.Error) as refused:
-        await connect_watched(f"wss://{admin}:not-the-password@localhost:{port}")
+        await connect_watched(wss("alice", "not-her-password"))
     assert "authorization violation" in str(refused.value).lower()
     # In the clear (ws://): the listener expects a TLS handshake and never upgrades to a WebSocket. (nats-py retries
     # a refused first connection for ever, so the handshake is spoken by hand.)
