@@ -12,7 +12,7 @@ PACKAGES := flotilla_contracts flotilla_runtime flotilla_client flotilla_kube fl
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
-.PHONY: demo demo-kube test sync lint types imports schemas schemas-check pytest test-slow soak bench k8s-bins peer-bins prom-bins test-kube down clean help dashboard chromium
+.PHONY: demo demo-kube test sync lint types imports schemas schemas-check pytest test-slow soak bench k8s-bins peer-bins prom-bins test-kube down clean help dashboard chromium nginx
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -55,7 +55,7 @@ schemas: sync ## regenerate JSON Schemas, the AsyncAPI document and docs/contrac
 schemas-check: sync ## fail when the committed schemas are stale or a v1 change is breaking
 	$(BIN)/python -m flotilla_contracts.schemagen --check
 
-pytest: sync k8s-bins peer-bins prom-bins dashboard chromium ## unit, handler, contract, integration and Kubernetes tests (real nats-server, real API servers, real Jaeger), not the slow, bench or soak ones
+pytest: sync k8s-bins peer-bins prom-bins dashboard chromium nginx ## unit, handler, contract, integration and Kubernetes tests (real nats-server, real API servers, real Jaeger), not the slow, bench or soak ones
 	$(BIN)/pytest
 
 test-slow: sync ## the long suites (chaos long form, big fleets)
@@ -94,6 +94,10 @@ dashboard: dashboard/dist/index.html ## build the live fleet page into dashboard
 chromium: ## install Debian's chromium when missing (the dashboard's browser test drives it with playwright-core)
 	@command -v chromium >/dev/null || { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
 		$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq chromium; }
+
+nginx: ## install Debian's nginx-light when missing (tests/deploy runs the dashboard's production server block in it)
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+		$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends nginx-light; }
 
 clean: ## remove the environment and local state
 	-$(BIN)/flotilla down 2>/dev/null

@@ -8,9 +8,14 @@ renders it, and plain ws:// or a wrong password does not.
 
 from __future__ import annotations
 
+import getpass
 import json
 import re
 import shlex
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,14 +28,20 @@ from test_bus_security import Server, live_subscription, mounted_file, only, pod
 from test_dockerfiles import dockerignore_includes, parse
 
 from flotilla_client import busauth, peoplefile
+from flotilla_client.cli import dashboard as dashboard_cli
+from flotilla_client.natsserver import free_port
 from flotilla_contracts import permissions, subjects
 from flotilla_runtime.natsconn import CA_ENV
+from flotilla_testkit import eventually_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "dashboard" / "Dockerfile"
 PEOPLE = ROOT / "deploy" / "components" / "bus-security" / "people.yaml"
 CERTIFICATE_SECRET = "nats-server-tls"
 ADMIN_PASSWORD = busauth.password_variable(permissions.ADMIN_USER)
+# `flotilla dashboard`'s policy (cli/dashboard.py CSP), WebSockets over TLS only.
+JAVASCRIPT = ("application/javascript", "text/javascript")  # nginx's mime.types, older and newer
+CSP_PROD = "default-src 'self'; connect-src 'self' wss:; img-src 'self' data:; frame-ancestors 'none'"
 ORCHESTRATOR = test_bus_people.ORCHESTRATOR
 # test_bus_people's server of the prod configuration with its people (alice operator, vera viewer), and what it needs.
 people_file = test_bus_people.people_file
@@ -102,7 +113,7 @@ def test_prod_serves_the_page_with_its_config_from_a_config_map(render: Render) 
         http = c[probe]["httpGet"]
         assert http["port"] == port["name"] and f"location = {http['path']} {{" in server, probe
     csp = re.search(r'add_header Content-Security-Policy "([^"]+)" always;', server)
-    assert csp and "connect-src 'self' wss:;" in csp.group(1) and "ws:" not in csp.group(1).replace("wss:", "")
+    assert csp and csp.group(1) == CSP_PROD == dashboard_cli.CSP.replace("ws: wss:", "wss:")
 
     # Non-root, read-only root (nginx writes only its emptyDir /tmp), no capabilities, no API token.
     pod = deployment["spec"]["template"]["spec"]
@@ -260,3 +271,86 @@ async def test_a_person_speaks_nats_over_wss_with_their_own_password_and_role(
     )
     _, answer = speak_plaintext(port, upgrade.encode(), greeted=False)
     assert answer and not answer.startswith(b"HTTP/1.1 101"), answer[:200]
+
+
+# --- a real nginx with the overlay's server block ------------------------------------------------------------------
+
+DIST = ROOT / "dashboard" / "dist"
+# What nginxinc/nginx-unprivileged's own nginx.conf holds around conf.d (pid and temporary files in /tmp, mime types),
+# with the test's folder in place of /tmp; `user` matters only when the test runs as root (workers stay this user).
+NGINX_MAIN = """user {user};
+worker_processes 1;
+error_log {folder}/error.log notice;
+pid {folder}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+    client_body_temp_path {folder}/client_temp;
+    proxy_temp_path {folder}/proxy_temp;
+    fastcgi_temp_path {folder}/fastcgi_temp;
+    uwsgi_temp_path {folder}/uwsgi_temp;
+    scgi_temp_path {folder}/scgi_temp;
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    access_log off;
+    include {folder}/conf.d/*.conf;
+}}
+"""
+
+
+def find_nginx() -> str:
+    """Debian's nginx (`make nginx` installs it); fails, never skips, when it is missing."""
+    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+    if found is None or not Path("/etc/nginx/mime.types").exists():
+        pytest.fail("no nginx: run `make nginx` (it installs Debian's nginx-light)")
+    return found
+
+
+@pytest.mark.integration
+def test_nginx_serves_the_built_page_and_config_json_with_the_overlay_server_block(
+    render: Render, tmp_path: Path
+) -> None:
+    """The rendered default.conf in a real nginx, laid out as the pod has it (the built dashboard/dist as the
+    image's web root, config.json where the ConfigMap mounts it; only the port and those paths made local)."""
+    assert (DIST / "index.html").is_file(), "the page is not built: `make dashboard`"
+    objects = render("envs/prod")
+    config_map = dashboard_objects(objects)["ConfigMap"]
+    port = free_port()
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "config.json").write_text(config_map["data"]["config.json"])
+    server = config_map["data"]["default.conf"]
+    for old, new in (
+        ("listen 8080;", f"listen 127.0.0.1:{port};"),
+        ("root /usr/share/nginx/html;", f"root {DIST};"),
+        ("alias /etc/flotilla-dashboard/config.json;", f"alias {tmp_path}/config.json;"),
+    ):
+        assert old in server, f"default.conf no longer holds {old!r}: update this test's localization"
+        server = server.replace(old, new)
+    (tmp_path / "conf.d" / "default.conf").write_text(server)
+    (tmp_path / "nginx.conf").write_text(NGINX_MAIN.format(user=getpass.getuser(), folder=tmp_path))
+    nginx = [find_nginx(), "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")]
+    checked = subprocess.run([*nginx, "-t"], capture_output=True, text=True, timeout=30, check=False)
+    assert checked.returncode == 0, f"nginx refuses the server block:\n{checked.stderr}"
+    process = subprocess.Popen([*nginx, "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+
+        def get(path: str) -> tuple[int, dict[str, str], bytes]:
+            assert process.poll() is None, (tmp_path / "error.log").read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as answer:
+                    return answer.status, dict(answer.headers), answer.read()
+            except urllib.error.HTTPError as error:
+                return error.code, dict(error.headers), b""
+
+        status, headers, body = eventually_sync(lambda: get("/"), "nginx serving", timeout_s=10, retrying=(OSError,))
+        assert status == 200 and headers["Content-Type"] == "text/html" and body == (DIST / "index.html").read_bytes()
+        assert headers["Content-Security-Policy"] == CSP_PROD and headers["X-Content-Type-Options"] == "nosniff"
+        status, headers, body = get("/main.js")
+        assert status == 200 and headers["Content-Type"] in JAVASCRIPT, "browsers run a module script of these types"
+        status, headers, body = get("/config.json")
+        assert (status, headers["Content-Type"]) == (200, "application/json")
+        assert json.loads(body) == json.loads(config_map["data"]["config.json"])
+        assert headers["Content-Security-Policy"] == CSP_PROD, "every answer carries the policy"
+        assert get("/healthz")[0] == 200 and get("/no-such-file")[0] == 404
+    finally:
+        process.terminate()
+        process.wait(10)
