@@ -83,7 +83,6 @@ class Node(msgspec.Struct, gc=False):
     queued: bool = False
     removed: bool = False
     listed: bool = False  # in the cluster's inventory (registration's NodeAdded), not only heard from
-    body_key: int = -1  # the ingest's hash of its last fully decoded body (flotilla_heartbeat.fastpath); -1: none
 
 
 class Cluster(msgspec.Struct, gc=False):

@@ -31,7 +31,7 @@ from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1.heartbeat import MAX_BATCH, Heartbeat, HeartbeatBatch, NoiseReason
 from flotilla_contracts.v1.security import MemberRefused, RefusalReason
 from flotilla_heartbeat.domain import HealthModel
-from flotilla_heartbeat.fastpath import NO_KEY, Pulse, body_key, decode_pulse
+from flotilla_heartbeat.fastpath import NO_KEY, FactsCache, Pulse, body_key, decode_pulse
 from flotilla_heartbeat.health_state import Cluster, Node
 from flotilla_heartbeat.noise import NoiseWindow
 from flotilla_heartbeat.quota import Quota
@@ -82,6 +82,7 @@ class Ingest:
         self.received = 0
         self.applied = 0
         self.cheap = 0  # applied the cheap way (flotilla_heartbeat.fastpath)
+        self.known = FactsCache()
         self.dropped: DropReasons = Counter()
         self._buffer: list[Msg] = []
         self._batches: list[Msg] = []
@@ -164,7 +165,7 @@ class Ingest:
                     self.dropped[_schema_problem(schema)] += 1
                     continue
             key = body_key(data)
-            if cluster is not None and self._pulse(cluster, cluster.nodes.get(node_id), data, key):
+            if cluster is not None and self._pulse(cluster, cluster.nodes.get(node_id), data, key, node_id):
                 applied += 1
                 continue
             try:
@@ -182,7 +183,7 @@ class Ingest:
                 continue
             if observe(hb):
                 applied += 1
-                clusters[cluster_id].nodes[node_id].body_key = key
+                self.known.remember(key, clusters[cluster_id].nodes[node_id].facts)
             else:
                 reason = self.membership_reason(cluster_id)
                 self.dropped[reason] += 1
@@ -239,7 +240,7 @@ class Ingest:
                         self.refuse(cluster_id, refused, pulse.node_id, subject)
                         continue
                     admitted = True
-                    if self._pulse(cluster, node, entry, key, pulse):
+                    if self._pulse(cluster, node, entry, key, pulse.node_id, pulse):
                         applied += 1
                         continue
             try:
@@ -265,22 +266,27 @@ class Ingest:
             if observe(hb):
                 applied += 1
                 if cluster is not None:
-                    cluster.nodes[node_id].body_key = key
+                    self.known.remember(key, cluster.nodes[node_id].facts)
             else:
                 reason = self.membership_reason(cluster_id)
                 dropped[reason] += 1
                 self.noise.count(cluster_id, node_id, reason)
         self.applied += applied
 
-    def _pulse(self, cluster: Cluster, node: Node | None, data: bytes, key: int, pulse: Pulse | None = None) -> bool:
-        """Apply a heartbeat the cheap way (flotilla_heartbeat.fastpath) when its body has the node's facts."""
-        if node is None or key == NO_KEY or node.body_key != key or node.facts is None:
+    def _pulse(
+        self, cluster: Cluster, node: Node | None, data: bytes, key: int, node_id: str, pulse: Pulse | None = None
+    ) -> bool:
+        """Apply a heartbeat the cheap way (flotilla_heartbeat.fastpath) when its body can only repeat the node's
+        facts; False: decode it in full (which also says what is wrong with it)."""
+        if node is None or key == NO_KEY or node.facts is None or self.known.get(key) is not node.facts:
             return False
         if pulse is None:
             try:
                 pulse = decode_pulse(data)
             except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-                return False  # the full decode says what is wrong
+                return False
+        if pulse.cluster_id != cluster.cluster_id or pulse.node_id != node_id:
+            return False
         if pulse.sent_at is None:
             return False
         self.model.pulse(cluster, node, pulse.seq, pulse.sent_at.timestamp())
