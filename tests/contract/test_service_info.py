@@ -17,7 +17,7 @@ from flotilla_contracts.subjects import Service, command
 from flotilla_heartbeat.app import SPEC as HEARTBEAT
 from flotilla_node_agent.app import SPEC as NODE_AGENT
 from flotilla_registration.app import SPEC as REGISTRATION
-from flotilla_runtime.bus import make_broker
+from flotilla_runtime.bus import BusErrors, make_broker
 from flotilla_runtime.migrations import load_migrations
 from flotilla_runtime.service import ServiceApp, ServiceSpec
 from flotilla_runtime.settings import ServiceSettings
@@ -58,7 +58,7 @@ async def test_info_reports_the_service_itself(service: Service, tmp_path: Path)
     migrations = load_migrations(spec.migrations_package, service.value) if spec.migrations_package else []
     store = await Store.open(tmp_path / f"{service.value}.db", migrations)
     broker = make_broker("nats://127.0.0.1:1", "test")
-    app = ServiceApp(spec, settings, store, broker, errors=None)  # type: ignore[arg-type]
+    app = ServiceApp(spec, settings, store, broker, errors=BusErrors())
     try:
         await spec.setup(app)
         app.router.install(broker)
