@@ -188,7 +188,7 @@ async def test_cut_off_as_a_slow_consumer_the_service_holds_its_verdicts(tmp_pat
     try:
         nc = await nats.connect(server.url)
         await ensure_streams(nc.jetstream())
-        clusters, nodes, interval_s = 200, 10, 0.5
+        clusters, nodes, interval_s = 200, 20, 0.5  # 8,000 heartbeats/s: enough to fill 1 MB in a stall
         await approve(nc, cluster_ids(clusters, "cut"))
         timing = {"interval_s": interval_s, "missed_intervals": 3, "flap_window_s": 1.5, "tick_s": 0.1}
         async with replica(server.url, tmp_path / "hb", startup_grace_s=5.0, **timing) as app:
@@ -207,7 +207,7 @@ async def test_cut_off_as_a_slow_consumer_the_service_holds_its_verdicts(tmp_pat
                 await eventually(
                     lambda: node_event_count(nc), "every node first seen", until=lambda n: n >= total, timeout_s=60
                 )
-                for _ in range(5):  # stalls until nats-server cuts the service off (a slow sender may need more)
+                for _ in range(10):  # stalls until nats-server cuts the service off (a loaded sender needs more)
                     time.sleep(3.0)  # noqa: ASYNC251 - the stall under test (a starved process), not a wait
                     with contextlib.suppress(ConditionNotMet):
                         await eventually(lambda: app.lifeline.stats.disconnects, "a cut-off", timeout_s=3)
