@@ -208,13 +208,13 @@ async def test_cut_off_as_a_slow_consumer_the_service_holds_its_verdicts(tmp_pat
                     lambda: node_event_count(nc), "every node first seen", until=lambda n: n >= total, timeout_s=60
                 )
                 for _ in range(10):  # stalls until nats-server cuts the service off (a loaded sender needs more)
-                    time.sleep(3.0)  # noqa: ASYNC251 - the stall under test (a starved process), not a wait
+                    time.sleep(3.0)  # noqa: ASYNC251  # sleep: the stall under test (a starved process), not a wait
                     with contextlib.suppress(ConditionNotMet):
                         await eventually(lambda: app.lifeline.stats.disconnects, "a cut-off", timeout_s=3)
                         break
                 await eventually(lambda: app.lifeline.state is LinkState.CONNECTED, "the service back on the bus")
                 # Three intervals after the grace would have run out without the hold: every node was judged again.
-                await asyncio.sleep(5.0 + 3 * interval_s)  # a period to wait out, not a condition
+                await asyncio.sleep(5.0 + 3 * interval_s)  # sleep: a period to wait out, not a condition
                 events = await node_events(nc)
             finally:
                 sender.terminate()
