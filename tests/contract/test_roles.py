@@ -6,7 +6,7 @@ import pytest
 
 from flotilla_contracts import catalogue, permissions, subjects
 from flotilla_contracts.catalogue import Kind
-from flotilla_contracts.permissions import ADMIN_COMMANDS, OPERATOR_COMMANDS, VIEWER_COMMANDS, Role, role_grant
+from flotilla_contracts.roles import ADMIN_COMMANDS, OPERATOR_COMMANDS, VIEWER_COMMANDS, Role, role_grant
 from flotilla_contracts.streams import FLEET_AGENT, FLEET_EVENTS, subject_covers
 from flotilla_contracts.subjects import Service
 
@@ -29,7 +29,7 @@ def test_every_command_is_placed_in_exactly_one_role_or_left_to_admins_or_agents
     admin = {name(s, v) for s, v in ADMIN_COMMANDS}
     groups = [viewer, operator, admin, AGENTS_ONLY]
     assert sum(len(g) for g in groups) == len(set().union(*groups)), "a command is in two groups"
-    assert set().union(*groups) == every, "a new command must be given to a role (permissions.VIEWER_COMMANDS, ...)"
+    assert set().union(*groups) == every, "a new command must be given to a role (roles.VIEWER_COMMANDS, ...)"
 
 
 @pytest.mark.parametrize("op", COMMANDS, ids=lambda op: op.subject)

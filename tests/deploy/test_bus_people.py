@@ -26,8 +26,8 @@ from test_bus_security import Localize, Server, live_subscription, start, stop
 from flotilla_client import busauth
 from flotilla_client.cli.main import cli
 from flotilla_client.natsserver import find_nats_server, free_port
-from flotilla_contracts import permissions, subjects
-from flotilla_contracts.permissions import Role
+from flotilla_contracts import permissions, roles, subjects
+from flotilla_contracts.roles import Role
 from flotilla_contracts.subjects import Service
 from flotilla_runtime.natsconn import CA_ENV
 
@@ -67,7 +67,7 @@ def test_each_person_gets_their_roles_grant_and_a_password_from_the_secret(peopl
     blocks = user_blocks(people_conf)
     for name, role in PEOPLE.items():
         password, publish, subscribe = blocks[name]
-        grant = permissions.role_grant(role, name)
+        grant = roles.role_grant(role, name)
         assert password == f"${busauth.password_variable(name)}" == "$FLOTILLA_BUS_PASSWORD_" + name.upper()
         assert (publish, subscribe) == (list(grant.publish), list(grant.subscribe)), name
     assert set(blocks) == {*busauth.STATIC_USERS, *PEOPLE}

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from flotilla_client import users
-from flotilla_contracts.permissions import Role
+from flotilla_contracts.roles import Role
 
 FLOTILLA = str(Path(sys.executable).parent / "flotilla")
 

@@ -9,7 +9,7 @@ import pytest
 
 from flotilla_client import busauth, users
 from flotilla_client.errors import LocalFleetError
-from flotilla_contracts.permissions import Role
+from flotilla_contracts.roles import Role
 
 RESERVED_OR_MALFORMED = ["admin", "registration", "registration-revoker", "c", "join", "Alice", "a.b", "", "1x"]
 

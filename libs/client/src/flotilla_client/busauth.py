@@ -23,8 +23,9 @@ from pathlib import Path
 
 import msgspec
 
-from flotilla_contracts import permissions
-from flotilla_contracts.permissions import ADMIN_USER, FLEET_ACCOUNT, REVOKER_USER, SYSTEM_ACCOUNT, Grant, Role
+from flotilla_contracts import permissions, roles
+from flotilla_contracts.permissions import ADMIN_USER, FLEET_ACCOUNT, REVOKER_USER, SYSTEM_ACCOUNT, Grant
+from flotilla_contracts.roles import Role
 from flotilla_contracts.subjects import Service
 from flotilla_runtime.natsconn import with_user, without_user
 from flotilla_runtime.settings import env_prefix
@@ -175,7 +176,7 @@ def _authorization(passwords: Mapping[str, str], issuer: str, people: Sequence[t
     person's user (name, role, password text: `flotilla user add`, a people file) gets the grant of its role."""
     users = [_user_block(ADMIN_USER, passwords[ADMIN_USER], permissions.admin_grant())]
     users += [_user_block(s.value, passwords[s.value], permissions.service_grant(s)) for s in Service]
-    users += [_user_block(name, password, permissions.role_grant(role, name)) for name, role, password in people]
+    users += [_user_block(name, password, roles.role_grant(role, name)) for name, role, password in people]
     static = ", ".join(_q(u) for u in [*passwords, *(name for name, _, _ in people)])
     return "\n".join(
         [

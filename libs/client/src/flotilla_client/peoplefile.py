@@ -4,7 +4,7 @@
     - {name: vera, role: viewer}
 
 Names follow `flotilla user add` (users.check_name: lower-case letters, digits and dashes, not a service's or
-the built-in admin's); roles are flotilla_contracts.permissions.Role. Passwords are never in this file: each
+the built-in admin's); roles are flotilla_contracts.roles.Role. Passwords are never in this file: each
 person's is the Secret key `FLOTILLA_BUS_PASSWORD_<NAME>` (busauth.password_variable).
 """
 
@@ -17,7 +17,7 @@ import yaml
 
 from flotilla_client.errors import LocalFleetError
 from flotilla_client.users import check_name
-from flotilla_contracts.permissions import Role
+from flotilla_contracts.roles import Role
 
 __all__ = ["PeopleFileError", "check_person", "load", "parse"]
 

@@ -1,6 +1,6 @@
 """People's bus users of a local fleet (`flotilla user`): their credentials files and the server's authorization.
 
-Each person is a static nats-server user with the grant of a role (flotilla_contracts.permissions.Role), kept in
+Each person is a static nats-server user with the grant of a role (flotilla_contracts.roles.Role), kept in
 `<state>/users/<name>.json` (0600): the file the CLI logs in with (`--user NAME`). The authorization part of
 the server's configuration (`<state>/nats/auth.conf`, included by nats-server.conf) is written from the state
 folder's bus credentials and these files. nats-server rereads it on SIGHUP, but it cannot reload the auth
@@ -20,7 +20,8 @@ import msgspec
 from flotilla_client import busauth, runfile
 from flotilla_client.busauth import Person
 from flotilla_client.errors import LocalFleetError
-from flotilla_contracts.permissions import CLUSTER_USER_PREFIX, JOIN_USER_PREFIX, Role
+from flotilla_contracts.permissions import CLUSTER_USER_PREFIX, JOIN_USER_PREFIX
+from flotilla_contracts.roles import Role
 
 USERS_DIR = "users"
 AUTH_CONFIG = "auth.conf"  # beside nats-server.conf, which includes it

@@ -15,7 +15,7 @@ from flotilla_client.cli.common import BadUsage, echo
 from flotilla_contracts.permissions import ADMIN_USER
 
 if TYPE_CHECKING:
-    from flotilla_contracts.permissions import Role
+    from flotilla_contracts.roles import Role
 
 SECRET_NAME = "flotilla-bus-auth"
 CA_SECRET = "nats-server-tls"  # cert-manager writes ca.crt there (deploy/components/bus-security)

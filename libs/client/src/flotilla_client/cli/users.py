@@ -6,7 +6,7 @@ import click
 
 from flotilla_client.cli.common import CliContext, Failure, echo, run
 from flotilla_client.cli.output import Column, Listing, output_option, show_list
-from flotilla_contracts.permissions import Role
+from flotilla_contracts.roles import Role
 
 pass_cli = click.make_pass_decorator(CliContext)
 ROLES = [r.value for r in Role]
