@@ -58,7 +58,7 @@ MEASURE_S = float(os.environ.get("BENCH_HBC_MEASURE_S", "16"))
 GENERATORS = int(os.environ.get("BENCH_HBC_GENERATORS", "2"))
 STOPPED = 20
 BATCH = int(os.environ.get("BENCH_HBC_BATCH", "100"))  # heartbeats per HeartbeatBatch
-# The maximum rate: 20,000 nodes every 0.1 s (200,000 hb/s offered), judged Unreachable only after 50 intervals,
+# The maximum rate: 20,000 nodes every 0.1 s (200,000 hb/s offered), judged Unreachable only after 30 s of silence,
 # so that a generator running late on a busy machine measures capacity instead of making health events.
 MAX_CLUSTERS = int(os.environ.get("BENCH_HBC_MAX_CLUSTERS", "200"))  # x NODES
 MAX_INTERVAL_S = float(os.environ.get("BENCH_HBC_MAX_INTERVAL_S", "0.1"))
@@ -165,8 +165,9 @@ async def saturate(url: str, state: Path, prefix: str, *extra: str) -> dict[str,
     nc = await nats.connect(url)
     clusters = MAX_CLUSTERS
     await approve(nc, cluster_ids(clusters, prefix))
+    missed = str(int(30 / MAX_INTERVAL_S))
     svc = await Service.start(
-        url, state / prefix, MAX_INTERVAL_S, partition_count="2", rate_headroom="10", missed_intervals="50"
+        url, state / prefix, MAX_INTERVAL_S, partition_count="2", rate_headroom="10", missed_intervals=missed
     )
     await eventually(
         lambda: metric(svc.port, "flotilla_heartbeat_tracked_clusters"),
@@ -176,13 +177,25 @@ async def saturate(url: str, state: Path, prefix: str, *extra: str) -> dict[str,
         retrying=(OSError,),
         until=lambda n: n >= clusters,
     )
+    # Every node first seen at a gentle rate, and its event out of the outbox, before the flood: a saturated
+    # service's outbox drains slowly, and first-seen events are not what this measures.
     events = await watch_node_health(nc, prefix)
-    gens = await loadgens(url, GENERATORS + 1, clusters, NODES, MAX_INTERVAL_S, *extra, prefix=prefix)
-    await eventually(  # steady state: every node's first-seen event out of the outbox
+    warm = await loadgens(url, 1, clusters, NODES, 2.0, *extra, prefix=prefix)
+    await eventually(
         lambda: len(events.seen),
         "every node first seen and published",
         timeout_s=300,
         until=lambda n: n >= clusters * NODES,
+    )
+    await stop_all(warm)
+    base = await metric(svc.port, APPLIED)
+    gens = await loadgens(url, GENERATORS + 1, clusters, NODES, MAX_INTERVAL_S, *extra, prefix=prefix)
+    await eventually(
+        lambda: metric(svc.port, APPLIED),
+        "two rounds of the flood applied",
+        timeout_s=120,
+        retrying=(OSError,),
+        until=lambda n: n >= base + 2 * clusters * NODES,
     )
     stage("maximum: measuring")
     window = Window({"server": server_pid(url), "service": svc.pid})
