@@ -183,7 +183,9 @@ class Ingest:
                 continue
             if observe(hb):
                 applied += 1
-                self.known.remember(key, clusters[cluster_id].nodes[node_id].facts)
+                tracked = clusters.get(cluster_id)  # the model tracks what it accepts; a look-up, not an index
+                if tracked is not None and node_id in tracked.nodes:
+                    self.known.remember(key, tracked.nodes[node_id].facts)
             else:
                 reason = self.membership_reason(cluster_id)
                 self.dropped[reason] += 1
