@@ -2,7 +2,8 @@
 
 Run: `.venv/bin/pytest -m bench -s tests/bench/bench_big_fleet.py`. Sizes: BENCH_BIG_CLUSTERS (1000),
 BENCH_BIG_NODES (10), BENCH_BIG_SIMS (sim processes, 1 per 2,500 clusters by default), BENCH_BIG_CONCURRENT
-(clusters upgraded at once, 100), BENCH_BIG_STEADY_S (the steady-heartbeat sample, 20). The full form of the
+(clusters upgraded at once, 100), BENCH_BIG_STEADY_S (the steady-heartbeat sample, 20), BENCH_BIG_BATCH (1: the
+sims send HeartbeatBatches, `flotilla sim --batch-heartbeats`; 0: one message per node). The full form of the
 issue is BENCH_BIG_CLUSTERS=10000 (100,000 nodes).
 
 What it does, each part on the real local stack (`flotilla up`: nats-server, the five services as processes,
@@ -45,6 +46,7 @@ NODES = int(os.environ.get("BENCH_BIG_NODES", "10"))
 SIMS = int(os.environ.get("BENCH_BIG_SIMS", str(max(1, CLUSTERS // 2500))))
 CONCURRENT = int(os.environ.get("BENCH_BIG_CONCURRENT", "100"))
 STEADY_S = float(os.environ.get("BENCH_BIG_STEADY_S", "20"))
+BATCH = os.environ.get("BENCH_BIG_BATCH", "1") == "1"  # cluster agents relay their nodes' heartbeats as one batch
 FLOTILLA = str(Path(sys.executable).parent / "flotilla")
 FROM, TO = "v1.29.6", "v1.30.4"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -156,7 +158,8 @@ def fleet(tmp_path: Path) -> Iterator[Path]:
 @pytest.mark.timeout(4 * 3600)
 async def test_a_big_fleet_joins_heartbeats_answers_and_upgrades(fleet: Path) -> None:
     state = fleet
-    figures: dict[str, str] = {"fleet": f"{CLUSTERS} clusters x {NODES} nodes = {CLUSTERS * NODES} nodes, {SIMS} sims"}
+    size = f"{CLUSTERS} clusters x {NODES} nodes = {CLUSTERS * NODES} nodes, {SIMS} sims"
+    figures: dict[str, str] = {"fleet": size + (", batched heartbeats" if BATCH else "")}
     url = runfile.server_url(state)
     assert url
     raw_rtt = 1 / await raw_request_rate(url, b"{}", 64, 2000, 1)
@@ -168,7 +171,8 @@ async def test_a_big_fleet_joins_heartbeats_answers_and_upgrades(fleet: Path) ->
     for i in range(SIMS):
         count = min(per_sim, CLUSTERS - i * per_sim)
         argv = ["sim", "--clusters", str(count), "--nodes", str(NODES), "--versions", FROM, "--prefix", f"b{i}"]
-        sims.append(run(state, *argv, "--step-seconds", "0", "--timeout", str(max(120, CLUSTERS * NODES / 100))))
+        argv += ["--step-seconds", "0", "--timeout", str(max(120, CLUSTERS * NODES / 100))]
+        sims.append(run(state, *argv, *(["--batch-heartbeats"] if BATCH else [])))
     await asyncio.gather(*sims)
     joined = time.perf_counter() - started
     figures["join + approve, all clusters"] = f"{joined:.1f} s ({CLUSTERS / joined:.0f} clusters/s)"

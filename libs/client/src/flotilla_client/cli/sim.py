@@ -56,6 +56,12 @@ pass_cli = click.make_pass_decorator(CliContext)
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until every cluster has joined.")
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for the joins.")
 @click.option(
+    "--batch-heartbeats",
+    is_flag=True,
+    help="Each cluster agent relays its nodes' heartbeats as one HeartbeatBatch a round (docs/heartbeat.md), "
+    "instead of one message per node.",
+)
+@click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
     default=0,
@@ -64,7 +70,8 @@ pass_cli = click.make_pass_decorator(CliContext)
 @pass_cli
 def sim(
     obj: CliContext, clusters: int, nodes: int, versions: str, fail_rate: float, faults: tuple[str, ...],
-    seed: int, step_seconds: float, prefix: str, token: str, wait: bool, timeout: float, metrics_port: int,
+    seed: int, step_seconds: float, prefix: str, token: str, wait: bool, timeout: float, batch_heartbeats: bool,
+    metrics_port: int,
 ) -> None:  # fmt: skip
     """Start a simulated fleet that joins the local fleet: every node runs the real node-agent code
     with the simulated driver (deterministic for a seed), heartbeats and obeys upgrade steps.
@@ -75,6 +82,7 @@ def sim(
     Examples:
       flotilla sim --clusters 12 --nodes 4 --versions v1.29.6,v1.30.2
       flotilla sim --clusters 3 --fault sim-0001-n02=upgrade_fails_once
+      flotilla sim --clusters 1000 --nodes 10 --batch-heartbeats --step-seconds 0 --prefix big
     """
     # The sim refuses a bad --fault by the same rule, but it runs detached: we would learn it only when the
     # joins time out. So refuse here, before a token is made or a process started.
@@ -112,6 +120,8 @@ def sim(
     ]
     for fault in faults:
         args += ["--fault", fault]
+    if batch_heartbeats:
+        args.append("--batch-heartbeats")
     entry = localfleet.start_sim(obj.state_dir, args, prefix=prefix, clusters=clusters, nodes=nodes)
     echo(f"simulated fleet {prefix!r}: {clusters} clusters x {nodes} nodes (pid {entry.pid}, log {entry.log})")
     echo(f"  metrics: http://127.0.0.1:{metrics_port}/metrics")
