@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import os
-import resource
 import signal
 import sys
 import time
@@ -273,17 +272,6 @@ async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:
     return fleet
 
 
-def usage() -> dict[str, float]:
-    """This process's CPU seconds and resident memory (MiB)."""
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    with open("/proc/self/statm") as statm:
-        rss_pages = int(statm.read().split()[1])
-    return {
-        "cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
-        "rss_mib": round(rss_pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1),
-    }
-
-
 def parse(argv: Sequence[str] | None = None) -> tuple[FleetSpec, argparse.Namespace]:
     prog = "python -m flotilla_node_agent.fleet_sim"  # what `flotilla sim` runs
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
@@ -376,7 +364,7 @@ async def amain(argv: Sequence[str] | None = None) -> None:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), args.stats_every)
-            line = {"t": round(time.monotonic() - started, 1), **fleet.counts(), **usage()}
+            line = {"t": round(time.monotonic() - started, 1), **fleet.counts(), **sim_metrics.usage()}
             print(json.dumps(line), flush=True)  # noqa: T201 - the status line is this tool's output
             if args.duration and time.monotonic() - started >= args.duration:
                 break

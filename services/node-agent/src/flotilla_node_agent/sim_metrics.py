@@ -1,4 +1,4 @@
-"""The simulated fleet's /metrics (and /readyz, /livez): its size and what its agents did, read at scrape time.
+"""The simulated fleet's /metrics (and /readyz, /livez) and its process usage: its size and what its agents did.
 
 `flotilla sim` gives the sim process a port (`--metrics-port`); the figures are the ones its JSON status line
 prints (`Fleet.counts`), so the two never disagree and nothing is added to the agents' paths.
@@ -6,6 +6,8 @@ prints (`Fleet.counts`), so the two never disagree and nothing is added to the a
 
 from __future__ import annotations
 
+import os
+import resource
 from collections.abc import Callable, Mapping
 
 from flotilla_runtime.health import HealthServer
@@ -44,3 +46,14 @@ async def serve(port: int, clusters: int, nodes_per_cluster: int, counts: Counts
     server = HealthServer("127.0.0.1", port, lambda: (True, "ok"), metrics.render)
     await server.start()
     return server
+
+
+def usage() -> dict[str, float]:
+    """This process's CPU seconds and resident memory (MiB)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    with open("/proc/self/statm") as statm:
+        rss_pages = int(statm.read().split()[1])
+    return {
+        "cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
+        "rss_mib": round(rss_pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1),
+    }
