@@ -171,7 +171,7 @@ async def test_a_big_fleet_joins_heartbeats_answers_and_upgrades(fleet: Path) ->
     for i in range(SIMS):
         count = min(per_sim, CLUSTERS - i * per_sim)
         argv = ["sim", "--clusters", str(count), "--nodes", str(NODES), "--versions", FROM, "--prefix", f"b{i}"]
-        argv += ["--step-seconds", "0", "--timeout", str(max(120, CLUSTERS * NODES / 100))]
+        argv += ["--step-seconds", "0", "--timeout", str(max(300, CLUSTERS))]  # room for a slow machine (120/s seen)
         sims.append(run(state, *argv, *(["--batch-heartbeats"] if BATCH else [])))
     await asyncio.gather(*sims)
     joined = time.perf_counter() - started
