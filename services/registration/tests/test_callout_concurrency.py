@@ -39,7 +39,10 @@ class BothAtOnce:
         return Verdict("join.x", None, "refused: a test")
 
 
-async def test_connections_are_authorized_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(autouse=True)
+def any_request_is_join_x(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every request decodes to a join user's, and the answer is the verdict's reason (no JWTs: the subject here
+    is when answers are given, not what they say)."""
     request = SimpleNamespace(
         connect_opts=SimpleNamespace(nkey="", user="join.x", password="", auth_token=""),
         client_info=SimpleNamespace(nonce="", host="127.0.0.1"),
@@ -48,6 +51,9 @@ async def test_connections_are_authorized_side_by_side(monkeypatch: pytest.Monke
     )
     monkeypatch.setattr(callout_module.natsjwt, "decode_request", lambda data: request)
     monkeypatch.setattr(AuthCallout, "answer", lambda self, req, verdict: verdict.reason)
+
+
+async def test_connections_are_authorized_side_by_side() -> None:
     store = BothAtOnce(needed=3)
     auth = AuthCallout(store, b"k" * 32, new_account_seed())  # type: ignore[arg-type]
     messages = [Msg(b"{}") for _ in range(3)]
@@ -57,22 +63,15 @@ async def test_connections_are_authorized_side_by_side(monkeypatch: pytest.Monke
     assert [m.answers for m in messages] == [[b"refused: a test"]] * 3
 
 
-async def test_past_the_bound_the_subscription_waits(monkeypatch: pytest.MonkeyPatch) -> None:
-    request = SimpleNamespace(
-        connect_opts=SimpleNamespace(nkey="", user="join.x", password="", auth_token=""),
-        client_info=SimpleNamespace(nonce="", host="127.0.0.1"),
-        user_nkey="U",
-        server_id=SimpleNamespace(id="S"),
-    )
-    monkeypatch.setattr(callout_module.natsjwt, "decode_request", lambda data: request)
-    monkeypatch.setattr(AuthCallout, "answer", lambda self, req, verdict: verdict.reason)
+async def test_past_the_bound_the_subscription_waits() -> None:
     store = BothAtOnce(needed=3)
     auth = AuthCallout(store, b"k" * 32, new_account_seed(), max_in_flight=2)  # type: ignore[arg-type]
     first, second, third = (Msg(b"{}") for _ in range(3))
     await auth.on_request(first)  # type: ignore[arg-type]
     await auth.on_request(second)  # type: ignore[arg-type]
     waiting = asyncio.create_task(auth.on_request(third))  # type: ignore[arg-type]
-    await asyncio.sleep(0.2)  # sleep: a period in which the third must not be taken (an absence)
+    for _ in range(20):  # let every ready task run: the third stays waiting for a slot (no clock involved)
+        await asyncio.sleep(0)
     assert not waiting.done() and store.in_flight == 2
     store.together.set()  # the two in flight finish: the third is taken and answered
     await asyncio.wait_for(waiting, timeout=10)
