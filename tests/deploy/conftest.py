@@ -1,23 +1,22 @@
 """Rendering deploy/ once per session (`kubectl kustomize` of every env and every service folder), and what the
-checks of the production bus share: a generated Secret's values, test certificates, a localized nats.conf.
+checks of the production bus share: a generated Secret's values, test certificates, the rendered nats.conf
+(bus_security_support.localize_nats_config runs it locally).
 
 kubectl is the one `make k8s-bins` builds (.tools/k8s/bin, pinned in tools/k8s/go.mod), so every machine renders
 with the same kustomize; one on PATH is used only when that build is missing. No kubectl fails, never skips."""
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
 import yaml
 
 from flotilla_client import busauth, peoplefile
-from flotilla_client.natsserver import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -88,83 +87,7 @@ def nats_config_files(objects: Manifest) -> dict[str, str]:
     return dict(config["data"])
 
 
-def _replace(text: str, old: str, new: str) -> str:
-    assert old in text, f"nats.conf no longer contains {old!r}: update the localization in tests/deploy/conftest.py"
-    return text.replace(old, new)
-
-
-def _drop_block(text: str, name: str) -> str:
-    """`text` without the top-level `name { ... }` block (braces matched)."""
-    start = text.index(f"\n{name} {{") + 1
-    depth = 0
-    for end in range(start, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[end], 0)
-        if text[end] == "}" and depth == 0:
-            return text[:start] + text[end + 1 :]
-    raise AssertionError(f"unbalanced {name} block")
-
-
-WEBSOCKET_LISTEN = "listen: 0.0.0.0:8443"  # deploy/components/dashboard/websocket.conf
-
-
-def localize_nats_config(
-    files: dict[str, str],
-    folder: Path,
-    tls: Path,
-    *,
-    port: int,
-    monitor_port: int,
-    cluster_port: int | None = None,
-    routes: tuple[int, ...] = (),
-) -> Path:
-    """Write the rendered configuration into `folder` as a local server runs it: the pod's addresses, pid file,
-    store and certificate paths replaced by local ones. With no `cluster_port` the cluster block is left out
-    (a single server); else it listens there and routes to `routes` (ports on localhost). The WebSocket listener
-    of envs/prod (components/dashboard), when there is one, listens on a free port of localhost. Returns nats.conf."""
-    folder.mkdir(parents=True, exist_ok=True)
-    files = dict(files)
-    if WEBSOCKET_LISTEN in files.get("websocket.conf", ""):
-        local = f"listen: 127.0.0.1:{free_port()}"
-        files["websocket.conf"] = files["websocket.conf"].replace(WEBSOCKET_LISTEN, local)
-    conf = files["nats.conf"]
-    conf = _replace(conf, "listen: 0.0.0.0:4222", f"listen: 127.0.0.1:{port}")
-    conf = _replace(conf, "http: 0.0.0.0:8222", f"http: 127.0.0.1:{monitor_port}")
-    conf = _replace(conf, "pid_file: /var/run/nats/nats.pid", f'pid_file: "{folder}/nats.pid"')
-    conf = _replace(conf, "store_dir: /data/jetstream", f'store_dir: "{folder}/jetstream"')
-    if cluster_port is None:
-        conf = _drop_block(conf, "cluster")
-    else:
-        conf = _replace(conf, "listen: 0.0.0.0:6222", f"listen: 127.0.0.1:{cluster_port}")
-        pod_routes = re.search(r"routes: \[[^\]]*\]", conf)
-        assert pod_routes, "nats.conf has no routes list"
-        local = "routes: [" + ", ".join(f"nats://localhost:{p}" for p in routes) + "]"
-        conf = conf.replace(pod_routes.group(0), local)
-    for name, text in {**files, "nats.conf": conf}.items():
-        (folder / name).write_text(text.replace("/etc/nats-tls/", f"{tls}/"))
-    return folder / "nats.conf"
-
-
-class Localize(Protocol):
-    def __call__(
-        self,
-        files: dict[str, str],
-        folder: Path,
-        tls: Path,
-        *,
-        port: int,
-        monitor_port: int,
-        cluster_port: int | None = None,
-        routes: tuple[int, ...] = (),
-    ) -> Path: ...
-
-
 @pytest.fixture(scope="session")
 def nats_files() -> Callable[[Manifest], dict[str, str]]:
     """`nats_files(objects)`: the files of the rendered nats-config ConfigMap."""
     return nats_config_files
-
-
-@pytest.fixture(scope="session")
-def localize() -> Localize:
-    """`localize(files, folder, tls, port=..., monitor_port=...)`: see localize_nats_config."""
-    return localize_nats_config

@@ -19,13 +19,13 @@ from typing import Any
 import nats.errors
 import pytest
 import yaml
+from bus_security_support import Server, live_subscription, single_server
 from click.testing import CliRunner, Result
 from integration_support import connect_watched
-from test_bus_security import Localize, Server, live_subscription, start, stop
 
 from flotilla_client import busauth
 from flotilla_client.cli.main import cli
-from flotilla_client.natsserver import find_nats_server, free_port
+from flotilla_client.natsserver import find_nats_server
 from flotilla_contracts import permissions, roles, subjects
 from flotilla_contracts.roles import Role
 from flotilla_contracts.subjects import Service
@@ -160,7 +160,6 @@ def secret_values(people_file: Path) -> dict[str, str]:
 def people_server(
     render: Callable[[str], Manifest],
     nats_files: Callable[[Manifest], dict[str, str]],
-    localize: Localize,
     test_tls: Path,
     people_conf: str,
     secret_values: dict[str, str],
@@ -168,11 +167,8 @@ def people_server(
 ) -> Iterator[Server]:
     """One server of the prod configuration with the people file's auth.conf, the Secret in its environment."""
     files = {**nats_files(render("envs/prod")), "auth.conf": people_conf}
-    port, monitor_port = free_port(), free_port()
-    conf = localize(files, tmp_path_factory.mktemp("nats-people"), test_tls, port=port, monitor_port=monitor_port)
-    running = start(conf, {"POD_NAME": "nats-0", **secret_values}, port, monitor_port)
-    yield running
-    stop(running)
+    with single_server(files, tmp_path_factory.mktemp("nats-people"), test_tls, secret_values) as running:
+        yield running
 
 
 def login(server: Server, secret: dict[str, str], user: str) -> str:

@@ -23,8 +23,8 @@ from typing import Any
 import nats.errors
 import pytest
 import test_bus_people
+from bus_security_support import Server, live_subscription, mounted_file, only, pod_container, speak_plaintext
 from integration_support import connect_watched
-from test_bus_security import Server, live_subscription, mounted_file, only, pod_container, speak_plaintext
 from test_dockerfiles import dockerignore_includes, parse
 
 from flotilla_client import busauth, peoplefile
@@ -223,7 +223,7 @@ def test_dockerignore_sends_the_dashboard_sources_and_lock_but_not_its_build_out
 
 
 def websocket_port(server: Server) -> int:
-    """The port the localized WebSocket listener of `server` listens on (conftest's localize picks a free one)."""
+    """The port the localized WebSocket listener of `server` listens on (localize_nats_config picks a free one)."""
     listen = re.search(r"listen: 127\.0\.0\.1:(\d+)", (server.log.parent / "websocket.conf").read_text())
     assert listen, "the localized WebSocket listener"
     return int(listen.group(1))

@@ -34,7 +34,7 @@ Manifest = list[dict[str, Any]]
 
 KUBERNETES_VERSION = "1.32.0"  # the oldest release still in upstream support when this was written
 # Custom resources kubernetes-validate has no schema for (it raises SchemaNotFoundError). They are skipped here
-# by kind, never silently, and checked field by field against cert-manager's v1 API in test_bus_security.py.
+# by kind, never silently, and checked field by field against cert-manager's v1 API in test_bus_security_manifests.py.
 CUSTOM_KINDS = {("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate")}
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
 STATEFUL = {"registration", "scheduler", "upgrade-orchestrator"}  # authoritative SQLite: one replica, a volume
