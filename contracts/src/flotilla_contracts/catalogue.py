@@ -210,8 +210,11 @@ OPERATIONS: list[Operation] = [
     # --- scheduler ---
     _command(_SCHED, "subscriptions.apply", v1_sched.ApplySubscriptionRequest, v1_sched.ApplySubscriptionReply,
              "Create or replace a subscription."),
+    _command(_SCHED, "subscriptions.batch.apply", v1_sched.ApplySubscriptionsRequest,
+             v1_sched.ApplySubscriptionsReply,
+             f"Create or replace up to {v1_sched.MAX_APPLY_BATCH} subscriptions, one result each, in order."),
     _command(_SCHED, "subscriptions.list", v1_sched.ListSubscriptionsRequest, v1_sched.ListSubscriptionsReply,
-             "List subscriptions."),
+             "List subscriptions, paged."),
     _command(_SCHED, "subscriptions.get", v1_sched.GetSubscriptionRequest, v1_sched.GetSubscriptionReply,
              "A subscription with placements and applied status."),
     _command(_SCHED, "subscriptions.rendered", v1_sched.GetRenderedRequest, v1_sched.GetRenderedReply,

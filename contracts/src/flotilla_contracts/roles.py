@@ -55,6 +55,7 @@ ADMIN_COMMANDS: tuple[tuple[Service, str], ...] = (
     (Service.REGISTRATION, "clusters.deregister"),
     (Service.REGISTRATION, "clusters.hostkeys.set"),
     (Service.SCHEDULER, "subscriptions.apply"),
+    (Service.SCHEDULER, "subscriptions.batch.apply"),
     (Service.SCHEDULER, "subscriptions.delete"),
     (Service.UPGRADE_ORCHESTRATOR, "upgrade.start"),
     (Service.UPGRADE_ORCHESTRATOR, "upgrade.rollback"),

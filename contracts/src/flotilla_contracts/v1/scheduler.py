@@ -10,12 +10,15 @@ from typing import Annotated, Any
 
 import msgspec
 
-from flotilla_contracts.envelope import Message
+from flotilla_contracts.envelope import ErrorBody, Message
 from flotilla_contracts.ids import ClusterIdField, SubscriptionNameField
 from flotilla_contracts.v1.common import (
+    DEFAULT_PAGE,
+    Cursor,
     K8sName,
     LabelKey,
     LabelValue,
+    Limit,
     Selector,
     ShortText,
     TaintEffect,
@@ -219,10 +222,54 @@ class ApplySubscriptionReply(Message, frozen=True, kw_only=True):
     changed: bool = True
 
 
+class ApplyOutcome(StrEnum):
+    """What one spec of a batch came to."""
+
+    APPLIED = "applied"  # created or changed: a new generation, placed and announced
+    UNCHANGED = "unchanged"  # identical to the stored spec: nothing happened
+    ERROR = "error"  # refused (see `error`); the other specs of the batch are not affected
+
+
+# The most specs one `subscriptions.batch.apply` takes; more are refused (invalid_field): send them in chunks.
+MAX_APPLY_BATCH = 500
+
+
+class ApplySubscriptionsRequest(Message, frozen=True, kw_only=True):
+    """Create or replace several subscriptions in one request, each as `subscriptions.apply` would, in order.
+    At most MAX_APPLY_BATCH specs, and the request within the service's message size limit."""
+
+    SCHEMA = "scheduler.ApplySubscriptionsRequest"
+
+    specs: Annotated[
+        list[SubscriptionSpec], msgspec.Meta(description=f"1-{MAX_APPLY_BATCH} subscriptions, applied in order")
+    ]
+
+
+class ApplyResult(msgspec.Struct, frozen=True, kw_only=True):
+    """One spec's answer in a batch: its generation when applied or unchanged, else the error (code, message)."""
+
+    name: SubscriptionNameField
+    outcome: ApplyOutcome
+    generation: Count = 0
+    created: bool = False
+    error: ErrorBody | None = None
+
+
+class ApplySubscriptionsReply(Message, frozen=True, kw_only=True):
+    """One result per spec, in the order of the request."""
+
+    SCHEMA = "scheduler.ApplySubscriptionsReply"
+
+    results: list[ApplyResult] = []
+
+
 class ListSubscriptionsRequest(Message, frozen=True, kw_only=True):
-    """List subscriptions."""
+    """List subscriptions by name, one page at a time."""
 
     SCHEMA = "scheduler.ListSubscriptionsRequest"
+
+    limit: Limit = DEFAULT_PAGE
+    cursor: Cursor = ""
 
 
 class SubscriptionSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -238,11 +285,13 @@ class SubscriptionSummary(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ListSubscriptionsReply(Message, frozen=True, kw_only=True):
-    """Subscriptions by name."""
+    """One page of subscriptions by name; `next_cursor` empty on the last page."""
 
     SCHEMA = "scheduler.ListSubscriptionsReply"
 
     subscriptions: list[SubscriptionSummary] = []
+    total: Count = 0
+    next_cursor: Cursor = ""
 
 
 class GetSubscriptionRequest(Message, frozen=True, kw_only=True):

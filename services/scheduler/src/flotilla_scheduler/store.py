@@ -279,10 +279,12 @@ def applied_of(tx: SyncTx, name: str) -> list[ClusterApplied]:
     ]
 
 
-def applied_counts(tx: SyncTx) -> dict[str, tuple[int, int]]:
-    """Per subscription: clusters Applied at its current generation, and clusters Failed."""
+def applied_counts(tx: SyncTx, after: str, last: str) -> dict[str, tuple[int, int]]:
+    """Per subscription named after `after` up to `last` (a page): clusters Applied at its current generation,
+    and clusters Failed."""
     rows = tx.fetchall(
         "SELECT a.name, SUM(a.state = 'Applied' AND a.generation = s.generation), SUM(a.state = 'Failed') "
-        "FROM applied a JOIN subscriptions s ON s.name = a.name GROUP BY a.name"
+        "FROM applied a JOIN subscriptions s ON s.name = a.name WHERE a.name > ? AND a.name <= ? GROUP BY a.name",
+        (after, last),
     )
     return {str(row[0]): (int(row[1] or 0), int(row[2] or 0)) for row in rows}

@@ -1,4 +1,5 @@
-"""Subscription commands: apply, delete and the queries list, get and rendered, each a `Store.run` work.
+"""Subscription commands: apply (one or a batch), delete and the queries list, get and rendered, each a
+`Store.run` work.
 
 A work runs in the database thread and is group-committed with the others queued with it (one COMMIT for
 many applies); the engine checks its memory is the tables' first (`Engine.begin_in`, `check_in`).
@@ -6,15 +7,20 @@ many applies); the engine checks its memory is the tables' first (`Engine.begin_
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Sequence
 from datetime import datetime
 
 from flotilla_contracts import catalogue
 from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.v1.scheduler import (
+    ApplyOutcome,
+    ApplyResult,
     ApplySubscriptionReply,
     ClusterApplied,
     DeleteSubscriptionReply,
     GetRenderedReply,
+    ListSubscriptionsReply,
     SubscriptionInfo,
     SubscriptionSpec,
     SubscriptionSummary,
@@ -84,6 +90,37 @@ def apply(engine: Engine, tx: SyncTx, spec: SubscriptionSpec) -> ApplySubscripti
     return ApplySubscriptionReply(name=spec.name, generation=row.generation, created=previous is None, changed=True)
 
 
+def result(reply: ApplySubscriptionReply) -> ApplyResult:
+    outcome = ApplyOutcome.APPLIED if reply.changed else ApplyOutcome.UNCHANGED
+    return ApplyResult(name=reply.name, outcome=outcome, generation=reply.generation, created=reply.created)
+
+
+def refused(name: str, exc: RequestError) -> ApplyResult:
+    return ApplyResult(name=name, outcome=ApplyOutcome.ERROR, error=exc.to_body())
+
+
+def apply_each(engine: Engine, tx: SyncTx, *, chunk: Sequence[SubscriptionSpec | ApplyResult]) -> list[ApplyResult]:
+    """`apply` for each `checked` spec in order (an ApplyResult stands for one refused before it was queued),
+    each in its own SAVEPOINT: a refused spec is rolled back alone and answered with its error while the others
+    apply. `Stale` ends the whole work, which runs again on fresh memory (applies are idempotent)."""
+    results = []
+    for item in chunk:
+        if isinstance(item, ApplyResult):
+            results.append(item)
+            continue
+        tx.execute("SAVEPOINT batch_item")
+        try:
+            reply = apply(engine, tx, item)
+        except RequestError as exc:
+            tx.execute("ROLLBACK TO batch_item")
+            tx.execute("RELEASE batch_item")
+            results.append(refused(item.name, exc))
+            continue
+        tx.execute("RELEASE batch_item")
+        results.append(result(reply))
+    return results
+
+
 def delete(engine: Engine, tx: SyncTx, name: str) -> DeleteSubscriptionReply:
     """Remove the workload from every cluster, forget the subscription, announce both."""
     engine.check_in(tx)
@@ -116,19 +153,33 @@ def delete(engine: Engine, tx: SyncTx, name: str) -> DeleteSubscriptionReply:
     return DeleteSubscriptionReply(name=name, clusters=len(clusters))
 
 
-def summaries(engine: Engine, counts: dict[str, tuple[int, int]]) -> list[SubscriptionSummary]:
-    return [
-        SubscriptionSummary(
-            name=name,
-            generation=sub.row.generation,
-            strategy=sub.row.spec.policy.strategy,
-            clusters=len(sub.placements),
-            applied=counts.get(name, (0, 0))[0],
-            failed=counts.get(name, (0, 0))[1],
-            updated_at=sub.row.updated_at,
+def page(engine: Engine, tx: SyncTx, cursor: str, limit: int) -> ListSubscriptionsReply:
+    """The subscriptions named after `cursor` (the last name of the page before; "" for the first), `limit` at
+    most, by name: any name is a cursor, so one deleted in between does not break the listing."""
+    engine.check_in(tx)
+    names = sorted(engine.subs)
+    start = bisect.bisect_right(names, cursor) if cursor else 0
+    chosen = names[start : start + limit]
+    counts = tables.applied_counts(tx, cursor, chosen[-1]) if chosen else {}
+    summaries = []
+    for name in chosen:
+        sub = engine.subs[name]
+        applied, failed = counts.get(name, (0, 0))
+        summaries.append(
+            SubscriptionSummary(
+                name=name,
+                generation=sub.row.generation,
+                strategy=sub.row.spec.policy.strategy,
+                clusters=len(sub.placements),
+                applied=applied,
+                failed=failed,
+                updated_at=sub.row.updated_at,
+            )
         )
-        for name, sub in sorted(engine.subs.items())
-    ]
+    more = start + limit < len(names)
+    return ListSubscriptionsReply(
+        subscriptions=summaries, total=len(names), next_cursor=chosen[-1] if more and chosen else ""
+    )
 
 
 def found(engine: Engine, name: str) -> Subscription:
