@@ -1,6 +1,7 @@
-"""`flotilla subscriptions apply -f` with many files (a folder): sent concurrently to the scheduler as its own
-process on a real nats-server, one line per file in the order given, a refused file named with its reason
-while the others apply, and applying the same files again changes nothing."""
+"""`flotilla subscriptions apply -f` with many files (a folder): sent in batches (`subscriptions.batch.apply`, a
+few at once) to the scheduler as its own process on a real nats-server, progress on stderr, one line per file
+in the order given, a refused file named with its reason while the others (of its batch too) apply, applying
+the same files again changes nothing, and `subscriptions list` reads every page."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from integration_support import start_service
 from registration_support import wait_until_serving
 from scheduler_support import approved, publish
 
+from flotilla_client.cli import subscriptions
 from flotilla_client.cli.main import cli
 from flotilla_client.client import FlotillaClient
 from flotilla_client.natsserver import NatsServer
@@ -32,9 +34,11 @@ def subscription_yaml(name: str, selector: str) -> str:
     )
 
 
-async def test_a_folder_of_subscriptions_applies_concurrently_and_names_the_one_refused(
-    nats_server: NatsServer, tmp_path: Path
+async def test_a_folder_of_subscriptions_applies_in_batches_and_names_the_one_refused(
+    nats_server: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(subscriptions, "BATCH_BYTES", 2500)  # ~10 files a batch: several batches, a few at once
+    monkeypatch.setattr(subscriptions, "LIST_PAGE", 7)  # 40 subscriptions: 6 pages
     folder = tmp_path / "workloads"
     folder.mkdir()
     for i in range(FILES):
@@ -52,10 +56,13 @@ async def test_a_folder_of_subscriptions_applies_concurrently_and_names_the_one_
             assert first.exit_code == 1, first.output
             names = [f"w{i:02d}" for i in range(FILES)]
             assert first.stdout.splitlines() == [f"subscription {n} created (generation 1)" for n in names]
-            refused = first.stderr.strip().splitlines()
+            lines = first.stderr.strip().splitlines()
+            refused = [line for line in lines if line.startswith("flotilla: error: ")]
             assert len(refused) == 1 and refused[0].startswith(
                 f"flotilla: error: {folder / 'w20-bad.yaml'}: invalid_selector: "
             ), first.stderr
+            progress = [line for line in lines if line not in refused]
+            assert len(progress) > 2 and progress[-1] == f"applied {FILES + 1} of {FILES + 1} subscriptions", lines
             listed = await client.request(
                 SCHED, "subscriptions.list", sched.ListSubscriptionsRequest(), sched.ListSubscriptionsReply
             )
@@ -68,6 +75,9 @@ async def test_a_folder_of_subscriptions_applies_concurrently_and_names_the_one_
                 return [p.cluster_id for p in info.subscription.placements] == ["c1", "c2"]
 
             await eventually(placed, "w39 placed on both clusters", timeout_s=15, until=bool)
+            listing = await asyncio.to_thread(CliRunner().invoke, cli, [*args[:-2], "list", "-o", "name"])
+            assert listing.exit_code == 0, listing.output
+            assert listing.stdout.splitlines() == [f"subscription/{n}" for n in names]
             (folder / "w20-bad.yaml").unlink()
             again = await asyncio.to_thread(
                 CliRunner().invoke, cli, [*args, str(folder / "w00.yaml"), "-f", str(folder)]

@@ -26,6 +26,7 @@ from flotilla_client.events import EventRecord, iterate_events
 from flotilla_contracts import subjects
 from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, H_SENT_AT, Message, schema_id
 from flotilla_contracts.errors import ErrorCode
+from flotilla_contracts.v1 import scheduler as sched
 from flotilla_runtime import codec, telemetry
 from flotilla_runtime.natsconn import connect_options, redact
 
@@ -190,6 +191,18 @@ class FlotillaClient:
                 raise ClientError(ErrorCode.INTERNAL, f"{name} answered {subject} with neither data nor an error")
             raise ClientError(reply.error.code, reply.error.message, dict(reply.error.details))
         return reply.data
+
+    async def apply_subscriptions(
+        self,
+        specs: list[sched.SubscriptionSpec],
+        timeout: float = 60.0,  # noqa: ASYNC109 - the NATS request's own deadline
+    ) -> list[sched.ApplyResult]:
+        """`subscriptions.batch.apply`: at most `sched.MAX_APPLY_BATCH` specs, one result each, in order."""
+        request = sched.ApplySubscriptionsRequest(specs=specs)
+        reply = await self.request(
+            subjects.Service.SCHEDULER, "subscriptions.batch.apply", request, sched.ApplySubscriptionsReply, timeout
+        )
+        return reply.results
 
     def command_subject(self, service: str, verb: str) -> str:
         """`fleet.v1.cmd.<service>.<verb>`, in the person's own name when one is logged in."""

@@ -22,7 +22,7 @@ from flotilla_client.cli.cluster_refs import resolve_cluster
 from flotilla_client.cli.common import CliContext, Failure, call, echo, explain_refusal, run, server_option
 from flotilla_client.cli.output import Column, Listing, output_option, render, render_json, render_yaml, show_list
 from flotilla_client.cli.watching import entity_subjects, watch_list, watch_option
-from flotilla_client.errors import FlotillaClientError
+from flotilla_client.errors import ClientError, FlotillaClientError
 from flotilla_contracts.subjects import Entity, Service
 from flotilla_contracts.v1 import scheduler as sched
 
@@ -105,9 +105,15 @@ def subscriptions() -> None:
     """Subscriptions: Kubernetes manifests placed on clusters by selector, taints, weights and spread."""
 
 
-# Applies in flight at once from one `apply`: enough to keep the scheduler's group commit full, bounded so that
-# thousands of files neither open thousands of requests nor wait past their timeout in the service's queue.
-APPLY_IN_FLIGHT = 64
+# `apply` sends its files in batches (`subscriptions.batch.apply`): at most MAX_APPLY_BATCH specs and about
+# BATCH_BYTES of JSON each (the service refuses a request over its message limit, 256 KiB by default), a few
+# batches in flight so the scheduler's group commit stays full while the client encodes the next.
+BATCH_BYTES = 224 * 1024
+BATCHES_IN_FLIGHT = 4
+_encode = msgspec.json.Encoder()
+# Subscriptions per `subscriptions.list` page: ~150 bytes each, so a page stays far below NATS's 1 MiB payload
+# limit (10,000 in one reply did not fit).
+LIST_PAGE = 1000
 
 
 def subscription_files(paths: tuple[Path, ...]) -> list[Path]:
@@ -141,26 +147,48 @@ def read_specs(paths: list[Path]) -> list[tuple[str, sched.SubscriptionSpec]]:
     return specs
 
 
-async def apply_all(
-    obj: CliContext, specs: list[sched.SubscriptionSpec]
-) -> list[sched.ApplySubscriptionReply | FlotillaClientError]:
-    """One reply (or the error) per spec, in order; APPLY_IN_FLIGHT requests at a time on one connection."""
+def batches(specs: list[sched.SubscriptionSpec]) -> list[list[sched.SubscriptionSpec]]:
+    """The specs in order, cut into requests of at most MAX_APPLY_BATCH specs and about BATCH_BYTES (a spec
+    bigger than that goes alone, and the service says whether it is too large)."""
+    found: list[list[sched.SubscriptionSpec]] = [[]]
+    size = 0
+    for spec in specs:
+        spec_size = len(_encode.encode(spec)) + 1
+        if found[-1] and (len(found[-1]) >= sched.MAX_APPLY_BATCH or size + spec_size > BATCH_BYTES):
+            found.append([])
+            size = 0
+        found[-1].append(spec)
+        size += spec_size
+    return [batch for batch in found if batch]
+
+
+Applied = sched.ApplyResult | FlotillaClientError
+
+
+async def apply_all(obj: CliContext, specs: list[sched.SubscriptionSpec]) -> list[Applied]:
+    """One result (or the error of its batch's request) per spec, in order; BATCHES_IN_FLIGHT requests at a time
+    on one connection, progress on stderr when there is more than one batch."""
     from flotilla_client.client import FlotillaClient
 
-    gate = asyncio.Semaphore(APPLY_IN_FLIGHT)
+    gate = asyncio.Semaphore(BATCHES_IN_FLIGHT)
+    parts = batches(specs)
+    done = 0
     async with FlotillaClient(obj.server_url()) as client:
 
-        async def one(spec: sched.SubscriptionSpec) -> sched.ApplySubscriptionReply | FlotillaClientError:
+        async def one(batch: list[sched.SubscriptionSpec]) -> list[Applied]:
+            nonlocal done
             async with gate:
-                request = sched.ApplySubscriptionRequest(spec=spec)
                 try:
-                    return await client.request(
-                        SCHED, "subscriptions.apply", request, sched.ApplySubscriptionReply, timeout=10.0
-                    )
+                    results: list[Applied] = list(await client.apply_subscriptions(batch))
                 except FlotillaClientError as exc:
-                    return exc
+                    results = [exc] * len(batch)
+            done += len(batch)
+            if len(parts) > 1:
+                echo(f"applied {done:,} of {len(specs):,} subscriptions", err=True)
+            return results
 
-        return await asyncio.gather(*(one(spec) for spec in specs))
+        answered = await asyncio.gather(*(one(batch) for batch in parts))
+    return [result for results in answered for result in results]
 
 
 @subscriptions.command("apply")
@@ -179,8 +207,9 @@ async def apply_all(
 def subscriptions_apply(ctx: click.Context, obj: CliContext, paths: tuple[Path, ...]) -> None:
     """Create or update subscriptions from YAML files (like `kubectl apply -f`).
 
-    Every file is read and checked first; then they are sent concurrently and each gets one line, in the
-    order given. A refused one is named on stderr and the exit code is 1; the others still apply.
+    Every file is read and checked first; then they are sent in batches of up to 500 (a few at once, progress
+    on stderr when there is more than one batch) and each gets one line, in the order given. A refused one is
+    named on stderr with its file and the exit code is 1; the others still apply.
 
     \b
     Example file:
@@ -199,15 +228,17 @@ def subscriptions_apply(ctx: click.Context, obj: CliContext, paths: tuple[Path, 
     specs = read_specs(subscription_files(paths))
     replies = run(lambda: apply_all(obj, [spec for _, spec in specs]))
     if len(replies) == 1 and isinstance(replies[0], FlotillaClientError):
-        raise replies[0]  # one file: the error as every command says it
+        raise replies[0]  # one file whose request failed: the error as every command says it
     refused = 0
     for (source, _), reply in zip(specs, replies, strict=True):
+        if isinstance(reply, sched.ApplyResult) and reply.error is not None:  # this document refused, not the rest
+            reply = ClientError(reply.error.code, reply.error.message, dict(reply.error.details))
         if isinstance(reply, FlotillaClientError):
             refused += 1
             echo(f"flotilla: error: {source}: {explain_refusal(ctx, reply)}", err=True)
             continue
-        verb = "created" if reply.created else "configured" if reply.changed else "unchanged"
-        echo(f"subscription {reply.name} {verb} (generation {reply.generation})")
+        verb = "configured" if reply.outcome is sched.ApplyOutcome.APPLIED else "unchanged"
+        echo(f"subscription {reply.name} {'created' if reply.created else verb} (generation {reply.generation})")
     if refused:
         raise SystemExit(1)
 
@@ -230,8 +261,16 @@ def subscriptions_list(obj: CliContext, output: str, watch: bool) -> None:
     """
 
     def fetch() -> list[sched.SubscriptionSummary]:
-        request = sched.ListSubscriptionsRequest()
-        return call(obj, SCHED, "subscriptions.list", request, sched.ListSubscriptionsReply).subscriptions
+        """Every page of `subscriptions.list`."""
+        found: list[sched.SubscriptionSummary] = []
+        cursor = ""
+        while True:
+            request = sched.ListSubscriptionsRequest(limit=LIST_PAGE, cursor=cursor)
+            page = call(obj, SCHED, "subscriptions.list", request, sched.ListSubscriptionsReply)
+            found += page.subscriptions
+            if not page.next_cursor:
+                return found
+            cursor = page.next_cursor
 
     if watch:
         subjects = entity_subjects((Entity.SUBSCRIPTION, Entity.PLACEMENT, Entity.APPLIED))
