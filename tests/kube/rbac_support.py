@@ -1,4 +1,4 @@
-"""Helpers of the shipped-manifest tests (tests/kube/test_shipped_rbac.py, test_overlays_dry_run.py): render
+"""Helpers of the shipped-manifest tests (tests/kube/test_shipped_rbac_*.py, test_overlays_dry_run.py): render
 deploy/ with the built kubectl, act as a ServiceAccount with a real token, make minimal CRDs for server-side
 dry-run."""
 

@@ -1,214 +1,27 @@
-"""The node-agent's shipped RBAC (deploy/services/node-agent) on a real API server (issue 16 item 5).
-
-deploy/base and deploy/services/node-agent are rendered with the built kubectl and applied as the admin; then a
-real token of the `node-agent` ServiceAccount (TokenRequest) drives the node-agent's own Kubernetes code: node
-facts, cordon, drain by eviction (and the force delete a plan may allow), uncordon, the API server probe, the
-cluster-agent Lease, ConfigMap and credential Secret, the kube-system UID, and server-side apply and prune of
-placed workloads. Everything it needs must be allowed; a sample of what it must not do must answer 403. The
-aggregated `flotilla-workload-applier` is widened the documented way (a labelled ClusterRole for a CRD's kind).
+"""The node-agent's shipped RBAC (deploy/services/node-agent) on a real API server (issue 16 item 5): its cluster
+agent, with a real token of the `node-agent` ServiceAccount (TokenRequest), holds the Lease, publishes the cluster's
+ConfigMap and credential Secret, reads the kube-system UID, and applies and prunes placed workloads by server-side
+apply; a sample of what the ServiceAccount must not do answers 403; the aggregated `flotilla-workload-applier` is
+widened the documented way (a labelled ClusterRole for a CRD's kind). The node driver's part:
+test_shipped_rbac_node_driver.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-from kube_support import ControlPlane, control_plane, wait_until
-from rbac_support import (
-    as_list,
-    call_as,
-    crd_established,
-    privileged_allowed,
-    render,
-    service_account_token,
-    stub_crd,
-    token_kubeconfig,
-)
+from kube_support import wait_until
+from rbac_support import call_as, crd_established, stub_crd
+from shipped_rbac_support import AS_SA, NS, SA, Shipped, applier_rules, apply, delete, node_agent_api
 
-from flotilla_contracts.v1.agent import DrainOptions, StepProgress
-from flotilla_contracts.v1.heartbeat import ProbeResult
 from flotilla_contracts.v1.scheduler_events import ApplyResult
 from flotilla_node_agent.apply_backends import ApplyFailed, KubernetesApplyBackend
-from flotilla_node_agent.drivers.base import CORDONED_BY_ANNOTATION
 from flotilla_node_agent.drivers.kube_lease import CONFIGMAP_NAME, CREDENTIAL_SECRET, LEASE_NAME, KubeLeaderElection
-from flotilla_node_agent.drivers.kubernetes import KubernetesDriver, api_client, list_node_facts
 
 pytestmark = pytest.mark.kube
 
-NS = "flotilla"  # where deploy/ puts the node-agent (its Lease, ConfigMap and Secret live there too)
-SA = "node-agent"
-AS_SA = f"system:serviceaccount:{NS}:{SA}"
-WORKLOADS = "shop"  # pods the drain meets
 PLACED = "placed"  # a namespace the cluster agent applies itself
-NODE = "kwok-worker-1"
-APPLIER = "flotilla-workload-applier"
-
-
-@dataclass
-class Shipped:
-    cp: ControlPlane
-    token: str
-    kubeconfig: Path
-
-
-def applier_rules(cp: ControlPlane) -> set[tuple[str, str]]:
-    role = cp.get_json("clusterrole", APPLIER)
-    return {(g, r) for rule in role.get("rules") or [] for g in rule["apiGroups"] for r in rule["resources"]}
-
-
-@pytest.fixture(scope="module")
-def shipped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shipped]:
-    """One control plane for the module, with deploy/base and deploy/services/node-agent applied as rendered."""
-    with control_plane(workers=2, kubelet_version="v1.36.0") as cp:
-        objects = render("base") + render("services/node-agent")
-        assert privileged_allowed(cp), "the node-agent DaemonSet is privileged: run with --allow-privileged=true"
-        shipped = as_list(objects)
-        cp.kubectl("apply", "--server-side", "-f", "-", stdin=shipped)
-        # The aggregated role is filled in by the controller-manager's clusterrole-aggregation controller.
-        wait_until(
-            "flotilla-workload-applier aggregated",
-            lambda: ("apps", "deployments") in applier_rules(cp),
-            cp.components,
-            60,
-        )
-        # Applying again (an upgrade of Flotilla) does not fight the controller over the aggregated rules.
-        cp.kubectl("apply", "--server-side", "-f", "-", stdin=shipped)
-        token = service_account_token(cp, NS, SA)
-        path = token_kubeconfig(tmp_path_factory.mktemp("sa") / "node-agent.kubeconfig", cp.server, token)
-        yield Shipped(cp, token, path)
-
-
-@contextlib.asynccontextmanager
-async def node_agent_api(shipped: Shipped) -> AsyncIterator[Any]:
-    """A kubernetes-asyncio ApiClient loaded the way the node-agent loads one, as the ServiceAccount."""
-    api = await api_client(str(shipped.kubeconfig))
-    try:
-        yield api
-    finally:
-        await api.close()
-
-
-async def apply(backend: KubernetesApplyBackend, manifest: dict[str, Any]) -> ApplyResult:
-    """What the applier does per object: resolve its scope by discovery, then server-side apply it."""
-    ref = await backend.resolve(manifest)
-    return (await backend.apply(ref, manifest, "flotilla")).result
-
-
-async def delete(backend: KubernetesApplyBackend, manifest: dict[str, Any]) -> ApplyResult:
-    """What prune does per object."""
-    return (await backend.delete(await backend.resolve(manifest))).result
-
-
-def pinned_deployment(name: str, replicas: int) -> dict[str, Any]:
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": WORKLOADS},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "nodeSelector": {"kubernetes.io/hostname": NODE},
-                    "containers": [{"name": name, "image": "example.invalid/app:1"}],
-                },
-            },
-        },
-    }
-
-
-def pods_on_node(cp: ControlPlane) -> list[dict[str, Any]]:
-    pods = cp.get_json("pods", "-A", "--field-selector", f"spec.nodeName={NODE}")["items"]
-    return [p for p in pods if p["status"].get("phase") == "Running"]
-
-
-def pdb_blocks(cp: ControlPlane) -> bool:
-    status = cp.get_json("pdb", "web", "-n", WORKLOADS).get("status", {})
-    return bool(status.get("currentHealthy") == 2 and status.get("disruptionsAllowed") == 0)
-
-
-def node(cp: ControlPlane, name: str) -> dict[str, Any]:
-    found: dict[str, Any] = cp.get_json("node", name)
-    return found
-
-
-async def test_node_driver_cordons_drains_and_uncordons_as_the_service_account(shipped: Shipped) -> None:
-    cp = shipped.cp
-    cp.kubectl("create", "namespace", WORKLOADS)
-    pdb = {
-        "apiVersion": "policy/v1",
-        "kind": "PodDisruptionBudget",
-        "metadata": {"name": "web", "namespace": WORKLOADS},
-        "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}},
-    }
-    cp.apply(pinned_deployment("api", 2), pinned_deployment("web", 2), pdb)
-
-    def ready() -> bool:
-        owners = [p["metadata"]["ownerReferences"][0]["kind"] for p in pods_on_node(cp)]
-        return owners.count("ReplicaSet") == 4 and "DaemonSet" in owners  # the node-agent's own pod too
-
-    wait_until(f"4 workload pods and the node-agent pod Running on {NODE}", ready, cp.components, 120)
-    wait_until("the web PDB allows no disruption", lambda: pdb_blocks(cp), cp.components, 90)
-    before = {p["metadata"]["uid"] for p in pods_on_node(cp) if p["metadata"]["namespace"] == WORKLOADS}
-
-    async with node_agent_api(shipped) as api:
-        driver = KubernetesDriver(api, NODE, poll_s=0.2)
-        facts = await driver.facts()
-        assert facts.node_name == NODE and facts.kubelet_version == "v1.36.0" and not facts.unschedulable
-        assert {f.node_name for f in await list_node_facts(api)} == {"kwok-cp-0", "kwok-worker-1", "kwok-worker-2"}
-
-        cordoned = await driver.cordon("rollout-7")  # patch nodes
-        assert cordoned.changed
-        seen = node(cp, NODE)
-        assert seen["spec"]["unschedulable"] is True
-        assert seen["metadata"]["annotations"][CORDONED_BY_ANNOTATION] == "rollout-7"
-
-        progress: list[StepProgress] = []
-
-        async def record(step: StepProgress) -> None:
-            progress.append(step)
-
-        # api: evicted (pods/eviction create, pods get until gone); web: its PDB refuses (429, which is past
-        # authorization) until the timeout, then the plan's force delete (pods delete).
-        options = DrainOptions(timeout_s=6, eviction_retry_s=0.5, force_delete_on_timeout=True)
-        result = await driver.drain("rollout-7", options, record)
-        assert {r.namespace for r in result.evicted} == {WORKLOADS} and len(result.evicted) == 4
-        forced = [r for r in result.evicted if "deleted at the drain timeout" in r.reason]
-        assert sorted(r.name.rsplit("-", 2)[0] for r in forced) == ["web", "web"]
-        assert [r.reason for r in result.skipped] == ["DaemonSet pod"]
-        assert progress and progress[-1].pods_total == 4
-
-        uncordoned = await driver.uncordon("rollout-7")  # patch nodes
-        assert uncordoned.changed
-        assert not node(cp, NODE)["spec"].get("unschedulable")
-
-    def drained() -> bool:
-        now = {p["metadata"]["uid"] for p in cp.get_json("pods", "-n", WORKLOADS)["items"]}
-        return not (now & before)
-
-    wait_until("the drained pods gone", drained, cp.components, 60)
-
-
-def test_api_server_probes_and_discovery_are_open_to_the_service_account(shipped: Shipped) -> None:
-    """The probes (/livez, /readyz, /version) and discovery come from the bootstrap roles every authenticated
-    client has (system:public-info-viewer, system:discovery): rbac.yaml grants no nonResourceURLs."""
-    for path in ("/livez", "/readyz", "/version", "/api", "/api/v1", "/apis", "/apis/apps/v1"):
-        status, body = call_as(shipped.cp.server, shipped.token, "GET", path)
-        assert status == 200, (path, body)
-    assert call_as(shipped.cp.server, shipped.token, "GET", "/metrics")[0] == 403  # not everything open
-
-
-async def test_node_driver_probes_the_api_server_as_the_service_account(shipped: Shipped) -> None:
-    async with node_agent_api(shipped) as api:
-        health = await KubernetesDriver(api, "kwok-cp-0").api_server()  # /livez, /readyz, /version
-    assert health is not None
-    assert (health.livez, health.readyz, health.version) == (ProbeResult.OK, ProbeResult.OK, "v1.37.2")
 
 
 async def test_cluster_agent_lease_configmap_secret_and_identity_as_the_service_account(shipped: Shipped) -> None:
