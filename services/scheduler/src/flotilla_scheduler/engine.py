@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import os
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -289,7 +290,7 @@ class Engine:
         placed: bool,
     ) -> None:
         command = ApplyManifests(
-            command_id=uuid.uuid4().hex,
+            command_id=os.urandom(16).hex(),  # as unique as uuid4().hex, without building a UUID
             cluster_id=cluster_id,
             subscription=sub.row.spec.name,
             generation=generation,
