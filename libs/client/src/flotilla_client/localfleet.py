@@ -8,6 +8,7 @@ import sys
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from flotilla_client import busauth, control, procs, runfile, tracingenv
 from flotilla_client.errors import LocalFleetError
@@ -51,6 +52,17 @@ def tail(path: Path, lines: int) -> list[str]:
 
 SIM_MODULE = "flotilla_node_agent.fleet_sim"
 SIM_URL_ENV = "FLOTILLA_SIM_NATS_URL"  # the sim's NATS URL with credentials (see flotilla_node_agent.fleet_sim)
+# `flotilla sim --bus-address`: the sim reaches the bus at this address (same port), e.g. its own 127.0.0.x
+SIM_ADDRESS_ENV = "FLOTILLA_SIM_BUS_ADDRESS"
+
+
+def at_address(url: str, address: str) -> str:
+    """`url` (credentials kept) at another host, same port: one client address and one server address:port
+    carry at most the kernel's ephemeral port range of connections (about 28,000), so big sims spread out."""
+    parts = urlsplit(url)
+    credentials, _, _ = parts.netloc.rpartition("@")
+    netloc = (f"{credentials}@" if credentials else "") + address + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def tracked(info: RunInfo) -> tuple[list[procs.Tracked], list[procs.Tracked]]:
@@ -81,21 +93,26 @@ def spawn_sim(
     sim_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     # The admin URL goes in the environment, not on the command line (where `ps` would show its password).
     command = [sys.executable, "-m", SIM_MODULE, "--state-dir", str(sim_dir), "--prefix", prefix, *args]
-    env = {**base_env, SIM_URL_ENV: nats_url}
+    address = base_env.get(SIM_ADDRESS_ENV, "")
+    env = {**base_env, SIM_URL_ENV: at_address(nats_url, address) if address else nats_url}
     ca = busauth.tls_ca(state_dir)
     if ca is not None and nats_url.startswith("tls://"):
         env[CA_ENV] = str(ca)
     return procs.spawn(command, log_path(state_dir, f"sim-{prefix}"), env, cwd=state_dir)
 
 
-def start_sim(state_dir: Path, args: list[str], *, prefix: str, clusters: int, nodes: int) -> SimEntry:
-    """Ask the supervisor to start a simulated fleet and keep it running; recorded in run.json so `down` stops it."""
+def start_sim(
+    state_dir: Path, args: list[str], *, prefix: str, clusters: int, nodes: int, bus_address: str = ""
+) -> SimEntry:
+    """Ask the supervisor to start a simulated fleet and keep it running; recorded in run.json so `down` stops it.
+    `bus_address`: the sim connects to the bus there (same port) instead of the fleet's address."""
     state_dir = state_dir.resolve()
     if runfile.load(state_dir) is None:
         raise LocalFleetError(f"no local fleet runs from {state_dir}; start one with `flotilla up` first")
     # The sim runs with the environment of the `flotilla sim` that asked for it, as if it started it itself.
     # With the tracing settings `up` recorded, unless this environment names an exporter of its own.
     env = tracingenv.with_recorded(os.environ, tracingenv.recorded(state_dir))
+    env = {**env, SIM_ADDRESS_ENV: bus_address} if bus_address else env
     spec = control.SimSpec(prefix=prefix, args=args, clusters=clusters, nodes=nodes, env=env)
     reply = control.ask(state_dir, control.Request(op=control.Op.START_SIM, sim=spec))
     info = runfile.load(state_dir)

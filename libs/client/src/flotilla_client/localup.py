@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from flotilla_client import busauth, jaeger, procs, runfile, tracingenv, users
+from flotilla_client import busauth, jaeger, openfiles, procs, runfile, tracingenv, users
 from flotilla_client.client import FlotillaClient
 from flotilla_client.errors import LocalFleetError
 from flotilla_client.localfleet import (
@@ -25,7 +25,15 @@ from flotilla_client.localfleet import (
     stop_everything,
     tail,
 )
-from flotilla_client.natsserver import NatsServer, NatsServerError, find_nats_server, free_port, port_open
+from flotilla_client.natsserver import (
+    MAX_CONNECTIONS,
+    NatsServer,
+    NatsServerError,
+    client_host,
+    find_nats_server,
+    free_port,
+    port_open,
+)
 from flotilla_client.runfile import NatsEntry, RunInfo
 from flotilla_runtime.integrity import private_tree
 from flotilla_runtime.natsconn import CA_ENV
@@ -38,7 +46,8 @@ class UpOptions:
     monitor_port: int = 8222
     server: str | None = None  # an existing NATS to use instead of starting one
     timeout_s: float = 30.0
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # where nats-server listens: 0.0.0.0 lets sims spread over 127.0.0.x (docs/scale.md)
+    max_connections: int = MAX_CONNECTIONS  # nats-server's max_connections
     tls: bool = False  # TLS on the client port, with a local CA (clients get FLOTILLA_NATS_CA)
     jaeger: bool = False  # start a local Jaeger and trace everything into it
 
@@ -48,12 +57,12 @@ def _prepare_nats(opts: UpOptions, progress: Progress) -> NatsEntry:
     if opts.server:
         progress(f"using the NATS server at {opts.server}")
         return NatsEntry(url=opts.server)
-    if port_open(opts.host, opts.port):
+    if port_open(client_host(opts.host), opts.port):
         raise LocalFleetError(
             f"port {opts.port} on {opts.host} is already in use (another NATS or fleet?); choose another with "
-            f"--port, or use that server with --server nats://{opts.host}:{opts.port}"
+            f"--port, or use that server with --server nats://{client_host(opts.host)}:{opts.port}"
         )
-    if opts.monitor_port and port_open(opts.host, opts.monitor_port):
+    if opts.monitor_port and port_open(client_host(opts.host), opts.monitor_port):
         raise LocalFleetError(
             f"monitoring port {opts.monitor_port} on {opts.host} is already in use; "
             "choose another with --monitor-port (0 disables monitoring)"
@@ -65,7 +74,7 @@ def _prepare_nats(opts: UpOptions, progress: Progress) -> NatsEntry:
     websocket_tls = ""
     if opts.tls:
         try:
-            ca, cert, key = busauth.make_tls(opts.state_dir, opts.host)
+            ca, cert, key = busauth.make_tls(opts.state_dir, client_host(opts.host))
         except busauth.TlsError as exc:
             raise LocalFleetError(str(exc)) from None
         config += "\n" + busauth.tls_config(cert, key)
@@ -80,6 +89,7 @@ def _prepare_nats(opts: UpOptions, progress: Progress) -> NatsEntry:
         extra_config=config,
         websocket_port=free_port(opts.host),  # the dashboard's (`flotilla dashboard`), same users as the port
         websocket_tls=websocket_tls,
+        max_connections=opts.max_connections,
     )
     try:
         find_nats_server()
@@ -87,7 +97,7 @@ def _prepare_nats(opts: UpOptions, progress: Progress) -> NatsEntry:
         raise LocalFleetError(str(exc)) from None
     server.write_config()
     progress(f"starting nats-server with JetStream in {server.state_dir} on {server.url}")
-    monitor = f"http://{opts.host}:{opts.monitor_port}" if opts.monitor_port else ""
+    monitor = f"http://{client_host(opts.host)}:{opts.monitor_port}" if opts.monitor_port else ""
     url = server.url.replace("nats://", "tls://") if opts.tls else server.url
     entry = NatsEntry(
         url=busauth.admin_url(url, auth),
@@ -174,12 +184,20 @@ def up(opts: UpOptions, progress: Progress) -> RunInfo:
         progress(f"made {changed} files and folders under {state_dir} private to their owner (0600, 0700)")
     if opts.server:
         asyncio.run(_check_reachable(opts.server))
+    else:
+        # Every bus connection is a descriptor in nats-server (and in a sim): raised here, inherited by the
+        # supervisor and all it starts (nats-server itself raises its soft limit to the hard one).
+        limits = openfiles.raise_open_files(opts.max_connections + 4096)
+        if not limits.enough:
+            progress(f"note: {limits.advice()}")
     started_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     info = RunInfo(state_dir=str(state_dir), started_at=started_at, nats=_prepare_nats(opts, progress))
     deadline = time.monotonic() + opts.timeout_s + 10.0  # nats-server has had 10 s to listen
     try:
         if opts.jaeger:
-            info.jaeger = jaeger.start(state_dir / "jaeger", log_path(state_dir, "jaeger").parent, host=opts.host)
+            info.jaeger = jaeger.start(
+                state_dir / "jaeger", log_path(state_dir, "jaeger").parent, host=client_host(opts.host)
+            )
             os.environ.update(jaeger.tracing_env(info.jaeger))  # the supervisor, services and sims inherit it
             progress(f"started Jaeger: UI {info.jaeger.ui_url}, OTLP/HTTP {info.jaeger.otlp_url}")
         # What everything started here traces with, kept for `flotilla sim` and later commands.

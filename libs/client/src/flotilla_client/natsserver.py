@@ -65,6 +65,17 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
         return False
 
 
+# nats-server's own default is 65,536; a 100,000-node fleet holds about 110,000 connections (every node and every
+# cluster agent has its own identity, so its own connection), plus the services and the CLI (docs/scale.md).
+MAX_CONNECTIONS = 250_000
+ANY_ADDRESS = "0.0.0.0"  # listening on every address, loopback 127.0.0.x included (docs/scale.md: connections)
+
+
+def client_host(host: str) -> str:
+    """The address a local client connects to for a server listening on `host`."""
+    return "127.0.0.1" if host in (ANY_ADDRESS, "") else host
+
+
 @dataclass
 class NatsServer:
     """One nats-server process with JetStream storing under `state_dir`."""
@@ -79,18 +90,19 @@ class NatsServer:
     # the TCP port. `websocket_tls`: a `tls {...}` block for it (wss), else plain ws on `host` only.
     websocket_port: int = 0
     websocket_tls: str = ""
+    max_connections: int = MAX_CONNECTIONS
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        return f"nats://{client_host(self.host)}:{self.port}"
 
     @property
     def websocket_url(self) -> str:
         """`ws://host:port` (`wss://` with TLS), or "" without a WebSocket listener."""
         if not self.websocket_port:
             return ""
-        return f"{'wss' if self.websocket_tls else 'ws'}://{self.host}:{self.websocket_port}"
+        return f"{'wss' if self.websocket_tls else 'ws'}://{client_host(self.host)}:{self.websocket_port}"
 
     @property
     def config_path(self) -> Path:
@@ -105,6 +117,7 @@ class NatsServer:
             f'server_name: "flotilla-local-{self.port}"',
             f"max_payload: {permissions.MAX_PAYLOAD_BYTES}",
             f"max_subscriptions: {permissions.MAX_SUBSCRIPTIONS_PER_CONNECTION}",
+            f"max_connections: {self.max_connections}",
             "jetstream {",
             f'  store_dir: "{(self.state_dir / "jetstream").resolve()}"',
             "  max_memory_store: 256MB",
@@ -126,9 +139,9 @@ class NatsServer:
 
     def start(self, timeout_s: float = 10.0, detach: bool = False) -> None:
         """Start and wait until the client port accepts connections."""
-        if port_open(self.host, self.port):
+        if port_open(client_host(self.host), self.port):
             raise NatsServerError(f"port {self.port} on {self.host} is already in use; choose another with --port")
-        if self.monitor_port and port_open(self.host, self.monitor_port):
+        if self.monitor_port and port_open(client_host(self.host), self.monitor_port):
             raise NatsServerError(
                 f"monitoring port {self.monitor_port} on {self.host} is already in use; "
                 "choose another with --monitor-port (0 disables monitoring)"
@@ -156,7 +169,7 @@ class NatsServer:
             if self.process.poll() is not None:
                 hint = f"; see {self.log_file}" if self.log_file else ""
                 raise NatsServerError(f"nats-server exited with code {self.process.returncode} at start{hint}")
-            if port_open(self.host, self.port):
+            if port_open(client_host(self.host), self.port):
                 return
             time.sleep(0.05)
         self.stop()

@@ -16,6 +16,7 @@ from flotilla_client.client import FlotillaClient
 from flotilla_client.discovery import ServiceRecord
 from flotilla_client.durations import format_duration
 from flotilla_client.errors import FlotillaClientError
+from flotilla_client.natsserver import MAX_CONNECTIONS
 from flotilla_client.runfile import RunInfo
 from flotilla_runtime.natsconn import redact
 
@@ -41,9 +42,28 @@ pass_cli = click.make_pass_decorator(CliContext)
     help="Start a local Jaeger (built by `make peer-bins`) and trace every service, sim and later command into it; "
     "prints the UI address.",
 )
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address nats-server listens on. 0.0.0.0: every address, so simulated fleets past ~28,000 connections "
+    "can each use their own 127.0.0.x (`flotilla sim --bus-address`; docs/scale.md); the bus is then reachable "
+    "from the network too (authentication stays on).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1),
+    default=MAX_CONNECTIONS,
+    show_default=True,
+    help="nats-server's max_connections (every node and cluster agent holds one); the open-files limit is raised "
+    "to match where allowed.",
+)
 @server_option
 @pass_cli
-def up(obj: CliContext, port: int, monitor_port: int, timeout: float, tls: bool, jaeger: bool) -> None:
+def up(
+    obj: CliContext, port: int, monitor_port: int, timeout: float, tls: bool, jaeger: bool, host: str,
+    max_connections: int,
+) -> None:  # fmt: skip
     """Start a local fleet: nats-server and the five services, kept running by a supervisor.
 
     A detached supervisor process starts nats-server with JetStream, then each service as its own
@@ -69,6 +89,7 @@ def up(obj: CliContext, port: int, monitor_port: int, timeout: float, tls: bool,
       flotilla --state-dir /tmp/fleet up --port 4300 --monitor-port 0
       flotilla --server nats://127.0.0.1:4222 up
       flotilla up --jaeger
+      flotilla up --host 0.0.0.0 --max-connections 250000   # a 100,000-node simulated fleet
     """
     started = time.monotonic()
     options = localup.UpOptions(
@@ -79,6 +100,8 @@ def up(obj: CliContext, port: int, monitor_port: int, timeout: float, tls: bool,
         timeout_s=timeout,
         tls=tls,
         jaeger=jaeger,
+        host=host,
+        max_connections=max_connections,
     )
     info = localup.up(options, echo)
     _print_summary(obj, info, time.monotonic() - started)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from urllib.parse import urlsplit
 
 import click
 
-from flotilla_client import localfleet
+from flotilla_client import localfleet, runfile
 from flotilla_client.cli.cluster_refs import list_all_clusters
 from flotilla_client.cli.common import BadUsage, CliContext, Failure, call, echo
-from flotilla_client.natsserver import free_port
+from flotilla_client.natsserver import free_port, port_open
 from flotilla_contracts import sim as names
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1 import registration as reg
@@ -62,6 +63,14 @@ pass_cli = click.make_pass_decorator(CliContext)
     "instead of one message per node.",
 )
 @click.option(
+    "--bus-address",
+    default="",
+    metavar="HOST",
+    help="Connect the sim's clusters and nodes to the bus at this address (same port), e.g. 127.0.0.2: one "
+    "address gives at most ~28,000 connections (the ephemeral port range), so sims past that each use their "
+    "own, with `flotilla up --host 0.0.0.0` (docs/scale.md) [default: the fleet's address].",
+)
+@click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
     default=0,
@@ -71,7 +80,7 @@ pass_cli = click.make_pass_decorator(CliContext)
 def sim(
     obj: CliContext, clusters: int, nodes: int, versions: str, fail_rate: float, faults: tuple[str, ...],
     seed: int, step_seconds: float, prefix: str, token: str, wait: bool, timeout: float, batch_heartbeats: bool,
-    metrics_port: int,
+    bus_address: str, metrics_port: int,
 ) -> None:  # fmt: skip
     """Start a simulated fleet that joins the local fleet: every node runs the real node-agent code
     with the simulated driver (deterministic for a seed), heartbeats and obeys upgrade steps.
@@ -91,6 +100,8 @@ def sim(
             names.parse_fault(fault, prefix=prefix, clusters=clusters, nodes=nodes)
     except names.FaultError as exc:
         raise BadUsage(str(exc)) from None
+    if bus_address:
+        check_bus_address(obj, bus_address)
     if not token:
         request = reg.CreateTokenRequest(
             ttl_s=3600.0, max_uses=clusters, auto_approve=True, labels={"env": "sim"},
@@ -122,12 +133,29 @@ def sim(
         args += ["--fault", fault]
     if batch_heartbeats:
         args.append("--batch-heartbeats")
-    entry = localfleet.start_sim(obj.state_dir, args, prefix=prefix, clusters=clusters, nodes=nodes)
+    entry = localfleet.start_sim(
+        obj.state_dir, args, prefix=prefix, clusters=clusters, nodes=nodes, bus_address=bus_address
+    )
     echo(f"simulated fleet {prefix!r}: {clusters} clusters x {nodes} nodes (pid {entry.pid}, log {entry.log})")
     echo(f"  metrics: http://127.0.0.1:{metrics_port}/metrics")
     if wait:
         joined = wait_for_clusters(obj, prefix, clusters, timeout)
         echo(f"all {joined} clusters joined and approved")
+
+
+def check_bus_address(obj: CliContext, address: str) -> None:
+    """Refuse an address where the local fleet's nats-server does not listen (the sim runs detached)."""
+    info = runfile.load(obj.state_dir.resolve())
+    port = urlsplit(info.nats.url).port if info is not None else None
+    if port is None:
+        raise BadUsage(f"--bus-address {address}: no local fleet runs from here; start one with `flotilla up`")
+    if info is not None and info.nats.url.startswith("tls://"):
+        raise BadUsage(f"--bus-address {address}: the bus has TLS, its certificate names the fleet's address only")
+    if not port_open(address, port):
+        raise BadUsage(
+            f"--bus-address {address}: nats-server does not listen on {address}:{port}; start the fleet with "
+            "`flotilla up --host 0.0.0.0` to use other loopback addresses (127.0.0.2, ...)"
+        )
 
 
 def wait_for_clusters(obj: CliContext, prefix: str, expected: int, timeout_s: float) -> int:

@@ -1,0 +1,91 @@
+"""What a big local fleet needs of the machine: the open-files limit, nats-server's max_connections, and sims
+spread over loopback addresses (docs/scale.md, connections)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from click.testing import CliRunner
+
+from flotilla_client import localfleet, runfile
+from flotilla_client.cli.main import cli
+from flotilla_client.natsserver import ANY_ADDRESS, NatsServer, free_port
+from flotilla_client.runfile import NatsEntry, RunInfo
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server listening on every address, taking at most two connections."""
+    started = NatsServer(
+        state_dir=tmp_path / "nats", port=free_port(), host=ANY_ADDRESS, max_connections=2, log_file=tmp_path / "log"
+    )
+    started.start()
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+async def test_a_server_on_every_address_takes_other_loopback_addresses_up_to_its_max_connections(
+    server: NatsServer,
+) -> None:
+    assert server.url == f"nats://127.0.0.1:{server.port}"  # what local clients are given
+    first = await nats.connect(server.url, allow_reconnect=False)
+    other = await nats.connect(f"nats://127.0.0.2:{server.port}", allow_reconnect=False)
+    try:
+        with pytest.raises((ConnectionError, nats.errors.Error)):  # the server answers -ERR and hangs up
+            await nats.connect(f"nats://127.0.0.3:{server.port}", allow_reconnect=False, max_reconnect_attempts=0)
+        assert server.log_file is not None
+        assert "maximum connections exceeded" in server.log_file.read_text()
+    finally:
+        await first.close()
+        await other.close()
+
+
+def test_a_sims_url_moves_to_its_bus_address_keeping_credentials_and_port() -> None:
+    url = "nats://admin:s3cret@127.0.0.1:4300"
+    assert localfleet.at_address(url, "127.0.0.7") == "nats://admin:s3cret@127.0.0.7:4300"
+    assert localfleet.at_address("nats://127.0.0.1:4300", "127.0.0.2") == "nats://127.0.0.2:4300"
+
+
+def test_sim_refuses_a_bus_address_nats_server_does_not_listen_on(tmp_path: Path) -> None:
+    port = free_port()  # nobody listens there
+    entry = NatsEntry(url=f"nats://admin:pw@127.0.0.1:{port}", pid=0, port=port)
+    runfile.save(tmp_path, RunInfo(state_dir=str(tmp_path), started_at="2026-01-01T00:00:00Z", nats=entry))
+    args = ["--state-dir", str(tmp_path), "sim", "--clusters", "2", "--token", "t", "--bus-address", "127.0.0.5"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert f"nats-server does not listen on 127.0.0.5:{port}" in result.stderr
+    assert "flotilla up --host 0.0.0.0" in result.stderr
+    assert not (tmp_path / "sim-sim").exists()  # nothing started
+
+
+_LIMITS = """
+import json, resource, sys
+from flotilla_client.openfiles import raise_open_files
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+raised = raise_open_files(int(sys.argv[1]))
+now = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+print(json.dumps({"hard": hard, "soft": raised.soft, "enough": raised.enough, "now": now}))
+"""
+
+
+def _raise(wanted: int) -> dict[str, int]:
+    done = subprocess.run([sys.executable, "-c", _LIMITS, str(wanted)], capture_output=True, text=True, check=True)
+    loaded: dict[str, int] = json.loads(done.stdout)
+    return loaded
+
+
+def test_the_open_files_limit_goes_up_to_what_is_wanted_and_never_down() -> None:
+    small = _raise(300)
+    assert small["now"] == small["soft"] == 300 and small["enough"]
+    assert _raise(100)["now"] == 256  # never lowered
+    beyond = _raise(10**9)  # past any hard limit: as far as allowed, and says it is not enough
+    assert beyond["now"] == beyond["soft"] >= beyond["hard"] and not beyond["enough"]
