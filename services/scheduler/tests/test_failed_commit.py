@@ -17,7 +17,13 @@ from typing import Any
 import pytest
 
 from flotilla_contracts.v1.heartbeat import ClusterHealth
-from flotilla_contracts.v1.scheduler import ApplySubscriptionReply, GetSubscriptionReply, ListSubscriptionsReply
+from flotilla_contracts.v1.scheduler import (
+    ApplyOutcome,
+    ApplySubscriptionReply,
+    ApplySubscriptionsReply,
+    GetSubscriptionReply,
+    ListSubscriptionsReply,
+)
 from flotilla_runtime.store import SyncTx, Tx
 
 DISK_FULL = "database or disk is full"
@@ -84,6 +90,22 @@ async def test_an_apply_whose_commit_fails_is_not_listed_and_a_retry_stores_it(
     assert await stored_names(harness) == ["web"] == await listed(harness)
     agent = [s for s, _, _ in await harness.outbox() if s.startswith("fleet.v1.agent.c1.")]
     assert len(agent) == 1  # the failed attempt sent nothing; the retry sent the workload once
+
+
+async def test_a_batch_whose_commit_fails_leaves_nothing_and_its_retry_applies_each_once(
+    harness: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await harness.join("c1")
+    names = [f"w{i:03d}" for i in range(150)]  # two works of the batch
+    batch = {"specs": [spec(name)["spec"] for name in names]}
+    fail_next_group_commit(harness.store, monkeypatch)
+    await harness.error("subscriptions.batch.apply", batch)
+    retried = await harness.ok("subscriptions.batch.apply", batch, ApplySubscriptionsReply)
+    assert [r.name for r in retried.results] == names
+    assert all(r.outcome is not ApplyOutcome.ERROR and r.generation == 1 for r in retried.results)
+    assert await stored_names(harness) == names == await listed(harness)
+    agent = [p["subscription"] for s, _, p in await harness.outbox() if s.startswith("fleet.v1.agent.c1.")]
+    assert sorted(agent) == names  # whatever did not commit sent nothing; each workload went out once
 
 
 async def test_an_apply_that_fills_a_real_sqlite_file_leaves_memory_as_the_file_is(harness: Any) -> None:
