@@ -33,7 +33,6 @@ from registration_support import wait_until_serving
 from flotilla_client.client import FlotillaClient
 from flotilla_client.errors import ClientError
 from flotilla_client.natsserver import NatsServer
-from flotilla_contracts.streams import FLEET_AGENT
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1.agent import NodeStepCommand
 from flotilla_contracts.v1.upgrade import PlanReply, PlanRequest, RolloutSpec, StartRolloutReply, StartRolloutRequest
@@ -170,7 +169,7 @@ async def _failover(
     """One kill of the lease holder; (seconds to the first command at a newer epoch, epoch before, after)."""
     js = nc.jetstream()
     fleet = await publish_fleet(js, clusters=4, nodes=5, prefix=prefix)
-    agents = FakeAgents(nc, fleet, max_unavailable=1, step_s=0.3, durable=f"fake-agents-{prefix}")
+    agents = FakeAgents(nc, fleet, max_unavailable=1, step_s=0.3)
     agents.start()
     seen: list[tuple[float, int]] = []
 
@@ -216,8 +215,6 @@ async def _failover(
     finally:
         await sub.unsubscribe()
         await agents.stop()
-        # A work-queue stream takes one consumer per filter: the next case's agents need this one gone.
-        await js.delete_consumer(FLEET_AGENT.name, agents.durable)
         for process in processes:
             if process.poll() is None:
                 process.terminate()

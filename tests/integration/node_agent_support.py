@@ -15,6 +15,7 @@ from flotilla_contracts import catalogue, subjects
 from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, schema_id
 from flotilla_contracts.v1.agent import NodeStepCommand, NodeStepReported, StepKind, StepOutcome, TargetVersions
 from flotilla_contracts.v1.deadletter import DeadLettered
+from flotilla_runtime.agent_consumers import AgentConsumers
 
 TARGET = TargetVersions(kubernetes_version="v1.30.2")
 STEPS = (StepKind.CORDON, StepKind.DRAIN, StepKind.UPGRADE, StepKind.VERIFY, StepKind.UNCORDON)
@@ -39,12 +40,20 @@ def step_command(step: StepKind, cluster: str = "c1", node: str = "n1", **fields
 
 
 async def send(
-    nc: Client, command: NodeStepCommand, *, subject: str = "", body: bytes | None = None, schema: str | None = None
+    nc: Client,
+    command: NodeStepCommand,
+    *,
+    subject: str = "",
+    body: bytes | None = None,
+    schema: str | None = None,
+    ack_wait_s: float = 3.0,
 ) -> None:
-    """Publish to FLEET_AGENT as the orchestrator does (a fresh Nats-Msg-Id each time: a real duplicate)."""
+    """Publish to FLEET_AGENT as the orchestrator does: the node's consumer created first (with `ack_wait_s`),
+    a fresh Nats-Msg-Id each time (a real duplicate)."""
     js = nc.jetstream()
     headers = {H_SCHEMA: schema or schema_id(NodeStepCommand), H_MSG_ID: uuid.uuid4().hex}
     target = subject or subjects.agent_command(command.cluster_id, command.node_id, "step")
+    await AgentConsumers(lambda: js, ack_wait_s=ack_wait_s).prepare([{"subject": target}])
     await js.publish(target, body if body is not None else msgspec.json.encode(command), headers=headers)
 
 

@@ -1,7 +1,8 @@
 """Helpers for the upgrade-orchestrator's cross-process tests and benchmark.
 
 - `publish_fleet`: synthetic registration (ClusterApproved, NodeAdded) and heartbeat events in FLEET_EVENTS.
-- `FakeAgents`: node-agents in one process: one pull consumer over every node's step subject in FLEET_AGENT,
+- `FakeAgents`: node-agents in one process: woken by each command on a node's step subject, each node drains
+  the consumer the orchestrator created for it in FLEET_AGENT,
   a journal by command id (a redelivered command is answered, never re-run), simulated nodes, reports
   (accepted, then succeeded or failed) published to FLEET_EVENTS. It checks I1, I2, I3, I4, I6 and I9 as
   commands run and records every violation.
@@ -22,16 +23,16 @@ from typing import Any
 
 import msgspec
 import nats.errors
+import nats.js.errors
 from integration_support import fleet_events
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from rollout_invariants import Event, check, kubelet_skew
 
 from flotilla_contracts import catalogue
 from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, Message, schema_id
-from flotilla_contracts.streams import FLEET_AGENT
+from flotilla_contracts.streams import FLEET_AGENT, agent_consumer
 from flotilla_contracts.v1.agent import (
     NodeFacts,
     NodeStepCommand,
@@ -128,7 +129,6 @@ class FakeAgents:
     nodes: dict[tuple[str, str], SimNode]
     max_unavailable: int = 1
     step_s: float = 0.0
-    durable: str = "fake-agents"
     journal: dict[str, NodeStepReported] = field(default_factory=dict)
     effects: Counter[tuple[str, str, str, int]] = field(default_factory=Counter)
     epochs: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -139,6 +139,8 @@ class FakeAgents:
     _task: asyncio.Task[None] | None = None
     _busy: set[tuple[str, str]] = field(default_factory=set)
     _pending: set[asyncio.Task[None]] = field(default_factory=set)
+    _draining: set[tuple[str, str]] = field(default_factory=set)
+    _again: set[tuple[str, str]] = field(default_factory=set)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -153,36 +155,59 @@ class FakeAgents:
             task.cancel()
 
     async def _run(self) -> None:
+        """As real agents do (flotilla_runtime.agent_inbox): a command on a node's subject wakes it, and it
+        drains the consumer the orchestrator created for that node."""
         js = self.nc.jetstream()
         await ensure_streams(js)
-        config = ConsumerConfig(
-            durable_name=self.durable,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=60,
-            max_ack_pending=100_000,
-            filter_subject="fleet.v1.agent.*.*.step",
-        )
-        sub = await js.pull_subscribe(
-            "fleet.v1.agent.*.*.step", durable=self.durable, stream=FLEET_AGENT.name, config=config
-        )
-        while True:
-            try:
-                messages = await sub.fetch(1000, timeout=0.2)
-            except (nats.errors.TimeoutError, TimeoutError):
-                continue
-            for msg in messages:
-                command = msgspec.json.decode(msg.data, type=NodeStepCommand)
-                if self.step_s > 0:
-                    task = asyncio.create_task(self._slow(js, msg, command))
+        woken: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+
+        async def wake(msg: Msg) -> None:
+            _, _, _, cluster_id, node_id, _ = msg.subject.split(".")
+            woken.put_nowait((cluster_id, node_id))
+
+        sub = await self.nc.subscribe("fleet.v1.agent.*.*.step", cb=wake)
+        for node in self.nodes:  # what was sent before they started
+            woken.put_nowait(node)
+        try:
+            while True:
+                node = await woken.get()
+                if node not in self._draining:
+                    self._draining.add(node)
+                    task = asyncio.create_task(self._drain(js, node))
                     self._pending.add(task)
                     task.add_done_callback(self._pending.discard)
                 else:
-                    await self._handle(js, msg, command)
+                    self._again.add(node)
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
 
-    async def _slow(self, js: JetStreamContext, msg: Msg, command: NodeStepCommand) -> None:
-        await asyncio.sleep(self.step_s)  # sleep: the fake agent's simulated step duration
-        await self._handle(js, msg, command)
+    async def _drain(self, js: JetStreamContext, node: tuple[str, str]) -> None:
+        try:
+            while True:
+                self._again.discard(node)
+                try:
+                    await js.consumer_info(FLEET_AGENT.name, agent_consumer(*node))
+                except nats.js.errors.NotFoundError:
+                    return  # nothing was ever sent to it
+                sub = await js.pull_subscribe_bind(durable=agent_consumer(*node), stream=FLEET_AGENT.name)
+                try:
+                    while True:
+                        try:
+                            messages = await sub.fetch(10, timeout=0.2)
+                        except (nats.errors.TimeoutError, TimeoutError):
+                            break
+                        for msg in messages:
+                            command = msgspec.json.decode(msg.data, type=NodeStepCommand)
+                            if self.step_s > 0:
+                                await asyncio.sleep(self.step_s)  # sleep: the fake agent's simulated step duration
+                            await self._handle(js, msg, command)
+                finally:
+                    await sub.unsubscribe()
+                if node not in self._again:
+                    return
+        finally:
+            self._draining.discard(node)
 
     async def _handle(self, js: JetStreamContext, msg: Msg, command: NodeStepCommand) -> None:
         report = self.execute(command)

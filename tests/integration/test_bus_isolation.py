@@ -50,6 +50,7 @@ from flotilla_contracts.v1.registration import (
     ReportNodesRequest,
 )
 from flotilla_runtime import codec
+from flotilla_runtime.agent_consumers import AgentConsumers
 from flotilla_runtime.bus import connect_options, with_user
 from flotilla_testkit import eventually
 
@@ -185,14 +186,16 @@ async def test_a_cluster_reaches_its_own_subjects(fleet: Fleet) -> None:
         await a.nc.publish(subjects.heartbeat(fleet.ids["iso-a"], NODE), b"{}")
         assert (await seen.next_msg(timeout=5)).subject == subjects.heartbeat(fleet.ids["iso-a"], NODE)
 
-        # Its own node's durable consumer: created, fed a command, acked.
+        # Its own node's durable consumer, created by the hub when it has work (as the orchestrator does): the
+        # command wakes the node on its own command subject, and the node reads and acks it from the consumer.
         js = a.nc.jetstream()
-        sub = await js.pull_subscribe(
-            subjects.agent_commands_for(fleet.ids["iso-a"], NODE),
-            durable=agent_consumer(fleet.ids["iso-a"], NODE),
-            stream=FLEET_AGENT.name,
-        )
-        await admin.jetstream().publish(subjects.agent_command(fleet.ids["iso-a"], NODE, "step"), b"{}")
+        command = subjects.agent_command(fleet.ids["iso-a"], NODE, "step")
+        wake = await a.nc.subscribe(subjects.agent_commands_for(fleet.ids["iso-a"], NODE))
+        await a.nc.flush()
+        await AgentConsumers(lambda: admin.jetstream()).prepare([{"subject": command}])
+        await admin.jetstream().publish(command, b"{}")
+        assert (await wake.next_msg(timeout=5)).subject == command
+        sub = await js.pull_subscribe_bind(durable=agent_consumer(fleet.ids["iso-a"], NODE), stream=FLEET_AGENT.name)
         [msg] = await sub.fetch(1, timeout=5)
         await msg.ack()
 
@@ -419,6 +422,8 @@ async def test_a_node_speaks_only_for_itself_and_the_cluster_agent_for_no_node(f
                 f"fleet.v1.evt.node-step.{a_id}.{node}.reported",
                 f"$JS.API.CONSUMER.MSG.NEXT.{FLEET_AGENT.name}.{consumer}",
                 f"$JS.API.CONSUMER.CREATE.{FLEET_AGENT.name}.{consumer}.{command_filter}",
+                # Not even its own: a node's consumer is the hub's to create (flotilla_runtime.agent_consumers).
+                f"$JS.API.CONSUMER.CREATE.{FLEET_AGENT.name}.{n1_consumer}.{n1_filter}",
             ):
                 await connection.nc.publish(subject, b"{}", reply=connection.nc.new_inbox())
                 assert await connection.denied(subject), f"{who} used {subject}"

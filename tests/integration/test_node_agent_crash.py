@@ -86,7 +86,7 @@ async def test_sigkill_at_every_step_boundary_converges_with_one_uncordon(
     kills = 0
     try:
         for step in STEPS:
-            await send(nc, step_command(step, kubeadm_action=KubeadmAction.NODE))
+            await send(nc, step_command(step, kubeadm_action=KubeadmAction.NODE), ack_wait_s=1.5)
 
             def finished(done_step: StepKind = step) -> bool:
                 """Whether the step has a final report; restarts the agent each time its crash point killed it."""

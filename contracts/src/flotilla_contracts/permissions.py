@@ -12,12 +12,13 @@ Three kinds of identity connect:
   per-cluster credential. It speaks for the cluster, not for its nodes: the agent-facing commands (join,
   nodes.report, heartbeat config), its nodes' heartbeats relayed as one HeartbeatBatch (the one place it
   vouches for nodes: their liveness, within the inventory it reported), applied reports, dead letters, the
-  cluster's host keys, the `_cluster`
-  durable consumer, and its own inbox (`_INBOX.c.<cluster>._cluster.>`: the cluster agent's inbox is not a
-  prefix of its nodes' inboxes);
+  cluster's host keys, the `_cluster` durable consumer (it creates it) and its command subjects (their
+  wake-up), and its own inbox (`_INBOX.c.<cluster>._cluster.>`: the cluster agent's inbox is not a prefix of
+  its nodes' inboxes);
 - a node's agent: `c.<cluster>.<node>`, with the cluster credential *and* the node's own nkey (the server's
   nonce signed; see `node_login_token` and docs/security.md). It speaks for its node only: that node's
-  heartbeat and step events, dead letters of its commands, its own durable consumer, the host keys, the
+  heartbeat and step events, dead letters of its commands, its own durable consumer (read, never created: the
+  hub creates it when it has work), its command subjects (their wake-up), the host keys, the
   heartbeat config and its own inbox (`_INBOX.c.<cluster>.<node>.>`). Members answer nothing: no `$SRV`, no
   service command;
 - a joining agent: user `join.<nonce>` with a join token as password, allowed only the join command;
@@ -233,14 +234,17 @@ AGENT_COMMANDS: tuple[str, ...] = (
 
 
 def agent_consumer_subjects(cluster_id: str, node: str) -> tuple[str, ...]:
-    """The JetStream subjects of one node's own durable consumer on FLEET_AGENT, and nothing wider."""
+    """The JetStream subjects of one agent's own durable consumer on FLEET_AGENT, and nothing wider.
+
+    A node reads the consumer the hub created for it when it had work (flotilla_runtime.agent_consumers): it
+    may not create one. The cluster agent creates its own, and only with the create form that names the
+    filter in the subject (the server checks it against the configuration): the legacy DURABLE.CREATE would
+    let it filter its consumer on another cluster's subjects."""
     name = agent_consumer(cluster_id, node)
     api, stream = "$JS.API", FLEET_AGENT.name
-    # Only the create form that names the filter in the subject (the server checks it against the
-    # configuration): the legacy DURABLE.CREATE would let an agent filter its own consumer on another
-    # cluster's subjects.
+    create = (f"{api}.CONSUMER.CREATE.{stream}.{name}.{subjects.agent_commands_for(cluster_id, node)}",)
     return (
-        f"{api}.CONSUMER.CREATE.{stream}.{name}.{subjects.agent_commands_for(cluster_id, node)}",
+        *(create if node == CLUSTER_AGENT_NODE else ()),
         f"{api}.CONSUMER.INFO.{stream}.{name}",
         f"{api}.CONSUMER.MSG.NEXT.{stream}.{name}",
         f"$JS.ACK.{stream}.{name}.>",
@@ -273,7 +277,9 @@ def cluster_grant(cluster_id: str) -> Grant:
         *AGENT_COMMANDS,
         *agent_consumer_subjects(cluster_id, CLUSTER_AGENT_NODE),
     ]
-    subscribe = [f"{inbox_prefix(cluster_user(cluster_id))}.>", host_keys]
+    # Its own command subjects: a command published there is also its wake-up call (flotilla_runtime.agent_inbox).
+    wake = subjects.agent_commands_for(cluster_id, CLUSTER_AGENT_NODE)
+    subscribe = [f"{inbox_prefix(cluster_user(cluster_id))}.>", host_keys, wake]
     return Grant(publish=tuple(publish), subscribe=tuple(subscribe), responses=False)
 
 
@@ -293,7 +299,8 @@ def node_grant(cluster_id: str, node: str) -> Grant:
         _heartbeat_config(),
         *agent_consumer_subjects(cluster_id, node),
     ]
-    subscribe = [f"{inbox_prefix(cluster_user(cluster_id, node))}.>", host_keys]
+    wake = subjects.agent_commands_for(cluster_id, node)  # its own commands wake it (see cluster_grant)
+    subscribe = [f"{inbox_prefix(cluster_user(cluster_id, node))}.>", host_keys, wake]
     return Grant(publish=tuple(publish), subscribe=tuple(subscribe), responses=False)
 
 

@@ -74,7 +74,8 @@ FLEET_AGENT = StreamSpec(
     name="FLEET_AGENT",
     subjects=(subjects.ALL_AGENT_COMMANDS,),
     retention=Retention.WORK_QUEUE,
-    description="Commands to node-agents; one durable consumer per node, kept until done.",
+    description="Commands to node-agents: a durable consumer per node with work (created by the sender, retired "
+    "when idle) and one per cluster agent.",
     max_age_s=7 * 24 * 3600.0,
     max_consumers=1_000_000,
 )
@@ -131,6 +132,15 @@ def agent_consumer(cluster: str, node: str) -> str:
     check_token("cluster", cluster)
     check_token("node", node)
     return f"agent-{len(cluster)}-{cluster}-{node}"
+
+
+def agent_consumer_ids(name: str) -> tuple[str, str] | None:
+    """The (cluster, node) of an `agent_consumer` name; None for any other consumer name."""
+    head, _, rest = name.partition("-")
+    length, _, ids = rest.partition("-")
+    if head != "agent" or not length.isdigit() or len(ids) < int(length) + 2 or ids[int(length)] != "-":
+        return None
+    return ids[: int(length)], ids[int(length) + 1 :]
 
 
 def service_consumer(service: subjects.Service, purpose: str) -> str:

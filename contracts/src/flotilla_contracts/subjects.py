@@ -111,7 +111,8 @@ def heartbeat_batch(cluster: str) -> str:
 
 
 def agent_command(cluster: str, node: str, verb: str) -> str:
-    """`fleet.v1.agent.<cluster>.<node>.<verb>`: JetStream work queue, one durable consumer per node."""
+    """`fleet.v1.agent.<cluster>.<node>.<verb>`: JetStream work queue, a durable consumer per node with work
+    (created by the sender before the first command: flotilla_runtime.agent_consumers)."""
     return f"{AGENT_PREFIX}.{check_token('cluster', cluster)}.{check_token('node', node)}.{verb}"
 
 

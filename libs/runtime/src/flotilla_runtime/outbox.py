@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import msgspec
@@ -56,8 +57,12 @@ class OutboxRelay:
         batch: int = 1000,
         window: int = 3,
         poll_s: float = 1.0,
+        prepare: Callable[[list[Row]], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
+        # Called with each batch before it is published (e.g. create the consumers its commands go to); if it
+        # raises, nothing of the batch is published and the relay tries again with back-off.
+        self._prepare = prepare
         self._js = js
         self._batch = batch
         self._window = window  # batches in flight: batch x window stays under nats-py's 4,000 pending publishes
@@ -139,6 +144,8 @@ class OutboxRelay:
         self.oldest_pending_at = 0.0
 
     async def _send(self, rows: list[Row]) -> list[asyncio.Future[Any]]:
+        if self._prepare is not None:
+            await self._prepare(rows)
         futures: list[asyncio.Future[Any]] = []
         publish, decode = self._js.publish_async, _headers_decoder.decode
         try:

@@ -28,7 +28,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig
+from nats.js.api import ConsumerConfig, ConsumerInfo
 
 from flotilla_contracts.errors import ErrorCode
 from flotilla_runtime.deadletters import dead_letter_message
@@ -231,6 +231,7 @@ class PullLoop:
     stats: LoopStats = field(default_factory=LoopStats)
     caught_up: asyncio.Event = field(default_factory=asyncio.Event)  # set once a fetch comes back short
     idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while the consumer has nothing for us
+    bound: ConsumerInfo | None = None  # the consumer as `bind` found it (its creator's configuration)
     _stopping: bool = False
 
     @property
@@ -258,6 +259,65 @@ class PullLoop:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def drain(self, js: JetStreamContext, *, create: bool) -> bool:
+        """Read the consumer until it has nothing for us and nothing of ours waits for a redelivery, then let go
+        of it: no pull request is left outstanding, so a consumer at rest costs the server nothing.
+
+        `create`: create the consumer when it is missing (as `run` does); otherwise only bind one that someone
+        else created (a node's, created by the hub that sends it work) and return False when there is none.
+        A consumer deleted while it is read ends the drain."""
+        self._stopping = False
+        if create:
+            sub = await self.subscribe(js)
+        else:
+            sub = await self.bind(js)
+            if sub is None:
+                return False
+        try:
+            while not self._stopping:
+                try:
+                    messages, idle = await pull(sub, self.batch, self.fetch_timeout_s, self.pause_s)
+                    if messages:
+                        self.idle.clear()
+                        await self.settle(messages, await self.process(messages))
+                    elif idle and await self._nothing_left(sub):
+                        self.idle.set()
+                        self.caught_up.set()
+                        return True
+                except nats.js.errors.NotFoundError:
+                    self.log.info("consumer %s was deleted while it was read; done with it", self.durable)
+                    return True
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        return True
+
+    async def bind(self, js: JetStreamContext) -> Any | None:
+        """Bind the existing durable consumer, None when it does not exist; a JetStream not ready is waited for."""
+        delay = 0.2
+        while True:
+            try:
+                async with self.gate or contextlib.nullcontext():
+                    self.bound = await js.consumer_info(self.stream, self.durable)
+                return await js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+            except nats.js.errors.NotFoundError:
+                return None
+            except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+                self.log.warning("cannot read consumer %s yet (%s); retrying", self.durable, type(exc).__name__)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jittered, as in `subscribe`
+                delay = min(delay * 2, 5.0)
+
+    async def _nothing_left(self, sub: Any) -> bool:
+        """Whether the consumer holds nothing for us: no message pending, none delivered and not yet acknowledged
+        (a message we nak'd with a delay comes back: wait for it)."""
+        try:
+            info = await sub.consumer_info()
+        except nats.js.errors.NotFoundError:
+            return True
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError):
+            return False  # cannot tell now: pull again
+        return not info.num_pending and not info.num_ack_pending
 
     async def subscribe(self, js: JetStreamContext) -> Any:
         """Create or bind the durable consumer; a JetStream not ready (or refusing) is retried with back-off."""

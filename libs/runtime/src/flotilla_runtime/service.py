@@ -40,7 +40,7 @@ from flotilla_runtime.runtime_metrics import (
     register_runtime,
 )
 from flotilla_runtime.settings import ServiceSettings
-from flotilla_runtime.store import Store
+from flotilla_runtime.store import Row, Store
 
 S = TypeVar("S", bound=ServiceSettings)
 RESTART_BACKOFF = Backoff()  # a failed background loop: 0.5 s, doubling to 30 s, afresh after 60 s up
@@ -110,6 +110,9 @@ class ServiceApp(Generic[S]):
         self._js: JetStreamContext | None = None
         self.login: BusLogin | None = None  # set when the spec's `login` decided the identity
         self.consumers: list[EventConsumer] = []
+        # What the outbox relay calls with each batch before publishing it (`setup` may set it: the
+        # orchestrator creates the consumers of the nodes its commands go to).
+        self.outbox_prepare: Callable[[list[Row]], Awaitable[None]] | None = None
         # Every pull loop's counters on /metrics by stable name: `consume` adds its consumers, a service with
         # loops of its own (batched intakes) adds them with `count`.
         self.counted: list[Counted] = []
@@ -272,7 +275,9 @@ async def run(spec: ServiceSpec[S], settings: S, stop: asyncio.Event | None = No
             await ensure_streams(app.js, replicas=settings.stream_replicas)
         await broker.start()
         publisher = app.login.publisher if app.login is not None else None
-        relay = OutboxRelay(store, publisher(app.js) if publisher else app.js, batch=settings.outbox_batch)
+        relay = OutboxRelay(
+            store, publisher(app.js) if publisher else app.js, batch=settings.outbox_batch, prepare=app.outbox_prepare
+        )
         relay.start()
         discovery = (
             None

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -40,6 +41,7 @@ from flotilla_contracts.v1.scheduler_events import (
 from flotilla_node_agent.apply_backends import ApplyBackend, ApplyFailed
 from flotilla_node_agent.restmap import ObjectRef
 from flotilla_runtime import codec, telemetry
+from flotilla_runtime.agent_inbox import AgentInbox
 from flotilla_runtime.errors import RequestError
 from flotilla_runtime.logs import BoundLogger
 from flotilla_runtime.pullloop import ACK, DeadLetters, LoopStats, Outcome, PullLoop, one_at_a_time
@@ -252,8 +254,9 @@ class ManifestApplier:
             description=f"cluster agent workloads for {cluster_id}",
         )
 
-    async def run(self, cluster_id: str, js: JetStreamContext | None = None) -> None:
-        """Consume this cluster's apply commands until cancelled (over `js` when the cluster has its own)."""
+    async def run(self, cluster_id: str, nc: Client, js: JetStreamContext | None = None) -> None:
+        """Consume this cluster's apply commands until cancelled (over `js` when the cluster has its own): create
+        its consumer, read it when woken by a command over `nc`, and hold no pull request at rest."""
         self.cluster_id = cluster_id
         if js is not None:
             self.js = js
@@ -271,7 +274,7 @@ class ManifestApplier:
             pause_s=1.0,
             stats=self.stats.loop,
         )
-        await loop.run(self.js)
+        await AgentInbox(nc, self.js, loop, create=True).run()
 
     async def handle(self, msg: Msg) -> Outcome:
         """What to do with one message: ACK once the report and the inventory are committed."""

@@ -68,12 +68,12 @@ class ClusterHandle:
 class WorkloadApplier(Protocol):
     """EXTENSION POINT for the scheduler issue: the cluster agent applies placed workloads.
 
-    Placements arrive on `fleet.v1.agent.<cluster>._cluster.apply` (`scheduler.ApplyManifests`). No
-    consumer is created for that subject yet, so those commands wait in the FLEET_AGENT work queue until
-    an implementation of this protocol is wired into `ClusterAgent.workloads`.
+    Placements arrive on `fleet.v1.agent.<cluster>._cluster.apply` (`scheduler.ApplyManifests`); they wait
+    in the FLEET_AGENT work queue until the implementation (flotilla_node_agent.applier) creates the
+    cluster's consumer and reads it, woken by them over `nc` (flotilla_runtime.agent_inbox).
     """
 
-    async def run(self, cluster_id: str, js: JetStreamContext | None = None) -> None: ...
+    async def run(self, cluster_id: str, nc: Client, js: JetStreamContext | None = None) -> None: ...
 
 
 class JoinRefused(Exception):
@@ -219,8 +219,10 @@ class ClusterAgent:
             self.log.error("cannot join the fleet: %s", exc)
             return
         if self.workloads is not None:
-            js = self.nc.jetstream() if self.connector is not None and self.nc is not None else None
-            self.workloads_task = asyncio.get_running_loop().create_task(self.workloads.run(cluster_id, js))
+            if self.nc is None:
+                raise RuntimeError(f"cluster {cluster_id} joined without a connection")
+            js = self.nc.jetstream() if self.connector is not None else None
+            self.workloads_task = asyncio.get_running_loop().create_task(self.workloads.run(cluster_id, self.nc, js))
         try:
             while True:
                 try:

@@ -1,11 +1,14 @@
 """The agent's own durable JetStream consumer on FLEET_AGENT: decode, check, execute, ack after commit.
 
-One durable pull consumer per node (`agent_consumer(cluster, node)`), filtered to the node's subjects,
-one message in flight (`max_ack_pending=1`) so steps run in order, on the runtime's one pull loop
-(flotilla_runtime.pullloop). Long steps send in-progress acks. Bad input (undecodable, unknown schema
-version, another node's command, unknown verb) is dead-lettered, never executed. A node that cannot be
-reached is waited for (the journal says the step is running; the orchestrator's step deadline bounds
-it); a command whose execution raises is retried with back-off and dead-lettered at its max deliveries.
+One durable pull consumer per node with work (`agent_consumer(cluster, node)`), created by the orchestrator
+before it sends the node's first command (flotilla_runtime.agent_consumers), filtered to the node's subjects,
+one message in flight (`max_ack_pending=1`) so steps run in order. The agent reads it only when woken by a
+command, at start and after a reconnect (flotilla_runtime.agent_inbox), on the runtime's one pull loop
+(flotilla_runtime.pullloop); at rest it holds no pull request. Long steps send in-progress acks. Bad input
+(undecodable, unknown schema version, another node's command, unknown verb) is dead-lettered, never
+executed. A node that cannot be reached is waited for (the journal says the step is running; the
+orchestrator's step deadline bounds it); a command whose execution raises is retried with back-off and
+dead-lettered at its max deliveries.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import asyncio
 import contextlib
 
 import nats.errors
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig
 
 from flotilla_contracts import subjects
 from flotilla_contracts.errors import ErrorCode
@@ -27,6 +31,7 @@ from flotilla_node_agent.agent_metrics import AgentMetrics, CommandStats
 from flotilla_node_agent.domain import wrong_target
 from flotilla_node_agent.steps import Ack, StepRunner
 from flotilla_runtime import codec, telemetry
+from flotilla_runtime.agent_inbox import AgentInbox
 from flotilla_runtime.errors import RequestError
 from flotilla_runtime.logs import BoundLogger
 from flotilla_runtime.pullloop import ACK, DeadLetters, Outcome, PullLoop, one_at_a_time
@@ -41,6 +46,7 @@ class CommandConsumer:
 
     def __init__(
         self,
+        nc: Client,
         js: JetStreamContext,
         store: Store,
         runner: StepRunner,
@@ -56,7 +62,7 @@ class CommandConsumer:
         gate: asyncio.Semaphore | None = None,
         metrics: AgentMetrics | None = None,
     ) -> None:
-        self.js, self.store, self.runner, self.log = js, store, runner, log
+        self.nc, self.js, self.store, self.runner, self.log = nc, js, store, runner, log
         self.cluster_id, self.node_id = cluster_id, node_id
         self.instance_id = instance_id
         self.ack_wait_s = ack_wait_s
@@ -83,24 +89,21 @@ class CommandConsumer:
             stats=self.stats.loop,
         )
         self.idle = self.loop.idle
+        self.inbox = AgentInbox(nc, js, self.loop, create=False)
 
     def config(self) -> ConsumerConfig:
-        return ConsumerConfig(
-            # `name` makes nats-py create it with the filter in the API subject, which is what an agent's
-            # bus permissions allow (flotilla_contracts.permissions.agent_consumer_subjects).
-            name=self.durable,
-            durable_name=self.durable,
-            filter_subject=self.filter,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self.ack_wait_s,
-            max_ack_pending=1,
-            max_deliver=-1,
-            description=f"node-agent commands for {self.cluster_id}/{self.node_id}",
-        )
+        """The consumer to bind (the orchestrator created it: flotilla_runtime.agent_consumers)."""
+        return ConsumerConfig(name=self.durable, durable_name=self.durable, filter_subject=self.filter)
 
     async def run(self) -> None:
-        await self.loop.run(self.js)
+        await self.inbox.run()
+
+    def keepalive_s(self) -> float:
+        """How often a long step says it is in progress: a third of the consumer's ack wait (the creator's
+        setting) or of ours, whichever is shorter."""
+        bound = self.loop.bound
+        theirs = bound.config.ack_wait if bound is not None and bound.config.ack_wait else self.ack_wait_s
+        return min(theirs, self.ack_wait_s) / 3
 
     async def handle(self, msg: Msg) -> Outcome:
         headers = msg.headers or {}
@@ -139,6 +142,6 @@ class CommandConsumer:
     async def _keep_alive(self, msg: Msg) -> None:
         """In-progress acks every third of ack_wait, so a long step is not redelivered under us."""
         while True:
-            await asyncio.sleep(self.ack_wait_s / 3)
+            await asyncio.sleep(self.keepalive_s())  # sleep: the in-progress ack's period
             with contextlib.suppress(nats.errors.Error):
                 await msg.in_progress()

@@ -76,6 +76,7 @@ class NodeAgent:
         js = ctx.js if shared and ctx.js is not None else nc.jetstream()
         runner = StepRunner(ctx.store, ctx.journal, self.driver, self.log, ctx.verify_timeout_s, ctx.metrics)
         self.consumer = CommandConsumer(
+            nc,
             js,
             ctx.store,
             runner,

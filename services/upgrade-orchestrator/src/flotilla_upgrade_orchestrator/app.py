@@ -25,6 +25,7 @@ from flotilla_contracts.v1.registration_events import (
     NodeRemoved,
 )
 from flotilla_runtime import telemetry
+from flotilla_runtime.agent_consumers import AgentConsumers
 from flotilla_runtime.disruption import DisruptionSettings, Watch
 from flotilla_runtime.errors import SettingsError
 from flotilla_runtime.service import ServiceApp, ServiceSpec
@@ -60,6 +61,10 @@ class Settings(DisruptionSettings, kw_only=True, frozen=True):
     intake_max_deliveries: int = 10  # an event still failing at this delivery is dead-lettered, the rest go on
     estimate_drain_s: float = 60.0  # for the plan's estimate only
     estimate_upgrade_s: float = 180.0
+    # Nodes' consumers on FLEET_AGENT (flotilla_runtime.agent_consumers): created before a node's first command,
+    # retired after this long with nothing to do; how long a node has to acknowledge a command it took.
+    agent_consumer_idle_s: float = 900.0
+    agent_ack_wait_s: float = 30.0
 
 
 def _check(settings: Settings, prefix: str) -> Releases:
@@ -69,6 +74,8 @@ def _check(settings: Settings, prefix: str) -> Releases:
         raise SettingsError(f"{prefix}LEASE_TTL_S must be at least 3 x TICK_INTERVAL_S")
     if settings.no_progress_s <= 0:
         raise SettingsError(f"{prefix}NO_PROGRESS_S must be above 0")
+    if settings.agent_consumer_idle_s < 180 or settings.agent_ack_wait_s <= 0:
+        raise SettingsError(f"{prefix}AGENT_CONSUMER_IDLE_S must be at least 180 and AGENT_ACK_WAIT_S above 0")
     if settings.intake_batch < 1:
         raise SettingsError(f"{prefix}INTAKE_BATCH must be at least 1")
     if settings.intake_max_deliveries < 1:
@@ -186,6 +193,14 @@ async def setup(app: ServiceApp[Settings]) -> None:
                 last_prune = time.monotonic()
                 await app.store.prune_processed(older_than_s=7200)
 
+    consumers = AgentConsumers(
+        lambda: app.js,
+        ack_wait_s=settings.agent_ack_wait_s,
+        confirm_s=settings.agent_consumer_idle_s / 6,
+        idle_s=settings.agent_consumer_idle_s,
+    )
+    app.outbox_prepare = consumers.prepare  # a node's consumer exists before its first command goes out
+    app.background(lambda: consumers.keep_retiring(every_s=settings.agent_consumer_idle_s / 3))
     app.background(keep_leases)
     app.background(tick)
     app.log.debug("upgrade-orchestrator wired", extra={"commands": [ep.verb for ep in app.router.endpoints]})
