@@ -1,10 +1,19 @@
 """A big simulated fleet on one machine: join, steady heartbeats, queries, and a fleet-wide rollout (issue 21 item 2).
 
 Run: `.venv/bin/pytest -m bench -s tests/bench/bench_big_fleet.py`. Sizes: BENCH_BIG_CLUSTERS (1000),
-BENCH_BIG_NODES (10), BENCH_BIG_SIMS (sim processes, 1 per 2,500 clusters by default), BENCH_BIG_CONCURRENT
+BENCH_BIG_NODES (10), BENCH_BIG_NODES_PER_SIM (the node budget of one sim process, 10,000: the sims are as many
+as the budget needs, each with whole clusters; BENCH_BIG_SIMS overrides the count), BENCH_BIG_CONCURRENT
 (clusters upgraded at once, 100), BENCH_BIG_STEADY_S (the steady-heartbeat sample, 20), BENCH_BIG_BATCH (1: the
-sims send HeartbeatBatches, `flotilla sim --batch-heartbeats`; 0: one message per node). The full form of the
-issue is BENCH_BIG_CLUSTERS=10000 (100,000 nodes).
+sims send HeartbeatBatches, `flotilla sim --batch-heartbeats`; 0: one message per node), BENCH_BIG_ROLLOUT (1;
+0 skips the fleet-wide rollout, which takes about a second per ten nodes). The full form of the issue is
+BENCH_BIG_CLUSTERS=10000 (100,000 nodes).
+
+Connections (docs/scale.md): every node and every cluster agent holds its own bus connection, so the fleet needs
+clusters x (nodes + 1) of them in nats-server, each an open file: the run stops at once, saying so, when that
+is over nats-server's open-files limit (the hard limit it inherits from here). One client address carries at
+most the ephemeral port range (~28,000) to the server's port, so past BENCH_BIG_PER_ADDRESS (25,000)
+connections the stack listens on every address (`flotilla up --host 0.0.0.0`) and each sim connects to its
+own 127.0.0.x (`flotilla sim --bus-address`); BENCH_BIG_ADDRESSES forces a count.
 
 What it does, each part on the real local stack (`flotilla up`: nats-server, the five services as processes,
 `flotilla sim` processes with zero-time steps):
@@ -26,6 +35,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,7 +45,8 @@ from bench_support import ms, percentile, raw_request_rate, report
 from nats.aio.msg import Msg
 
 from flotilla_client import runfile
-from flotilla_client.natsserver import free_port
+from flotilla_client.natsserver import ANY_ADDRESS, MAX_CONNECTIONS, free_port
+from flotilla_client.openfiles import raise_open_files
 from flotilla_contracts import subjects
 from flotilla_testkit import eventually
 
@@ -43,7 +54,12 @@ pytestmark = pytest.mark.bench
 
 CLUSTERS = int(os.environ.get("BENCH_BIG_CLUSTERS", "1000"))
 NODES = int(os.environ.get("BENCH_BIG_NODES", "10"))
-SIMS = int(os.environ.get("BENCH_BIG_SIMS", str(max(1, CLUSTERS // 2500))))
+NODES_PER_SIM = int(os.environ.get("BENCH_BIG_NODES_PER_SIM", "10000"))
+SIMS = int(os.environ.get("BENCH_BIG_SIMS", str(-(-CLUSTERS * NODES // NODES_PER_SIM))))
+CONNECTIONS = CLUSTERS * (NODES + 1)  # every node and every cluster agent has its own connection
+PER_ADDRESS = int(os.environ.get("BENCH_BIG_PER_ADDRESS", "25000"))
+ADDRESSES = min(SIMS, int(os.environ.get("BENCH_BIG_ADDRESSES", str(-(-CONNECTIONS // PER_ADDRESS)))))
+ROLLOUT = os.environ.get("BENCH_BIG_ROLLOUT", "1") == "1"
 CONCURRENT = int(os.environ.get("BENCH_BIG_CONCURRENT", "100"))
 STEADY_S = float(os.environ.get("BENCH_BIG_STEADY_S", "20"))
 BATCH = os.environ.get("BENCH_BIG_BATCH", "1") == "1"  # cluster agents relay their nodes' heartbeats as one batch
@@ -122,6 +138,30 @@ async def sample(state: Path, seconds: float) -> dict[str, tuple[float, float]]:
     return {name: (100 * (cpu_seconds(pid) - before[name]) / elapsed, rss_mib(pid)) for name, pid in pids.items()}
 
 
+class ConnectionCount:
+    """nats-server's client connections, read from its /varz once a second: how fast the fleet's connections (each
+    authorized by registration's auth callout) arrive."""
+
+    def __init__(self, monitor_url: str) -> None:
+        self.url = f"{monitor_url}/varz"
+        self.samples: list[tuple[float, int]] = []
+
+    def read(self) -> int:
+        with urllib.request.urlopen(self.url, timeout=5) as answer:
+            return int(json.load(answer)["connections"])
+
+    async def follow(self) -> None:
+        while True:
+            count = await asyncio.to_thread(self.read)
+            self.samples.append((time.perf_counter(), count))
+            await asyncio.sleep(1)  # sleep: the sampling period, not a wait for a condition
+
+    def peak_rate(self) -> float:
+        """The most connections added in one sampling period, per second."""
+        pairs = zip(self.samples, self.samples[1:], strict=False)
+        return max(((b[1] - a[1]) / (b[0] - a[0]) for a, b in pairs), default=0.0)
+
+
 class StepTurnaround:
     """From each node's step report on the bus to the next command for that node (core subscriptions see what
     JetStream stores): the orchestrator's turnaround per step, bus hops included."""
@@ -147,8 +187,15 @@ class StepTurnaround:
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Path]:
+    # nats-server holds one open file per connection, up to the limit it inherits (raised here where allowed)
+    limits = raise_open_files(CONNECTIONS + 1000)  # + the services', JetStream's and the log's files
+    if not limits.enough:
+        pytest.fail(f"{CLUSTERS} x {NODES} needs {CONNECTIONS} bus connections: {limits.advice()}")
     state = tmp_path / ".flotilla"
-    ok(state, "up", "--port", str(free_port()), "--monitor-port", "0", timeout=180)
+    host = ["--host", ANY_ADDRESS] if ADDRESSES > 1 else []
+    max_connections = ["--max-connections", str(max(MAX_CONNECTIONS, CONNECTIONS + 1000))]
+    monitor = ["--monitor-port", str(free_port())]  # nats-server's /varz: the connection count as the fleet joins
+    ok(state, "up", "--port", str(free_port()), *monitor, *host, *max_connections, timeout=180)
     try:
         yield state
     finally:
@@ -158,20 +205,25 @@ def fleet(tmp_path: Path) -> Iterator[Path]:
 @pytest.mark.timeout(4 * 3600)
 async def test_a_big_fleet_joins_heartbeats_answers_and_upgrades(fleet: Path) -> None:
     state = fleet
-    size = f"{CLUSTERS} clusters x {NODES} nodes = {CLUSTERS * NODES} nodes, {SIMS} sims"
+    size = f"{CLUSTERS} clusters x {NODES} nodes = {CLUSTERS * NODES} nodes, {SIMS} sims, {CONNECTIONS} connections"
+    size += f" over {ADDRESSES} loopback address(es)" if ADDRESSES > 1 else ""
     figures: dict[str, str] = {"fleet": size + (", batched heartbeats" if BATCH else "")}
     url = runfile.server_url(state)
     assert url
     raw_rtt = 1 / await raw_request_rate(url, b"{}", 64, 2000, 1)
 
     # Join and approval: every sim process at once, each waiting for its own clusters.
+    info = runfile.load(state)
+    assert info is not None and info.nats.monitor_url
+    connections = ConnectionCount(info.nats.monitor_url)
+    counting = asyncio.create_task(connections.follow())
     started = time.perf_counter()
-    per_sim = -(-CLUSTERS // SIMS)
     sims = []
     for i in range(SIMS):
-        count = min(per_sim, CLUSTERS - i * per_sim)
+        count = CLUSTERS // SIMS + (1 if i < CLUSTERS % SIMS else 0)  # whole clusters, as even as they go
         argv = ["sim", "--clusters", str(count), "--nodes", str(NODES), "--versions", FROM, "--prefix", f"b{i}"]
         argv += ["--step-seconds", "0", "--timeout", str(max(300, CLUSTERS))]  # room for a slow machine (120/s seen)
+        argv += ["--bus-address", f"127.0.0.{1 + i % ADDRESSES}"] if ADDRESSES > 1 else []
         sims.append(run(state, *argv, *(["--batch-heartbeats"] if BATCH else [])))
     await asyncio.gather(*sims)
     joined = time.perf_counter() - started
@@ -182,8 +234,12 @@ async def test_a_big_fleet_joins_heartbeats_answers_and_upgrades(fleet: Path) ->
         nodes = summary.get("nodes", {})
         return int(nodes.get("ready", 0)) >= CLUSTERS * NODES
 
-    await eventually(all_ready, "every node Ready in `flotilla health`", timeout_s=max(120, CLUSTERS * NODES / 200))
+    await eventually(all_ready, "every node Ready in `flotilla health`", timeout_s=max(300, CLUSTERS * NODES / 40))
     figures["... and every node Ready"] = f"{time.perf_counter() - started:.1f} s"
+    counting.cancel()
+    figures["bus connections at Ready"] = (
+        f"{connections.read()} (peak {connections.peak_rate():.0f} new connections/s, each through the auth callout)"
+    )
 
     steady = await sample(state, STEADY_S)
     for name, (cpu, rss) in sorted(steady.items()):
@@ -193,6 +249,10 @@ async def test_a_big_fleet_joins_heartbeats_answers_and_upgrades(fleet: Path) ->
     figures["clusters list (first page)"] = ms(await timed(state, "clusters", "list"))
     figures["clusters list -l (selector)"] = ms(await timed(state, "clusters", "list", "-l", "flotilla.dev/sim=true"))
     figures["health"] = ms(await timed(state, "health"))
+    if not ROLLOUT:
+        figures["load average"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        report("big fleet", figures)
+        return
 
     # The fleet-wide rollout, CONCURRENT clusters at a time, zero-time steps.
     turnaround = StepTurnaround()
