@@ -70,7 +70,7 @@ def kube_demo(ctx: click.Context) -> int:
     _banner("3/5 a placed workload: a Deployment of 3 with a PodDisruptionBudget (minAvailable 2) on both")
     path = obj.state_dir / "web-subscription.yaml"
     path.write_text(WEB_SUBSCRIPTION)
-    ctx.invoke(subscriptions.subscriptions_apply, path=path)
+    ctx.invoke(subscriptions.subscriptions_apply, paths=(path,))
     _wait_workload(obj)
     _banner(f"4/5 the plan to {TARGET}: control plane first, one node at a time per cluster")
     plan = call(obj, Service.UPGRADE_ORCHESTRATOR, "upgrade.plan", up.PlanRequest(spec=_spec()), up.PlanReply)
