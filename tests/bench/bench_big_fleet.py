@@ -5,8 +5,9 @@ BENCH_BIG_NODES (10), BENCH_BIG_NODES_PER_SIM (the node budget of one sim proces
 as the budget needs, each with whole clusters; BENCH_BIG_SIMS overrides the count), BENCH_BIG_CONCURRENT
 (clusters upgraded at once, 100), BENCH_BIG_STEADY_S (the steady-heartbeat sample, 20), BENCH_BIG_BATCH (1: the
 sims send HeartbeatBatches, `flotilla sim --batch-heartbeats`; 0: one message per node), BENCH_BIG_ROLLOUT (1;
-0 skips the fleet-wide rollout, which takes about a second per ten nodes). The full form of the issue is
-BENCH_BIG_CLUSTERS=10000 (100,000 nodes).
+0 skips the fleet-wide rollout, which takes about a second per ten nodes), BENCH_BIG_RELOGIN (1: restart every
+sim at once and time every node and cluster agent logging in again through the auth callout; 0 skips it). The
+full form of the issue is BENCH_BIG_CLUSTERS=10000 (100,000 nodes).
 
 Connections (docs/scale.md): every node and every cluster agent holds its own bus connection, so the fleet needs
 clusters x (nodes + 1) of them in nats-server, each an open file: the run stops at once, saying so, when that
@@ -60,6 +61,7 @@ CONNECTIONS = CLUSTERS * (NODES + 1)  # every node and every cluster agent has i
 PER_ADDRESS = int(os.environ.get("BENCH_BIG_PER_ADDRESS", "25000"))
 ADDRESSES = min(SIMS, int(os.environ.get("BENCH_BIG_ADDRESSES", str(-(-CONNECTIONS // PER_ADDRESS)))))
 ROLLOUT = os.environ.get("BENCH_BIG_ROLLOUT", "1") == "1"
+RELOGIN = os.environ.get("BENCH_BIG_RELOGIN", "1") == "1"
 CONCURRENT = int(os.environ.get("BENCH_BIG_CONCURRENT", "100"))
 STEADY_S = float(os.environ.get("BENCH_BIG_STEADY_S", "20"))
 BATCH = os.environ.get("BENCH_BIG_BATCH", "1") == "1"  # cluster agents relay their nodes' heartbeats as one batch
@@ -162,6 +164,25 @@ class ConnectionCount:
         return max(((b[1] - a[1]) / (b[0] - a[0]) for a, b in pairs), default=0.0)
 
 
+async def relogin(state: Path, monitor_url: str) -> str:
+    """Restart every sim at once (`flotilla restart sim:<prefix>`): each node and cluster agent logs in again
+    with the credentials it has, every CONNECT through the auth callout, and nothing else happens (no join, no
+    first heartbeat): the callout's rate for a fleet coming back (a bus restart looks the same to it)."""
+    count = ConnectionCount(monitor_url)
+    before = count.read()
+    following = asyncio.create_task(count.follow())
+    started = time.perf_counter()
+    await asyncio.gather(*(run(state, "restart", f"sim:b{i}") for i in range(SIMS)))
+
+    async def back() -> bool:
+        return await asyncio.to_thread(count.read) >= before
+
+    await eventually(back, "every node and cluster agent connected again", timeout_s=max(300, CONNECTIONS / 20))
+    took = time.perf_counter() - started
+    following.cancel()
+    return f"{took:.1f} s, {CONNECTIONS / took:.0f} logins/s (peak {count.peak_rate():.0f}/s)"
+
+
 class StepTurnaround:
     """From each node's step report on the bus to the next command for that node (core subscriptions see what
     JetStream stores): the orchestrator's turnaround per step, bus hops included."""
@@ -249,6 +270,8 @@ async def test_a_big_fleet_joins_heartbeats_answers_and_upgrades(fleet: Path) ->
     figures["clusters list (first page)"] = ms(await timed(state, "clusters", "list"))
     figures["clusters list -l (selector)"] = ms(await timed(state, "clusters", "list", "-l", "flotilla.dev/sim=true"))
     figures["health"] = ms(await timed(state, "health"))
+    if RELOGIN:
+        figures["every sim restarted: all logged in again"] = await relogin(state, info.nats.monitor_url)
     if not ROLLOUT:
         figures["load average"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         report("big fleet", figures)
