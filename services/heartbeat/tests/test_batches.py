@@ -4,6 +4,7 @@ cheap way through (flotilla_heartbeat.fastpath) for a heartbeat that only moves 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -14,14 +15,20 @@ from flotilla_contracts import subjects
 from flotilla_contracts.envelope import H_SCHEMA, schema_id
 from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.v1.heartbeat import MAX_BATCH, Heartbeat, HeartbeatBatch, NodeHealth, NodeHealthChanged
+from flotilla_contracts.v1.registration import ClusterState
 from flotilla_contracts.v1.security import RefusalReason
+from flotilla_heartbeat import store as tables
 from flotilla_heartbeat.domain import HealthModel
 from flotilla_heartbeat.fastpath import NO_KEY, body_key
 from flotilla_heartbeat.health_state import Policy
 from flotilla_heartbeat.ingest import Ingest
+from flotilla_heartbeat.membership import Membership
 from flotilla_heartbeat.noise import NoiseWindow
 from flotilla_heartbeat.quota import Quota
+from flotilla_heartbeat.restore import restore
 from flotilla_runtime.metrics import Registry
+from flotilla_runtime.migrations import load_migrations
+from flotilla_runtime.store import Store
 from flotilla_runtime.trust import RefusalLedger
 
 POLICY = Policy(interval_s=10.0, missed_intervals=3, startup_grace_s=0.0)
@@ -184,3 +191,25 @@ async def test_a_repeated_body_speaking_for_another_node_is_still_a_mismatch() -
     rig.ingest.flush()
     assert rig.ingest.dropped == {ErrorCode.SUBJECT_MISMATCH: 1}
     assert rig.model.clusters["c1"].nodes["n0"].seq == 1 and rig.ingest.cheap == 0
+
+
+async def test_after_a_restart_restored_nodes_repeating_their_facts_take_the_cheap_way(tmp_path: Path) -> None:
+    """Restored facts are shared as a heartbeat's are. (They were one object per node: after any restart no
+    restored node's heartbeat passed the cheap way's identity check, and every one was decoded in full.)"""
+    store = await Store.open(tmp_path / "heartbeat.db", load_migrations("flotilla_heartbeat", "heartbeat"))
+    nodes = [f"n{i}" for i in range(5)]
+    try:
+        before = Rig()  # the replica before its restart: five nodes heard, then checkpointed
+        await before.send("c1", batch("c1", (entry("c1", node) for node in nodes)))
+        async with store.transaction() as tx:
+            await tables.set_member(tx, "c1", ClusterState.APPROVED.value, "2023-11-14T22:13:20Z")
+        await tables.checkpoint(store, before.model, [("c1", node) for node in nodes], [])
+
+        after = Rig()  # the restarted replica, its model back from the checkpoint
+        await restore(store, after.model, Membership(after.model, (0,), 1, lambda: 0.0))
+        await after.send("c1", batch("c1", (entry("c1", node) for node in nodes)))
+
+        assert (after.ingest.applied, after.ingest.cheap) == (5, 4)  # the first teaches the cache; none after it
+        assert set(after.states().values()) == {NodeHealth.READY}
+    finally:
+        await store.close()

@@ -180,6 +180,11 @@ class HealthModel:
             api_server=hb.api_server,
             allocatable=hb.allocatable,
         )
+        return self.intern(facts)
+
+    def intern(self, facts: Facts) -> Facts:
+        """The one object for these facts, shared by every node reporting them: the cheap way through
+        (fastpath.py) takes a heartbeat only when its node's facts are that very object."""
         return self._interned.setdefault(msgspec.msgpack.encode(facts), facts)
 
     # --- evaluation -------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ async def restore(store: Store, model: HealthModel, membership: Membership) -> d
         cluster = model.clusters[node.cluster_id]
         if row["node_name"] is None:
             node.node_name = None
-        node.facts = tables.decode_facts(row["facts"])
+        facts = tables.decode_facts(row["facts"])
+        node.facts = model.intern(facts) if facts is not None else None  # shared, as a heartbeat's are
         if node.facts is not None:
             node.ready = reported_ready(node.facts.conditions)
             node.api = api_state(node.facts.api_server)
