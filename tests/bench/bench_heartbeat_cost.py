@@ -11,8 +11,9 @@ each party in its own process, it measures server-side CPU per heartbeat from /p
 - (c) the Lease path's floor: etcd doing compare-and-put renewals of as many keys at the same rate (aetcd);
 
 then the service's maximum sustained rate on one replica (several generator processes, pre-encoded
-messages, batched), etcd's maximum, and each replica's cost with two partitions. It prints figures, ratios
-and the load average; it asserts only correctness. When a generator cannot keep its schedule it says so.
+messages, batched) and etcd's maximum. It prints figures, ratios and the load average; it asserts only
+correctness. When a generator cannot keep its schedule it says so. Each replica's cost with partitions is
+bench_heartbeat_partitions.py.
 """
 
 from __future__ import annotations
@@ -102,17 +103,13 @@ def server_pid(url: str) -> int:
     return _servers[url]
 
 
-async def service(url: str, state: Path, prefix: str, *extra: str, replicas: int = 1) -> dict[str, Any]:
-    """(b) nats-server + the heartbeat service (one replica owning both partitions, or one a partition each),
-    health and transitions checked while the load runs."""
+async def service(url: str, state: Path, prefix: str, *extra: str) -> dict[str, Any]:
+    """(b) nats-server + the heartbeat service (one replica owning both partitions), health and transitions
+    checked while the load runs."""
     nc = await nats.connect(url)
     await ensure_streams(nc.jetstream())
     await approve(nc, cluster_ids(CLUSTERS, prefix))
-    owned = ["0,1"] if replicas == 1 else [str(r) for r in range(replicas)]
-    services = [
-        await Service.start(url, state / f"{prefix}-r{r}", INTERVAL_S, partition_count="2", partitions=part)
-        for r, part in enumerate(owned)
-    ]
+    services = [await Service.start(url, state / f"{prefix}-r0", INTERVAL_S, partition_count="2")]
 
     async def total(name: str) -> float:
         return sum([await metric(s.port, name) for s in services])
@@ -125,7 +122,7 @@ async def service(url: str, state: Path, prefix: str, *extra: str, replicas: int
         retrying=(OSError,),
         until=lambda n: n >= CLUSTERS,
     )
-    stage(f"service {prefix}: {replicas} replica(s) ready")
+    stage(f"service {prefix}: ready")
     rss0 = [rss_bytes(s.pid) for s in services]
     events = await watch_node_health(nc, prefix)
     stopping = ["--stop-random", str(STOPPED), "--stop-window", f"{INTERVAL_S + 1},{2 * INTERVAL_S}"]  # once seen
@@ -142,8 +139,6 @@ async def service(url: str, state: Path, prefix: str, *extra: str, replicas: int
     await asyncio.sleep(MEASURE_S)  # sleep: the measurement window
     after = [await metric(s.port, APPLIED) for s in services]
     figures: dict[str, Any] = dict(window.close(sum(after)))
-    for r in range(len(services)):  # each replica's own CPU per heartbeat it applied
-        figures[f"replica{r}_us"] = figures[f"service{r}_us"] * figures["count"] / max(after[r] - before[r], 1.0)
     figures["rss_per_node"] = sum(rss_bytes(s.pid) - r0 for s, r0 in zip(services, rss0, strict=True)) / TOTAL
     figures["counts"] = await health_counts(nc)
     figures["latency"] = await node_latencies(nc)
@@ -255,8 +250,6 @@ async def test_heartbeat_cost(tmp_path: Path) -> None:
         loads.append(load_average())
         batched = await service(server.url, tmp_path, "bat", "--batch", str(BATCH))
         loads.append(load_average())
-        two = await service(server.url, tmp_path, "two", "--batch", str(BATCH), replicas=2)
-        loads.append(load_average())
         most = await saturate(server.url, tmp_path, "max", "--batch", str(BATCH))
         loads.append(load_average())
         etcd = await leases(tmp_path, flat_out=False)
@@ -267,8 +260,8 @@ async def test_heartbeat_cost(tmp_path: Path) -> None:
         await kill_started()
         server.stop()
     batched["model_per_node"] = memory_per_node()
-    report(raw, single, batched, two, most, etcd, etcd_max, loads)
-    for run in (single, batched, two):
+    report(raw, single, batched, most, etcd, etcd_max, loads)
+    for run in (single, batched):
         assert run["spurious"] == [], run["spurious"][:5]
         assert run["counts"] == {"ready": TOTAL - STOPPED, "not_ready": 0, "unreachable": STOPPED, "lost": 0}
     assert etcd["failed"] == 0 and etcd_max["failed"] == 0  # one writer per lease: every compare holds
@@ -298,14 +291,12 @@ def report(
     raw: dict[str, Any],
     single: dict[str, Any],
     batched: dict[str, Any],
-    two: dict[str, Any],
     most: dict[str, Any],
     etcd: dict[str, Any],
     etcd_max: dict[str, Any],
     loads: list[str],
 ) -> None:
     offered = TOTAL / INTERVAL_S
-    one_us = batched["service0_us"]
     print(
         f"\nheartbeat cost: {CLUSTERS} clusters x {NODES} nodes every {INTERVAL_S:g}s = {offered:,.0f} hb/s offered "
         f"by {GENERATORS} generator processes; windows of {MEASURE_S:g}s\n"
@@ -330,8 +321,5 @@ def report(
         f"lag {most['lag_s']:.1f}s; dropped {most['dropped']}); {saturation(most)};\n"
         f"      generators {schedule_note(most['late_s'], MAX_INTERVAL_S)}\n"
         f"  maximum, etcd: {etcd_max['rate']:,.0f} renewals/s ({us(etcd_max['etcd_us'])} CPU each, "
-        f"p99 {etcd_max['p99_ms']:.1f} ms)\n"
-        f"  two partitions, 2 replicas, batches: replica 0 {us(two['replica0_us'])}/hb, replica 1 "
-        f"{us(two['replica1_us'])}/hb (one replica: {us(one_us)}/hb; ratios {two['replica0_us'] / one_us:.2f}, "
-        f"{two['replica1_us'] / one_us:.2f}); health {two['counts']}, {len(two['spurious'])} spurious"
+        f"p99 {etcd_max['p99_ms']:.1f} ms)"
     )
