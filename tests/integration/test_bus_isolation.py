@@ -11,169 +11,46 @@ deregistered cluster's credential is refused on its next connect.
 
 from __future__ import annotations
 
-import asyncio
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 import nats
 import nats.errors
-import nkeys
 import pytest
-from integration_support import WatchedConnection, connect_watched
 
-from flotilla_client import runfile
 from flotilla_client.client import FlotillaClient
-from flotilla_client.natsserver import free_port
 from flotilla_contracts import catalogue, permissions, subjects
 from flotilla_contracts.catalogue import Kind
 from flotilla_contracts.envelope import H_SCHEMA, schema_id
 from flotilla_contracts.streams import FLEET_AGENT, FLEET_REPORTS, agent_consumer
 from flotilla_contracts.subjects import Service
-from flotilla_contracts.v1.agent import NodeFacts
-from flotilla_contracts.v1.common import NodeRole
 from flotilla_contracts.v1.deadletter import AgentDeadLettered, DeadLettered
 from flotilla_contracts.v1.registration import (
-    ApproveClusterRequest,
-    ClusterIdentity,
     ClusterReply,
-    CreateTokenReply,
-    CreateTokenRequest,
     DeregisterClusterRequest,
-    JoinReply,
-    JoinRequest,
     ReportNodesRequest,
 )
 from flotilla_runtime import codec
 from flotilla_runtime.agent_consumers import AgentConsumers
-from flotilla_runtime.bus import connect_options, with_user
+from flotilla_runtime.bus import connect_options
 from flotilla_testkit import eventually
 
+from .bus_isolation_support import (
+    DENIED,
+    NODE,
+    Fleet,
+    connect,
+    connect_as_node,
+    isolated_fleet,
+)
+
 pytestmark = pytest.mark.integration
-FLOTILLA = str(Path(sys.executable).parent / "flotilla")
-NODE = "n1"
-OTHER = "n2"  # a second node of every cluster
-DENIED = {"count": 0}  # attempts denied across the module, printed for the report
-
-
-class Agent(WatchedConnection):
-    """A connection as one identity; the denials it sees are counted for the report."""
-
-    async def denied(self, what: str, within_s: float = 3.0) -> bool:
-        found = await super().denied(what, within_s)
-        DENIED["count"] += found
-        return found
-
-
-async def connect(url: str, user: str, password: str) -> Agent:
-    watched = await connect_watched(with_user(url, user, password))
-    return Agent(watched.nc, watched.errors)
-
-
-def new_seed() -> str:
-    return str(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode())
-
-
-async def connect_as_node(fleet: Fleet, name: str, node: str, seed: str | None = None) -> Agent:
-    """Log in as node `node` of cluster `name` as its agent does: the cluster credential and the node's key."""
-    cluster_id = fleet.ids[name]
-    user = permissions.cluster_user(cluster_id, node)
-    errors: list[str] = []
-
-    async def on_error(exc: Exception) -> None:
-        errors.append(str(exc))
-
-    nc = await nats.connect(
-        fleet.plain_url, error_cb=on_error, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=10,
-        nkeys_seed_str=seed or fleet.seeds.setdefault(f"{name}/{node}", new_seed()),
-        token=permissions.node_login_token(user, fleet.clusters[name]), inbox_prefix=permissions.inbox_prefix(user),
-    )  # fmt: skip
-    return Agent(nc, errors)
-
-
-@dataclass
-class Fleet:
-    state: Path
-    admin_url: str
-    plain_url: str
-    clusters: dict[str, str] = field(default_factory=dict)  # cluster name -> credential
-    ids: dict[str, str] = field(default_factory=dict)  # cluster name -> cluster id
-    seeds: dict[str, str] = field(default_factory=dict)  # "<cluster name>/<node>" -> the node's key
-
-
-async def join(fleet: Fleet, token: str, name: str) -> JoinReply:
-    """Join as a new agent would: connect as `join.<nonce>` with the token, send the join command."""
-    agent = await connect(fleet.plain_url, permissions.join_user(uuid.uuid4().hex), token)
-    try:
-        request = JoinRequest(
-            request_id=f"join-{name}",
-            token=token,
-            identity=ClusterIdentity(uid=f"uid-{name}", name=name, kubernetes_version="v1.29.6"),
-            nodes=[
-                NodeFacts(node_id=node, node_name=node, role=NodeRole.WORKER, kubelet_version="v1.29.6")
-                for node in (NODE, OTHER)
-            ],
-        )
-        raw = await agent.nc.request(
-            catalogue.subject_for(JoinRequest), codec.encode(request), timeout=10,
-            headers={H_SCHEMA: schema_id(JoinRequest)},
-        )  # fmt: skip
-        reply = codec.decode_reply(raw.data, JoinReply)
-        assert reply.ok and reply.data is not None, reply.error
-        return reply.data
-    finally:
-        await agent.nc.close()
 
 
 @pytest.fixture(scope="module")
-def fleet_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]:
-    state = tmp_path_factory.mktemp("isolation") / ".flotilla"
-    port = free_port()
-    up = subprocess.run(
-        [FLOTILLA, "--state-dir", str(state), "up", "--port", str(port), "--monitor-port", "0"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert up.returncode == 0, up.stderr
-    try:
-        yield state, port
-    finally:
-        subprocess.run([FLOTILLA, "--state-dir", str(state), "down"], capture_output=True, timeout=60)
-        print(f"\nbus isolation: {DENIED['count']} attempts denied by the server")
-
-
-@pytest.fixture(scope="module")
-def fleet(fleet_dir: tuple[Path, int]) -> Fleet:
-    state, port = fleet_dir
-    admin_url = runfile.server_url(state)
-    assert admin_url and "admin:" in admin_url, "flotilla up must record the admin URL with its credentials"
-    fleet = Fleet(state, admin_url, f"nats://127.0.0.1:{port}")
-    asyncio.run(enrol(fleet))
-    return fleet
-
-
-async def enrol(fleet: Fleet) -> None:
-    """Clusters A, B and `gone` joined and approved, one left pending; their credentials kept."""
-    async with FlotillaClient(fleet.admin_url) as admin:
-        token = await admin.request(
-            Service.REGISTRATION, "tokens.create", CreateTokenRequest(max_uses=10), CreateTokenReply
-        )
-        for name in ("iso-a", "iso-b", "iso-gone"):
-            joined = await join(fleet, token.token, name)
-            assert joined.credential
-            await admin.request(
-                Service.REGISTRATION, "clusters.approve", ApproveClusterRequest(cluster_id=joined.cluster_id),
-                ClusterReply,
-            )  # fmt: skip
-            fleet.clusters[name], fleet.ids[name] = joined.credential, joined.cluster_id
-        pending = await join(fleet, token.token, "iso-pending")
-        assert pending.credential
-        fleet.clusters["iso-pending"], fleet.ids["iso-pending"] = pending.credential, pending.cluster_id
-        fleet.clusters["token"] = token.token
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    yield from isolated_fleet(tmp_path_factory)
 
 
 async def test_a_cluster_reaches_its_own_subjects(fleet: Fleet) -> None:
@@ -402,84 +279,3 @@ async def test_deregistering_kicks_the_clusters_open_connections_and_refuses_its
     DENIED["count"] += 1
     log = (fleet.state / "logs" / "registration.log").read_text()
     assert "deregistered" in log and "refused a bus connection" in log
-
-
-async def test_a_node_speaks_only_for_itself_and_the_cluster_agent_for_no_node(fleet: Fleet) -> None:
-    """Per-node identity: n1 cannot act as n2 (heartbeat, step events, commands, inbox), and the cluster agent,
-    which anyone holding the cluster credential can be, can act as no node."""
-    a_id = fleet.ids["iso-a"]
-    n1 = await connect_as_node(fleet, "iso-a", NODE)
-    agent = await connect(fleet.plain_url, permissions.cluster_user(a_id), fleet.clusters["iso-a"])
-    try:
-        n2_consumer, n2_filter = agent_consumer(a_id, OTHER), subjects.agent_commands_for(a_id, OTHER)
-        n1_consumer, n1_filter = agent_consumer(a_id, NODE), subjects.agent_commands_for(a_id, NODE)
-        for who, connection, node, consumer, command_filter in (
-            ("n1", n1, OTHER, n2_consumer, n2_filter),
-            ("the cluster agent", agent, NODE, n1_consumer, n1_filter),
-        ):
-            for subject in (
-                subjects.heartbeat(a_id, node),
-                f"fleet.v1.evt.node-step.{a_id}.{node}.reported",
-                f"$JS.API.CONSUMER.MSG.NEXT.{FLEET_AGENT.name}.{consumer}",
-                f"$JS.API.CONSUMER.CREATE.{FLEET_AGENT.name}.{consumer}.{command_filter}",
-                # Not even its own: a node's consumer is the hub's to create (flotilla_runtime.agent_consumers).
-                f"$JS.API.CONSUMER.CREATE.{FLEET_AGENT.name}.{n1_consumer}.{n1_filter}",
-            ):
-                await connection.nc.publish(subject, b"{}", reply=connection.nc.new_inbox())
-                assert await connection.denied(subject), f"{who} used {subject}"
-            for inbox in (f"_INBOX.c.{a_id}.{node}.>", command_filter):
-                await connection.nc.subscribe(inbox)
-                assert await connection.denied(inbox), f"{who} subscribed to {inbox}"
-        # The cluster agent's role is not a node's: no inventory, no joins, no applied reports from n1.
-        for subject in (
-            subjects.command(Service.REGISTRATION, "nodes.report"),
-            subjects.command(Service.REGISTRATION, "join"),
-            f"fleet.v1.evt.applied.{a_id}.s1.reported",
-        ):
-            await n1.nc.publish(subject, b"{}", reply=n1.nc.new_inbox())
-            assert await n1.denied(subject), f"n1 used {subject}"
-    finally:
-        await n1.nc.close()
-        await agent.nc.close()
-
-
-async def test_members_answer_no_discovery_and_no_service_command(fleet: Fleet) -> None:
-    """A member cannot pose as a service: `$SRV` and service command subjects are not theirs to subscribe to."""
-    n1 = await connect_as_node(fleet, "iso-b", NODE)
-    agent = await connect(fleet.plain_url, permissions.cluster_user(fleet.ids["iso-b"]), fleet.clusters["iso-b"])
-    try:
-        for who, connection in (("a node", n1), ("the cluster agent", agent)):
-            for subject in (
-                "$SRV.PING",
-                "$SRV.>",
-                "$SRV.INFO.registration",
-                subjects.command(Service.NODE_AGENT, "info"),
-                subjects.command(Service.REGISTRATION, "clusters.list"),
-            ):
-                await connection.nc.subscribe(subject)
-                assert await connection.denied(subject), f"{who} subscribed to {subject}"
-    finally:
-        await n1.nc.close()
-        await agent.nc.close()
-
-
-async def test_a_node_login_proves_a_node_of_the_inventory_with_its_bound_key(fleet: Fleet) -> None:
-    b_id = fleet.ids["iso-b"]
-    await (await connect_as_node(fleet, "iso-b", OTHER)).nc.close()  # binds n2 to its key (first login)
-    refused = {
-        "not in the inventory": lambda: connect_as_node(fleet, "iso-b", "n99"),
-        "the cluster agent's consumer is no node": lambda: connect_as_node(fleet, "iso-b", "_cluster"),
-        "a second key for a bound node": lambda: connect_as_node(fleet, "iso-b", OTHER, seed=new_seed()),
-        "no key": lambda: connect(fleet.plain_url, permissions.cluster_user(b_id, OTHER), fleet.clusters["iso-b"]),
-    }
-    for what, attempt in refused.items():
-        with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
-            agent = await attempt()
-            await agent.nc.close()
-            pytest.fail(f"a node login with {what} was let in")
-        DENIED["count"] += 1
-    again = await connect_as_node(fleet, "iso-b", OTHER)  # the bound key still gets in
-    await again.nc.flush(timeout=5)
-    await again.nc.close()
-    log = (fleet.state / "logs" / "registration.log").read_text()
-    assert "is not in the cluster's inventory" in log and "is bound to key" in log
