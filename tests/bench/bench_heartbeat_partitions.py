@@ -11,10 +11,11 @@ is the same share in both and CPU per heartbeat compares directly:
 Both run from their own state directories, alternated A B A B ... BENCH_HBP_ROUNDS times in one run (a restart
 restores the checkpoint under a startup grace, so no node is first seen twice or blamed for the swap). Each
 round measures every replica at rest (started, no heartbeats: its fixed cost), then loaded: CPU from /proc over
-one window for nats-server and every replica, each replica's CPU per heartbeat it applied, and the same net of
-its fixed cost. Health is checked every round (every node Ready, no transition but first-seen in the whole run).
-It prints each round, the medians, the spread and the ratios of B to A measured in the same run, and the load
-average; it asserts only correctness.
+one window for nats-server, every replica and every generator; each replica's CPU per heartbeat it applied, and
+the same net of its fixed cost. The generators do the same work per heartbeat in A and B: their cost is a control
+that moves when the machine does. Health is checked every round (every node Ready, no transition but first-seen
+in the whole run). It prints each round, the medians, the spread and the ratios of B to A measured in the same
+run, and the load average; it asserts only correctness.
 """
 
 from __future__ import annotations
