@@ -5,15 +5,19 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats
 import nats.js.errors
 import pytest
 from nats.aio.client import Client
+from nats.js.api import StreamConfig
 
+from flotilla_client.natsserver import NatsServer
 from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, Message
 from flotilla_contracts.streams import FLEET_EVENTS
 from flotilla_runtime.bus import ensure_streams
+from flotilla_runtime.errors import TemporaryError
 from flotilla_runtime.outbox import OutboxRelay
-from flotilla_runtime.store import Store
+from flotilla_runtime.store import Row, Store, SyncTx
 from flotilla_testkit import eventually
 
 
@@ -106,6 +110,7 @@ class FlakyJetStream:
 
     def __init__(self) -> None:
         self.refuse: set[int] = set()
+        self.silent: set[int] = set()  # never answered
         self.sent: list[int] = []
 
     async def publish_async(
@@ -120,7 +125,9 @@ class FlakyJetStream:
         n = msgspec.json.decode(payload)["n"]
         self.sent.append(n)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if n in self.refuse:
+        if n in self.silent:
+            pass
+        elif n in self.refuse:
             future.set_exception(nats.js.errors.APIError(description="stream full"))
         else:
             asyncio.get_running_loop().call_soon(future.set_result, n)
@@ -144,3 +151,110 @@ async def test_nothing_after_a_failed_event_is_deleted_with_batches_in_flight(tm
     assert js.sent == list(range(6, 20)), "the failed event and everything behind it are sent again, in order"
     assert await store.outbox_size() == 0 and relay.published == 20
     await store.close()
+
+
+async def emit_numbered(store: Store, count: int, subject_of: dict[int, str] | None = None) -> None:
+    """Events 0..count-1 on fleet.v1.evt.cluster.c<n>.approved, or on `subject_of[n]`, in one transaction."""
+
+    def work(tx: SyncTx) -> None:
+        for n in range(count):
+            tx.emit((subject_of or {}).get(n, f"fleet.v1.evt.cluster.c{n}.approved"), Happened(n=n))
+
+    await store.run(work)
+
+
+async def left_in_outbox(store: Store) -> list[int]:
+    return [msgspec.json.decode(row["payload"])["n"] for row in await store.pending_outbox(10_000)]
+
+
+async def test_an_event_no_stream_takes_stops_deletion_there_and_is_published_again(nc: Client, tmp_path: Path) -> None:
+    """Event 6 (mid-batch, two batches in flight) gets no ack but nats-server's "no responders": 0..5 are
+    forgotten, 6 and everything behind it stay and go out again, in order, once a stream takes that subject."""
+    js = nc.jetstream()
+    await ensure_streams(js)
+    store = await Store.open(tmp_path / "s.db")
+    await emit_numbered(store, 12, {6: "outboxtest.unstreamed"})
+    relay = OutboxRelay(store, js, batch=4, window=3)
+    with pytest.raises(TemporaryError, match=r"outboxtest\.unstreamed.*published again"):
+        await relay.flush()
+    assert await left_in_outbox(store) == list(range(6, 12)) and relay.published == 6
+    await js.add_stream(StreamConfig(name="OUTBOXTEST", subjects=["outboxtest.>"]))
+    await relay.flush()
+    assert await store.outbox_size() == 0 and relay.published == 12
+    assert [n for _, _, n in await stream_messages(nc)] == [0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11], "each once"
+    unstreamed = await js.get_last_msg("OUTBOXTEST", "outboxtest.unstreamed")
+    assert msgspec.json.decode(unstreamed.data or b"{}")["n"] == 6
+    await store.close()
+
+
+async def test_an_event_jetstream_refuses_stops_deletion_there(nc: Client, tmp_path: Path) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js)
+    store = await Store.open(tmp_path / "s.db")
+
+    def work(tx: SyncTx) -> None:
+        for n in range(5):  # event 2 expects another stream: JetStream answers with an error, not an ack
+            headers = {"Nats-Expected-Stream": "ELSEWHERE"} if n == 2 else None
+            tx.emit(f"fleet.v1.evt.cluster.c{n}.approved", Happened(n=n), trace_headers=headers)
+
+    await store.run(work)
+    relay = OutboxRelay(store, js)
+    with pytest.raises(TemporaryError, match="expected stream"):
+        await relay.flush()
+    assert await left_in_outbox(store) == [2, 3, 4] and relay.published == 2
+    await store.close()
+
+
+async def test_an_unanswered_event_times_out_and_is_published_again_with_everything_behind_it(
+    tmp_path: Path,
+) -> None:
+    store = await Store.open(tmp_path / "s.db")
+    await emit_numbered(store, 20)
+    js = FlakyJetStream()
+    js.silent = {6}
+    relay = OutboxRelay(store, js, batch=4, window=3, ack_timeout_s=0.2)
+    with pytest.raises(TimeoutError, match="did not acknowledge 1 of 4 events"):
+        await relay.flush()
+    assert await left_in_outbox(store) == list(range(6, 20)) and relay.published == 6
+    js.silent, js.sent = set(), []
+    await relay.flush()
+    assert js.sent == list(range(6, 20)) and await store.outbox_size() == 0
+    await store.close()
+
+
+async def test_a_nats_server_restart_while_publishing_loses_and_doubles_nothing(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """The server stops with batches in flight (their acks lost) and one more sent into the reconnect buffer."""
+    client = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    try:
+        js = client.jetstream()
+        await ensure_streams(js)
+        store = await Store.open(tmp_path / "s.db")
+        await emit_numbered(store, 600)
+        prepared: list[int] = []
+        stopped = asyncio.Event()
+
+        async def prepare(rows: list[Row]) -> None:
+            prepared.append(len(rows))
+            if len(prepared) == 3:
+                nats_server.stop()
+                stopped.set()
+
+        relay = OutboxRelay(store, js, batch=50, window=3, prepare=prepare, ack_timeout_s=1.0, poll_s=0.1)
+        relay.start()
+        await asyncio.wait_for(stopped.wait(), 10)
+        await eventually(lambda: not client.is_connected, "the client to notice the stop")
+        nats_server.start()
+
+        async def drained() -> bool:
+            return await store.outbox_size() == 0
+
+        await eventually(drained, "every event published after the restart", timeout_s=60)
+        await relay.stop()
+        numbers = [n for _, _, n in await stream_messages(client)]
+        assert sorted(numbers) == list(range(600)), "every event in the stream exactly once"
+        assert relay.failures >= 1 and relay.published >= 600
+        await store.close()
+    finally:
+        await client.close()
