@@ -8,15 +8,21 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import click
 import nats
 import pytest
 from click.testing import CliRunner
 
 from flotilla_client import localfleet, runfile
+from flotilla_client.cli import sim as sim_cli
 from flotilla_client.cli.main import cli
+from flotilla_client.errors import ClientError
 from flotilla_client.natsserver import ANY_ADDRESS, NatsServer, free_port
 from flotilla_client.runfile import NatsEntry, RunInfo
+from flotilla_contracts.errors import ErrorCode
 
 
 @pytest.fixture
@@ -89,3 +95,70 @@ def test_the_open_files_limit_goes_up_to_what_is_wanted_and_never_down() -> None
     assert _raise(100)["now"] == 256  # never lowered
     beyond = _raise(10**9)  # past any hard limit: as far as allowed, and says it is not enough
     assert beyond["now"] == beyond["soft"] >= beyond["hard"] and not beyond["enough"]
+
+
+class Clock:
+    """`time` for the wait: each pause moves it on by its length, at once."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _approved(*names: str) -> list[Any]:
+    """Approved clusters as `clusters.list` gives them, as far as the wait reads them (their names)."""
+    return [SimpleNamespace(identity=SimpleNamespace(name=name)) for name in names]
+
+
+def test_waiting_for_the_joins_asks_again_when_a_busy_registration_answers_late(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A fleet joining at once keeps registration busy: one late `clusters.list` is not the joins failing.
+    late = ClientError(ErrorCode.TIMEOUT, "no reply on fleet.v1.cmd.registration.clusters.list within 10s")
+    answers: list[Exception | list[Any]] = [
+        late,
+        _approved("big-0000"),
+        late,
+        _approved("big-0000", "big-0001"),
+    ]
+
+    clock = Clock()
+
+    def list_clusters(*_: object) -> list[Any]:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            clock.sleep(10)  # a request that times out took its 10 s
+            raise answer
+        return answer
+
+    monkeypatch.setattr(sim_cli, "list_all_clusters", list_clusters)
+    monkeypatch.setattr("flotilla_client.cli.sim.time", clock)  # the poll's pause, not what is tested
+    assert sim_cli.wait_for_clusters(None, "big", 2, 60.0) == 2  # type: ignore[arg-type]
+    out = capsys.readouterr().out
+    assert out.count("registration did not answer in time") == 2 and "2/2 clusters joined" in out
+
+
+def test_waiting_for_the_joins_gives_up_at_its_timeout_saying_how_far_it_got(monkeypatch: pytest.MonkeyPatch) -> None:
+    late = ClientError(ErrorCode.TIMEOUT, "no reply within 10s")
+    answers: list[Exception | list[Any]] = [_approved("big-0000"), late]
+
+    clock = Clock()
+
+    def list_clusters(*_: object) -> list[Any]:
+        answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        if isinstance(answer, Exception):
+            clock.sleep(10)  # a request that times out took its 10 s
+            raise answer
+        return answer
+
+    monkeypatch.setattr(sim_cli, "list_all_clusters", list_clusters)
+    monkeypatch.setattr("flotilla_client.cli.sim.time", clock)
+    with pytest.raises(
+        click.ClickException, match=r"registration did not answer within 30s .*1 of 2 clusters had joined"
+    ):
+        sim_cli.wait_for_clusters(None, "big", 2, 30.0)  # type: ignore[arg-type]

@@ -10,8 +10,10 @@ import click
 from flotilla_client import localfleet, runfile
 from flotilla_client.cli.cluster_refs import list_all_clusters
 from flotilla_client.cli.common import BadUsage, CliContext, Failure, call, echo
+from flotilla_client.errors import ClientError
 from flotilla_client.natsserver import free_port, port_open
 from flotilla_contracts import sim as names
+from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1 import registration as reg
 
@@ -163,7 +165,20 @@ def wait_for_clusters(obj: CliContext, prefix: str, expected: int, timeout_s: fl
     deadline = time.monotonic() + timeout_s
     last = -1
     while True:
-        approved = list_all_clusters(obj, "", [reg.ClusterState.APPROVED])
+        try:
+            approved = list_all_clusters(obj, "", [reg.ClusterState.APPROVED])
+        except ClientError as exc:
+            # A fleet joining at once keeps registration busy (each join and login is its work): a slow answer
+            # is not the joins failing, so ask again until --timeout.
+            if exc.code != ErrorCode.TIMEOUT:
+                raise
+            if time.monotonic() > deadline:
+                raise Failure(
+                    f"registration did not answer within {timeout_s:g}s ({exc.message}); {max(last, 0)} of "
+                    f"{expected} clusters had joined; see `flotilla logs registration` and the sim log"
+                ) from None
+            echo(f"  registration did not answer in time ({exc.message}); asking again")
+            continue
         joined = sum(1 for c in approved if c.identity.name.startswith(f"{prefix}-"))
         if joined != last:
             echo(f"  {joined}/{expected} clusters joined")
