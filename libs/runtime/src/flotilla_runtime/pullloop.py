@@ -99,6 +99,23 @@ def deliveries(msg: Msg) -> int:
     return int(msg.metadata.num_delivered or 1)
 
 
+async def _turn(gate: asyncio.Semaphore | None, urgent: asyncio.Event | None) -> bool:
+    """Wait for a turn at `gate`, or until `urgent` is set; whether the gate is held (release it after)."""
+    if gate is None or (urgent is not None and urgent.is_set()):
+        return False
+    if urgent is None:
+        await gate.acquire()
+        return True
+    turn, hurry = asyncio.ensure_future(gate.acquire()), asyncio.ensure_future(urgent.wait())
+    try:
+        await asyncio.wait((turn, hurry), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hurry.cancel()
+        if not turn.done():
+            turn.cancel()
+    return turn.done() and not turn.cancelled()
+
+
 class Pulled(NamedTuple):
     """One pull: the messages, and whether the consumer had nothing for us (caught up)."""
 
@@ -260,7 +277,7 @@ class PullLoop:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    async def drain(self, js: JetStreamContext, *, create: bool) -> bool:
+    async def drain(self, js: JetStreamContext, *, create: bool, urgent: asyncio.Event | None = None) -> bool:
         """Read the consumer until it has nothing for us and nothing of ours waits for a redelivery, then let go
         of it: no pull request is left outstanding, so a consumer at rest costs the server nothing.
 
@@ -271,7 +288,7 @@ class PullLoop:
         if create:
             sub = await self.subscribe(js)
         else:
-            sub = await self.bind(js)
+            sub = await self.bind(js, urgent=urgent)
             if sub is None:
                 return False
         try:
@@ -293,13 +310,20 @@ class PullLoop:
                 await sub.unsubscribe()
         return True
 
-    async def bind(self, js: JetStreamContext) -> Any | None:
-        """Bind the existing durable consumer, None when it does not exist; a JetStream not ready is waited for."""
+    async def bind(self, js: JetStreamContext, *, urgent: asyncio.Event | None = None) -> Any | None:
+        """Bind the existing durable consumer, None when it does not exist; a JetStream not ready is waited for.
+
+        Many agents in one process take turns at the loop's gate; once `urgent` is set (work is known to be
+        waiting: a command woke us) this one stops waiting for its turn."""
         delay = 0.2
         while True:
             try:
-                async with self.gate or contextlib.nullcontext():
+                held = await _turn(self.gate, urgent)
+                try:
                     self.bound = await js.consumer_info(self.stream, self.durable)
+                finally:
+                    if held and self.gate is not None:
+                        self.gate.release()
                 return await js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
             except nats.js.errors.NotFoundError:
                 return None
