@@ -194,7 +194,7 @@ class FakeAgents:
                 try:
                     while True:
                         try:
-                            messages = await sub.fetch(10, timeout=0.2)
+                            messages = await sub.fetch(1, timeout=1.0)  # a wake-up may come before the stream stored it
                         except (nats.errors.TimeoutError, TimeoutError):
                             break
                         for msg in messages:
