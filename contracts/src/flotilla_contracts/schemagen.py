@@ -246,7 +246,7 @@ def subject_map() -> str:
         Kind.COMMAND: "Commands and queries (request/reply, queue group = service)",
         Kind.EVENT: "Events (JetStream `FLEET_EVENTS`; what members report: `FLEET_REPORTS`)",
         Kind.HEARTBEAT: "Heartbeats (core NATS)",
-        Kind.AGENT_COMMAND: "Agent commands (JetStream `FLEET_AGENT`, a durable consumer per node with work, created by the sender)",
+        Kind.AGENT_COMMAND: "Agent commands (JetStream `FLEET_AGENT`: a consumer per node with work, by its sender)",
     }
     reports = streams.FLEET_REPORTS
     notes = {
