@@ -278,12 +278,9 @@ class PullLoop:
                 await sub.unsubscribe()
 
     async def drain(self, js: JetStreamContext, *, create: bool, urgent: asyncio.Event | None = None) -> bool:
-        """Read the consumer until it has nothing for us and nothing of ours waits for a redelivery, then let go
-        of it: no pull request is left outstanding, so a consumer at rest costs the server nothing.
-
-        `create`: create the consumer when it is missing (as `run` does); otherwise only bind one that someone
-        else created (a node's, created by the hub that sends it work) and return False when there is none.
-        A consumer deleted while it is read ends the drain."""
+        """Read the consumer until nothing is pending for us or waits for a redelivery, then let go of it (no pull
+        left outstanding: a consumer at rest costs the server nothing). `create`: create it when missing (as `run`
+        does); else bind one the sender created and return False when there is none. Deleted while read: done."""
         self._stopping = False
         if create:
             sub = await self.subscribe(js)
@@ -312,9 +309,7 @@ class PullLoop:
 
     async def bind(self, js: JetStreamContext, *, urgent: asyncio.Event | None = None) -> Any | None:
         """Bind the existing durable consumer, None when it does not exist; a JetStream not ready is waited for.
-
-        Many agents in one process take turns at the loop's gate; once `urgent` is set (work is known to be
-        waiting: a command woke us) this one stops waiting for its turn."""
+        Agents in one process take turns at the gate, but not once `urgent` is set (a command woke us)."""
         delay = 0.2
         while True:
             try:
