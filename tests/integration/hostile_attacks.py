@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 
 import msgspec
 import nats.errors
+from bus_isolation_support import new_seed
 from hostile_support import Row, Stolen, all_denied, login_agent, login_node, settle
 from integration_support import WatchedConnection
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from test_bus_isolation import new_seed
 from test_member_flood import heartbeat_body
 
 from flotilla_client.client import FlotillaClient
