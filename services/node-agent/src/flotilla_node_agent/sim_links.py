@@ -12,6 +12,7 @@ from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from flotilla_contracts.subjects import Entity
 from flotilla_node_agent.bus_login import connect_node
@@ -55,6 +56,9 @@ class FleetRoutes:
     def __init__(self, handles: list[ClusterHandle]) -> None:
         self.handles = handles
         self.nodes: dict[str, NodeAgent] = {}  # by node id (unique in a sim process: names carry the cluster)
+        # One JetStream context per connection: each context subscribes its own reply inbox for pipelined
+        # publishes, so a context per publish left one subscription behind per event published.
+        self._contexts: dict[int, tuple[Client, JetStreamContext]] = {}
 
     def _connection(self, subject: str) -> Client:
         tokens = subject.split(".")  # fleet.v1.evt.<entity>.<cluster>...
@@ -79,5 +83,12 @@ class FleetRoutes:
         headers: dict[str, Any] | None = None,
         msg_ttl: float | None = None,
     ) -> asyncio.Future[Any]:
-        js = self._connection(subject).jetstream()
+        js = self.context(self._connection(subject))
         return await js.publish_async(subject, payload, wait_stall, stream, headers)
+
+    def context(self, nc: Client) -> JetStreamContext:
+        """The connection's one JetStream context (made on first use)."""
+        known = self._contexts.get(id(nc))
+        if known is None or known[0] is not nc:
+            known = self._contexts[id(nc)] = (nc, nc.jetstream())
+        return known[1]
