@@ -17,7 +17,7 @@ from pathlib import Path
 
 import nats
 import pytest
-from bench_support import percentile, report
+from bench_support import percentile, report, rss_mib
 
 from flotilla_client.natsserver import NatsServer, free_port
 from flotilla_contracts import subjects
@@ -29,13 +29,6 @@ pytestmark = pytest.mark.bench
 COUNT = int(os.environ.get("BENCH_CONSUMERS", "5000"))
 IN_FLIGHT = int(os.environ.get("BENCH_CONSUMER_IN_FLIGHT", "32"))
 SLICE = 1000
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def folder_mib(path: Path) -> float:

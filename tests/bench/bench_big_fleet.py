@@ -42,7 +42,7 @@ from pathlib import Path
 
 import nats
 import pytest
-from bench_support import ms, percentile, raw_request_rate, report
+from bench_support import cpu_seconds, ms, percentile, raw_request_rate, report, rss_mib
 from nats.aio.msg import Msg
 
 from flotilla_client import runfile
@@ -67,7 +67,6 @@ STEADY_S = float(os.environ.get("BENCH_BIG_STEADY_S", "20"))
 BATCH = os.environ.get("BENCH_BIG_BATCH", "1") == "1"  # cluster agents relay their nodes' heartbeats as one batch
 FLOTILLA = str(Path(sys.executable).parent / "flotilla")
 FROM, TO = "v1.29.6", "v1.30.4"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 ENDED = ("Succeeded", "CompletedWithFailures", "Aborted", "RolledBack", "Frozen")  # Frozen: it stopped, a failure
 
 
@@ -116,18 +115,6 @@ def processes(state: Path) -> dict[str, int]:
     if info.nats.pid:
         found["nats-server"] = info.nats.pid
     return found
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 async def sample(state: Path, seconds: float) -> dict[str, tuple[float, float]]:

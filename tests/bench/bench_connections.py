@@ -30,7 +30,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from bench_support import report
+from bench_support import cpu_seconds, report, rss_mib
 
 from flotilla_client.natsserver import ANY_ADDRESS, NatsServer, free_port
 from flotilla_client.openfiles import raise_open_files
@@ -43,7 +43,6 @@ HEADROOM = 500  # a server's own files (JetStream, log, listeners) below its ope
 IN_FLIGHT = int(os.environ.get("BENCH_CONN_IN_FLIGHT", "64"))
 REST_S = float(os.environ.get("BENCH_CONN_REST_S", "30"))
 PING_S = int(os.environ.get("BENCH_CONN_PING_S", "120"))
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 USER, PASSWORD = "bench", "bench-connections"
 
 # One client process: `count` plain connections to `url`, `in_flight` at a time; reports, then holds them until
@@ -72,18 +71,6 @@ async def main():
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
 asyncio.run(main())
 """
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def port_range() -> int:

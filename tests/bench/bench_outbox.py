@@ -33,7 +33,7 @@ from pathlib import Path
 import msgspec
 import nats
 import pytest
-from bench_support import report, scale
+from bench_support import cpu_seconds, report, scale
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -56,12 +56,6 @@ PROFILE = os.environ.get("BENCH_OUTBOX_PROFILE", "")
 Messages = list[tuple[str, bytes, dict[str, str]]]
 
 
-def cpu_s(pid: int | str = "self") -> float:
-    """User + system CPU seconds of a process so far (/proc/<pid>/stat), every thread included."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class Cost:
     """Wall time and CPU (this process, nats-server) of one measured stretch, per event."""
 
@@ -70,11 +64,15 @@ class Cost:
         self.rate = self.cpu_us = self.server_us = 0.0
 
     def __enter__(self) -> Cost:
-        self._wall, self._cpu, self._server = time.perf_counter(), cpu_s(), cpu_s(self._pid)
+        self._wall, self._cpu, self._server = time.perf_counter(), cpu_seconds(), cpu_seconds(self._pid)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        wall, cpu, server = time.perf_counter() - self._wall, cpu_s() - self._cpu, cpu_s(self._pid) - self._server
+        wall, cpu, server = (
+            time.perf_counter() - self._wall,
+            cpu_seconds() - self._cpu,
+            cpu_seconds(self._pid) - self._server,
+        )
         self.rate = EVENTS / wall
         self.cpu_us, self.server_us = cpu * 1e6 / EVENTS, server * 1e6 / EVENTS
 
@@ -200,13 +198,13 @@ async def read_and_forget(path: Path) -> tuple[float, float]:
     """CPU µs an event (this process) of committing EVENTS outbox rows, and of reading and forgetting them as the
     relay does (batches of 1,000, one DELETE each), without NATS."""
     store = await Store.open(path)
-    started = cpu_s()
+    started = cpu_seconds()
     await commit(store, "sql")
-    committed, started, after = cpu_s() - started, cpu_s(), 0
+    committed, started, after = cpu_seconds() - started, cpu_seconds(), 0
     while rows := await store.pending_outbox(1000, after=after):
         after = rows[-1]["seq"]
         await store.forget_outbox(rows[0]["seq"], after)
-    forgotten = cpu_s() - started
+    forgotten = cpu_seconds() - started
     await store.close()
     return committed * 1e6 / EVENTS, forgotten * 1e6 / EVENTS
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from bench_scheduler import CLUSTERS, MANIFEST, SUBSCRIPTIONS, labels, policy
-from bench_support import ms, percentile, pipelined, raw_request_rate, report
+from bench_support import cpu_seconds, ms, percentile, pipelined, raw_request_rate, report
 from integration_support import start_service
 from nats.js import JetStreamContext
 from registration_support import wait_until_serving
@@ -57,12 +57,6 @@ IN_FLIGHT = int(os.environ.get("BENCH_SCHED_IN_FLIGHT", "200"))
 PATHS = [p.strip() for p in os.environ.get("BENCH_SCHED_PATHS", "single,batch").split(",") if p.strip()]
 PROFILE = os.environ.get("BENCH_SCHED_PROFILE", "")
 NATS_MAX_PAYLOAD = 1024 * 1024
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (/proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def publish_fleet(js: JetStreamContext, clusters: int) -> None:
@@ -198,11 +192,11 @@ async def test_subscriptions_apply_rate_through_the_service(nats_server: NatsSer
                 announced_before = await announced(js)
                 pids = {"scheduler": process.pid, "nats-server": nats_server.process.pid}
                 load_before = os.getloadavg()[0]
-                cpu_before = {name: cpu_s(pid) for name, pid in pids.items()}
+                cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
                 spy = profiler(process.pid, path)
                 elapsed, latencies, results = await appliers[path](client)
                 load_after = os.getloadavg()[0]
-                cpu = {name: (cpu_s(pid) - cpu_before[name]) / SUBSCRIPTIONS * 1e6 for name, pid in pids.items()}
+                cpu = {name: (cpu_seconds(pid) - cpu_before[name]) / SUBSCRIPTIONS * 1e6 for name, pid in pids.items()}
                 assert len(results) == SUBSCRIPTIONS and all(r.created for r in results), results[:3]
                 started = time.perf_counter()
                 await eventually(
@@ -213,7 +207,9 @@ async def test_subscriptions_apply_rate_through_the_service(nats_server: NatsSer
                 if spy is not None:  # the profile covers the applies and the relay publishing what they caused
                     spy.send_signal(2)
                     await asyncio.to_thread(spy.wait, 60)
-                cpu_all = {name: (cpu_s(pid) - cpu_before[name]) / SUBSCRIPTIONS * 1e6 for name, pid in pids.items()}
+                cpu_all = {
+                    name: (cpu_seconds(pid) - cpu_before[name]) / SUBSCRIPTIONS * 1e6 for name, pid in pids.items()
+                }
                 rates[path] = SUBSCRIPTIONS / elapsed
                 unit = "request" if path == "single" else f"batch of ~{SUBSCRIPTIONS // len(latencies)}"
                 ratio = rates[path] / raw_rate

@@ -8,6 +8,7 @@ import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 import nats
 
@@ -86,3 +87,17 @@ def ms(seconds: float) -> str:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU seconds of a process so far (/proc/<pid>/stat), every thread included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process in MiB (/proc/<pid>/status), 0 when it reports none."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0

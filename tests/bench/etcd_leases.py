@@ -68,7 +68,7 @@ class Renewer:
                 await asyncio.gather(*(self.renew(key) for key in self.keys[index : index + per_slice]))
                 delay = round_start + (index // per_slice + 1) * interval_s / slices - time.monotonic()
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    await asyncio.sleep(delay)  # sleep: the load generator keeps its schedule (a rate, not a wait)
                 if not self.running:
                     break
             round_ += 1

@@ -17,13 +17,12 @@ import nats
 import nats.errors
 import nkeys
 import pytest
-from integration_support import WatchedConnection, connect_watched
+from integration_support import WatchedConnection, connect_watched, send_join
 
 from flotilla_client import runfile
 from flotilla_client.client import FlotillaClient
 from flotilla_client.natsserver import free_port
-from flotilla_contracts import catalogue, permissions
-from flotilla_contracts.envelope import H_SCHEMA, schema_id
+from flotilla_contracts import permissions
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1.agent import NodeFacts
 from flotilla_contracts.v1.common import NodeRole
@@ -36,7 +35,6 @@ from flotilla_contracts.v1.registration import (
     JoinReply,
     JoinRequest,
 )
-from flotilla_runtime import codec
 from flotilla_runtime.bus import with_user
 
 FLOTILLA = str(Path(sys.executable).parent / "flotilla")
@@ -103,13 +101,7 @@ async def join(fleet: Fleet, token: str, name: str) -> JoinReply:
                 for node in (NODE, OTHER)
             ],
         )
-        raw = await agent.nc.request(
-            catalogue.subject_for(JoinRequest), codec.encode(request), timeout=10,
-            headers={H_SCHEMA: schema_id(JoinRequest)},
-        )  # fmt: skip
-        reply = codec.decode_reply(raw.data, JoinReply)
-        assert reply.ok and reply.data is not None, reply.error
-        return reply.data
+        return await send_join(agent.nc, request)
     finally:
         await agent.nc.close()
 

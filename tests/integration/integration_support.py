@@ -11,8 +11,12 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from flotilla_client import localfleet
+from flotilla_contracts import catalogue
+from flotilla_contracts.envelope import H_SCHEMA, schema_id
 from flotilla_contracts.streams import EVENT_STREAMS
 from flotilla_contracts.subjects import Service
+from flotilla_contracts.v1.registration import JoinReply, JoinRequest
+from flotilla_runtime import codec
 from flotilla_runtime.natsconn import connect_options
 from flotilla_testkit import ConditionNotMet, eventually
 
@@ -82,3 +86,16 @@ async def connect_watched(url: str, connect_timeout: float = 10) -> WatchedConne
         **connect_options(url),
     )  # fmt: skip
     return WatchedConnection(nc, errors)
+
+
+async def send_join(nc: Client, request: JoinRequest) -> JoinReply:
+    """Send a join as an agent does (on a connection as `join.<nonce>`); the reply's data, asserted accepted."""
+    raw = await nc.request(
+        catalogue.subject_for(JoinRequest),
+        codec.encode(request),
+        timeout=10,
+        headers={H_SCHEMA: schema_id(JoinRequest)},
+    )
+    reply = codec.decode_reply(raw.data, JoinReply)
+    assert reply.ok and reply.data is not None, reply.error
+    return reply.data

@@ -29,7 +29,7 @@ from pathlib import Path
 import nats
 import nats.errors
 import pytest
-from integration_support import connect_watched
+from integration_support import connect_watched, send_join
 
 from flotilla_client import busauth, runfile
 from flotilla_client.client import FlotillaClient
@@ -143,13 +143,7 @@ async def join_a(url: str, token: str, name: str = "flood-a") -> JoinReply:
             request_id=f"join-{name}", token=token,
             identity=ClusterIdentity(uid=f"uid-{name}", name=name, kubernetes_version="v1.30.4"),
         )  # fmt: skip
-        raw = await nc.request(
-            catalogue.subject_for(JoinRequest), codec.encode(request), timeout=10,
-            headers={H_SCHEMA: schema_id(JoinRequest)},
-        )  # fmt: skip
-        reply = codec.decode_reply(raw.data, JoinReply)
-        assert reply.ok and reply.data is not None, reply.error
-        return reply.data
+        return await send_join(nc, request)
     finally:
         await nc.close()
 

@@ -71,7 +71,7 @@ async def test_past_the_bound_the_subscription_waits() -> None:
     await auth.on_request(second)  # type: ignore[arg-type]
     waiting = asyncio.create_task(auth.on_request(third))  # type: ignore[arg-type]
     for _ in range(20):  # let every ready task run: the third stays waiting for a slot (no clock involved)
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # sleep: 0 s, a yield to the ready tasks (no clock)
     assert not waiting.done() and store.in_flight == 2
     store.together.set()  # the two in flight finish: the third is taken and answered
     await asyncio.wait_for(waiting, timeout=10)

@@ -324,7 +324,7 @@ class PullLoop:
                 return None
             except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
                 self.log.warning("cannot read consumer %s yet (%s); retrying", self.durable, type(exc).__name__)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jittered, as in `subscribe`
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # sleep: a jittered back-off, as in `subscribe`
                 delay = min(delay * 2, 5.0)
 
     async def _nothing_left(self, sub: Any) -> bool:
