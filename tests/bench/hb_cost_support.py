@@ -187,11 +187,29 @@ async def metric(port: int, name: str) -> float:
 
 
 @dataclass
-class Service:
-    """The heartbeat service as its own process (`python -m flotilla_heartbeat`), with its /metrics port."""
+class Served:
+    """A process this benchmark started, and the port it serves on; stopped with SIGTERM (killed after 30 s)."""
 
     proc: asyncio.subprocess.Process
     port: int
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 30)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+@dataclass
+class Service(Served):
+    """The heartbeat service as its own process (`python -m flotilla_heartbeat`), with its /metrics port."""
 
     @classmethod
     async def start(cls, url: str, state: Path, interval_s: float, **settings: str) -> Service:
@@ -219,25 +237,9 @@ class Service:
         STARTED.append(proc)
         return cls(proc, port)
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 30)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-
 
 @dataclass
-class Etcd:
-    proc: asyncio.subprocess.Process
-    port: int
-
+class Etcd(Served):
     @classmethod
     async def start(cls, data: Path) -> Etcd:
         if not ETCD.exists():
@@ -250,15 +252,6 @@ class Etcd:
         proc = await asyncio.create_subprocess_exec(str(ETCD), *args, stderr=asyncio.subprocess.DEVNULL)
         STARTED.append(proc)
         return cls(proc, port)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.terminate()
-            await self.proc.wait()
 
 
 def etcd_renewer(port: int, leases: int, interval_s: float, *extra: str) -> list[str]:
