@@ -24,7 +24,7 @@ def spec(name: str, selector: str = "env=prod", **extra: Any) -> dict[str, Any]:
 
 
 # An override that cannot render (it removes a path the manifest lacks): refused inside the work, after the
-# spec passed the checks that need no state, so its SAVEPOINT is what keeps the others.
+# spec passed the checks that need no state, while it is prepared and before it writes anything.
 UNRENDERABLE = [{"name": "bad", "stage": "global", "type": "JSONPatch", "json_patch": [{"op": "remove", "path": "/x"}]}]
 
 
@@ -92,3 +92,28 @@ async def test_list_pages_by_name_with_a_cursor_and_the_total(harness: Any) -> N
     await harness.ok("subscriptions.delete", {"name": "w02"}, DeleteSubscriptionReply)
     page = await harness.ok("subscriptions.list", {"limit": 3, "cursor": "w02"}, ListSubscriptionsReply)
     assert ([s.name for s in page.subscriptions], page.total, page.next_cursor) == (names[3:6], 6, "w05")
+
+
+async def test_a_batch_may_change_one_subscription_several_times_and_a_refused_version_changes_nothing(
+    harness: Any,
+) -> None:
+    """A batch writes a decision's rows in one statement per kind, with no SAVEPOINT a spec: a name applied several
+    times in one batch ends as its last applied version (placed, moved and moved back, in order, in the tables
+    as in memory), and a version refused in between leaves no trace."""
+    await harness.join("c1")
+    await harness.join("c2", env="dev")
+    specs = [spec("a"), spec("a", "env=dev"), spec("a", overrides=UNRENDERABLE), spec("a", "env=prod")]
+    reply = await harness.ok(BATCH, {"specs": specs}, ApplySubscriptionsReply)
+    assert outcomes(reply) == [("a", "applied", 1), ("a", "applied", 2), ("a", "error", 0), ("a", "applied", 3)]
+    out = await harness.drain()
+    sent = [(s.split(".")[3], p["generation"], p["placed"]) for s, _, p in out if s.startswith("fleet.v1.agent.")]
+    assert sent == [("c1", 1, True), ("c2", 2, True), ("c1", 2, False), ("c1", 3, True), ("c2", 3, False)]
+    announced = [p["generation"] for _, schema, p in out if schema == "scheduler.SubscriptionApplied/v1"]
+    assert announced == [1, 2, 3]
+    await harness.restart()  # memory rebuilt from the tables alone
+    info = (await harness.ok("subscriptions.get", {"name": "a"}, GetSubscriptionReply)).subscription
+    assert (info.generation, [p.cluster_id for p in info.placements]) == (3, ["c1"])
+    assert [(a.cluster_id, a.generation, a.state.value, a.message) for a in info.applied] == [
+        ("c1", 3, "Pending", ""),
+        ("c2", 3, "Pending", "removing"),
+    ]

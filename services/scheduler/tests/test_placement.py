@@ -285,6 +285,35 @@ def test_losing_a_cluster_moves_only_its_share(fleet: Fleet, policy: PlacementPo
         assert len(after.added) <= 1 if policy.max_clusters is not None else True
 
 
+@settings(max_examples=200, deadline=None)
+@given(fleets(), st.lists(policies(), min_size=1, max_size=3), st.data())
+def test_a_fleet_that_kept_its_selections_places_as_a_fresh_one_after_joins_relabels_and_leaves(
+    fleet: Fleet, chosen: list[PlacementPolicy], data: st.DataObject
+) -> None:
+    """The fleet keeps each selector's matching set and its split by a spread label between decisions (a batch
+    asks the same few again and again); after any join, relabel, leave or load change it decides as a fleet
+    built afresh from the same clusters would."""
+    for _ in range(4):
+        for policy in chosen:  # fills the kept selections
+            run(policy, fleet)
+        change = data.draw(st.sampled_from(["join", "relabel", "leave", "load"]))
+        cid = data.draw(st.sampled_from([*sorted(fleet.clusters), "new"]))
+        region = data.draw(st.sampled_from(["eu", "us", "ap"]))
+        if change == "leave":
+            fleet.remove(cid)
+        elif change == "load":
+            fleet.set_load(cid, data.draw(st.integers(0, 5)))
+        elif change == "join" or cid in fleet.clusters:
+            old = fleet.clusters.get(cid)
+            labels = {**(old.labels if old else {"tier": "a"}), "region": region}
+            fleet.put(ClusterView(cluster_id=cid, labels=labels, taints=old.taints if old else ()))
+        fresh = Fleet(fleet.clusters.values())
+        for c in fleet.clusters:
+            fresh.set_load(c, fleet.load.get(c, 0))
+        for policy in chosen:
+            assert run(policy, fleet) == run(policy, fresh)
+
+
 def test_capacity_change_alone_moves_nothing_but_a_policy_change_rebalances() -> None:
     fleet = Fleet(
         [cluster("a", allocatable=Resources(cpu_millis=1000)), cluster("b", allocatable=Resources(cpu_millis=1000))]

@@ -176,10 +176,30 @@ class Engine:
 
     # --- rendering -----------------------------------------------------------------------------------------
 
-    def render_for(self, sub: Subscription, cluster_id: str, replicas: int | None) -> Rendered:
+    def labels_of(self, cluster_id: str) -> Mapping[str, str]:
         cluster = self.fleet.get(cluster_id)
-        labels = cluster.labels if cluster else self.records.get(cluster_id, ClusterRecord()).labels
-        return render(sub.row.spec.manifests, sub.overrides, cluster_id, labels, replicas)
+        return cluster.labels if cluster else self.records.get(cluster_id, ClusterRecord()).labels
+
+    def render_for(self, sub: Subscription, cluster_id: str, replicas: int | None) -> Rendered:
+        return render(sub.row.spec.manifests, sub.overrides, cluster_id, self.labels_of(cluster_id), replicas)
+
+    def renderer(self, sub: Subscription) -> Callable[[str, int | None], Rendered]:
+        """`render_for` within one decision: clusters given the same overrides and replica count share one
+        rendering (with no overrides, a Replicate subscription renders once however many clusters take it).
+        The renderings are shared, never changed: they are only encoded."""
+        made: dict[tuple[tuple[int, ...], int | None], Rendered] = {}
+
+        def render_one(cluster_id: str, replicas: int | None) -> Rendered:
+            labels = self.labels_of(cluster_id)
+            chosen = tuple(i for i, o in enumerate(sub.overrides) if o.applies_to(cluster_id, labels))
+            rendered = made.get((chosen, replicas))
+            if rendered is None:
+                rendered = made[chosen, replicas] = render(
+                    sub.row.spec.manifests, sub.overrides, cluster_id, labels, replicas
+                )
+            return rendered
+
+        return render_one
 
     def decide(self, sub: Subscription, now: datetime) -> Decision:
         policy_changed = sub.row.placed_policy is not None and sub.row.placed_policy != sub.row.spec.policy
@@ -189,7 +209,8 @@ class Engine:
         """The decision a new spec gets and its renderings; raises PatchError when an override cannot render
         somewhere. `replace_in` takes both, so an apply places and renders once."""
         decision = self.decide(sub, now)
-        return decision, {c: self.render_for(sub, c, p.replicas) for c, p in decision.placements.items()}
+        render_one = self.renderer(sub)
+        return decision, {c: render_one(c, p.replicas) for c, p in decision.placements.items()}
 
     # --- the use case --------------------------------------------------------------------------------------
 
@@ -224,33 +245,39 @@ class Engine:
         elif trigger is not None and trigger in decision.placements:
             send.add(trigger)
         messages: list[str] = []
+        rows = tables.DecisionRows(name)
+        render_one = self.renderer(sub)
+        digests: dict[int, str] = {}  # by id() of a rendering: clusters sharing one share its digest
         for cluster_id in sorted(send):
             placement = decision.placements[cluster_id]
             try:
                 rendered = renderings.get(cluster_id)
                 if rendered is None:
-                    rendered = self.render_for(sub, cluster_id, placement.replicas)
+                    rendered = render_one(cluster_id, placement.replicas)
             except PatchError as exc:
                 messages.append(f"{cluster_id}: {exc}")
-                tables.put_placement(tx, name, placement, "")
-                tables.record_applied(tx, name, cluster_id, sub.row.generation, AppliedState.FAILED, str(exc), now)
+                rows.place(placement, "")
+                rows.applied(cluster_id, sub.row.generation, AppliedState.FAILED, str(exc), now)
                 sub.digests[cluster_id] = ""
                 continue
-            new_digest = digest(rendered)
+            new_digest = digests.get(id(rendered))
+            if new_digest is None:
+                new_digest = digests[id(rendered)] = digest(rendered)
             # A new generation is sent even when its rendering is the same, so applied status follows it.
             if rerender or new_digest != sub.digests.get(cluster_id) or cluster_id in decision.added:
                 self.send(tx, sub, cluster_id, sub.row.generation, rendered.manifests, placed=True)
-                tables.record_applied(tx, name, cluster_id, sub.row.generation, AppliedState.PENDING, "", None)
-            tables.put_placement(tx, name, placement, new_digest)
+                rows.applied(cluster_id, sub.row.generation, AppliedState.PENDING, "", None)
+            rows.place(placement, new_digest)
             sub.digests[cluster_id] = new_digest
         for cluster_id in decision.resized:
             if cluster_id not in send:
-                tables.put_placement(tx, name, decision.placements[cluster_id], sub.digests.get(cluster_id, ""))
+                rows.place(decision.placements[cluster_id], sub.digests.get(cluster_id, ""))
         for cluster_id in decision.removed:
             self.send(tx, sub, cluster_id, sub.row.generation, [], placed=False)
-            tables.drop_placement(tx, name, cluster_id)
-            tables.record_applied(tx, name, cluster_id, sub.row.generation, AppliedState.PENDING, "removing", None)
+            rows.drop(cluster_id)
+            rows.applied(cluster_id, sub.row.generation, AppliedState.PENDING, "removing", None)
             sub.digests.pop(cluster_id, None)
+        rows.write(tx)
         if decision.changed or announce:
             sub.row.decision += 1
             sub.row.unplaced = decision.unplaced_replicas

@@ -15,8 +15,10 @@ Pure: a compiled policy, the fleet, the current placement and `now` in; a `Decis
 
 from __future__ import annotations
 
+import functools
 import heapq
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -54,6 +56,10 @@ class CompiledPolicy:
         return 1 if not self.weights else 0
 
 
+# Subscriptions share selectors (the bench's 10,000 have ~60): each text is parsed once. A Selector is frozen.
+_parse = functools.lru_cache(maxsize=4096)(parse_selector)
+
+
 def compile_policy(policy: PlacementPolicy) -> CompiledPolicy:
     """Raises `SelectorError` for a bad selector (validation names the field first)."""
     tolerations = tuple(
@@ -66,8 +72,8 @@ def compile_policy(policy: PlacementPolicy) -> CompiledPolicy:
         )
         for t in policy.tolerations
     )
-    weights = tuple((parse_selector(w.selector), frozenset(w.cluster_ids), w.weight) for w in policy.static_weights)
-    return CompiledPolicy(policy, parse_selector(policy.selector), tolerations, weights)
+    weights = tuple((_parse(w.selector), frozenset(w.cluster_ids), w.weight) for w in policy.static_weights)
+    return CompiledPolicy(policy, _parse(policy.selector), tolerations, weights)
 
 
 @dataclass(frozen=True)
@@ -124,7 +130,7 @@ class Decision:
         return bool(self.added or self.removed or self.resized)
 
 
-def ranked(fleet: Fleet, clusters: set[str], penalty: dict[str, int], limit: int | None = None) -> list[str]:
+def ranked(fleet: Fleet, clusters: AbstractSet[str], penalty: dict[str, int], limit: int | None = None) -> list[str]:
     """Best first by `rank_key` (no spread term); without penalties the fleet's load index does it."""
     if not penalty:
         return fleet.least_loaded(clusters, len(clusters) if limit is None else limit)
@@ -134,11 +140,18 @@ def ranked(fleet: Fleet, clusters: set[str], penalty: dict[str, int], limit: int
 
 
 def pick(
-    fleet: Fleet, candidates: set[str], slots: int, key: str | None, taken: Iterable[str], penalty: dict[str, int]
+    fleet: Fleet,
+    candidates: AbstractSet[str],
+    slots: int,
+    key: str | None,
+    taken: Iterable[str],
+    penalty: dict[str, int],
+    whole: Selector | None = None,
 ) -> list[str]:
     """The best `slots` candidates by `rank_key`, whose spread term counts the domain's clusters chosen so far.
 
     Greedy: each slot goes to the best-keyed candidate given the clusters `taken` and those picked before it.
+    `whole`: the candidates are every cluster this selector matches, so the fleet's kept split of them serves.
     """
     if slots <= 0 or not candidates:
         return []
@@ -150,7 +163,8 @@ def pick(
         counts[domain] = counts.get(domain, 0) + 1
     # Within a domain the spread term is the same for all, so each domain's members are ranked once (by the label
     # index, only its best `slots`) and the heap holds each domain's next member keyed with the domain's count.
-    groups = {domain: ranked(fleet, members, penalty, slots) for domain, members in fleet.domains(key, candidates)}
+    split = fleet.split(whole, key) if whole is not None else fleet.domains(key, candidates)
+    groups = {domain: ranked(fleet, members, penalty, slots) for domain, members in split}
     heap: list[tuple[RankKey, str, int]] = []  # (key, domain, index in the domain); ids are unique: keys never tie
     for domain, members in groups.items():
         first = members[0]
@@ -180,8 +194,8 @@ def place(
     """Decide the placement. `rebalance` re-splits Divide replicas from scratch (the policy changed)."""
     policy = compiled.policy
     matching = fleet.matching(compiled.selector)
-    kept = matching.intersection(current) if current else set()
-    new = matching - kept if kept else matching  # matching() returns a set of our own
+    kept = set(matching.intersection(current)) if current else set()
+    barred: set[str] = set()  # no new placement there
     penalty: dict[str, int] = {}
     next_check: datetime | None = None
     for c in matching & fleet.tainted:
@@ -191,16 +205,20 @@ def place(
         if c in kept:
             if not verdict.stay:
                 kept.discard(c)
+                barred.add(c)  # evicted: it takes no new placement either
             elif verdict.until is not None:
                 next_check = verdict.until if next_check is None else min(next_check, verdict.until)
         elif not verdict.new:
-            new.discard(c)
+            barred.add(c)
+    whole = not kept and not barred  # the new candidates are the matching set itself (a fresh placement)
+    new = matching if whole else matching - kept - barred
     chosen_kept: list[str] = sorted(kept)
     if policy.max_clusters is not None:
         limit = policy.max_clusters
         if len(chosen_kept) > limit:
             chosen_kept = pick(fleet, kept, limit, policy.spread_topology_key, (), penalty)
-        chosen_new = pick(fleet, new, limit - len(chosen_kept), policy.spread_topology_key, chosen_kept, penalty)
+        slots, key = limit - len(chosen_kept), policy.spread_topology_key
+        chosen_new = pick(fleet, new, slots, key, chosen_kept, penalty, compiled.selector if whole else None)
     elif policy.strategy is Strategy.DIVIDE:
         chosen_new = ranked(fleet, new, penalty)
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -58,6 +59,8 @@ class Writer(Protocol):
 
     def execute(self, sql: str, params: Any = ()) -> object: ...
 
+    def executemany(self, sql: str, params: Iterable[Any]) -> object: ...
+
     def emit(self, subject: str, message: Message) -> object: ...
 
 
@@ -65,23 +68,29 @@ class Recorder:
     """Writes and events kept in order, then replayed into an open async transaction (the read model's)."""
 
     def __init__(self) -> None:
-        self._steps: list[tuple[str, Any, Message | None]] = []
+        self._steps: list[tuple[str, Any, Message | None, bool]] = []
 
     def execute(self, sql: str, params: Any = ()) -> object:
-        self._steps.append((sql, params, None))
+        self._steps.append((sql, params, None, False))
+        return None
+
+    def executemany(self, sql: str, params: Iterable[Any]) -> object:
+        self._steps.append((sql, list(params), None, True))
         return None
 
     def emit(self, subject: str, message: Message) -> object:
-        self._steps.append(("", subject, message))
+        self._steps.append(("", subject, message, False))
         return None
 
     async def flush(self, tx: Tx) -> None:
         steps, self._steps = self._steps, []
-        for sql, params, message in steps:
-            if message is None:
-                await tx.execute(sql, params)
-            else:
+        for sql, params, message, many in steps:
+            if message is not None:
                 await tx.emit(params, message)
+            elif many:
+                await tx.executemany(sql, params)
+            else:
+                await tx.execute(sql, params)
 
 
 async def epoch(store: Store) -> str:
@@ -210,15 +219,8 @@ def delete_subscription(tx: Writer, name: str) -> None:
         tx.execute(f"DELETE FROM {table} WHERE name = ?", (name,))
 
 
-def put_placement(tx: Writer, name: str, placement: Placement, digest: str) -> None:
-    tx.execute(
-        "INSERT OR REPLACE INTO placements (name, cluster_id, replicas, since, digest) VALUES (?, ?, ?, ?, ?)",
-        (name, placement.cluster_id, placement.replicas, _iso(placement.since), digest),
-    )
-
-
-def drop_placement(tx: Writer, name: str, cluster_id: str) -> None:
-    tx.execute("DELETE FROM placements WHERE name = ? AND cluster_id = ?", (name, cluster_id))
+_PUT_PLACEMENT = "INSERT OR REPLACE INTO placements (name, cluster_id, replicas, since, digest) VALUES (?, ?, ?, ?, ?)"
+_DROP_PLACEMENT = "DELETE FROM placements WHERE name = ? AND cluster_id = ?"
 
 
 async def put_cluster(tx: Tx, cluster_id: str, record: ClusterRecord) -> None:
@@ -243,11 +245,35 @@ async def set_applied(
     return await tx.execute(_UPSERT_APPLIED, params) == 1
 
 
-def record_applied(
-    tx: Writer, name: str, cluster_id: str, generation: int, state: AppliedState, message: str, at: datetime | None
-) -> None:
-    """`set_applied` for a use case's writes."""
-    tx.execute(_UPSERT_APPLIED, (name, cluster_id, generation, state.value, message, _iso(at) if at else None))
+class DecisionRows:
+    """One decision's placement and applied-status rows, each kind written in one statement (`write`); a decision
+    names each cluster once, so the order among them does not matter."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._placed: list[tuple[str, str, int | None, str, str]] = []
+        self._dropped: list[tuple[str, str]] = []
+        self._applied: list[tuple[str, str, int, str, str, str | None]] = []
+
+    def place(self, placement: Placement, digest: str) -> None:
+        """The placement, with the digest of the rendering last sent there."""
+        self._placed.append((self.name, placement.cluster_id, placement.replicas, _iso(placement.since), digest))
+
+    def drop(self, cluster_id: str) -> None:
+        self._dropped.append((self.name, cluster_id))
+
+    def applied(self, cluster_id: str, generation: int, state: AppliedState, message: str, at: datetime | None) -> None:
+        """A status, recorded unless a newer generation's is already there (`set_applied`)."""
+        self._applied.append((self.name, cluster_id, generation, state.value, message, _iso(at) if at else None))
+
+    def write(self, tx: Writer) -> None:
+        for sql, rows in (
+            (_PUT_PLACEMENT, self._placed),
+            (_DROP_PLACEMENT, self._dropped),
+            (_UPSERT_APPLIED, self._applied),
+        ):
+            if rows:
+                tx.executemany(sql, rows)
 
 
 async def sent_to(tx: Tx, name: str, cluster_id: str) -> Sent:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from flotilla_contracts import catalogue
@@ -35,7 +36,8 @@ from flotilla_runtime.errors import RequestError
 from flotilla_runtime.store import SyncTx
 from flotilla_scheduler import store as tables
 from flotilla_scheduler.engine import Engine, Subscription, cluster_placements
-from flotilla_scheduler.overrides import PatchError
+from flotilla_scheduler.overrides import PatchError, Rendered
+from flotilla_scheduler.placement import Decision
 from flotilla_scheduler.store import SubscriptionRow
 from flotilla_scheduler.validation import SpecError, validate
 
@@ -53,10 +55,19 @@ def checked(spec: SubscriptionSpec) -> SubscriptionSpec:
     return spec
 
 
-def apply(engine: Engine, tx: SyncTx, spec: SubscriptionSpec) -> ApplySubscriptionReply:
-    """Store, announce and place a `checked` spec; an identical spec changes nothing. Placed and rendered once:
-    the renderings that prove the overrides apply are the ones sent."""
-    engine.check_in(tx)
+@dataclass(frozen=True)
+class Prepared:
+    """A changed spec ready to store: its subscription (not yet in memory), placed and rendered once."""
+
+    sub: Subscription
+    created: bool
+    decided: tuple[Decision, dict[str, Rendered]]
+
+
+def prepare(engine: Engine, spec: SubscriptionSpec) -> Prepared | ApplySubscriptionReply:
+    """The reply for an identical spec, or the changed one placed and rendered (the renderings that prove the
+    overrides apply are the ones sent). Changes nothing, in memory or in the tables: a spec refused here
+    (`RequestError`: an override that cannot render) leaves nothing to roll back."""
     previous = engine.subs.get(spec.name)
     if previous is not None and previous.row.spec == spec:
         return ApplySubscriptionReply(name=spec.name, generation=previous.row.generation, created=False, changed=False)
@@ -78,16 +89,35 @@ def apply(engine: Engine, tx: SyncTx, spec: SubscriptionSpec) -> ApplySubscripti
         decided = engine.dry_run(sub, now)
     except PatchError as exc:
         raise RequestError(ErrorCode.INVALID_FIELD, f"overrides: {exc}", field="overrides") from None
-    engine.begin_in(tx)  # from here on memory changes with the tables; replace_in stores the row (announce)
+    return Prepared(sub, previous is None, decided)
+
+
+def commit(engine: Engine, tx: SyncTx, prepared: Prepared) -> ApplySubscriptionReply:
+    """Store, announce and place a prepared spec, in a work that `begin_in` stamped (memory changes with the
+    tables from here on; `replace_in` stores the row: announce)."""
+    sub, row = prepared.sub, prepared.sub.row
+    name = row.spec.name
     tx.emit(
-        catalogue.subject_for(SubscriptionApplied, subscription=spec.name),
-        SubscriptionApplied(spec=spec, generation=row.generation, created=previous is None, occurred_at=now),
+        catalogue.subject_for(SubscriptionApplied, subscription=name),
+        SubscriptionApplied(
+            spec=row.spec, generation=row.generation, created=prepared.created, occurred_at=row.updated_at
+        ),
     )
-    engine.subs[spec.name] = sub
+    engine.subs[name] = sub
     engine.replace_in(
-        tx, spec.name, PlacementReason.SUBSCRIPTION_APPLIED, rerender=True, announce=True, dry_run=decided
+        tx, name, PlacementReason.SUBSCRIPTION_APPLIED, rerender=True, announce=True, dry_run=prepared.decided
     )
-    return ApplySubscriptionReply(name=spec.name, generation=row.generation, created=previous is None, changed=True)
+    return ApplySubscriptionReply(name=name, generation=row.generation, created=prepared.created, changed=True)
+
+
+def apply(engine: Engine, tx: SyncTx, spec: SubscriptionSpec) -> ApplySubscriptionReply:
+    """Store, announce and place a `checked` spec; an identical spec changes nothing (and writes nothing)."""
+    engine.check_in(tx)
+    prepared = prepare(engine, spec)
+    if isinstance(prepared, ApplySubscriptionReply):
+        return prepared
+    engine.begin_in(tx)
+    return commit(engine, tx, prepared)
 
 
 def result(reply: ApplySubscriptionReply) -> ApplyResult:
@@ -100,23 +130,22 @@ def refused(name: str, exc: RequestError) -> ApplyResult:
 
 
 def apply_each(engine: Engine, tx: SyncTx, *, chunk: Sequence[SubscriptionSpec | ApplyResult]) -> list[ApplyResult]:
-    """`apply` for each `checked` spec in order (an ApplyResult stands for one refused before it was queued),
-    each in its own SAVEPOINT: a refused spec is rolled back alone and answered with its error while the others
-    apply. `Stale` ends the whole work, which runs again on fresh memory (applies are idempotent)."""
+    """`apply` for each `checked` spec in order (an ApplyResult stands for one refused before it was queued). The
+    work is stamped once (`begin_in`, before any spec), and a spec is refused only while it is prepared, before it
+    writes or changes anything: it is answered with its error and the others apply, with no SAVEPOINT a spec.
+    `Stale` ends the whole work, which runs again on fresh memory (applies are idempotent)."""
+    engine.begin_in(tx)
     results = []
     for item in chunk:
         if isinstance(item, ApplyResult):
             results.append(item)
             continue
-        tx.execute("SAVEPOINT batch_item")
         try:
-            reply = apply(engine, tx, item)
+            prepared = prepare(engine, item)
         except RequestError as exc:
-            tx.execute("ROLLBACK TO batch_item")
-            tx.execute("RELEASE batch_item")
             results.append(refused(item.name, exc))
             continue
-        tx.execute("RELEASE batch_item")
+        reply = prepared if isinstance(prepared, ApplySubscriptionReply) else commit(engine, tx, prepared)
         results.append(result(reply))
     return results
 
