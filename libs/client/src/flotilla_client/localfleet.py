@@ -25,7 +25,24 @@ SUPERVISOR = "supervisor"
 JAEGER = "jaeger"
 SUPERVISOR_MODULE = "flotilla_client.supervisor"
 TAIL_BYTES = 1024 * 1024
-LOG_NAMES: tuple[str, ...] = (*(s.value for s in SERVICES), NATS_SERVER, SUPERVISOR)
+MAX_BUS_SERVERS = 8  # `flotilla up --bus-servers`: nats-server, nats-server-2 ... nats-server-8
+
+
+def bus_server_name(index: int) -> str:
+    """The process name of the `index`-th (1-based) nats-server: `nats-server`, then `nats-server-2`..."""
+    return NATS_SERVER if index == 1 else f"{NATS_SERVER}-{index}"
+
+
+def bus_server_dir(state_dir: Path, index: int) -> Path:
+    """Where the `index`-th nats-server keeps its configuration (and the first its JetStream)."""
+    return state_dir / ("nats" if index == 1 else f"nats-{index}")
+
+
+LOG_NAMES: tuple[str, ...] = (
+    *(s.value for s in SERVICES),
+    *(bus_server_name(i) for i in range(1, MAX_BUS_SERVERS + 1)),
+    SUPERVISOR,
+)
 
 
 def module_of(service: Service) -> str:
@@ -54,6 +71,8 @@ SIM_MODULE = "flotilla_node_agent.fleet_sim"
 SIM_URL_ENV = "FLOTILLA_SIM_NATS_URL"  # the sim's NATS URL with credentials (see flotilla_node_agent.fleet_sim)
 # `flotilla sim --bus-address`: the sim reaches the bus at this address (same port), e.g. its own 127.0.0.x
 SIM_ADDRESS_ENV = "FLOTILLA_SIM_BUS_ADDRESS"
+# `flotilla sim --bus-server K`: the sim connects to the K-th nats-server of `up --bus-servers N` (1: the first)
+SIM_SERVER_ENV = "FLOTILLA_SIM_BUS_SERVER"
 
 
 def at_address(url: str, address: str) -> str:
@@ -70,7 +89,7 @@ def tracked(info: RunInfo) -> tuple[list[procs.Tracked], list[procs.Tracked]]:
     started it, Jaeger only with `up --jaeger`."""
     sims = [procs.Tracked(f"sim {s.prefix}", s.pid, SIM_MODULE) for s in info.sims]
     services = [procs.Tracked(s.name, s.pid, s.module) for s in info.services]
-    nats = [procs.Tracked(NATS_SERVER, info.nats.pid, info.nats.config)] if info.nats.pid else []
+    nats = [procs.Tracked(n.name, n.pid, n.config) for n in runfile.bus_servers(info) if n.pid]
     if info.jaeger is not None:  # last: the services flush their spans into it as they stop
         nats.append(procs.Tracked(JAEGER, info.jaeger.pid, info.jaeger.config))
     return sims + services, nats
@@ -102,10 +121,12 @@ def spawn_sim(
 
 
 def start_sim(
-    state_dir: Path, args: list[str], *, prefix: str, clusters: int, nodes: int, bus_address: str = ""
-) -> SimEntry:
+    state_dir: Path, args: list[str], *, prefix: str, clusters: int, nodes: int, bus_address: str = "",
+    bus_server: int = 1,
+) -> SimEntry:  # fmt: skip
     """Ask the supervisor to start a simulated fleet and keep it running; recorded in run.json so `down` stops it.
-    `bus_address`: the sim connects to the bus there (same port) instead of the fleet's address."""
+    `bus_address`: the sim connects to the bus there (same port) instead of the fleet's address; `bus_server`:
+    to the K-th nats-server of `up --bus-servers N` (the supervisor starts it again there after a crash)."""
     state_dir = state_dir.resolve()
     if runfile.load(state_dir) is None:
         raise LocalFleetError(f"no local fleet runs from {state_dir}; start one with `flotilla up` first")
@@ -113,6 +134,7 @@ def start_sim(
     # With the tracing settings `up` recorded, unless this environment names an exporter of its own.
     env = tracingenv.with_recorded(os.environ, tracingenv.recorded(state_dir))
     env = {**env, SIM_ADDRESS_ENV: bus_address} if bus_address else env
+    env = {**env, SIM_SERVER_ENV: str(bus_server)}
     spec = control.SimSpec(prefix=prefix, args=args, clusters=clusters, nodes=nodes, env=env)
     reply = control.ask(state_dir, control.Request(op=control.Op.START_SIM, sim=spec))
     info = runfile.load(state_dir)
@@ -123,8 +145,9 @@ def start_sim(
 
 
 def process_names(info: RunInfo) -> list[str]:
-    """What `flotilla restart` accepts for this fleet: nats-server (when ours), the services, sim:<prefix>."""
-    names = [NATS_SERVER] if info.nats.pid is not None else []
+    """What `flotilla restart` accepts for this fleet: nats-server (when ours; every one of them in turn with `up
+    --bus-servers N`), nats-server-2... (one), the services, sim:<prefix>."""
+    names = [n.name for n in runfile.bus_servers(info)] if info.nats.pid is not None else []
     return names + [s.value for s in SERVICES] + [f"sim:{s.prefix}" for s in info.sims]
 
 
@@ -144,6 +167,7 @@ def restart(state_dir: Path, name: str, timeout_s: float) -> control.Reply:
 def leftover_markers(state_dir: Path) -> list[str]:
     """Strings only our own processes carry: the supervisor's command, the nats-server config path, state variables."""
     markers = [str(state_dir / "nats" / "nats-server.conf"), f"--state-dir {state_dir / 'sim-'}"]
+    markers += [str(bus_server_dir(state_dir, i) / "nats-server.conf") for i in range(2, MAX_BUS_SERVERS + 1)]
     markers.append(f"--config {state_dir / 'jaeger' / 'jaeger.yaml'}")  # `up --jaeger`
     markers += [f"{env_prefix(s.value)}STATE_DIR={state_dir / s.value}" for s in SERVICES]
     return [supervisor_marker(state_dir), *markers]

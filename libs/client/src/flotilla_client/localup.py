@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -15,11 +16,12 @@ from flotilla_client import busauth, jaeger, openfiles, procs, runfile, tracinge
 from flotilla_client.client import FlotillaClient
 from flotilla_client.errors import LocalFleetError
 from flotilla_client.localfleet import (
-    NATS_SERVER,
     SERVICES,
     SUPERVISOR,
     SUPERVISOR_MODULE,
     Progress,
+    bus_server_dir,
+    bus_server_name,
     check_not_running,
     log_path,
     stop_everything,
@@ -27,6 +29,7 @@ from flotilla_client.localfleet import (
 )
 from flotilla_client.natsserver import (
     MAX_CONNECTIONS,
+    ClusterMember,
     NatsServer,
     NatsServerError,
     client_host,
@@ -35,6 +38,7 @@ from flotilla_client.natsserver import (
     port_open,
 )
 from flotilla_client.runfile import NatsEntry, RunInfo
+from flotilla_contracts import permissions
 from flotilla_runtime.integrity import private_tree
 from flotilla_runtime.natsconn import CA_ENV
 
@@ -50,13 +54,17 @@ class UpOptions:
     max_connections: int = MAX_CONNECTIONS  # nats-server's max_connections
     tls: bool = False  # TLS on the client port, with a local CA (clients get FLOTILLA_NATS_CA)
     jaeger: bool = False  # start a local Jaeger and trace everything into it
+    bus_servers: int = 1  # nats-servers in one NATS cluster: past one server's open-files limit (docs/scale.md)
 
 
-def _prepare_nats(opts: UpOptions, progress: Progress) -> NatsEntry:
-    """Check the ports and write the nats-server configuration the supervisor starts it from (pid 0: ours)."""
+def _prepare_nats(opts: UpOptions, progress: Progress) -> tuple[NatsEntry, list[NatsEntry]]:
+    """Check the ports and write the configuration of each nats-server the supervisor starts (pid 0: ours): the
+    first, and with `bus_servers` > 1 the others of its NATS cluster."""
     if opts.server:
+        if opts.bus_servers > 1:
+            raise LocalFleetError("--bus-servers starts nats-servers; it cannot be used with --server")
         progress(f"using the NATS server at {opts.server}")
-        return NatsEntry(url=opts.server)
+        return NatsEntry(url=opts.server), []
     if port_open(client_host(opts.host), opts.port):
         raise LocalFleetError(
             f"port {opts.port} on {opts.host} is already in use (another NATS or fleet?); choose another with "
@@ -70,45 +78,77 @@ def _prepare_nats(opts: UpOptions, progress: Progress) -> NatsEntry:
     # Authentication on: a user per service, for the CLI and per person (`flotilla user add`), cluster agents
     # through the callout; in a file of its own, rewritten and reloaded when people are added or removed.
     auth = busauth.load_or_create(opts.state_dir)
-    config = f'include "{users.write_auth_config(opts.state_dir, auth).name}"'
-    websocket_tls = ""
+    auth_file = users.write_auth_config(opts.state_dir, auth)  # one file for every server: `user add` reloads it
+    websocket_tls = config = ""
     if opts.tls:
         try:
             ca, cert, key = busauth.make_tls(opts.state_dir, client_host(opts.host))
         except busauth.TlsError as exc:
             raise LocalFleetError(str(exc)) from None
-        config += "\n" + busauth.tls_config(cert, key)
+        config = "\n" + busauth.tls_config(cert, key)
         websocket_tls = busauth.tls_config(cert, key)
         os.environ[CA_ENV] = str(ca)  # for this process's own clients, and inherited by the services
-    server = NatsServer(
-        state_dir=opts.state_dir / "nats",
-        port=opts.port,
-        host=opts.host,
-        monitor_port=opts.monitor_port,
-        log_file=log_path(opts.state_dir, NATS_SERVER),
-        extra_config=config,
-        websocket_port=free_port(opts.host),  # the dashboard's (`flotilla dashboard`), same users as the port
-        websocket_tls=websocket_tls,
-        max_connections=opts.max_connections,
-    )
     try:
         find_nats_server()
     except NatsServerError as exc:
         raise LocalFleetError(str(exc)) from None
-    server.write_config()
-    progress(f"starting nats-server with JetStream in {server.state_dir} on {server.url}")
-    monitor = f"http://{client_host(opts.host)}:{opts.monitor_port}" if opts.monitor_port else ""
-    url = server.url.replace("nats://", "tls://") if opts.tls else server.url
-    entry = NatsEntry(
-        url=busauth.admin_url(url, auth),
-        pid=0,
-        port=opts.port,
-        monitor_url=monitor,
-        websocket_url=server.websocket_url,
-        log=str(server.log_file),
-        config=str(server.config_path),
-    )
-    return entry
+    entries = []
+    for index, member in enumerate(_cluster(opts.state_dir, opts.bus_servers), start=1):
+        first = index == 1
+        monitor_port = opts.monitor_port if first or not opts.monitor_port else free_port(opts.host)
+        server = NatsServer(
+            state_dir=bus_server_dir(opts.state_dir, index),
+            port=opts.port if first else free_port(opts.host),
+            host=opts.host,
+            monitor_port=monitor_port,
+            log_file=log_path(opts.state_dir, bus_server_name(index)),
+            # relative to this server's folder (nats-server resolves includes from the including file's)
+            extra_config=f'include "{os.path.relpath(auth_file, bus_server_dir(opts.state_dir, index))}"' + config,
+            # the dashboard's (`flotilla dashboard`), same users as the port; on the first server only
+            websocket_port=free_port(opts.host) if first else 0,
+            websocket_tls=websocket_tls,
+            max_connections=opts.max_connections,
+            cluster=member,
+        )
+        server.write_config()
+        what = "with JetStream" if server.stores else "(JetStream on the first)"
+        progress(f"starting {bus_server_name(index)} {what} in {server.state_dir} on {server.url}")
+        url = server.url.replace("nats://", "tls://") if opts.tls else server.url
+        entries.append(
+            NatsEntry(
+                url=busauth.admin_url(url, auth),
+                name=bus_server_name(index),
+                pid=0,
+                port=server.port,
+                monitor_url=f"http://{client_host(opts.host)}:{monitor_port}" if monitor_port else "",
+                websocket_url=server.websocket_url,
+                log=str(server.log_file),
+                config=str(server.config_path),
+            )
+        )
+    return entries[0], entries[1:]
+
+
+def _cluster(state_dir: Path, servers: int) -> list[ClusterMember | None]:
+    """Each server's route port, peers and password: [None] for one server (no cluster, today's configuration).
+    JetStream's data differs between one server (standalone) and a cluster (a meta group): a state folder keeps
+    the layout it was made with (`flotilla down`, then remove <state>/nats to change it)."""
+    standalone = not (bus_server_dir(state_dir, 1) / "jetstream" / permissions.SYSTEM_ACCOUNT / "_js_").exists()
+    made = (bus_server_dir(state_dir, 1) / "jetstream").exists()
+    if made and standalone != (servers == 1):
+        was = "one nats-server" if standalone else "several (--bus-servers)"
+        raise LocalFleetError(
+            f"{state_dir} holds JetStream data made with {was}; use the same --bus-servers, or another "
+            f"--state-dir, or remove {bus_server_dir(state_dir, 1)} (its streams are lost) to change it"
+        )
+    if servers == 1:
+        return [None]
+    ports = [free_port() for _ in range(servers)]
+    password = secrets.token_urlsafe(24)
+    return [
+        ClusterMember(port, [p for p in ports if p != port], password, stores=index == 0)
+        for index, port in enumerate(ports)
+    ]
 
 
 def _start_supervisor(state_dir: Path) -> subprocess.Popen[bytes]:
@@ -118,7 +158,8 @@ def _start_supervisor(state_dir: Path) -> subprocess.Popen[bytes]:
 
 def _crashed(info: RunInfo) -> tuple[str, str] | None:
     """(name, how it ended) of the first process that exited since `up` began, if any."""
-    entries = [(NATS_SERVER, info.nats.supervision), *((s.name, s.supervision) for s in info.services)]
+    entries = [(n.name, n.supervision) for n in runfile.bus_servers(info)]
+    entries += [(s.name, s.supervision) for s in info.services]
     return next(((name, sup.last_exit.status) for name, sup in entries if sup.last_exit is not None), None)
 
 
@@ -191,7 +232,8 @@ def up(opts: UpOptions, progress: Progress) -> RunInfo:
         if not limits.enough:
             progress(f"note: {limits.advice()}")
     started_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    info = RunInfo(state_dir=str(state_dir), started_at=started_at, nats=_prepare_nats(opts, progress))
+    first, more = _prepare_nats(opts, progress)
+    info = RunInfo(state_dir=str(state_dir), started_at=started_at, nats=first, more_nats=more)
     deadline = time.monotonic() + opts.timeout_s + 10.0  # nats-server has had 10 s to listen
     try:
         if opts.jaeger:

@@ -76,6 +76,40 @@ def client_host(host: str) -> str:
     return "127.0.0.1" if host in (ANY_ADDRESS, "") else host
 
 
+# `flotilla up --bus-servers N`: N nats-servers on one machine routed into one NATS cluster (docs/scale.md). Every
+# server runs JetStream (a NATS cluster has one JetStream meta group, whose Raft needs at least two members: a lone
+# JetStream server among routed ones never elects a leader), but only the first stores: the others get no storage,
+# so every stream and consumer (R1, as with one server) is placed on the first.
+CLUSTER_NAME = "flotilla-local"
+ROUTE_USER = "route"
+NO_STORAGE = 1  # bytes: a JetStream server the meta leader places no stream on
+
+
+@dataclass
+class ClusterMember:
+    """One server's place in the NATS cluster: its route port, the others' route ports, the routes' password."""
+
+    route_port: int
+    peers: list[int]  # the other servers' route ports
+    password: str
+    stores: bool = True  # holds the streams (the first server); the others have JetStream without storage
+
+    def config(self) -> list[str]:
+        routes = ", ".join(f'"nats://{ROUTE_USER}:{self.password}@127.0.0.1:{port}"' for port in self.peers)
+        return [
+            "cluster {",
+            f'  name: "{CLUSTER_NAME}"',
+            "  host: 127.0.0.1",  # routes stay on this machine, whatever --host says for clients
+            f"  port: {self.route_port}",
+            f'  authorization {{ user: {ROUTE_USER}, password: "{self.password}" }}',
+            f"  routes: [{routes}]",
+            # clients are not told of the other servers: an agent given server K reconnects to server K, so the
+            # connections stay spread as `flotilla sim --bus-server` put them
+            "  no_advertise: true",
+            "}",
+        ]
+
+
 @dataclass
 class NatsServer:
     """One nats-server process with JetStream storing under `state_dir`."""
@@ -91,6 +125,7 @@ class NatsServer:
     websocket_port: int = 0
     websocket_tls: str = ""
     max_connections: int = MAX_CONNECTIONS
+    cluster: ClusterMember | None = None  # None: a server of its own (no routes)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -103,6 +138,11 @@ class NatsServer:
         if not self.websocket_port:
             return ""
         return f"{'wss' if self.websocket_tls else 'ws'}://{client_host(self.host)}:{self.websocket_port}"
+
+    @property
+    def stores(self) -> bool:
+        """Whether JetStream places streams here (every server but the 2nd, 3rd... of a cluster)."""
+        return self.cluster is None or self.cluster.stores
 
     @property
     def config_path(self) -> Path:
@@ -120,10 +160,11 @@ class NatsServer:
             f"max_connections: {self.max_connections}",
             "jetstream {",
             f'  store_dir: "{(self.state_dir / "jetstream").resolve()}"',
-            "  max_memory_store: 256MB",
-            "  max_file_store: 10GB",
+            f"  max_memory_store: {'256MB' if self.stores else NO_STORAGE}",
+            f"  max_file_store: {'10GB' if self.stores else NO_STORAGE}",
             "}",
         ]
+        lines += self.cluster.config() if self.cluster else []
         if self.monitor_port:
             lines.insert(2, f"http_port: {self.monitor_port}")
         if self.websocket_port:

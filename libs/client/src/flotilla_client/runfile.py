@@ -47,6 +47,7 @@ class Supervision(msgspec.Struct, kw_only=True):
 
 class NatsEntry(msgspec.Struct, kw_only=True):
     url: str
+    name: str = "nats-server"  # nats-server-2, -3... for the other servers of `up --bus-servers N`
     pid: int | None = None  # None: an existing server (`--server`), not ours to stop
     port: int = 0
     monitor_url: str = ""
@@ -108,7 +109,8 @@ class JaegerEntry(msgspec.Struct, kw_only=True):
 class RunInfo(msgspec.Struct, kw_only=True):
     state_dir: str
     started_at: str
-    nats: NatsEntry
+    nats: NatsEntry  # the first (or only) nats-server: JetStream's streams, the services and the CLI connect here
+    more_nats: list[NatsEntry] = []  # `up --bus-servers N`: the other N-1, routed to it in one NATS cluster
     services: list[ServiceEntry] = []
     sims: list[SimEntry] = []
     ready: bool = False
@@ -168,6 +170,11 @@ def update(state_dir: Path, change: Callable[[RunInfo], None]) -> RunInfo | None
 def remove(state_dir: Path) -> None:
     run_file(state_dir).unlink(missing_ok=True)
     (state_dir / LOCK_FILE).unlink(missing_ok=True)  # nothing writes any more
+
+
+def bus_servers(info: RunInfo) -> list[NatsEntry]:
+    """Every nats-server of the fleet, the first first: one unless `flotilla up --bus-servers N`."""
+    return [info.nats, *info.more_nats]
 
 
 def server_url(state_dir: Path) -> str | None:

@@ -39,13 +39,15 @@ class Supervisor:
     def __init__(self, state_dir: Path, info: RunInfo) -> None:
         self.state_dir = state_dir
         self.nats_url = info.nats.url
+        self.bus_urls = [n.url for n in runfile.bus_servers(info)]  # `flotilla sim --bus-server K` picks one
         self.children: dict[str, Child] = {}
         self._stop_requested = asyncio.Event()
         self.finished = asyncio.Event()  # every process stopped
         self.done = asyncio.Event()  # the supervisor may exit
         self._tasks: set[asyncio.Task[None]] = set()
         if info.nats.pid is not None:  # ours to run (not an existing server given with --server)
-            self._add(localfleet.NATS_SERVER, Kind.NATS, info.nats, self._nats_spawner(info.nats))
+            for nats in runfile.bus_servers(info):
+                self._add(nats.name, Kind.NATS, nats, self._nats_spawner(nats))
         for service in localfleet.SERVICES:
             entry = ServiceEntry(name=service.value, module=localfleet.module_of(service), pid=0, instance_id="",
                                  http_port=0, health_url="", log=str(localfleet.log_path(state_dir, service.value)),
@@ -83,9 +85,17 @@ class Supervisor:
     def _sim_spawner(self, spec: SimSpec) -> Callable[[], subprocess.Popen[bytes]]:
         def spawn() -> subprocess.Popen[bytes]:
             env = spec.env or os.environ
-            return localfleet.spawn_sim(self.state_dir, self.nats_url, spec.prefix, spec.args, env)
+            url = self.bus_url(env.get(localfleet.SIM_SERVER_ENV, "1"))
+            return localfleet.spawn_sim(self.state_dir, url, spec.prefix, spec.args, env)
 
         return spawn
+
+    def bus_url(self, server: str) -> str:
+        """The URL of the K-th nats-server (`flotilla sim --bus-server K`), a clear error for one that is not."""
+        index = int(server) if server.isdigit() else 0
+        if not 1 <= index <= len(self.bus_urls):
+            raise LocalFleetError(f"no nats-server {server!r} in this fleet: it has {len(self.bus_urls)} (1-based)")
+        return self.bus_urls[index - 1]
 
     # run.json
 
@@ -103,7 +113,8 @@ class Supervisor:
             if not entry.supervision.started_at and entry.supervision.last_exit is None:
                 continue  # not started yet
             if isinstance(entry, NatsEntry):
-                info.nats.pid, info.nats.supervision = entry.pid, entry.supervision
+                nats = next((n for n in runfile.bus_servers(info) if n.name == entry.name), info.nats)
+                nats.pid, nats.supervision = entry.pid, entry.supervision
             elif isinstance(entry, ServiceEntry):
                 version = next((s.version for s in info.services if s.name == entry.name), entry.version)
                 entry.version = version
@@ -132,8 +143,17 @@ class Supervisor:
         raise LocalFleetError(f"no process {name!r} in this local fleet; choose one of {names}")
 
     async def restart(self, name: str, timeout_s: float) -> Reply:
-        """Stop one process and start it again at once (not counted as a crash); reply when the new one is up."""
-        child = self._find(name)
+        """Stop one process and start it again at once (not counted as a crash); reply when the new one is up.
+        `nats-server` with several (`up --bus-servers N`): each in turn, the next once the last listens again."""
+        others = [c for c in self.children.values() if c.kind is Kind.NATS and c.name != localfleet.NATS_SERVER]
+        if name == localfleet.NATS_SERVER and others:
+            first = await self._restart_one(self._find(name), timeout_s)
+            for child in others:
+                await self._restart_one(child, timeout_s)
+            return first
+        return await self._restart_one(self._find(name), timeout_s)
+
+    async def _restart_one(self, child: Child, timeout_s: float) -> Reply:
         old = child.entry.pid or 0
         waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         child.waiters.append((old, waiter))
@@ -261,14 +281,18 @@ async def supervise(state_dir: Path) -> None:
     entry = runfile.SupervisorEntry(pid=os.getpid(), log=str(own_log), socket=str(path), started_at=now_iso())
     runfile.update(state_dir, lambda info: setattr(info, "supervisor", entry))
     log.info("supervising the local fleet", extra={"state_dir": str(state_dir), "socket": str(path)})
-    nats = sup.children.get(localfleet.NATS_SERVER)
-    if nats is not None:
-        listening: asyncio.Future[int] = loop.create_future()
-        nats.waiters.append((0, listening))
-        sup.start(nats)
+    servers = [c for c in sup.children.values() if c.kind is Kind.NATS]
+    if servers:  # every nats-server listening before the services start (they connect to the first)
+        listening: list[asyncio.Future[int]] = []
+        for nats in servers:
+            listening.append(loop.create_future())
+            nats.waiters.append((0, listening[-1]))
+            sup.start(nats)
+        everyone = asyncio.gather(*listening)
         stopping: asyncio.Future[Any] = asyncio.ensure_future(sup.finished.wait())
-        await asyncio.wait({listening, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({everyone, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
+        everyone.cancel()
     for child in list(sup.children.values()):
         if child.task is None and not sup.stopping:
             sup.start(child)

@@ -58,11 +58,20 @@ pass_cli = click.make_pass_decorator(CliContext)
     help="nats-server's max_connections (every node and cluster agent holds one); the open-files limit is raised "
     "to match where allowed.",
 )
+@click.option(
+    "--bus-servers",
+    type=click.IntRange(1, localfleet.MAX_BUS_SERVERS),
+    default=1,
+    show_default=True,
+    help="nats-servers to start, routed into one NATS cluster: each holds its own connections (up to its "
+    "open-files limit), JetStream's streams live on the first; sims choose one with `flotilla sim --bus-server K` "
+    "(docs/scale.md).",
+)
 @server_option
 @pass_cli
 def up(
     obj: CliContext, port: int, monitor_port: int, timeout: float, tls: bool, jaeger: bool, host: str,
-    max_connections: int,
+    max_connections: int, bus_servers: int,
 ) -> None:  # fmt: skip
     """Start a local fleet: nats-server and the five services, kept running by a supervisor.
 
@@ -90,6 +99,7 @@ def up(
       flotilla --server nats://127.0.0.1:4222 up
       flotilla up --jaeger
       flotilla up --host 0.0.0.0 --max-connections 250000   # a 100,000-node simulated fleet
+      flotilla up --bus-servers 2   # two nats-servers in one NATS cluster, twice the connections
     """
     started = time.monotonic()
     options = localup.UpOptions(
@@ -102,6 +112,7 @@ def up(
         jaeger=jaeger,
         host=host,
         max_connections=max_connections,
+        bus_servers=bus_servers,
     )
     info = localup.up(options, echo)
     _print_summary(obj, info, time.monotonic() - started)
@@ -114,6 +125,8 @@ def _print_summary(obj: CliContext, info: RunInfo, elapsed: float) -> None:
         f"  NATS          {redact(info.nats.url)}"
         + (f" (nats-server {info.nats.version})" if info.nats.version else "")
     )
+    for more in info.more_nats:
+        echo(f"  {more.name:<13} {redact(more.url)} (routed to the first; `flotilla sim --bus-server K`)")
     if busauth.load(state) is not None:
         echo(f"  credentials   {busauth.auth_path(state)} (users per service; the CLI is admin)")
     if info.nats.monitor_url:

@@ -73,6 +73,15 @@ pass_cli = click.make_pass_decorator(CliContext)
     "own, with `flotilla up --host 0.0.0.0` (docs/scale.md) [default: the fleet's address].",
 )
 @click.option(
+    "--bus-server",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    metavar="K",
+    help="Connect the sim's clusters and nodes to the K-th nats-server of `flotilla up --bus-servers N` (each "
+    "server holds its own connections; docs/scale.md); the services are on the first.",
+)
+@click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
     default=0,
@@ -82,7 +91,7 @@ pass_cli = click.make_pass_decorator(CliContext)
 def sim(
     obj: CliContext, clusters: int, nodes: int, versions: str, fail_rate: float, faults: tuple[str, ...],
     seed: int, step_seconds: float, prefix: str, token: str, wait: bool, timeout: float, batch_heartbeats: bool,
-    bus_address: str, metrics_port: int,
+    bus_address: str, bus_server: int, metrics_port: int,
 ) -> None:  # fmt: skip
     """Start a simulated fleet that joins the local fleet: every node runs the real node-agent code
     with the simulated driver (deterministic for a seed), heartbeats and obeys upgrade steps.
@@ -94,6 +103,7 @@ def sim(
       flotilla sim --clusters 12 --nodes 4 --versions v1.29.6,v1.30.2
       flotilla sim --clusters 3 --fault sim-0001-n02=upgrade_fails_once
       flotilla sim --clusters 1000 --nodes 10 --batch-heartbeats --step-seconds 0 --prefix big
+      flotilla sim --clusters 1000 --nodes 10 --prefix second --bus-server 2   # after `up --bus-servers 2`
     """
     # The sim refuses a bad --fault by the same rule, but it runs detached: we would learn it only when the
     # joins time out. So refuse here, before a token is made or a process started.
@@ -102,8 +112,9 @@ def sim(
             names.parse_fault(fault, prefix=prefix, clusters=clusters, nodes=nodes)
     except names.FaultError as exc:
         raise BadUsage(str(exc)) from None
+    check_bus_server(obj, bus_server)
     if bus_address:
-        check_bus_address(obj, bus_address)
+        check_bus_address(obj, bus_address, bus_server)
     if not token:
         request = reg.CreateTokenRequest(
             ttl_s=3600.0, max_uses=clusters, auto_approve=True, labels={"env": "sim"},
@@ -136,8 +147,9 @@ def sim(
     if batch_heartbeats:
         args.append("--batch-heartbeats")
     entry = localfleet.start_sim(
-        obj.state_dir, args, prefix=prefix, clusters=clusters, nodes=nodes, bus_address=bus_address
-    )
+        obj.state_dir, args, prefix=prefix, clusters=clusters, nodes=nodes, bus_address=bus_address,
+        bus_server=bus_server,
+    )  # fmt: skip
     echo(f"simulated fleet {prefix!r}: {clusters} clusters x {nodes} nodes (pid {entry.pid}, log {entry.log})")
     echo(f"  metrics: http://127.0.0.1:{metrics_port}/metrics")
     if wait:
@@ -145,10 +157,21 @@ def sim(
         echo(f"all {joined} clusters joined and approved")
 
 
-def check_bus_address(obj: CliContext, address: str) -> None:
-    """Refuse an address where the local fleet's nats-server does not listen (the sim runs detached)."""
+def check_bus_server(obj: CliContext, server: int) -> None:
+    """Refuse a --bus-server the local fleet does not have (the sim runs detached)."""
     info = runfile.load(obj.state_dir.resolve())
-    port = urlsplit(info.nats.url).port if info is not None else None
+    count = len(runfile.bus_servers(info)) if info is not None else 1
+    if server > count:
+        raise BadUsage(
+            f"--bus-server {server}: this local fleet has {count} nats-server(s); start it with "
+            f"`flotilla up --bus-servers {server}` or more"
+        )
+
+
+def check_bus_address(obj: CliContext, address: str, server: int = 1) -> None:
+    """Refuse an address where the local fleet's nats-server (the `server`-th) does not listen."""
+    info = runfile.load(obj.state_dir.resolve())
+    port = urlsplit(runfile.bus_servers(info)[server - 1].url).port if info is not None else None
     if port is None:
         raise BadUsage(f"--bus-address {address}: no local fleet runs from here; start one with `flotilla up`")
     if info is not None and info.nats.url.startswith("tls://"):

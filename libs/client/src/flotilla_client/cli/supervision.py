@@ -54,7 +54,7 @@ def local_view(info: RunInfo) -> dict[str, Any]:
     state_dir = Path(info.state_dir)
     rows = []
     if info.nats.pid is not None:
-        rows.append(_row(localfleet.NATS_SERVER, info.nats.pid, info.nats.config, info.nats.supervision, now))
+        rows += [_row(n.name, n.pid, n.config, n.supervision, now) for n in runfile.bus_servers(info)]
     rows += [_row(s.name, s.pid, s.module, s.supervision, now) for s in info.services]
     rows += [_row(f"sim:{s.prefix}", s.pid, localfleet.SIM_MODULE, s.supervision, now) for s in info.sims]
     sup = info.supervisor
@@ -116,7 +116,9 @@ def restart(obj: CliContext, name: str, timeout: float) -> None:
     """Restart one process of the local fleet on purpose, through its supervisor.
 
     SERVICE is one of registration, heartbeat, scheduler, upgrade-orchestrator, node-agent,
-    nats-server, or sim:PREFIX (plain `sim` when one simulated fleet runs). The process gets
+    nats-server, or sim:PREFIX (plain `sim` when one simulated fleet runs). With `up --bus-servers N`,
+    nats-server restarts every nats-server in turn (the next once the last listens again) and
+    nats-server-K the K-th alone. The process gets
     SIGTERM (SIGKILL after 10s) and the supervisor starts it again at once, with the same state
     (nats-server: same port, configuration and JetStream folder). It is counted apart from
     crashes (ASKED in `flotilla status`). Waits until the new process is up: a service until it

@@ -1,0 +1,124 @@
+"""`flotilla up --bus-servers 2`: two nats-servers in one NATS cluster, a simulated fleet on the second.
+
+The services and JetStream's streams are on the first server; the sim's cluster agents and nodes connect to the
+second (`flotilla sim --bus-server 2`). So each of these is the cluster at work: a CONNECT on the second server
+reaching registration's auth callout on the first across the route, heartbeats crossing to the heartbeat service,
+the agents' commands coming from consumers on the first server's streams. Restarting the second server brings its
+agents back to it (servers do not advertise each other to clients: connections stay where they were put).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flotilla_client import runfile
+from flotilla_client.natsserver import free_port
+from flotilla_testkit import eventually_sync
+
+pytestmark = pytest.mark.integration
+
+FLOTILLA = str(Path(sys.executable).parent / "flotilla")
+CLUSTERS, NODES = 2, 2
+LOOK = {"timeout_s": 90.0, "every_s": 0.5}
+ENDED = ("Succeeded", "CompletedWithFailures", "Aborted", "RolledBack", "Frozen")
+
+
+@dataclass
+class Fleet:
+    state: Path
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        argv = [FLOTILLA, "--state-dir", str(self.state), *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+
+    def ok(self, *args: str) -> str:
+        done = self.run(*args)
+        assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-2000:])
+        return done.stdout
+
+    def monitor(self, server: int, path: str) -> dict[str, Any]:
+        """nats-server's monitoring endpoint `path` (connz, jsz...) of the `server`-th server (1-based)."""
+        info = runfile.load(self.state)
+        assert info is not None
+        url = runfile.bus_servers(info)[server - 1].monitor_url
+        with urllib.request.urlopen(f"{url}/{path}", timeout=5) as answer:
+            return json.load(answer)  # type: ignore[no-any-return]
+
+    def sim_connections(self, server: int) -> set[str]:
+        """Names of the sim's connections (cluster agents and nodes) on the `server`-th server."""
+        connz = self.monitor(server, "connz?limit=1000")
+        return {c.get("name", "") for c in connz["connections"] if c.get("name", "").startswith("flotilla-sim-two-")}
+
+    def ready_nodes(self) -> int:
+        return int(json.loads(self.ok("health", "-o", "json")).get("nodes", {}).get("ready", 0))
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    fleet = Fleet(tmp_path_factory.mktemp("bus-cluster") / ".flotilla")
+    fleet.ok("up", "--port", str(free_port()), "--monitor-port", str(free_port()), "--bus-servers", "2")
+    try:
+        yield fleet
+    finally:
+        subprocess.run([FLOTILLA, "--state-dir", str(fleet.state), "down"], capture_output=True, timeout=120)
+
+
+def test_agents_on_the_second_server_join_through_the_callout_and_heartbeat(fleet: Fleet) -> None:
+    info = runfile.load(fleet.state)
+    assert info is not None and [n.name for n in runfile.bus_servers(info)] == ["nats-server", "nats-server-2"]
+    routes = fleet.monitor(2, "routez")
+    assert routes["num_routes"] >= 1, routes  # the two servers are one NATS cluster
+
+    fleet.ok("sim", "--clusters", str(CLUSTERS), "--nodes", str(NODES), "--prefix", "two", "--bus-server", "2")
+
+    on_second = eventually_sync(
+        lambda: fleet.sim_connections(2),
+        "every cluster agent and node connected to the second server",
+        until=lambda names: len(names) == CLUSTERS * (NODES + 1),
+        **LOOK,
+    )
+    assert fleet.sim_connections(1) == set(), "the sim's connections belong on the server it was given"
+    assert len(on_second) == CLUSTERS * (NODES + 1)
+    eventually_sync(lambda: fleet.ready_nodes() == CLUSTERS * NODES, "every node Ready (heartbeats arrive)", **LOOK)
+    # JetStream's streams (and so the agents' consumers) are all on the first server
+    assert fleet.monitor(1, "jsz")["streams"] > 0
+    assert fleet.monitor(2, "jsz").get("streams", 0) == 0
+
+
+def test_a_restart_of_the_second_server_brings_its_agents_back_to_it(fleet: Fleet) -> None:
+    before = fleet.monitor(2, "varz")["server_id"]
+    out = fleet.ok("restart", "nats-server-2")
+    assert "nats-server-2: pid" in out, out
+    assert fleet.monitor(2, "varz")["server_id"] != before  # a new process
+    eventually_sync(
+        lambda: fleet.sim_connections(2),
+        "every cluster agent and node connected again to the second server",
+        until=lambda names: len(names) == CLUSTERS * (NODES + 1),
+        **LOOK,
+    )
+    assert fleet.sim_connections(1) == set(), "reconnected to the server they were given, not to the first"
+    eventually_sync(lambda: fleet.ready_nodes() == CLUSTERS * NODES, "every node Ready again", **LOOK)
+
+
+def test_agents_on_the_second_server_obey_commands_from_streams_on_the_first(fleet: Fleet) -> None:
+    out = fleet.ok(
+        "upgrade", "start", "--to", "v1.30.4", "-l", "env=sim", "--canary", "0", "--soak", "0s",
+        "--max-concurrent-clusters", str(CLUSTERS), "--max-unavailable", "1",
+    )  # fmt: skip
+    rollout = next(t for t in out.split() if t.startswith("r-"))
+
+    def state() -> str:
+        status: str = json.loads(fleet.ok("upgrade", "status", rollout, "-o", "json"))["rollout"]["state"]
+        return status
+
+    final = eventually_sync(lambda: (s := state()) in ENDED and s, "the rollout to end", **LOOK)
+    assert final == "Succeeded", fleet.ok("upgrade", "status", rollout)
