@@ -10,11 +10,14 @@ sim at once and time every node and cluster agent logging in again through the a
 full form of the issue is BENCH_BIG_CLUSTERS=10000 (100,000 nodes).
 
 Connections (docs/scale.md): every node and every cluster agent holds its own bus connection, so the fleet needs
-clusters x (nodes + 1) of them in nats-server, each an open file: the run stops at once, saying so, when that
-is over nats-server's open-files limit (the hard limit it inherits from here). One client address carries at
-most the ephemeral port range (~28,000) to the server's port, so past BENCH_BIG_PER_ADDRESS (25,000)
-connections the stack listens on every address (`flotilla up --host 0.0.0.0`) and each sim connects to its
-own 127.0.0.x (`flotilla sim --bus-address`); BENCH_BIG_ADDRESSES forces a count.
+clusters x (nodes + 1) of them, each an open file in the nats-server that holds it. Past BENCH_BIG_PER_SERVER
+(18,000: one server's share of this machine's open-files limit of 20,000) the stack starts several nats-servers
+in one NATS cluster (`flotilla up --bus-servers N`; BENCH_BIG_BUS_SERVERS forces N) and the sims are dealt to
+them in turn (`flotilla sim --bus-server K`, as many sims as servers at least); the run stops at once, saying
+so, when one server's share is over the open-files limit. One client address carries at most the ephemeral port
+range (~28,000) to one server's port, so past BENCH_BIG_PER_ADDRESS (25,000) connections on one server the
+stack listens on every address (`flotilla up --host 0.0.0.0`) and each sim connects to its own 127.0.0.x
+(`flotilla sim --bus-address`); BENCH_BIG_ADDRESSES forces a count.
 
 What it does, each part on the real local stack (`flotilla up`: nats-server, the five services as processes,
 `flotilla sim` processes with zero-time steps):
@@ -56,10 +59,14 @@ pytestmark = pytest.mark.bench
 CLUSTERS = int(os.environ.get("BENCH_BIG_CLUSTERS", "1000"))
 NODES = int(os.environ.get("BENCH_BIG_NODES", "10"))
 NODES_PER_SIM = int(os.environ.get("BENCH_BIG_NODES_PER_SIM", "10000"))
-SIMS = int(os.environ.get("BENCH_BIG_SIMS", str(-(-CLUSTERS * NODES // NODES_PER_SIM))))
 CONNECTIONS = CLUSTERS * (NODES + 1)  # every node and every cluster agent has its own connection
+PER_SERVER = int(os.environ.get("BENCH_BIG_PER_SERVER", "18000"))
+BUS_SERVERS = int(os.environ.get("BENCH_BIG_BUS_SERVERS", str(-(-CONNECTIONS // PER_SERVER))))
+_SIMS = max(-(-CLUSTERS * NODES // NODES_PER_SIM), BUS_SERVERS)
+SIMS = int(os.environ.get("BENCH_BIG_SIMS", str(-(-_SIMS // BUS_SERVERS) * BUS_SERVERS)))  # as many on each server
+SERVER_CONNECTIONS = -(-CONNECTIONS // BUS_SERVERS)  # one server's share
 PER_ADDRESS = int(os.environ.get("BENCH_BIG_PER_ADDRESS", "25000"))
-ADDRESSES = min(SIMS, int(os.environ.get("BENCH_BIG_ADDRESSES", str(-(-CONNECTIONS // PER_ADDRESS)))))
+ADDRESSES = min(SIMS, int(os.environ.get("BENCH_BIG_ADDRESSES", str(-(-SERVER_CONNECTIONS // PER_ADDRESS)))))
 ROLLOUT = os.environ.get("BENCH_BIG_ROLLOUT", "1") == "1"
 RELOGIN = os.environ.get("BENCH_BIG_RELOGIN", "1") == "1"
 CONCURRENT = int(os.environ.get("BENCH_BIG_CONCURRENT", "100"))
@@ -112,8 +119,7 @@ def processes(state: Path) -> dict[str, int]:
     assert info is not None
     found = {s.name: s.pid for s in info.services}
     found |= {f"sim {s.prefix}": s.pid for s in info.sims}
-    if info.nats.pid:
-        found["nats-server"] = info.nats.pid
+    found |= {n.name: n.pid for n in runfile.bus_servers(info) if n.pid}
     return found
 
 
@@ -128,16 +134,24 @@ async def sample(state: Path, seconds: float) -> dict[str, tuple[float, float]]:
 
 
 class ConnectionCount:
-    """nats-server's client connections, read from its /varz once a second: how fast the fleet's connections (each
-    authorized by registration's auth callout) arrive."""
+    """The client connections of every nats-server, read from their /varz once a second: how fast the fleet's
+    connections (each authorized by registration's auth callout) arrive."""
 
-    def __init__(self, monitor_url: str) -> None:
-        self.url = f"{monitor_url}/varz"
+    def __init__(self, state: Path) -> None:
+        info = runfile.load(state)
+        assert info is not None and all(n.monitor_url for n in runfile.bus_servers(info))
+        self.urls = [f"{n.monitor_url}/varz" for n in runfile.bus_servers(info)]
         self.samples: list[tuple[float, int]] = []
 
+    def each(self) -> list[int]:
+        counts = []
+        for url in self.urls:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                counts.append(int(json.load(answer)["connections"]))
+        return counts
+
     def read(self) -> int:
-        with urllib.request.urlopen(self.url, timeout=5) as answer:
-            return int(json.load(answer)["connections"])
+        return sum(self.each())
 
     async def follow(self) -> None:
         while True:
@@ -151,11 +165,11 @@ class ConnectionCount:
         return max(((b[1] - a[1]) / (b[0] - a[0]) for a, b in pairs), default=0.0)
 
 
-async def relogin(state: Path, monitor_url: str) -> str:
+async def relogin(state: Path) -> str:
     """Restart every sim at once (`flotilla restart sim:<prefix>`): each node and cluster agent logs in again
     with the credentials it has, every CONNECT through the auth callout, and nothing else happens (no join, no
     first heartbeat): the callout's rate for a fleet coming back (a bus restart looks the same to it)."""
-    count = ConnectionCount(monitor_url)
+    count = ConnectionCount(state)
     before = count.read()
     following = asyncio.create_task(count.follow())
     started = time.perf_counter()
@@ -195,13 +209,17 @@ class StepTurnaround:
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Path]:
-    # nats-server holds one open file per connection, up to the limit it inherits (raised here where allowed)
-    limits = raise_open_files(CONNECTIONS + 1000)  # + the services', JetStream's and the log's files
+    # a nats-server holds one open file per connection, up to the limit it inherits (raised here where allowed)
+    limits = raise_open_files(SERVER_CONNECTIONS + 1000)  # + the services', JetStream's and the log's files
     if not limits.enough:
-        pytest.fail(f"{CLUSTERS} x {NODES} needs {CONNECTIONS} bus connections: {limits.advice()}")
+        pytest.fail(
+            f"{CLUSTERS} x {NODES} needs {CONNECTIONS} bus connections, {SERVER_CONNECTIONS} on each of "
+            f"{BUS_SERVERS} nats-server(s) (BENCH_BIG_BUS_SERVERS, BENCH_BIG_PER_SERVER): {limits.advice()}"
+        )
     state = tmp_path / ".flotilla"
     host = ["--host", ANY_ADDRESS] if ADDRESSES > 1 else []
     max_connections = ["--max-connections", str(max(MAX_CONNECTIONS, CONNECTIONS + 1000))]
+    max_connections += ["--bus-servers", str(BUS_SERVERS)]
     monitor = ["--monitor-port", str(free_port())]  # nats-server's /varz: the connection count as the fleet joins
     ok(state, "up", "--port", str(free_port()), *monitor, *host, *max_connections, timeout=180)
     try:
@@ -214,6 +232,7 @@ def fleet(tmp_path: Path) -> Iterator[Path]:
 async def test_a_big_fleet_joins_heartbeats_answers_and_upgrades(fleet: Path) -> None:
     state = fleet
     size = f"{CLUSTERS} clusters x {NODES} nodes = {CLUSTERS * NODES} nodes, {SIMS} sims, {CONNECTIONS} connections"
+    size += f" on {BUS_SERVERS} nats-servers in one NATS cluster" if BUS_SERVERS > 1 else ""
     size += f" over {ADDRESSES} loopback address(es)" if ADDRESSES > 1 else ""
     figures: dict[str, str] = {"fleet": size + (", batched heartbeats" if BATCH else "")}
     url = runfile.server_url(state)
@@ -221,9 +240,7 @@ async def test_a_big_fleet_joins_heartbeats_answers_and_upgrades(fleet: Path) ->
     raw_rtt = 1 / await raw_request_rate(url, b"{}", 64, 2000, 1)
 
     # Join and approval: every sim process at once, each waiting for its own clusters.
-    info = runfile.load(state)
-    assert info is not None and info.nats.monitor_url
-    connections = ConnectionCount(info.nats.monitor_url)
+    connections = ConnectionCount(state)
     counting = asyncio.create_task(connections.follow())
     started = time.perf_counter()
     sims = []
@@ -231,7 +248,8 @@ async def test_a_big_fleet_joins_heartbeats_answers_and_upgrades(fleet: Path) ->
         count = CLUSTERS // SIMS + (1 if i < CLUSTERS % SIMS else 0)  # whole clusters, as even as they go
         argv = ["sim", "--clusters", str(count), "--nodes", str(NODES), "--versions", FROM, "--prefix", f"b{i}"]
         argv += ["--step-seconds", "0", "--timeout", str(max(300, CLUSTERS))]  # room for a slow machine (120/s seen)
-        argv += ["--bus-address", f"127.0.0.{1 + i % ADDRESSES}"] if ADDRESSES > 1 else []
+        argv += ["--bus-server", str(1 + i % BUS_SERVERS)]  # sims dealt to the servers in turn
+        argv += ["--bus-address", f"127.0.0.{1 + (i // BUS_SERVERS) % ADDRESSES}"] if ADDRESSES > 1 else []
         sims.append(run(state, *argv, *(["--batch-heartbeats"] if BATCH else [])))
     await asyncio.gather(*sims)
     joined = time.perf_counter() - started
@@ -245,8 +263,10 @@ async def test_a_big_fleet_joins_heartbeats_answers_and_upgrades(fleet: Path) ->
     await eventually(all_ready, "every node Ready in `flotilla health`", timeout_s=max(300, CLUSTERS * NODES / 40))
     figures["... and every node Ready"] = f"{time.perf_counter() - started:.1f} s"
     counting.cancel()
+    each = connections.each()
     figures["bus connections at Ready"] = (
-        f"{connections.read()} (peak {connections.peak_rate():.0f} new connections/s, each through the auth callout)"
+        f"{sum(each)}{f' ({each} per server)' if len(each) > 1 else ''} (peak {connections.peak_rate():.0f} new "
+        "connections/s, each through the auth callout)"
     )
 
     steady = await sample(state, STEADY_S)
@@ -258,7 +278,7 @@ async def test_a_big_fleet_joins_heartbeats_answers_and_upgrades(fleet: Path) ->
     figures["clusters list -l (selector)"] = ms(await timed(state, "clusters", "list", "-l", "flotilla.dev/sim=true"))
     figures["health"] = ms(await timed(state, "health"))
     if RELOGIN:
-        figures["every sim restarted: all logged in again"] = await relogin(state, info.nats.monitor_url)
+        figures["every sim restarted: all logged in again"] = await relogin(state)
     if not ROLLOUT:
         figures["load average"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         report("big fleet", figures)
