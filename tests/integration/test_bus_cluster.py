@@ -122,3 +122,21 @@ def test_agents_on_the_second_server_obey_commands_from_streams_on_the_first(fle
 
     final = eventually_sync(lambda: (s := state()) in ENDED and s, "the rollout to end", **LOOK)
     assert final == "Succeeded", fleet.ok("upgrade", "status", rollout)
+
+
+def test_restarting_nats_server_restarts_every_server_in_turn(fleet: Fleet) -> None:
+    info = runfile.load(fleet.state)
+    assert info is not None
+    before = {n.name: n.pid for n in runfile.bus_servers(info)}
+    fleet.ok("restart", "nats-server")
+    info = runfile.load(fleet.state)
+    assert info is not None
+    after = {n.name: n.pid for n in runfile.bus_servers(info)}
+    assert after.keys() == before.keys() and all(after[name] != before[name] for name in before), (before, after)
+    assert all(n.supervision.requested_restarts >= 1 for n in runfile.bus_servers(info))
+    eventually_sync(
+        lambda: fleet.sim_connections(2),
+        "the sim's agents back on the second server",
+        until=lambda names: len(names) == CLUSTERS * (NODES + 1),
+        **LOOK,
+    )
