@@ -165,7 +165,7 @@ class Fleet:
         for load in self._loads:  # ascending: the key's load term; within one bucket only the id is left to order
             inside = among & self._by_load[load]
             if inside:
-                out += sorted(inside)[: limit - len(out)]
+                out += [min(inside)] if limit - len(out) == 1 else sorted(inside)[: limit - len(out)]
                 if len(out) >= limit:
                     break
         return out

@@ -135,7 +135,13 @@ def ranked(fleet: Fleet, clusters: AbstractSet[str], penalty: dict[str, int], li
     if not penalty:
         return fleet.least_loaded(clusters, len(clusters) if limit is None else limit)
     load, penalty_of = fleet.load.get, penalty.get
-    best = sorted(clusters, key=lambda c: rank_key(c, load(c, 0), penalty=penalty_of(c, 0)))
+
+    def key(c: str) -> RankKey:
+        return rank_key(c, load(c, 0), penalty=penalty_of(c, 0))
+
+    if limit == 1:
+        return [min(clusters, key=key)] if clusters else []
+    best = sorted(clusters, key=key)
     return best if limit is None else best[:limit]
 
 
@@ -161,25 +167,31 @@ def pick(
     for c in taken:
         domain = fleet.clusters[c].labels.get(key, "")
         counts[domain] = counts.get(domain, 0) + 1
-    # Within a domain the spread term is the same for all, so each domain's members are ranked once (by the label
-    # index, only its best `slots`) and the heap holds each domain's next member keyed with the domain's count.
+    # Within a domain the spread term is the same for all, so each domain's members are ranked by the label index
+    # and the heap holds each domain's next member keyed with the domain's count. Lazily: a domain is ranked for its
+    # best member first, and further only when a slot may go to its next one (in the heap meanwhile with a key no
+    # greater than that member's: penalty 0, load -1). A fresh placement with a slot per domain ranks one each.
     split = fleet.split(whole, key) if whole is not None else fleet.domains(key, candidates)
-    groups = {domain: ranked(fleet, members, penalty, slots) for domain, members in split}
+    members_of = dict(split)
+    groups: dict[str, list[str]] = {}
     heap: list[tuple[RankKey, str, int]] = []  # (key, domain, index in the domain); ids are unique: keys never tie
-    for domain, members in groups.items():
-        first = members[0]
+    for domain, members in split:
+        first = groups.setdefault(domain, ranked(fleet, members, penalty, 1))[0]
         heap.append((fleet.rank_key(first, penalty=penalty.get(first, 0), spread=counts.get(domain, 0)), domain, 0))
     heapq.heapify(heap)
     chosen: list[str] = []
     while heap and len(chosen) < slots:
-        (_, count, _, c), domain, index = heapq.heappop(heap)
-        chosen.append(c)
+        (_, count, load, c), domain, index = heapq.heappop(heap)
         members = groups[domain]
-        if index + 1 < len(members):
-            nxt = members[index + 1]
-            heapq.heappush(
-                heap, (fleet.rank_key(nxt, penalty=penalty.get(nxt, 0), spread=count + 1), domain, index + 1)
-            )
+        if load < 0:  # the domain's next member, not ranked yet
+            if len(members) <= index:
+                members = groups[domain] = ranked(fleet, members_of[domain], penalty, slots)
+            if index < len(members):
+                nxt = members[index]
+                heapq.heappush(heap, (fleet.rank_key(nxt, penalty=penalty.get(nxt, 0), spread=count), domain, index))
+            continue
+        chosen.append(c)
+        heapq.heappush(heap, ((0, count + 1, -1, ""), domain, index + 1))
     return chosen
 
 
