@@ -15,6 +15,12 @@ permissions of `flotilla_contracts.permissions`:
   refused (an exhausted one is let through: a repeated join with the same request id is answered with
   the credential it already got, and the join handler decides).
 
+A request the server has stopped waiting for is not answered: the server sends it with `exp` = now + its
+authorization timeout and refuses the client when that passes, so past it (a callout behind on a starved machine)
+the answer would be thrown away, and its database read and two signatures would only make the requests behind it
+later still (`too_late`). That rests on registration's clock agreeing with the server's to within a second, as
+the grants' expiry already does.
+
 A grant expires after `ttl_s` (less up to a tenth, drawn per grant, so grants issued together do not expire
 together); the client then reconnects and is asked about again (flotilla_runtime.lifeline). Deregistering a
 cluster also kicks its open connections at once (revocation.py); the expiry is the backstop.
@@ -23,13 +29,17 @@ cluster also kicks its open connections at once (revocation.py); the expiry is t
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -160,11 +170,38 @@ def user_permissions(grant: Grant, ttl_s: int, limits: natsjwt.UserLimits = NO_L
     )
 
 
+class _Expiry(msgspec.Struct):
+    exp: int = 0
+
+
+def request_expiry(data: bytes) -> int:
+    """The `exp` of an authorization request (Unix seconds: when the server stops waiting), 0 if unreadable.
+
+    Read before the signature is checked: it only ever decides not to answer, never what to grant."""
+    parts = data.split(b".")
+    if len(parts) != 3:
+        return 0
+    try:
+        return msgspec.json.decode(base64.urlsafe_b64decode(parts[1] + b"=" * (-len(parts[1]) % 4)), type=_Expiry).exp
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        return 0
+
+
+def too_late(expiry: int, now: float) -> bool:
+    """Pure: the server has certainly stopped waiting for this answer. `exp` is the server's deadline rounded
+    down to the second, so only a second past it is sure; 0 (no deadline read) is never late."""
+    return expiry > 0 and now >= expiry + 1
+
+
+LATE_LOG_EVERY_S = 60.0
+
+
 @dataclass
 class CalloutStats:
     granted: int = 0
     refused: int = 0
     malformed: int = 0
+    late: int = 0  # requests the server had stopped waiting for: not answered
 
 
 class AuthCallout:
@@ -193,6 +230,7 @@ class AuthCallout:
         # group-commit), at most `max_in_flight` at once; past that the subscription waits (back-pressure).
         self._slots = asyncio.Semaphore(max_in_flight)
         self._answering: set[asyncio.Task[None]] = set()
+        self._late_logged_at = -LATE_LOG_EVERY_S
 
     async def serve(self, nc: Client) -> Any:
         return await nc.subscribe(permissions.AUTH_CALLOUT_SUBJECT, queue="registration", cb=self.on_request)
@@ -216,6 +254,9 @@ class AuthCallout:
             await asyncio.gather(*self._answering, return_exceptions=True)
 
     async def _answer(self, msg: Msg) -> None:
+        expiry = request_expiry(msg.data)
+        if self._late(expiry):
+            return
         try:
             request = natsjwt.decode_request(msg.data)
         except natsjwt.CalloutError as exc:
@@ -225,7 +266,22 @@ class AuthCallout:
         now = self.clock()
         login = Login.of(request.connect_opts, request.client_info.nonce)
         verdict = await self.store.run(lambda tx: decide(tx, login, self.key, now))
+        if self._late(expiry):  # the read waited its turn: signing the answer would be spent for nothing
+            return
         await msg.respond(self.answer(request, verdict).encode())
+
+    def _late(self, expiry: int) -> bool:
+        """True (counted, logged once a minute) when the server has stopped waiting for this request's answer."""
+        if not too_late(expiry, self.clock().timestamp()):
+            return False
+        self.stats.late += 1
+        now = time.monotonic()
+        if now - self._late_logged_at >= LATE_LOG_EVERY_S:
+            self._late_logged_at = now
+            log.warning("authorization requests reach the callout after the server stopped waiting for them (%d so "
+                        "far): not answering those; their clients are refused and log in again with back-off",
+                        self.stats.late)  # fmt: skip
+        return True
 
     def answer(self, request: natsjwt.AuthRequest, verdict: Verdict) -> str:
         extra = {"user": verdict.user, "cluster": verdict.cluster_id, "client": request.client_info.host}
