@@ -1,11 +1,14 @@
-"""The lifeline's pure rules: reconnect back-off, and what the probes answer for each link state."""
+"""The lifeline's pure rules: reconnect back-off (first connections' attempts too), and what the probes answer for
+each link state."""
 
 from __future__ import annotations
 
+import nats.errors
 from hypothesis import given
 from hypothesis import strategies as st
+from nats.aio.client import Client
 
-from flotilla_runtime.lifeline import Backoff, LinkState, health_of
+from flotilla_runtime.lifeline import Backoff, Lifeline, LinkState, health_of
 
 
 def test_an_expired_grant_is_renewed_at_once_then_attempts_back_off() -> None:
@@ -26,6 +29,23 @@ def test_every_delay_stays_within_its_jittered_bounds(failures: int, refused: bo
     delay = backoff.delay(failures, refused, rand)
     ceiling = backoff.refused_max_s if refused else backoff.max_s
     assert backoff.first_s * (1 - backoff.jitter) - 1e-3 <= delay <= ceiling * (1 + backoff.jitter) + 1e-3
+
+
+async def test_attempts_at_a_first_connection_back_off_like_reconnects() -> None:
+    """nats-py tries a first connection again every 2 s, for ever; `Lifeline.connect` has it wait the back-off's
+    delay instead (nats-py reads the wait again before each attempt), longer while the server refuses us."""
+    link = Lifeline("first", backoff=Backoff(first_s=0.5, max_s=30.0, refused_max_s=60.0, jitter=0.0))
+    link.first = client = Client()
+    on_error = link.options()["error_cb"]
+    waits = []
+    for _ in range(4):
+        await on_error(OSError("connection refused"))
+        waits.append(client.options["reconnect_time_wait"])
+    for _ in range(5):
+        await on_error(nats.errors.Error("nats: 'Authorization Violation'"))
+        waits.append(client.options["reconnect_time_wait"])
+    assert waits == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+    assert link.state is LinkState.REFUSED
 
 
 def test_a_link_down_within_the_grace_is_still_ready_and_says_why() -> None:

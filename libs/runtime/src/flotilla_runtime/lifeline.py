@@ -6,18 +6,30 @@ refused or timed out while the client was connected) and the like leave the clie
 subscription and consumer gone (nats-io/nats.py#1019; nats.go retries these). A `Lifeline` attached to a
 client turns those errors into a reconnect, which sends CONNECT again, so the server asks the auth callout
 again and the client gets a fresh grant; subscriptions are replayed by nats-py and publishes made meanwhile
-are buffered and flushed. Reconnect attempts back off exponentially (with jitter) and never stop.
+are buffered and flushed. Reconnect attempts back off exponentially (with jitter) and never stop; so do the
+attempts at a first connection made with `Lifeline.connect`.
 
 The server tells the client only `Authorization Violation` whether registration refused the credential
 (deregistered, revoked) or did not answer in time, so a refused connection keeps retrying at the longest
 back-off, logs at ERROR when refusals begin and every `REFUSED_LOG_EVERY_S` after, and reports itself not
 ready with that reason; it recovers by itself when the cause is gone.
 
+A login the server is still deciding on is finished, not thrown away (`finish_login`): nats-server sends its
+first PING 2-2.4 s after it starts processing a CONNECT, even while the auth callout has not answered yet, and
+nats-py's connect takes the first line after its CONNECT and PING for the answer. Given that PING it returns a
+client left CONNECTING for good, its flusher stopped: nothing it publishes or subscribes is ever written, while
+the server holds the connection as authorized (0 subscriptions, 0 messages in) until it closes it as stale
+minutes later (docs/scale.md, "What breaks next"). Attached to such a client, a lifeline waits for the server's
+answer to a PING of its own (a PONG comes only once the CONNECT is accepted; a refusal is an `-ERR`, turned into
+a reconnect like any other) and then lets the client work.
+
 The link state is what probes read: `Lifeline.health(now, grace_s)`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -36,6 +48,7 @@ log = logging.getLogger(__name__)
 # client.go: authViolation, authExpired, accountAuthExpired, "User Authentication Revoked").
 AUTH_ERRORS = ("authorization violation", "authentication expired", "authentication revoked")
 REFUSED_LOG_EVERY_S = 600.0
+FIRST_ATTEMPTS_WAIT_S = 2.0  # nats-py's reconnect_time_wait, put back once connected (it bounds a wait in close)
 
 
 class LinkState(StrEnum):
@@ -81,6 +94,17 @@ class LinkStats:
     grants_expired: int = 0  # the server ended a grant (`Authentication Expired`)
     refusals: int = 0  # connection attempts the server refused, in all
     disconnects: int = 0
+    late_logins: int = 0  # logins nats-py returned before the server had answered them (finish_login)
+
+
+def resume(client: Client) -> None:
+    """What nats-py's connect does on the server's PONG, done late: the client is connected, a flusher writes
+    what it queued meanwhile (its subscriptions, its first requests)."""
+    client._status = Client.CONNECTED
+    if client._flusher_task is None or client._flusher_task.done():
+        client._flusher_task = asyncio.get_running_loop().create_task(client._flusher())
+    if client._pending_data_size > 0 and client._flush_queue is not None and not client._flush_queue.full():
+        client._flush_queue.put_nowait(asyncio.get_running_loop().create_future())
 
 
 def health_of(state: LinkState, since: float, reason: str, now: float, grace_s: float) -> LinkHealth:
@@ -122,6 +146,7 @@ class Lifeline:
         self.client: Client | None = None
         self.stopping = False
         self.generation = 0
+        self.first: Client | None = None  # the client `connect` is making its first connection with
 
     # -- options given at connect time (public nats-py callbacks) ----------------------------------------
 
@@ -141,6 +166,8 @@ class Lifeline:
         async def on_error(error: Exception) -> None:
             if current():
                 self.saw_error(error)
+                if self.first is not None:
+                    self._pace(self.first)
             if error_cb is not None:
                 await error_cb(error)
 
@@ -167,6 +194,28 @@ class Lifeline:
             "allow_reconnect": True,
         }
 
+    async def connect(self, servers: str, **options: Any) -> Client:
+        """`nats.connect(servers, **options)` with this lifeline's options, attached, and its back-off between
+        first attempts too: nats-py makes a first connection again every `reconnect_time_wait` (2 s), never longer
+        and all at once, so a fleet refused while the auth callout was late came back at it together, forever."""
+        client = self.first = Client()
+        try:
+            await client.connect(servers, **(options | self.options()))
+        except BaseException:
+            self.first = None
+            with contextlib.suppress(Exception):  # it may not have got far enough to close cleanly
+                await client.close()
+            raise
+        self.first = None
+        client.options["reconnect_time_wait"] = FIRST_ATTEMPTS_WAIT_S
+        return self.attach(client)
+
+    def _pace(self, client: Client) -> None:
+        """A first attempt failed: how long nats-py waits before the next one (it reads this option each time)."""
+        self.failures += 1
+        refused = self.state is LinkState.REFUSED
+        client.options["reconnect_time_wait"] = self.backoff.delay(self.failures, refused, self.rand())
+
     def attach(self, client: Client) -> Client:
         """Make `client` reconnect on auth errors instead of closing (see the module docstring)."""
         self.client = client
@@ -186,8 +235,34 @@ class Lifeline:
         # A close or drain asked for by its holder (a join connection done with, a shutdown) is no failure.
         for name in ("close", "drain"):
             setattr(client, name, self._on_purpose(client, getattr(client, name)))
-        self._up()
+        if client.is_connecting:
+            self.finish_login(client)
+        else:
+            self._up()
         return client
+
+    def finish_login(self, client: Client) -> None:
+        """`client` came back from nats-py's connect still CONNECTING: the line it took for the server's answer
+        was the server's first PING (see the module docstring). Ask the server again and let the client work once
+        it answers; a refusal reaches `process_err` and reconnects."""
+        self._down(LinkState.CONNECTING, "the server has not accepted the login yet (its auth callout is late)")
+        self.stats.late_logins += 1
+        log.debug("%s: the server has not answered the login yet; waiting for it", self.name)
+        accepted: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        generation = self.generation
+
+        def answered(future: asyncio.Future[bool]) -> None:
+            if future.cancelled() or self.client is not client or self.generation != generation:
+                return
+            if client.is_connecting:  # not refused, closed or reconnecting meanwhile
+                resume(client)
+                log.debug("%s: the server accepted the login", self.name)
+                self._up()
+
+        accepted.add_done_callback(answered)
+        client._pongs.append(accepted)
+        if client._transport is not None:  # a PONG for the server's PING nats-py swallowed, and our PING
+            client._transport.write(b"PONG\r\nPING\r\n")
 
     def _on_purpose(self, client: Client, method: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         generation = self.generation

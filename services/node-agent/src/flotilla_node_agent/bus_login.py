@@ -46,18 +46,16 @@ async def connect_as(url: str, user: str, password: str, name: str, lifeline: Li
     target = with_user(url, user, password)
     link = lifeline or Lifeline(name)
     try:
-        client = await nats.connect(
+        return await link.connect(
             target,
             name=name,
             connect_timeout=10,  # the bus asks registration (auth callout) before it answers
             pending_size=64 * 1024 * 1024,
-            **link.options(),
             **connect_options(target),
         )
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         link.failed(exc)
         raise
-    return link.attach(client)
 
 
 def node_options(cluster_id: str, node: str, credential: str, seed: str) -> dict[str, Any]:
@@ -78,18 +76,16 @@ async def connect_node(
     target = without_user(url)
     link = lifeline or Lifeline(name)
     try:
-        client = await nats.connect(
+        return await link.connect(
             target,
             name=name,
             connect_timeout=10,
             pending_size=64 * 1024 * 1024,
-            **link.options(),
             **(connect_options(target) | node_options(cluster_id, node, credential, seed)),
         )
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         link.failed(exc)
         raise
-    return link.attach(client)
 
 
 APPLIED_PREFIX = f"{EVT_PREFIX}.{Entity.APPLIED.value}."
