@@ -40,6 +40,9 @@ from flotilla_scheduler.handlers import Scheduler
 from flotilla_scheduler.readmodel import ReadModel
 
 R = TypeVar("R", bound=Message)
+# How long a command may take to answer: TestNatsBroker's default (0.5 s) is shorter than a batch of 500 specs
+# takes on a loaded machine (test_a_batch_over_the_limit_... timed out at load 11).
+REPLY_S = 30.0
 
 
 @dataclass
@@ -79,13 +82,15 @@ class Harness:
     seq: int = 0
 
     async def raw(self, verb: str, body: Message | dict[str, Any]) -> dict[str, Any]:
-        reply = await self.broker.request(msgspec.json.encode(body), command(Service.SCHEDULER, verb))
+        reply = await self.broker.request(msgspec.json.encode(body), command(Service.SCHEDULER, verb), timeout=REPLY_S)
         decoded: dict[str, Any] = msgspec.json.decode(reply.body)
         return decoded
 
     async def ok(self, verb: str, body: Message | dict[str, Any], reply_type: type[R]) -> R:
         reply = msgspec.json.decode(
-            (await self.broker.request(msgspec.json.encode(body), command(Service.SCHEDULER, verb))).body,
+            (
+                await self.broker.request(msgspec.json.encode(body), command(Service.SCHEDULER, verb), timeout=REPLY_S)
+            ).body,
             type=Reply[reply_type],  # type: ignore[valid-type]
         )
         assert reply.ok, reply.error

@@ -182,12 +182,12 @@ def pick(
     chosen: list[str] = []
     while heap and len(chosen) < slots:
         (_, count, load, c), domain, index = heapq.heappop(heap)
-        members = groups[domain]
+        best = groups[domain]
         if load < 0:  # the domain's next member, not ranked yet
-            if len(members) <= index:
-                members = groups[domain] = ranked(fleet, members_of[domain], penalty, slots)
-            if index < len(members):
-                nxt = members[index]
+            if len(best) <= index:
+                best = groups[domain] = ranked(fleet, members_of[domain], penalty, slots)
+            if index < len(best):
+                nxt = best[index]
                 heapq.heappush(heap, (fleet.rank_key(nxt, penalty=penalty.get(nxt, 0), spread=count), domain, index))
             continue
         chosen.append(c)
