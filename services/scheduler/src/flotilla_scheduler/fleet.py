@@ -24,8 +24,9 @@ UNREACHABLE_TAINT = "flotilla.dev/unreachable"
 LOST_TAINT = "flotilla.dev/lost"
 
 # `least_loaded` walks the load buckets in ascending order (one set intersection per distinct load) instead of
-# sorting the whole candidate set. The walk pays off only for a large set spread over few distinct loads:
-SORT_AT_MOST = 32  # candidates up to this many: one sort of the set costs less than intersecting every bucket
+# sorting the whole candidate set. The walk pays off over few distinct loads, for a large set or for its best few:
+SORT_AT_MOST = 32  # candidates up to this many: one sort of the set costs less than intersecting every bucket...
+WALK_FOR_AT_MOST = 8  # ...unless only this many are asked: they are in the first buckets (best of 33: 2.6 vs 11.6 us)
 WALK_AT_MOST_LOADS = 64  # more distinct loads than this: the intersections cost more than one sort of the set
 # Placing many subscriptions at once (a batch apply) asks the same few selectors and spread keys again and again
 # while no cluster joins, leaves or changes labels: a selector's matching set and its split by a spread label are
@@ -158,7 +159,7 @@ class Fleet:
 
     def least_loaded(self, among: AbstractSet[str], limit: int) -> list[str]:
         """The best `limit` of `among` by `rank_key` with no penalty and no spread: less loaded first, then by id."""
-        if len(among) <= SORT_AT_MOST or len(self._loads) > WALK_AT_MOST_LOADS:
+        if len(self._loads) > WALK_AT_MOST_LOADS or (len(among) <= SORT_AT_MOST and limit > WALK_FOR_AT_MOST):
             load_of = self.load.get
             return sorted(among, key=lambda c: rank_key(c, load_of(c, 0)))[:limit]
         out: list[str] = []
