@@ -143,6 +143,26 @@ def test_waiting_for_the_joins_asks_again_when_a_busy_registration_answers_late(
     assert out.count("registration did not answer in time") == 2 and "2/2 clusters joined" in out
 
 
+def test_waiting_for_the_joins_asks_again_when_the_bus_refused_its_connection(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A busy nats-server (a big fleet connecting) may not take the CLI's own connection in time: not a failure.
+    refused = ClientError(ErrorCode.UNAVAILABLE, "not connected to NATS at nats://127.0.0.1:4222")
+    answers: list[Exception | list[Any]] = [refused, _approved("big-0000", "big-0001")]
+
+    def list_clusters(*_: object) -> list[Any]:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(sim_cli, "list_all_clusters", list_clusters)
+    monkeypatch.setattr("flotilla_client.cli.sim.time", Clock())
+    assert sim_cli.wait_for_clusters(None, "big", 2, 60.0) == 2  # type: ignore[arg-type]
+    out = capsys.readouterr().out
+    assert "could not reach the bus" in out and "2/2 clusters joined" in out
+
+
 def test_waiting_for_the_joins_gives_up_at_its_timeout_saying_how_far_it_got(monkeypatch: pytest.MonkeyPatch) -> None:
     late = ClientError(ErrorCode.TIMEOUT, "no reply within 10s")
     answers: list[Exception | list[Any]] = [_approved("big-0000"), late]

@@ -191,16 +191,21 @@ def wait_for_clusters(obj: CliContext, prefix: str, expected: int, timeout_s: fl
         try:
             approved = list_all_clusters(obj, "", [reg.ClusterState.APPROVED])
         except ClientError as exc:
-            # A fleet joining at once keeps registration busy (each join and login is its work): a slow answer
-            # is not the joins failing, so ask again until --timeout.
-            if exc.code != ErrorCode.TIMEOUT:
+            # A fleet joining at once keeps registration busy (each join and login is its work) and nats-server
+            # too (this command's own connection may time out): a slow answer or a refused connection is not the
+            # joins failing, so ask again until --timeout.
+            if exc.code not in (ErrorCode.TIMEOUT, ErrorCode.UNAVAILABLE):
                 raise
             if time.monotonic() > deadline:
                 raise Failure(
                     f"registration did not answer within {timeout_s:g}s ({exc.message}); {max(last, 0)} of "
                     f"{expected} clusters had joined; see `flotilla logs registration` and the sim log"
                 ) from None
-            echo(f"  registration did not answer in time ({exc.message}); asking again")
+            if exc.code == ErrorCode.UNAVAILABLE:
+                echo(f"  could not reach the bus ({exc.message}); asking again")
+                time.sleep(1.0)  # sleep: a pause before connecting again, not a wait for a condition
+            else:
+                echo(f"  registration did not answer in time ({exc.message}); asking again")
             continue
         joined = sum(1 for c in approved if c.identity.name.startswith(f"{prefix}-"))
         if joined != last:
