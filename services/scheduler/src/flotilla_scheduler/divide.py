@@ -10,7 +10,6 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 
 
 @dataclass(frozen=True)
@@ -43,8 +42,9 @@ def ideal_split(replicas: int, weights: Mapping[str, int], low: int, high: int |
         if total == 0:
             weight = {c: 1 for c in ids}
             total = len(active)
-        shares = {c: Fraction(remaining * weight[c], total) for c in active}
-        capped = [c for c in active if room[c] is not None and shares[c] >= room[c]]  # type: ignore[operator]
+        # A share is remaining * weight / total; its numerator over the common `total` keeps the arithmetic exact.
+        shares = {c: remaining * weight[c] for c in active}
+        capped = [c for c in active if room[c] is not None and shares[c] >= room[c] * total]  # type: ignore[operator]
         if capped:
             for c in capped:
                 amount = room[c]
@@ -54,11 +54,11 @@ def ideal_split(replicas: int, weights: Mapping[str, int], low: int, high: int |
                 room[c] = 0
             active = [c for c in active if c not in capped]
             continue
-        floors = {c: int(shares[c]) for c in active}
+        floors = {c: shares[c] // total for c in active}
         for c in active:
             result[c] += floors[c]
         left = remaining - sum(floors.values())
-        by_fraction = sorted(active, key=lambda c: (-(shares[c] - floors[c]), c))
+        by_fraction = sorted(active, key=lambda c: (-(shares[c] % total), c))  # the largest remainders first
         for c in by_fraction[:left]:
             result[c] += 1
         remaining = 0
