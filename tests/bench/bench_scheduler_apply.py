@@ -222,6 +222,8 @@ async def test_subscriptions_apply_rate_through_the_service(nats_server: NatsSer
                     f"{path}: CPU per apply until the last SubscriptionApplied was published": ", ".join(
                         f"{n} {us:,.0f} µs" for n, us in cpu_all.items()
                     ),
+                    f"{path}: applies/s the scheduler would sustain on a core of its own (1 s / CPU per apply, relay "
+                    "included)": f"{1e6 / cpu_all['scheduler']:,.0f}",
                     f"{path}: outbox, every SubscriptionApplied published": f"{published_s:.1f} s after the last reply",
                     f"{path}: fleet read (ClusterApproved events)": f"{fleet_s:.1f} s ({CLUSTERS / fleet_s:,.0f}/s)",
                     f"{path}: load average (1 min) before / after": f"{load_before:.2f} / {load_after:.2f}",
