@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from unittest.mock import patch
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,6 +18,7 @@ from flotilla_contracts.v1.scheduler import (
     TolerationOperator,
     Weighting,
 )
+from flotilla_scheduler import fleet as fleet_module
 from flotilla_scheduler.divide import ideal_split, steady_split
 from flotilla_scheduler.fleet import UNREACHABLE_TAINT, ClusterView, Fleet
 from flotilla_scheduler.placement import Decision, Placement, compile_policy, place
@@ -292,7 +294,13 @@ def test_a_fleet_that_kept_its_selections_places_as_a_fresh_one_after_joins_rela
 ) -> None:
     """The fleet keeps each selector's matching set and its split by a spread label between decisions (a batch
     asks the same few again and again); after any join, relabel, leave or load change it decides as a fleet
-    built afresh from the same clusters would."""
+    built afresh from the same clusters would, also when the kept selections outgrow their bound."""
+    bound = data.draw(st.sampled_from([fleet_module.CACHED_IDS, 4]))
+    with patch.object(fleet_module, "CACHED_IDS", bound):
+        decide_after_changes(fleet, chosen, data)
+
+
+def decide_after_changes(fleet: Fleet, chosen: list[PlacementPolicy], data: st.DataObject) -> None:
     for _ in range(4):
         for policy in chosen:  # fills the kept selections
             run(policy, fleet)

@@ -31,8 +31,8 @@ WALK_AT_MOST_LOADS = 64  # more distinct loads than this: the intersections cost
 # Placing many subscriptions at once (a batch apply) asks the same few selectors and spread keys again and again
 # while no cluster joins, leaves or changes labels: a selector's matching set and its split by a spread label are
 # kept until one does (load changes do not touch them; they were ~55% of a fresh decision's cost). Bounded: the
-# cache is emptied when it holds this many selections.
-CACHED_SELECTIONS = 1024
+# kept selections are dropped when they would hold more than this many cluster ids (a set slot each, ~50 MiB).
+CACHED_IDS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,7 @@ class Fleet:
         self._loads: list[int] = []  # the bucket keys, ascending
         self._matching: dict[Selector, frozenset[str]] = {}
         self._split: dict[tuple[Selector, str], list[tuple[str, frozenset[str]]]] = {}
+        self._kept_ids = 0  # cluster ids held by the kept selections
         for cluster in clusters:
             self.put(cluster)
 
@@ -118,6 +119,13 @@ class Fleet:
     def _forget_selections(self) -> None:
         self._matching.clear()
         self._split.clear()
+        self._kept_ids = 0
+
+    def _keep(self, ids: int) -> None:
+        """Room for `ids` more kept cluster ids: all kept selections are dropped when they would exceed the bound."""
+        if self._kept_ids + ids > CACHED_IDS:
+            self._forget_selections()
+        self._kept_ids += ids
 
     def _drop(self, cluster_id: str) -> ClusterView | None:
         previous = self.clusters.pop(cluster_id, None)
@@ -185,18 +193,18 @@ class Fleet:
         """`domains(key, matching(selector))`, kept until a cluster joins, leaves or changes labels."""
         found = self._split.get((selector, key))
         if found is None:
-            if len(self._split) >= CACHED_SELECTIONS:
-                self._split.clear()
-            found = self._split[selector, key] = self.domains(key, self.matching(selector))
+            found = self.domains(key, self.matching(selector))
+            self._keep(sum(len(members) for _, members in found))
+            self._split[selector, key] = found
         return found
 
     def matching(self, selector: Selector) -> frozenset[str]:
         """Ids of the clusters whose labels match, kept until a cluster joins, leaves or changes labels."""
         found = self._matching.get(selector)
         if found is None:
-            if len(self._matching) >= CACHED_SELECTIONS:
-                self._matching.clear()
-            found = self._matching[selector] = frozenset(self._select(selector))
+            found = frozenset(self._select(selector))
+            self._keep(len(found))
+            self._matching[selector] = found
         return found
 
     def _select(self, selector: Selector) -> set[str]:
