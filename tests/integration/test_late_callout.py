@@ -5,8 +5,8 @@ nats-server sends its first PING to a client 2-2.4 s after it started processing
 that CONNECT still waits for the callout. nats-py's connect reads one line after its CONNECT and PING and takes it
 for the server's answer: the server's PING left the client CONNECTING for good, its flusher stopped, writing
 nothing but its own PINGs, while the server held the connection as authorized. Every request on it timed out until
-the server closed it as stale minutes later (docs/scale.md, "What breaks next"). Marked `integration`: starts
-nats-server."""
+the server closed it as stale minutes later (docs/scale.md, "Connections that went silent"). Marked
+`integration`: starts nats-server."""
 
 from __future__ import annotations
 

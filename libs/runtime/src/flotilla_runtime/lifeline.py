@@ -19,9 +19,9 @@ first PING 2-2.4 s after it starts processing a CONNECT, even while the auth cal
 nats-py's connect takes the first line after its CONNECT and PING for the answer. Given that PING it returns a
 client left CONNECTING for good, its flusher stopped: nothing it publishes or subscribes is ever written, while
 the server holds the connection as authorized (0 subscriptions, 0 messages in) until it closes it as stale
-minutes later (docs/scale.md, "What breaks next"). Attached to such a client, a lifeline waits for the server's
-answer to a PING of its own (a PONG comes only once the CONNECT is accepted; a refusal is an `-ERR`, turned into
-a reconnect like any other) and then lets the client work.
+minutes later (docs/scale.md, "Connections that went silent"). Attached to such a client, a lifeline waits for
+the server's answer to a PING of its own (a PONG comes only once the CONNECT is accepted; a refusal is an
+`-ERR`, turned into a reconnect like any other) and then lets the client work.
 
 The link state is what probes read: `Lifeline.health(now, grace_s)`.
 """
