@@ -39,7 +39,7 @@ from flotilla_runtime.store import Store
 from flotilla_testkit import eventually
 
 pytestmark = pytest.mark.integration
-HOLD_S = 3.0  # past the server's first PING (2-2.4 s into the CONNECT), within its 5 s authorization timeout
+HOLD_S = 3.5  # past the server's first PING (2-2.4 s into the CONNECT), within its 5 s authorization timeout
 AGENTS = 4
 JOIN = subjects.command(Service.REGISTRATION, "join")
 
