@@ -1,16 +1,20 @@
 """The store commits state and events together, or neither; migrations run once; processed ids persist."""
 
 import asyncio
+import os
+import re
 import sqlite3
 import threading
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from flotilla_contracts.envelope import Message
 from flotilla_runtime.migrations import Migration
-from flotilla_runtime.store import Store, SyncTx
+from flotilla_runtime.store import Store, SyncTx, new_event_id, utc_now_iso
 from flotilla_testkit import eventually
 
 
@@ -175,3 +179,31 @@ async def test_a_cancelled_transaction_leaves_no_transaction_open(tmp_path: Path
     await asyncio.wait_for(write_after(), 5)
     assert [row["id"] for row in await store.fetchall("SELECT id FROM things")] == ["after"]
     await store.close()
+
+
+def test_event_times_are_rfc3339_utc_milliseconds_that_keep_up_with_the_clock() -> None:
+    before = datetime.now(UTC) - timedelta(milliseconds=1)
+    stamps = [utc_now_iso() for _ in range(2_000)]
+    after = datetime.now(UTC) + timedelta(milliseconds=1)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", s) for s in stamps)
+    parsed = [datetime.fromisoformat(s) for s in stamps]
+    assert parsed == sorted(parsed)
+    assert before <= parsed[0] and parsed[-1] <= after
+
+
+def test_event_ids_are_uuid7_and_a_forked_child_never_repeats_its_parents() -> None:
+    ids = [new_event_id() for _ in range(5_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(uuid.UUID(hex=i).version == 7 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the next ids it would hand out, to the parent
+        os.write(write, ",".join(new_event_id() for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        child = pipe.read().split(",")
+    parent = [new_event_id() for _ in range(50)]
+    assert len(child) == 50
+    assert {i[12:] for i in child}.isdisjoint(i[12:] for i in parent)
