@@ -140,3 +140,23 @@ def test_restarting_nats_server_restarts_every_server_in_turn(fleet: Fleet) -> N
         until=lambda names: len(names) == CLUSTERS * (NODES + 1),
         **LOOK,
     )
+
+
+def test_a_persons_new_role_reaches_the_second_server_too(fleet: Fleet) -> None:
+    fleet.ok("user", "add", "dave", "--role", "viewer")
+    info = runfile.load(fleet.state)
+    assert info is not None
+    second = runfile.bus_servers(info)[1].url
+
+    def pause_through_the_second() -> str:  # an operator's command; the orchestrator knows no such rollout
+        return fleet.run("--server", second, "--user", "dave", "upgrade", "pause", "r-000000000000").stderr
+
+    assert "not_found" not in pause_through_the_second()
+    said = fleet.ok("user", "add", "dave", "--role", "operator")
+    assert "nats-server-2" in said, said
+    eventually_sync(
+        pause_through_the_second,
+        "the second server to apply dave's operator grant",
+        until=lambda stderr: "not_found" in stderr,
+        **LOOK,
+    )

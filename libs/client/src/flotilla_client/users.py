@@ -146,11 +146,19 @@ def apply(state_dir: Path, names_changed: bool) -> str:
 
         reply = localfleet.restart(state_dir, localfleet.NATS_SERVER, RESTART_TIMEOUT_S)
         return f"nats-server restarted with it (pid {reply.old_pid or '-'} -> {reply.pid}: it cannot reload auth_users)"
-    try:
-        os.kill(info.nats.pid, signal.SIGHUP)  # nats-server reloads its configuration, clients stay connected
-    except ProcessLookupError:
-        return "saved; nats-server is not running (its supervisor restarts it with this configuration)"
-    return f"nats-server (pid {info.nats.pid}) reloaded its configuration"
+    reloaded, missing = [], []
+    for member in runfile.bus_servers(info):  # every server of the fleet holds the people (`--bus-servers`)
+        try:
+            if not member.pid:
+                raise ProcessLookupError
+            os.kill(member.pid, signal.SIGHUP)  # nats-server reloads its configuration, clients stay connected
+            reloaded.append(f"{member.name} (pid {member.pid})")
+        except ProcessLookupError:
+            missing.append(member.name)
+    said = f"{', '.join(reloaded)} reloaded its configuration" if reloaded else "saved"
+    if missing:
+        said += f"; {', '.join(missing)} not running (its supervisor restarts it with this configuration)"
+    return said
 
 
 async def can_log_in(url: str, person: Person) -> bool:
