@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from flotilla_contracts.envelope import Message
+from flotilla_runtime.eventids import new_event_id, utc_now_iso
 from flotilla_runtime.migrations import Migration
-from flotilla_runtime.store import Store, SyncTx, new_event_id, utc_now_iso
+from flotilla_runtime.store import Store, SyncTx
 from flotilla_testkit import eventually
 
 
