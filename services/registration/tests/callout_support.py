@@ -132,3 +132,14 @@ async def running_callout(tmp_path: Path) -> AsyncIterator[Callout]:
             await auth.close()
     finally:
         server.stop()
+
+
+class Request:
+    """An auth callout request as `AuthCallout.handle` sees it, without a server: its data, and the answers given."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.answers: list[bytes] = []
+
+    async def respond(self, data: bytes) -> None:
+        self.answers.append(data)

@@ -9,19 +9,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from callout_support import Request
 
 from flotilla_registration import callout as callout_module
 from flotilla_registration.callout import AuthCallout, Verdict
 from flotilla_registration.natskeys import new_account_seed
-
-
-class Msg:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.answers: list[bytes] = []
-
-    async def respond(self, data: bytes) -> None:
-        self.answers.append(data)
 
 
 class BothAtOnce:
@@ -56,7 +48,7 @@ def any_request_is_join_x(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_connections_are_authorized_side_by_side() -> None:
     store = BothAtOnce(needed=3)
     auth = AuthCallout(store, b"k" * 32, new_account_seed())  # type: ignore[arg-type]
-    messages = [Msg(b"{}") for _ in range(3)]
+    messages = [Request(b"{}") for _ in range(3)]
     for msg in messages:  # in line, the first would wait forever for the other two
         await asyncio.wait_for(auth.on_request(msg), timeout=10)  # type: ignore[arg-type]
     await asyncio.wait_for(auth.drain(), timeout=10)
@@ -66,7 +58,7 @@ async def test_connections_are_authorized_side_by_side() -> None:
 async def test_past_the_bound_the_subscription_waits() -> None:
     store = BothAtOnce(needed=3)
     auth = AuthCallout(store, b"k" * 32, new_account_seed(), max_in_flight=2)  # type: ignore[arg-type]
-    first, second, third = (Msg(b"{}") for _ in range(3))
+    first, second, third = (Request(b"{}") for _ in range(3))
     await auth.on_request(first)  # type: ignore[arg-type]
     await auth.on_request(second)  # type: ignore[arg-type]
     waiting = asyncio.create_task(auth.on_request(third))  # type: ignore[arg-type]

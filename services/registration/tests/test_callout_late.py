@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from callout_support import Request
 
 from flotilla_registration import natsjwt
 from flotilla_registration.callout import AuthCallout, Verdict, request_expiry, too_late
@@ -24,15 +25,6 @@ def request(expiry: int) -> bytes:
     """An authorization request as the server sends it, as far as the callout reads it before verifying it."""
     payload = base64.urlsafe_b64encode(json.dumps({"exp": expiry, "iat": expiry - TIMEOUT_S}).encode()).rstrip(b"=")
     return b"eyJ0eXAiOiJKV1QifQ." + payload + b".c2ln"
-
-
-class Msg:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.answers: list[bytes] = []
-
-    async def respond(self, data: bytes) -> None:
-        self.answers.append(data)
 
 
 class Clock:
@@ -73,11 +65,11 @@ def deadline() -> int:
     return int((SENT + timedelta(seconds=TIMEOUT_S)).timestamp())
 
 
-async def answer_at(now: datetime, takes: timedelta = timedelta(0)) -> tuple[Msg, Store, AuthCallout]:
+async def answer_at(now: datetime, takes: timedelta = timedelta(0)) -> tuple[Request, Store, AuthCallout]:
     clock = Clock(now)
     store = Store(clock, takes)
     auth = AuthCallout(store, b"k" * 32, new_account_seed(), clock=clock)  # type: ignore[arg-type]
-    msg = Msg(request(deadline()))
+    msg = Request(request(deadline()))
     await auth.on_request(msg)  # type: ignore[arg-type]
     await auth.drain()
     return msg, store, auth
