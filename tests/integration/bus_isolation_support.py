@@ -36,6 +36,7 @@ from flotilla_contracts.v1.registration import (
     JoinRequest,
 )
 from flotilla_runtime.bus import with_user
+from flotilla_runtime.lifeline import login_answered
 
 FLOTILLA = str(Path(sys.executable).parent / "flotilla")
 NODE = "n1"
@@ -75,7 +76,7 @@ async def connect_as_node(fleet: Fleet, name: str, node: str, seed: str | None =
         nkeys_seed_str=seed or fleet.seeds.setdefault(f"{name}/{node}", new_seed()),
         token=permissions.node_login_token(user, fleet.clusters[name]), inbox_prefix=permissions.inbox_prefix(user),
     )  # fmt: skip
-    return Agent(nc, errors)
+    return Agent(await login_answered(nc), errors)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from flotilla_client import runfile
 from flotilla_contracts import permissions
 from flotilla_contracts.subjects import Service
 from flotilla_runtime.bus import with_user
+from flotilla_runtime.lifeline import login_answered
 from flotilla_testkit import ConditionNotMet, eventually
 
 MEMBER_FACING = (Service.REGISTRATION, Service.HEARTBEAT, Service.SCHEDULER, Service.UPGRADE_ORCHESTRATOR)
@@ -58,7 +59,7 @@ async def login_node(url: str, stolen: Stolen, node: str, *, cluster_id: str = "
         nkeys_seed_str=seed or stolen.seeds[node], token=permissions.node_login_token(user, stolen.credential),
         inbox_prefix=permissions.inbox_prefix(user), pending_size=64 * 1024 * 1024,
     )  # fmt: skip
-    return WatchedConnection(nc, errors)
+    return WatchedConnection(await login_answered(nc), errors)
 
 
 def violations(connection: WatchedConnection, what: str = "") -> int:

@@ -17,6 +17,7 @@ from flotilla_contracts.streams import EVENT_STREAMS
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1.registration import JoinReply, JoinRequest
 from flotilla_runtime import codec
+from flotilla_runtime.lifeline import login_answered
 from flotilla_runtime.natsconn import connect_options
 from flotilla_testkit import ConditionNotMet, eventually
 
@@ -85,7 +86,7 @@ async def connect_watched(url: str, connect_timeout: float = 10) -> WatchedConne
         url, error_cb=on_error, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=connect_timeout,
         **connect_options(url),
     )  # fmt: skip
-    return WatchedConnection(nc, errors)
+    return WatchedConnection(await login_answered(nc), errors)
 
 
 async def send_join(nc: Client, request: JoinRequest) -> JoinReply:

@@ -33,7 +33,7 @@ from flotilla_node_agent.bus_login import connect_as
 from flotilla_registration import domain
 from flotilla_registration import store as repo
 from flotilla_registration.callout import AuthCallout
-from flotilla_runtime.lifeline import Lifeline, LinkState
+from flotilla_runtime.lifeline import Lifeline, LinkState, login_answered
 from flotilla_runtime.migrations import load_migrations
 from flotilla_runtime.store import Store
 from flotilla_testkit import eventually
@@ -170,3 +170,29 @@ async def test_a_login_answered_after_the_server_gave_up_is_not_answered_and_mad
         assert bus.callout.stats.granted == 1
     finally:
         await client.close()
+
+
+async def test_a_plain_client_logged_in_late_works_once_its_login_is_answered(bus: Bus) -> None:
+    """A one-shot connection without a lifeline (a test counting the server's denials, a tool): `login_answered`
+    waits for the server's answer nats-py's connect did not wait for; without it the request below goes nowhere."""
+    client = await nats.connect(
+        bus.url, user="join.lateplain", password=bus.token, inbox_prefix=permissions.inbox_prefix("join.lateplain"),
+        allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=10,
+    )  # fmt: skip
+    try:
+        assert client.is_connecting, "the server's PING came before its answer: nats-py returned too early"
+        await login_answered(client)
+        assert client.is_connected
+        assert await answered(client)
+    finally:
+        await client.close()
+
+
+async def test_a_plain_client_refused_late_hears_the_refusal(bus: Bus) -> None:
+    client = await nats.connect(
+        bus.url, user="join.lateplainrefused", password="not-a-token",
+        allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=10,
+    )  # fmt: skip
+    with pytest.raises(nats.errors.AuthorizationError):
+        await login_answered(client)
+    assert client.is_closed

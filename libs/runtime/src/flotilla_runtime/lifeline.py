@@ -107,6 +107,33 @@ def resume(client: Client) -> None:
         client._flush_queue.put_nowait(asyncio.get_running_loop().create_future())
 
 
+def ask_again(client: Client, answer: asyncio.Future[bool]) -> None:
+    """Ask the server whether it accepted `client`'s login: `answer` is done on its PONG (a refusal is an -ERR)."""
+    client._pongs.append(answer)
+    if client._transport is not None:  # a PONG for the server's PING nats-py swallowed, and our PING
+        client._transport.write(b"PONG\r\nPING\r\n")
+
+
+async def login_answered(client: Client, timeout_s: float = 10.0) -> Client:
+    """For a client connected without a lifeline (a one-shot tool, a test counting the server's denials): if
+    nats-py returned it before the server answered its login (see the module docstring), wait for the answer and
+    let the client work. Raises the server's refusal (nats-py's AuthorizationError) if it refused the login,
+    nats-py's TimeoutError if it gave no answer within `timeout_s`."""
+    if not client.is_connecting:
+        return client
+    answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    ask_again(client, answer)
+    deadline = time.monotonic() + timeout_s
+    while not answer.done() and not client.is_closed and time.monotonic() < deadline:
+        await asyncio.wait({answer}, timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+    if client.is_closed:
+        raise client.last_error or nats.errors.ConnectionClosedError()
+    if not answer.done() or answer.cancelled():
+        raise nats.errors.TimeoutError
+    resume(client)
+    return client
+
+
 def health_of(state: LinkState, since: float, reason: str, now: float, grace_s: float) -> LinkHealth:
     """Pure: a link down for longer than `grace_s` is not ready; only a closed one is not live."""
     if state is LinkState.CONNECTED:
@@ -260,9 +287,7 @@ class Lifeline:
                 self._up()
 
         accepted.add_done_callback(answered)
-        client._pongs.append(accepted)
-        if client._transport is not None:  # a PONG for the server's PING nats-py swallowed, and our PING
-            client._transport.write(b"PONG\r\nPING\r\n")
+        ask_again(client, accepted)
 
     def _on_purpose(self, client: Client, method: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         generation = self.generation
