@@ -25,7 +25,8 @@ from flotilla_contracts.v1.registration import (
     ReportNodesReply,
     ReportNodesRequest,
 )
-from flotilla_node_agent.fleet_sim import FleetSpec, start_fleet
+from flotilla_node_agent.fleet_sim import start_fleet
+from flotilla_node_agent.sim_args import FleetSpec
 from flotilla_runtime.bus import ensure_streams
 from flotilla_testkit import eventually
 

@@ -16,7 +16,8 @@ from flotilla_client.natsserver import NatsServer
 from flotilla_contracts import catalogue
 from flotilla_contracts.v1.agent import NodeFacts, StepKind, StepOutcome
 from flotilla_contracts.v1.registration import ReportNodesRequest
-from flotilla_node_agent.fleet_sim import Fleet, FleetSpec, start_fleet
+from flotilla_node_agent.fleet_sim import Fleet, start_fleet
+from flotilla_node_agent.sim_args import FleetSpec
 from flotilla_runtime.bus import ensure_streams
 
 from .node_agent_support import STEPS, Watch, send, step_command

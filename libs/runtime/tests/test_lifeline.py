@@ -1,14 +1,18 @@
-"""The lifeline's pure rules: reconnect back-off (first connections' attempts too), and what the probes answer for
-each link state."""
+"""The lifeline: reconnect back-off (first connections' attempts too, against a real nats-server), the login
+gate, and what the probes answer for each link state."""
 
 from __future__ import annotations
 
-import nats.errors
+import asyncio
+from pathlib import Path
+
 from hypothesis import given
 from hypothesis import strategies as st
-from nats.aio.client import Client
 
+from flotilla_client.natsserver import NatsServer, free_port
 from flotilla_runtime.lifeline import Backoff, Lifeline, LinkState, health_of
+from flotilla_runtime.logins import LoginGate
+from flotilla_testkit import eventually
 
 
 def test_an_expired_grant_is_renewed_at_once_then_attempts_back_off() -> None:
@@ -31,21 +35,56 @@ def test_every_delay_stays_within_its_jittered_bounds(failures: int, refused: bo
     assert backoff.first_s * (1 - backoff.jitter) - 1e-3 <= delay <= ceiling * (1 + backoff.jitter) + 1e-3
 
 
-async def test_attempts_at_a_first_connection_back_off_like_reconnects() -> None:
-    """nats-py tries a first connection again every 2 s, for ever; `Lifeline.connect` has it wait the back-off's
-    delay instead (nats-py reads the wait again before each attempt), longer while the server refuses us."""
-    link = Lifeline("first", backoff=Backoff(first_s=0.5, max_s=30.0, refused_max_s=60.0, jitter=0.0))
-    link.first = client = Client()
-    on_error = link.options()["error_cb"]
-    waits = []
-    for _ in range(4):
-        await on_error(OSError("connection refused"))
-        waits.append(client.options["reconnect_time_wait"])
-    for _ in range(5):
-        await on_error(nats.errors.Error("nats: 'Authorization Violation'"))
-        waits.append(client.options["reconnect_time_wait"])
-    assert waits == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
-    assert link.state is LinkState.REFUSED
+@given(st.integers(min_value=1, max_value=10_000), st.booleans(), st.floats(min_value=0.0, max_value=1.0))
+def test_first_attempts_spread_over_the_whole_interval(failures: int, refused: bool, rand: float) -> None:
+    backoff = Backoff()
+    ceiling = backoff.refused_max_s if refused else backoff.max_s
+    assert 0.0 <= backoff.spread(failures, refused, rand) <= ceiling
+    assert backoff.spread(failures, refused, 0.0) == 0.0
+
+
+async def test_first_attempts_back_off_outside_the_gate_until_the_server_is_up(tmp_path: Path) -> None:
+    """nats-py tries a first connection again every 2 s, for ever; `Lifeline.connect` tries once at a time, backs
+    off between attempts (without holding its place among the process's logins in flight) and connects as soon as
+    the server is up."""
+    port = free_port()
+    gate = LoginGate(1)
+    link = Lifeline("first", backoff=Backoff(first_s=0.05, max_s=0.2), rand=lambda: 1.0, gate=gate)
+    attempt = asyncio.create_task(link.connect(f"nats://127.0.0.1:{port}", connect_timeout=2))
+    server = NatsServer(state_dir=tmp_path / "nats", port=port, log_file=tmp_path / "nats-server.log")
+    try:
+        await eventually(lambda: link.failures >= 3, "three first attempts failed")
+        assert link.state is LinkState.RECONNECTING and not attempt.done()
+        async with asyncio.timeout(5):  # the one place is free while the lifeline backs off
+            async with gate:
+                pass
+        server.start()
+        client = await asyncio.wait_for(attempt, 30)
+        try:
+            assert client.is_connected and link.state is LinkState.CONNECTED
+            assert gate.peak == 1 and gate.in_flight == 0
+            assert client.options["allow_reconnect"] and client.options["max_reconnect_attempts"] == -1
+        finally:
+            await client.close()
+    finally:
+        attempt.cancel()
+        server.stop()
+
+
+async def test_a_gate_lets_its_limit_in_and_the_rest_wait() -> None:
+    gate = LoginGate(3)
+    release = asyncio.Event()
+
+    async def login() -> None:
+        async with gate:
+            await release.wait()
+
+    logins = [asyncio.create_task(login()) for _ in range(10)]
+    await eventually(lambda: gate.waiting == 7, "seven logins waiting")
+    assert (gate.in_flight, gate.admitted) == (3, 3)
+    release.set()
+    await asyncio.gather(*logins)
+    assert (gate.in_flight, gate.admitted, gate.peak, gate.waiting) == (0, 10, 3, 0)
 
 
 def test_a_link_down_within_the_grace_is_still_ready_and_says_why() -> None:

@@ -9,7 +9,8 @@ import pytest
 from flotilla_contracts.v1.agent import DrainOptions, StepProgress, TargetVersions
 from flotilla_node_agent.drivers.base import AgentCrashed, StepFailed
 from flotilla_node_agent.drivers.sim import CRASH_POINTS, SimDriver, SimNodeSpec
-from flotilla_node_agent.fleet_sim import node_specs, parse
+from flotilla_node_agent.fleet_sim import node_specs
+from flotilla_node_agent.sim_args import parse
 
 TARGET = TargetVersions(kubernetes_version="v1.30.2")
 

@@ -14,14 +14,13 @@ The server tells the client only `Authorization Violation` whether registration 
 back-off, logs at ERROR when refusals begin and every `REFUSED_LOG_EVERY_S` after, and reports itself not
 ready with that reason; it recovers by itself when the cause is gone.
 
-A login the server is still deciding on is finished, not thrown away (`finish_login`): nats-server sends its
-first PING 2-2.4 s after it starts processing a CONNECT, even while the auth callout has not answered yet, and
-nats-py's connect takes the first line after its CONNECT and PING for the answer. Given that PING it returns a
-client left CONNECTING for good, its flusher stopped: nothing it publishes or subscribes is ever written, while
-the server holds the connection as authorized (0 subscriptions, 0 messages in) until it closes it as stale
-minutes later (docs/scale.md, "Connections that went silent"). Attached to such a client, a lifeline waits for
-the server's answer to a PING of its own (a PONG comes only once the CONNECT is accepted; a refusal is an
-`-ERR`, turned into a reconnect like any other) and then lets the client work.
+A login the server is still deciding on is finished, not thrown away (flotilla_runtime.logins: nats-py's
+connect can return before the server answered a CONNECT that waits for the auth callout): `Lifeline.connect`
+waits for the answer within the attempt, and a lifeline attached to such a client (`finish_login`) waits for it
+and then lets the client work; a refusal then is an `-ERR`, turned into a reconnect like any other.
+
+`Lifeline.connect` makes the first connection itself, one attempt at a time, with full jitter between attempts
+and, when given a `LoginGate`, within the process's bound on logins in flight.
 
 The link state is what probes read: `Lifeline.health(now, grace_s)`.
 """
@@ -42,6 +41,8 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client
 
+from flotilla_runtime.logins import LoginGate, ask_again, login_answered, resume
+
 log = logging.getLogger(__name__)
 
 # Lower-cased fragments of the server's -ERR texts that end a connection over who it is (nats-server
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 AUTH_ERRORS = ("authorization violation", "authentication expired", "authentication revoked")
 REFUSED_LOG_EVERY_S = 600.0
 FIRST_ATTEMPTS_WAIT_S = 2.0  # nats-py's reconnect_time_wait, put back once connected (it bounds a wait in close)
+# One attempt per nats-py connect call: no reconnect, one retry of the TCP connect at once, then NoServersError.
+ONE_ATTEMPT = {"allow_reconnect": False, "max_reconnect_attempts": 1, "reconnect_time_wait": 0.0}
 
 
 class LinkState(StrEnum):
@@ -72,11 +75,18 @@ class Backoff:
     jitter: float = 0.2
 
     def delay(self, failures: int, refused: bool, rand: float) -> float:
+        return round(self._base(failures, refused) * (1.0 - self.jitter + 2 * self.jitter * rand), 3)
+
+    def spread(self, failures: int, refused: bool, rand: float) -> float:
+        """Full jitter, for first connections: anywhere from 0 to the delay's base, so a wave of logins refused
+        together (a fleet starting at once) comes back spread over the whole interval, not bunched around it."""
+        return round(self._base(failures, refused) * rand, 3)
+
+    def _base(self, failures: int, refused: bool) -> float:
         if failures <= 0:
             return 0.0
         ceiling = self.refused_max_s if refused else self.max_s
-        base = min(self.first_s * 2.0 ** min(failures - 1, 30), ceiling)
-        return round(base * (1.0 - self.jitter + 2 * self.jitter * rand), 3)
+        return min(self.first_s * 2.0 ** min(failures - 1, 30), ceiling)
 
 
 @dataclass(frozen=True)
@@ -95,43 +105,6 @@ class LinkStats:
     refusals: int = 0  # connection attempts the server refused, in all
     disconnects: int = 0
     late_logins: int = 0  # logins nats-py returned before the server had answered them (finish_login)
-
-
-def resume(client: Client) -> None:
-    """What nats-py's connect does on the server's PONG, done late: the client is connected, a flusher writes
-    what it queued meanwhile (its subscriptions, its first requests)."""
-    client._status = Client.CONNECTED
-    if client._flusher_task is None or client._flusher_task.done():
-        client._flusher_task = asyncio.get_running_loop().create_task(client._flusher())
-    if client._pending_data_size > 0 and client._flush_queue is not None and not client._flush_queue.full():
-        client._flush_queue.put_nowait(asyncio.get_running_loop().create_future())
-
-
-def ask_again(client: Client, answer: asyncio.Future[bool]) -> None:
-    """Ask the server whether it accepted `client`'s login: `answer` is done on its PONG (a refusal is an -ERR)."""
-    client._pongs.append(answer)
-    if client._transport is not None:  # a PONG for the server's PING nats-py swallowed, and our PING
-        client._transport.write(b"PONG\r\nPING\r\n")
-
-
-async def login_answered(client: Client, timeout_s: float = 10.0) -> Client:
-    """For a client connected without a lifeline (a one-shot tool, a test counting the server's denials): if
-    nats-py returned it before the server answered its login (see the module docstring), wait for the answer and
-    let the client work. Raises the server's refusal (nats-py's AuthorizationError) if it refused the login,
-    nats-py's TimeoutError if it gave no answer within `timeout_s`."""
-    if not client.is_connecting:
-        return client
-    answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-    ask_again(client, answer)
-    deadline = time.monotonic() + timeout_s
-    while not answer.done() and not client.is_closed and time.monotonic() < deadline:
-        await asyncio.wait({answer}, timeout=min(0.1, max(0.0, deadline - time.monotonic())))
-    if client.is_closed:
-        raise client.last_error or nats.errors.ConnectionClosedError()
-    if not answer.done() or answer.cancelled():
-        raise nats.errors.TimeoutError
-    resume(client)
-    return client
 
 
 def health_of(state: LinkState, since: float, reason: str, now: float, grace_s: float) -> LinkHealth:
@@ -159,8 +132,10 @@ class Lifeline:
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
+        gate: LoginGate | None = None,
     ) -> None:
         self.name = name
+        self.gate = gate  # the process's bound on logins in flight, shared by its lifelines (flotilla_runtime.logins)
         self.backoff = backoff or Backoff()
         self.clock, self.rand = clock, rand
         self.state = LinkState.CONNECTING
@@ -173,7 +148,6 @@ class Lifeline:
         self.client: Client | None = None
         self.stopping = False
         self.generation = 0
-        self.first: Client | None = None  # the client `connect` is making its first connection with
 
     # -- options given at connect time (public nats-py callbacks) ----------------------------------------
 
@@ -193,8 +167,6 @@ class Lifeline:
         async def on_error(error: Exception) -> None:
             if current():
                 self.saw_error(error)
-                if self.first is not None:
-                    self._pace(self.first)
             if error_cb is not None:
                 await error_cb(error)
 
@@ -222,26 +194,50 @@ class Lifeline:
         }
 
     async def connect(self, servers: str, **options: Any) -> Client:
-        """`nats.connect(servers, **options)` with this lifeline's options, attached, and its back-off between
-        first attempts too: nats-py makes a first connection again every `reconnect_time_wait` (2 s), never longer
-        and all at once, so a fleet refused while the auth callout was late came back at it together, forever."""
-        client = self.first = Client()
-        try:
-            await client.connect(servers, **(options | self.options()))
-        except BaseException:
-            self.first = None
-            with contextlib.suppress(Exception):  # it may not have got far enough to close cleanly
-                await client.close()
-            raise
-        self.first = None
-        client.options["reconnect_time_wait"] = FIRST_ATTEMPTS_WAIT_S
+        """`nats.connect(servers, **options)` with this lifeline's options, attached, trying until it connects.
+
+        Each attempt is one TCP connect and login, within the lifeline's `gate` (if any) until the server has
+        answered the login, which may come after nats-py's connect returned (flotilla_runtime.logins); between
+        attempts it waits the back-off's full-jitter delay outside the gate (longer while refused). nats-py's own
+        loop would try again every 2 s, never longer and all at once: a fleet refused while the auth callout was
+        late came back at it together, forever."""
+        timeout_s = float(options.get("connect_timeout", 2.0))
+        while True:
+            async with self.gate or contextlib.nullcontext():
+                client = await self._attempt(servers, timeout_s, options)
+            if client is not None:
+                break
+            self.failures += 1
+            await asyncio.sleep(  # sleep: the back-off between first attempts, outside the gate
+                self.backoff.spread(self.failures, self.state is LinkState.REFUSED, self.rand())
+            )
+        client.options.update(
+            allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=FIRST_ATTEMPTS_WAIT_S
+        )
         return self.attach(client)
 
-    def _pace(self, client: Client) -> None:
-        """A first attempt failed: how long nats-py waits before the next one (it reads this option each time)."""
-        self.failures += 1
-        refused = self.state is LinkState.REFUSED
-        client.options["reconnect_time_wait"] = self.backoff.delay(self.failures, refused, self.rand())
+    async def _attempt(self, servers: str, timeout_s: float, options: dict[str, Any]) -> Client | None:
+        """One connection attempt: the client, logged in, or None when it failed (what failed is on the link)."""
+        client = Client()
+        try:
+            await client.connect(servers, **(options | self.options() | ONE_ATTEMPT))
+        except (OSError, nats.errors.Error, TimeoutError):  # passed to our error_cb first: the link knows
+            await self._discard(client)
+            return None
+        if client.is_connecting:  # the server's first PING came before its answer
+            self.stats.late_logins += 1
+            try:
+                await login_answered(client, timeout_s)
+            except (OSError, nats.errors.Error, TimeoutError) as exc:
+                self.failed(exc)
+                await self._discard(client)
+                return None
+        return client
+
+    async def _discard(self, client: Client) -> None:
+        self.stop()  # its close is not a failure to report
+        with contextlib.suppress(Exception):  # it may not have got far enough to close cleanly
+            await client.close()
 
     def attach(self, client: Client) -> Client:
         """Make `client` reconnect on auth errors instead of closing (see the module docstring)."""

@@ -15,18 +15,15 @@ the seed, but as on a real node one that fired stays spent (a crash point crashe
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import nats
@@ -47,32 +44,18 @@ from flotilla_node_agent.drivers.sim import SimDriver, SimNodeSpec
 from flotilla_node_agent.heartbeats import Interval
 from flotilla_node_agent.journal import Journal
 from flotilla_node_agent.node_agent import AgentContext, NodeAgent, NodeConnector
+from flotilla_node_agent.sim_args import FleetSpec, parse
 from flotilla_node_agent.sim_links import FleetRoutes, node_connector
 from flotilla_node_agent.sim_states import SimNodeStates
 from flotilla_runtime import telemetry
 from flotilla_runtime.bus import connect_options, ensure_streams
 from flotilla_runtime.integrity import EXIT_REFUSED, StateRefused
 from flotilla_runtime.lifeline import Lifeline, LinkState
+from flotilla_runtime.logins import LoginGate
 from flotilla_runtime.logs import get_logger, setup_logging
 from flotilla_runtime.migrations import load_migrations
 from flotilla_runtime.outbox import OutboxRelay
 from flotilla_runtime.store import Store
-
-
-@dataclass(frozen=True)
-class FleetSpec:
-    clusters: int
-    nodes: int
-    versions: tuple[str, ...] = ("v1.29.6",)
-    fail_rate: float = 0.0
-    seed: int = 1
-    token: str = ""  # empty: do not join; clusters use their names as ids (benchmarks without registration)
-    prefix: str = "sim"
-    step_s: float = 0.0
-    heartbeat_interval_s: float = 10.0
-    state_dir: Path = Path(".flotilla/sim")
-    faults: tuple[tuple[str, str], ...] = ()  # (node name, fault) placed by name, on top of --fail-rate
-    batch_heartbeats: bool = False  # a cluster's heartbeats as one HeartbeatBatch a round, as the cluster
 
 
 def node_specs(spec: FleetSpec, index: int) -> list[SimNodeSpec]:
@@ -107,6 +90,7 @@ class Fleet:
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     # each connection's state, by cluster (or "shared"), and by "<cluster>/<node>" for the nodes' own
     links: dict[str, Lifeline] = field(default_factory=dict)
+    gate: LoginGate | None = None  # the bound on this process's logins in flight
 
     def counts(self) -> dict[str, int]:
         consumers = [a.consumer for a in self.agents if a.consumer is not None]
@@ -122,6 +106,8 @@ class Fleet:
             "dead_lettered": sum(c.stats.dead_lettered for c in consumers),
             "heartbeats_sent": sum(a.heartbeat.seq for a in self.agents if a.heartbeat is not None),
             "reports_sent": sum(c.reports_sent for c in self.cluster_agents),
+            "logins_in_flight": self.gate.in_flight if self.gate else 0,
+            "logins_waiting": self.gate.waiting if self.gate else 0,
         }
 
     async def stop(self) -> None:
@@ -219,7 +205,8 @@ async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:
         subscribe_gate=asyncio.Semaphore(32),
         heartbeats=not spec.batch_heartbeats,
     )
-    fleet = Fleet(spec, store, relay, nc, handles=handles, links=links)
+    gate = LoginGate(spec.logins_in_flight)
+    fleet = Fleet(spec, store, relay, nc, handles=handles, links=links, gate=gate)
     fleet.tasks.append(asyncio.create_task(keep_interval_fresh(interval, nc, handles)))
     log = get_logger("flotilla.sim")
     for c in range(spec.clusters):
@@ -234,7 +221,7 @@ async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:
             async def facts(drivers: Sequence[SimDriver] = drivers) -> list[NodeFacts]:
                 return [await d.facts() for d in drivers]
 
-            link = links[name] = Lifeline(f"flotilla-sim-{name}")
+            link = links[name] = Lifeline(f"flotilla-sim-{name}", gate=gate)
 
             async def connector(user: str, password: str, name: str = name, link: Lifeline = link) -> Client:
                 return await connect_as(nats_url, user, password, f"flotilla-sim-{name}", link)
@@ -260,7 +247,7 @@ async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:
             own: NodeConnector | None = None
             if spec.token:  # each node logs in as itself, with its own key (sim_links)
                 node = node_token(driver.node_name)
-                node_link = links[f"{name}/{node}"] = Lifeline(f"flotilla-sim-{node}")
+                node_link = links[f"{name}/{node}"] = Lifeline(f"flotilla-sim-{node}", gate=gate)
                 own = node_connector(nats_url, store, agent, node, node_link, log.bind(cluster=name))
             node_agent = NodeAgent(ctx, driver, handle, own)
             routes.nodes[node_agent.node_id] = node_agent
@@ -270,79 +257,6 @@ async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:
             members = fleet.agents[-len(drivers) :]
             fleet.tasks.append(asyncio.create_task(sim_beats.run(handle, members, interval, log, ctx.metrics, nc)))
     return fleet
-
-
-def parse(argv: Sequence[str] | None = None) -> tuple[FleetSpec, argparse.Namespace]:
-    prog = "python -m flotilla_node_agent.fleet_sim"  # what `flotilla sim` runs
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--server",
-        default=os.environ.get("FLOTILLA_SIM_NATS_URL") or os.environ.get("FLOTILLA_NATS_URL", "nats://127.0.0.1:4222"),
-        help="NATS URL (env FLOTILLA_SIM_NATS_URL, then FLOTILLA_NATS_URL); with --token each cluster connects "
-        "as itself with its credential, whatever user the URL names",
-    )
-    parser.add_argument("--clusters", type=int, default=3)
-    parser.add_argument("--nodes", type=int, default=3, help="nodes per cluster (the first is the control plane)")
-    parser.add_argument("--versions", default="1.29.6", help="comma-separated, dealt to clusters round-robin")
-    parser.add_argument("--fail-rate", type=float, default=0.0, help="share of nodes with an injected fault")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument(
-        "--fault",
-        action="append",
-        default=[],
-        metavar="NODE=FAULT",
-        help=f"place a fault on a node by name, e.g. sim-0003-n02=upgrade_fails_once; faults: "
-        f"{', '.join(names.ALL_FAULTS)}",
-    )
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("FLOTILLA_SIM_TOKEN", ""),
-        help="join token (env FLOTILLA_SIM_TOKEN); without one, clusters do not join",
-    )
-    parser.add_argument("--prefix", default="sim", help="cluster name prefix (one per sim process)")
-    parser.add_argument("--step-seconds", type=float, default=0.0, help="simulated duration of each step")
-    parser.add_argument("--heartbeat-interval", type=float, default=10.0, help="until the service announces one")
-    parser.add_argument(
-        "--batch-heartbeats",
-        action="store_true",
-        help="send each cluster's heartbeats as one HeartbeatBatch a round, as the cluster (docs/heartbeat.md)",
-    )
-    parser.add_argument("--state-dir", default=".flotilla/sim")
-    parser.add_argument(
-        "--duration", type=float, default=0.0, help="stop after this many seconds (0: run until signalled)"
-    )
-    parser.add_argument("--stats-every", type=float, default=10.0, help="print a JSON status line this often")
-    parser.add_argument(
-        "--metrics-port", type=int, default=-1, help="serve /metrics on 127.0.0.1 at this port (0: any; -1: none)"
-    )
-    parser.add_argument("--log-level", default="WARNING")
-    args = parser.parse_args(argv)
-    if args.clusters < 1 or args.nodes < 1:
-        parser.error("--clusters and --nodes must be at least 1")
-    if not 0.0 <= args.fail_rate <= 1.0:
-        parser.error("--fail-rate must be between 0 and 1")
-    versions = tuple(v if v.startswith("v") else f"v{v}" for v in args.versions.split(",") if v.strip())
-    try:
-        faults = [
-            names.parse_fault(item, prefix=args.prefix, clusters=args.clusters, nodes=args.nodes) for item in args.fault
-        ]
-    except names.FaultError as exc:
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")  # one line: the usage would bury it
-    spec = FleetSpec(
-        clusters=args.clusters,
-        nodes=args.nodes,
-        versions=versions or ("v1.29.6",),
-        fail_rate=args.fail_rate,
-        seed=args.seed,
-        token=args.token,
-        prefix=args.prefix,
-        step_s=args.step_seconds,
-        heartbeat_interval_s=args.heartbeat_interval,
-        state_dir=Path(args.state_dir),
-        faults=tuple(faults),
-        batch_heartbeats=args.batch_heartbeats,
-    )
-    return spec, args
 
 
 async def amain(argv: Sequence[str] | None = None) -> None:

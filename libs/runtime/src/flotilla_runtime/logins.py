@@ -1,0 +1,95 @@
+"""Logging in to nats-server: a login it answers late, and a bound on logins in flight.
+
+A login the server is still deciding on must be finished, not thrown away: nats-server sends its first PING 2-2.4 s
+after it starts processing a CONNECT, even while the auth callout has not answered yet, and nats-py's connect
+takes the first line after its CONNECT and PING for the answer. Given that PING it returns a client left
+CONNECTING for good, its flusher stopped: nothing it publishes or subscribes is ever written, while the server
+holds the connection as authorized (0 subscriptions, 0 messages in) until it closes it as stale minutes later
+(docs/scale.md, "Connections that went silent"). Asking the server again (`ask_again`: a PING of our own, and the
+PONG nats-py swallowed) gets the real answer: a PONG only once the CONNECT is accepted, an `-ERR` if refused.
+`login_answered` does that for a client connected without a lifeline; `Lifeline` does it for its own.
+
+A process that logs many identities in (the packed sim: thousands of nodes, each its own login) bounds how many
+are in flight at once with a `LoginGate`: with all of them in flight on a starved machine, its event loop fell
+so far behind that each CONNECT went out after the server's 5 s authorization timer had closed the socket, and
+every retry wave failed the same way (docs/scale.md, "A sim logging all its nodes in at once").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import nats.errors
+from nats.aio.client import Client
+
+
+@dataclass
+class LoginGate:
+    """At most `limit` logins of one process in flight at once; an attempt holds a place from its TCP connect to
+    the server's answer and gives it back before backing off. The counts feed the process's status line."""
+
+    limit: int
+    admitted: int = 0  # attempts let through, in all
+    in_flight: int = 0
+    peak: int = 0  # the most in flight at once
+    waiting: int = 0
+    _places: asyncio.Semaphore = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.limit < 1:
+            raise ValueError(f"a login gate needs at least one place (got {self.limit})")
+        self._places = asyncio.Semaphore(self.limit)
+
+    async def __aenter__(self) -> LoginGate:
+        self.waiting += 1
+        try:
+            await self._places.acquire()
+        finally:
+            self.waiting -= 1
+        self.admitted += 1
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self.in_flight -= 1
+        self._places.release()
+
+
+def resume(client: Client) -> None:
+    """What nats-py's connect does on the server's PONG, done late: the client is connected, a flusher writes
+    what it queued meanwhile (its subscriptions, its first requests)."""
+    client._status = Client.CONNECTED
+    if client._flusher_task is None or client._flusher_task.done():
+        client._flusher_task = asyncio.get_running_loop().create_task(client._flusher())
+    if client._pending_data_size > 0 and client._flush_queue is not None and not client._flush_queue.full():
+        client._flush_queue.put_nowait(asyncio.get_running_loop().create_future())
+
+
+def ask_again(client: Client, answer: asyncio.Future[bool]) -> None:
+    """Ask the server whether it accepted `client`'s login: `answer` is done on its PONG (a refusal is an -ERR)."""
+    client._pongs.append(answer)
+    if client._transport is not None:  # a PONG for the server's PING nats-py swallowed, and our PING
+        client._transport.write(b"PONG\r\nPING\r\n")
+
+
+async def login_answered(client: Client, timeout_s: float = 10.0) -> Client:
+    """For a client connected without a lifeline (a one-shot tool, a test counting the server's denials): if
+    nats-py returned it before the server answered its login (see the module docstring), wait for the answer and
+    let the client work. Raises the server's refusal (nats-py's AuthorizationError) if it refused the login,
+    nats-py's TimeoutError if it gave no answer within `timeout_s`."""
+    if not client.is_connecting:
+        return client
+    answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    ask_again(client, answer)
+    deadline = time.monotonic() + timeout_s
+    while not answer.done() and not client.is_closed and time.monotonic() < deadline:
+        await asyncio.wait({answer}, timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+    if client.is_closed:
+        raise client.last_error or nats.errors.ConnectionClosedError()
+    if not answer.done() or answer.cancelled():
+        raise nats.errors.TimeoutError
+    resume(client)
+    return client
