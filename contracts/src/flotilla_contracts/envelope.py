@@ -17,6 +17,10 @@ H_TRACESTATE = "tracestate"
 # On an event a person's command caused: who sent it (a named user, or `admin` for the built-in admin and
 # the services), taken from the subject the bus let them publish on (subjects.command_by), never from a body.
 H_ACTOR = "Flotilla-Actor"
+# On a request: when its sender stops waiting for the answer (Unix time in seconds, the sender's clock). A
+# service that reaches it later drops it unanswered (flotilla_runtime.replyby): under overload it would otherwise
+# spend itself answering requests nobody waits for, while their senders' retries queue behind them.
+H_REPLY_BY = "Flotilla-Reply-By"
 # NATS micro (ADR-32) error headers, so standard NATS tools show our errors too.
 H_SERVICE_ERROR = "Nats-Service-Error"
 H_SERVICE_ERROR_CODE = "Nats-Service-Error-Code"

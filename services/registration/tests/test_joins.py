@@ -223,6 +223,25 @@ async def test_listing_sees_every_write_even_between_pages(harness: Harness) -> 
     assert [c.cluster_id for c in gold.clusters] == [ids[2]]
 
 
+async def test_a_join_between_listings_costs_the_next_listing_one_cluster_not_all(harness: Harness) -> None:
+    """At 10,000 clusters joining at once every write dropped the decoded list, so each page of each `clusters
+    list` decoded every cluster again; now a listing reads back only the clusters written since the last one."""
+    from flotilla_contracts.v1.registration import ListClustersReply, ListClustersRequest
+
+    secret = await token(harness)
+    for i in range(20):
+        await harness.ok("join", join(secret, identity(f"c{i:02d}")), JoinReply)
+    first = await harness.ok("clusters.list", ListClustersRequest(limit=5), ListClustersReply)
+    assert first.total == 20
+    cache = harness.registration.cache
+    before = cache.decoded
+    await harness.ok("join", join(secret, identity("c99")), JoinReply)
+    for _ in range(3):
+        again = await harness.ok("clusters.list", ListClustersRequest(limit=100), ListClustersReply)
+    assert again.total == 21 and again.clusters[-1].identity.name == "c99"
+    assert cache.decoded - before == 1, "only the cluster that joined was decoded again"
+
+
 async def test_a_token_lifetime_no_date_can_hold_is_invalid_field_naming_its_range(harness: Harness) -> None:
     for ttl in (1e12, 10 * 365 * 86400 + 1):
         error = await harness.error("tokens.create", {"ttl_s": ttl})

@@ -12,18 +12,20 @@ from faststream.nats import NatsBroker, NatsMessage, NatsResponse
 from nats.aio.msg import Msg
 
 from flotilla_contracts import subjects
-from flotilla_contracts.envelope import H_MSG_ID, ErrorBody, Message, schema_id
+from flotilla_contracts.envelope import H_MSG_ID, H_REPLY_BY, ErrorBody, Message, schema_id
 from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.permissions import ADMIN_USER, AGENT_COMMANDS
 from flotilla_contracts.subjects import Service
 from flotilla_runtime import actor, codec, telemetry
 from flotilla_runtime.errors import RequestError, TemporaryError, storage_error
 from flotilla_runtime.logs import BoundLogger, get_logger
+from flotilla_runtime.replyby import lateness
 
 Req = TypeVar("Req", bound=Message)
 Rep = TypeVar("Rep", bound=Message)
 
 log = logging.getLogger(__name__)
+EXPIRED_LOG_EVERY_S = 60.0
 
 
 @dataclass
@@ -48,6 +50,8 @@ class EndpointStats:
     num_errors: int = 0
     last_error: str = ""
     processing_time_ns: int = 0
+    num_expired: int = 0  # requests reached after their sender stopped waiting: dropped unanswered (replyby)
+    expired_logged_at: float = 0.0
 
 
 @dataclass
@@ -159,7 +163,19 @@ class CommandRouter:
                 self._subscribe(broker, endpoint, f"{endpoint.subject}.{subjects.BY}.*")
 
     def _subscribe(self, broker: NatsBroker, endpoint: Endpoint[Any, Any], subject: str) -> None:
+        async def unless_expired(raw: Msg, parse: Callable[[Msg], Awaitable[NatsMessage]]) -> NatsMessage:
+            """FastStream parser: a request past its sender's reply-by time loses its reply subject (nothing
+            is published for it) and is marked so `on_message` drops it."""
+            message = await parse(raw)
+            late_s = lateness(raw.headers, time.time())
+            if late_s > 0.0 and raw.reply:
+                self._expired(endpoint, raw, late_s)
+                message.reply_to = raw.reply = ""
+            return message
+
         async def on_message(raw: Msg) -> NatsResponse:
+            if not raw.reply and raw.headers and H_REPLY_BY in raw.headers:  # dropped by unless_expired
+                return NatsResponse(b"")
             body, headers = await self.dispatch(endpoint, raw.data, raw.headers or {}, raw.subject)
             return NatsResponse(body, headers=headers)
 
@@ -168,8 +184,21 @@ class CommandRouter:
             queue=endpoint.queue_group,
             title=subject,
             max_workers=self.max_in_flight,
+            parser=unless_expired,
             decoder=_raw_message,
         )(on_message)
+
+    def _expired(self, endpoint: Endpoint[Any, Any], raw: Msg, late_s: float) -> None:
+        stats = endpoint.stats
+        stats.num_expired += 1
+        now = time.monotonic()
+        if now - stats.expired_logged_at >= EXPIRED_LOG_EVERY_S:
+            stats.expired_logged_at = now
+            log.warning(
+                "%s: dropped a request %.1fs past the time its sender stopped waiting (%d so far; this service is "
+                "behind, or the sender's clock is behind ours); the sender retries as it does on a timeout",
+                endpoint.subject, late_s, stats.num_expired, extra={"subject": raw.subject},
+            )  # fmt: skip
 
 
 def actor_of_request(endpoint_subject: str, subject: str) -> str:

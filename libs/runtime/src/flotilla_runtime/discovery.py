@@ -89,7 +89,7 @@ class Discovery:
                     "last_error": s.last_error,
                     "processing_time": s.processing_time_ns,
                     "average_processing_time": s.processing_time_ns // s.num_requests if s.num_requests else 0,
-                    "data": None,
+                    "data": {"num_expired": s.num_expired} if s.num_expired else None,
                 }
             )
         doc["endpoints"] = endpoints

@@ -137,6 +137,12 @@ def register_runtime(registry: Registry, sources: RuntimeSources) -> None:
                 [Sample({"subject": ep.subject}, ep.stats.num_errors) for ep in endpoints],
             ),
             Family(
+                "flotilla_commands_expired_total",
+                "counter",
+                "Requests dropped unanswered because their sender had stopped waiting (Flotilla-Reply-By), by subject.",
+                [Sample({"subject": ep.subject}, ep.stats.num_expired) for ep in endpoints],
+            ),
+            Family(
                 "flotilla_command_processing_seconds_total",
                 "counter",
                 "Time spent decoding, handling and encoding commands, by subject.",

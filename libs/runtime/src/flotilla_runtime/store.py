@@ -362,5 +362,15 @@ class Store:
 
 
 def _statements(sql: str) -> list[str]:
-    """Split a migration into statements (migrations hold no semicolons inside literals)."""
-    return [part.strip() for part in sql.split(";") if part.strip()]
+    """Split a migration into statements, a trigger's BEGIN ... END with its inner ones kept whole (SQLite says when
+    a statement is complete); a trailing part that never completes is kept, for SQLite to refuse by name."""
+    statements, pending = [], ""
+    for part in sql.split(";"):
+        pending += part + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n\t;"):
+                statements.append(pending.strip().rstrip(";").strip())
+            pending = ""
+    if pending.strip(" \n\t;"):
+        statements.append(pending.strip().rstrip(";").strip())
+    return statements

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import random
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ from flotilla_node_agent import __version__
 from flotilla_node_agent.journal import Journal, Membership
 from flotilla_runtime import codec
 from flotilla_runtime.logs import BoundLogger
+from flotilla_runtime.replyby import reply_by_headers
 from flotilla_runtime.store import Store
 
 NodesSource = Callable[[], Awaitable[list[NodeFacts]]]
@@ -74,6 +76,18 @@ class WorkloadApplier(Protocol):
     """
 
     async def run(self, cluster_id: str, nc: Client, js: JetStreamContext | None = None) -> None: ...
+
+
+REPORT_BACKOFF_MAX_S = 120.0
+
+
+def report_wait(every_s: float, failures: int, rand: float) -> float:
+    """Seconds until the next node report: `every_s`, or after failures (registration behind, the bus busy) a
+    doubling wait up to REPORT_BACKOFF_MAX_S with full jitter, so a fleet whose reports timed out together does
+    not send them again together."""
+    if failures <= 0:
+        return every_s
+    return every_s + min(every_s * 2.0 ** min(failures, 16), REPORT_BACKOFF_MAX_S) * rand
 
 
 class JoinRefused(Exception):
@@ -115,9 +129,8 @@ class ClusterAgent:
         subject = catalogue.subject_for(type(message))
         if self.nc is None:
             raise nats.errors.ConnectionClosedError
-        reply = await self.nc.request(
-            subject, codec.encode(message), timeout=self.request_timeout_s, headers={H_SCHEMA: schema_id(type(message))}
-        )
+        headers = {H_SCHEMA: schema_id(type(message)), **reply_by_headers(self.request_timeout_s)}
+        reply = await self.nc.request(subject, codec.encode(message), timeout=self.request_timeout_s, headers=headers)
         decoded = codec.decode_reply(reply.data, reply_type)
         if not decoded.ok or decoded.data is None:
             error = decoded.error
@@ -224,12 +237,15 @@ class ClusterAgent:
             js = self.nc.jetstream() if self.connector is not None else None
             self.workloads_task = asyncio.get_running_loop().create_task(self.workloads.run(cluster_id, self.nc, js))
         try:
+            failures = 0
             while True:
                 try:
                     await self.report_if_changed()
+                    failures = 0
                 except (nats.errors.Error, TimeoutError, JoinRefused) as exc:
+                    failures += 1
                     self.log.warning("node report not accepted (%s); will retry", exc)
-                await asyncio.sleep(self.report_every_s)
+                await asyncio.sleep(report_wait(self.report_every_s, failures, random.random()))
         finally:
             if self.workloads_task is not None:
                 self.workloads_task.cancel()

@@ -11,7 +11,6 @@ from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1.registration import (
     ApproveClusterRequest,
-    ClusterInfo,
     ClusterReply,
     ClusterState,
     CreateTokenReply,
@@ -39,6 +38,7 @@ from flotilla_contracts.v1.registration import (
 from flotilla_kube.selectors import Selector, SelectorError, parse_selector
 from flotilla_registration import clusters, inventory, joins, revocation, tokens
 from flotilla_registration import store as repo
+from flotilla_registration.cluster_cache import ClusterCache
 from flotilla_runtime.commands import CommandContext, CommandRouter
 from flotilla_runtime.errors import RequestError
 from flotilla_runtime.store import Store, SyncTx
@@ -60,21 +60,19 @@ class Registration:
     # Counts what members may not say or store (inventory.MemberRefusal) and reports it once per window.
     ledger: RefusalLedger = field(default_factory=lambda: RefusalLedger(Service.REGISTRATION.value))
     max_nodes_per_cluster: int = inventory.DEFAULT_MAX_NODES_PER_CLUSTER
-    # Every cluster, decoded, as of `_generation`; `clusters.list` pages read it instead of decoding the table
-    # again for each page. Any write command bumps the generation, which drops it.
-    _clusters: list[ClusterInfo] | None = None
-    _generation: int = 0
+    # Every cluster, decoded, kept current from the table's change log: `clusters.list` pages read it.
+    cache: ClusterCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cache = ClusterCache(self.store)
 
     async def _write(self, work: Callable[[SyncTx], T]) -> T:
-        """Run one use case; the cluster cache is dropped whether it committed or not (memory never leads disk)."""
+        """Run one use case."""
         try:
             return await self.store.run(work)
         except inventory.MemberRefusal as refusal:  # nothing of it was stored; count it, report it, answer it
             await self._refused(refusal)
             raise
-        finally:
-            self._generation += 1
-            self._clusters = None
 
     async def _refused(self, refusal: inventory.MemberRefusal) -> None:
         if not refusal.cluster_id:
@@ -83,16 +81,6 @@ class Registration:
         if event is not None:
             subject = self.ledger.subject_for(event)
             await self.store.run(lambda tx: tx.emit(subject, event))
-
-    async def _all_clusters(self) -> list[ClusterInfo]:
-        if self._clusters is None:
-            generation = self._generation
-            rows = await self.store.fetchall("SELECT info FROM clusters")
-            decoded = [repo.decode_cluster(row) for row in rows]
-            if generation != self._generation:
-                return decoded  # a write landed meanwhile: use it once, do not keep it
-            self._clusters = decoded
-        return self._clusters
 
     def register(self, router: CommandRouter) -> None:
         router.add("tokens.create", CreateTokenRequest, CreateTokenReply, self.create_token)
@@ -181,7 +169,7 @@ class Registration:
     async def list_clusters(self, request: ListClustersRequest, ctx: CommandContext) -> ListClustersReply:
         selector = parse_request_selector(request.selector)
         states = request.states or [ClusterState.PENDING, ClusterState.APPROVED, ClusterState.REJECTED]
-        chosen = clusters.select(await self._all_clusters(), selector, states)
+        chosen = clusters.select(await self.cache.all(), selector, states)
         after = _cursor(request.cursor)
         chosen_after = [c for c in chosen if (c.identity.name, c.cluster_id) > after] if after else chosen
         page = chosen_after[: request.limit]

@@ -18,6 +18,7 @@ from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1 import registration as reg
 
 pass_cli = click.make_pass_decorator(CliContext)
+SIM_LABEL = "flotilla.dev/sim"  # on the clusters of a sim whose token `flotilla sim` made: the sim's prefix
 
 
 @click.command()
@@ -115,9 +116,10 @@ def sim(
     check_bus_server(obj, bus_server)
     if bus_address:
         check_bus_address(obj, bus_address, bus_server)
+    given_token = bool(token)
     if not token:
         request = reg.CreateTokenRequest(
-            ttl_s=3600.0, max_uses=clusters, auto_approve=True, labels={"env": "sim"},
+            ttl_s=3600.0, max_uses=clusters, auto_approve=True, labels={"env": "sim", SIM_LABEL: prefix},
             description=f"flotilla sim {prefix}",
         )  # fmt: skip
         token = call(obj, Service.REGISTRATION, "tokens.create", request, reg.CreateTokenReply).token
@@ -153,7 +155,7 @@ def sim(
     echo(f"simulated fleet {prefix!r}: {clusters} clusters x {nodes} nodes (pid {entry.pid}, log {entry.log})")
     echo(f"  metrics: http://127.0.0.1:{metrics_port}/metrics")
     if wait:
-        joined = wait_for_clusters(obj, prefix, clusters, timeout)
+        joined = wait_for_clusters(obj, prefix, clusters, timeout, labelled=not given_token)
         echo(f"all {joined} clusters joined and approved")
 
 
@@ -183,13 +185,15 @@ def check_bus_address(obj: CliContext, address: str, server: int = 1) -> None:
         )
 
 
-def wait_for_clusters(obj: CliContext, prefix: str, expected: int, timeout_s: float) -> int:
-    """Until `expected` Approved clusters named `<prefix>-*` exist; prints progress."""
+def wait_for_clusters(obj: CliContext, prefix: str, expected: int, timeout_s: float, labelled: bool = False) -> int:
+    """Until `expected` Approved clusters named `<prefix>-*` exist; prints progress. `labelled`: they carry
+    `SIM_LABEL=<prefix>` (the token this command made), so one page of one cluster answers with the count; else
+    every page is read (a fleet of thousands joining makes that registration's work: ask once a second)."""
     deadline = time.monotonic() + timeout_s
     last = -1
     while True:
         try:
-            approved = list_all_clusters(obj, "", [reg.ClusterState.APPROVED])
+            approved = count_approved(obj, prefix, labelled)
         except ClientError as exc:
             # A fleet joining at once keeps registration busy (each join and login is its work) and nats-server
             # too (this command's own connection may time out): a slow answer or a refused connection is not the
@@ -207,7 +211,7 @@ def wait_for_clusters(obj: CliContext, prefix: str, expected: int, timeout_s: fl
             else:
                 echo(f"  registration did not answer in time ({exc.message}); asking again")
             continue
-        joined = sum(1 for c in approved if c.identity.name.startswith(f"{prefix}-"))
+        joined = approved
         if joined != last:
             echo(f"  {joined}/{expected} clusters joined")
             last = joined
@@ -218,4 +222,13 @@ def wait_for_clusters(obj: CliContext, prefix: str, expected: int, timeout_s: fl
                 f"only {joined} of {expected} clusters joined within {timeout_s:g}s; "
                 f"see `flotilla logs registration` and the sim log"
             )
-        time.sleep(0.5)
+        time.sleep(1.0)  # sleep: polling registration, which has no "N clusters joined" event to wait on
+
+
+def count_approved(obj: CliContext, prefix: str, labelled: bool) -> int:
+    """Approved clusters of this sim: by its label, one cluster's page and the total; else by name, every page."""
+    if labelled:
+        request = reg.ListClustersRequest(selector=f"{SIM_LABEL}={prefix}", states=[reg.ClusterState.APPROVED], limit=1)
+        return call(obj, Service.REGISTRATION, "clusters.list", request, reg.ListClustersReply).total
+    approved = list_all_clusters(obj, "", [reg.ClusterState.APPROVED])
+    return sum(1 for c in approved if c.identity.name.startswith(f"{prefix}-"))
