@@ -103,3 +103,46 @@ def test_a_closed_link_is_neither_ready_nor_live() -> None:
     health = health_of(LinkState.CLOSED, since=100.0, reason="NoServersError", now=100.0, grace_s=30.0)
     assert (health.ready, health.live) == (False, False)
     assert "closed for good" in health.reason
+
+
+def test_the_window_doubles_while_logins_are_fast_then_halves_on_a_slow_one() -> None:
+    gate = LoginGate(64, floor=2, slow_s=2.0)
+    assert gate.window == 8
+    for _ in range(8):
+        gate.took(0.1, now=0.0)
+    assert gate.window == 16, "slow start: one more place per fast login"
+    gate.took(3.0, now=1.0)
+    assert gate.window == 8 and gate.slow == 1
+    gate.took(4.9, now=1.5)  # within slow_s of the last cut: the same congestion, not cut again
+    assert gate.window == 8
+    for _ in range(8):
+        gate.took(0.1, now=2.0)
+    assert 8.9 < gate.window < 9.0, "after congestion: about one more place per window of fast logins"
+
+
+def test_the_window_stays_between_its_floor_and_its_limit() -> None:
+    gate = LoginGate(10, floor=3, slow_s=2.0)
+    for second in range(20):
+        gate.took(6.0, now=10.0 * second)
+    assert gate.window == 3
+    for _ in range(1_000):
+        gate.took(0.01, now=500.0)
+    assert gate.window == 10
+
+
+async def test_a_window_that_grows_lets_waiting_logins_in() -> None:
+    gate = LoginGate(16, floor=1)
+    gate.window = 1.0
+    release = asyncio.Event()
+
+    async def login() -> None:
+        async with gate:
+            await release.wait()
+
+    logins = [asyncio.create_task(login()) for _ in range(4)]
+    await eventually(lambda: gate.waiting == 3, "three logins waiting behind a window of one")
+    gate.took(0.1)  # a fast answer: slow start grows the window to 2
+    await eventually(lambda: gate.in_flight == 2, "a second login let in")
+    release.set()
+    await asyncio.gather(*logins)
+    assert gate.in_flight == 0 and gate.admitted == 4

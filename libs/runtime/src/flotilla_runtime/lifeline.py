@@ -219,19 +219,22 @@ class Lifeline:
     async def _attempt(self, servers: str, timeout_s: float, options: dict[str, Any]) -> Client | None:
         """One connection attempt: the client, logged in, or None when it failed (what failed is on the link)."""
         client = Client()
+        started = time.monotonic()
         try:
             await client.connect(servers, **(options | self.options() | ONE_ATTEMPT))
-        except (OSError, nats.errors.Error, TimeoutError):  # passed to our error_cb first: the link knows
+            if client.is_connecting:  # the server's first PING came before its answer
+                self.stats.late_logins += 1
+                try:
+                    await login_answered(client, timeout_s)
+                except (OSError, nats.errors.Error, TimeoutError) as exc:
+                    self.failed(exc)
+                    raise
+        except (OSError, nats.errors.Error, TimeoutError):  # connect's were passed to our error_cb: the link knows
             await self._discard(client)
             return None
-        if client.is_connecting:  # the server's first PING came before its answer
-            self.stats.late_logins += 1
-            try:
-                await login_answered(client, timeout_s)
-            except (OSError, nats.errors.Error, TimeoutError) as exc:
-                self.failed(exc)
-                await self._discard(client)
-                return None
+        finally:
+            if self.gate is not None:
+                self.gate.took(time.monotonic() - started)
         return client
 
     async def _discard(self, client: Client) -> None:

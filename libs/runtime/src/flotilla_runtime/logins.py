@@ -19,43 +19,88 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import nats.errors
 from nats.aio.client import Client
 
+SLOW_LOGIN_S = 2.0  # a login answered later than this: the authorizer is queueing (nats-server gives up at 5 s)
+
 
 @dataclass
 class LoginGate:
-    """At most `limit` logins of one process in flight at once; an attempt holds a place from its TCP connect to
-    the server's answer and gives it back before backing off. The counts feed the process's status line."""
+    """At most `window` logins of one process in flight at once, the window following how fast the server answers
+    them, as TCP's congestion window does: from 8 it grows by one per login answered within `slow_s` (doubling
+    each window) until the first slow one, then by one per window; a login slower than `slow_s` (or one the server
+    gave up on) halves it, at most once per `slow_s`, never below `floor` nor above `limit`. A place is held from
+    the TCP connect to the server's answer and given back before backing off. So sim processes logging in at once
+    share the auth callout's rate instead of queueing past the server's authorization timeout together (at
+    10,000 x 10, 14 sims with 64 logins in flight each had most logins time out; docs/scale.md)."""
 
     limit: int
+    floor: int = 2
+    slow_s: float = SLOW_LOGIN_S
+    window: float = field(init=False)
     admitted: int = 0  # attempts let through, in all
     in_flight: int = 0
     peak: int = 0  # the most in flight at once
     waiting: int = 0
-    _places: asyncio.Semaphore = field(init=False, repr=False)
+    slow: int = 0  # logins answered later than slow_s
+    _slow_start: bool = field(default=True, init=False, repr=False)
+    _cut_at: float = field(default=-1e9, init=False, repr=False)
+    _waiters: deque[asyncio.Future[None]] = field(default_factory=deque, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.limit < 1:
             raise ValueError(f"a login gate needs at least one place (got {self.limit})")
-        self._places = asyncio.Semaphore(self.limit)
+        self.floor = max(1, min(self.floor, self.limit))
+        self.window = float(max(self.floor, min(self.limit, 8)))
 
     async def __aenter__(self) -> LoginGate:
-        self.waiting += 1
-        try:
-            await self._places.acquire()
-        finally:
-            self.waiting -= 1
+        if self._waiters or self.in_flight >= int(self.window):
+            place: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(place)
+            self.waiting += 1
+            try:
+                await place  # given a place by _wake, which counted it in flight
+            except asyncio.CancelledError:
+                if place.done() and not place.cancelled():
+                    self._give_back()
+                raise
+            finally:
+                self.waiting -= 1
+        else:
+            self.in_flight += 1
         self.admitted += 1
-        self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
+        self._give_back()
+
+    def took(self, seconds: float, now: float | None = None) -> None:
+        """Feedback from one login: how long the server took to answer it (or to give up on it)."""
+        now = time.monotonic() if now is None else now
+        if seconds > self.slow_s:
+            self.slow += 1
+            self._slow_start = False
+            if now - self._cut_at >= self.slow_s:
+                self.window, self._cut_at = max(float(self.floor), self.window / 2), now
+        else:
+            self.window = min(float(self.limit), self.window + (1.0 if self._slow_start else 1.0 / self.window))
+        self._wake()
+
+    def _give_back(self) -> None:
         self.in_flight -= 1
-        self._places.release()
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_flight < int(self.window):
+            place = self._waiters.popleft()
+            if not place.done():
+                self.in_flight += 1
+                place.set_result(None)
 
 
 def resume(client: Client) -> None:

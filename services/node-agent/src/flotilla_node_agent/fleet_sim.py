@@ -108,6 +108,8 @@ class Fleet:
             "reports_sent": sum(c.reports_sent for c in self.cluster_agents),
             "logins_in_flight": self.gate.in_flight if self.gate else 0,
             "logins_waiting": self.gate.waiting if self.gate else 0,
+            "login_window": int(self.gate.window) if self.gate else 0,
+            "logins_slow": self.gate.slow if self.gate else 0,
         }
 
     async def stop(self) -> None:

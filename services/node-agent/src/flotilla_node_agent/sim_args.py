@@ -70,8 +70,9 @@ def parse(argv: Sequence[str] | None = None) -> tuple[FleetSpec, argparse.Namesp
         "--logins-in-flight",
         type=int,
         default=64,
-        help="at most this many of the sim's logins (joins, clusters', nodes') in flight at once; the others wait, "
-        "so each CONNECT goes out within the server's authorization timeout on a busy machine (docs/scale.md)",
+        help="at most this many of the sim's logins (joins, clusters', nodes') in flight at once; fewer while the "
+        "server answers them slowly (the window halves on a login slower than 2 s), so each CONNECT is answered "
+        "within the server's authorization timeout on a busy machine (docs/scale.md)",
     )
     parser.add_argument("--state-dir", default=".flotilla/sim")
     parser.add_argument(
