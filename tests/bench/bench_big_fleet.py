@@ -6,8 +6,9 @@ as the budget needs, each with whole clusters; BENCH_BIG_SIMS overrides the coun
 (clusters upgraded at once, 100), BENCH_BIG_STEADY_S (the steady-heartbeat sample, 20), BENCH_BIG_BATCH (1: the
 sims send HeartbeatBatches, `flotilla sim --batch-heartbeats`; 0: one message per node), BENCH_BIG_ROLLOUT (1;
 0 skips the fleet-wide rollout, which takes about a second per ten nodes), BENCH_BIG_RELOGIN (1: restart every
-sim at once and time every node and cluster agent logging in again through the auth callout; 0 skips it). The
-full form of the issue is BENCH_BIG_CLUSTERS=10000 (100,000 nodes).
+sim at once and time every node and cluster agent logging in again through the auth callout; 0 skips it),
+BENCH_BIG_GRANT_TTL_S (agents' bus grant lifetime; by default one that renews about 25 grants a second). The full
+form of the issue is BENCH_BIG_CLUSTERS=10000 (100,000 nodes).
 
 Connections (docs/scale.md): every node and every cluster agent holds its own bus connection, so the fleet needs
 clusters x (nodes + 1) of them, each an open file in the nats-server that holds it. Past BENCH_BIG_PER_SERVER
@@ -77,8 +78,16 @@ FROM, TO = "v1.29.6", "v1.30.4"
 ENDED = ("Succeeded", "CompletedWithFailures", "Aborted", "RolledBack", "Frozen")  # Frozen: it stopped, a failure
 
 
+# An agent's bus grant lasts this long, then its connection logs in again through the auth callout: the fleet's
+# connections / GRANT_TTL_S logins a second for good, on top of everything else (at 110,000 connections and the
+# default 600 s, about 190/s: all the callout answered on this 2-core machine, so grants expired faster than they
+# were renewed and the fleet shrank). Sized for about 25 renewals a second unless BENCH_BIG_GRANT_TTL_S says.
+GRANT_TTL_S = int(os.environ.get("BENCH_BIG_GRANT_TTL_S", str(max(600, CONNECTIONS // 25))))
+
+
 def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("FLOTILLA_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOTILLA_")}
+    return env | {"FLOTILLA_REGISTRATION_CALLOUT_GRANT_TTL_S": str(GRANT_TTL_S)}
 
 
 def cli(state: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -235,6 +244,8 @@ async def test_a_big_fleet_joins_heartbeats_answers_and_upgrades(fleet: Path) ->
     size += f" on {BUS_SERVERS} nats-servers in one NATS cluster" if BUS_SERVERS > 1 else ""
     size += f" over {ADDRESSES} loopback address(es)" if ADDRESSES > 1 else ""
     figures: dict[str, str] = {"fleet": size + (", batched heartbeats" if BATCH else "")}
+    renewals = CONNECTIONS / GRANT_TTL_S
+    figures["bus grant lifetime"] = f"{GRANT_TTL_S} s (renewals through the auth callout: {renewals:.0f}/s)"
     url = runfile.server_url(state)
     assert url
     raw_rtt = 1 / await raw_request_rate(url, b"{}", 64, 2000, 1)
