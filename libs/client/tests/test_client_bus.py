@@ -67,6 +67,8 @@ async def test_request_sends_flotilla_headers_and_decodes_data_or_error(nats_ser
     assert len(headers["Nats-Msg-Id"]) == 32 and headers["Nats-Msg-Id"] != seen[1]["Nats-Msg-Id"]
     assert datetime.fromisoformat(headers["Flotilla-Sent-At"]) > datetime.now(UTC) - timedelta(minutes=1)
     assert headers["traceparent"].startswith("00-")
+    sent_at = datetime.fromisoformat(headers["Flotilla-Sent-At"]).timestamp()
+    assert float(headers["Flotilla-Reply-By"]) == pytest.approx(sent_at + 5.0, abs=1.0), "it waits 5 s: no longer"
 
 
 async def test_a_request_nobody_answers_in_time_is_a_timeout(nats_server: NatsServer, nc: Client) -> None:

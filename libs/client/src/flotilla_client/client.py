@@ -29,6 +29,7 @@ from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.v1 import scheduler as sched
 from flotilla_runtime import codec, telemetry
 from flotilla_runtime.natsconn import connect_options, redact
+from flotilla_runtime.replyby import reply_by_headers
 
 M = TypeVar("M", bound=Message)
 
@@ -253,6 +254,9 @@ class FlotillaClient:
         """The reply, or a FORBIDDEN error as soon as the server says this user may not publish to `subject`
         (nats-server drops a denied request: without this the caller would wait for the timeout)."""
         denial = self.bus_errors.watch(subject)
+        # Past `timeout` this command reports a timeout: a service that reaches it later drops it (replyby), so a
+        # command the person was told timed out does not take effect behind their back.
+        headers = reply_by_headers(timeout) | headers
         request = asyncio.ensure_future(self.nc.request(subject, payload, timeout=timeout, headers=headers))
         try:
             either: set[asyncio.Future[Any]] = {request, denial}
