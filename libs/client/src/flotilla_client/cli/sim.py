@@ -18,7 +18,7 @@ from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1 import registration as reg
 
 pass_cli = click.make_pass_decorator(CliContext)
-SIM_LABEL = "flotilla.dev/sim"  # on the clusters of a sim whose token `flotilla sim` made: the sim's prefix
+SIM_LABEL = "flotilla.dev/sim-fleet"  # the sim's prefix, on the clusters of a sim whose token `flotilla sim` made
 
 
 @click.command()
