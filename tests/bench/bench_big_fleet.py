@@ -5,7 +5,8 @@ BENCH_BIG_NODES (10), BENCH_BIG_NODES_PER_SIM (the node budget of one sim proces
 as the budget needs, each with whole clusters; BENCH_BIG_SIMS overrides the count), BENCH_BIG_CONCURRENT
 (clusters upgraded at once, 100), BENCH_BIG_STEADY_S (the steady-heartbeat sample, 20), BENCH_BIG_BATCH (1: the
 sims send HeartbeatBatches, `flotilla sim --batch-heartbeats`; 0: one message per node), BENCH_BIG_ROLLOUT (1;
-0 skips the fleet-wide rollout, which takes about a second per ten nodes), BENCH_BIG_RELOGIN (1: restart every
+0 skips the fleet-wide rollout, which takes about a second per ten nodes; BENCH_BIG_ROLLOUT_SIMS=k upgrades only
+the first k sims' clusters, with the rest of the fleet beside them), BENCH_BIG_RELOGIN (1: restart every
 sim at once and time every node and cluster agent logging in again through the auth callout; 0 skips it),
 BENCH_BIG_GRANT_TTL_S (agents' bus grant lifetime; by default one that renews about 25 grants a second). The full
 form of the issue is BENCH_BIG_CLUSTERS=10000 (100,000 nodes).
@@ -69,6 +70,7 @@ SERVER_CONNECTIONS = -(-CONNECTIONS // BUS_SERVERS)  # one server's share
 PER_ADDRESS = int(os.environ.get("BENCH_BIG_PER_ADDRESS", "25000"))
 ADDRESSES = min(SIMS, int(os.environ.get("BENCH_BIG_ADDRESSES", str(-(-SERVER_CONNECTIONS // PER_ADDRESS)))))
 ROLLOUT = os.environ.get("BENCH_BIG_ROLLOUT", "1") == "1"
+ROLLOUT_SIMS = int(os.environ.get("BENCH_BIG_ROLLOUT_SIMS", "0"))  # 0: the whole fleet; k: the first k sims' clusters
 RELOGIN = os.environ.get("BENCH_BIG_RELOGIN", "1") == "1"
 CONCURRENT = int(os.environ.get("BENCH_BIG_CONCURRENT", "100"))
 STEADY_S = float(os.environ.get("BENCH_BIG_STEADY_S", "20"))
@@ -305,11 +307,17 @@ async def test_a_big_fleet_joins_heartbeats_answers_and_upgrades(fleet: Path) ->
     nc = await nats.connect(url)
     await nc.subscribe(f"{subjects.EVT_PREFIX}.node-step.>", cb=turnaround.on_report)
     await nc.subscribe(f"{subjects.AGENT_PREFIX}.*.*.step", cb=turnaround.on_command)
+    which: list[str] = []
+    upgraded = CLUSTERS * NODES
+    if ROLLOUT_SIMS:
+        which = ["-l", f"flotilla.dev/sim-fleet in ({','.join(f'b{i}' for i in range(ROLLOUT_SIMS))})"]
+        upgraded = sum(CLUSTERS // SIMS + (1 if i < CLUSTERS % SIMS else 0) for i in range(ROLLOUT_SIMS)) * NODES
     started = time.perf_counter()
     out = await run(
         state,
         "upgrade",
         "start",
+        *which,
         "--to",
         TO,
         "--canary",
@@ -334,7 +342,10 @@ async def test_a_big_fleet_joins_heartbeats_answers_and_upgrades(fleet: Path) ->
     took = time.perf_counter() - started
     await nc.close()
     assert final == "Succeeded", final
-    figures["rollout"] = f"{took:.1f} s: {CLUSTERS * NODES / took:.0f} node upgrades/s ({CONCURRENT} clusters at once)"
+    of = f" of the fleet's {CLUSTERS * NODES}" if upgraded < CLUSTERS * NODES else ""
+    figures["rollout"] = (
+        f"{upgraded}{of} nodes in {took:.1f} s: {upgraded / took:.0f} node upgrades/s ({CONCURRENT} clusters at once)"
+    )
     figures["step commands / reports seen"] = f"{turnaround.commands} / {turnaround.reports}"
     if turnaround.gaps:
         p50, p99 = percentile(turnaround.gaps, 0.5), percentile(turnaround.gaps, 0.99)

@@ -89,6 +89,10 @@ def test_agents_on_the_second_server_join_through_the_callout_and_heartbeat(flee
     assert fleet.sim_connections(1) == set(), "the sim's connections belong on the server it was given"
     assert len(on_second) == CLUSTERS * (NODES + 1)
     eventually_sync(lambda: fleet.ready_nodes() == CLUSTERS * NODES, "every node Ready (heartbeats arrive)", **LOOK)
+    # the sim's clusters carry what they say of themselves and the sim's token label, one not hiding the other
+    for selector in ("flotilla.dev/sim=true", "flotilla.dev/sim-fleet=two"):
+        listed = json.loads(fleet.ok("clusters", "list", "-l", selector, "-o", "json"))
+        assert len(listed) == CLUSTERS, (selector, listed)
     # JetStream's streams (and so the agents' consumers) are all on the first server
     assert fleet.monitor(1, "jsz")["streams"] > 0
     assert fleet.monitor(2, "jsz").get("streams", 0) == 0

@@ -24,6 +24,7 @@ from flotilla_registration.natsjwt import (
     user_jwt,
 )
 from flotilla_registration.natskeys import new_account_seed, public_key
+from flotilla_runtime.logins import login_answered
 
 TIMEOUT_S = 10.0
 
@@ -93,7 +94,7 @@ class Callout:
             max_reconnect_attempts=0,
             connect_timeout=TIMEOUT_S,
         )
-        return client, errors
+        return await login_answered(client, TIMEOUT_S), errors  # answered late on a loaded machine: wait for it
 
 
 def callout_config(issuer: str) -> str:
