@@ -96,6 +96,7 @@ class _World:
     first_cp: dict[tuple[str, str], str] = field(default_factory=dict)  # (rollout, cluster) -> first CP node
     state: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (rollout, cluster, node) -> state
     given_back: set[tuple[str, str, str]] = field(default_factory=set)  # Failed, then uncordoned
+    wound_down: set[tuple[str, str, str]] = field(default_factory=set)  # uncordoned before it was Verified
     cordoned: set[tuple[str, str, str]] = field(default_factory=set)  # cordoned by the rollout
     found_cordoned: set[tuple[str, str, str]] = field(default_factory=set)  # cordon found it cordoned
     down_since: dict[tuple[str, str], float] = field(default_factory=dict)  # heartbeat: not Ready since
@@ -207,7 +208,9 @@ def _node_moved(verdict: Verdict, world: _World, data: dict[str, Any]) -> None:
     before, after = world.state.get(key, "Pending"), data["to"]
     where = f"{cluster}/{node}"
     forward = data.get("direction", "forward") == "forward"
-    retried = before == "Failed" and data.get("reason") == "Retry"
+    # A retry gives a new attempt to a Failed node, and to one wound down (given back uncordoned, never upgraded,
+    # when another node of its cluster failed): neither attempt took its steps to the target.
+    retried = data.get("reason") == "Retry" and (before == "Failed" or key in world.wound_down)
     moved_back = before in FORWARD and after in FORWARD and FORWARD.index(after) < FORWARD.index(before)
     if forward and not retried and moved_back:
         verdict.fail(f"I4: {where} moved back {before} -> {after} without a rollback")
@@ -226,6 +229,10 @@ def _node_moved(verdict: Verdict, world: _World, data: dict[str, Any]) -> None:
         if waiting:
             verdict.fail(f"I2: worker {where} upgraded before control plane {waiting} was at the target")
     world.given_back.discard(key)
+    if after == "Uncordoned" and forward and before not in ("Verified", "Uncordoned"):
+        world.wound_down.add(key)
+    elif after != "Uncordoned":
+        world.wound_down.discard(key)
     world.state[key] = after
     if data.get("kubelet_version"):
         _kubelet_moved(verdict, world, cluster, node, data["kubelet_version"])

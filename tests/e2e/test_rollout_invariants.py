@@ -165,6 +165,15 @@ def test_i4_moving_backwards_without_rollback() -> None:
     assert caught([started(), move("cp0", "Cordoned"), move("cp0", "Failed"), move("cp0", "Drained")], "I4")
 
 
+def test_i4_a_retry_may_restart_a_node_given_back_unupgraded_but_not_one_that_finished() -> None:
+    # wound down when another node of its cluster failed: uncordoned before it was Verified, then retried
+    given_back = [started(), move("w1", "Cordoned"), move("w1", "Drained"), move("w1", "Uncordoned")]
+    assert violations([*given_back, move("w1", "Pending", reason="Retry")]) == []
+    assert caught([*given_back, move("w1", "Pending")], "I4"), "only a retry may restart it"
+    finished = [started(), move("w1", "Cordoned"), move("w1", "Verified"), move("w1", "Uncordoned")]
+    assert caught([*finished, move("w1", "Pending", reason="Retry")], "I4"), "a finished node is never reopened"
+
+
 def test_i4_a_step_that_runs_twice() -> None:
     ran = report("w1", "drain", 1, command="k1")
     assert caught([started(), ran, ran], "I4")
