@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from nats.aio.client import Client
 
 from flotilla_client.natsserver import NatsServer, free_port
 from flotilla_runtime.lifeline import Backoff, Lifeline, LinkState, health_of
@@ -146,3 +148,27 @@ async def test_a_window_that_grows_lets_waiting_logins_in() -> None:
     release.set()
     await asyncio.gather(*logins)
     assert gate.in_flight == 0 and gate.admitted == 4
+
+
+async def test_a_cancelled_first_connection_stops_even_if_nats_py_swallowed_the_cancellation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """asyncio.wait_for in Python 3.11 can swallow a cancellation that races its inner future (nats-py's connect waits
+    with it): the lifeline's loop of attempts must still end, or a process's shutdown waits on it for ever."""
+    swallowed = asyncio.Event()
+
+    async def connect_swallowing_the_cancel(self: Client, *_args: object, **_options: object) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            swallowed.set()  # and carry on, as the race does
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(Client, "connect", connect_swallowing_the_cancel)
+    link = Lifeline("cancelled", backoff=Backoff(first_s=0.01, max_s=0.02))
+    attempt = asyncio.create_task(link.connect("nats://127.0.0.1:1"))
+    await asyncio.sleep(0)  # sleep: let the task start its first attempt (one loop turn), nothing to wait on
+    attempt.cancel()
+    await swallowed.wait()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(attempt, 5)

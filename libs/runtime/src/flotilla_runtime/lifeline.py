@@ -203,6 +203,8 @@ class Lifeline:
         late came back at it together, forever."""
         timeout_s = float(options.get("connect_timeout", 2.0))
         while True:
+            if (task := asyncio.current_task()) is not None and task.cancelling():
+                raise asyncio.CancelledError  # one nats-py's connect swallowed (asyncio.wait_for in 3.11): stop trying
             async with self.gate or contextlib.nullcontext():
                 client = await self._attempt(servers, timeout_s, options)
             if client is not None:
