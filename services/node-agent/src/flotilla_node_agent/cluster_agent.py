@@ -245,7 +245,9 @@ class ClusterAgent:
                 except (nats.errors.Error, TimeoutError, JoinRefused) as exc:
                     failures += 1
                     self.log.warning("node report not accepted (%s); will retry", exc)
-                await asyncio.sleep(report_wait(self.report_every_s, failures, random.random()))
+                await asyncio.sleep(  # sleep: the report interval, longer after failures (report_wait)
+                    report_wait(self.report_every_s, failures, random.random())
+                )
         finally:
             if self.workloads_task is not None:
                 self.workloads_task.cancel()
