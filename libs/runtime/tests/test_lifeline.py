@@ -73,15 +73,20 @@ async def test_first_attempts_back_off_outside_the_gate_until_the_server_is_up(t
         server.stop()
 
 
-async def test_a_gate_lets_its_limit_in_and_the_rest_wait() -> None:
-    gate = LoginGate(3)
-    release = asyncio.Event()
+def logins_holding(gate: LoginGate, count: int, release: asyncio.Event) -> list[asyncio.Task[None]]:
+    """`count` logins through `gate`, each holding its place until `release` is set."""
 
     async def login() -> None:
         async with gate:
             await release.wait()
 
-    logins = [asyncio.create_task(login()) for _ in range(10)]
+    return [asyncio.create_task(login()) for _ in range(count)]
+
+
+async def test_a_gate_lets_its_limit_in_and_the_rest_wait() -> None:
+    gate = LoginGate(3)
+    release = asyncio.Event()
+    logins = logins_holding(gate, 10, release)
     await eventually(lambda: gate.waiting == 7, "seven logins waiting")
     assert (gate.in_flight, gate.admitted) == (3, 3)
     release.set()
@@ -136,12 +141,7 @@ async def test_a_window_that_grows_lets_waiting_logins_in() -> None:
     gate = LoginGate(16, floor=1)
     gate.window = 1.0
     release = asyncio.Event()
-
-    async def login() -> None:
-        async with gate:
-            await release.wait()
-
-    logins = [asyncio.create_task(login()) for _ in range(4)]
+    logins = logins_holding(gate, 4, release)
     await eventually(lambda: gate.waiting == 3, "three logins waiting behind a window of one")
     gate.took(0.1)  # a fast answer: slow start grows the window to 2
     await eventually(lambda: gate.in_flight == 2, "a second login let in")
@@ -155,9 +155,10 @@ async def test_a_cancelled_first_connection_stops_even_if_nats_py_swallowed_the_
 ) -> None:
     """asyncio.wait_for in Python 3.11 can swallow a cancellation that races its inner future (nats-py's connect waits
     with it): the lifeline's loop of attempts must still end, or a process's shutdown waits on it for ever."""
-    swallowed = asyncio.Event()
+    entered, swallowed = asyncio.Event(), asyncio.Event()
 
     async def connect_swallowing_the_cancel(self: Client, *_args: object, **_options: object) -> None:
+        entered.set()
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
@@ -167,7 +168,7 @@ async def test_a_cancelled_first_connection_stops_even_if_nats_py_swallowed_the_
     monkeypatch.setattr(Client, "connect", connect_swallowing_the_cancel)
     link = Lifeline("cancelled", backoff=Backoff(first_s=0.01, max_s=0.02))
     attempt = asyncio.create_task(link.connect("nats://127.0.0.1:1"))
-    await asyncio.sleep(0)  # sleep: let the task start its first attempt (one loop turn), nothing to wait on
+    await asyncio.wait_for(entered.wait(), 5)  # its first attempt is under way
     attempt.cancel()
     await swallowed.wait()
     with pytest.raises(asyncio.CancelledError):
