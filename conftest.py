@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import nats
 import pytest
 from nats.aio.client import Client
 
 from flotilla_client.natsserver import NatsServer, free_port
+from flotilla_runtime import logins
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 @pytest.fixture
 async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
     """A plain nats-py client connected to the test's server."""
-    client = await nats.connect(nats_server.url)
+    client = await logins.connect(nats_server.url)
     try:
         yield client
     finally:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import nats
 from integration_support import fleet_events
 
 from flotilla_client import procs, runfile
@@ -28,6 +27,7 @@ from flotilla_client.client import FlotillaClient
 from flotilla_client.natsserver import free_port, port_open
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1 import heartbeat as hb
+from flotilla_runtime import logins
 from flotilla_testkit import eventually, eventually_sync
 
 FLOTILLA = str(Path(sys.executable).parent / "flotilla")
@@ -143,7 +143,7 @@ COPY_HEADER = "Chaos-Copy"  # marks a copy a test injected on purpose, left out 
 
 async def all_events(url: str, *, skip_copies: bool = True) -> list[Event]:
     """Every event (FLEET_EVENTS and FLEET_REPORTS merged by time): (subject, schema, data), without injected copies."""
-    nc = await nats.connect(url)
+    nc = await logins.connect(url)
     try:
         return [
             (msg.subject, (msg.headers or {}).get("Flotilla-Schema", ""), msgspec.json.decode(msg.data))

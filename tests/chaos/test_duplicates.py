@@ -30,6 +30,7 @@ from flotilla_contracts.streams import FLEET_EVENTS, FLEET_REPORTS
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1 import upgrade as up
 from flotilla_contracts.v1 import upgrade_status as st
+from flotilla_runtime import logins
 from flotilla_testkit import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -60,7 +61,7 @@ class Duplicator:
         return "new-id", {**headers, H_MSG_ID: f"copy-{uuid.uuid4().hex}", COPY_HEADER: "1"}
 
     async def run(self, stop: asyncio.Event) -> None:
-        nc = await nats.connect(self.url)
+        nc = await logins.connect(self.url)
         js = nc.jetstream()
 
         async def again(kind: str, msg: Msg) -> None:

@@ -36,6 +36,7 @@ from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1 import upgrade as up
 from flotilla_contracts.v1 import upgrade_status as st
 from flotilla_contracts.v1.agent import NodeStepCommand
+from flotilla_runtime import logins
 from flotilla_runtime.settings import env_prefix
 from flotilla_testkit import ConditionNotMet, eventually
 
@@ -160,7 +161,7 @@ async def run_failovers(
         await asyncio.to_thread(fleet.up)
         await wait_ready(fleet.url, clusters)
         pair.start_extra()
-        nc = await nats.connect(fleet.url)
+        nc = await logins.connect(fleet.url)
         js = nc.jetstream()
         commands = Commands()
         await nc.subscribe("fleet.v1.agent.*.*.step", cb=commands.on)

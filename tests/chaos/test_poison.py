@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import nats
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -27,6 +26,7 @@ from flotilla_contracts.streams import FLEET_EVENTS
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1.deadletter import DeadLettered
 from flotilla_contracts.v1.registration_events import NodeRemoved
+from flotilla_runtime import logins
 from flotilla_runtime.bus import ensure_streams
 from flotilla_runtime.consumers import EventConsumer, EventMeta
 from flotilla_runtime.errors import TemporaryError
@@ -96,7 +96,7 @@ async def consume(
 
 
 async def dead_letters(url: str) -> list[dict[str, Any]]:
-    nc = await nats.connect(url)
+    nc = await logins.connect(url)
     try:
         js = nc.jetstream()
         info = await js.stream_info(FLEET_EVENTS.name, subjects_filter=DEAD_LETTERS)

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import nats
 import pytest
 import yaml
 
@@ -33,6 +32,7 @@ from flotilla_contracts.v1 import scheduler as sch
 from flotilla_contracts.v1 import upgrade as up
 from flotilla_contracts.v1 import upgrade_status as st
 from flotilla_contracts.v1.registration_events import ClusterApproved
+from flotilla_runtime import logins
 from flotilla_testkit import ConditionNotMet, eventually
 
 pytestmark = pytest.mark.integration
@@ -165,7 +165,7 @@ async def test_the_domain_figures_move_as_the_fleet_does(fleet: Fleet) -> None:
 
 
 async def test_a_malformed_event_is_a_dead_letter_by_reason_under_stable_consumer_names(fleet: Fleet) -> None:
-    nc = await nats.connect(fleet.url)
+    nc = await logins.connect(fleet.url)
     try:
         subject = catalogue.subject_for(ClusterApproved, cluster_id="c-bogus")
         await nc.jetstream().publish(subject, b'{"cluster": 7}', headers={H_SCHEMA: schema_id(ClusterApproved)})

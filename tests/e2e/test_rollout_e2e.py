@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import nats
 import pytest
 from integration_support import fleet_events
 from rollout_invariants import check, final_states
@@ -26,6 +25,7 @@ from flotilla_contracts.v1 import heartbeat as hb
 from flotilla_contracts.v1 import registration as reg
 from flotilla_contracts.v1 import upgrade as up
 from flotilla_contracts.v1 import upgrade_status as st
+from flotilla_runtime import logins
 from flotilla_testkit import eventually
 
 pytestmark = pytest.mark.integration
@@ -56,7 +56,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]
 
 
 async def all_events(url: str) -> list[tuple[str, str, dict[str, Any]]]:
-    nc = await nats.connect(url)
+    nc = await logins.connect(url)
     try:
         return [
             (msg.subject, (msg.headers or {}).get("Flotilla-Schema", ""), msgspec.json.decode(msg.data))

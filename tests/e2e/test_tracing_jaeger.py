@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
-import nats
 import pytest
 from integration_support import fleet_events
 
 from flotilla_client import procs, runfile
 from flotilla_client.natsserver import free_port
+from flotilla_runtime import logins
 from flotilla_testkit import eventually_sync
 
 pytestmark = pytest.mark.integration
@@ -132,7 +132,7 @@ def rollout_state(fleet: Fleet) -> str:
 
 async def all_events(url: str) -> list[tuple[str, dict[str, Any], dict[str, str]]]:
     """(schema, body, headers) of every event in FLEET_EVENTS and FLEET_REPORTS."""
-    nc = await nats.connect(url)
+    nc = await logins.connect(url)
     try:
         found = []
         for msg in await fleet_events(nc):

@@ -13,8 +13,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nats
-import nats.errors
 import nkeys
 import pytest
 from integration_support import WatchedConnection, connect_watched, send_join
@@ -35,8 +33,8 @@ from flotilla_contracts.v1.registration import (
     JoinReply,
     JoinRequest,
 )
+from flotilla_runtime import logins
 from flotilla_runtime.bus import with_user
-from flotilla_runtime.lifeline import login_answered
 
 FLOTILLA = str(Path(sys.executable).parent / "flotilla")
 NODE = "n1"
@@ -71,12 +69,12 @@ async def connect_as_node(fleet: Fleet, name: str, node: str, seed: str | None =
     async def on_error(exc: Exception) -> None:
         errors.append(str(exc))
 
-    nc = await nats.connect(
+    nc = await logins.connect(
         fleet.plain_url, error_cb=on_error, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=10,
         nkeys_seed_str=seed or fleet.seeds.setdefault(f"{name}/{node}", new_seed()),
         token=permissions.node_login_token(user, fleet.clusters[name]), inbox_prefix=permissions.inbox_prefix(user),
     )  # fmt: skip
-    return Agent(await login_answered(nc), errors)
+    return Agent(nc, errors)
 
 
 @dataclass

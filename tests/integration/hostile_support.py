@@ -10,15 +10,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nats
 from integration_support import WatchedConnection, connect_watched
 from test_orchestrator_forgery import refused_total
 
 from flotilla_client import runfile
 from flotilla_contracts import permissions
 from flotilla_contracts.subjects import Service
+from flotilla_runtime import logins
 from flotilla_runtime.bus import with_user
-from flotilla_runtime.lifeline import login_answered
 from flotilla_testkit import ConditionNotMet, eventually
 
 MEMBER_FACING = (Service.REGISTRATION, Service.HEARTBEAT, Service.SCHEDULER, Service.UPGRADE_ORCHESTRATOR)
@@ -54,12 +53,12 @@ async def login_node(url: str, stolen: Stolen, node: str, *, cluster_id: str = "
     async def on_error(exc: Exception) -> None:
         errors.append(str(exc))
 
-    nc = await nats.connect(
+    nc = await logins.connect(
         url, error_cb=on_error, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=10,
         nkeys_seed_str=seed or stolen.seeds[node], token=permissions.node_login_token(user, stolen.credential),
         inbox_prefix=permissions.inbox_prefix(user), pending_size=64 * 1024 * 1024,
     )  # fmt: skip
-    return WatchedConnection(await login_answered(nc), errors)
+    return WatchedConnection(nc, errors)
 
 
 def violations(connection: WatchedConnection, what: str = "") -> int:

@@ -6,7 +6,6 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -16,8 +15,7 @@ from flotilla_contracts.envelope import H_SCHEMA, schema_id
 from flotilla_contracts.streams import EVENT_STREAMS
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1.registration import JoinReply, JoinRequest
-from flotilla_runtime import codec
-from flotilla_runtime.lifeline import login_answered
+from flotilla_runtime import codec, logins
 from flotilla_runtime.natsconn import connect_options
 from flotilla_testkit import ConditionNotMet, eventually
 
@@ -82,11 +80,11 @@ async def connect_watched(url: str, connect_timeout: float = 10) -> WatchedConne
     async def on_error(exc: Exception) -> None:
         errors.append(str(exc))
 
-    nc = await nats.connect(
+    nc = await logins.connect(
         url, error_cb=on_error, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=connect_timeout,
         **connect_options(url),
     )  # fmt: skip
-    return WatchedConnection(await login_answered(nc), errors)
+    return WatchedConnection(nc, errors)
 
 
 async def send_join(nc: Client, request: JoinRequest) -> JoinReply:

@@ -13,7 +13,6 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import nats
 import pytest
 
 from flotilla_client import localfleet, runfile
@@ -32,6 +31,7 @@ from flotilla_contracts.v1.registration import (
     ListClustersReply,
     ListClustersRequest,
 )
+from flotilla_runtime import logins
 from flotilla_runtime.bus import connect_options
 from flotilla_testkit import eventually
 
@@ -125,7 +125,7 @@ async def test_a_node_agent_joins_then_speaks_only_as_its_cluster(fleet: tuple[P
             # Pending: it holds only a join connection (or none between retries), never a service user.
             assert all(u.startswith(permissions.JOIN_USER_PREFIX + ".") for u in agent.users()), agent.users()
 
-            nc = await nats.connect(admin_url, **connect_options(admin_url))
+            nc = await logins.connect(admin_url, **connect_options(admin_url))
             beats = await nc.subscribe(subjects.heartbeat(cluster_id, node))
             watch = Watch()
             await watch.start(nc)
@@ -137,10 +137,10 @@ async def test_a_node_agent_joins_then_speaks_only_as_its_cluster(fleet: tuple[P
             # The node speaks as itself (with its key); the cluster agent role, run by this process too (the
             # sim driver is a one-node cluster), as the cluster on a connection of its own.
             login = permissions.cluster_user(cluster_id, node)
-            logins = sorted([login, permissions.cluster_user(cluster_id)])
+            users_now = sorted([login, permissions.cluster_user(cluster_id)])
 
             async def logged_in() -> bool:
-                return sorted(agent.users()) == logins
+                return sorted(agent.users()) == users_now
 
             await eventually(logged_in, f"a connection as {login}", timeout_s=10, every_s=0.2)
 

@@ -31,7 +31,7 @@ from flotilla_contracts.v1.registration import (
     DeregisterClusterRequest,
     ReportNodesRequest,
 )
-from flotilla_runtime import codec
+from flotilla_runtime import codec, logins
 from flotilla_runtime.agent_consumers import AgentConsumers
 from flotilla_runtime.bus import connect_options
 from flotilla_testkit import eventually
@@ -56,7 +56,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 async def test_a_cluster_reaches_its_own_subjects(fleet: Fleet) -> None:
     """The control group: without it every denial below could be a broken connection."""
     a = await connect_as_node(fleet, "iso-a", NODE)
-    admin = await nats.connect(fleet.admin_url, **connect_options(fleet.admin_url))
+    admin = await logins.connect(fleet.admin_url, **connect_options(fleet.admin_url))
     try:
         seen = await admin.subscribe(f"fleet.v1.hb.{fleet.ids['iso-a']}.>")
         await admin.flush()
@@ -92,7 +92,7 @@ async def test_a_cluster_reaches_its_own_subjects(fleet: Fleet) -> None:
 
 async def test_cluster_a_cannot_reach_cluster_b(fleet: Fleet) -> None:
     a = await connect_as_node(fleet, "iso-a", NODE)
-    admin = await nats.connect(fleet.admin_url, **connect_options(fleet.admin_url))
+    admin = await logins.connect(fleet.admin_url, **connect_options(fleet.admin_url))
     try:
         b_id = fleet.ids["iso-b"]
         spy = await admin.subscribe(f"fleet.v1.hb.{b_id}.>")
@@ -155,7 +155,7 @@ async def test_only_the_clusters_own_identity_relays_its_heartbeat_batch(fleet: 
     """A's cluster agent may send A's HeartbeatBatch (docs/heartbeat.md); not B's, and a node of A may not."""
     agent = await connect(fleet.plain_url, permissions.cluster_user(fleet.ids["iso-a"]), fleet.clusters["iso-a"])
     node = await connect_as_node(fleet, "iso-a", NODE)
-    admin = await nats.connect(fleet.admin_url, **connect_options(fleet.admin_url))
+    admin = await logins.connect(fleet.admin_url, **connect_options(fleet.admin_url))
     try:
         spy = await admin.subscribe(subjects.ALL_HEARTBEAT_BATCHES)
         await admin.flush()

@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import nats
 import pytest
 from nats.aio.client import Client
 
 from flotilla_client import jaeger, runfile
 from flotilla_client.natsserver import free_port
 from flotilla_contracts.subjects import Service
+from flotilla_runtime import logins
 from flotilla_testkit import eventually
 
 pytestmark = pytest.mark.integration
@@ -53,7 +53,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]
 
 @pytest.fixture
 async def nc(fleet: tuple[Path, str]) -> AsyncIterator[Client]:
-    client = await nats.connect(fleet[1])
+    client = await logins.connect(fleet[1])
     try:
         yield client
     finally:
@@ -71,7 +71,7 @@ def old_events(fleet: tuple[Path, str]) -> float:
     """Publish OLD once (the services created FLEET_EVENTS at start); returns the time just after."""
 
     async def publish_all() -> None:
-        client = await nats.connect(fleet[1])
+        client = await logins.connect(fleet[1])
         try:
             for n, (cluster, name) in enumerate(OLD):
                 await publish_event(client, cluster, name, n)

@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import nats
 import pytest
 import yaml
 from nats.aio.msg import Msg
@@ -27,6 +26,7 @@ from flotilla_client import runfile
 from flotilla_client.cli.watching import BURST_MAX_S, FALLBACK_S, QUIET_S
 from flotilla_client.natsserver import free_port
 from flotilla_contracts.subjects import EVT_PREFIX, Entity, Service, command
+from flotilla_runtime import logins
 from flotilla_testkit import eventually_sync
 
 pytestmark = pytest.mark.integration
@@ -76,7 +76,7 @@ def bursts(times: list[float]) -> int:
 
 
 async def test_a_rollout_watched_to_its_end_asks_once_per_burst_of_its_events(fleet: Fleet) -> None:
-    nc = await nats.connect(fleet.url)
+    nc = await logins.connect(fleet.url)
     requests: list[float] = []
     events: list[float] = []
 

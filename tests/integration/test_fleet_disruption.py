@@ -25,6 +25,7 @@ from flotilla_client import runfile
 from flotilla_client.natsserver import free_port
 from flotilla_contracts import catalogue
 from flotilla_contracts.v1.scheduler_events import FLEET_SCOPE, FleetDisrupted, FleetRecovered
+from flotilla_runtime import logins
 from flotilla_runtime.bus import connect_options
 from flotilla_testkit import eventually_sync
 
@@ -86,7 +87,7 @@ class Fleet:
         async def read() -> list[dict[str, Any]]:
             url = runfile.server_url(self.state)
             assert url
-            nc = await nats.connect(url, **connect_options(url))
+            nc = await logins.connect(url, **connect_options(url))
             try:
                 subject = catalogue.subject_for(message, scope=FLEET_SCOPE)
                 sub = await nc.jetstream().subscribe(subject, ordered_consumer=True)

@@ -37,7 +37,7 @@ from flotilla_contracts.v1.registration import ApprovalSource, ClusterIdentity, 
 from flotilla_contracts.v1.registration_events import ClusterApproved
 from flotilla_heartbeat.app import SPEC
 from flotilla_heartbeat.settings import Settings
-from flotilla_runtime import service
+from flotilla_runtime import logins, service
 from flotilla_runtime.bus import ensure_streams
 from flotilla_runtime.lifeline import LinkState
 from flotilla_testkit import ConditionNotMet, eventually
@@ -106,7 +106,7 @@ async def node_event_count(nc: Client) -> int:
 
 
 async def burst(server: NatsServer, state: Path, clusters: int, nodes: int, interval_s: float) -> None:
-    nc = await nats.connect(server.url)
+    nc = await logins.connect(server.url)
     await ensure_streams(nc.jetstream())
     ids = cluster_ids(clusters, "burst")
     await approve(nc, ids)
@@ -115,7 +115,7 @@ async def burst(server: NatsServer, state: Path, clusters: int, nodes: int, inte
     async with replica(server.url, state, startup_grace_s=0.0, **timing) as app:
         hb: Any = app.heartbeats  # type: ignore[attr-defined]
         await eventually(lambda: len(hb.model.clusters) == clusters, f"{clusters} approved clusters tracked")
-        sender = await nats.connect(server.url, pending_size=256 * 1024 * 1024)
+        sender = await logins.connect(server.url, pending_size=256 * 1024 * 1024)
         gen = LoadGenerator(sender, ids, nodes, interval_s=interval_s, slices=20)
         load = asyncio.create_task(gen.run())
         started = time.monotonic()
@@ -186,7 +186,7 @@ async def test_cut_off_as_a_slow_consumer_the_service_holds_its_verdicts(tmp_pat
     )
     server.start()
     try:
-        nc = await nats.connect(server.url)
+        nc = await logins.connect(server.url)
         await ensure_streams(nc.jetstream())
         clusters, nodes, interval_s = 200, 20, 0.5  # 8,000 heartbeats/s: enough to fill 1 MB in a stall
         await approve(nc, cluster_ids(clusters, "cut"))

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import nats
 import pytest
 from click.testing import CliRunner
 from nats.aio.client import Client
@@ -31,7 +30,7 @@ from flotilla_contracts.v1.registration_events import ClusterApproved, ClusterDe
 from flotilla_heartbeat.app import SPEC
 from flotilla_heartbeat.partitions import mapping_config
 from flotilla_heartbeat.settings import Settings
-from flotilla_runtime import service
+from flotilla_runtime import logins, service
 from flotilla_runtime.bus import ensure_streams
 from flotilla_testkit import eventually
 
@@ -114,7 +113,7 @@ def mapped_server(tmp_path: Path) -> Any:
 async def test_two_replicas_split_the_fleet_detect_a_stopped_node_and_answer_for_the_whole_fleet(
     mapped_server: NatsServer, tmp_path: Path
 ) -> None:
-    nc = await nats.connect(mapped_server.url)
+    nc = await logins.connect(mapped_server.url)
     await ensure_streams(nc.jetstream())
     clusters = cluster_ids(6, "it")
     for cluster in clusters:
@@ -199,7 +198,7 @@ async def test_two_replicas_split_the_fleet_detect_a_stopped_node_and_answer_for
 async def test_a_restart_keeps_health_and_marks_nothing_down_during_the_grace(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
-    nc = await nats.connect(nats_server.url)
+    nc = await logins.connect(nats_server.url)
     await ensure_streams(nc.jetstream())
     clusters = cluster_ids(2, "rs")
     for cluster in clusters:
@@ -249,7 +248,7 @@ async def _ready_count(nc: Client, count: int) -> bool:
 
 async def test_a_clusters_batches_land_in_the_partition_of_its_single_heartbeats(mapped_server: NatsServer) -> None:
     """The server's two mappings hash the same cluster token alike, so one replica owns both forms of a cluster."""
-    nc = await nats.connect(mapped_server.url)
+    nc = await logins.connect(mapped_server.url)
     landed: dict[str, set[tuple[str, int]]] = {}
 
     async def on_message(msg: Any) -> None:
@@ -278,7 +277,7 @@ async def test_batched_heartbeats_make_their_nodes_ready_and_a_silent_one_unreac
     extra = mapping_config(2) if count == 2 else ""
     server = NatsServer(state_dir=tmp_path / "nats", port=free_port(), extra_config=extra)
     server.start()
-    nc = await nats.connect(server.url)
+    nc = await logins.connect(server.url)
     try:
         await ensure_streams(nc.jetstream())
         clusters = cluster_ids(4, "bt")

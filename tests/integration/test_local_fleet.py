@@ -22,6 +22,7 @@ import pytest
 from flotilla_client import runfile
 from flotilla_client.natsserver import free_port
 from flotilla_contracts.subjects import Service
+from flotilla_runtime import logins
 from flotilla_testkit import eventually_sync
 
 pytestmark = pytest.mark.integration
@@ -177,7 +178,7 @@ def test_status_table_shows_a_row_per_service(fleet: Fleet) -> None:
 
 
 async def test_a_plain_nats_client_gets_five_ping_replies(fleet: Fleet) -> None:
-    nc = await nats.connect(fleet.url)
+    nc = await logins.connect(fleet.url)
     try:
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import nats
 import pytest
 
 from flotilla_client import runfile, users
@@ -27,6 +26,7 @@ from flotilla_client.natsserver import free_port
 from flotilla_contracts import subjects
 from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.subjects import Service
+from flotilla_runtime import logins
 from flotilla_runtime.natsconn import connect_options, with_user
 from flotilla_testkit import eventually
 
@@ -112,7 +112,7 @@ async def test_a_new_role_is_reloaded_and_a_removed_user_cannot_connect(fleet: F
     url = runfile.server_url(fleet.state)
     assert url and await users.can_log_in(url, dave)
     login = with_user(url, dave.name, dave.password)
-    nc = await nats.connect(login, allow_reconnect=False, **connect_options(login))
+    nc = await logins.connect(login, allow_reconnect=False, **connect_options(login))
     try:
         assert "removed user dave" in fleet.ok("user", "remove", "dave")
         assert not await users.can_log_in(url, dave)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
-import nats
 import pytest
 from nats.aio.client import Client
 
@@ -27,6 +26,7 @@ from flotilla_node_agent.fleet_sim import drain_outbox
 from flotilla_node_agent.heartbeats import Interval
 from flotilla_node_agent.journal import Journal
 from flotilla_node_agent.node_agent import AgentContext, NodeAgent
+from flotilla_runtime import logins
 from flotilla_runtime.bus import ensure_streams
 from flotilla_runtime.migrations import load_migrations
 from flotilla_runtime.outbox import OutboxRelay
@@ -47,7 +47,7 @@ class Agents:
 
 @pytest.fixture
 async def agents(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Agents]:
-    nc = await nats.connect(nats_server.url)
+    nc = await logins.connect(nats_server.url)
     js = nc.jetstream()
     await ensure_streams(js)
     store = await Store.open(tmp_path / "journal.db", load_migrations("flotilla_node_agent", "node-agent"))

@@ -16,12 +16,12 @@ import stat
 import subprocess
 from pathlib import Path
 
-import nats
 import pytest
 
 from flotilla_client.natsserver import NatsServer
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1.agent import KubeadmAction, StepKind, StepOutcome
+from flotilla_runtime import logins
 from flotilla_runtime.bus import ensure_streams
 from flotilla_testkit import ConditionNotMet, eventually
 
@@ -71,7 +71,7 @@ async def test_sigkill_at_every_step_boundary_converges_with_one_uncordon(
         "fetch_timeout_s": "1",
         "verify_timeout_s": "5",
     }
-    nc = await nats.connect(nats_server.url)
+    nc = await logins.connect(nats_server.url)
     await ensure_streams(nc.jetstream())
     watch = Watch()
     await watch.start(nc)

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import nats
 import pytest
 from nats.aio.client import Client
 
@@ -24,6 +23,7 @@ from flotilla_client.natsserver import NatsServer, free_port
 from flotilla_contracts import subjects
 from flotilla_contracts.subjects import Service
 from flotilla_contracts.v1.agent import StepKind, StepOutcome
+from flotilla_runtime import logins
 from flotilla_runtime.bus import ensure_streams
 from flotilla_testkit import eventually
 
@@ -95,7 +95,7 @@ class Agent:
 
 @pytest.fixture
 async def agent(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Agent]:
-    nc = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    nc = await logins.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     await ensure_streams(nc.jetstream())
     watch = Watch()
     await watch.start(nc)

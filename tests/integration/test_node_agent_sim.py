@@ -27,6 +27,7 @@ from flotilla_contracts.v1.registration import (
 )
 from flotilla_node_agent.fleet_sim import start_fleet
 from flotilla_node_agent.sim_args import FleetSpec
+from flotilla_runtime import logins
 from flotilla_runtime.bus import ensure_streams
 from flotilla_testkit import eventually
 
@@ -66,7 +67,7 @@ class Registration:
 
 
 async def test_a_simulated_fleet_joins_reports_heartbeats_and_obeys(nats_server: NatsServer, tmp_path: Path) -> None:
-    nc = await nats.connect(nats_server.url)
+    nc = await logins.connect(nats_server.url)
     registration = Registration()
     await registration.start(nc)
     beats: list[tuple[str, Heartbeat]] = []
@@ -138,7 +139,7 @@ async def test_batched_heartbeats_carry_every_node_of_a_cluster_in_one_message(
 ) -> None:
     """`--batch-heartbeats`: one HeartbeatBatch per cluster and round on `fleet.v1.hb.<cluster>`, each node's own
     facts and sequence in it, and no single heartbeat beside it."""
-    nc = await nats.connect(nats_server.url)
+    nc = await logins.connect(nats_server.url)
     batches: list[tuple[str, HeartbeatBatch]] = []
     singles: list[str] = []
 

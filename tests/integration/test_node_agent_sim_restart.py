@@ -18,6 +18,7 @@ from flotilla_contracts.v1.agent import NodeFacts, StepKind, StepOutcome
 from flotilla_contracts.v1.registration import ReportNodesRequest
 from flotilla_node_agent.fleet_sim import Fleet, start_fleet
 from flotilla_node_agent.sim_args import FleetSpec
+from flotilla_runtime import logins
 from flotilla_runtime.bus import ensure_streams
 
 from .node_agent_support import STEPS, Watch, send, step_command
@@ -45,7 +46,7 @@ async def node_reports(nc: nats.NATS) -> asyncio.Queue[ReportNodesRequest]:
 async def test_a_restarted_sim_finds_its_nodes_upgraded_and_cordoned_as_it_left_them(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
-    nc = await nats.connect(nats_server.url)
+    nc = await logins.connect(nats_server.url)
     await ensure_streams(nc.jetstream())
     registration = Registration()
     await registration.start(nc)

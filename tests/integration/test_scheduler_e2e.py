@@ -29,6 +29,7 @@ from flotilla_client.natsserver import free_port
 from flotilla_contracts import catalogue
 from flotilla_contracts.streams import FLEET_EVENTS
 from flotilla_contracts.v1.heartbeat import ClusterHealthChanged
+from flotilla_runtime import logins
 from flotilla_runtime.bus import connect_options
 from flotilla_testkit import eventually_sync
 
@@ -108,7 +109,7 @@ def scheduler_handled_health(state: Path, cluster_id: str, health: str) -> bool:
     async def check() -> bool:
         url = runfile.server_url(state)
         assert url, "flotilla up records the server's URL"
-        nc = await nats.connect(url, **connect_options(url))
+        nc = await logins.connect(url, **connect_options(url))
         try:
             js = nc.jetstream()
             subject = catalogue.subject_for(ClusterHealthChanged, cluster_id=cluster_id)

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import nats
 import pytest
 from integration_support import fleet_events
 from kube_support import eventually
@@ -34,6 +33,7 @@ from flotilla_contracts.v1 import heartbeat as hb
 from flotilla_contracts.v1 import upgrade as up
 from flotilla_contracts.v1 import upgrade_status as st
 from flotilla_contracts.v1.agent import DrainOptions
+from flotilla_runtime import logins
 
 pytestmark = [pytest.mark.kube, pytest.mark.integration, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parents[2]
@@ -88,7 +88,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[
 
 
 async def all_events(url: str) -> list[tuple[str, str, dict[str, Any]]]:
-    nc = await nats.connect(url)
+    nc = await logins.connect(url)
     try:
         return [
             (msg.subject, (msg.headers or {}).get("Flotilla-Schema", ""), msgspec.json.decode(msg.data))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from pathlib import Path
 
@@ -9,11 +11,12 @@ import msgspec
 import pytest
 from click.testing import CliRunner
 
-from flotilla_client import localfleet, localup, runfile
+from flotilla_client import localfleet, localup, runfile, supervised
 from flotilla_client.cli.main import cli
 from flotilla_client.errors import LocalFleetError
-from flotilla_client.natsserver import ClusterMember, NatsServer
+from flotilla_client.natsserver import ClusterMember, NatsServer, free_port, jetstream_not_ready
 from flotilla_client.runfile import NatsEntry, RunInfo
+from flotilla_testkit import eventually
 
 
 def test_one_server_is_configured_as_before_without_a_cluster(tmp_path: Path) -> None:
@@ -81,3 +84,39 @@ def test_a_sim_on_a_server_the_fleet_does_not_have_is_refused_before_anything_st
     result = CliRunner().invoke(cli, ["--state-dir", str(tmp_path), "sim", "--bus-server", "2", "--token", "t"])
     assert result.exit_code == 2, result.output
     assert "has 1 nats-server(s)" in result.output and "--bus-servers 2" in result.output
+
+
+async def test_the_services_wait_until_jetstream_of_a_bus_of_several_servers_is_ready(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first server of a NATS cluster has no JetStream meta leader until the second joins: a service started
+    then exits ("JetStream did not answer"), so the supervisor waits for /healthz first (CI saw `up --bus-servers 2`
+    fail that way)."""
+    members = localup._cluster(tmp_path, 2)
+    servers = [
+        NatsServer(
+            state_dir=localfleet.bus_server_dir(tmp_path, index),
+            port=free_port(),
+            monitor_port=free_port(),
+            cluster=member,
+            log_file=tmp_path / f"nats-{index}.log",
+        )
+        for index, member in enumerate(members, start=1)
+    ]
+    entry = NatsEntry(
+        url=servers[0].url, port=servers[0].port, monitor_url=f"http://127.0.0.1:{servers[0].monitor_port}"
+    )
+    caplog.set_level(logging.INFO, logger="flotilla.supervisor")
+    servers[0].start()
+    try:
+        assert jetstream_not_ready(entry.monitor_url) == "JetStream is still recovering meta layer"
+        waiting = asyncio.create_task(supervised.until_jetstream_ready(entry, asyncio.Event()))
+        await eventually(lambda: "waiting for JetStream on nats-server" in caplog.text, "the supervisor saying why")
+        assert not waiting.done()
+        servers[1].start()
+        await asyncio.wait_for(waiting, 60)
+        assert jetstream_not_ready(entry.monitor_url) is None
+    finally:
+        for server in servers:
+            server.stop()
+    assert "refused" in str(jetstream_not_ready(entry.monitor_url))  # no server: says why

@@ -23,6 +23,7 @@ from flotilla_client.errors import ClientError
 from flotilla_client.natsserver import ANY_ADDRESS, NatsServer, free_port
 from flotilla_client.runfile import NatsEntry, RunInfo
 from flotilla_contracts.errors import ErrorCode
+from flotilla_runtime import logins
 
 
 @pytest.fixture
@@ -42,11 +43,11 @@ async def test_a_server_on_every_address_takes_other_loopback_addresses_up_to_it
     server: NatsServer,
 ) -> None:
     assert server.url == f"nats://127.0.0.1:{server.port}"  # what local clients are given
-    first = await nats.connect(server.url, allow_reconnect=False)
-    other = await nats.connect(f"nats://127.0.0.2:{server.port}", allow_reconnect=False)
+    first = await logins.connect(server.url, allow_reconnect=False)
+    other = await logins.connect(f"nats://127.0.0.2:{server.port}", allow_reconnect=False)
     try:
         with pytest.raises((ConnectionError, nats.errors.Error)):  # the server answers -ERR and hangs up
-            await nats.connect(f"nats://127.0.0.3:{server.port}", allow_reconnect=False, max_reconnect_attempts=0)
+            await logins.connect(f"nats://127.0.0.3:{server.port}", allow_reconnect=False, max_reconnect_attempts=0)
         assert server.log_file is not None
         assert "maximum connections exceeded" in server.log_file.read_text()
     finally:

@@ -22,6 +22,7 @@ from flotilla_client.natsserver import NatsServer, free_port
 from flotilla_contracts import subjects
 from flotilla_contracts.ids import CLUSTER_AGENT_NODE
 from flotilla_contracts.streams import FLEET_AGENT, agent_consumer, agent_consumer_ids
+from flotilla_runtime import logins
 from flotilla_runtime.agent_consumers import AgentConsumers, commanded_node
 from flotilla_runtime.agent_inbox import AgentInbox
 from flotilla_runtime.bus import ensure_streams
@@ -190,7 +191,7 @@ async def test_a_command_sent_while_the_link_was_down_is_taken_after_the_reconne
     async def on_reconnected() -> None:
         reconnected.set()
 
-    agent_nc = await nats.connect(
+    agent_nc = await logins.connect(
         f"nats://127.0.0.1:{relay.port}", reconnect_time_wait=0.2, max_reconnect_attempts=-1,
         reconnected_cb=on_reconnected,
     )  # fmt: skip

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import nats
-import nats.errors
 import pytest
 
 from flotilla_client.natsserver import NatsServer
+from flotilla_runtime import logins
 from flotilla_runtime.bus import BusErrors
 from flotilla_testkit import eventually
 
@@ -20,8 +19,8 @@ async def test_a_full_subscription_drops_are_counted_told_and_logged_once(
     errors = BusErrors()
     told: list[str] = []
     errors.drop_listeners.append(lambda error: told.append(error.subject))
-    consumer = await nats.connect(nats_server.url, error_cb=errors.callback)
-    producer = await nats.connect(nats_server.url)
+    consumer = await logins.connect(nats_server.url, error_cb=errors.callback)
+    producer = await logins.connect(nats_server.url)
     release = asyncio.Event()
 
     async def stuck(_msg: object) -> None:

@@ -14,6 +14,7 @@ from nats.js.api import StreamConfig
 from flotilla_client.natsserver import NatsServer
 from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, Message
 from flotilla_contracts.streams import FLEET_EVENTS
+from flotilla_runtime import logins
 from flotilla_runtime.bus import ensure_streams
 from flotilla_runtime.errors import TemporaryError
 from flotilla_runtime.outbox import OutboxRelay
@@ -226,7 +227,7 @@ async def test_a_nats_server_restart_while_publishing_loses_and_doubles_nothing(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
     """The server stops with batches in flight (their acks lost) and one more sent into the reconnect buffer."""
-    client = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    client = await logins.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
     try:
         js = client.jetstream()
         await ensure_streams(js)

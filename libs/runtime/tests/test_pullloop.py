@@ -20,6 +20,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
 from flotilla_client.natsserver import NatsServer
 from flotilla_contracts.errors import ErrorCode
+from flotilla_runtime import logins
 from flotilla_runtime.errors import PermanentError, TemporaryError
 from flotilla_runtime.migrations import Migration
 from flotilla_runtime.pullloop import (
@@ -228,7 +229,7 @@ async def test_a_failure_in_one_savepoint_leaves_the_others_writes_committed(
 
 
 async def test_the_loop_survives_a_nats_server_restart(nats_server: NatsServer, store: Store) -> None:
-    client = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    client = await logins.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     try:
         js = client.jetstream()
         await js.add_stream(StreamConfig(name=STREAM, subjects=["pulltest.>"]))

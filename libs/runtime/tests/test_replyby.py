@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from flotilla_client.natsserver import NatsServer
 from flotilla_contracts.envelope import H_REPLY_BY
 from flotilla_contracts.subjects import Service
+from flotilla_runtime import logins
 from flotilla_runtime.bus import make_broker
 from flotilla_runtime.commands import CommandRouter
 from flotilla_runtime.replyby import SKEW_S, lateness, reply_by_headers
@@ -52,7 +53,7 @@ async def test_the_router_drops_a_request_nobody_waits_for_and_answers_the_next(
     broker = make_broker(nats_server.url, "test")
     router.install(broker)
     await broker.start()
-    client = await nats.connect(nats_server.url)
+    client = await logins.connect(nats_server.url)
     try:
         stale = reply_by_headers(1.0, now=time.time() - 60.0)  # its sender gave up a minute ago
         with pytest.raises(nats.errors.TimeoutError):  # no answer at all: nothing published for it

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
-import nats
 import pytest
 from nats.aio.client import Client
 
@@ -15,6 +14,7 @@ from flotilla_contracts import subjects
 from flotilla_contracts.envelope import Message
 from flotilla_contracts.streams import FLEET_EVENTS
 from flotilla_contracts.subjects import Service
+from flotilla_runtime import logins
 from flotilla_runtime.commands import CommandContext
 from flotilla_runtime.service import BusLogin, ServiceApp, ServiceSpec, run
 from flotilla_runtime.settings import ServiceSettings
@@ -168,7 +168,7 @@ async def test_a_service_connects_with_the_url_its_login_returns(nats_server: Na
     settings = ServiceSettings(nats_url="nats://127.0.0.1:1", state_dir=str(tmp_path / "svc"), instance_id="i")
     stop = asyncio.Event()
     task = asyncio.create_task(run(spec, settings, stop))
-    nc = await nats.connect(nats_server.url)
+    nc = await logins.connect(nats_server.url)
     try:
         ping = await request(nc, "$SRV.PING.scheduler")
         assert ping["id"] == "i"
@@ -195,7 +195,7 @@ async def test_readyz_says_why_while_the_bus_is_down_and_recovers_when_it_return
     )
     stop = asyncio.Event()
     task = asyncio.create_task(run(SPEC, settings, stop))
-    nc = await nats.connect(nats_server.url)
+    nc = await logins.connect(nats_server.url)
     try:
         health_url = str((await request(nc, "$SRV.PING.scheduler"))["metadata"]["health"])  # type: ignore[index]
         await nc.close()

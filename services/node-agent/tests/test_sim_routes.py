@@ -3,17 +3,17 @@ and publishing many leaves no subscription behind (one JetStream context per con
 
 from __future__ import annotations
 
-import nats
 from nats.aio.client import Client
 from nats.js.api import StreamConfig
 
 from flotilla_client.natsserver import NatsServer
 from flotilla_node_agent.cluster_agent import ClusterHandle
 from flotilla_node_agent.sim_links import FleetRoutes
+from flotilla_runtime import logins
 
 
 async def test_many_events_on_one_cluster_connection_leave_no_subscription_behind(nats_server: NatsServer) -> None:
-    cluster_nc: Client = await nats.connect(nats_server.url)
+    cluster_nc: Client = await logins.connect(nats_server.url)
     try:
         await cluster_nc.jetstream().add_stream(StreamConfig(name="T", subjects=["fleet.v1.evt.applied.>"]))
         handle = ClusterHandle("c1")

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from natsjwt_support import ALICE
@@ -24,7 +23,7 @@ from flotilla_registration.natsjwt import (
     user_jwt,
 )
 from flotilla_registration.natskeys import new_account_seed, public_key
-from flotilla_runtime.logins import login_answered
+from flotilla_runtime import logins
 
 TIMEOUT_S = 10.0
 
@@ -84,7 +83,7 @@ class Callout:
         async def on_error(exc: Exception) -> None:
             errors.append(exc)
 
-        client = await nats.connect(
+        client = await logins.connect(
             self.server.url,
             user=user,
             password=password,
@@ -93,8 +92,9 @@ class Callout:
             allow_reconnect=False,
             max_reconnect_attempts=0,
             connect_timeout=TIMEOUT_S,
+            answer_timeout_s=TIMEOUT_S,  # answered late on a loaded machine: wait for it
         )
-        return await login_answered(client, TIMEOUT_S), errors  # answered late on a loaded machine: wait for it
+        return client, errors
 
 
 def callout_config(issuer: str) -> str:
@@ -122,7 +122,7 @@ async def running_callout(tmp_path: Path) -> AsyncIterator[Callout]:
     )
     server.start()
     try:
-        auth = await nats.connect(server.url, user="auth", password="authpw", connect_timeout=TIMEOUT_S)
+        auth = await logins.connect(server.url, user="auth", password="authpw", connect_timeout=TIMEOUT_S)
         responder = Responder(seed)
         try:
             await auth.subscribe("$SYS.REQ.USER.AUTH", cb=responder.handle)

@@ -27,7 +27,7 @@ from flotilla_contracts import subjects
 from flotilla_contracts.envelope import H_MSG_ID, H_SCHEMA, H_SENT_AT, Message, schema_id
 from flotilla_contracts.errors import ErrorCode
 from flotilla_contracts.v1 import scheduler as sched
-from flotilla_runtime import codec, telemetry
+from flotilla_runtime import codec, logins, telemetry
 from flotilla_runtime.natsconn import connect_options, redact
 from flotilla_runtime.replyby import reply_by_headers
 
@@ -139,7 +139,7 @@ class FlotillaClient:
     async def connect(self) -> None:
         """Connect once; a server that does not answer is a clear error naming the URL and what to do."""
         try:
-            self._nc = await nats.connect(
+            self._nc = await logins.connect(  # returned once the server answered the login, even late
                 self.url,
                 name=self.name,
                 error_cb=self.bus_errors.callback,

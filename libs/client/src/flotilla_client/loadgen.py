@@ -275,9 +275,9 @@ def main() -> None:
     args = parser.parse_args()
 
     async def go() -> None:
-        import nats
+        from flotilla_runtime import logins
 
-        nc = await nats.connect(args.server, pending_size=64 * 1024 * 1024)
+        nc = await logins.connect(args.server, pending_size=64 * 1024 * 1024)
         gen = LoadGenerator(
             nc,
             cluster_ids(args.clusters + args.offset, args.prefix)[args.offset :],

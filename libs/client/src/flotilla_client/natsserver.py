@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -10,6 +11,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +66,23 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
             return True
     except OSError:
         return False
+
+
+def jetstream_not_ready(monitor_url: str, timeout: float = 1.0) -> str | None:
+    """None once nats-server's `/healthz` says it is ready, JetStream included (on a bus of several servers: a meta
+    leader elected, its streams current); otherwise what it said (or why it could not be asked)."""
+    try:
+        with urllib.request.urlopen(f"{monitor_url}/healthz", timeout=timeout) as response:
+            response.read()
+        return None
+    except urllib.error.HTTPError as exc:  # 503 with {"status": "unavailable", "error": "..."}
+        try:
+            said = json.loads(exc.read() or b"{}")
+        except ValueError:
+            said = {}
+        return str(said.get("error") or f"HTTP {exc.code}")
+    except (OSError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
 
 
 # nats-server's own default is 65,536; a 100,000-node fleet holds about 110,000 connections (every node and every

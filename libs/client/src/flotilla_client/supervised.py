@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from flotilla_client.control import Stopped
 from flotilla_client.errors import LocalFleetError
-from flotilla_client.natsserver import NatsServerError, port_open
+from flotilla_client.natsserver import NatsServerError, jetstream_not_ready, port_open
 from flotilla_client.runfile import LastExit, NatsEntry, ProcessState, ServiceEntry, SimEntry
 from flotilla_runtime.logs import BoundLogger, JsonFormatter, get_logger
 from flotilla_runtime.restartpolicy import Backoff, decide, describe_exit
@@ -177,6 +177,31 @@ async def until_listening(entry: Entry, exit_task: asyncio.Task[int]) -> None:
     host = urlsplit(entry.url).hostname or "127.0.0.1"
     while not exit_task.done() and not port_open(host, entry.port, timeout=0.1):  # noqa: ASYNC110 - a port
         await asyncio.sleep(0.05)
+
+
+async def until_jetstream_ready(entry: NatsEntry, stopping: asyncio.Event, timeout_s: float = 60.0) -> None:
+    """Until the server's JetStream answers (its monitoring's /healthz), so the services find their streams at
+    start: on a bus of several servers the meta leader is elected a few seconds after the routes connect, and a
+    service that starts before that exits ("JetStream did not answer"). After `timeout_s` it logs why and goes
+    on (the services then say so themselves and are restarted). Nothing to wait on without monitoring."""
+    if not entry.monitor_url:
+        return
+    loop = asyncio.get_running_loop()
+    deadline, said, told = loop.time() + timeout_s, None, False
+    while not stopping.is_set():
+        said = await asyncio.to_thread(jetstream_not_ready, entry.monitor_url)
+        if said is None:
+            if told:
+                log.info("JetStream is ready on %s", entry.name)
+            return
+        if not told:
+            log.info("waiting for JetStream on %s before starting the services (%s)", entry.name, said)
+            told = True
+        if loop.time() > deadline:
+            log.warning("JetStream on %s not ready after %.0fs (%s); starting the services anyway", entry.name,
+                        timeout_s, said)  # fmt: skip
+            return
+        await asyncio.sleep(0.2)  # sleep: between two questions to /healthz
 
 
 async def stop(name: str, process: subprocess.Popen[bytes], exited: asyncio.Future[int], timeout_s: float) -> Stopped:

@@ -293,6 +293,9 @@ async def supervise(state_dir: Path) -> None:
         await asyncio.wait({everyone, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
         everyone.cancel()
+        first = servers[0].entry
+        if isinstance(first, runfile.NatsEntry):
+            await supervised.until_jetstream_ready(first, sup.finished)
     for child in list(sup.children.values()):
         if child.task is None and not sup.stopping:
             sup.start(child)

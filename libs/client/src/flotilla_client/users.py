@@ -163,9 +163,9 @@ def apply(state_dir: Path, names_changed: bool) -> str:
 
 async def can_log_in(url: str, person: Person) -> bool:
     """Whether the server at `url` admits `person` now (one connection attempt, closed at once)."""
-    import nats
     from nats.errors import Error as NatsError
 
+    from flotilla_runtime import logins
     from flotilla_runtime.natsconn import connect_options, with_user
 
     async def quiet(_error: Exception) -> None:
@@ -173,7 +173,7 @@ async def can_log_in(url: str, person: Person) -> bool:
 
     login = with_user(url, person.name, person.password)
     try:
-        nc = await nats.connect(
+        nc = await logins.connect(
             login, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2, error_cb=quiet,
             **connect_options(login),
         )  # fmt: skip

@@ -1,13 +1,15 @@
 """Logging in to nats-server: a login it answers late, and a bound on logins in flight.
 
-A login the server is still deciding on must be finished, not thrown away: nats-server sends its first PING 2-2.4 s
-after it starts processing a CONNECT, even while the auth callout has not answered yet, and nats-py's connect
-takes the first line after its CONNECT and PING for the answer. Given that PING it returns a client left
-CONNECTING for good, its flusher stopped: nothing it publishes or subscribes is ever written, while the server
-holds the connection as authorized (0 subscriptions, 0 messages in) until it closes it as stale minutes later
-(docs/scale.md, "Connections that went silent"). Asking the server again (`ask_again`: a PING of our own, and the
-PONG nats-py swallowed) gets the real answer: a PONG only once the CONNECT is accepted, an `-ERR` if refused.
-`login_answered` does that for a client connected without a lifeline; `Lifeline` does it for its own.
+A login the server is still deciding on must be finished, not thrown away: nats-py's connect takes the first line
+after its CONNECT and PING for the server's answer, and that line is not always the answer. nats-server sends its
+first PING 2-2.4 s after it accepts the socket, even while the auth callout has not answered yet (or the client was
+slow to send its CONNECT on a starved machine), and a server in a cluster sends an INFO whenever the cluster's
+members change. Given either, nats-py returns a client left CONNECTING for good, its flusher stopped: nothing it
+publishes or subscribes is ever written, while the server holds the connection as authorized (0 subscriptions, 0
+messages in) until it closes it as stale minutes later (docs/scale.md, "Connections that went silent"). The answer
+to connect's PING is still on its way (a PONG once the CONNECT is accepted, an `-ERR` if refused): `ask_again`
+waits for it, `login_answered` does that for a client connected without a lifeline (`connect` connects and does
+it), and `Lifeline` does it for its own.
 
 A process that logs many identities in (the packed sim: thousands of nodes, each its own login) bounds how many
 are in flight at once with a `LoginGate`: with all of them in flight on a starved machine, its event loop fell
@@ -18,10 +20,13 @@ every retry wave failed the same way (docs/scale.md, "A sim logging all its node
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
+import nats
 import nats.errors
 from nats.aio.client import Client
 
@@ -114,17 +119,34 @@ def resume(client: Client) -> None:
 
 
 def ask_again(client: Client, answer: asyncio.Future[bool]) -> None:
-    """Ask the server whether it accepted `client`'s login: `answer` is done on its PONG (a refusal is an -ERR)."""
+    """Have `answer` done on the server's answer to connect's own PING (a PONG; a refusal is an `-ERR` that closes
+    the client), which nats-py's connect did not wait for. Call it as soon as connect returned, before anything
+    awaits: the client's read loop has not run yet, so that PONG cannot have been read and dropped. No PING of our
+    own: its PONG would be one more than nats-py waits for and would answer the client's next flush before the
+    server had read what came before that flush (a subscription not yet in place: "no responders")."""
     client._pongs.append(answer)
-    if client._transport is not None:  # a PONG for the server's PING nats-py swallowed, and our PING
-        client._transport.write(b"PONG\r\nPING\r\n")
+    if client._transport is not None:  # the answer to a PING of the server's that nats-py took for its answer
+        client._transport.write(b"PONG\r\n")
+
+
+async def connect(servers: str | list[str], answer_timeout_s: float = 10.0, **options: Any) -> Client:
+    """`nats.connect(servers, **options)` for a client without a lifeline (a one-shot tool, a test), returned
+    only once the server answered its login (`login_answered`); closed again if it refused or did not answer."""
+    client = await nats.connect(servers, **options)
+    try:
+        return await login_answered(client, answer_timeout_s)  # at once: see ask_again
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await client.close()
+        raise
 
 
 async def login_answered(client: Client, timeout_s: float = 10.0) -> Client:
     """For a client connected without a lifeline (a one-shot tool, a test counting the server's denials): if
     nats-py returned it before the server answered its login (see the module docstring), wait for the answer and
     let the client work. Raises the server's refusal (nats-py's AuthorizationError) if it refused the login,
-    nats-py's TimeoutError if it gave no answer within `timeout_s`."""
+    nats-py's TimeoutError if it gave no answer within `timeout_s`. Await it as soon as connect returned (see
+    `ask_again`)."""
     if not client.is_connecting:
         return client
     answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()

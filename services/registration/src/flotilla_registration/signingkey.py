@@ -24,6 +24,7 @@ import nats.js.errors
 
 from flotilla_contracts.streams import FLEET_EVENTS
 from flotilla_contracts.subjects import Entity, entity_events
+from flotilla_runtime import logins
 from flotilla_runtime.integrity import FILE_MODE, StateRefused, private_folder
 from flotilla_runtime.logs import BoundLogger
 from flotilla_runtime.natsconn import connect_options
@@ -147,26 +148,30 @@ def _record(tx: SyncTx, key: bytes) -> None:
 
 
 async def fleet_has_members(nats_url: str, log: BoundLogger) -> bool:
-    """True when FLEET_EVENTS holds any cluster event; waits (with back-off) for the bus to answer."""
+    """True when FLEET_EVENTS holds any cluster event; waits (with back-off) for the bus to answer: a server not
+    up yet, or JetStream without a leader yet (a bus of several servers electing one) is asked again."""
     delay = 0.5
     while True:
         try:
-            nc = await nats.connect(
-                nats_url, name="flotilla-registration-keycheck", allow_reconnect=False, **connect_options(nats_url)
-            )
+            return await _ask_fleet(nats_url)
         except (OSError, nats.errors.Error, TimeoutError) as exc:
-            reason = exc or type(exc).__name__
+            reason = str(exc) or type(exc).__name__
             log.warning("cannot ask FLEET_EVENTS whether the fleet has members (%s); retrying in %.1fs", reason, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
-            continue
-        try:
-            info = await nc.jetstream().stream_info(FLEET_EVENTS.name, subjects_filter=entity_events(Entity.CLUSTER))
-        except nats.js.errors.NotFoundError:
-            return False  # no stream yet: nothing ever happened on this bus
-        finally:
-            await nc.close()
-        return bool(info.state.subjects)
+        await asyncio.sleep(delay)  # sleep: the back-off before asking again
+        delay = min(delay * 2, 10.0)
+
+
+async def _ask_fleet(nats_url: str) -> bool:
+    nc = await logins.connect(
+        nats_url, name="flotilla-registration-keycheck", allow_reconnect=False, **connect_options(nats_url)
+    )
+    try:
+        info = await nc.jetstream().stream_info(FLEET_EVENTS.name, subjects_filter=entity_events(Entity.CLUSTER))
+    except nats.js.errors.NotFoundError:
+        return False  # no stream yet: nothing ever happened on this bus
+    finally:
+        await nc.close()
+    return bool(info.state.subjects)
 
 
 async def load(store: Store, configured: str, ask_fleet: Callable[[], Awaitable[bool]], log: BoundLogger) -> bytes:
