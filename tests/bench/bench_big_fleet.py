@@ -45,7 +45,6 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import nats
 import pytest
 from bench_support import cpu_seconds, ms, percentile, raw_request_rate, report, rss_mib
 from nats.aio.msg import Msg
@@ -54,6 +53,7 @@ from flotilla_client import runfile
 from flotilla_client.natsserver import ANY_ADDRESS, MAX_CONNECTIONS, free_port
 from flotilla_client.openfiles import raise_open_files
 from flotilla_contracts import subjects
+from flotilla_runtime import logins
 from flotilla_testkit import eventually
 
 pytestmark = pytest.mark.bench
@@ -304,7 +304,7 @@ async def test_a_big_fleet_joins_heartbeats_answers_and_upgrades(fleet: Path) ->
 
     # The fleet-wide rollout, CONCURRENT clusters at a time, zero-time steps.
     turnaround = StepTurnaround()
-    nc = await nats.connect(url)
+    nc = await logins.connect(url)
     await nc.subscribe(f"{subjects.EVT_PREFIX}.node-step.>", cb=turnaround.on_report)
     await nc.subscribe(f"{subjects.AGENT_PREFIX}.*.*.step", cb=turnaround.on_command)
     which: list[str] = []
