@@ -9,7 +9,8 @@ sims send HeartbeatBatches, `flotilla sim --batch-heartbeats`; 0: one message pe
 the first k sims' clusters, with the rest of the fleet beside them), BENCH_BIG_RELOGIN (1: restart every
 sim at once and time every node and cluster agent logging in again through the auth callout; 0 skips it),
 BENCH_BIG_GRANT_TTL_S (agents' bus grant lifetime; by default one that renews about 25 grants a second). The full
-form of the issue is BENCH_BIG_CLUSTERS=10000 (100,000 nodes).
+form of the issue is BENCH_BIG_CLUSTERS=10000 (100,000 nodes), with GOMEMLIMIT for the nats-servers and a larger
+FLOTILLA_BUS_STORE_GOMEMLIMIT for the first, which stores (both passed to `flotilla up`; docs/scale.md).
 
 Connections (docs/scale.md): every node and every cluster agent holds its own bus connection, so the fleet needs
 clusters x (nodes + 1) of them, each an open file in the nats-server that holds it. Past BENCH_BIG_PER_SERVER
@@ -50,7 +51,7 @@ from bench_support import cpu_seconds, ms, percentile, raw_request_rate, report,
 from nats.aio.msg import Msg
 
 from flotilla_client import runfile
-from flotilla_client.natsserver import ANY_ADDRESS, MAX_CONNECTIONS, free_port
+from flotilla_client.natsserver import ANY_ADDRESS, MAX_CONNECTIONS, STORE_MEMORY_LIMIT_ENV, free_port
 from flotilla_client.openfiles import raise_open_files
 from flotilla_contracts import subjects
 from flotilla_runtime import logins
@@ -88,7 +89,7 @@ GRANT_TTL_S = int(os.environ.get("BENCH_BIG_GRANT_TTL_S", str(max(600, CONNECTIO
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOTILLA_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOTILLA_") or k == STORE_MEMORY_LIMIT_ENV}
     return env | {"FLOTILLA_REGISTRATION_CALLOUT_GRANT_TTL_S": str(GRANT_TTL_S)}
 
 

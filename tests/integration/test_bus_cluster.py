@@ -10,6 +10,7 @@ agents back to it (servers do not advertise each other to clients: connections s
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import urllib.request
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 
 from flotilla_client import runfile
-from flotilla_client.natsserver import free_port
+from flotilla_client.natsserver import STORE_MEMORY_LIMIT_ENV, free_port
 from flotilla_testkit import eventually_sync
 
 pytestmark = pytest.mark.integration
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.integration
 FLOTILLA = str(Path(sys.executable).parent / "flotilla")
 CLUSTERS, NODES = 2, 2
 LOOK = {"timeout_s": 90.0, "every_s": 0.5}
+SERVERS_LIMIT, STORE_LIMIT = "3000MiB", "4000MiB"
 ENDED = ("Succeeded", "CompletedWithFailures", "Aborted", "RolledBack", "Frozen")
 
 
@@ -36,12 +38,14 @@ ENDED = ("Succeeded", "CompletedWithFailures", "Aborted", "RolledBack", "Frozen"
 class Fleet:
     state: Path
 
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, timeout: float = 120, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         argv = [FLOTILLA, "--state-dir", str(self.state), *args]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
 
-    def ok(self, *args: str) -> str:
-        done = self.run(*args)
+    def ok(self, *args: str, env: dict[str, str] | None = None) -> str:
+        done = self.run(*args, env=env)
         assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-2000:])
         return done.stdout
 
@@ -65,7 +69,11 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     fleet = Fleet(tmp_path_factory.mktemp("bus-cluster") / ".flotilla")
-    fleet.ok("up", "--port", str(free_port()), "--monitor-port", str(free_port()), "--bus-servers", "2")
+    limits = {"GOMEMLIMIT": SERVERS_LIMIT, STORE_MEMORY_LIMIT_ENV: STORE_LIMIT}  # far above what they use here
+    fleet.ok(
+        "up", "--port", str(free_port()), "--monitor-port", str(free_port()), "--bus-servers", "2",
+        env=os.environ | limits,
+    )  # fmt: skip
     try:
         yield fleet
     finally:
@@ -144,6 +152,23 @@ def test_restarting_nats_server_restarts_every_server_in_turn(fleet: Fleet) -> N
         until=lambda names: len(names) == CLUSTERS * (NODES + 1),
         **LOOK,
     )
+
+
+def memory_limits(fleet: Fleet) -> list[str]:
+    """The GOMEMLIMIT each running nats-server was started with, the first first."""
+    info = runfile.load(fleet.state)
+    assert info is not None
+    limits = []
+    for server in runfile.bus_servers(info):
+        environ = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
+        limits.append(next((v.decode().partition("=")[2] for v in environ if v.startswith(b"GOMEMLIMIT=")), ""))
+    return limits
+
+
+def test_the_server_that_stores_gets_its_own_memory_limit_across_restarts(fleet: Fleet) -> None:
+    assert memory_limits(fleet) == [STORE_LIMIT, SERVERS_LIMIT]
+    fleet.ok("restart", "nats-server")  # the supervisor starts them again with the environment `up` was given
+    assert memory_limits(fleet) == [STORE_LIMIT, SERVERS_LIMIT]
 
 
 def test_a_persons_new_role_reaches_the_second_server_too(fleet: Fleet) -> None:

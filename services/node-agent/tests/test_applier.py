@@ -3,12 +3,15 @@ scope from the backend, unknown kinds fail only their object."""
 
 from __future__ import annotations
 
+import asyncio
+import types
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.errors
 import pytest
 
 from flotilla_contracts.v1.scheduler import AppliedState
@@ -19,6 +22,7 @@ from flotilla_node_agent.restmap import ObjectRef
 from flotilla_runtime.logs import get_logger
 from flotilla_runtime.migrations import load_migrations
 from flotilla_runtime.store import Store
+from flotilla_testkit import eventually
 
 
 def deployment(name: str, replicas: int = 1) -> dict[str, Any]:
@@ -205,3 +209,48 @@ async def test_fields_left_to_other_managers_are_named_in_the_object_and_the_rep
         report.message == "1 object(s) applied; Deployment default/web: left to their other managers: "
         '.spec.replicas (conflict with "hpa")'
     )
+
+
+class SlowJetStream:
+    """A JetStream whose consumer creations take as long as the test says; counts how many are in flight."""
+
+    def __init__(self) -> None:
+        self.in_flight = self.peak = self.created = 0
+        self.answer = asyncio.Event()
+
+    async def pull_subscribe(self, *_args: Any, **_kwargs: Any) -> Any:
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            await self.answer.wait()
+        finally:
+            self.in_flight -= 1
+        self.created += 1
+        raise nats.errors.TimeoutError  # the loaded server's answer came too late: the applier tries again
+
+
+class Bus:
+    _reconnected_cb = None
+
+    async def subscribe(self, *_args: Any, **_kwargs: Any) -> Any:
+        return types.SimpleNamespace(unsubscribe=lambda: asyncio.sleep(0))
+
+
+async def test_the_cluster_agents_of_one_process_create_their_consumers_within_its_gate(store: Store) -> None:
+    """10,000 cluster agents of one sim creating their work-queue consumers at once timed JetStream's API out
+    (docs/scale.md): they take turns at the process's gate, as its nodes do."""
+    js, gate = SlowJetStream(), asyncio.Semaphore(3)
+    appliers = [
+        ManifestApplier(js, store, SimApplyBackend(), get_logger("test"), gate=gate)  # type: ignore[arg-type]
+        for _ in range(12)
+    ]
+    runs = [asyncio.create_task(a.run(f"c{i}", Bus())) for i, a in enumerate(appliers)]  # type: ignore[arg-type]
+    try:
+        await eventually(lambda: js.in_flight == 3, "the gate's three creations in flight")
+        js.answer.set()  # answered (late): each tries again, still three at a time
+        await eventually(lambda: js.created >= 24, "every applier's creation answered, and tried again")
+        assert js.peak == 3
+    finally:
+        for run in runs:
+            run.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)

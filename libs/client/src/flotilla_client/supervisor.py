@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from flotilla_client import control, localfleet, procs, runfile, supervised
+from flotilla_client import control, localfleet, natsserver, procs, runfile, supervised
 from flotilla_client.control import Op, Reply, Request, SimSpec, Stopped
 from flotilla_client.errors import LocalFleetError
 from flotilla_client.natsserver import find_nats_server
@@ -40,6 +40,7 @@ class Supervisor:
         self.state_dir = state_dir
         self.nats_url = info.nats.url
         self.bus_urls = [n.url for n in runfile.bus_servers(info)]  # `flotilla sim --bus-server K` picks one
+        self.storing_server = info.nats.name  # the first: the one that stores (natsserver.ClusterMember)
         self.children: dict[str, Child] = {}
         self._stop_requested = asyncio.Event()
         self.finished = asyncio.Event()  # every process stopped
@@ -67,7 +68,8 @@ class Supervisor:
         def spawn() -> subprocess.Popen[bytes]:
             # The same configuration every time: same port, same JetStream folder, same users.
             command = [find_nats_server(), "-c", entry.config]
-            return procs.spawn(command, Path(entry.log), os.environ, cwd=Path(entry.config).parent)
+            env = natsserver.server_env(os.environ, stores=entry.name == self.storing_server)
+            return procs.spawn(command, Path(entry.log), env, cwd=Path(entry.config).parent)
 
         return spawn
 

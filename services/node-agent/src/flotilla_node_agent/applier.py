@@ -14,6 +14,7 @@ retried with back-off and dead-lettered at its max deliveries.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -109,8 +110,10 @@ class ManifestApplier:
         max_message_bytes: int = 1024 * 1024,
         max_deliveries: int = 10,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        gate: asyncio.Semaphore | None = None,
     ) -> None:
         self.js, self.store, self.backend, self.log = js, store, backend, log
+        self.gate = gate  # shared by the cluster agents of one process: consumer creations in flight (PullLoop)
         self.instance_id = instance_id
         self.ack_wait_s, self.fetch_timeout_s, self.retry_s = ack_wait_s, fetch_timeout_s, retry_s
         self.clock = clock
@@ -273,6 +276,7 @@ class ManifestApplier:
             fetch_timeout_s=self.fetch_timeout_s,
             pause_s=1.0,
             stats=self.stats.loop,
+            gate=self.gate,
         )
         await AgentInbox(nc, self.js, loop, create=True).run()
 

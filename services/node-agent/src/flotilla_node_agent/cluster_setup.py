@@ -3,6 +3,7 @@ Kubernetes mode and the fleet simulator all come here for a `ClusterIdentity` an
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 from nats.aio.client import Client
@@ -57,9 +58,12 @@ def build_cluster_agent(
     js: JetStreamContext | None = None,
     instance_id: str = "",
     report_every_s: float = 10.0,
+    subscribe_gate: asyncio.Semaphore | None = None,
 ) -> ClusterAgent:
     """The cluster agent of `identity`: over `nc`, or its own connections through `connector`; with a
-    `workloads` backend it also applies the workloads placed on the cluster (over `js`)."""
+    `workloads` backend it also applies the workloads placed on the cluster (over `js`, creating its consumer
+    within `subscribe_gate`, shared by the agents of one process: 10,000 cluster agents creating theirs at once
+    timed the JetStream API out, docs/scale.md)."""
     agent = ClusterAgent(
         nc,
         store,
@@ -73,5 +77,5 @@ def build_cluster_agent(
         connector=connector,
     )
     if workloads is not None:
-        agent.workloads = ManifestApplier(js, store, workloads, log, instance_id=instance_id)
+        agent.workloads = ManifestApplier(js, store, workloads, log, instance_id=instance_id, gate=subscribe_gate)
     return agent

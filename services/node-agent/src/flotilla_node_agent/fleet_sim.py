@@ -242,6 +242,7 @@ async def start_fleet(spec: FleetSpec, nats_url: str) -> Fleet:
                 js=js,
                 instance_id=spec.prefix,
                 report_every_s=spec.heartbeat_interval_s,
+                subscribe_gate=ctx.subscribe_gate,
             )
             fleet.cluster_agents.append(agent)
             fleet.tasks.append(asyncio.create_task(agent.run()))
