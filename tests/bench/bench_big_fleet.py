@@ -351,12 +351,17 @@ async def test_a_big_fleet_joins_heartbeats_answers_and_upgrades(fleet: Path) ->
         state_now = status["rollout"]["state"]
         return state_now if state_now in ENDED else ""
 
+    progress = asyncio.create_task(say_progress(turnaround, started))
     try:
         final = await eventually(finished, "the rollout to finish", timeout_s=max(300, CLUSTERS * NODES / 5), every_s=1)
-    finally:  # what was measured before the rollout is printed even when the rollout does not finish
-        figures["`upgrade status` polls unanswered"] = str(len(unanswered))
+    except BaseException:  # what was measured before the rollout is printed even when the rollout does not finish
         figures["load average"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-        report("big fleet (so far)", figures)
+        report("big fleet (so far)", figures | step_figures(turnaround, raw_rtt))
+        raise
+    finally:
+        progress.cancel()
+        figures["`upgrade status` polls unanswered"] = str(len(unanswered))
+    figures |= step_figures(turnaround, raw_rtt)
     took = time.perf_counter() - started
     await nc.close()
     assert final == "Succeeded", final
@@ -364,10 +369,28 @@ async def test_a_big_fleet_joins_heartbeats_answers_and_upgrades(fleet: Path) ->
     figures["rollout"] = (
         f"{upgraded}{of} nodes in {took:.1f} s: {upgraded / took:.0f} node upgrades/s ({CONCURRENT} clusters at once)"
     )
-    figures["step commands / reports seen"] = f"{turnaround.commands} / {turnaround.reports}"
+    figures["load average"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    report("big fleet", figures)
+
+
+def step_figures(turnaround: StepTurnaround, raw_rtt: float) -> dict[str, str]:
+    figures = {"step commands / reports seen": f"{turnaround.commands} / {turnaround.reports}"}
     if turnaround.gaps:
         p50, p99 = percentile(turnaround.gaps, 0.5), percentile(turnaround.gaps, 0.99)
         figures["turnaround per step p50 / p99"] = f"{ms(p50)} / {ms(p99)}"
         figures["... vs raw nats-py request RTT"] = f"{ms(raw_rtt)}: p50 {p50 / raw_rtt:.1f}x, p99 {p99 / raw_rtt:.1f}x"
-    figures["load average"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    report("big fleet", figures)
+    return figures
+
+
+async def say_progress(turnaround: StepTurnaround, started: float, every_s: float = 60.0) -> None:
+    """A line a minute while the rollout runs: the steps seen so far and their rate over the last minute."""
+    before = 0
+    while True:
+        await asyncio.sleep(every_s)  # sleep: a progress line's period, nothing waits on it
+        now = turnaround.reports
+        print(
+            f"[big fleet] rollout at {time.perf_counter() - started:.0f} s: {now} step reports, "
+            f"{(now - before) / every_s:.1f}/s over the last minute, load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+        before = now

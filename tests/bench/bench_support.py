@@ -21,6 +21,7 @@ async def main():
     async def cb(msg):
         await msg.respond(reply)
     await nc.subscribe(sys.argv[2], queue="bench", cb=cb)
+    await nc.flush()  # the server has the subscription before the bench sends (else: no responders)
     print("ready", flush=True)
     await asyncio.Event().wait()
 asyncio.run(main())
