@@ -355,6 +355,7 @@ async def test_a_big_fleet_joins_heartbeats_answers_and_upgrades(fleet: Path) ->
     try:
         final = await eventually(finished, "the rollout to finish", timeout_s=max(300, CLUSTERS * NODES / 5), every_s=1)
     except BaseException:  # what was measured before the rollout is printed even when the rollout does not finish
+        figures["`upgrade status` polls unanswered"] = str(len(unanswered))
         figures["load average"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         report("big fleet (so far)", figures | step_figures(turnaround, raw_rtt))
         raise
