@@ -194,9 +194,9 @@ class ConnectionCount:
 
 
 async def relogin(state: Path) -> str:
-    """Restart every sim at once (`flotilla restart sim:<prefix>`): each node and cluster agent logs in again
-    with the credentials it has, every CONNECT through the auth callout, and nothing else happens (no join, no
-    first heartbeat): the callout's rate for a fleet coming back (a bus restart looks the same to it)."""
+    """Restart every sim at once (`flotilla restart sim:<prefix>`): each cluster agent joins again with the
+    credential it has (registration says whether it is still approved), then it and its nodes log in, every
+    CONNECT through the auth callout: a fleet's agents all restarting, registration's and the callout's rate."""
     count = ConnectionCount(state)
     before = sum(count.each())
     following = asyncio.create_task(count.follow())
