@@ -8,7 +8,8 @@ sims send HeartbeatBatches, `flotilla sim --batch-heartbeats`; 0: one message pe
 0 skips the fleet-wide rollout, which takes about a second per ten nodes; BENCH_BIG_ROLLOUT_SIMS=k upgrades only
 the first k sims' clusters, with the rest of the fleet beside them), BENCH_BIG_RELOGIN (1: restart every
 sim at once and time every node and cluster agent logging in again through the auth callout; 0 skips it),
-BENCH_BIG_GRANT_TTL_S (agents' bus grant lifetime; by default one that renews about 25 grants a second). The full
+BENCH_BIG_GRANT_TTL_S (agents' bus grant lifetime; by default one that renews about 25 grants a second),
+BENCH_BIG_PROGRESS_S (60: the rollout's progress line at most this often). The full
 form of the issue is BENCH_BIG_CLUSTERS=10000 (100,000 nodes), with GOMEMLIMIT for the nats-servers and a larger
 FLOTILLA_BUS_STORE_GOMEMLIMIT for the first, which stores (both passed to `flotilla up`; docs/scale.md).
 
@@ -362,7 +363,10 @@ async def measure(state: Path, figures: dict[str, str]) -> None:
 
     unanswered: list[str] = []
 
+    progress = Progress(turnaround, started, float(os.environ.get("BENCH_BIG_PROGRESS_S", "60")))
+
     async def finished() -> str:
+        progress.maybe_say()
         try:
             status = json.loads(await run(state, "upgrade", "status", rollout, "-o", "json"))
         except CliFailed as exc:  # the orchestrator too busy to answer in 10 s: said, and asked again
@@ -372,13 +376,11 @@ async def measure(state: Path, figures: dict[str, str]) -> None:
         state_now = status["rollout"]["state"]
         return state_now if state_now in ENDED else ""
 
-    progress = asyncio.create_task(say_progress(turnaround, started))
     try:
         final = await eventually(
             finished, "the rollout to finish", timeout_s=max(300, CLUSTERS * NODES / 5), every_s=POLL_S
         )
     finally:  # the steps seen so far count even when the rollout does not finish
-        progress.cancel()
         figures["`upgrade status` polls unanswered"] = str(len(unanswered))
         figures |= step_figures(turnaround, raw_rtt)
     took = time.perf_counter() - started
@@ -399,15 +401,22 @@ def step_figures(turnaround: StepTurnaround, raw_rtt: float) -> dict[str, str]:
     return figures
 
 
-async def say_progress(turnaround: StepTurnaround, started: float, every_s: float = 60.0) -> None:
-    """A line a minute while the rollout runs: the steps seen so far and their rate over the last minute."""
-    before = 0
-    while True:
-        await asyncio.sleep(every_s)  # sleep: a progress line's period, nothing waits on it
-        now = turnaround.reports
+class Progress:
+    """A line about once a minute while the rollout runs, said from the status polls (no timer of its own): the
+    step reports seen so far and their rate since the last line."""
+
+    def __init__(self, turnaround: StepTurnaround, started: float, every_s: float = 60.0) -> None:
+        self.turnaround, self.started, self.every_s = turnaround, started, every_s
+        self.said_at, self.said_reports = started, 0
+
+    def maybe_say(self) -> None:
+        now, reports = time.perf_counter(), self.turnaround.reports
+        if now - self.said_at < self.every_s:
+            return
         print(
-            f"[big fleet] rollout at {time.perf_counter() - started:.0f} s: {now} step reports, "
-            f"{(now - before) / every_s:.1f}/s over the last minute, load {os.getloadavg()[0]:.1f}",
+            f"[big fleet] rollout at {now - self.started:.0f} s: {reports} step reports, "
+            f"{(reports - self.said_reports) / (now - self.said_at):.1f}/s since the last line, "
+            f"load {os.getloadavg()[0]:.1f}",
             flush=True,
         )
-        before = now
+        self.said_at, self.said_reports = now, reports

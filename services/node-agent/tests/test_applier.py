@@ -229,11 +229,15 @@ class SlowJetStream:
         raise nats.errors.TimeoutError  # the loaded server's answer came too late: the applier tries again
 
 
+async def _nothing() -> None:
+    return None
+
+
 class Bus:
     _reconnected_cb = None
 
     async def subscribe(self, *_args: Any, **_kwargs: Any) -> Any:
-        return types.SimpleNamespace(unsubscribe=lambda: asyncio.sleep(0))
+        return types.SimpleNamespace(unsubscribe=_nothing)
 
 
 async def test_the_cluster_agents_of_one_process_create_their_consumers_within_its_gate(store: Store) -> None:
